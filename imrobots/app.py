@@ -1,0 +1,169 @@
+"""Build running robots from a :class:`~imrobots.config.Config`."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .config import Config, RobotConfig, structure
+from .errors import ConfigError, ImrobotsError
+from .platform import Platform, resolve_object
+from .plugins import PluginManager, get_plugin_manager
+from .robot import Robot
+from .runtime import RobotRuntime
+from .store import MemoryStore, Store
+
+__all__ = ["PreparedRobot", "build_agent", "build_runtimes", "build_store", "prepare_robot"]
+
+
+def build_agent(settings: Mapping[str, Any], *, where: str) -> object | None:
+    """Make the agent a ``[robots.NAME.agent]`` table describes (``None`` if it is empty)."""
+    if not settings:
+        return None
+    options = dict(settings)
+    use = options.pop("use", None)
+    if not isinstance(use, str) or not use:
+        raise ConfigError(f'{where}.use: expected "demo", "openai" or "package.module:callable"')
+    if use == "demo":
+        from .demo_agent import DemoAgent
+
+        return DemoAgent.from_settings(options)
+    if use == "openai":
+        from .openai_agent import OpenAIAgent
+
+        return OpenAIAgent.from_settings(options)
+    if ":" not in use:
+        raise ConfigError(
+            f'{where}.use: unknown agent {use!r}; use "demo", "openai" or "package.module:callable"'
+        )
+    try:
+        target = resolve_object(use)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{where}.use: cannot import {use!r}: {exc}") from None
+    if inspect.isclass(target):
+        from_settings = getattr(target, "from_settings", None)
+        agent: object = from_settings(options) if callable(from_settings) else target(**options)
+        return agent
+    if options:
+        raise ConfigError(
+            f"{where}: {use!r} is a function and takes no settings: {', '.join(options)}"
+        )
+    function: object = target
+    return function
+
+
+def _robot_class(ref: str, manager: PluginManager, where: str) -> type[Robot]:
+    registered = manager.robots()
+    if ref in registered:
+        cls = registered[ref]
+    elif ":" in ref:
+        try:
+            cls = resolve_object(ref)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"{where}.robot: cannot import {ref!r}: {exc}") from None
+    else:
+        known = ", ".join(sorted(registered)) or "none"
+        raise ConfigError(
+            f"{where}.robot: unknown robot {ref!r}; registered robots: {known} "
+            "(or give 'package.module:Class')"
+        )
+    if not (inspect.isclass(cls) and issubclass(cls, Robot)):
+        raise ConfigError(f"{where}.robot: {ref!r} is not a subclass of imrobots.Robot")
+    return cls
+
+
+@attrs.frozen(kw_only=True)
+class PreparedRobot:
+    """A robot's config resolved: its class, platform settings and agent, not yet connected."""
+
+    config: RobotConfig
+    robot_class: type[Robot]
+    platform_settings: object = attrs.field(repr=False)
+    agent: object | None = attrs.field(repr=False)
+
+    def create_platform(self, manager: PluginManager) -> Platform:
+        return manager.create_platform(self.config.platform, self.platform_settings)
+
+
+def prepare_robot(
+    config: RobotConfig, *, source: str, manager: PluginManager | None = None
+) -> PreparedRobot:
+    """Validate everything about one robot that can be checked without connecting."""
+    manager = manager or get_plugin_manager()
+    where = f"robots.{config.name}"
+    try:
+        spec = manager.platform_spec(config.platform)
+    except ImrobotsError as exc:
+        raise ConfigError(f"{source}: {where}.platform: {exc}") from None
+    settings: object
+    if spec.settings is None:
+        if config.settings:
+            raise ConfigError(
+                f"{source}: {where}.settings: platform {spec.name!r} takes no settings"
+            )
+        settings = None
+    else:
+        settings = structure(
+            dict(config.settings),
+            resolve_object(spec.settings),
+            path=f"{where}.settings",
+            source=source,
+        )
+    try:
+        robot_class = _robot_class(config.robot, manager, where)
+        agent = build_agent(config.agent, where=f"{where}.agent")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return PreparedRobot(
+        config=config, robot_class=robot_class, platform_settings=settings, agent=agent
+    )
+
+
+def build_store(config: Config) -> Store:
+    if config.store.backend == "sqlite":
+        from .sqlite_store import SQLiteStore
+
+        return SQLiteStore(config.store.path)
+    return MemoryStore()
+
+
+def build_runtimes(
+    config: Config,
+    names: list[str] | None = None,
+    *,
+    manager: PluginManager | None = None,
+    store: Store | None = None,
+    hooks: Any = None,
+) -> list[RobotRuntime]:
+    """Create (not start) a runtime for each named robot, or all of them."""
+    manager = manager or get_plugin_manager()
+    source = str(config.path) if config.path else "config"
+    selected = names or list(config.robots)
+    unknown = [n for n in selected if n not in config.robots]
+    if unknown:
+        raise ConfigError(
+            f"{source}: no robot named {', '.join(map(repr, unknown))}; "
+            f"the file defines: {', '.join(config.robots)}"
+        )
+    prepared = [prepare_robot(config.robots[n], source=source, manager=manager) for n in selected]
+    store = store or build_store(config)
+    runtimes = []
+    for item in prepared:
+        cfg = item.config
+        runtimes.append(
+            RobotRuntime(
+                name=cfg.name,
+                robot=item.robot_class(agent=item.agent),
+                platform=item.create_platform(manager),
+                store=store,
+                options=cfg.options,
+                policy=cfg.policy,
+                feedback_secret=cfg.feedback_secret.get() if cfg.feedback_secret else None,
+                hooks=hooks if hooks is not None else manager.hook,
+                app_id=cfg.app_id,
+            )
+        )
+    return runtimes

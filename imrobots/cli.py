@@ -1,0 +1,296 @@
+"""The ``imrobots`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import ImrobotsError
+
+log = logging.getLogger("imrobots.cli")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="imrobots")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="How much to log.",
+)
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text, or as JSON for production log collectors.",
+)
+def cli(log_level: str, log_format: str) -> None:
+    """Put AI agents and other Python code into enterprise chat."""
+    _setup_logging(log_level, log_format)
+
+
+def _fail(exc: BaseException) -> None:
+    click.echo(f"error: {exc}", err=True)
+    raise SystemExit(2)
+
+
+@cli.command()
+def platforms() -> None:
+    """List the platforms, whether they can be used here, and how to install the missing ones."""
+    from .plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    rows = manager.platforms()
+    width = max((len(n) for n in rows), default=8)
+    for name, status in rows.items():
+        if status.available:
+            state = "available"
+        else:
+            state = (
+                f"not installed: {status.spec.install or 'missing ' + ', '.join(status.missing)}"
+            )
+        description = f"  {status.spec.description}" if status.spec.description else ""
+        click.echo(f"{name:<{width}}  {state}{description}")
+    for plugin in manager.plugins:
+        if plugin.error:
+            click.echo(
+                f"plugin {plugin.name} ({plugin.distribution} {plugin.version}) failed to load: "
+                f"{plugin.error}",
+                err=True,
+            )
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def check(file: Path) -> None:
+    """Validate a config FILE without connecting to anything."""
+    from .app import prepare_robot
+    from .config import load_config
+
+    try:
+        config = load_config(file)
+        prepared = [prepare_robot(rc, source=str(file)) for rc in config.robots.values()]
+    except ImrobotsError as exc:
+        _fail(exc)
+        return
+    for item in prepared:
+        agent = item.config.agent.get("use", "none")
+        click.echo(
+            f"ok: robot {item.config.name!r} ({item.robot_class.__name__}) on "
+            f"{item.config.platform}, agent {agent}"
+        )
+    click.echo(f"{file}: {len(prepared)} robot{'s' if len(prepared) != 1 else ''} valid")
+
+
+async def _serve(runtimes: Sequence[Any], *, status: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    started = []
+    try:
+        for runtime in runtimes:
+            await runtime.start()
+            started.append(runtime)
+            click.echo(
+                f"robot {runtime.name}: connected to {runtime.platform.describe()}", err=True
+            )
+        click.echo("running; press Ctrl-C to stop", err=True)
+        tty = sys.stderr.isatty() and status
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0 if tty else 60.0):
+                    await stop.wait()
+            line = "  ".join(
+                f"{r.name}: {r.stats.received} in, {r.stats.answered} answered, "
+                f"{r.stats.rejected} rejected, {r.stats.feedback} feedback"
+                for r in started
+            )
+            if tty:
+                click.echo(f"\r{line}", nl=False, err=True)
+            elif not stop.is_set():
+                log.info("status: %s", line)
+    finally:
+        if sys.stderr.isatty():
+            click.echo("", err=True)
+        click.echo("stopping...", err=True)
+        for runtime in started:
+            await runtime.stop()
+        click.echo("stopped", err=True)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The robots' config file (TOML, or the seed's config.json).",
+)
+@click.option("--no-status", is_flag=True, help="Do not print the live status line.")
+def run(names: tuple[str, ...], config_path: Path, no_status: bool) -> None:
+    """Run the robots NAMES (default: all) of a config file until Ctrl-C or SIGTERM."""
+    from .app import build_runtimes
+    from .config import load_config
+
+    try:
+        config = load_config(config_path)
+        runtimes = build_runtimes(config, list(names) or None)
+        asyncio.run(_serve(runtimes, status=not no_status))
+    except ImrobotsError as exc:
+        _fail(exc)
+
+
+async def _demo_conversation(questions: Sequence[str], delay: float) -> None:
+    from .demo_agent import DemoAgent
+    from .examples import SupportRobot
+    from .memory import MemoryPlatform, MemorySettings
+    from .models import FeedbackRating
+    from .runtime import RobotRuntime
+
+    platform = MemoryPlatform(MemorySettings(update_interval=0.3))
+    shown: dict[str, int] = {}
+
+    def show(op: str, card: Any) -> None:
+        if card is None:
+            return
+        version = len(card.history)
+        if shown.get(card.id) == version:
+            return
+        shown[card.id] = version
+        current = card.current
+        status = getattr(current, "status", "streaming")
+        text = card.text.replace("\n", " ")
+        if len(text) > 90:
+            text = text[:87] + "..."
+        click.echo(f"  [{card.id} {status}] {text}")
+        if getattr(current, "buttons", ()):
+            click.echo("  " + " ".join(f"[{b.label}]" for b in current.buttons))
+
+    platform.on_change(show)
+    runtime = RobotRuntime(
+        name="support", robot=SupportRobot(agent=DemoAgent(delay=delay)), platform=platform
+    )
+    await runtime.start()
+    try:
+        for question in questions:
+            click.echo(f"\nAlice: @support {question}")
+            message = await platform.say(question)
+            await runtime.wait_idle(timeout=120)
+            card = platform.cards_in(message.conversation.id)[-1]
+            await platform.press(card.id, FeedbackRating.VERY_HELPFUL)
+            await runtime.wait_idle(timeout=10)
+            stored = await runtime.store.list_feedback()
+            click.echo(
+                f"  Alice pressed [Very helpful]; feedback stored: {stored[-1].rating.value}"
+            )
+    finally:
+        await runtime.stop()
+
+
+@cli.command()
+@click.option("--question", "-q", "questions", multiple=True, help="Ask this (repeatable).")
+@click.option("--delay", default=0.03, show_default=True, help="Seconds between streamed words.")
+def demo(questions: tuple[str, ...], delay: float) -> None:
+    """Try a robot with no account: the support robot answers on the in-memory platform."""
+    asked = list(questions) or ["How do I get a refund?", "When will my order arrive?"]
+    click.echo(
+        "imrobots demo: the support robot on the in-memory platform (no account, no network)"
+    )
+    started = time.monotonic()
+    asyncio.run(_demo_conversation(asked, delay))
+    click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
+
+
+@cli.group()
+def feedback() -> None:
+    """Read the feedback users gave."""
+
+
+@feedback.command("export")
+@click.option(
+    "--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option("--robot", default=None, help="Only this robot's feedback.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
+def feedback_export(config_path: Path, fmt: str, robot: str | None, output: Path | None) -> None:
+    """Export stored feedback as CSV or JSON (from the config's [store])."""
+    from .app import build_store
+    from .config import load_config
+    from .exporting import write_feedback
+
+    try:
+        config = load_config(config_path)
+    except ImrobotsError as exc:
+        _fail(exc)
+        return
+
+    async def read() -> list[Any]:
+        store = build_store(config)
+        try:
+            return await store.list_feedback(robot=robot)
+        finally:
+            await store.close()
+
+    items = asyncio.run(read())
+    if output is None:
+        count = write_feedback(items, fmt, sys.stdout)  # type: ignore[arg-type]
+    else:
+        with output.open("w", encoding="utf-8", newline="") as handle:
+            count = write_feedback(items, fmt, handle)  # type: ignore[arg-type]
+    click.echo(f"exported {count} feedback record{'s' if count != 1 else ''}", err=True)
+
+
+def main() -> None:
+    cli(prog_name="imrobots")

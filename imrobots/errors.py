@@ -1,0 +1,82 @@
+"""Exceptions raised by imrobots and by platform plugins.
+
+Platform plugins translate their wire errors into these classes so that the
+core can decide what to do (wait and retry, send a new message, give up)
+without knowing any platform's error codes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CardGone",
+    "ConfigError",
+    "FatalPlatformError",
+    "ImrobotsError",
+    "PlatformError",
+    "PlatformUnavailable",
+    "PluginError",
+    "RateLimited",
+    "RetryableError",
+]
+
+
+class ImrobotsError(Exception):
+    """Base class of every error imrobots raises on purpose."""
+
+
+class ConfigError(ImrobotsError):
+    """A configuration file or setting is wrong. The message is one line naming the problem."""
+
+
+class PluginError(ImrobotsError):
+    """A plugin could not be loaded, or two plugins registered the same name."""
+
+
+class PlatformUnavailable(ImrobotsError):
+    """A platform is registered but its SDK is not installed; the message says what to install."""
+
+
+class PlatformError(ImrobotsError):
+    """A platform API call failed.
+
+    ``code`` is the platform's own error code (a string, for logs), ``status``
+    the HTTP status if there was one.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class RetryableError(PlatformError):
+    """A transient failure (5xx, network error, busy): the same call may succeed later."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status=status)
+        self.retry_after = retry_after
+
+
+class RateLimited(RetryableError):
+    """The platform refused the call because a rate limit was hit.
+
+    ``retry_after`` is the platform's hint in seconds, when it gave one.
+    """
+
+
+class FatalPlatformError(PlatformError):
+    """A failure that retrying will not fix (bad credentials, bad request, no permission)."""
+
+
+class CardGone(FatalPlatformError):
+    """The card or message to update no longer exists or can no longer be edited.
+
+    The streaming engine answers this by sending a new message with the content.
+    """

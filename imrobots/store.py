@@ -1,0 +1,232 @@
+"""State stores: dedupe, conversation locks, rate-limit buckets, feedback, history.
+
+Every operation that must be atomic across concurrent callers (and, with the
+Redis backend, across replicas) is one method here, so a backend implements it
+with one atomic primitive (a lock, a transaction, a Lua script).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+
+import attrs
+
+from .models import Feedback
+
+__all__ = ["ClaimResult", "MemoryStore", "Store", "Turn"]
+
+
+class ClaimResult(enum.StrEnum):
+    """The answer of :meth:`Store.claim`."""
+
+    CLAIMED = "claimed"
+    """Nobody handled this key yet: the caller now owns it."""
+    IN_FLIGHT = "in_flight"
+    """Another handler is working on it right now."""
+    DONE = "done"
+    """It was handled already (within the completed cache's lifetime)."""
+
+
+@attrs.frozen(kw_only=True)
+class Turn:
+    """One turn of conversation history passed to agents."""
+
+    role: str
+    """``user`` or ``assistant``."""
+    text: str
+
+
+class Store(abc.ABC):
+    """The state interface. Methods are coroutines and must never block the loop."""
+
+    # --- dedupe: two phases, in-flight then completed -----------------------------------
+    @abc.abstractmethod
+    async def claim(self, key: str, *, in_flight_ttl: float) -> ClaimResult:
+        """Atomically mark ``key`` in flight unless it is in flight or done already."""
+
+    @abc.abstractmethod
+    async def complete(self, key: str, *, done_ttl: float) -> None:
+        """Move ``key`` from in flight to the completed cache for ``done_ttl`` seconds."""
+
+    @abc.abstractmethod
+    async def release(self, key: str) -> None:
+        """Forget an in-flight ``key`` (its handling failed) so a redelivery can be handled."""
+
+    # --- locks ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def acquire_lock(self, key: str, owner: str, *, ttl: float) -> bool:
+        """Take the lock ``key`` for ``owner`` if free (or expired, or already ``owner``'s)."""
+
+    @abc.abstractmethod
+    async def release_lock(self, key: str, owner: str) -> None:
+        """Release the lock if ``owner`` holds it."""
+
+    # --- token buckets --------------------------------------------------------------------
+    @abc.abstractmethod
+    async def reserve(self, key: str, *, rate: float, burst: int) -> float:
+        """Reserve one token of bucket ``key``; return how many seconds to wait before using it.
+
+        The bucket refills at ``rate`` tokens per second up to ``burst``. A
+        reservation is always granted; when the bucket is empty it is granted
+        in the future, in arrival order, which makes the bucket fair.
+        """
+
+    @abc.abstractmethod
+    async def penalize(self, key: str, *, seconds: float, rate: float, burst: int) -> None:
+        """The platform said "rate limited": grant nothing from ``key`` for ``seconds``."""
+
+    # --- feedback -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_feedback(self, feedback: Feedback) -> bool:
+        """Store feedback; return False if the same user already rated the same answer."""
+
+    @abc.abstractmethod
+    async def list_feedback(self, *, robot: str | None = None) -> list[Feedback]:
+        """All stored feedback, oldest first, optionally for one robot."""
+
+    # --- history --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def append_history(self, key: str, turns: Sequence[Turn], *, limit: int) -> None:
+        """Append turns to a conversation's history, keeping only the last ``limit``."""
+
+    @abc.abstractmethod
+    async def history(self, key: str) -> list[Turn]:
+        """The conversation's history, oldest first."""
+
+    # --- small records ----------------------------------------------------------------------
+    async def put_value(self, key: str, value: str, *, ttl: float) -> None:
+        """Remember ``value`` under ``key`` for ``ttl`` seconds (answers for feedback)."""
+        raise NotImplementedError
+
+    async def get_value(self, key: str) -> str | None:
+        """The value stored under ``key``, or ``None`` if absent or expired."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release resources (connections, files)."""
+
+
+@attrs.define
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+def bucket_reserve(bucket: _Bucket, now: float, rate: float, burst: int) -> float:
+    """Token-bucket reservation on a bucket record; shared by the in-process backends."""
+    bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
+    bucket.stamp = now
+    bucket.tokens -= 1.0
+    if bucket.tokens >= 0:
+        return 0.0
+    return -bucket.tokens / rate
+
+
+class MemoryStore(Store):
+    """The default store: everything in this process's memory, gone on exit."""
+
+    def __init__(self, *, max_keys: int = 100_000) -> None:
+        self._max_keys = max_keys
+        self._in_flight: dict[str, float] = {}
+        self._done: OrderedDict[str, float] = OrderedDict()
+        self._locks: dict[str, tuple[str, float]] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._feedback: list[Feedback] = []
+        self._feedback_keys: set[tuple[str, str, str, str]] = set()
+        self._history: dict[str, deque[Turn]] = {}
+        self._values: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic()
+
+    async def claim(self, key: str, *, in_flight_ttl: float) -> ClaimResult:
+        now = self._now()
+        expiry = self._done.get(key)
+        if expiry is not None:
+            if expiry > now:
+                return ClaimResult.DONE
+            del self._done[key]
+        started = self._in_flight.get(key)
+        if started is not None and started > now:
+            return ClaimResult.IN_FLIGHT
+        self._in_flight[key] = now + in_flight_ttl
+        return ClaimResult.CLAIMED
+
+    async def complete(self, key: str, *, done_ttl: float) -> None:
+        self._in_flight.pop(key, None)
+        self._done[key] = self._now() + done_ttl
+        self._done.move_to_end(key)
+        while len(self._done) > self._max_keys:
+            self._done.popitem(last=False)
+
+    async def release(self, key: str) -> None:
+        self._in_flight.pop(key, None)
+
+    async def acquire_lock(self, key: str, owner: str, *, ttl: float) -> bool:
+        now = self._now()
+        held = self._locks.get(key)
+        if held is None or held[1] <= now or held[0] == owner:
+            self._locks[key] = (owner, now + ttl)
+            return True
+        return False
+
+    async def release_lock(self, key: str, owner: str) -> None:
+        held = self._locks.get(key)
+        if held is not None and held[0] == owner:
+            del self._locks[key]
+
+    async def reserve(self, key: str, *, rate: float, burst: int) -> float:
+        now = self._now()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(tokens=float(burst), stamp=now)
+        return bucket_reserve(bucket, now, rate, burst)
+
+    async def penalize(self, key: str, *, seconds: float, rate: float, burst: int) -> None:
+        now = self._now()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(tokens=float(burst), stamp=now)
+        bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
+        bucket.stamp = now
+        bucket.tokens = min(bucket.tokens, -seconds * rate)
+
+    async def add_feedback(self, feedback: Feedback) -> bool:
+        identity = (feedback.robot, feedback.message_id, feedback.sender.id, feedback.platform)
+        if identity in self._feedback_keys:
+            return False
+        self._feedback_keys.add(identity)
+        self._feedback.append(feedback)
+        return True
+
+    async def list_feedback(self, *, robot: str | None = None) -> list[Feedback]:
+        return [f for f in self._feedback if robot is None or f.robot == robot]
+
+    async def append_history(self, key: str, turns: Sequence[Turn], *, limit: int) -> None:
+        history = self._history.get(key)
+        if history is None or history.maxlen != limit:
+            history = self._history[key] = deque(history or (), maxlen=limit)
+        history.extend(turns)
+
+    async def history(self, key: str) -> list[Turn]:
+        return list(self._history.get(key, ()))
+
+    async def put_value(self, key: str, value: str, *, ttl: float) -> None:
+        self._values[key] = (value, self._now() + ttl)
+        self._values.move_to_end(key)
+        while len(self._values) > self._max_keys:
+            self._values.popitem(last=False)
+
+    async def get_value(self, key: str) -> str | None:
+        item = self._values.get(key)
+        if item is None:
+            return None
+        if item[1] <= self._now():
+            del self._values[key]
+            return None
+        return item[0]

@@ -1,0 +1,3 @@
+"""DingTalk platform plugin for imrobots."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Feishu platform plugin for imrobots (work in progress: registers the platform only)."""

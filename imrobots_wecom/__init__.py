@@ -1,0 +1,1 @@
+"""Wecom platform plugin for imrobots (work in progress: registers the platform only)."""
