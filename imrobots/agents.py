@@ -164,6 +164,16 @@ class Agent:
     func: Callable[..., Any]
     mode: ChunkMode = "auto"
     name: str = ""
+    owner: object = None
+    """The object whose method ``func`` is, closed by :meth:`aclose`."""
+
+    async def aclose(self) -> None:
+        """Close the agent's resources (HTTP clients) if it has an ``aclose()``."""
+        close = getattr(self.owner, "aclose", None)
+        if callable(close):
+            result = close()
+            if inspect.isawaitable(result):
+                await result
 
     def stream(self, request: AgentRequest) -> AsyncIterator[str]:
         return accumulate(self._source(request), mode=self.mode)
@@ -262,14 +272,20 @@ async def _callback_source(func: Callable[..., Any], request: AgentRequest) -> A
                 await task
 
 
-def as_agent(obj: object, *, mode: ChunkMode = "auto") -> Agent:
-    """Wrap a function, generator function or agent object as an :class:`Agent`."""
+def as_agent(obj: object, *, mode: ChunkMode | None = None) -> Agent:
+    """Wrap a function, generator function or agent object as an :class:`Agent`.
+
+    An agent object may declare ``stream_mode = "delta"`` (or ``"accumulated"``)
+    to say what its chunks are; otherwise ``mode`` (default ``"auto"``) decides.
+    """
     if isinstance(obj, Agent):
         return obj
+    declared = getattr(obj, "stream_mode", None)
+    chosen: ChunkMode = mode or (declared if declared in ("delta", "accumulated") else "auto")
     for attribute in ("stream", "answer", "run"):
         method = getattr(obj, attribute, None)
         if callable(method) and not isinstance(obj, type) and not inspect.isfunction(obj):
-            return Agent(method, mode, type(obj).__name__)
+            return Agent(method, chosen, type(obj).__name__, obj)
     if callable(obj):
-        return Agent(obj, mode, getattr(obj, "__name__", type(obj).__name__))
+        return Agent(obj, chosen, getattr(obj, "__name__", type(obj).__name__))
     raise TypeError(f"{obj!r} is not an agent: expected a function or an object with .stream()")

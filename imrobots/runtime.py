@@ -157,6 +157,8 @@ class RobotRuntime:
         await self.platform.close()
         if self._started:
             await self.robot.shutdown()
+        if self.robot.agent is not None:
+            await self.robot.agent.aclose()
         log.info("robot %s stopped", self.name)
 
     async def wait_idle(self, timeout: float | None = None) -> None:
