@@ -98,13 +98,13 @@ class Store(abc.ABC):
         """The conversation's history, oldest first."""
 
     # --- small records ----------------------------------------------------------------------
+    @abc.abstractmethod
     async def put_value(self, key: str, value: str, *, ttl: float) -> None:
         """Remember ``value`` under ``key`` for ``ttl`` seconds (answers for feedback)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def get_value(self, key: str) -> str | None:
         """The value stored under ``key``, or ``None`` if absent or expired."""
-        raise NotImplementedError
 
     async def close(self) -> None:
         """Release resources (connections, files)."""
@@ -139,13 +139,23 @@ class MemoryStore(Store):
         self._feedback_keys: set[tuple[str, str, str, str]] = set()
         self._history: dict[str, deque[Turn]] = {}
         self._values: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._next_sweep = 0.0
 
     @staticmethod
     def _now() -> float:
         return time.monotonic()
 
+    def _sweep(self, now: float) -> None:
+        """Forget expired in-flight keys and locks (at most once a minute)."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 60.0
+        self._in_flight = {k: t for k, t in self._in_flight.items() if t > now}
+        self._locks = {k: v for k, v in self._locks.items() if v[1] > now}
+
     async def claim(self, key: str, *, in_flight_ttl: float) -> ClaimResult:
         now = self._now()
+        self._sweep(now)
         expiry = self._done.get(key)
         if expiry is not None:
             if expiry > now:
@@ -194,7 +204,7 @@ class MemoryStore(Store):
             bucket = self._buckets[key] = _Bucket(tokens=float(burst), stamp=now)
         bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
         bucket.stamp = now
-        bucket.tokens = min(bucket.tokens, -seconds * rate)
+        bucket.tokens = min(bucket.tokens, 1.0 - seconds * rate)
 
     async def add_feedback(self, feedback: Feedback) -> bool:
         identity = (feedback.robot, feedback.message_id, feedback.sender.id, feedback.platform)

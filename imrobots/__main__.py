@@ -1,0 +1,5 @@
+"""``python -m imrobots`` runs the command line."""
+
+from imrobots.cli import main
+
+main()

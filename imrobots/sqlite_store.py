@@ -1,0 +1,555 @@
+"""A :class:`~imrobots.store.Store` in one SQLite file, shared by processes on one host.
+
+All database work runs in one dedicated worker thread per store, which owns the
+connection, so no coroutine ever blocks the event loop. Every operation that
+reads and then writes is one ``BEGIN IMMEDIATE`` transaction: SQLite takes the
+file's write lock before the read, so the operation is atomic across every
+thread and process that opens the same file (the database runs in WAL mode,
+and a busy timeout makes writers queue up instead of failing).
+
+Expiry times (dedupe, locks, buckets) use the wall clock, :func:`time.time`,
+because several processes must agree on them; :class:`~imrobots.store.MemoryStore`
+uses the monotonic clock, which is only comparable inside one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+from .errors import ImrobotsError
+from .models import Feedback, FeedbackRating, Sender
+from .store import ClaimResult, Store, Turn, _Bucket, bucket_reserve
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+_T = TypeVar("_T")
+
+SCHEMA_VERSION: Final = 1
+"""Version of the tables below, kept in the file's ``PRAGMA user_version``."""
+
+_BUSY_TIMEOUT: Final = 10.0
+"""Seconds a write waits for another connection's transaction before failing."""
+
+_PURGE_INTERVAL: Final = 60.0
+"""Seconds between opportunistic deletions of expired rows (by one store object)."""
+
+_SCHEMA: Final = (
+    # Dedupe, phase one: keys being handled, until ``expires``.
+    """CREATE TABLE IF NOT EXISTS in_flight (
+        key TEXT PRIMARY KEY,
+        expires REAL NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS in_flight_expires ON in_flight (expires)",
+    # Dedupe, phase two: handled keys. ``seq`` grows with every (re)completion, so
+    # the smallest ``seq`` is the oldest entry, the first evicted beyond max_keys.
+    """CREATE TABLE IF NOT EXISTS done (
+        seq INTEGER PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        expires REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS done_expires ON done (expires)",
+    """CREATE TABLE IF NOT EXISTS locks (
+        key TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires REAL NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS locks_expires ON locks (expires)",
+    # ``full_at``: when the bucket is full again; a full bucket equals a missing one,
+    # so the row can be deleted from then on. NULL when it never refills.
+    """CREATE TABLE IF NOT EXISTS buckets (
+        key TEXT PRIMARY KEY,
+        tokens REAL NOT NULL,
+        stamp REAL NOT NULL,
+        full_at REAL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS buckets_full_at ON buckets (full_at)",
+    """CREATE TABLE IF NOT EXISTS feedback (
+        id INTEGER PRIMARY KEY,
+        robot TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        sender_id TEXT NOT NULL,
+        sender_name TEXT,
+        sender_is_admin INTEGER NOT NULL,
+        rating TEXT NOT NULL,
+        question TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        conversation_id TEXT,
+        card_id TEXT,
+        time TEXT NOT NULL,
+        UNIQUE (robot, message_id, sender_id, platform)
+    )""",
+    "CREATE INDEX IF NOT EXISTS feedback_robot ON feedback (robot, id)",
+    """CREATE TABLE IF NOT EXISTS history (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        role TEXT NOT NULL,
+        text TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS history_key ON history (key, id)",
+    # Small records (put_value/get_value); ``seq`` orders them like ``done.seq``.
+    """CREATE TABLE IF NOT EXISTS kv (
+        seq INTEGER PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        value TEXT NOT NULL,
+        expires REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires)",
+)
+
+_FEEDBACK_COLUMNS: Final = (
+    "robot, platform, message_id, sender_id, sender_name, sender_is_admin, rating,"
+    " question, answer, conversation_id, card_id, time"
+)
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive datetime is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _feedback_row(feedback: Feedback) -> tuple[Any, ...]:
+    return (
+        feedback.robot,
+        feedback.platform,
+        feedback.message_id,
+        feedback.sender.id,
+        feedback.sender.name,
+        int(feedback.sender.is_admin),
+        feedback.rating.value,
+        feedback.question,
+        feedback.answer,
+        feedback.conversation_id,
+        feedback.card_id,
+        _utc(feedback.time).isoformat(timespec="microseconds"),
+    )
+
+
+def _feedback_from_row(row: tuple[Any, ...]) -> Feedback:
+    (
+        robot,
+        platform,
+        message_id,
+        sender_id,
+        sender_name,
+        sender_is_admin,
+        rating,
+        question,
+        answer,
+        conversation_id,
+        card_id,
+        moment,
+    ) = row
+    return Feedback(
+        robot=robot,
+        platform=platform,
+        message_id=message_id,
+        rating=FeedbackRating(rating),
+        sender=Sender(id=sender_id, name=sender_name, is_admin=bool(sender_is_admin)),
+        question=question,
+        answer=answer,
+        conversation_id=conversation_id,
+        card_id=card_id,
+        time=_utc(datetime.fromisoformat(moment)),
+    )
+
+
+def _full_at(bucket: _Bucket, rate: float, burst: int) -> float | None:
+    if rate <= 0:
+        return None
+    return bucket.stamp + max(0.0, float(burst) - bucket.tokens) / rate
+
+
+class SQLiteStore(Store):
+    """A store in one SQLite file: survives restarts, shared by processes on one host.
+
+    Feedback, history, small records, dedupe keys, locks and token buckets all
+    persist in the file. Several processes (or several ``SQLiteStore`` objects) may open the
+    same file; each operation is atomic across all of them. The file must be on
+    a local disk: SQLite's locking is unreliable on network file systems.
+
+    The connection is opened, and the schema created, in the store's worker
+    thread; an error opening the file is raised by the first operation.
+    Call :meth:`close` when done.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_keys: int = 100_000) -> None:
+        self.path = os.fspath(path)
+        """The database file."""
+        self._max_keys = max_keys
+        self._conn: sqlite3.Connection | None = None
+        self._open_error: BaseException | None = None
+        self._next_purge = 0.0  # only touched in the worker thread
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="imrobots-sqlite"
+        )
+        self._close_future: concurrent.futures.Future[None] | None = None
+        # The executor runs jobs in submission order, so this runs before any operation.
+        self._executor.submit(self._open)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # --- worker thread --------------------------------------------------------------------
+    def _open(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, isolation_level=None)
+        except BaseException as error:
+            self._open_error = error
+            return
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._transaction(conn, self._create_schema, purge=False)
+        except BaseException as error:
+            conn.close()
+            self._open_error = error
+            return
+        self._conn = conn
+
+    def _create_schema(self, conn: sqlite3.Connection, now: float) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise ImrobotsError(
+                f"{self.path} has store schema version {version}; this imrobots supports"
+                f" up to {SCHEMA_VERSION}: upgrade imrobots"
+            )
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        if version < SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if self._open_error is not None:
+                raise self._open_error
+            raise RuntimeError("SQLiteStore is closed")
+        return self._conn
+
+    def _transaction(
+        self,
+        conn: sqlite3.Connection,
+        operation: Callable[[sqlite3.Connection, float], _T],
+        *,
+        purge: bool = True,
+        durable: bool = False,
+    ) -> _T:
+        """Run ``operation(conn, now)`` in one write transaction.
+
+        With ``durable``, the commit is synced to disk before it returns, so it survives
+        a power loss too; other commits survive a crash of the process, not of the host.
+        """
+        if durable:
+            conn.execute("PRAGMA synchronous = FULL")
+        try:
+            return self._transaction_body(conn, operation, purge=purge)
+        finally:
+            if durable:
+                conn.execute("PRAGMA synchronous = NORMAL")
+
+    def _transaction_body(
+        self,
+        conn: sqlite3.Connection,
+        operation: Callable[[sqlite3.Connection, float], _T],
+        *,
+        purge: bool,
+    ) -> _T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Read the clock once the write lock is held, so that times written by
+            # successive transactions (of any process) follow the transactions' order.
+            now = time.time()
+            result = operation(conn, now)
+            purged = purge and now >= self._next_purge
+            if purged:
+                self._purge(conn, now)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if purged:
+            self._next_purge = now + _PURGE_INTERVAL
+        return result
+
+    @staticmethod
+    def _purge(conn: sqlite3.Connection, now: float) -> int:
+        deleted = 0
+        for statement in (
+            "DELETE FROM in_flight WHERE expires <= ?",
+            "DELETE FROM done WHERE expires <= ?",
+            "DELETE FROM locks WHERE expires <= ?",
+            "DELETE FROM buckets WHERE full_at <= ?",
+            "DELETE FROM kv WHERE expires <= ?",
+        ):
+            deleted += conn.execute(statement, (now,)).rowcount
+        return deleted
+
+    def _evict_oldest(self, conn: sqlite3.Connection, table: str) -> None:
+        """Delete the rows of smallest ``seq`` beyond ``max_keys`` (``done`` or ``kv``)."""
+        (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        if count > self._max_keys:
+            conn.execute(
+                f"DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} ORDER BY seq LIMIT ?)",
+                (count - self._max_keys,),
+            )
+
+    def _close_in_worker(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def _write(
+        self, operation: Callable[[sqlite3.Connection, float], _T], *, durable: bool = False
+    ) -> _T:
+        """Run ``operation(conn, now)`` in one write transaction in the worker thread."""
+        return await self._run(lambda conn: self._transaction(conn, operation, durable=durable))
+
+    async def _run(self, job: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._close_future is not None:
+            raise RuntimeError("SQLiteStore is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: job(self._connection()))
+
+    # --- dedupe ---------------------------------------------------------------------------
+    async def claim(self, key: str, *, in_flight_ttl: float) -> ClaimResult:
+        """Atomically mark ``key`` in flight unless it is in flight or done already."""
+
+        def operation(conn: sqlite3.Connection, now: float) -> ClaimResult:
+            row = conn.execute("SELECT expires FROM done WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                if row[0] > now:
+                    return ClaimResult.DONE
+                conn.execute("DELETE FROM done WHERE key = ?", (key,))
+            row = conn.execute("SELECT expires FROM in_flight WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] > now:
+                return ClaimResult.IN_FLIGHT
+            conn.execute(
+                "INSERT OR REPLACE INTO in_flight (key, expires) VALUES (?, ?)",
+                (key, now + in_flight_ttl),
+            )
+            return ClaimResult.CLAIMED
+
+        return await self._write(operation)
+
+    async def complete(self, key: str, *, done_ttl: float) -> None:
+        """Move ``key`` from in flight to the completed cache for ``done_ttl`` seconds.
+
+        Beyond ``max_keys`` completed keys, the oldest completions are forgotten.
+        """
+
+        def operation(conn: sqlite3.Connection, now: float) -> None:
+            conn.execute("DELETE FROM in_flight WHERE key = ?", (key,))
+            # REPLACE deletes an existing row first, so a re-completed key gets a new seq.
+            conn.execute(
+                "INSERT OR REPLACE INTO done (key, expires) VALUES (?, ?)", (key, now + done_ttl)
+            )
+            self._evict_oldest(conn, "done")
+
+        await self._write(operation)
+
+    async def release(self, key: str) -> None:
+        """Forget an in-flight ``key`` (its handling failed) so a redelivery can be handled."""
+        await self._write(
+            lambda conn, now: conn.execute("DELETE FROM in_flight WHERE key = ?", (key,))
+        )
+
+    # --- locks ----------------------------------------------------------------------------
+    async def acquire_lock(self, key: str, owner: str, *, ttl: float) -> bool:
+        """Take the lock ``key`` for ``owner`` if free (or expired, or already ``owner``'s).
+
+        Taking it again as the same owner succeeds and extends it to ``ttl`` from now.
+        """
+
+        def operation(conn: sqlite3.Connection, now: float) -> bool:
+            row = conn.execute("SELECT owner, expires FROM locks WHERE key = ?", (key,)).fetchone()
+            if row is None or row[1] <= now or row[0] == owner:
+                conn.execute(
+                    "INSERT OR REPLACE INTO locks (key, owner, expires) VALUES (?, ?, ?)",
+                    (key, owner, now + ttl),
+                )
+                return True
+            return False
+
+        return await self._write(operation)
+
+    async def release_lock(self, key: str, owner: str) -> None:
+        """Release the lock if ``owner`` holds it."""
+        await self._write(
+            lambda conn, now: conn.execute(
+                "DELETE FROM locks WHERE key = ? AND owner = ?", (key, owner)
+            )
+        )
+
+    # --- token buckets --------------------------------------------------------------------
+    @staticmethod
+    def _load_bucket(conn: sqlite3.Connection, key: str, now: float, burst: int) -> _Bucket:
+        row = conn.execute("SELECT tokens, stamp FROM buckets WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return _Bucket(tokens=float(burst), stamp=now)
+        return _Bucket(tokens=row[0], stamp=row[1])
+
+    @staticmethod
+    def _save_bucket(
+        conn: sqlite3.Connection, key: str, bucket: _Bucket, rate: float, burst: int
+    ) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO buckets (key, tokens, stamp, full_at) VALUES (?, ?, ?, ?)",
+            (key, bucket.tokens, bucket.stamp, _full_at(bucket, rate, burst)),
+        )
+
+    async def reserve(self, key: str, *, rate: float, burst: int) -> float:
+        """Reserve one token of bucket ``key``; return how many seconds to wait before using it.
+
+        The bucket refills at ``rate`` tokens per second up to ``burst``; reservations
+        are granted in arrival order across every process sharing the file.
+        """
+
+        def operation(conn: sqlite3.Connection, now: float) -> float:
+            bucket = self._load_bucket(conn, key, now, burst)
+            # The wall clock may step back (NTP); never refill a negative duration.
+            wait = bucket_reserve(bucket, max(now, bucket.stamp), rate, burst)
+            self._save_bucket(conn, key, bucket, rate, burst)
+            return wait
+
+        return await self._write(operation)
+
+    async def penalize(self, key: str, *, seconds: float, rate: float, burst: int) -> None:
+        """The platform said "rate limited": grant nothing from ``key`` for ``seconds``."""
+
+        def operation(conn: sqlite3.Connection, now: float) -> None:
+            bucket = self._load_bucket(conn, key, now, burst)
+            now = max(now, bucket.stamp)
+            bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
+            bucket.stamp = now
+            bucket.tokens = min(bucket.tokens, 1.0 - seconds * rate)
+            self._save_bucket(conn, key, bucket, rate, burst)
+
+        await self._write(operation)
+
+    # --- feedback -------------------------------------------------------------------------
+    async def add_feedback(self, feedback: Feedback) -> bool:
+        """Store feedback; return False if the same user already rated the same answer.
+
+        "The same" is the same robot, message id, sender id and platform. Times are
+        stored in UTC (a naive time is taken to be UTC). The row is synced to disk
+        before this returns.
+        """
+        row = _feedback_row(feedback)
+
+        def operation(conn: sqlite3.Connection, now: float) -> bool:
+            cursor = conn.execute(
+                f"INSERT OR IGNORE INTO feedback ({_FEEDBACK_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(operation, durable=True)
+
+    async def list_feedback(self, *, robot: str | None = None) -> list[Feedback]:
+        """All stored feedback, in the order it was added, optionally for one robot.
+
+        Times come back timezone-aware, in UTC.
+        """
+
+        def job(conn: sqlite3.Connection) -> list[Feedback]:
+            if robot is None:
+                cursor = conn.execute(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback ORDER BY id")
+            else:
+                cursor = conn.execute(
+                    f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE robot = ? ORDER BY id",
+                    (robot,),
+                )
+            return [_feedback_from_row(row) for row in cursor]
+
+        return await self._run(job)
+
+    # --- history --------------------------------------------------------------------------
+    async def append_history(self, key: str, turns: Sequence[Turn], *, limit: int) -> None:
+        """Append turns to a conversation's history, keeping only the last ``limit``."""
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
+        rows = [(key, turn.role, turn.text) for turn in turns]
+
+        def operation(conn: sqlite3.Connection, now: float) -> None:
+            conn.executemany("INSERT INTO history (key, role, text) VALUES (?, ?, ?)", rows)
+            conn.execute(
+                "DELETE FROM history WHERE key = ? AND id <= (SELECT id FROM history"
+                " WHERE key = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (key, key, limit),
+            )
+
+        await self._write(operation)
+
+    async def history(self, key: str) -> list[Turn]:
+        """The conversation's history, oldest first."""
+
+        def job(conn: sqlite3.Connection) -> list[Turn]:
+            cursor = conn.execute(
+                "SELECT role, text FROM history WHERE key = ? ORDER BY id", (key,)
+            )
+            return [Turn(role=role, text=text) for role, text in cursor]
+
+        return await self._run(job)
+
+    # --- small records --------------------------------------------------------------------
+    async def put_value(self, key: str, value: str, *, ttl: float) -> None:
+        """Remember ``value`` under ``key`` for ``ttl`` seconds (answers for feedback).
+
+        Beyond ``max_keys`` records, the ones put longest ago are forgotten first.
+        """
+
+        def operation(conn: sqlite3.Connection, now: float) -> None:
+            # REPLACE deletes an existing row first, so a rewritten key gets a new seq.
+            conn.execute(
+                "INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
+                (key, value, now + ttl),
+            )
+            self._evict_oldest(conn, "kv")
+
+        await self._write(operation)
+
+    async def get_value(self, key: str) -> str | None:
+        """The value stored under ``key``, or ``None`` if absent or expired."""
+
+        def job(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT value FROM kv WHERE key = ? AND expires > ?", (key, time.time())
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(job)
+
+    # --- maintenance ----------------------------------------------------------------------
+    async def purge_expired(self) -> int:
+        """Delete expired dedupe keys, locks and records and full buckets; return the count.
+
+        Writes already do this at most once a minute; call it to reclaim space at once.
+        """
+
+        def operation(conn: sqlite3.Connection, now: float) -> int:
+            return self._purge(conn, now)
+
+        return await self._run(lambda conn: self._transaction(conn, operation, purge=False))
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread. Safe to call more than once.
+
+        Operations started before ``close`` finish first; later ones raise ``RuntimeError``.
+        """
+        if self._close_future is None:
+            self._close_future = self._executor.submit(self._close_in_worker)
+            # The worker thread ends once the jobs already queued (and the close) are done.
+            self._executor.shutdown(wait=False)
+        await asyncio.wrap_future(self._close_future)

@@ -1,0 +1,589 @@
+"""The Store contract, run against every backend, plus SQLite-only behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import imrobots.store
+from imrobots import sqlite_store
+from imrobots.errors import ImrobotsError
+from imrobots.models import Feedback, FeedbackRating, Sender
+from imrobots.sqlite_store import SCHEMA_VERSION, SQLiteStore
+from imrobots.store import ClaimResult, MemoryStore, Store, Turn
+
+StoreFactory = Callable[..., Store]
+
+ROOT = Path(imrobots.store.__file__).resolve().parents[1]
+"""The directory holding the ``imrobots`` package, for child processes."""
+
+DEADLINE = 5.0
+"""Seconds a polled condition may take before the test fails."""
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = DEADLINE) -> None:
+    """Poll ``check`` until it is true; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {within} s")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """A factory of fresh, empty stores of one backend; all closed at teardown."""
+    created: list[Store] = []
+
+    def make(**kwargs: Any) -> Store:
+        store: Store
+        if request.param == "memory":
+            store = MemoryStore(**kwargs)
+        else:
+            store = SQLiteStore(tmp_path / f"store{len(created)}.sqlite3", **kwargs)
+        created.append(store)
+        return store
+
+    yield make
+    for store in created:
+        await store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> Store:
+    return make_store()
+
+
+def feedback(
+    message_id: str = "m1",
+    *,
+    robot: str = "helper",
+    sender: str = "u1",
+    platform: str = "dingtalk",
+    rating: FeedbackRating = FeedbackRating.HELPFUL,
+    question: str = "How do I reset my password?",
+    time: datetime | None = None,
+) -> Feedback:
+    return Feedback(
+        robot=robot,
+        platform=platform,
+        message_id=message_id,
+        rating=rating,
+        sender=Sender(id=sender, name=f"User {sender}", is_admin=sender == "admin"),
+        question=question,
+        answer="Use the portal, then “Forgot password”.",
+        conversation_id="c1",
+        card_id=f"card-{message_id}",
+        time=time or datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC),
+    )
+
+
+# --- dedupe ---------------------------------------------------------------------------------
+
+
+async def test_claim_then_in_flight_then_done(store: Store) -> None:
+    assert await store.claim("k", in_flight_ttl=60) is ClaimResult.CLAIMED
+    assert await store.claim("k", in_flight_ttl=60) is ClaimResult.IN_FLIGHT
+    await store.complete("k", done_ttl=60)
+    assert await store.claim("k", in_flight_ttl=60) is ClaimResult.DONE
+    assert await store.claim("other", in_flight_ttl=60) is ClaimResult.CLAIMED
+
+
+async def test_release_lets_a_redelivery_claim(store: Store) -> None:
+    assert await store.claim("k", in_flight_ttl=60) is ClaimResult.CLAIMED
+    await store.release("k")
+    assert await store.claim("k", in_flight_ttl=60) is ClaimResult.CLAIMED
+    await store.release("never-claimed")  # a no-op
+
+
+async def test_release_does_not_forget_done(store: Store) -> None:
+    await store.claim("k", in_flight_ttl=60)
+    await store.complete("k", done_ttl=60)
+    await store.release("k")
+    assert await store.claim("k", in_flight_ttl=60) is ClaimResult.DONE
+
+
+async def test_expired_in_flight_is_claimed_again(store: Store) -> None:
+    ttl = 0.1
+    started = time.monotonic()
+    assert await store.claim("k", in_flight_ttl=ttl) is ClaimResult.CLAIMED
+
+    async def claimed() -> bool:
+        return await store.claim("k", in_flight_ttl=60) is ClaimResult.CLAIMED
+
+    await eventually(claimed)
+    assert time.monotonic() - started >= ttl * 0.9
+    assert await store.claim("k", in_flight_ttl=60) is ClaimResult.IN_FLIGHT
+
+
+async def test_done_expires_after_its_ttl(store: Store) -> None:
+    ttl = 0.1
+    await store.claim("k", in_flight_ttl=60)
+    started = time.monotonic()
+    await store.complete("k", done_ttl=ttl)
+
+    async def claimed() -> bool:
+        result = await store.claim("k", in_flight_ttl=60)
+        assert result is not ClaimResult.IN_FLIGHT  # complete() ended the in-flight phase
+        return result is ClaimResult.CLAIMED
+
+    await eventually(claimed)
+    assert time.monotonic() - started >= ttl * 0.9
+
+
+async def test_done_cache_is_bounded_oldest_first(make_store: StoreFactory) -> None:
+    store = make_store(max_keys=3)
+    for key in ("a", "b", "c"):
+        await store.complete(key, done_ttl=60)
+    await store.complete("a", done_ttl=60)  # completed again: now the newest
+    await store.complete("d", done_ttl=60)  # evicts "b", the oldest
+    assert await store.claim("b", in_flight_ttl=60) is ClaimResult.CLAIMED
+    for key in ("a", "c", "d"):
+        assert await store.claim(key, in_flight_ttl=60) is ClaimResult.DONE
+
+
+async def test_concurrent_claims_of_one_key_have_one_winner(store: Store) -> None:
+    results = await asyncio.gather(*(store.claim("k", in_flight_ttl=60) for _ in range(50)))
+    assert results.count(ClaimResult.CLAIMED) == 1
+    assert results.count(ClaimResult.IN_FLIGHT) == 49
+
+
+# --- locks ----------------------------------------------------------------------------------
+
+
+async def test_lock_has_one_owner_and_is_reentrant(store: Store) -> None:
+    assert await store.acquire_lock("conv", "a", ttl=60)
+    assert not await store.acquire_lock("conv", "b", ttl=60)
+    assert await store.acquire_lock("conv", "a", ttl=60)  # re-entrant
+    await store.release_lock("conv", "b")  # not b's: no effect
+    assert not await store.acquire_lock("conv", "b", ttl=60)
+    assert await store.acquire_lock("other", "b", ttl=60)
+    await store.release_lock("conv", "a")
+    assert await store.acquire_lock("conv", "b", ttl=60)
+    assert not await store.acquire_lock("conv", "a", ttl=60)
+
+
+async def test_expired_lock_can_be_taken(store: Store) -> None:
+    ttl = 0.1
+    started = time.monotonic()
+    assert await store.acquire_lock("conv", "a", ttl=ttl)
+
+    async def taken() -> bool:
+        return await store.acquire_lock("conv", "b", ttl=60)
+
+    await eventually(taken)
+    assert time.monotonic() - started >= ttl * 0.9
+    assert not await store.acquire_lock("conv", "a", ttl=60)
+
+
+async def test_concurrent_lock_attempts_have_one_winner(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.acquire_lock("conv", f"owner{i}", ttl=60) for i in range(30))
+    )
+    assert results.count(True) == 1
+
+
+# --- token buckets --------------------------------------------------------------------------
+
+
+async def test_bucket_grants_the_burst_then_spaces_by_rate(store: Store) -> None:
+    rate, burst = 2.0, 3
+    waits = [await store.reserve("app", rate=rate, burst=burst) for _ in range(7)]
+    assert waits[:burst] == [0.0] * burst
+    # Later reservations are granted 1/rate apart (minus the little time the test took).
+    for index, wait in enumerate(waits[burst:], start=1):
+        assert wait == pytest.approx(index / rate, abs=0.05)
+    assert await store.reserve("other", rate=rate, burst=burst) == 0.0
+
+
+async def test_concurrent_reservations_are_all_distinct(store: Store) -> None:
+    rate, burst = 1.0, 4
+    waits = sorted(
+        await asyncio.gather(*(store.reserve("app", rate=rate, burst=burst) for _ in range(20)))
+    )
+    assert waits[:burst] == [0.0] * burst
+    for index, wait in enumerate(waits[burst:], start=1):
+        assert wait == pytest.approx(index / rate, abs=0.1)
+
+
+async def test_bucket_refills_with_time(store: Store) -> None:
+    rate, burst = 20.0, 1
+    assert await store.reserve("app", rate=rate, burst=burst) == 0.0
+    assert await store.reserve("app", rate=rate, burst=burst) > 0
+    # The second reservation used the token refilling now; after two more 1/rate, one is free.
+    await asyncio.sleep(2.5 / rate)
+    assert await store.reserve("app", rate=rate, burst=burst) == 0.0
+
+
+async def test_penalize_pushes_the_next_grant_out(store: Store) -> None:
+    rate, burst, seconds = 10.0, 5, 3.0
+    assert await store.reserve("app", rate=rate, burst=burst) == 0.0
+    await store.penalize("app", seconds=seconds, rate=rate, burst=burst)
+    first = await store.reserve("app", rate=rate, burst=burst)
+    second = await store.reserve("app", rate=rate, burst=burst)
+    assert seconds - 0.05 <= first <= seconds + 1 / rate + 0.05
+    assert second == pytest.approx(first + 1 / rate, abs=0.05)
+    assert await store.reserve("other", rate=rate, burst=burst) == 0.0
+
+
+async def test_penalize_does_not_shorten_a_longer_queue(store: Store) -> None:
+    rate, burst = 1.0, 1
+    for _ in range(10):
+        await store.reserve("app", rate=rate, burst=burst)  # queued about 9 s ahead
+    await store.penalize("app", seconds=2, rate=rate, burst=burst)
+    assert await store.reserve("app", rate=rate, burst=burst) == pytest.approx(10.0, abs=0.1)
+
+
+# --- feedback -------------------------------------------------------------------------------
+
+
+async def test_feedback_is_deduplicated_per_user_answer_and_platform(store: Store) -> None:
+    assert await store.add_feedback(feedback("m1"))
+    # Same user, same answer: refused even with another rating.
+    assert not await store.add_feedback(feedback("m1", rating=FeedbackRating.NO_HELP))
+    assert await store.add_feedback(feedback("m1", sender="u2"))
+    assert await store.add_feedback(feedback("m2"))
+    assert await store.add_feedback(feedback("m1", robot="other"))
+    assert await store.add_feedback(feedback("m1", platform="feishu"))
+    assert len(await store.list_feedback()) == 5
+    assert (await store.list_feedback())[0].rating is FeedbackRating.HELPFUL
+
+
+async def test_feedback_is_listed_oldest_first_and_filtered_by_robot(store: Store) -> None:
+    items = [
+        feedback("m1", robot="a"),
+        feedback("m2", robot="b", rating=FeedbackRating.VERY_HELPFUL),
+        feedback("m3", robot="a", sender="admin", rating=FeedbackRating.NOT_MUCH_HELP),
+        feedback("m4", robot="b", question="multi\nline, “quoted” 中文"),
+    ]
+    for item in items:
+        assert await store.add_feedback(item)
+    assert await store.list_feedback() == items
+    assert await store.list_feedback(robot="a") == [items[0], items[2]]
+    assert await store.list_feedback(robot="b") == [items[1], items[3]]
+    assert await store.list_feedback(robot="nobody") == []
+
+
+async def test_feedback_comes_back_whole(store: Store) -> None:
+    china = timezone(timedelta(hours=8))
+    original = feedback("m1", sender="admin", time=datetime(2024, 2, 29, 23, 59, 1, 5, china))
+    await store.add_feedback(original)
+    (listed,) = await store.list_feedback()
+    assert listed == original
+    assert listed.time == original.time
+    assert listed.time.utcoffset() is not None
+    assert listed.rating is FeedbackRating.HELPFUL
+    assert listed.sender == Sender(id="admin", name="User admin", is_admin=True)
+    assert listed.helpful
+
+
+# --- history --------------------------------------------------------------------------------
+
+
+async def test_history_keeps_the_last_turns(store: Store) -> None:
+    def turns(*texts: str) -> list[Turn]:
+        return [
+            Turn(role="user" if i % 2 == 0 else "assistant", text=t) for i, t in enumerate(texts)
+        ]
+
+    assert await store.history("c") == []
+    await store.append_history("c", turns("1", "2", "3"), limit=4)
+    assert [t.text for t in await store.history("c")] == ["1", "2", "3"]
+    await store.append_history("c", turns("4", "5", "6"), limit=4)
+    assert [t.text for t in await store.history("c")] == ["3", "4", "5", "6"]
+    assert (await store.history("c"))[0] == Turn(role="user", text="3")
+    await store.append_history("c", [], limit=2)  # a smaller limit trims at once
+    assert [t.text for t in await store.history("c")] == ["5", "6"]
+    await store.append_history("d", turns("x"), limit=4)
+    assert [t.text for t in await store.history("c")] == ["5", "6"]
+    assert await store.history("d") == [Turn(role="user", text="x")]
+
+
+# --- small records --------------------------------------------------------------------------
+
+
+async def test_values_are_stored_replaced_and_isolated(store: Store) -> None:
+    record = json.dumps({"question": 'Q, "x"\n', "answer": "中文"}, ensure_ascii=False)
+    assert await store.get_value("answer:m1") is None
+    await store.put_value("answer:m1", record, ttl=60)
+    await store.put_value("answer:m2", "two", ttl=60)
+    assert await store.get_value("answer:m1") == record
+    await store.put_value("answer:m1", "replaced", ttl=60)
+    assert await store.get_value("answer:m1") == "replaced"
+    assert await store.get_value("answer:m2") == "two"
+
+
+async def test_value_expires_after_its_ttl(store: Store) -> None:
+    ttl = 0.1
+    started = time.monotonic()
+    await store.put_value("k", "v", ttl=ttl)
+
+    async def gone() -> bool:
+        return await store.get_value("k") is None
+
+    await eventually(gone)
+    assert time.monotonic() - started >= ttl * 0.9
+    await store.put_value("k", "again", ttl=60)
+    assert await store.get_value("k") == "again"
+
+
+async def test_values_are_bounded_oldest_first(make_store: StoreFactory) -> None:
+    store = make_store(max_keys=3)
+    for key in ("a", "b", "c"):
+        await store.put_value(key, key, ttl=60)
+    await store.put_value("a", "a2", ttl=60)  # rewritten: now the newest
+    await store.put_value("d", "d", ttl=60)  # evicts "b", the oldest
+    assert await store.get_value("b") is None
+    assert [await store.get_value(k) for k in ("a", "c", "d")] == ["a2", "c", "d"]
+
+
+# --- SQLite only ----------------------------------------------------------------------------
+
+
+async def test_sqlite_persists_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    items = [feedback("m1"), feedback("m2", robot="other")]
+    store = SQLiteStore(path)
+    for item in items:
+        await store.add_feedback(item)
+    await store.claim("done", in_flight_ttl=60)
+    await store.complete("done", done_ttl=3600)
+    await store.claim("busy", in_flight_ttl=3600)
+    await store.acquire_lock("conv", "a", ttl=3600)
+    await store.append_history("c", [Turn(role="user", text="hi")], limit=10)
+    await store.put_value("answer:m1", "record", ttl=3600)
+    await store.close()
+
+    store = SQLiteStore(path)
+    try:
+        assert await store.list_feedback() == items
+        assert not await store.add_feedback(feedback("m1"))
+        assert await store.claim("done", in_flight_ttl=60) is ClaimResult.DONE
+        assert await store.claim("busy", in_flight_ttl=60) is ClaimResult.IN_FLIGHT
+        assert not await store.acquire_lock("conv", "b", ttl=60)
+        assert await store.history("c") == [Turn(role="user", text="hi")]
+        assert await store.get_value("answer:m1") == "record"
+    finally:
+        await store.close()
+
+
+async def test_sqlite_schema_version_and_wal(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(path)
+    await store.history("warm-up")
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    newer = SQLiteStore(path)
+    with pytest.raises(ImrobotsError, match="schema version"):
+        await newer.history("k")
+    await newer.close()
+
+
+async def test_sqlite_open_error_is_raised_by_operations(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "missing-dir" / "state.sqlite3")
+    with pytest.raises(sqlite3.OperationalError):
+        await store.claim("k", in_flight_ttl=1)
+    await store.close()
+
+
+async def test_sqlite_close_stops_the_thread_and_refuses_work(tmp_path: Path) -> None:
+    def workers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("imrobots-sqlite")}
+
+    before = workers()
+    store = SQLiteStore(tmp_path / "state.sqlite3")
+    pending = asyncio.ensure_future(store.claim("k", in_flight_ttl=60))
+    await asyncio.sleep(0)
+    await store.close()
+    await store.close()  # idempotent
+    assert await pending is ClaimResult.CLAIMED  # queued before close: finished
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.claim("k", in_flight_ttl=60)
+
+    async def stopped() -> bool:
+        return workers() <= before
+
+    await eventually(stopped)
+
+
+async def test_sqlite_two_stores_on_one_file_have_one_winner(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite3"
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    try:
+        claims = [
+            s.claim(f"k{i % 5}", in_flight_ttl=60) for i in range(60) for s in (first, second)
+        ]
+        results = await asyncio.gather(*claims)
+        assert results.count(ClaimResult.CLAIMED) == 5
+        waits = await asyncio.gather(
+            *(s.reserve("app", rate=1.0, burst=2) for _ in range(10) for s in (first, second))
+        )
+        assert sorted(waits) == pytest.approx([0.0, 0.0, *range(1, 19)], abs=0.2)
+    finally:
+        await first.close()
+        await second.close()
+
+
+_CLAIMER = """
+import asyncio, json, sys
+from imrobots.sqlite_store import SQLiteStore
+
+async def main(path: str, keys: int) -> None:
+    store = SQLiteStore(path)
+    await store.history("warm-up")
+    print("ready", flush=True)
+    sys.stdin.readline()  # wait for "go": every process starts claiming together
+    results = [await store.claim(f"k{i}", in_flight_ttl=60) for i in range(keys)]
+    await store.close()
+    print(json.dumps(results), flush=True)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+async def test_sqlite_processes_sharing_a_file_have_one_winner_per_key(tmp_path: Path) -> None:
+    path, processes, keys = tmp_path / "shared.sqlite3", 3, 150
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _CLAIMER,
+            str(path),
+            str(keys),
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(processes)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            line = await asyncio.wait_for(child.stdout.readline(), timeout=30)
+            assert line.strip() == b"ready"
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+        outputs = [await asyncio.wait_for(child.communicate(), timeout=30) for child in children]
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+    assert [child.returncode for child in children] == [0] * processes
+    results = [json.loads(stdout) for stdout, _ in outputs]
+    for index in range(keys):
+        per_key = [result[index] for result in results]
+        assert sorted(per_key) == ["claimed"] + ["in_flight"] * (processes - 1)
+
+
+async def test_sqlite_work_runs_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statement_threads: set[int] = set()
+    connect = sqlite3.connect
+
+    def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = connect(*args, **kwargs)
+        conn.set_trace_callback(lambda _: statement_threads.add(threading.get_ident()))
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    store = SQLiteStore(tmp_path / "state.sqlite3")
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        for index in range(500):
+            await store.add_feedback(feedback(f"m{index}"))
+    finally:
+        stop.set()
+        await ticking
+        await store.close()
+    assert ticks >= 500  # the loop ran the ticker while every write was under way
+    assert len(statement_threads) == 1  # one dedicated thread...
+    assert threading.get_ident() not in statement_threads  # ...which is not the loop's
+
+
+def _row_counts(path: Path) -> dict[str, int]:
+    tables = ("in_flight", "done", "locks", "buckets", "kv", "feedback")
+    with sqlite3.connect(path) as conn:
+        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+    conn.close()
+    return counts
+
+
+async def _fill_with_expiring_rows(store: SQLiteStore) -> None:
+    await store.claim("in-flight", in_flight_ttl=0.05)
+    await store.complete("done", done_ttl=0.05)
+    await store.acquire_lock("conv", "a", ttl=0.05)
+    await store.reserve("app", rate=100.0, burst=2)  # full again 10 ms later
+    await store.put_value("record", "v", ttl=0.05)
+    await store.complete("kept", done_ttl=3600)
+    await store.put_value("kept", "v", ttl=3600)
+    await store.add_feedback(feedback("m1"))
+
+
+PURGED = {"in_flight": 0, "done": 1, "locks": 0, "buckets": 0, "kv": 1, "feedback": 1}
+
+
+async def test_sqlite_purge_expired_deletes_expired_rows(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(path)
+    try:
+        await _fill_with_expiring_rows(store)
+        assert _row_counts(path)["in_flight"] == 1
+
+        async def purged() -> bool:
+            await store.purge_expired()
+            return _row_counts(path) == PURGED
+
+        await eventually(purged)
+        assert await store.claim("kept", in_flight_ttl=60) is ClaimResult.DONE
+    finally:
+        await store.close()
+
+
+async def test_sqlite_writes_purge_expired_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_PURGE_INTERVAL", 0.0)  # purge on every write
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(path)
+    try:
+        await _fill_with_expiring_rows(store)
+
+        async def purged() -> bool:
+            await store.release("unrelated")  # any write
+            return _row_counts(path) == PURGED
+
+        await eventually(purged)
+    finally:
+        await store.close()
