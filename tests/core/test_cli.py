@@ -1,0 +1,91 @@
+"""The command line: --version, platforms, run (stops cleanly on SIGINT and SIGTERM), demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import imrobots
+from imrobots.cli import cli
+
+CONFIG = """
+[robots.helper]
+platform = "memory"
+[robots.helper.agent]
+use = "demo"
+delay = 0
+"""
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and imrobots.__version__ in result.output
+
+
+def test_platforms_lists_memory_as_available() -> None:
+    result = CliRunner().invoke(cli, ["platforms"])
+    assert result.exit_code == 0
+    line = next(line for line in result.output.splitlines() if line.startswith("memory"))
+    assert "available" in line
+
+
+def _wait_for_line(process: subprocess.Popen[str], text: str, deadline: float) -> list[str]:
+    assert process.stderr is not None
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"{text!r} not printed; got: {''.join(seen)}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_run_connects_and_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imrobots", "run", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        seen = _wait_for_line(process, "press Ctrl-C to stop", time.monotonic() + 30)
+        assert any("robot helper: connected to memory" in line for line in seen)
+        process.send_signal(sig)
+        _, rest = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert "stopped" in rest
+
+
+def test_run_with_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(CONFIG.replace('"memory"', '"nowhere"'), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code == 2
+    assert (
+        result.output.strip().startswith("error: ")
+        and "unknown platform 'nowhere'" in result.output
+    )
+
+
+def test_demo_runs_a_conversation() -> None:
+    result = CliRunner().invoke(cli, ["demo", "--delay", "0", "-q", "How do I get a refund?"])
+    assert result.exit_code == 0, result.output
+    assert "thinking" in result.output and "final" in result.output
+    assert "[Very helpful] [Helpful] [Not much help] [No help]" in result.output
+    assert "feedback stored: very_helpful" in result.output

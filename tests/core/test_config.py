@@ -1,0 +1,202 @@
+"""Config loading: placeholders, one-line errors naming the problem, secrets kept secret."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imrobots.app import build_runtimes, prepare_robot
+from imrobots.cli import cli
+from imrobots.config import load_config
+from imrobots.errors import ConfigError
+from imrobots.plugins import PluginManager
+
+GOOD = """
+[store]
+backend = "memory"
+
+[robots.support]
+robot = "support"
+platform = "memory"
+feedback_secret = "{{FEEDBACK_SECRET}}"
+
+[robots.support.settings]
+app_id = "{{APP_ID}}"
+quota = 20
+
+[robots.support.agent]
+use = "demo"
+delay = 0
+
+[robots.support.policy]
+require_mention = true
+deny_users = ["mallory"]
+
+[robots.support.policy.group_overrides.open-group]
+require_mention = false
+
+[robots.support.options]
+strategy = "queue"
+max_concurrent = 10
+
+[robots.support.stream]
+min_interval = 2.0
+min_chunks = 5
+max_updates = 20
+"""
+
+ENV = {"FEEDBACK_SECRET": "s3cr3t-value", "APP_ID": "app-1"}
+
+
+def write(tmp_path: Path, text: str, name: str = "robots.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_good_config_loads_and_builds(tmp_path: Path, manager: PluginManager) -> None:
+    config = load_config(write(tmp_path, GOOD), env=ENV)
+    robot = config.robots["support"]
+    assert robot.platform == "memory"
+    assert robot.settings == {"app_id": "app-1", "quota": 20}
+    assert robot.options.stream is not None and robot.options.stream.min_chunks == 5
+    assert robot.policy.group_overrides["open-group"].require_mention is False
+    assert robot.policy.deny_users == ("mallory",)
+    assert robot.feedback_secret is not None and robot.feedback_secret.get() == "s3cr3t-value"
+    [runtime] = build_runtimes(config, manager=manager)
+    assert runtime.platform.describe() == "memory (in-process, app app-1)"
+
+
+def test_secrets_never_appear_in_reprs(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), env=ENV)
+    assert "s3cr3t-value" not in repr(config)
+    assert "s3cr3t-value" not in str(config.robots["support"].feedback_secret)
+
+
+def test_missing_environment_variable_names_it_and_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"APP_ID": "x"})
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message and "FEEDBACK_SECRET" in message
+    assert "robots.support.feedback_secret" in message
+
+
+def test_wrong_type_names_the_field_path(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("max_concurrent = 10", 'max_concurrent = "ten"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=ENV)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "robots.support.options.max_concurrent" in message and "expected int" in message
+
+
+def test_booleans_are_not_coerced_from_strings(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("require_mention = true", 'require_mention = "false"'))
+    with pytest.raises(ConfigError, match="robots.support.policy.require_mention: expected bool"):
+        load_config(path, env=ENV)
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('strategy = "queue"', 'strategy = "queue"\nstrategi = 1'))
+    with pytest.raises(ConfigError, match="robots.support.options: unknown key: strategi"):
+        load_config(path, env=ENV)
+
+
+def test_bad_literal_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('strategy = "queue"', 'strategy = "sometimes"'))
+    with pytest.raises(ConfigError, match="robots.support.options.strategy"):
+        load_config(path, env=ENV)
+
+
+def test_unknown_platform_is_one_clear_line(tmp_path: Path, manager: PluginManager) -> None:
+    config = load_config(
+        write(tmp_path, GOOD.replace('platform = "memory"', 'platform = "icq"')), env=ENV
+    )
+    with pytest.raises(ConfigError) as info:
+        prepare_robot(config.robots["support"], source="robots.toml", manager=manager)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "robots.support.platform" in message and "unknown platform 'icq'" in message
+    assert "memory" in message
+
+
+def test_unknown_robot_is_one_clear_line(tmp_path: Path, manager: PluginManager) -> None:
+    config = load_config(
+        write(tmp_path, GOOD.replace('robot = "support"', 'robot = "helpdesk"')), env=ENV
+    )
+    with pytest.raises(ConfigError) as info:
+        prepare_robot(config.robots["support"], source="robots.toml", manager=manager)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "robots.support.robot" in message and "unknown robot 'helpdesk'" in message
+    assert "support" in message
+
+
+def test_platform_settings_are_validated_with_path(tmp_path: Path, manager: PluginManager) -> None:
+    config = load_config(write(tmp_path, GOOD.replace("quota = 20", 'quota = "lots"')), env=ENV)
+    with pytest.raises(ConfigError, match=r"robots\.support\.settings\.quota: expected"):
+        prepare_robot(config.robots["support"], source="robots.toml", manager=manager)
+
+
+def test_unknown_agent_and_bad_import(tmp_path: Path, manager: PluginManager) -> None:
+    config = load_config(write(tmp_path, GOOD.replace('use = "demo"', 'use = "magic"')), env=ENV)
+    with pytest.raises(ConfigError, match="robots.support.agent.use: unknown agent 'magic'"):
+        prepare_robot(config.robots["support"], source="robots.toml", manager=manager)
+    config = load_config(
+        write(tmp_path, GOOD.replace('use = "demo"\ndelay = 0', 'use = "no_such_mod:agent"')),
+        env=ENV,
+    )
+    with pytest.raises(ConfigError, match="cannot import 'no_such_mod:agent'"):
+        prepare_robot(config.robots["support"], source="robots.toml", manager=manager)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(write(tmp_path, "[robots\n"))
+    with pytest.raises(ConfigError, match=r"no robots: add a \[robots.NAME\] table"):
+        load_config(write(tmp_path, "[store]\n"))
+
+
+def test_seed_config_json(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        json.dumps({"agent": "demo", "clientId": "{{CID}}", "clientSecret": "{{CSECRET}}"}),
+        "config.json",
+    )
+    config = load_config(path, env={"CID": "ding123", "CSECRET": "topsecret"})
+    robot = config.robots["support"]
+    assert robot.platform == "dingtalk"
+    assert robot.settings == {"client_id": "ding123", "client_secret": "topsecret"}
+    assert robot.agent == {"use": "demo"}
+    # the seed silently used an empty string for a missing variable; we name it
+    with pytest.raises(ConfigError, match="CSECRET"):
+        load_config(path, env={"CID": "ding123"})
+
+
+def test_seed_config_json_requires_credentials(tmp_path: Path) -> None:
+    path = write(tmp_path, json.dumps({"agent": "demo", "clientId": "x"}), "config.json")
+    with pytest.raises(ConfigError, match="clientSecret: required but missing"):
+        load_config(path)
+
+
+def test_check_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manager: PluginManager
+) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    runner = CliRunner()
+    good = runner.invoke(cli, ["check", str(write(tmp_path, GOOD))])
+    assert good.exit_code == 0, good.output
+    assert "robot 'support' (SupportRobot) on memory, agent demo" in good.output
+    monkeypatch.delenv("FEEDBACK_SECRET")
+    bad = runner.invoke(cli, ["check", str(write(tmp_path, GOOD))])
+    assert bad.exit_code == 2
+    assert bad.output.startswith("error: ") and "FEEDBACK_SECRET" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
