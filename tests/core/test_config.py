@@ -97,19 +97,19 @@ def test_wrong_type_names_the_field_path(tmp_path: Path) -> None:
 
 def test_booleans_are_not_coerced_from_strings(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("require_mention = true", 'require_mention = "false"'))
-    with pytest.raises(ConfigError, match="robots.support.policy.require_mention: expected bool"):
+    with pytest.raises(ConfigError, match=r"robots.support.policy.require_mention: expected bool"):
         load_config(path, env=ENV)
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('strategy = "queue"', 'strategy = "queue"\nstrategi = 1'))
-    with pytest.raises(ConfigError, match="robots.support.options: unknown key: strategi"):
+    with pytest.raises(ConfigError, match=r"robots.support.options: unknown key: strategi"):
         load_config(path, env=ENV)
 
 
 def test_bad_literal_is_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('strategy = "queue"', 'strategy = "sometimes"'))
-    with pytest.raises(ConfigError, match="robots.support.options.strategy"):
+    with pytest.raises(ConfigError, match=r"robots.support.options.strategy"):
         load_config(path, env=ENV)
 
 
@@ -145,7 +145,7 @@ def test_platform_settings_are_validated_with_path(tmp_path: Path, manager: Plug
 
 def test_unknown_agent_and_bad_import(tmp_path: Path, manager: PluginManager) -> None:
     config = load_config(write(tmp_path, GOOD.replace('use = "demo"', 'use = "magic"')), env=ENV)
-    with pytest.raises(ConfigError, match="robots.support.agent.use: unknown agent 'magic'"):
+    with pytest.raises(ConfigError, match=r"robots.support.agent.use: unknown agent 'magic'"):
         prepare_robot(config.robots["support"], source="robots.toml", manager=manager)
     config = load_config(
         write(tmp_path, GOOD.replace('use = "demo"\ndelay = 0', 'use = "no_such_mod:agent"')),

@@ -134,7 +134,7 @@ async def test_hook_message_received(hooked: Any) -> None:
     recorder, platform, runtime = hooked
     message = await platform.say("hi")
     await runtime.wait_idle(timeout=5)
-    [(name, call)] = [c for c in recorder.calls if c[0] == "message_received"]
+    [(_, call)] = [c for c in recorder.calls if c[0] == "message_received"]
     assert call["robot"] == "support" and call["message"].id == message.id
 
 
