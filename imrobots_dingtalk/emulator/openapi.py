@@ -1,0 +1,678 @@
+"""OpenAPI business logic: what each route does to the emulator state.
+
+Handlers here are plain functions ``(ctx) -> response body``; they raise
+:class:`~.errors.ApiError` for DingTalk errors. Authentication, QPS limits,
+fault injection and call recording happen in :mod:`.server` before and after.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from . import errors
+from .frames import conversation_id, new_b64
+from .render import refresh_view
+from .state import (
+    CardRecord,
+    CardUpdate,
+    ConversationType,
+    EmulatedApp,
+    EmulatorState,
+    SentMessage,
+)
+
+if TYPE_CHECKING:
+    from .emulator import DingTalkEmulator
+
+
+@dataclass(kw_only=True)
+class OpenApiContext:
+    """What a route handler gets: the emulator, the calling app and the JSON body."""
+
+    emulator: DingTalkEmulator
+    app: EmulatedApp
+    body: dict[str, Any]
+    route: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> EmulatorState:
+        return self.emulator.state
+
+
+OpenApiHandler = Callable[[OpenApiContext], dict[str, Any]]
+
+KNOWN_SPACE_TYPES = frozenset({"IM_GROUP", "IM_ROBOT", "IM_SINGLE", "ONE_BOX", "IM"})
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _json_str(value: Any) -> Any:
+    """Parse a JSON string; returns ``_INVALID`` if it is not one."""
+    if not isinstance(value, str):
+        return _INVALID
+    try:
+        return json.loads(value)
+    except ValueError:
+        return _INVALID
+
+
+_INVALID = object()
+
+
+def _param_map(value: Any, notes: list[str], where: str) -> dict[str, str]:
+    """A ``cardParamMap``: string values only (DingTalk: Map<String, String>)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise errors.card_param("param.invalid")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if isinstance(item, str):
+            out[str(key)] = item
+        elif isinstance(item, bool):
+            out[str(key)] = "true" if item else "false"
+            notes.append(f"{where}.{key}: boolean coerced to string")
+        elif isinstance(item, int | float):
+            out[str(key)] = json.dumps(item)
+            notes.append(f"{where}.{key}: number coerced to string")
+        elif item is None:
+            notes.append(f"{where}.{key}: null value ignored")
+        else:
+            # GUESS: DingTalk rejects objects/arrays in a Map<String, String>
+            # (the docs require stringified JSON); the exact code is unconfirmed.
+            notes.append(f"{where}.{key}: {type(item).__name__} is not a string")
+            raise errors.card_param("param.invalid")
+    return out
+
+
+def _private_data(value: Any, notes: list[str], where: str) -> dict[str, dict[str, str]]:
+    """``privateData``: ``{userId: {"cardParamMap": {...}}}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise errors.card_param("param.invalid")
+    out: dict[str, dict[str, str]] = {}
+    for user, data in value.items():
+        if not isinstance(data, dict):
+            raise errors.card_param("param.invalid")
+        out[str(user)] = _param_map(data.get("cardParamMap"), notes, f"{where}.{user}.cardParamMap")
+    return out
+
+
+def _merge_private(card: CardRecord, private: dict[str, dict[str, Any]], by_key: bool) -> None:
+    for user, values in private.items():
+        if by_key and user in card.private_data:
+            card.private_data[user].update(values)
+        else:
+            card.private_data[user] = dict(values)
+
+
+def _snapshot(ctx: OpenApiContext, card: CardRecord, route: str | None = None) -> None:
+    """Record a card change and notify listeners."""
+    card.updated_at = time.monotonic()
+    refresh_view(card)
+    card.updates.append(CardUpdate(route=route or ctx.route, content=copy.deepcopy(card.content)))
+    ctx.state.emit("card", card, route=route or ctx.route)
+
+
+def _own_card(ctx: OpenApiContext, card_id: Any, kind: str) -> CardRecord | None:
+    if not isinstance(card_id, str):
+        return None
+    card = ctx.state.cards.get(card_id)
+    if card is None or card.kind != kind or card.client_id != ctx.app.client_id:
+        return None
+    return card
+
+
+def apply_card_flags(card: CardRecord) -> None:
+    """Derive ``flow_status``/``finalized``/``error`` from ``cardParamMap["flowStatus"]``."""
+    status = card.content.get("flowStatus")
+    if isinstance(status, str):
+        card.flow_status = status
+        # SDK AICardStatus: 3 finished, 5 failed.
+        if status == "3":
+            card.finalized = True
+        elif status == "5":
+            card.error = True
+
+
+def apply_callback_response(
+    card: CardRecord, user_id: str, response: Any, notes: list[str]
+) -> bool:
+    """Apply a card callback ACK's ``data.response`` to an instance card.
+
+    Returns True if anything changed.
+    """
+    if not isinstance(response, dict):
+        return False
+    options = response.get("cardUpdateOptions") or {}
+    if not isinstance(options, dict):
+        options = {}
+    changed = False
+    card_data = response.get("cardData")
+    if isinstance(card_data, dict) and card_data.get("cardParamMap") is not None:
+        values = _param_map(card_data.get("cardParamMap"), notes, "response.cardData")
+        if options.get("updateCardDataByKey"):
+            card.content.update(values)
+        else:
+            card.content = values
+        changed = True
+    private = response.get("userPrivateData")
+    if isinstance(private, dict) and private.get("cardParamMap") is not None:
+        values = _param_map(private.get("cardParamMap"), notes, "response.userPrivateData")
+        _merge_private(card, {user_id: values}, bool(options.get("updatePrivateDataByKey")))
+        changed = True
+    if changed:
+        apply_card_flags(card)
+    return changed
+
+
+# --- StandardCard -------------------------------------------------------------
+
+
+def _at_user_ids(send_options: dict[str, Any]) -> list[str]:
+    parsed = _json_str(send_options.get("atUserListJson"))
+    if parsed is _INVALID or not isinstance(parsed, list):
+        return []
+    out: list[str] = []
+    for item in parsed:
+        if isinstance(item, dict):
+            uid = item.get("userId") or item.get("unionId")
+            if isinstance(uid, str):
+                out.append(uid)
+    return out
+
+
+def interactive_cards_send(ctx: OpenApiContext) -> dict[str, Any]:
+    """``POST /v1.0/im/v1.0/robot/interactiveCards/send`` (StandardCard)."""
+    body, app = ctx.body, ctx.app
+    template = body.get("cardTemplateId")
+    biz_id = body.get("cardBizId")
+    robot_code = body.get("robotCode")
+    raw_card = body.get("cardData")
+    if not (
+        _nonempty_str(template)
+        and _nonempty_str(biz_id)
+        and _nonempty_str(robot_code)
+        and _nonempty_str(raw_card)
+    ):
+        raise errors.standard_param_error()
+    assert isinstance(biz_id, str) and isinstance(template, str)
+    if len(biz_id) > 100:
+        raise errors.standard_param_error()
+    if robot_code != app.robot_code:
+        raise errors.standard_invalid_robot_code()
+    card_data = _json_str(raw_card)
+    if card_data is _INVALID or not isinstance(card_data, dict):
+        raise errors.standard_not_json()
+    open_cid = body.get("openConversationId")
+    single = body.get("singleChatReceiver")
+    if bool(open_cid) == bool(single):
+        raise errors.standard_param_error()
+    receivers: list[str] = []
+    if single:
+        receiver = _json_str(single)
+        if receiver is _INVALID or not isinstance(receiver, dict):
+            raise errors.standard_not_json()
+        uid = receiver.get("userId") or receiver.get("unionId")
+        if not _nonempty_str(uid):
+            raise errors.standard_param_error()
+        assert isinstance(uid, str)
+        receivers = [uid]
+        conv_type: ConversationType = "direct"
+        conv_id = conversation_id(app, "direct", uid)
+        space = f"dtv1.card//IM_ROBOT.{uid}"
+    else:
+        if not isinstance(open_cid, str):
+            raise errors.standard_param_error()
+        conv_type = "group"
+        conv_id = open_cid
+        space = f"dtv1.card//IM_GROUP.{open_cid}"
+    send_options = body.get("sendOptions") or {}
+    if not isinstance(send_options, dict):
+        raise errors.standard_param_error()
+
+    existing = ctx.state.cards.get(biz_id)
+    if existing is not None:
+        if existing.kind != "standard" or existing.client_id != app.client_id:
+            raise errors.standard_param_error()
+        # Same cardBizId again: DingTalk sends the same card to another
+        # conversation; new cardData does not take effect (send doc, cardBizId).
+        if space not in existing.spaces:
+            existing.spaces.append(space)
+        if existing.content != card_data:
+            ctx.notes.append("cardBizId reused with different cardData: change ignored")
+        _snapshot(ctx, existing)
+        return {"processQueryKey": new_b64(ctx.emulator.rng, 24)}
+
+    card = CardRecord(
+        card_id=biz_id,
+        kind="standard",
+        client_id=app.client_id,
+        template_id=template,
+        conversation_id=conv_id,
+        conversation_type=conv_type,
+        spaces=[space],
+        receiver_user_ids=receivers,
+        at_user_ids=_at_user_ids(send_options),
+        at_all=bool(send_options.get("atAll")),
+        robot_code=robot_code if isinstance(robot_code, str) else None,
+        callback_type="HTTP" if body.get("callbackUrl") else None,
+        content=card_data,
+        delivered=True,
+    )
+    private = _json_str(body.get("userIdPrivateDataMap"))
+    if isinstance(private, dict):
+        for user, values in private.items():
+            if isinstance(values, dict):
+                card.private_data[str(user)] = dict(values)
+    ctx.state.cards[biz_id] = card
+    _snapshot(ctx, card)
+    return {"processQueryKey": new_b64(ctx.emulator.rng, 24)}
+
+
+def interactive_cards_update(ctx: OpenApiContext) -> dict[str, Any]:
+    """``PUT /v1.0/im/robots/interactiveCards`` (StandardCard update)."""
+    body = ctx.body
+    biz_id = body.get("cardBizId")
+    if not _nonempty_str(biz_id):
+        raise errors.standard_param_error()
+    card = _own_card(ctx, biz_id, "standard")
+    if card is None:
+        raise errors.standard_card_not_exist()
+    options = body.get("updateOptions") or {}
+    if not isinstance(options, dict):
+        raise errors.standard_param_error()
+    raw_card = body.get("cardData")
+    raw_private = body.get("userIdPrivateDataMap")
+    if raw_card is None and raw_private is None:
+        raise errors.standard_param_error()
+    if raw_card is not None:
+        card_data = _json_str(raw_card)
+        if card_data is _INVALID or not isinstance(card_data, dict):
+            raise errors.standard_not_json()
+        if options.get("updateCardDataByKey"):
+            card.content.update(card_data)
+        else:
+            card.content = card_data
+    if raw_private is not None:
+        private = _json_str(raw_private)
+        if private is _INVALID or not isinstance(private, dict):
+            raise errors.standard_not_json()
+        _merge_private(
+            card,
+            {str(u): dict(v) for u, v in private.items() if isinstance(v, dict)},
+            bool(options.get("updatePrivateDataByKey")),
+        )
+    _snapshot(ctx, card)
+    return {"processQueryKey": new_b64(ctx.emulator.rng, 24)}
+
+
+# --- card instances -----------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class _Space:
+    space_type: str
+    space_id: str
+    open_space_id: str
+    conversation_type: ConversationType | None
+    conversation_id: str | None
+    at_user_ids: list[str]
+    at_all: bool
+    receivers: list[str]
+
+
+def _plan_delivery(ctx: OpenApiContext) -> list[_Space]:
+    """Validate the deliver half of a request (openSpaceId + deliver models)."""
+    body, app = ctx.body, ctx.app
+    open_space_id = body.get("openSpaceId")
+    if not _nonempty_str(open_space_id):
+        raise errors.card_param("param.openSpaceIdEmpty")
+    assert isinstance(open_space_id, str)
+    plan: list[_Space] = []
+    for raw in (s.strip() for s in open_space_id.split(";")):
+        if not raw:
+            continue
+        prefix = "dtv1.card//"
+        if not raw.startswith(prefix) or "." not in raw[len(prefix) :]:
+            raise errors.card_param("param.openSpaceIdInvalid")
+        space_type, _, space_id = raw[len(prefix) :].partition(".")
+        if space_type not in KNOWN_SPACE_TYPES or not space_id:
+            raise errors.card_param("param.openSpaceIdInvalid")
+        space = _Space(
+            space_type=space_type,
+            space_id=space_id,
+            open_space_id=raw,
+            conversation_type=None,
+            conversation_id=None,
+            at_user_ids=[],
+            at_all=False,
+            receivers=[],
+        )
+        if space_type == "IM_GROUP":
+            model = body.get("imGroupOpenDeliverModel")
+            if not isinstance(model, dict):
+                raise errors.card_param("param.openDeliverModelEmpty")
+            if not _nonempty_str(model.get("robotCode")):
+                # GUESS: code for a group deliver model without robotCode.
+                raise errors.card_param("param.openDeliverModelError")
+            if model.get("robotCode") != app.robot_code:
+                ctx.notes.append("imGroupOpenDeliverModel.robotCode is not this app's robot")
+            at_ids = model.get("atUserIds") or {}
+            if isinstance(at_ids, dict):
+                space.at_all = "@ALL" in at_ids
+                space.at_user_ids = [str(k) for k in at_ids if k != "@ALL"]
+            recipients = model.get("recipients")
+            if isinstance(recipients, list):
+                space.receivers = [str(r) for r in recipients]
+            space.conversation_type = "group"
+            space.conversation_id = space_id
+        elif space_type == "IM_ROBOT":
+            model = body.get("imRobotOpenDeliverModel")
+            if not isinstance(model, dict):
+                raise errors.card_param("param.openDeliverModelEmpty")
+            space.conversation_type = "direct"
+            space.conversation_id = conversation_id(app, "direct", space_id)
+            space.receivers = [space_id]
+        else:
+            ctx.notes.append(f"space type {space_type} accepted but not rendered")
+        plan.append(space)
+    if not plan:
+        raise errors.card_param("param.openSpaceIdInvalid")
+    return plan
+
+
+def _apply_delivery(
+    ctx: OpenApiContext, card: CardRecord, plan: list[_Space]
+) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for space in plan:
+        if space.open_space_id not in card.spaces:
+            card.spaces.append(space.open_space_id)
+        if card.conversation_id is None and space.conversation_id is not None:
+            card.conversation_id = space.conversation_id
+            card.conversation_type = space.conversation_type
+        for uid in space.at_user_ids:
+            if uid not in card.at_user_ids:
+                card.at_user_ids.append(uid)
+        card.at_all = card.at_all or space.at_all
+        for uid in space.receivers:
+            if uid not in card.receiver_user_ids:
+                card.receiver_user_ids.append(uid)
+        results.append(
+            {
+                "spaceType": space.space_type,
+                "spaceId": space.space_id,
+                "success": True,
+                "carrierId": new_b64(ctx.emulator.rng, 24),
+            }
+        )
+    card.delivered = True
+    return results
+
+
+def _new_instance(ctx: OpenApiContext) -> CardRecord:
+    """Validate the create half of a request and build (not store) the card."""
+    body, app = ctx.body, ctx.app
+    if not body:
+        raise errors.card_param("param.empty")
+    out_track_id = body.get("outTrackId")
+    if not _nonempty_str(out_track_id):
+        raise errors.card_param("param.outTrackIdEmpty")
+    assert isinstance(out_track_id, str)
+    template = body.get("cardTemplateId")
+    if not _nonempty_str(template):
+        raise errors.card_param("param.cardTemplateIdEmpty")
+    assert isinstance(template, str)
+    card_data = body.get("cardData")
+    if not isinstance(card_data, dict):
+        # GUESS: a create request without cardData.
+        raise errors.card_param("param.cardPublicDataEmpty")
+    values = _param_map(card_data.get("cardParamMap"), ctx.notes, "cardData.cardParamMap")
+    if out_track_id in ctx.state.cards:
+        raise errors.card_param("param.cardAlreadyExist")
+    callback_type = body.get("callbackType")
+    card = CardRecord(
+        card_id=out_track_id,
+        kind="instance",
+        client_id=app.client_id,
+        template_id=template,
+        robot_code=app.robot_code,
+        callback_type=callback_type if isinstance(callback_type, str) else None,
+        content=values,
+    )
+    at_ids = body.get("cardAtUserIds")
+    if isinstance(at_ids, list):
+        card.at_user_ids = [str(u) for u in at_ids]
+    card.private_data = _private_data(body.get("privateData"), ctx.notes, "privateData")
+    apply_card_flags(card)
+    return card
+
+
+def card_instances_create(ctx: OpenApiContext) -> dict[str, Any]:
+    """``POST /v1.0/card/instances``."""
+    card = _new_instance(ctx)
+    ctx.state.cards[card.card_id] = card
+    _snapshot(ctx, card)
+    return {"success": True, "result": card.card_id}
+
+
+def card_instances_deliver(ctx: OpenApiContext) -> dict[str, Any]:
+    """``POST /v1.0/card/instances/deliver``."""
+    out_track_id = ctx.body.get("outTrackId")
+    if not _nonempty_str(out_track_id):
+        raise errors.card_param("param.outTrackIdEmpty")
+    card = _own_card(ctx, out_track_id, "instance")
+    if card is None:
+        raise errors.card_param("param.cardNotExist")
+    plan = _plan_delivery(ctx)
+    results = _apply_delivery(ctx, card, plan)
+    _snapshot(ctx, card)
+    return {"success": True, "result": results}
+
+
+def card_instances_create_and_deliver(ctx: OpenApiContext) -> dict[str, Any]:
+    """``POST /v1.0/card/instances/createAndDeliver``."""
+    card = _new_instance(ctx)
+    plan = _plan_delivery(ctx)
+    ctx.state.cards[card.card_id] = card
+    results = _apply_delivery(ctx, card, plan)
+    _snapshot(ctx, card)
+    return {
+        "success": True,
+        "result": {"outTrackId": card.card_id, "deliverResults": results},
+    }
+
+
+def card_instances_update(ctx: OpenApiContext) -> dict[str, Any]:
+    """``PUT /v1.0/card/instances`` (honours ``cardUpdateOptions``)."""
+    body = ctx.body
+    out_track_id = body.get("outTrackId")
+    if not _nonempty_str(out_track_id):
+        raise errors.card_param("param.outTrackIdEmpty")
+    card = _own_card(ctx, out_track_id, "instance")
+    if card is None:
+        # GUESS: update of an unknown card answers like create/deliver do.
+        raise errors.card_param("param.cardNotExist")
+    options = body.get("cardUpdateOptions") or {}
+    if not isinstance(options, dict):
+        raise errors.card_param("param.invalid")
+    card_data = body.get("cardData")
+    if card_data is not None:
+        if not isinstance(card_data, dict):
+            raise errors.card_param("param.invalid")
+        values = _param_map(card_data.get("cardParamMap"), ctx.notes, "cardData.cardParamMap")
+        if options.get("updateCardDataByKey"):
+            card.content.update(values)
+        else:
+            card.content = values
+    private = _private_data(body.get("privateData"), ctx.notes, "privateData")
+    _merge_private(card, private, bool(options.get("updatePrivateDataByKey")))
+    apply_card_flags(card)
+    _snapshot(ctx, card)
+    return {"success": True, "result": True}
+
+
+def card_streaming(ctx: OpenApiContext) -> dict[str, Any]:
+    """``PUT /v1.0/card/streaming`` (AI card typewriter updates)."""
+    body = ctx.body
+    key = body.get("key")
+    content = body.get("content")
+    guid = body.get("guid")
+    if not _nonempty_str(key):
+        raise errors.stream_key_empty()
+    # GUESS: an empty string counts as empty content (documented: "content为空").
+    if not isinstance(content, str) or content == "":
+        raise errors.stream_content_empty()
+    if not _nonempty_str(guid):
+        raise errors.stream_guid_empty()
+    assert isinstance(key, str) and isinstance(guid, str)
+    if len(content.encode("utf-8")) > ctx.emulator.stream_content_limit:
+        raise errors.stream_content_too_large()
+    card = _own_card(ctx, body.get("outTrackId"), "instance")
+    if card is None:
+        raise errors.stream_card_not_exist()
+    if guid in card.stream_guids:
+        ctx.notes.append("duplicate guid: update ignored (idempotent)")
+        return {"success": True, "result": True}
+    card.stream_guids.add(guid)
+    card.stream_key = key
+    if card.finalized or card.error:
+        ctx.notes.append("streaming update after the card was finalized")
+    if body.get("isFull"):
+        card.content[key] = content
+    else:
+        previous = card.content.get(key, "")
+        card.content[key] = (previous if isinstance(previous, str) else "") + content
+    if body.get("isError"):
+        card.streaming_state = "failed"
+        card.error = True
+    elif body.get("isFinalize"):
+        card.streaming_state = "finished"
+        card.finalized = True
+    else:
+        card.streaming_state = "inputing"
+    _snapshot(ctx, card)
+    return {"success": True, "result": True}
+
+
+# --- robot messages -----------------------------------------------------------
+
+
+def _robot_message_common(ctx: OpenApiContext) -> tuple[str, Any]:
+    body, app = ctx.body, ctx.app
+    robot_code = body.get("robotCode")
+    msg_key = body.get("msgKey")
+    if not _nonempty_str(robot_code):
+        raise errors.robot_param_error("robotCode is mandatory")
+    if robot_code != app.robot_code:
+        raise errors.robot_not_exist()
+    if not _nonempty_str(msg_key):
+        raise errors.robot_param_error("msgKey is mandatory")
+    msg_param = _json_str(body.get("msgParam"))
+    if msg_param is _INVALID:
+        raise errors.robot_param_error("msgParam must be a JSON string")
+    assert isinstance(msg_key, str)
+    return msg_key, msg_param
+
+
+def robot_batch_send(ctx: OpenApiContext) -> dict[str, Any]:
+    """``POST /v1.0/robot/oToMessages/batchSend`` (1:1 messages to users)."""
+    msg_key, msg_param = _robot_message_common(ctx)
+    user_ids = ctx.body.get("userIds")
+    if not isinstance(user_ids, list) or not user_ids:
+        raise errors.robot_param_error("userIds is mandatory")
+    key = new_b64(ctx.emulator.rng, 24)
+    record = SentMessage(
+        client_id=ctx.app.client_id,
+        route=ctx.route,
+        robot_code=ctx.app.robot_code,
+        msg_key=msg_key,
+        msg_param=msg_param,
+        user_ids=[str(u) for u in user_ids],
+        conversation_id=None,
+        process_query_key=key,
+    )
+    ctx.state.sent_messages.append(record)
+    ctx.state.emit("sent", record)
+    return {"processQueryKey": key, "invalidStaffIdList": [], "flowControlledStaffIdList": []}
+
+
+def robot_group_send(ctx: OpenApiContext) -> dict[str, Any]:
+    """``POST /v1.0/robot/groupMessages/send``."""
+    msg_key, msg_param = _robot_message_common(ctx)
+    open_cid = ctx.body.get("openConversationId")
+    if not _nonempty_str(open_cid):
+        raise errors.robot_param_error("openConversationId is mandatory")
+    assert isinstance(open_cid, str)
+    key = new_b64(ctx.emulator.rng, 24)
+    record = SentMessage(
+        client_id=ctx.app.client_id,
+        route=ctx.route,
+        robot_code=ctx.app.robot_code,
+        msg_key=msg_key,
+        msg_param=msg_param,
+        user_ids=[],
+        conversation_id=open_cid,
+        process_query_key=key,
+    )
+    ctx.state.sent_messages.append(record)
+    ctx.state.emit("sent", record)
+    return {"processQueryKey": key}
+
+
+def robot_file_download(ctx: OpenApiContext) -> dict[str, Any]:
+    """``POST /v1.0/robot/messageFiles/download`` → a URL on the emulator."""
+    code = ctx.body.get("downloadCode")
+    if not _nonempty_str(code):
+        raise errors.robot_param_error("downloadCode is mandatory")
+    assert isinstance(code, str)
+    return {"downloadUrl": f"{ctx.emulator.base_url}/_emulator/files/{quote(code, safe='')}"}
+
+
+ROUTES: list[tuple[str, str, str, OpenApiHandler]] = [
+    (
+        "POST",
+        "/v1.0/im/v1.0/robot/interactiveCards/send",
+        "interactiveCards.send",
+        interactive_cards_send,
+    ),
+    (
+        "PUT",
+        "/v1.0/im/robots/interactiveCards",
+        "interactiveCards.update",
+        interactive_cards_update,
+    ),
+    ("POST", "/v1.0/card/instances", "card.instances.create", card_instances_create),
+    ("POST", "/v1.0/card/instances/deliver", "card.instances.deliver", card_instances_deliver),
+    (
+        "POST",
+        "/v1.0/card/instances/createAndDeliver",
+        "card.instances.createAndDeliver",
+        card_instances_create_and_deliver,
+    ),
+    ("PUT", "/v1.0/card/instances", "card.instances.update", card_instances_update),
+    ("PUT", "/v1.0/card/streaming", "card.streaming", card_streaming),
+    ("POST", "/v1.0/robot/oToMessages/batchSend", "robot.oToMessages.batchSend", robot_batch_send),
+    ("POST", "/v1.0/robot/groupMessages/send", "robot.groupMessages.send", robot_group_send),
+    (
+        "POST",
+        "/v1.0/robot/messageFiles/download",
+        "robot.messageFiles.download",
+        robot_file_download,
+    ),
+]
+"""(method, path, route name, handler) for every token-protected OpenAPI route."""
