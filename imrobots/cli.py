@@ -230,18 +230,117 @@ async def _demo_conversation(questions: Sequence[str], delay: float) -> None:
         await runtime.stop()
 
 
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _demo_console(host: str, port: int, platforms: list[str] | None) -> None:
+    from .demo import Demo, demo_agent
+
+    agent, agent_description = demo_agent()
+    demo = Demo(host=host, port=port, platforms=platforms, agent=agent)
+    try:
+        url = await demo.start()
+        for robot in demo.robots:
+            where = robot.emulator.base_url or "in-process"
+            click.echo(
+                f"  {robot.platform}: emulator {where}, support robot "
+                f"connected to {robot.runtime.platform.describe()}"
+            )
+        for name, reason in demo.skipped.items():
+            click.echo(f"  {name}: skipped ({reason})")
+        click.echo(f"  agent: {agent_description}")
+        click.echo(f"console: {url}")
+        click.echo("Open the console, pick a chat and @-mention the robot. Press Ctrl-C to stop.")
+        await _wait_for_signal()
+        click.echo("stopping...")
+    finally:
+        await demo.stop()
+    click.echo("stopped")
+
+
 @cli.command()
-@click.option("--question", "-q", "questions", multiple=True, help="Ask this (repeatable).")
-@click.option("--delay", default=0.03, show_default=True, help="Seconds between streamed words.")
-def demo(questions: tuple[str, ...], delay: float) -> None:
-    """Try a robot with no account: the support robot answers on the in-memory platform."""
-    asked = list(questions) or ["How do I get a refund?", "When will my order arrive?"]
-    click.echo(
-        "imrobots demo: the support robot on the in-memory platform (no account, no network)"
-    )
-    started = time.monotonic()
-    asyncio.run(_demo_conversation(asked, delay))
-    click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
+@click.option(
+    "--question",
+    "-q",
+    "questions",
+    multiple=True,
+    help="Ask this in the terminal instead of starting the console (repeatable).",
+)
+@click.option(
+    "--delay", default=0.03, show_default=True, help="Seconds between streamed words (terminal)."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")
+@click.option("--port", default=8300, show_default=True, help="Console port (0: any free port).")
+@click.option("--platform", "platforms", multiple=True, help="Only these platforms (repeatable).")
+def demo(
+    questions: tuple[str, ...], delay: float, host: str, port: int, platforms: tuple[str, ...]
+) -> None:
+    """Try robots with no account: each installed platform's emulator, the support robot on
+    each, and a web console to chat with them."""
+    if questions:
+        click.echo(
+            "imrobots demo: the support robot on the in-memory platform (no account, no network)"
+        )
+        started = time.monotonic()
+        asyncio.run(_demo_conversation(list(questions), delay))
+        click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
+        return
+    click.echo("imrobots demo: starting emulators, robots and the console (no account needed)")
+    try:
+        asyncio.run(_demo_console(host, port, list(platforms) or None))
+    except OSError as exc:
+        _fail(ImrobotsError(f"cannot start the console on {host}:{port}: {exc}; try --port 0"))
+    except ValueError as exc:
+        _fail(exc)
+
+
+@cli.command()
+@click.argument("platform")
+@click.option("--port", default=0, show_default=True, help="Port to listen on (0: any free port).")
+def emulate(platform: str, port: int) -> None:
+    """Run one PLATFORM's emulator on its own and print how to point a robot at it."""
+    from .demo import make_emulator
+    from .plugins import get_plugin_manager
+
+    if platform == "memory":
+        _fail(
+            ImrobotsError(
+                "the memory platform runs inside the robot's process; there is nothing to emulate"
+            )
+        )
+
+    async def serve() -> None:
+        emulator = make_emulator(platform, get_plugin_manager(), port=port)
+        await emulator.start()
+        try:
+            click.echo(f"{platform} emulator listening at {emulator.base_url}")
+            click.echo("\nPoint a robot at it with these settings:\n")
+            click.echo("[robots.support]")
+            click.echo(f'platform = "{platform}"')
+            click.echo("[robots.support.settings]")
+            for key, value in emulator.robot_settings().items():
+                click.echo(f"{key} = {json.dumps(value)}")
+            environment = getattr(emulator, "environment", None)
+            if callable(environment):
+                click.echo("\nor, for the platform's official SDK, these environment variables:\n")
+                for key, value in environment().items():
+                    click.echo(f"export {key}={value}")
+            click.echo("\nPress Ctrl-C to stop.")
+            await _wait_for_signal()
+        finally:
+            await emulator.stop()
+        click.echo("stopped")
+
+    try:
+        asyncio.run(serve())
+    except (ValueError, ImrobotsError) as exc:
+        _fail(exc)
 
 
 @cli.group()

@@ -1,0 +1,7 @@
+"""The emulator web console: chat with robots on emulated platforms in a browser."""
+
+from __future__ import annotations
+
+from .server import Console
+
+__all__ = ["Console"]

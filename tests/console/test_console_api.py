@@ -1,0 +1,176 @@
+"""The console's HTTP and websocket API, and `imrobots demo` run as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from imrobots.demo import Demo
+from imrobots.demo_agent import DemoAgent
+from imrobots.plugins import PluginManager
+
+
+@pytest.fixture
+async def demo(manager: PluginManager) -> AsyncIterator[Demo]:
+    running = Demo(platforms=["memory"], manager=manager, agent=DemoAgent(delay=0.002))
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def poll(session: aiohttp.ClientSession, url: str, check: Any, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        async with session.get(url) as response:
+            data = await response.json()
+        if check(data):
+            return data
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met at {url}: {data}")
+        await asyncio.sleep(0.05)
+
+
+async def test_console_conversation_over_http_and_websocket(demo: Demo) -> None:
+    assert demo.console is not None
+    base = demo.console.url.rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + "/") as response:
+            assert response.status == 200 and "imrobots console" in await response.text()
+        async with session.get(base + "/static/app.js") as response:
+            assert response.status == 200
+        platforms = await (await session.get(base + "/api/platforms")).json()
+        assert [p["name"] for p in platforms] == ["memory"] and platforms[0]["robot"] == "support"
+        async with session.ws_connect(base + "/api/events") as ws:
+            response = await session.post(
+                base + "/api/memory/messages",
+                json={"text": "How do I reset my password?", "conversation_id": "group-support"},
+            )
+            assert response.status == 200
+            statuses = []
+            async with asyncio.timeout(10):
+                while "final" not in statuses:
+                    event = await ws.receive_json()
+                    if event["type"] == "card":
+                        statuses.append(event["card"]["status"])
+            assert statuses[0] == "thinking" and "streaming" in statuses
+        state = await (await session.get(base + "/api/memory/state")).json()
+        [card] = state["cards"]
+        assert card["conversation_id"] == "group-support" and card["status"] == "final"
+        assert state["messages"][0]["text"] == "@robot How do I reset my password?"
+        assert state["calls"] and all(c["status"] == 200 for c in state["calls"])
+        button = card["blocks"][-1]["buttons"][0]
+        response = await session.post(
+            base + "/api/memory/press", json={"card_id": card["id"], "button_id": button["id"]}
+        )
+        assert response.status == 200
+        feedback = await poll(session, base + "/api/feedback", lambda items: len(items) == 1)
+        assert feedback[0]["rating"] == "very_helpful"
+
+
+async def test_console_rejects_bad_requests(demo: Demo) -> None:
+    assert demo.console is not None
+    base = demo.console.url.rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(base + "/api/memory/messages", json={"text": ""})
+        assert response.status == 400 and "non-empty" in (await response.json())["error"]
+        response = await session.post(base + "/api/memory/messages", data="not json")
+        assert response.status == 400
+        response = await session.post(base + "/api/nowhere/messages", json={"text": "x"})
+        assert response.status == 404
+        response = await session.post(base + "/api/memory/faults", json={"kind": "meteor"})
+        assert response.status == 400
+        response = await session.post(
+            base + "/api/memory/press", json={"card_id": "card-404", "button_id": "b"}
+        )
+        assert response.status == 400
+        response = await session.get(base + "/static/../secrets.py")
+        assert response.status == 404
+
+
+async def test_injected_errors_show_in_the_call_panel_data(demo: Demo) -> None:
+    assert demo.console is not None
+    base = demo.console.url.rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            base + "/api/memory/faults", json={"kind": "errors", "value": 1}
+        )
+        assert response.status == 200
+        await session.post(base + "/api/memory/messages", json={"text": "anyone?"})
+        state = await poll(
+            session,
+            base + "/api/memory/state",
+            lambda s: any(c["status"] >= 400 for c in s["calls"]),
+        )
+        assert any(c["error"] for c in state["calls"])
+        await session.post(base + "/api/memory/faults", json={"kind": "errors", "value": 0})
+        await poll(
+            session,
+            base + "/api/memory/state",
+            lambda s: any(card["status"] == "final" for card in s["cards"]),
+            timeout=30,
+        )
+
+
+def test_demo_command_serves_a_conversation_and_stops_on_sigint() -> None:
+    """The README's first command: run `imrobots demo`, chat over HTTP, Ctrl-C, exit 0."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imrobots", "demo", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OPENAI_BASE_URL": "", "OPENAI_API_KEY": ""},
+    )
+    try:
+        assert process.stdout is not None
+        url = None
+        deadline = time.monotonic() + 60
+        lines = []
+        while url is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = re.match(r"console: (http://127\.0\.0\.1:\d+/)", line)
+            if match:
+                url = match.group(1)
+        assert url, "".join(lines)
+
+        async def converse() -> dict[str, Any]:
+            async with aiohttp.ClientSession() as session:
+                platforms = await (await session.get(url + "api/platforms")).json()
+                name = platforms[-1]["name"]
+                await session.post(
+                    url + f"api/{name}/messages",
+                    json={
+                        "text": "What are your opening hours?",
+                        "conversation_id": "group-support",
+                    },
+                )
+                return await poll(
+                    session,
+                    url + f"api/{name}/state",
+                    lambda s: any(c["status"] == "final" for c in s["cards"]),
+                    timeout=30,
+                )
+
+        state = asyncio.run(converse())
+        [card] = [c for c in state["cards"] if c["status"] == "final"]
+        assert card["title"] == "What are your opening hours?"
+        assert "Monday to Friday" in str(card["blocks"])
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "stopped" in out

@@ -1,0 +1,58 @@
+"""The imrobots.testing DSL and pytest fixture, on the memory platform's emulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from imrobots import Robot
+from imrobots.demo_agent import DemoAgent
+from imrobots.examples import SupportRobot
+from imrobots.testing import ChatExpectationError, robot_chat
+
+
+async def test_the_whole_conversation_dsl() -> None:
+    async with robot_chat(SupportRobot(agent=DemoAgent(delay=0.002))) as chat:
+        await chat.say("How do I get a refund?")
+        thinking = await chat.expect_thinking()
+        assert "thinking" in thinking["blocks"][0]["text"]
+        await chat.expect_update()
+        final = await chat.expect_final(contains="refund")
+        assert [b["label"] for b in final["blocks"][-1]["buttons"]] == [
+            "Very helpful",
+            "Helpful",
+            "Not much help",
+            "No help",
+        ]
+        await chat.press("Not much help")
+        feedback = await chat.expect_feedback("not_much_help")
+        assert feedback.question == "How do I get a refund?"
+
+
+async def test_expectations_fail_with_what_was_seen() -> None:
+    async with robot_chat(Robot(agent=lambda request: "plain answer"), timeout=0.5) as chat:
+        await chat.say("hi")
+        await chat.expect_final(contains="plain")
+        with pytest.raises(
+            ChatExpectationError, match="a final card containing 'absent'.*plain answer"
+        ):
+            await chat.expect_final(contains="absent")
+
+
+async def test_errors_and_rejections() -> None:
+    def broken(request: Any) -> str:
+        raise RuntimeError("agent down")
+
+    async with robot_chat(Robot(agent=broken)) as chat:
+        await chat.say("hello?")
+        await chat.expect_error()
+        await chat.say("not for the robot", mention=False)
+        await chat.expect_no_answer()
+
+
+async def test_fixture_cleans_up(robot_chat: Any, imrobots_platforms: list[str]) -> None:
+    assert "memory" in imrobots_platforms
+    chat = await robot_chat(Robot(agent=lambda request: f"echo {request.text}"))
+    await chat.say("ping")
+    await chat.expect_final(contains="echo ping")
