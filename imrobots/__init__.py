@@ -20,6 +20,7 @@ from .cards import (
     streaming_card,
     thinking_card,
 )
+from .emulation import EmulatorAdapter, card_view_blocks
 from .errors import (
     CardGone,
     ConfigError,
@@ -73,6 +74,7 @@ __all__ = [
     "Conversation",
     "ConversationKind",
     "Divider",
+    "EmulatorAdapter",
     "EventSink",
     "FatalPlatformError",
     "Feedback",
@@ -103,6 +105,7 @@ __all__ = [
     "Turn",
     "__version__",
     "as_agent",
+    "card_view_blocks",
     "error_card",
     "final_card",
     "get_plugin_manager",

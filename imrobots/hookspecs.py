@@ -61,15 +61,16 @@ def register_robots(register: Callable[..., None]) -> None:
 def register_emulators(register: Callable[..., None]) -> None:
     """Register a platform emulator: ``register(platform_name, factory)``.
 
-    ``factory`` (or a ``"module:attribute"`` string) returns an object with
-    ``async start()``, ``async stop()`` and ``base_url``, used by
-    ``imrobots emulate PLATFORM``, ``imrobots demo`` and the pytest plugin.
+    ``factory`` (or a ``"module:attribute"`` string) is called with keyword
+    options (``port=...``) and returns an :class:`~imrobots.EmulatorAdapter`, used
+    by ``imrobots emulate PLATFORM``, ``imrobots demo``, the web console and the
+    pytest plugin.
 
     Example::
 
         @imrobots.hookimpl
         def register_emulators(register):
-            register("dingtalk", "imrobots_dingtalk.emulator:DingTalkEmulator")
+            register("dingtalk", "imrobots_dingtalk.console:DingTalkConsoleAdapter")
     """
 
 

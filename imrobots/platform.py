@@ -201,5 +201,3 @@ class PlatformSpec:
     """Modules that must be importable (the platform's SDK)."""
     install: str | None = None
     """The command that installs what is missing, e.g. ``pip install "imrobots[dingtalk]"``."""
-    emulator: Callable[..., Any] | str | None = None
-    """A factory of the platform's emulator, if the plugin ships one."""

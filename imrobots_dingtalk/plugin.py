@@ -17,11 +17,10 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
             description="DingTalk stream mode (dingtalk-stream)",
             requires=("dingtalk_stream",),
             install='pip install "imrobots[dingtalk]"',
-            emulator="imrobots_dingtalk.emulator:DingTalkEmulator",
         )
     )
 
 
 @imrobots.hookimpl
 def register_emulators(register: Callable[..., None]) -> None:
-    register("dingtalk", "imrobots_dingtalk.emulator:DingTalkEmulator")
+    register("dingtalk", "imrobots_dingtalk.console:DingTalkConsoleAdapter")
