@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -66,6 +67,9 @@ def _setup_logging(level: str, fmt: str) -> None:
 def cli(log_level: str, log_format: str) -> None:
     """Put AI agents and other Python code into enterprise chat."""
     _setup_logging(log_level, log_format)
+    # "package.module:Class" in a config refers to code next to it, as with uvicorn or gunicorn.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _fail(exc: BaseException) -> None:
