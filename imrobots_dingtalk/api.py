@@ -1,0 +1,323 @@
+"""A small asyncio client of the DingTalk OpenAPI routes a robot uses (aiohttp).
+
+- The access token (``POST /v1.0/oauth2/accessToken``) is cached and refreshed
+  five minutes before it expires (or at half its lifetime, if that is shorter),
+  by one caller while the others wait; a 401 (or ``InvalidAuthentication``)
+  drops it, and the call is retried once with a fresh one.
+- Errors become :mod:`imrobots` exceptions (:func:`classify`): throttling
+  (403 ``Forbidden.AccessDenied.Qps*``/``Qpm*``, 429) is
+  :class:`~imrobots.RateLimited`, 5xx/``system.busy``/network failures are
+  :class:`~imrobots.RetryableError`, an unknown card on an update is
+  :class:`~imrobots.CardGone`, the rest :class:`~imrobots.FatalPlatformError`.
+- Nothing here logs or raises a secret: the app secret goes only into the token
+  request body, the token only into a header, and error messages carry the route,
+  the status, DingTalk's code and message and the request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from imrobots import (
+    CardGone,
+    FatalPlatformError,
+    PlatformError,
+    RateLimited,
+    RetryableError,
+    Secret,
+)
+
+__all__ = [
+    "AUTH_CODES",
+    "CARD_GONE_CODES",
+    "FATAL_CODES",
+    "RATE_LIMITED_CODES",
+    "RETRYABLE_CODES",
+    "DingTalkApi",
+    "classify",
+]
+
+log = logging.getLogger("imrobots_dingtalk.api")
+
+RATE_LIMITED_CODES = frozenset(
+    {
+        "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi",
+        "Forbidden.AccessDenied.QpsLimitForApi",
+        "Forbidden.AccessDenied.QpmLimitForAppkeyAndApi",
+        "Forbidden.AccessDenied.QpmLimitForApi",
+        "Forbidden.AccessDenied.QpsLimitForSuitekeyAndOrgAndApi",
+        "Forbidden.AccessDenied.QpmLimitForSuitekeyAndOrgAndApi",
+        "Throttling",
+        "toomuch.msg",
+        "send.too.fast",
+        "90018",
+        "90002",
+        "130101",
+    }
+)
+"""DingTalk codes that mean "slow down" (PROTOCOLS 2.2, 2.7)."""
+
+RETRYABLE_CODES = frozenset({"system.busy", "systemBusy", "system.error", "ServiceUnavailable"})
+"""Codes that mean "the server is busy, try again"."""
+
+CARD_GONE_CODES = frozenset(
+    {
+        "param.stream.outTrackId",
+        "cardInstance.notExist",
+        "param.cardNotExist",
+        "invalid.bizId",
+    }
+)
+"""Codes an *update* gets when the card no longer exists (PROTOCOLS 2.3, 2.5)."""
+
+AUTH_CODES = frozenset({"InvalidAuthentication", "invalidAuthentication", "Unauthorized"})
+"""Codes of a missing, unknown or expired access token."""
+
+FATAL_CODES = AUTH_CODES | frozenset(
+    {
+        "invalidClientIdOrSecret",
+        "authFailed",
+        "Forbidden.AccessDenied.AccessTokenPermissionDenied",
+        "Forbidden.AccessDenied.ApiCountLimitForOrg",
+        "invalid.robotCode",
+        "param.templateNotExist",
+        "param.stream.content",
+    }
+)
+"""Codes that retrying will not fix (credentials, permissions, monthly quota, bad requests)."""
+
+TOKEN_MARGIN = 300.0
+"""Refresh the token this many seconds before it expires (as the SDK does)."""
+
+HttpMethod = Literal["GET", "POST", "PUT"]
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def classify(
+    what: str,
+    status: int,
+    body: Any,
+    *,
+    headers: Mapping[str, str] | None = None,
+    card_update: bool = False,
+) -> PlatformError:
+    """Turn a failed answer into the :mod:`imrobots` exception the core acts on.
+
+    ``what`` names the call (``"PUT /v1.0/card/streaming"``), ``body`` is the
+    parsed JSON (or text) answer; ``card_update`` says an unknown-card code means
+    :class:`~imrobots.CardGone`.
+    """
+    headers = headers or {}
+    code: str | None = None
+    message = ""
+    request_id: str | None = None
+    if isinstance(body, dict):
+        raw_code = body.get("code", body.get("errcode"))
+        code = str(raw_code) if raw_code is not None else None
+        raw_message = body.get("message", body.get("errmsg", ""))
+        message = str(raw_message) if raw_message is not None else ""
+        raw_id = body.get("requestid", body.get("request_id"))
+        request_id = str(raw_id) if raw_id is not None else None
+        if body.get("status") == 1111:  # egress IP banned (PROTOCOLS 2.7); GUESS: "wait" minutes
+            wait = body.get("wait")
+            seconds = float(wait) * 60 if isinstance(wait, int | float) else 300.0
+            return RateLimited(
+                f"{what}: DingTalk banned this IP for a while (too many calls)",
+                code="ip.banned",
+                status=status,
+                retry_after=seconds,
+            )
+    elif isinstance(body, str) and body:
+        message = body.strip().splitlines()[0][:200]
+    detail = f"{status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+    if request_id:
+        detail += f" (request id {request_id})"
+    text = f"DingTalk {what} failed: {detail}"
+    throttled = code is not None and (
+        code in RATE_LIMITED_CODES or "QpsLimit" in code or "QpmLimit" in code
+    )
+    if status == 429 or throttled:
+        return RateLimited(text, code=code, status=status, retry_after=_retry_after(headers))
+    if status >= 500 or (code is not None and code in RETRYABLE_CODES):
+        return RetryableError(text, code=code, status=status, retry_after=_retry_after(headers))
+    if card_update and code is not None and code in CARD_GONE_CODES:
+        return CardGone(text, code=code, status=status)
+    return FatalPlatformError(text, code=code, status=status)
+
+
+def _is_auth_error(status: int, body: Any) -> bool:
+    if status == 401:
+        return True
+    return isinstance(body, dict) and body.get("code") in AUTH_CODES
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> Any:
+    raw = await response.read()
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", errors="replace")
+
+
+class DingTalkApi:
+    """The OpenAPI client of one app.
+
+    ``session`` is owned by the caller; ``endpoint`` is the OpenAPI base URL
+    (``https://api.dingtalk.com``, or an emulator's).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        endpoint: str,
+        client_id: str,
+        client_secret: Secret,
+        timeout: float = 10.0,
+    ) -> None:
+        self.session = session
+        self.endpoint = endpoint.rstrip("/")
+        self.client_id = client_id
+        self._secret = client_secret
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._token_lock = asyncio.Lock()
+        self.token_fetches = 0
+        """How many times a token was requested (for tests and metrics)."""
+
+    def __repr__(self) -> str:
+        return f"DingTalkApi(endpoint={self.endpoint!r}, client_id={self.client_id!r})"
+
+    # ------------------------------------------------------------------ token
+    async def access_token(self) -> str:
+        """The cached token, fetched or refreshed when missing or about to expire."""
+        token = self._token
+        if token is not None and time.monotonic() < self._token_expires:
+            return token
+        async with self._token_lock:
+            token = self._token
+            if token is not None and time.monotonic() < self._token_expires:
+                return token
+            return await self._fetch_token()
+
+    def invalidate_token(self, token: str | None = None) -> None:
+        """Forget the token (only if it is still ``token``, when given)."""
+        if token is None or token == self._token:
+            self._token = None
+            self._token_expires = 0.0
+
+    async def _fetch_token(self) -> str:
+        what = "POST /v1.0/oauth2/accessToken"
+        body = {"appKey": self.client_id, "appSecret": self._secret.get()}
+        started = time.monotonic()
+        status, answer, headers = await self._send("POST", "/v1.0/oauth2/accessToken", body, what)
+        self.token_fetches += 1
+        if status != 200 or not isinstance(answer, dict) or "accessToken" not in answer:
+            error = classify(what, status, answer, headers=headers)
+            if isinstance(error, RetryableError):
+                raise error
+            raise FatalPlatformError(
+                f"DingTalk refused the credentials of app {self.client_id!r}: "
+                f"{error} (check client_id and client_secret)",
+                code=error.code,
+                status=status,
+            )
+        token = str(answer["accessToken"])
+        expire_in = answer.get("expireIn", 7200)
+        lifetime = float(expire_in) if isinstance(expire_in, int | float) else 7200.0
+        margin = min(TOKEN_MARGIN, lifetime / 2)
+        self._token = token
+        self._token_expires = started + lifetime - margin
+        log.debug("got an access token for %s, valid %.0fs", self.client_id, lifetime)
+        return token
+
+    # ------------------------------------------------------------------ calls
+    async def _send(
+        self,
+        method: HttpMethod,
+        path_or_url: str,
+        body: Mapping[str, Any],
+        what: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any, Mapping[str, str]]:
+        url = path_or_url if "://" in path_or_url else self.endpoint + path_or_url
+        all_headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if headers:
+            all_headers.update(headers)
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        try:
+            async with self.session.request(
+                method, url, data=data, headers=all_headers, timeout=self.timeout
+            ) as response:
+                return response.status, await _read_body(response), response.headers
+        except TimeoutError:
+            raise RetryableError(f"DingTalk {what} timed out", code="timeout") from None
+        except aiohttp.ClientError as exc:
+            reason = type(exc).__name__
+            raise RetryableError(
+                f"DingTalk {what}: network error ({reason})", code="network"
+            ) from None
+
+    async def call(
+        self,
+        method: HttpMethod,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        card_update: bool = False,
+    ) -> Any:
+        """Call a token-protected route; return the JSON answer or raise (see :func:`classify`)."""
+        what = f"{method} {path}"
+        for attempt in (1, 2):
+            token = await self.access_token()
+            status, answer, headers = await self._send(
+                method, path, body, what, {"x-acs-dingtalk-access-token": token}
+            )
+            if 200 <= status < 300:
+                return answer
+            if _is_auth_error(status, answer):
+                self.invalidate_token(token)
+                if attempt == 1:
+                    log.info("DingTalk refused the access token on %s; fetching a new one", what)
+                    continue
+                raise FatalPlatformError(
+                    f"DingTalk {what} refused a fresh access token ({status}); "
+                    "check the app's permissions",
+                    code=str(answer.get("code")) if isinstance(answer, dict) else None,
+                    status=status,
+                )
+            raise classify(what, status, answer, headers=headers, card_update=card_update)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def post_webhook(self, url: str, body: Mapping[str, Any]) -> Any:
+        """POST to a message's sessionWebhook (no token). Returns the JSON answer.
+
+        The caller checks the host first; only the host is named in errors
+        (the URL carries the session's credential).
+        """
+        host = urlsplit(url).hostname or "?"
+        what = f"sessionWebhook post to {host}"
+        status, answer, headers = await self._send("POST", url, body, what)
+        if status != 200:
+            raise classify(what, status, answer, headers=headers)
+        return answer

@@ -1,0 +1,105 @@
+"""Core :class:`~imrobots.Card` -> DingTalk card JSON.
+
+Two renderings, one per ``card_mode``:
+
+- :func:`standard_card`: the ``cardData`` of a legacy ``StandardCard`` (the
+  seed's card, PROTOCOLS 2.3): ``config``, ``header.title`` and ``contents`` of
+  ``markdown``, ``divider`` and ``action`` blocks; buttons are ``actionType:
+  "request"`` and carry ``value``. Every block, button and label has its own id.
+- :func:`ai_card_params`: the ``cardParamMap`` of an AI card instance
+  (PROTOCOLS 2.4/2.5), string values only: ``title``, ``flowStatus`` (the SDK's
+  ``AICardStatus``: 1 processing, 2 inputing, 3 finished, 5 failed), the markdown
+  under the configured content key, and ``buttons``, a JSON list of
+  ``{"id", "label", "value", "style"}``. These are the keys the DingTalk emulator
+  draws (``imrobots_dingtalk/emulator/render.py``); a real AI card template must
+  bind the same variables.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from imrobots import Actions, Button, Card, CardStatus, Divider, Markdown, Note
+
+__all__ = [
+    "FLOW_STATUS",
+    "ai_button_list",
+    "ai_card_params",
+    "ai_markdown",
+    "standard_card",
+]
+
+FLOW_STATUS: dict[CardStatus, str] = {
+    CardStatus.THINKING: "1",
+    CardStatus.STREAMING: "2",
+    CardStatus.FINAL: "3",
+    CardStatus.INTERRUPTED: "3",
+    CardStatus.ERROR: "5",
+}
+"""``flowStatus`` of each lifecycle state (values of the SDK's ``AICardStatus``)."""
+
+_BUTTON_STATUS = {"primary": "primary", "danger": "warning", "default": "normal"}
+"""Core button style -> StandardCard button ``status``. GUESS: the value names."""
+
+
+def _standard_button(button: Button) -> dict[str, Any]:
+    return {
+        "type": "button",
+        "label": {"type": "text", "text": button.label, "id": f"{button.id}_label"},
+        "actionType": "request",
+        "status": _BUTTON_STATUS.get(button.style, "normal"),
+        "id": button.id,
+        "value": button.value,
+    }
+
+
+def standard_card(card: Card) -> dict[str, Any]:
+    """The StandardCard ``cardData`` (a dict; the API wants it as a JSON string)."""
+    contents: list[dict[str, Any]] = []
+    for element in card.elements:
+        if isinstance(element, Markdown | Note):
+            contents.append({"type": "markdown", "text": element.text, "id": element.id})
+        elif isinstance(element, Divider):
+            contents.append({"type": "divider", "id": element.id})
+        elif isinstance(element, Actions):
+            contents.append(
+                {
+                    "type": "action",
+                    "actions": [_standard_button(b) for b in element.buttons],
+                    "id": element.id,
+                }
+            )
+    data: dict[str, Any] = {"config": {"autoLayout": True, "enableForward": True}}
+    if card.title:
+        data["header"] = {"title": {"type": "text", "text": card.title}}
+    data["contents"] = contents
+    return data
+
+
+def ai_markdown(card: Card) -> str:
+    """The markdown an AI card streams: markdown blocks, then notes, as paragraphs."""
+    parts = [e.text for e in card.elements if isinstance(e, Markdown | Note) and e.text]
+    return "\n\n".join(parts)
+
+
+def ai_button_list(card: Card) -> list[dict[str, str]]:
+    """The card's buttons as the emulator's convention lists them."""
+    return [
+        {"id": b.id, "label": b.label, "value": b.value, "style": b.style} for b in card.buttons
+    ]
+
+
+def ai_card_params(card: Card, *, content_key: str, content: bool = True) -> dict[str, str]:
+    """The ``cardParamMap`` of an AI card showing ``card`` (every value a string).
+
+    ``content=False`` leaves the markdown out (it goes through the streaming API).
+    """
+    params: dict[str, str] = {
+        "title": card.title or "",
+        "flowStatus": FLOW_STATUS[card.status],
+        "buttons": json.dumps(ai_button_list(card), ensure_ascii=False),
+    }
+    if content:
+        params[content_key] = ai_markdown(card)
+    return params

@@ -1,0 +1,570 @@
+"""Wire payloads of DingTalk stream pushes, and their conversion to core events.
+
+The payload classes mirror DingTalk's JSON (PROTOCOLS 1.9 and 1.10) with
+snake_case fields; one cattrs :class:`cattrs.Converter` (:func:`make_converter`)
+maps them from camelCase and picks the content class from ``msgtype`` with a
+tagged union whose default is :class:`UnknownContent`, so a new message type
+becomes :attr:`imrobots.MessageKind.UNSUPPORTED` instead of a crash. The
+models of :mod:`imrobots` never see DingTalk's JSON; :func:`to_message` and
+:func:`to_card_action` build them from the payload classes.
+
+A payload that cannot be structured raises :class:`MalformedPayload` with a
+one-line message naming the bad fields.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import typing
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, override
+from cattrs.strategies import configure_tagged_union
+from cattrs.v import format_exception
+
+from imrobots import (
+    Attachment,
+    CardAction,
+    Conversation,
+    ConversationKind,
+    Message,
+    MessageKind,
+    Sender,
+)
+
+__all__ = [
+    "AtUser",
+    "AudioContent",
+    "BotMessage",
+    "CardCallback",
+    "CardCallbackContent",
+    "CardPrivateData",
+    "Content",
+    "FileContent",
+    "MalformedPayload",
+    "PictureContent",
+    "RichTextContent",
+    "RichTextItem",
+    "TextContent",
+    "UnknownContent",
+    "VideoContent",
+    "get_converter",
+    "make_converter",
+    "parse_bot_message",
+    "parse_card_callback",
+    "to_card_action",
+    "to_message",
+]
+
+PLATFORM = "dingtalk"
+T = TypeVar("T")
+
+
+class MalformedPayload(ValueError):
+    """A push whose ``data`` does not have the shape DingTalk documents."""
+
+
+# --------------------------------------------------------------------------- contents
+
+
+@attrs.frozen(kw_only=True)
+class TextContent:
+    """``msgtype: text``: ``text.content`` (usually starts with a space after the @-mention)."""
+
+    content: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class RichTextItem:
+    """One item of a ``richText`` list: a run of text or a picture."""
+
+    text: str | None = None
+    type: str | None = None
+    """``picture`` for an image item; absent for text."""
+    download_code: str | None = attrs.field(default=None, repr=False)
+    picture_download_code: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class RichTextContent:
+    """``msgtype: richText``: ``content.richText`` = list of text and picture items."""
+
+    rich_text: tuple[RichTextItem, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class PictureContent:
+    """``msgtype: picture``: ``content.downloadCode``."""
+
+    download_code: str | None = attrs.field(default=None, repr=False)
+    picture_download_code: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class AudioContent:
+    """``msgtype: audio``: a voice message with DingTalk's speech recognition."""
+
+    download_code: str | None = attrs.field(default=None, repr=False)
+    duration: int | None = None
+    """Milliseconds (DingTalk sends a number; the SDK keeps it as is)."""
+    recognition: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class VideoContent:
+    """``msgtype: video`` (direct chats only)."""
+
+    download_code: str | None = attrs.field(default=None, repr=False)
+    duration: int | None = None
+    video_type: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class FileContent:
+    """``msgtype: file`` (direct chats only)."""
+
+    download_code: str | None = attrs.field(default=None, repr=False)
+    file_name: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class UnknownContent:
+    """Any other ``msgtype``: kept for :attr:`imrobots.Message.raw`, shown as unsupported."""
+
+    msgtype: str = ""
+
+
+Content = (
+    TextContent
+    | RichTextContent
+    | PictureContent
+    | AudioContent
+    | VideoContent
+    | FileContent
+    | UnknownContent
+)
+
+_TAGS: dict[type[Any], str] = {
+    TextContent: "text",
+    RichTextContent: "richText",
+    PictureContent: "picture",
+    AudioContent: "audio",
+    VideoContent: "video",
+    FileContent: "file",
+    UnknownContent: "__unknown__",
+}
+
+# --------------------------------------------------------------------------- envelopes
+
+
+@attrs.frozen(kw_only=True)
+class AtUser:
+    """An entry of ``atUsers``."""
+
+    dingtalk_id: str | None = None
+    staff_id: str | None = None
+    union_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class BotMessage:
+    """The ``data`` of a ``/v1.0/im/bot/messages/get`` push (PROTOCOLS 1.9)."""
+
+    msg_id: str
+    msgtype: str
+    conversation_id: str
+    conversation_type: str
+    """``"1"`` single chat, ``"2"`` group (a string on the wire)."""
+    content: Content = UnknownContent()
+    """From ``text`` for text messages, else from ``content``; chosen by ``msgtype``."""
+    create_at: int | None = None
+    """Milliseconds since the epoch."""
+    conversation_title: str | None = None
+    sender_id: str | None = None
+    sender_staff_id: str | None = None
+    sender_nick: str | None = None
+    sender_corp_id: str | None = None
+    sender_union_id: str | None = None
+    is_admin: bool = False
+    chatbot_corp_id: str | None = None
+    chatbot_user_id: str | None = None
+    robot_code: str | None = None
+    is_in_at_list: bool | None = None
+    at_users: tuple[AtUser, ...] = ()
+    session_webhook: str | None = attrs.field(default=None, repr=False)
+    session_webhook_expired_time: int | None = None
+    err_code: int | None = None
+    """Set (20001) with ``errMsg`` when the org's monthly stream quota is used up."""
+    err_msg: str | None = None
+
+    @property
+    def is_group(self) -> bool:
+        return self.conversation_type == "2"
+
+
+@attrs.frozen(kw_only=True)
+class CardPrivateData:
+    """``content.cardPrivateData`` of a card callback."""
+
+    action_ids: tuple[str, ...] = ()
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class CardCallbackContent:
+    """The ``content`` JSON string of a card callback, parsed."""
+
+    card_private_data: CardPrivateData = CardPrivateData()
+
+
+@attrs.frozen(kw_only=True)
+class CardCallback:
+    """The ``data`` of a ``/v1.0/card/instances/callback`` push (PROTOCOLS 1.10)."""
+
+    out_track_id: str
+    user_id: str
+    type: str = "actionCallback"
+    corp_id: str | None = None
+    user_id_type: int | None = None
+    space_type: str | None = None
+    """``IM_GROUP`` or ``IM_ROBOT``."""
+    space_id: str | None = None
+    """The open conversation id (group) or the user id (robot chat)."""
+    content: CardCallbackContent = CardCallbackContent()
+    extension: str | None = None
+
+
+# --------------------------------------------------------------------------- converter
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+_CAMEL_EXCEPTIONS = {"msgtype": "msgtype"}
+
+
+def _json_text(value: Any) -> Any:
+    """DingTalk nests some objects as JSON strings; accept both forms."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise MalformedPayload("expected a JSON object inside a string") from None
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return "an object" if isinstance(value, Mapping) else type(value).__name__
+
+
+def _lenient_bool(value: Any, _: type[Any]) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, int):
+        return bool(value)
+    raise TypeError(f"expected bool, got {type(value).__name__}")
+
+
+def _lenient_str(value: Any, _: type[Any]) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"expected str, got {type(value).__name__}")
+
+
+def make_converter() -> cattrs.Converter:
+    """A converter from DingTalk's camelCase push payloads to the classes of this module.
+
+    Unknown keys are ignored (DingTalk adds fields); wrong types fail with the
+    field's path. ``msgtype`` selects the content class (unknown types become
+    :class:`UnknownContent`).
+    """
+    converter = cattrs.Converter(forbid_extra_keys=False, detailed_validation=True)
+    converter.register_structure_hook(bool, _lenient_bool)
+    converter.register_structure_hook(str, _lenient_str)
+
+    def is_payload_class(cls: Any) -> bool:
+        return attrs.has(cls) and getattr(cls, "__module__", None) == __name__
+
+    def camel_hook(cls: type[Any]) -> Any:
+        overrides = {
+            a.name: override(rename=_CAMEL_EXCEPTIONS.get(a.name, _camel(a.name)))
+            for a in attrs.fields(cls)
+        }
+        structure = make_dict_structure_fn(cls, converter, **overrides)  # type: ignore[arg-type]
+
+        def hook(value: Any, type_: type[Any]) -> Any:
+            if not isinstance(value, Mapping):
+                raise MalformedPayload(f"expected a JSON object, got {_json_type(value)}")
+            return structure(value, type_)
+
+        return hook
+
+    def is_sequence(type_: Any) -> bool:
+        return typing.get_origin(type_) is tuple
+
+    def sequence_hook(type_: Any) -> Any:
+        item = typing.get_args(type_)[0]
+        item_hook = converter.get_structure_hook(item)
+
+        def hook(value: Any, _: type[Any]) -> tuple[Any, ...]:
+            if not isinstance(value, list | tuple):
+                raise MalformedPayload(f"expected a JSON array, got {_json_type(value)}")
+            return tuple(item_hook(v, item) for v in value)
+
+        return hook
+
+    converter.register_structure_hook_factory(is_payload_class, camel_hook)
+    converter.register_structure_hook_factory(is_sequence, sequence_hook)
+    configure_tagged_union(
+        Content,
+        converter,
+        tag_generator=lambda cls: _TAGS[cls],
+        tag_name="msgtype",
+        default=UnknownContent,
+    )
+    envelope = converter.get_structure_hook(BotMessage)
+
+    def bot_message(value: Any, cls: type[BotMessage]) -> BotMessage:
+        if not isinstance(value, Mapping):
+            raise MalformedPayload(f"expected a JSON object, got {type(value).__name__}")
+        data = dict(value)
+        msgtype = data.get("msgtype")
+        raw_content = data.get("text") if msgtype == "text" else data.get("content")
+        raw_content = _json_text(raw_content)
+        if raw_content is None:
+            raw_content = {}
+        if not isinstance(raw_content, Mapping):
+            raise MalformedPayload(f"content: expected an object, got {type(raw_content).__name__}")
+        data["content"] = {**raw_content, "msgtype": msgtype if isinstance(msgtype, str) else ""}
+        data.pop("text", None)
+        result: BotMessage = envelope(data, cls)
+        return result
+
+    converter.register_structure_hook(BotMessage, bot_message)
+    callback_content = converter.get_structure_hook(CardCallbackContent)
+    converter.register_structure_hook(
+        CardCallbackContent, lambda value, cls: callback_content(_json_text(value), cls)
+    )
+    return converter
+
+
+_converter: cattrs.Converter | None = None
+
+
+def get_converter() -> cattrs.Converter:
+    """The module's shared converter (made on first use)."""
+    global _converter
+    if _converter is None:
+        _converter = make_converter()
+    return _converter
+
+
+def _format_error(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, MalformedPayload):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
+def _wire_path(problem: str) -> str:
+    """``... @ data.msg_id`` -> ``... @ data.msgId``: name fields as DingTalk spells them."""
+    text, sep, path = problem.rpartition(" @ ")
+    if not sep:
+        return problem
+    return f"{text} @ " + re.sub(r"[a-z]+(?:_[a-z0-9]+)+", lambda m: _camel(m.group(0)), path)
+
+
+def _structure(data: Any, cls: type[T]) -> T:
+    try:
+        return get_converter().structure(data, cls)
+    except (ClassValidationError, IterableValidationError) as exc:
+        problems = [
+            _wire_path(p)
+            for p in cattrs.transform_error(exc, path="data", format_exception=_format_error)
+        ]
+        raise MalformedPayload("; ".join(problems)) from None
+    except MalformedPayload:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise MalformedPayload(f"{type(exc).__name__}: {exc}") from None
+
+
+def parse_bot_message(data: Any) -> BotMessage:
+    """Structure a bot message's ``data``; raises :class:`MalformedPayload`."""
+    return _structure(data, BotMessage)
+
+
+def parse_card_callback(data: Any) -> CardCallback:
+    """Structure a card callback's ``data``; raises :class:`MalformedPayload`."""
+    return _structure(data, CardCallback)
+
+
+# --------------------------------------------------------------------------- to core
+
+
+def _time(create_at: int | None) -> datetime:
+    if create_at is None or create_at <= 0:
+        return datetime.now(UTC)
+    return datetime.fromtimestamp(create_at / 1000, tz=UTC)
+
+
+def _strip_mention(text: str, robot_names: tuple[str, ...]) -> str:
+    """Drop leading whitespace and a leading @-mention of the robot, then trim."""
+    text = text.strip()
+    for name in robot_names:
+        if not name:
+            continue
+        pattern = re.compile(r"^@" + re.escape(name) + r"(?:\s+|$)")
+        match = pattern.match(text)
+        if match:
+            text = text[match.end() :].strip()
+            break
+    return text
+
+
+def to_message(
+    data: Mapping[str, Any] | BotMessage,
+    *,
+    robot_names: tuple[str, ...] = (),
+) -> Message:
+    """Build a core :class:`~imrobots.Message` from a bot message push.
+
+    ``robot_names`` are display names of the robot whose leading ``@name`` is
+    removed from the text (DingTalk usually removes it itself and leaves a space).
+    Raises :class:`MalformedPayload` if ``data`` lacks the documented fields.
+    """
+    raw: Mapping[str, Any]
+    if isinstance(data, BotMessage):
+        bot, raw = data, {}
+    else:
+        bot, raw = parse_bot_message(data), data
+    content = bot.content
+    kind = MessageKind.UNSUPPORTED
+    text = ""
+    attachments: list[Attachment] = []
+    if isinstance(content, TextContent):
+        kind, text = MessageKind.TEXT, content.content
+    elif isinstance(content, RichTextContent):
+        kind = MessageKind.RICH_TEXT
+        parts: list[str] = []
+        for item in content.rich_text:
+            if item.text is not None and item.type in (None, "text"):
+                parts.append(item.text)
+            code = item.download_code or item.picture_download_code
+            if item.type == "picture" or (item.text is None and code):
+                attachments.append(Attachment(kind="image", download_code=code))
+        text = "".join(parts)
+    elif isinstance(content, PictureContent):
+        kind = MessageKind.IMAGE
+        code = content.download_code or content.picture_download_code
+        attachments.append(Attachment(kind="image", download_code=code))
+    elif isinstance(content, AudioContent):
+        kind, text = MessageKind.AUDIO, content.recognition or ""
+        attachments.append(
+            Attachment(kind="audio", download_code=content.download_code, text=content.recognition)
+        )
+    elif isinstance(content, VideoContent):
+        kind = MessageKind.VIDEO
+        attachments.append(Attachment(kind="video", download_code=content.download_code))
+    elif isinstance(content, FileContent):
+        kind = MessageKind.FILE
+        attachments.append(
+            Attachment(kind="file", name=content.file_name, download_code=content.download_code)
+        )
+    group = bot.is_group
+    robot_ids = {bot.chatbot_user_id} - {None}
+    mentions = tuple(
+        Sender(id=user.staff_id or user.dingtalk_id or user.union_id or "")
+        for user in bot.at_users
+        if user.dingtalk_id not in robot_ids and (user.staff_id or user.dingtalk_id)
+    )
+    return Message(
+        id=bot.msg_id,
+        platform=PLATFORM,
+        text=_strip_mention(text, robot_names),
+        conversation=Conversation(
+            id=bot.conversation_id,
+            kind=ConversationKind.GROUP if group else ConversationKind.DIRECT,
+            title=bot.conversation_title,
+        ),
+        sender=Sender(
+            id=bot.sender_staff_id or bot.sender_id or "",
+            name=bot.sender_nick,
+            is_admin=bot.is_admin,
+        ),
+        kind=kind,
+        mentioned=bool(bot.is_in_at_list) if group else True,
+        mentions=mentions,
+        attachments=tuple(attachments),
+        time=_time(bot.create_at),
+        raw=raw,
+    )
+
+
+def callback_value(params: Mapping[str, Any]) -> str:
+    """The value a button sent: ``params["value"]``, else the params as JSON."""
+    value = params.get("value")
+    if isinstance(value, str):
+        return value
+    if len(params) == 1:
+        (only,) = params.values()
+        if isinstance(only, str):
+            return only
+    return json.dumps(dict(params), ensure_ascii=False, sort_keys=True)
+
+
+def to_card_action(
+    data: Mapping[str, Any] | CardCallback,
+    *,
+    callback_id: str,
+    time_ms: int | None = None,
+) -> CardAction:
+    """Build a core :class:`~imrobots.CardAction` from a card callback push.
+
+    ``callback_id`` is the frame's ``messageId`` (the same on a redelivery, so the
+    core drops duplicates); the value is the button's ``value`` param.
+    """
+    raw: Mapping[str, Any]
+    if isinstance(data, CardCallback):
+        callback, raw = data, {}
+    else:
+        callback, raw = parse_card_callback(data), data
+    private = callback.content.card_private_data
+    conversation: Conversation | None = None
+    if callback.space_id:
+        kind = (
+            ConversationKind.GROUP if callback.space_type == "IM_GROUP" else ConversationKind.DIRECT
+        )
+        conversation = Conversation(id=callback.space_id, kind=kind)
+    return CardAction(
+        id=callback_id,
+        platform=PLATFORM,
+        card_id=callback.out_track_id,
+        action_id=private.action_ids[0] if private.action_ids else "",
+        value=callback_value(private.params),
+        sender=Sender(id=callback.user_id),
+        conversation=conversation,
+        time=_time(time_ms),
+        raw=raw,
+    )

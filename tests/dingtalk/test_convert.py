@@ -1,0 +1,153 @@
+"""The payload converter against a golden corpus of DingTalk pushes (``payloads/``).
+
+Each ``bot-*.json`` / ``callback-*.json`` file holds ``data`` (a push's data as
+DingTalk sends it) and ``expect``: either the fields of the core event it must
+become, or ``error`` with words the one-line error must name.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imrobots import ConversationKind, MessageKind
+from imrobots_dingtalk.convert import (
+    BotMessage,
+    MalformedPayload,
+    TextContent,
+    UnknownContent,
+    make_converter,
+    parse_bot_message,
+    to_card_action,
+    to_message,
+)
+
+PAYLOADS = Path(__file__).with_name("payloads")
+
+
+def _cases(prefix: str) -> list[Any]:
+    files = sorted(PAYLOADS.glob(f"{prefix}-*.json"))
+    assert files, f"no {prefix} payloads in {PAYLOADS}"
+    return [pytest.param(json.loads(f.read_text(encoding="utf-8")), id=f.stem) for f in files]
+
+
+@pytest.mark.parametrize("case", _cases("bot"))
+def test_bot_message_corpus(case: dict[str, Any]) -> None:
+    expect = case["expect"]
+    robot_names = tuple(case.get("robot_names", ()))
+    if "error" in expect:
+        with pytest.raises(MalformedPayload) as info:
+            to_message(case["data"], robot_names=robot_names)
+        text = str(info.value)
+        assert "\n" not in text
+        for word in expect["error"]:
+            assert word in text
+        return
+    message = to_message(case["data"], robot_names=robot_names)
+    data = case["data"]
+    assert message.platform == "dingtalk"
+    assert message.id == data["msgId"]
+    assert message.conversation.id == data["conversationId"]
+    assert message.kind is MessageKind(expect["kind"])
+    assert message.text == expect["text"]
+    assert message.raw is data  # kept for replies (sessionWebhook) and advanced robots
+    if "mentioned" in expect:
+        assert message.mentioned is expect["mentioned"]
+    if "conversation" in expect:
+        assert message.conversation.kind is ConversationKind(expect["conversation"])
+    if "conversation_title" in expect:
+        assert message.conversation.title == expect["conversation_title"]
+    if "sender" in expect:
+        assert message.sender.id == expect["sender"]
+    if "sender_name" in expect:
+        assert message.sender.name == expect["sender_name"]
+    if "is_admin" in expect:
+        assert message.sender.is_admin is expect["is_admin"]
+    if "mentions" in expect:
+        assert [m.id for m in message.mentions] == expect["mentions"]
+    if "time" in expect:
+        assert message.time == datetime.fromisoformat(expect["time"])
+    if "attachments" in expect:
+        got = [[a.kind, a.name, a.text] for a in message.attachments]
+        assert got == expect["attachments"]
+    if "download_codes" in expect:
+        assert [a.download_code for a in message.attachments] == expect["download_codes"]
+
+
+@pytest.mark.parametrize("case", _cases("callback"))
+def test_card_callback_corpus(case: dict[str, Any]) -> None:
+    expect = case["expect"]
+    if "error" in expect:
+        with pytest.raises(MalformedPayload) as info:
+            to_card_action(case["data"], callback_id="frame-1")
+        for word in expect["error"]:
+            assert word in str(info.value)
+        return
+    action = to_card_action(case["data"], callback_id="frame-1", time_ms=1_700_000_000_000)
+    assert action.id == "frame-1"
+    assert action.platform == "dingtalk"
+    assert action.card_id == case["data"]["outTrackId"]
+    assert action.time == datetime.fromtimestamp(1_700_000_000, tz=UTC)
+    for key in ("action_id", "value"):
+        if key in expect:
+            assert getattr(action, key) == expect[key]
+    if "sender" in expect:
+        assert action.sender.id == expect["sender"]
+    if "conversation" in expect:
+        assert action.conversation is not None
+        assert action.conversation.kind is ConversationKind(expect["conversation"])
+
+
+def test_msgtype_selects_the_content_class() -> None:
+    base = {"msgId": "m", "conversationId": "c", "conversationType": "1"}
+    text = parse_bot_message({**base, "msgtype": "text", "text": {"content": "hi"}})
+    assert text.content == TextContent(content="hi")
+    other = parse_bot_message({**base, "msgtype": "markdown", "content": {"text": "x"}})
+    assert isinstance(other.content, UnknownContent)
+
+
+def test_strings_stand_in_for_numbers_and_booleans() -> None:
+    bot = parse_bot_message(
+        {
+            "msgId": 12345,
+            "conversationId": "c",
+            "conversationType": 2,
+            "msgtype": "text",
+            "isInAtList": "true",
+            "text": {"content": "hi"},
+        }
+    )
+    assert isinstance(bot, BotMessage)
+    assert bot.msg_id == "12345"
+    assert bot.is_group
+    assert bot.is_in_at_list is True
+
+
+def test_error_names_fields_as_dingtalk_spells_them() -> None:
+    with pytest.raises(MalformedPayload) as info:
+        parse_bot_message({"msgtype": "text", "conversationType": "2", "isInAtList": []})
+    text = str(info.value)
+    assert "data.msgId" in text
+    assert "data.isInAtList" in text
+    assert "msg_id" not in text
+
+
+def test_a_converter_is_independent() -> None:
+    converter = make_converter()
+    bot = converter.structure(
+        {"msgId": "m", "conversationId": "c", "conversationType": "1", "msgtype": "text"},
+        BotMessage,
+    )
+    assert bot.content == TextContent(content="")
+
+
+def test_reprs_hide_download_codes_and_webhooks() -> None:
+    data = json.loads((PAYLOADS / "bot-text-group-mention.json").read_text("utf-8"))["data"]
+    bot = parse_bot_message(data)
+    assert "sendBySession" not in repr(bot)
+    message = to_message(data)
+    assert "sendBySession" not in repr(message)

@@ -1,0 +1,333 @@
+"""The DingTalk plugin's parts: card JSON, error mapping, the token cache, settings, examples."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from imrobots import (
+    CardGone,
+    CardStatus,
+    ConfigError,
+    FatalPlatformError,
+    FeedbackRating,
+    RateLimited,
+    RetryableError,
+    Secret,
+    StreamingMode,
+    error_card,
+    final_card,
+    thinking_card,
+)
+from imrobots.app import prepare_robot
+from imrobots.config import load_config
+from imrobots_dingtalk.api import DingTalkApi, classify
+from imrobots_dingtalk.cards import ai_card_params, standard_card
+from imrobots_dingtalk.emulator import DingTalkEmulator
+from imrobots_dingtalk.platform import DingTalkPlatform, DingTalkSettings, webhook_allowed
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "dingtalk_support"
+FEEDBACK = {rating: f"signed-{rating.value}" for rating in FeedbackRating}
+
+
+# --------------------------------------------------------------------------- cards
+
+
+def test_standard_card_is_the_seeds_shape() -> None:
+    card = final_card("Where is my parcel?", "It ships **today**.", feedback=FEEDBACK)
+    data = standard_card(card)
+    assert data["config"] == {"autoLayout": True, "enableForward": True}
+    assert data["header"] == {"title": {"type": "text", "text": "Where is my parcel?"}}
+    markdown, divider, action = data["contents"]
+    assert markdown["type"] == "markdown" and markdown["text"] == "It ships **today**."
+    assert divider["type"] == "divider"
+    assert action["type"] == "action"
+    buttons = action["actions"]
+    assert [b["label"]["text"] for b in buttons] == [r.label for r in FeedbackRating]
+    assert [b["value"] for b in buttons] == list(FEEDBACK.values())
+    for button in buttons:
+        assert button["type"] == "button" and button["actionType"] == "request"
+        assert button["label"]["type"] == "text"
+    assert [b["status"] for b in buttons] == ["primary", "normal", "normal", "normal"]
+    ids = [markdown["id"], divider["id"], action["id"]]
+    ids += [b["id"] for b in buttons] + [b["label"]["id"] for b in buttons]
+    assert len(ids) == len(set(ids))
+    json.dumps(data)  # serialisable as the API's cardData string
+
+
+def test_two_cards_never_share_ids() -> None:
+    first = standard_card(final_card("q", "a", feedback=FEEDBACK))
+    second = standard_card(final_card("q", "a", feedback=FEEDBACK))
+    ids = {c["id"] for c in first["contents"]}
+    assert ids.isdisjoint(c["id"] for c in second["contents"])
+
+
+@pytest.mark.parametrize(
+    ("card", "flow"),
+    [
+        (thinking_card("q"), "1"),
+        (final_card("q", "answer", feedback=FEEDBACK), "3"),
+        (error_card("q", "partial"), "5"),
+    ],
+)
+def test_ai_card_params_are_strings(card: Any, flow: str) -> None:
+    params = ai_card_params(card, content_key="msgContent")
+    assert all(isinstance(v, str) for v in params.values())
+    assert params["flowStatus"] == flow and params["title"] == "q"
+    buttons = json.loads(params["buttons"])
+    if card.status is CardStatus.FINAL:
+        assert params["msgContent"] == "answer"
+        assert [b["label"] for b in buttons] == [r.label for r in FeedbackRating]
+        assert {"id", "label", "value"} <= set(buttons[0])
+    else:
+        assert buttons == []
+    assert "msgContent" not in ai_card_params(card, content_key="msgContent", content=False)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (403, {"code": "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi"}, RateLimited),
+        (403, {"code": "Forbidden.AccessDenied.QpsLimitForApi"}, RateLimited),
+        (403, {"code": "Forbidden.AccessDenied.QpmLimitForAppkeyAndApi"}, RateLimited),
+        (429, {"code": "systemBusy"}, RateLimited),
+        (429, "<html>slow down</html>", RateLimited),
+        (200, {"status": 1111, "wait": 5, "punish": "deny"}, RateLimited),
+        (500, {"code": "system.busy", "message": "系统繁忙"}, RetryableError),
+        (503, None, RetryableError),
+        (400, {"code": "system.busy"}, RetryableError),
+        (403, {"code": "Forbidden.AccessDenied.AccessTokenPermissionDenied"}, FatalPlatformError),
+        (
+            400,
+            {"code": "param.stream.content", "message": "content is too large"},
+            FatalPlatformError,
+        ),
+        (400, {"code": "param.stream.outTrackId"}, FatalPlatformError),
+    ],
+)
+def test_classify(status: int, body: Any, expected: type[Exception]) -> None:
+    error = classify("PUT /v1.0/card/streaming", status, body)
+    assert type(error) is expected
+    assert "\n" not in str(error) and "PUT /v1.0/card/streaming" in str(error)
+
+
+@pytest.mark.parametrize(
+    "code", ["param.stream.outTrackId", "cardInstance.notExist", "param.cardNotExist"]
+)
+def test_unknown_card_on_update_is_card_gone(code: str) -> None:
+    error = classify("PUT x", 400, {"code": code, "requestid": "R-1"}, card_update=True)
+    assert isinstance(error, CardGone)
+    assert error.code == code and error.status == 400 and "R-1" in str(error)
+
+
+def test_retry_after_header_is_kept() -> None:
+    error = classify("POST x", 429, {}, headers={"Retry-After": "3"})
+    assert isinstance(error, RateLimited) and error.retry_after == 3.0
+
+
+# --------------------------------------------------------------------------- webhook hosts
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "allowed"),
+    [
+        ("https://oapi.dingtalk.com/robot/sendBySession?session=x", (), True),
+        ("https://dingtalk.com/x", (), True),
+        ("http://oapi.dingtalk.com/robot/sendBySession", (), False),
+        ("https://oapi.dingtalk.com.evil.example/x", (), False),
+        ("https://evildingtalk.com/x", (), False),
+        ("https://169.254.169.254/latest/meta-data", (), False),
+        ("http://127.0.0.1:8790/robot/sendBySession", (), False),
+        ("http://127.0.0.1:8790/robot/sendBySession", ("127.0.0.1:8790",), True),
+        ("http://127.0.0.1:9999/robot/sendBySession", ("127.0.0.1:8790",), False),
+        ("http://localhost:1/x", ("localhost",), True),
+        ("file:///etc/passwd", ("",), False),
+        ("not a url", (), False),
+    ],
+)
+def test_webhook_allowed(url: str, extra: tuple[str, ...], allowed: bool) -> None:
+    assert webhook_allowed(url, extra) is allowed
+
+
+# --------------------------------------------------------------------------- token cache
+
+
+@pytest_asyncio.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as http:
+        yield http
+
+
+async def test_token_is_cached_and_refreshed_before_expiry(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with DingTalkEmulator(seed=2, token_lifetime=1) as emu:
+        emu.add_app("tok-app", "tok-secret")
+        api = DingTalkApi(
+            session, endpoint=emu.base_url, client_id="tok-app", client_secret=Secret("tok-secret")
+        )
+        tokens = await asyncio.gather(*(api.access_token() for _ in range(10)))
+        assert len(set(tokens)) == 1 and api.token_fetches == 1  # one fetch for ten callers
+        assert await api.access_token() == tokens[0] and api.token_fetches == 1
+        # expireIn = 1 s: refreshed at half its lifetime, before it expires
+        deadline = time.monotonic() + 3
+        while api.token_fetches < 2:
+            assert time.monotonic() < deadline, "the token was never refreshed"
+            await asyncio.sleep(0.05)
+            await api.access_token()
+        fetches = [c for c in emu.calls if c.route == "oauth2.accessToken"]
+        assert len(fetches) == 2
+        assert all(c.request["appSecret"] == "***" for c in fetches)
+
+
+async def test_token_is_refreshed_after_a_401(session: aiohttp.ClientSession) -> None:
+    async with DingTalkEmulator(seed=2) as emu:
+        emu.add_app("tok-app", "tok-secret", robot_code="tok-app")
+        api = DingTalkApi(
+            session, endpoint=emu.base_url, client_id="tok-app", client_secret=Secret("tok-secret")
+        )
+        await api.access_token()
+        emu.expire_tokens()
+        body = {"downloadCode": "dc", "robotCode": "tok-app"}
+        answer = await api.call("POST", "/v1.0/robot/messageFiles/download", body)
+        assert "downloadUrl" in answer
+        assert api.token_fetches == 2
+        assert [c.status for c in emu.calls if c.route != "oauth2.accessToken"] == [401, 200]
+
+
+async def test_second_401_is_fatal(session: aiohttp.ClientSession) -> None:
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"accessToken": "t", "expireIn": 7200})
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"code": "InvalidAuthentication", "message": "no"}, status=401)
+
+    app = web.Application()
+    app.router.add_post("/v1.0/oauth2/accessToken", token)
+    app.router.add_post("/v1.0/x", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        api = DingTalkApi(
+            session,
+            endpoint=f"http://127.0.0.1:{port}",
+            client_id="a",
+            client_secret=Secret("s3cr3t-value"),
+        )
+        with pytest.raises(FatalPlatformError) as info:
+            await api.call("POST", "/v1.0/x", {})
+        assert api.token_fetches == 2
+        assert "refused a fresh access token" in str(info.value)
+        assert "s3cr3t-value" not in str(info.value)
+    finally:
+        await runner.cleanup()
+
+
+async def test_network_failure_is_retryable(session: aiohttp.ClientSession) -> None:
+    async with DingTalkEmulator() as emu:
+        url = emu.base_url
+    api = DingTalkApi(session, endpoint=url, client_id="a", client_secret=Secret("s"))
+    with pytest.raises(RetryableError) as info:
+        await api.access_token()
+    assert "network error" in str(info.value)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_defaults_and_capabilities() -> None:
+    settings = DingTalkSettings(client_id="dingabc", client_secret=Secret("xyz"))
+    assert settings.openapi_endpoint == "https://api.dingtalk.com"
+    assert settings.gateway == "https://api.dingtalk.com"
+    assert settings.robot == "dingabc"
+    assert "xyz" not in repr(settings)
+    standard = DingTalkPlatform(settings).capabilities
+    assert standard.streaming is StreamingMode.EDIT
+    assert standard.app_rate == 20.0 and standard.update_interval == 1.0
+    assert standard.budget == pytest.approx(18.0)
+    assert standard.classify("Forbidden.AccessDenied.QpsLimitForAppkeyAndApi") == "rate_limited"
+    assert standard.classify("system.busy") == "retryable"
+    ai = DingTalkSettings(
+        client_id="dingabc", client_secret=Secret("xyz"), card_mode="ai", ai_template_id="t"
+    )
+    assert DingTalkPlatform(ai).capabilities.streaming is StreamingMode.NATIVE
+
+
+def _write(tmp_path: Path, settings: str) -> Path:
+    path = tmp_path / "robots.toml"
+    path.write_text(
+        '[robots.bot]\nplatform = "dingtalk"\n[robots.bot.settings]\n'
+        'client_id = "dingabc"\nclient_secret = "very-secret"\n' + settings,
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('card_mode = "ai"\n', 'ai_template_id to be set when card_mode = "ai"'),
+        ('card_mode = "fancy"\n', "card_mode"),
+        ('openapi_endpoint = "api.dingtalk.com"\n', "openapi_endpoint to be an http(s) URL"),
+        ("update_interval = 0\n", "update_interval > 0"),
+        ('webhook_hosts = "127.0.0.1"\n', "webhook_hosts to be a list of strings"),
+        ('webhook_hosts = ["http://x/"]\n', 'entries like "host" or "host:port"'),
+        ("max_text = 0\n", "max_text > 0"),
+        ("colour = 1\n", "unknown key: colour"),
+    ],
+)
+def test_bad_settings_give_one_line(tmp_path: Path, extra: str, message: str) -> None:
+    pytest.importorskip("dingtalk_stream")  # the plugin manager checks the platform's SDK
+    path = _write(tmp_path, extra)
+    config = load_config(path)
+    with pytest.raises(ConfigError) as info:
+        prepare_robot(config.robots["bot"], source=str(path))
+    text = str(info.value)
+    assert "\n" not in text and message in text and "robots.bot.settings" in text
+    assert "very-secret" not in text
+
+
+def test_example_robots_toml() -> None:
+    pytest.importorskip("dingtalk_stream")
+    env = {"DINGTALK_CLIENT_ID": "dingexample", "DINGTALK_CLIENT_SECRET": "example-secret"}
+    config = load_config(EXAMPLE / "robots.toml", env=env)
+    prepared = prepare_robot(config.robots["support"], source="robots.toml")
+    settings = prepared.platform_settings
+    assert isinstance(settings, DingTalkSettings)
+    assert settings.client_id == "dingexample"
+    assert settings.client_secret.get() == "example-secret"
+    assert settings.card_mode == "standard"
+    assert prepared.robot_class.__name__ == "SupportRobot"
+    assert config.robots["support"].agent["use"] == "demo"
+
+
+def test_example_seed_config_json() -> None:
+    pytest.importorskip("dingtalk_stream")
+    env = {"DINGTALK_CLIENT_ID": "dingexample", "DINGTALK_CLIENT_SECRET": "example-secret"}
+    config = load_config(EXAMPLE / "config.json", env=env)
+    robot = config.robots["support"]
+    assert robot.platform == "dingtalk"
+    prepared = prepare_robot(robot, source="config.json")
+    assert isinstance(prepared.platform_settings, DingTalkSettings)
+    assert prepared.platform_settings.client_id == "dingexample"
+
+
+def test_example_needs_its_variables() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(EXAMPLE / "robots.toml", env={})
+    assert "DINGTALK_CLIENT_ID" in str(info.value)
