@@ -12,12 +12,14 @@ import json
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import attrs
 import cattrs
+import cattrs.cols as cols
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .errors import ConfigError
@@ -97,6 +99,28 @@ def make_converter() -> cattrs.Converter:
         return Secret(value)
 
     converter.register_structure_hook(Secret, secret)
+
+    # A string is iterable, so cattrs would turn "a,b" into a tuple of characters: refuse it.
+    def sequence_factory(type_: Any, conv: cattrs.Converter) -> Any:
+        args = typing.get_args(type_)
+        homogenous = typing.get_origin(type_) is tuple and len(args) == 2 and args[1] is Ellipsis
+        base = (
+            cols.homogenous_tuple_structure_factory(type_, conv)
+            if homogenous
+            else cols.list_structure_factory(type_, conv)
+        )
+
+        def hook(value: Any, cls: Any) -> Any:
+            if isinstance(value, str | bytes | dict):
+                raise TypeError(f"expected a list, got {type(value).__name__}")
+            return base(value, cls)
+
+        return hook
+
+    factory: Any = sequence_factory
+    converter.register_structure_hook_factory(
+        lambda t: cols.is_sequence(t) and bool(typing.get_args(t)), factory
+    )
     return converter
 
 
@@ -109,9 +133,11 @@ def _describe(exc: BaseException, type_: Any) -> str:
         return f"unknown key{'s' if len(exc.extra_fields) > 1 else ''}: {keys}"
     if isinstance(exc, KeyError):
         return "required but missing"
+    if typing.get_origin(type_) is Literal:
+        return "expected one of " + ", ".join(repr(a) for a in typing.get_args(type_))
     if isinstance(exc, TypeError | ValueError):
         text = str(exc)
-        if text.startswith("expected "):
+        if text.startswith("expected ") or (isinstance(exc, ValueError) and text):
             return text
         name = getattr(type_, "__name__", None) or str(type_).replace("typing.", "")
         return f"expected {name}"

@@ -200,3 +200,32 @@ def test_check_command(
     assert bad.exit_code == 2
     assert bad.output.startswith("error: ") and "FEEDBACK_SECRET" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_a_string_is_not_a_list(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('deny_users = ["mallory"]', 'deny_users = "mallory"'))
+    with pytest.raises(
+        ConfigError, match=r"robots\.support\.policy\.deny_users: expected a list, got str"
+    ):
+        load_config(path, env=ENV)
+
+
+def test_literal_choices_are_listed(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('strategy = "queue"', 'strategy = "sometimes"'))
+    with pytest.raises(
+        ConfigError, match="expected one of 'queue', 'concurrent', 'drop', 'debounce'"
+    ):
+        load_config(path, env=ENV)
+
+
+def test_validator_messages_reach_the_user(manager: PluginManager) -> None:
+    import attrs
+
+    from imrobots.config import structure
+
+    @attrs.frozen(kw_only=True)
+    class Settings:
+        port: int = attrs.field(validator=attrs.validators.gt(0))
+
+    with pytest.raises(ConfigError, match="'port' must be > 0"):
+        structure({"port": 0}, Settings, path="robots.x.settings", source="robots.toml")
