@@ -4,8 +4,9 @@ It is registered through the same ``register_platforms`` hook as every other
 platform (as ``llm-echo`` is for ``llm``). A test or an example says something
 as a user with :meth:`MemoryPlatform.say`, presses buttons with
 :meth:`MemoryPlatform.press`, and reads every card and call from the records.
-A simulated server-side quota, latency and failure rate make it a stand-in for
-a real platform's limits.
+A simulated server-side quota, latency and failure rate, and the card size
+limit and stream lifetime it declares (and enforces), make it a stand-in for a
+real platform's limits.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Literal
 import attrs
 
 from .cards import Card, CardStatus
-from .errors import CardGone, RateLimited, RetryableError
+from .errors import CardGone, FatalPlatformError, PlatformError, RateLimited, RetryableError
 from .models import (
     CardAction,
     Conversation,
@@ -50,7 +51,10 @@ class MemorySettings:
     update_interval: float = 0.5
     max_updates: int | None = None
     max_text: int | None = None
+    """Most characters of markdown a card holds; a bigger card is refused (fatal error)."""
     stream_lifetime: float | None = None
+    """Seconds after it was sent during which a card can be updated; later updates fail
+    with "card gone", as Feishu and WeCom streams end."""
     latency: float = 0.0
     """Seconds every call takes."""
     failure_rate: float = 0.0
@@ -112,6 +116,7 @@ class MemoryPlatform(Platform):
             stream_lifetime=s.stream_lifetime,
             rate_limited_codes=frozenset({"QpsLimit"}),
             retryable_codes=frozenset({"ServerBusy"}),
+            fatal_codes=frozenset({"TooLarge"}),
         )
         self.cards: dict[str, MemoryCard] = {}
         self.texts: list[tuple[str, str]] = []
@@ -200,7 +205,7 @@ class MemoryPlatform(Platform):
         return action
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until ``predicate()`` holds, re-checking after every recorded change."""
+        """Wait until ``predicate()`` holds, re-checking after every call the robot makes."""
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(predicate)
 
@@ -208,7 +213,9 @@ class MemoryPlatform(Platform):
         return [c for c in self.cards.values() if c.conversation_id == conversation]
 
     def on_change(self, listener: Callable[[str, MemoryCard | None], None]) -> None:
-        """Call ``listener(op, card)`` after every successful call (for consoles)."""
+        """Call ``listener(op, card)`` after every call (for consoles): ``op`` is the
+        operation (``send_card``...) with the card it touched, or ``"OP:failed"`` with
+        ``None`` for a call the platform refused or failed (the call is in :attr:`calls`)."""
         self._listeners.append(listener)
 
     # -------------------------------------------------------------- robot side
@@ -223,24 +230,28 @@ class MemoryPlatform(Platform):
                 self._window.popleft()
             if len(self._window) >= s.quota:
                 self.rejected_calls += 1
-                self.calls.append(
-                    MemoryCall(time=now, op=op, card_id=card_id, ok=False, error="QpsLimit")
-                )
-                raise RateLimited(
-                    "simulated quota exceeded",
-                    code="QpsLimit",
-                    status=403,
-                    retry_after=window_start + 1 - now,
+                raise await self._failed(
+                    op,
+                    card_id,
+                    "QpsLimit",
+                    RateLimited(
+                        "simulated quota exceeded",
+                        code="QpsLimit",
+                        status=403,
+                        retry_after=window_start + 1 - now,
+                    ),
                 )
             self._window.append(now)
         if s.failure_rate and self._random.random() < s.failure_rate:
             kind = s.failure_kind
             if kind == "mixed":
                 kind = self._random.choice(["5xx", "rate_limited"])
-            self.calls.append(MemoryCall(time=now, op=op, card_id=card_id, ok=False, error=kind))
-            if kind == "rate_limited":
-                raise RateLimited("simulated rate limit", code="QpsLimit", status=403)
-            raise RetryableError("simulated server error", code="ServerBusy", status=503)
+            error: PlatformError = (
+                RateLimited("simulated rate limit", code="QpsLimit", status=403)
+                if kind == "rate_limited"
+                else RetryableError("simulated server error", code="ServerBusy", status=503)
+            )
+            raise await self._failed(op, card_id, kind, error)
         self.calls.append(MemoryCall(time=now, op=op, card_id=card_id, ok=True))
 
     async def _changed_now(self, op: str, card: MemoryCard | None) -> None:
@@ -249,7 +260,44 @@ class MemoryPlatform(Platform):
         async with self._changed:
             self._changed.notify_all()
 
+    async def _failed(
+        self, op: str, card_id: str | None, error_code: str, error: PlatformError
+    ) -> PlatformError:
+        """Record a refused or failed call, tell the listeners, and return ``error`` to raise."""
+        self.calls.append(
+            MemoryCall(time=time.monotonic(), op=op, card_id=card_id, ok=False, error=error_code)
+        )
+        await self._changed_now(f"{op}:failed", None)
+        return error
+
+    async def _check_size(self, op: str, card_id: str | None, text: str) -> None:
+        limit = self.settings.max_text
+        if limit is not None and len(text) > limit:
+            raise await self._failed(
+                op,
+                card_id,
+                "TooLarge",
+                FatalPlatformError(
+                    f"content too large: {len(text)} characters, at most {limit}", code="TooLarge"
+                ),
+            )
+
+    async def _updatable(self, op: str, ref: CardRef) -> MemoryCard:
+        record = self.cards.get(ref.id)
+        if record is None or record.gone:
+            raise CardGone(f"card {ref.id} does not exist", code="CardGone")
+        lifetime = self.settings.stream_lifetime
+        if lifetime is not None and time.monotonic() - record.history[0][0] > lifetime:
+            raise await self._failed(
+                op,
+                ref.id,
+                "CardExpired",
+                CardGone(f"card {ref.id} can no longer be updated", code="CardExpired"),
+            )
+        return record
+
     async def send_card(self, to: Message, card: Card) -> CardRef:
+        await self._check_size("send_card", None, card.markdown)
         await self._enter("send_card", None)
         card_id = f"card-{next(self._ids)}"
         record = MemoryCard(id=card_id, conversation_id=to.conversation.id, reply_to=to.id)
@@ -259,17 +307,15 @@ class MemoryPlatform(Platform):
         return CardRef(id=card_id, platform=self.name, conversation_id=to.conversation.id)
 
     async def update_card(self, ref: CardRef, card: Card) -> None:
-        record = self.cards.get(ref.id)
-        if record is None or record.gone:
-            raise CardGone(f"card {ref.id} does not exist", code="CardGone")
+        record = await self._updatable("update_card", ref)
+        await self._check_size("update_card", ref.id, card.markdown)
         await self._enter("update_card", ref.id)
         record.history.append((time.monotonic(), card))
         await self._changed_now("update_card", record)
 
     async def stream_update(self, ref: CardRef, text: str, *, final: bool = False) -> None:
-        record = self.cards.get(ref.id)
-        if record is None or record.gone:
-            raise CardGone(f"card {ref.id} does not exist", code="CardGone")
+        record = await self._updatable("stream_update", ref)
+        await self._check_size("stream_update", ref.id, text)
         await self._enter("stream_update", ref.id)
         record.history.append((time.monotonic(), text))
         await self._changed_now("stream_update", record)

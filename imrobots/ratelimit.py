@@ -38,13 +38,14 @@ class RateLimiter:
         self.burst = max(1, burst)
         self.stats = RateLimiterStats()
 
-    async def acquire(self) -> None:
-        """Wait until one request may be sent."""
+    async def acquire(self) -> float:
+        """Wait until one request may be sent; return how many seconds that took."""
         wait = await self.store.reserve(self.key, rate=self.rate, burst=self.burst)
         self.stats.granted += 1
         if wait > 0:
             self.stats.waited += wait
             await asyncio.sleep(wait)
+        return max(wait, 0.0)
 
     async def backoff(self, seconds: float) -> None:
         """The platform answered "rate limited": hold every caller back for ``seconds``."""

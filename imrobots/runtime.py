@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -39,7 +40,10 @@ log = logging.getLogger("imrobots.runtime")
 T = TypeVar("T")
 Strategy = Literal["queue", "concurrent", "drop", "debounce"]
 
-_limiters: dict[tuple[int, str], RateLimiter] = {}
+_limiters: weakref.WeakValueDictionary[tuple[int, str], RateLimiter] = weakref.WeakValueDictionary()
+"""Limiters shared by the runtimes of one store and platform app. An entry lives as long as
+a runtime holds its limiter, and the limiter holds the store, so the store's id is not reused
+meanwhile."""
 
 
 @attrs.frozen(kw_only=True)
@@ -74,7 +78,14 @@ class _Lane:
     queue: deque[Message] = attrs.field(factory=deque)
     worker: asyncio.Task[None] | None = None
     current: asyncio.Task[None] | None = None
+    current_message: Message | None = None
     last_arrival: float = 0.0
+
+    def holds(self, message: Message) -> bool:
+        """Whether a message with the same id is queued or being answered here."""
+        if self.current_message is not None and self.current_message.id == message.id:
+            return True
+        return any(queued.id == message.id for queued in self.queue)
 
 
 @attrs.define
@@ -129,6 +140,7 @@ class RobotRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._semaphore = asyncio.Semaphore(self.options.max_concurrent)
         self._pending = 0
+        self._accepted = 0  # messages accepted and not finished (queued or being answered)
         self._idle = asyncio.Event()
         self._idle.set()
         self._started = False
@@ -169,9 +181,9 @@ class RobotRuntime:
     # ----------------------------------------------------------------- hooks
     async def fire(self, hook: str, **kwargs: Any) -> None:
         """Call an event hook; implementations may be sync or async. Failures are logged."""
-        if self.hooks is None:
+        caller = getattr(self.hooks, hook, None)
+        if caller is None:
             return
-        caller = getattr(self.hooks, hook)
         try:
             results = caller(**kwargs)
             for result in results:
@@ -224,24 +236,36 @@ class RobotRuntime:
         if reason is not None:
             self._reject(message, reason)
             return
-        if self._pending >= opts.max_pending:
+        lane = self._lanes.get(message.conversation_key)
+        if lane is not None and lane.holds(message):
+            # A redelivery of a message waiting or being answered in its lane: drop it here,
+            # before it can interrupt, supersede or be refused as "busy" in its original's
+            # place. (Redeliveries from elsewhere are caught by the store's dedupe.)
+            self.stats.duplicates += 1
+            log.info("dropped duplicate message %s (queued)", message.id)
+            return
+        if self._accepted >= opts.max_pending:
             self._reject(message, "overloaded")
             return
         if opts.strategy == "concurrent":
-            self._spawn(self._process(message))
+            self._accepted += 1
+            self._spawn(self._process(message)).add_done_callback(self._message_done)
             return
-        lane = self._lanes.setdefault(message.conversation_key, _Lane())
+        if lane is None:
+            lane = self._lanes[message.conversation_key] = _Lane()
         busy = lane.worker is not None and not lane.worker.done()
         if opts.strategy == "drop" and busy:
             self._reject(message, "busy answering an earlier message")
             return
         if opts.strategy == "debounce":
             for dropped in lane.queue:
+                self._accepted -= 1
                 self._reject(dropped, "superseded by a newer message")
             lane.queue.clear()
         elif len(lane.queue) >= opts.max_queue:
             self._reject(message, "conversation queue is full")
             return
+        self._accepted += 1
         lane.queue.append(message)
         lane.last_arrival = time.monotonic()
         if opts.interrupt and lane.current is not None and not lane.current.done():
@@ -258,15 +282,23 @@ class RobotRuntime:
                     while (wait := lane.last_arrival + debounce - time.monotonic()) > 0:  # noqa: ASYNC110
                         await asyncio.sleep(wait)
                 message = lane.queue.popleft()
+                lane.current_message = message
                 lane.current = asyncio.ensure_future(self._process(message))
+                lane.current.add_done_callback(self._message_done)
                 with contextlib.suppress(asyncio.CancelledError):
                     await lane.current  # cancelled by an interrupt or by stop()
+                lane.current_message = None
                 if self._stopping:
                     return
         finally:
             lane.current = None
+            lane.current_message = None
             if not lane.queue and self._lanes.get(key) is lane:
                 del self._lanes[key]
+
+    def _message_done(self, _: asyncio.Future[None]) -> None:
+        # a done callback, not a `finally`: it runs even for a task cancelled before it started
+        self._accepted -= 1
 
     async def _process(self, message: Message) -> None:
         key = f"dedupe:{message.platform}:{message.id}"

@@ -169,6 +169,7 @@ class AnswerStream:
         self._ref: CardRef | None = None
         self._ref_ready = asyncio.Event()
         self._card_gone = False
+        self._spare_token = False  # a limiter turn taken but not used; the next call uses it
 
         self.updates = 0
         self.cards = 0
@@ -209,13 +210,19 @@ class AnswerStream:
         self._done_flag = True
         self._wake.set()
 
+        # The final card is delivered even when this task is cancelled (by an interrupt or
+        # shutdown) while the agent was running or while the final is under way; a further
+        # cancel stops waiting for it, but the delivery goes on.
         finish = asyncio.create_task(self._finish(status, error, opener, pump))
-        if cancelled is not None:
-            # Finalize even though we are being cancelled; a second cancel stops waiting.
+        try:
+            result = await asyncio.shield(finish)
+        except asyncio.CancelledError:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(finish)
+            raise
+        if cancelled is not None:
             raise cancelled
-        return await finish
+        return result
 
     # ------------------------------------------------------------------ agent side
     def _agent_done(self) -> bool:
@@ -229,9 +236,17 @@ class AnswerStream:
         self._wake.set()
 
     # ------------------------------------------------------------------ calls
+    async def _take_turn(self) -> float:
+        """Wait for this answer's turn at the app-wide limiter (or use one it kept);
+        return the seconds waited."""
+        if self._spare_token:
+            self._spare_token = False
+            return 0.0
+        return await self.limiter.acquire()
+
     async def _call(self, func: Callable[[], Awaitable[T]]) -> T:
         """One platform call under the app-wide limiter; rate-limit answers back off the bucket."""
-        await self.limiter.acquire()
+        await self._take_turn()
         try:
             return await func()
         except RateLimited as exc:
@@ -244,10 +259,21 @@ class AnswerStream:
         deadline = time.monotonic() + self.policy.final_deadline
         try:
             while True:
+                waited = await self._take_turn()
+                if waited > 0 and self._agent_done():
+                    # The answer was completed while this turn was queued behind others:
+                    # the final card takes the turn, as a new message, instead of a
+                    # thinking card that it would overwrite at once.
+                    self._spare_token = True
+                    return
                 try:
-                    self._ref = await self._call(
-                        lambda: self.platform.send_card(self.message, card)
-                    )
+                    try:
+                        self._ref = await self.platform.send_card(self.message, card)
+                    except RateLimited as exc:
+                        await self.limiter.backoff(
+                            exc.retry_after or self.policy.rate_limit_backoff
+                        )
+                        raise
                     self.cards += 1
                     self._card_opened_at = time.monotonic()
                     return
@@ -294,25 +320,28 @@ class AnswerStream:
         while not self._agent_done():
             if self._ref is None or self._card_gone:
                 return
-            if len(self.latest) <= self._sent_len:
-                await self._wait_wake(None)
-                continue
             now = time.monotonic()
             if self._needs_rotation(now):
                 await self._rotate()
                 continue
             cap = self.policy.max_updates
-            if cap is not None and self._updates_this_card >= cap - 1:
-                return  # keep the last update for the final card
+            if len(self.latest) <= self._sent_len or (
+                cap is not None and self._updates_this_card >= cap - 1
+            ):
+                # Nothing new to show, or the card keeps its last update for the final
+                # card: wait for text, or until the card must be rotated before it expires.
+                await self._wait_wake(self._until_rotation(now))
+                continue
             due = self._due_in(now)
             if due > 0:
                 await self._wait_wake(due)
                 continue
-            await self.limiter.acquire()
+            await self._take_turn()
             if self._agent_done():
-                return  # the final update will carry the text; it takes its own token
-            text = self.latest[self._offset :]
-            shown = len(self.latest)
+                self._spare_token = True  # the final card uses this turn
+                return
+            text = self._clip(self.latest[self._offset :])
+            shown = self._offset + len(text)
             try:
                 await self._send_shown(text)
             except RateLimited as exc:
@@ -332,6 +361,11 @@ class AnswerStream:
                 return
             backoff = self.policy.retry_backoff
             self._record_update(shown)
+
+    def _clip(self, text: str) -> str:
+        """The part of ``text`` one card can hold (the rest goes to the next card)."""
+        limit = self.capabilities.max_text
+        return split_text(text, limit)[0] if limit is not None else text
 
     async def _send_shown(self, text: str) -> None:
         """Send ``text`` without taking a token (the pump took it already)."""
@@ -358,13 +392,21 @@ class AnswerStream:
         self.updates += 1
 
     def _needs_rotation(self, now: float) -> bool:
+        """Whether the current card must be closed and the answer continued in a new one:
+        its text outgrew ``max_text``, or it nears its stream lifetime (if it shows text)."""
         limit = self.capabilities.max_text
         if limit is not None and len(self.latest) - self._offset > limit:
             return True
+        until = self._until_rotation(now)
+        return until is not None and until <= 0
+
+    def _until_rotation(self, now: float) -> float | None:
+        """Seconds until the current card reaches its rotation time, if it has one."""
         lifetime = self.capabilities.stream_lifetime
-        return lifetime is not None and now - self._card_opened_at > max(
-            lifetime - self.policy.lifetime_margin, lifetime / 2
-        )
+        if lifetime is None or len(self.latest) <= self._offset:
+            return None  # no lifetime, or nothing to close the card with
+        rotate_at = max(lifetime - self.policy.lifetime_margin, lifetime / 2)
+        return self._card_opened_at + rotate_at - now
 
     async def _rotate(self) -> None:
         """Close the current card with the text so far and continue in a new card."""
@@ -378,17 +420,20 @@ class AnswerStream:
             elements=(Markdown(text=head), Note(text=CONTINUED_NOTE)),
         )
         await self._deliver(closing, ref)
+        # The closed card is done with: from here on the answer lives in the next card
+        # (if opening it fails, the final card is sent as a new message).
+        self._ref = None
+        self._card_gone = False
         self._offset += len(head)
         while self._offset < len(self.latest) and self.latest[self._offset] == "\n":
             self._offset += 1
-        rest = self.latest[self._offset :] or "..."
-        self._ref = await self._retrying(
-            lambda: self.platform.send_card(self.message, streaming_card(self.question, rest))
-        )
+        rest = self._clip(self.latest[self._offset :])
+        opening = streaming_card(self.question, rest or "...")
+        self._ref = await self._retrying(lambda: self.platform.send_card(self.message, opening))
         self.cards += 1
         self._card_opened_at = time.monotonic()
         self._updates_this_card = 0
-        self._sent_len = len(self.latest)
+        self._sent_len = self._offset + len(rest)
 
     async def _retrying(self, func: Callable[[], Awaitable[T]]) -> T:
         """Retry a call under backoff until it succeeds or ``final_deadline`` passes."""
@@ -410,28 +455,32 @@ class AnswerStream:
 
     # ------------------------------------------------------------------ final
     def _final_cards(self, status: AnswerStatus, error: BaseException | None) -> list[Card]:
+        """The cards that end the answer: the text the current card does not show yet,
+        split to the platform's size limit, the last card being final, error or interrupted."""
         text = self.latest[self._offset :]
-        if status is AnswerStatus.INTERRUPTED:
-            return [interrupted_card(self.question, text)]
-        if status is AnswerStatus.ERROR:
-            reason = (
-                "Sorry, the answer took too long and was stopped."
-                if isinstance(error, TimeoutError)
-                else "Sorry, something went wrong while answering. Please try again."
-            )
-            return [error_card(self.question, text, reason=reason)]
         parts: list[str] = []
         limit = self.capabilities.max_text
         while limit is not None and len(text) > limit:
             head, text = split_text(text, limit)
             parts.append(head)
         parts.append(text)
-        feedback = self.feedback() if self.feedback else None
         cards = [
             Card(title=self.question, elements=(Markdown(text=p), Note(text=CONTINUED_NOTE)))
             for p in parts[:-1]
         ]
-        cards.append(final_card(self.question, parts[-1] or "(no answer)", feedback=feedback))
+        last = parts[-1]
+        if status is AnswerStatus.INTERRUPTED:
+            cards.append(interrupted_card(self.question, last))
+        elif status is AnswerStatus.ERROR:
+            reason = (
+                "Sorry, the answer took too long and was stopped."
+                if isinstance(error, TimeoutError)
+                else "Sorry, something went wrong while answering. Please try again."
+            )
+            cards.append(error_card(self.question, last, reason=reason))
+        else:
+            feedback = self.feedback() if self.feedback else None
+            cards.append(final_card(self.question, last or "(no answer)", feedback=feedback))
         return cards
 
     async def _deliver(self, card: Card, ref: CardRef | None) -> CardRef | None:
@@ -476,9 +525,14 @@ class AnswerStream:
         opener: asyncio.Task[None] | None,
         pump: asyncio.Task[None],
     ) -> AnswerResult:
-        await pump
-        if opener is not None:
-            await opener
+        # Whatever happened to the pump or the opener, the final card goes out.
+        for helper in (pump, opener):
+            if helper is None:
+                continue
+            try:
+                await helper
+            except Exception:
+                log.exception("streaming %s failed; sending the final card", self.message.id)
         cards = self._final_cards(status, error)
         ref = self._ref
         delivered = True

@@ -1,0 +1,207 @@
+"""The app-wide rate limit: no refusals, the quota used, fair turns; and flaky platforms."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import time
+import weakref
+
+import attrs
+import pytest
+
+from imrobots.cards import Card, CardStatus
+from imrobots.errors import RateLimited
+from imrobots.memory import MemoryPlatform, MemorySettings
+from imrobots.platform import CardRef
+from imrobots.ratelimit import RateLimiter
+from imrobots.robot import Robot
+from imrobots.runtime import RobotRuntime
+from imrobots.store import MemoryStore
+from imrobots.streaming import StreamPolicy
+
+from .conftest import FAST, AgentRobot, Factory, Recorder, answer_cards, streaming_agent, words
+
+QUOTA = 20.0
+
+
+def _longest_gap(platform: MemoryPlatform) -> float:
+    """The longest time any answer's card waited between two of its versions."""
+    longest = 0.0
+    for card in platform.cards.values():
+        stamps = [at for at, _ in card.history]
+        for before, after in itertools.pairwise(stamps):
+            longest = max(longest, after - before)
+    return longest
+
+
+async def test_a_hundred_answers_share_a_quota_of_twenty_per_second(
+    make_runtime: Factory,
+) -> None:
+    answers = 100
+    chunks = words(80)
+    hooks = Recorder()
+    platform, runtime = await make_runtime(
+        agent=streaming_agent(chunks, seconds=8.0),
+        hooks=hooks,
+        quota=QUOTA,
+        app_rate=QUOTA,
+        max_concurrent=answers,
+    )
+    messages = [await platform.say(f"q{i}", conversation=f"c{i}") for i in range(answers)]
+    await runtime.wait_idle(timeout=60)
+
+    # the platform never had to refuse a call
+    assert platform.rejected_calls == 0
+    assert all(call.ok for call in platform.calls)
+    # every answer has its final card, with the whole text
+    for message in messages:
+        [card] = answer_cards(platform, message)
+        assert card.status is CardStatus.FINAL and card.text == "".join(chunks)
+    # the quota was used while answers were active
+    window = platform.calls[-1].time - platform.calls[0].time
+    used = len(platform.calls) / (window * QUOTA)
+    # fairness: with one shared budget of 18 calls/s (20 less the 10% headroom), each of
+    # 100 answers gets a turn every 100 / 18 = 5.6 s; no answer waited much longer
+    fair_share = answers / (QUOTA * platform.capabilities.rate_headroom)
+    longest = _longest_gap(platform)
+    print(
+        f"\n{answers} answers, quota {QUOTA:.0f}/s: {len(platform.calls)} calls in {window:.1f} s, "
+        f"{used:.0%} of the quota used, 0 refused; longest wait between updates "
+        f"{longest:.2f} s = {longest / fair_share:.2f} x the fair share of {fair_share:.2f} s"
+    )
+    assert used >= 0.8
+    assert longest <= 3 * fair_share
+    streamed = sum(
+        any(isinstance(v, Card) and v.status is CardStatus.STREAMING for _, v in c.history)
+        for c in platform.cards.values()
+    )
+    assert streamed >= answers // 4, "answers should stream, not only end"
+
+
+@pytest.mark.parametrize(("failure_rate", "answers"), [(0.1, 40), (0.3, 12)])
+async def test_every_final_lands_when_calls_fail(
+    make_runtime: Factory, failure_rate: float, answers: int
+) -> None:
+    chunks = words(15)
+    hooks = Recorder()
+    platform, runtime = await make_runtime(
+        agent=streaming_agent(chunks, seconds=1.5),
+        hooks=hooks,
+        app_rate=200.0,
+        update_interval=0.2,
+        failure_rate=failure_rate,
+        failure_kind="mixed",
+        seed=7,
+        max_concurrent=answers,
+    )
+    messages = [await platform.say(f"q{i}", conversation=f"c{i}") for i in range(answers)]
+    await runtime.wait_idle(timeout=40)
+
+    failed = [call for call in platform.calls if not call.ok]
+    assert {call.error for call in failed} == {"5xx", "rate_limited"}
+    assert len(failed) >= answers * failure_rate
+    # no card is left thinking or streaming, and every answer's last card is its final
+    for card in platform.cards.values():
+        assert card.status is not None and card.status.is_terminal, card.status
+    for message in messages:
+        cards = answer_cards(platform, message)
+        assert len(cards) == 1  # failed calls create nothing, retries find the same card
+        final = cards[0].current
+        assert isinstance(final, Card) and final.status is CardStatus.FINAL
+        assert final.markdown == "".join(chunks) and len(final.buttons) == 4
+    assert len(hooks.finished) == answers
+
+
+async def test_the_limiter_grants_turns_in_arrival_order_at_its_rate() -> None:
+    limiter = RateLimiter(MemoryStore(), "test", rate=50.0, burst=1)
+    granted: list[tuple[int, float]] = []
+
+    async def take(index: int) -> None:
+        await limiter.acquire()
+        granted.append((index, time.monotonic()))
+
+    started = time.monotonic()
+    await asyncio.gather(*(take(i) for i in range(10)))
+    assert [index for index, _ in granted] == list(range(10))
+    # the first at once, then one every 20 ms: the n-th turn never comes early
+    for index, at in granted:
+        assert at - started >= index / 50 - 0.002
+
+
+async def test_the_limiter_holds_everyone_back_after_a_rate_limit_answer() -> None:
+    limiter = RateLimiter(MemoryStore(), "test", rate=1000.0, burst=1)
+    await limiter.acquire()
+    await limiter.backoff(0.3)  # the platform said: try again in 0.3 s
+    started = time.monotonic()
+    await limiter.acquire()
+    assert time.monotonic() - started >= 0.29
+    assert limiter.stats.penalties == 1
+
+
+class _RefusesOnce(MemoryPlatform):
+    """Answers the first card update with "rate limited, retry after 0.3 s"."""
+
+    refused_at: float | None = None
+
+    async def update_card(self, ref: CardRef, card: Card) -> None:
+        if self.refused_at is None:
+            self.refused_at = time.monotonic()
+            raise RateLimited("slow down", code="QpsLimit", status=429, retry_after=0.3)
+        await super().update_card(ref, card)
+
+
+async def test_a_rate_limit_answer_holds_back_every_call_for_its_retry_after() -> None:
+    platform = _RefusesOnce(MemorySettings(app_rate=FAST["app_rate"]))
+    chunks = words(30)
+    runtime = RobotRuntime(
+        name="bot", robot=AgentRobot(agent=streaming_agent(chunks, seconds=0.6)), platform=platform
+    )
+    await runtime.start()
+    try:
+        message = await platform.say("q")
+        await runtime.wait_idle(timeout=5)
+    finally:
+        await runtime.stop()
+    assert platform.refused_at is not None
+    # nothing was sent to the platform during the pause it asked for
+    after = [c.time for c in platform.calls if c.time > platform.refused_at]
+    assert after and min(after) - platform.refused_at >= 0.29
+    [card] = answer_cards(platform, message)
+    assert card.status is CardStatus.FINAL and card.text == "".join(chunks)
+
+
+async def test_failed_calls_are_reported_to_listeners_and_waiters(make_runtime: Factory) -> None:
+    seen: list[str] = []
+    platform, runtime = await make_runtime(
+        agent=streaming_agent(["the answer"]),
+        failure_rate=1.0,
+        failure_kind="5xx",
+        stream=StreamPolicy(retry_backoff=0.02, max_backoff=0.05),
+        **FAST,
+    )
+    platform.on_change(lambda op, card: seen.append(op))
+    message = await platform.say("anyone there?")
+    # every call fails: a console must still see them, and a waiter be woken
+    await platform.wait_for(lambda: any(not call.ok for call in platform.calls), timeout=5)
+    assert seen and all(op.endswith(":failed") for op in seen)
+    assert platform.cards == {}
+    # the platform recovers: the answer still lands
+    platform.settings = attrs.evolve(platform.settings, failure_rate=0.0)
+    await runtime.wait_idle(timeout=5)
+    [card] = answer_cards(platform, message)
+    assert card.status is CardStatus.FINAL and card.text == "the answer"
+
+
+def test_runtimes_of_one_app_share_a_limiter_without_keeping_the_store_alive() -> None:
+    store = MemoryStore()
+    alive = weakref.ref(store)
+    one = RobotRuntime(name="a", robot=Robot(), platform=MemoryPlatform(), store=store, app_id="x")
+    two = RobotRuntime(name="b", robot=Robot(), platform=MemoryPlatform(), store=store, app_id="x")
+    other = RobotRuntime(name="c", robot=Robot(), platform=MemoryPlatform(), store=store)
+    assert one.limiter is two.limiter
+    assert other.limiter is not one.limiter
+    del one, two, other, store
+    gc.collect()
+    assert alive() is None
