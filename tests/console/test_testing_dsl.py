@@ -35,7 +35,7 @@ async def test_expectations_fail_with_what_was_seen() -> None:
         await chat.say("hi")
         await chat.expect_final(contains="plain")
         with pytest.raises(
-            ChatExpectationError, match="a final card containing 'absent'.*plain answer"
+            ChatExpectationError, match=r"a final card containing 'absent'.*plain answer"
         ):
             await chat.expect_final(contains="absent")
 

@@ -285,7 +285,7 @@ def _write(tmp_path: Path, settings: str) -> Path:
         ('card_mode = "fancy"\n', "card_mode"),
         ('openapi_endpoint = "api.dingtalk.com"\n', "openapi_endpoint to be an http(s) URL"),
         ("update_interval = 0\n", "update_interval > 0"),
-        ('webhook_hosts = "127.0.0.1"\n', "webhook_hosts to be a list of strings"),
+        ('webhook_hosts = "127.0.0.1"\n', "webhook_hosts: expected a list, got str"),
         ('webhook_hosts = ["http://x/"]\n', 'entries like "host" or "host:port"'),
         ("max_text = 0\n", "max_text > 0"),
         ("colour = 1\n", "unknown key: colour"),
