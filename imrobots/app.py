@@ -30,11 +30,11 @@ def build_agent(settings: Mapping[str, Any], *, where: str) -> object | None:
     if use == "demo":
         from .demo_agent import DemoAgent
 
-        return DemoAgent.from_settings(options)
+        return DemoAgent.from_settings(options, path=where)
     if use == "openai":
         from .openai_agent import OpenAIAgent
 
-        return OpenAIAgent.from_settings(options)
+        return OpenAIAgent.from_settings(options, path=where)
     if ":" not in use:
         raise ConfigError(
             f'{where}.use: unknown agent {use!r}; use "demo", "openai" or "package.module:callable"'

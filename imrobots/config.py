@@ -8,6 +8,7 @@ line naming the file and the path of the bad field. Secrets (typed
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import os
 import re
@@ -117,9 +118,23 @@ def make_converter() -> cattrs.Converter:
 
         return hook
 
+    def mapping_factory(type_: Any, conv: cattrs.Converter) -> Any:
+        base = cols.mapping_structure_factory(type_, conv)
+
+        def hook(value: Any, cls: Any) -> Any:
+            if not isinstance(value, collections.abc.Mapping):
+                raise TypeError(f"expected a table, got {type(value).__name__}")
+            return base(value, cls)
+
+        return hook
+
     factory: Any = sequence_factory
     converter.register_structure_hook_factory(
         lambda t: cols.is_sequence(t) and bool(typing.get_args(t)), factory
+    )
+    factory = mapping_factory
+    converter.register_structure_hook_factory(
+        lambda t: cols.is_mapping(t) and bool(typing.get_args(t)), factory
     )
     return converter
 
@@ -144,16 +159,22 @@ def _describe(exc: BaseException, type_: Any) -> str:
     return str(exc)
 
 
-def structure(data: Any, cls: type[T], *, path: str, source: str) -> T:
-    """Convert ``data`` to ``cls``; errors become one ConfigError naming ``source: path``."""
+def structure(data: Any, cls: type[T], *, path: str, source: str | None = None) -> T:
+    """Convert ``data`` to ``cls`` with the strict converter.
+
+    Errors become one :class:`ConfigError` line naming ``source: path.of.field``
+    (without the ``source:`` prefix when ``source`` is ``None``). Plugins and
+    agents use this for their settings tables, so they fail like the rest of the
+    config.
+    """
+    prefix = f"{source}: " if source else ""
     try:
         return _converter.structure(data, cls)
     except (ClassValidationError, IterableValidationError) as exc:
         messages = cattrs.transform_error(exc, path=path, format_exception=_describe)
-        lines = [_tidy(m) for m in messages]
-        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+        raise ConfigError(prefix + "; ".join(_tidy(m) for m in messages)) from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {path}: {_describe(exc, cls)}") from None
+        raise ConfigError(f"{prefix}{path}: {_describe(exc, cls)}") from None
 
 
 def _tidy(message: str) -> str:

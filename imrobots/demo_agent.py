@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import attrs
 
 from .agents import AgentRequest
+from .config import structure
 from .errors import ConfigError
 
 __all__ = ["DemoAgent", "Faq", "FaqEntry", "parse_faq"]
@@ -207,6 +208,18 @@ def _load_default_faq() -> str:
     return resource.read_text(encoding="utf-8")
 
 
+@attrs.frozen(kw_only=True)
+class DemoAgentSettings:
+    """The ``[robots.NAME.agent]`` table of ``use = "demo"``."""
+
+    delay: float = 0.05
+    """Seconds between streamed chunks (0 for tests)."""
+    chunk_words: int = 1
+    """Words per streamed chunk."""
+    faq_path: str | None = None
+    """A markdown FAQ to answer from instead of the built-in one."""
+
+
 class DemoAgent:
     """Answers questions from a markdown FAQ, streaming the answer word by word.
 
@@ -215,9 +228,6 @@ class DemoAgent:
 
     stream_mode: ClassVar[str] = "delta"
     """:meth:`stream` yields deltas, never the accumulated text."""
-
-    SETTINGS: ClassVar[frozenset[str]] = frozenset({"delay", "chunk_words", "faq_path"})
-    """The keys :meth:`from_settings` accepts (besides ``use``, which it ignores)."""
 
     def __init__(
         self, *, delay: float = 0.05, chunk_words: int = 1, faq_path: str | None = None
@@ -251,36 +261,17 @@ class DemoAgent:
         self._faq = parse_faq(markdown)
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> DemoAgent:
+    def from_settings(cls, settings: Mapping[str, Any], *, path: str = "agent") -> DemoAgent:
         """Create the agent from a config table (``delay``, ``chunk_words``, ``faq_path``).
 
-        :raises ConfigError: an unknown key (named in the message) or a value of the wrong type.
+        A ``use`` key (which picked this agent) is ignored.
+
+        :raises ConfigError: an unknown key or a value of the wrong type, named by its
+            path under ``path``.
         """
-        kwargs: dict[str, Any] = {}
-        for key, value in settings.items():
-            if key == "use":
-                continue
-            if key not in cls.SETTINGS:
-                known = ", ".join(sorted(cls.SETTINGS))
-                raise ConfigError(
-                    f"unknown setting {key!r} for the demo agent (known settings: {known})"
-                )
-            if key == "delay":
-                ok = isinstance(value, int | float) and not isinstance(value, bool)
-                described = "a number"
-            elif key == "chunk_words":
-                ok = isinstance(value, int) and not isinstance(value, bool)
-                described = "an integer"
-            else:
-                ok = isinstance(value, str) and bool(value)
-                described = "a file path"
-            if not ok:
-                raise ConfigError(
-                    f"the demo agent's setting {key!r} must be {described}, "
-                    f"got {type(value).__name__}"
-                )
-            kwargs[key] = value
-        return cls(**kwargs)
+        table = {k: v for k, v in settings.items() if k != "use"}
+        options = structure(table, DemoAgentSettings, path=path)
+        return cls(delay=options.delay, chunk_words=options.chunk_words, faq_path=options.faq_path)
 
     @property
     def faq(self) -> Faq:

@@ -23,7 +23,10 @@ import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import attrs
+
 from .agents import AgentRequest
+from .config import structure
 from .errors import ConfigError, ImrobotsError
 from .secret import Secret
 
@@ -77,6 +80,21 @@ def _display_url(url: str | None) -> str | None:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
+@attrs.frozen(kw_only=True)
+class OpenAIAgentSettings:
+    """The ``[robots.NAME.agent]`` table of ``use = "openai"`` (the constructor's arguments)."""
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key: Secret | None = None
+    system_prompt: str | None = None
+    temperature: float | None = None
+    timeout: float = 60.0
+    max_history: int = 20
+    max_retries: int = 2
+    extra: dict[str, Any] | None = None
+
+
 class OpenAIAgent:
     """Answer with an OpenAI-compatible chat-completions model, streaming text deltas.
 
@@ -86,21 +104,6 @@ class OpenAIAgent:
 
     stream_mode: ClassVar[str] = "delta"
     """:meth:`stream` yields deltas, never the accumulated text."""
-
-    SETTINGS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "model",
-            "base_url",
-            "api_key",
-            "system_prompt",
-            "temperature",
-            "timeout",
-            "max_history",
-            "max_retries",
-            "extra",
-        }
-    )
-    """The keys :meth:`from_settings` accepts (besides ``use``, which it ignores)."""
 
     def __init__(
         self,
@@ -175,40 +178,19 @@ class OpenAIAgent:
     # --- configuration ----------------------------------------------------------------------
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> OpenAIAgent:
+    def from_settings(cls, settings: Mapping[str, Any], *, path: str = "agent") -> OpenAIAgent:
         """Create an agent from a config table, e.g. ``[robots.NAME.agent]``.
 
         Accepts the keyword arguments of the constructor; a ``use`` key (which picked
         this agent) is ignored. Empty strings count as not set, so that an unset
         ``{{OPENAI_API_KEY}}`` placeholder falls back to the environment.
 
-        :raises ConfigError: an unknown key (named in the message) or a value of the wrong type.
+        :raises ConfigError: an unknown key or a value of the wrong type, named by its
+            path under ``path``.
         """
-        kwargs: dict[str, Any] = {}
-        for key, value in settings.items():
-            if key == "use":
-                continue
-            if key not in cls.SETTINGS:
-                known = ", ".join(sorted(cls.SETTINGS))
-                raise ConfigError(
-                    f"unknown setting {key!r} for the OpenAI agent (known settings: {known})"
-                )
-            if key == "api_key" and isinstance(value, Secret):
-                pass
-            elif key in ("model", "base_url", "api_key", "system_prompt"):
-                _check_type(key, value, str, "a string")
-                if value == "":
-                    continue
-            elif key in ("temperature", "timeout"):
-                _check_number(key, value)
-            elif key in ("max_history", "max_retries"):
-                _check_type(key, value, int, "an integer")
-            elif key == "extra":
-                _check_type(key, value, Mapping, "a table")
-                if not all(isinstance(name, str) for name in value):
-                    raise ConfigError("the OpenAI agent's setting 'extra' must have string keys")
-            kwargs[key] = value
-        return cls(**kwargs)
+        table = {k: v for k, v in settings.items() if k != "use" and v != ""}
+        options = structure(table, OpenAIAgentSettings, path=path)
+        return cls(**attrs.asdict(options, recurse=False))
 
     @property
     def model(self) -> str:
@@ -311,17 +293,3 @@ class OpenAIAgent:
         where = _display_url(self._base_url) or "the OpenAI API"
         message = f"OpenAI-compatible API call to {where} failed ({type(exc).__name__}): {detail}"
         return OpenAIAgentError(message, status=status if isinstance(status, int) else None)
-
-
-def _check_type(key: str, value: object, kind: type[Any], described: str) -> None:
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ConfigError(
-            f"the OpenAI agent's setting {key!r} must be {described}, got {type(value).__name__}"
-        )
-
-
-def _check_number(key: str, value: object) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise ConfigError(
-            f"the OpenAI agent's setting {key!r} must be a number, got {type(value).__name__}"
-        )

@@ -229,3 +229,10 @@ def test_validator_messages_reach_the_user(manager: PluginManager) -> None:
 
     with pytest.raises(ConfigError, match="'port' must be > 0"):
         structure({"port": 0}, Settings, path="robots.x.settings", source="robots.toml")
+
+
+def test_agent_settings_errors_name_the_config_path(tmp_path: Path, manager: PluginManager) -> None:
+    config = load_config(write(tmp_path, GOOD.replace("delay = 0", 'delay = "slow"')), env=ENV)
+    with pytest.raises(ConfigError) as info:
+        prepare_robot(config.robots["support"], source="robots.toml", manager=manager)
+    assert str(info.value) == "robots.toml: robots.support.agent.delay: expected float, got str"

@@ -192,7 +192,7 @@ def test_from_settings(tmp_path: Path) -> None:
 
 
 def test_from_settings_unknown_key_is_named() -> None:
-    with pytest.raises(ConfigError, match="'speed'"):
+    with pytest.raises(ConfigError, match="^agent: unknown key: speed$"):
         DemoAgent.from_settings({"speed": 2})
 
 
@@ -201,8 +201,8 @@ def test_from_settings_unknown_key_is_named() -> None:
     [("delay", "fast"), ("delay", True), ("chunk_words", 1.5), ("faq_path", 3)],
 )
 def test_from_settings_wrong_type_is_named(key: str, value: object) -> None:
-    with pytest.raises(ConfigError, match=f"'{key}'"):
-        DemoAgent.from_settings({key: value})
+    with pytest.raises(ConfigError, match=rf"^robots\.x\.agent\.{key}: expected "):
+        DemoAgent.from_settings({key: value}, path="robots.x.agent")
 
 
 def test_bad_values_are_config_errors() -> None:

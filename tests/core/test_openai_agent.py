@@ -333,7 +333,7 @@ def test_from_settings_empty_strings_fall_back_to_env(monkeypatch: pytest.Monkey
 
 
 def test_from_settings_unknown_key_is_named() -> None:
-    with pytest.raises(ConfigError, match="'modle'"):
+    with pytest.raises(ConfigError, match="^agent: unknown key: modle$"):
         OpenAIAgent.from_settings({"modle": "gpt-4o-mini", "api_key": "k"})
 
 
@@ -350,7 +350,7 @@ def test_from_settings_unknown_key_is_named() -> None:
 )
 def test_from_settings_wrong_type_is_named(key: str, value: object) -> None:
     settings: dict[str, Any] = {"model": "m", "api_key": "k", key: value}
-    with pytest.raises(ConfigError, match=f"'{key}'"):
+    with pytest.raises(ConfigError, match=rf"^agent\.{key}: expected "):
         OpenAIAgent.from_settings(settings)
 
 
