@@ -46,6 +46,9 @@ class EmulatorAdapter(abc.ABC):
     title: str = ""
     """What the console calls it."""
 
+    def __init__(self) -> None:
+        self._subscribers: list[asyncio.Queue[View]] = []
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Start the emulator (bind 127.0.0.1, port 0)."""
@@ -88,12 +91,21 @@ class EmulatorAdapter(abc.ABC):
     def state(self) -> dict[str, list[View]]:
         """``{"messages": [...], "cards": [...], "calls": [...]}``, oldest first."""
 
-    @abc.abstractmethod
     def subscribe(self) -> asyncio.Queue[View]:
         """A queue that receives every event from now on."""
+        queue: asyncio.Queue[View] = asyncio.Queue()
+        self._subscribers.append(queue)
+        return queue
 
     def unsubscribe(self, queue: asyncio.Queue[View]) -> None:
         """Stop feeding a queue from :meth:`subscribe`."""
+        if queue in self._subscribers:
+            self._subscribers.remove(queue)
+
+    def emit(self, event: View) -> None:
+        """Hand an event to every subscriber (subclasses call this)."""
+        for queue in self._subscribers:
+            queue.put_nowait(event)
 
     async def fault(self, kind: str, value: float | None = None) -> None:
         """Inject a fault: ``drop`` (connections), ``errors`` (share of calls failing),
@@ -140,9 +152,9 @@ class MemoryEmulator(EmulatorAdapter):
     title = "In-memory"
 
     def __init__(self, settings: MemorySettings | None = None) -> None:
+        super().__init__()
         self._platform = MemoryPlatform(settings or MemorySettings(update_interval=0.3))
         self._platform.on_change(self._on_change)
-        self._queues: list[asyncio.Queue[View]] = []
         self._messages: list[View] = []
         self._calls_seen = 0
         self._started = time.time()
@@ -199,17 +211,13 @@ class MemoryEmulator(EmulatorAdapter):
             for c in self._platform.calls
         ]
 
-    def _emit(self, event: View) -> None:
-        for queue in self._queues:
-            queue.put_nowait(event)
-
     def _on_change(self, op: str, record: MemoryCard | None) -> None:
         calls = self._call_views()
         for call in calls[self._calls_seen :]:
-            self._emit({"type": "call", "call": call})
+            self.emit({"type": "call", "call": call})
         self._calls_seen = len(calls)
         if record is not None:
-            self._emit({"type": "card", "card": self._card_view(record)})
+            self.emit({"type": "card", "card": self._card_view(record)})
         elif op == "send_text":
             conversation_id, text = self._platform.texts[-1]
             self._add_message(conversation_id, "robot", "Robot", text, from_robot=True)
@@ -227,7 +235,7 @@ class MemoryEmulator(EmulatorAdapter):
             "from_robot": from_robot,
         }
         self._messages.append(view)
-        self._emit({"type": "message", "message": view})
+        self.emit({"type": "message", "message": view})
         return view
 
     async def say(
@@ -259,7 +267,7 @@ class MemoryEmulator(EmulatorAdapter):
         for button in card.buttons:
             if button.id == button_id:
                 await self._platform.press(card_id, button.label, sender=user_id)
-                self._emit(
+                self.emit(
                     {"type": "feedback", "feedback": {"card_id": card_id, "label": button.label}}
                 )
                 return
@@ -271,15 +279,6 @@ class MemoryEmulator(EmulatorAdapter):
             "cards": [self._card_view(c) for c in self._platform.cards.values()],
             "calls": self._call_views(),
         }
-
-    def subscribe(self) -> asyncio.Queue[View]:
-        queue: asyncio.Queue[View] = asyncio.Queue()
-        self._queues.append(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[View]) -> None:
-        if queue in self._queues:
-            self._queues.remove(queue)
 
     async def fault(self, kind: str, value: float | None = None) -> None:
         import attrs

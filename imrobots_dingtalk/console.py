@@ -7,7 +7,6 @@ at the emulator by :meth:`DingTalkConsoleAdapter.robot_settings`.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from typing import Any, Literal
@@ -54,6 +53,7 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
         client_id: str = "dingemulatorapp",
         **emulator_options: Any,
     ) -> None:
+        super().__init__()
         self.emulator = DingTalkEmulator(port=port, qps_limit=qps_limit, **emulator_options)
         self.card_mode = card_mode
         self.client_id = client_id
@@ -62,7 +62,6 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
         self._messages: list[View] = []
         self._cards: dict[str, View] = {}
         self._calls: list[View] = []
-        self._queues: list[asyncio.Queue[View]] = []
         self._remove_listener = self.emulator.on_change(self._on_event)
 
     # ---------------------------------------------------------------- lifecycle
@@ -94,10 +93,6 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
         return {"DINGTALK_OPENAPI_ENDPOINT": self.emulator.base_url}
 
     # ---------------------------------------------------------------- events
-    def _emit(self, event: View) -> None:
-        for queue in self._queues:
-            queue.put_nowait(event)
-
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
         record = event.get("record") or {}
@@ -113,11 +108,11 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
                 "latency_ms": round(1000 * float(record.get("latency") or 0.0), 1),
             }
             self._calls.append(view)
-            self._emit({"type": "call", "call": view})
+            self.emit({"type": "call", "call": view})
         elif kind == "card":
             view = self._card_view(record)
             self._cards[view["id"]] = view
-            self._emit({"type": "card", "card": self._public(view)})
+            self.emit({"type": "card", "card": self._public(view)})
         elif kind == "webhook" and record.get("errcode") == 0:
             self._robot_message(record.get("conversation_id") or "", record.get("text") or "")
         elif kind == "sent":
@@ -125,7 +120,7 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
             text = param.get("text") or param.get("content") if isinstance(param, dict) else param
             self._robot_message(record.get("conversation_id") or "", str(text or ""))
         elif kind == "connection":
-            self._emit({"type": "connection", "connection": {"event": event.get("event")}})
+            self.emit({"type": "connection", "connection": {"event": event.get("event")}})
 
     def _robot_message(self, conversation_id: str, text: str) -> None:
         view = {
@@ -138,7 +133,7 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
             "from_robot": True,
         }
         self._messages.append(view)
-        self._emit({"type": "message", "message": view})
+        self.emit({"type": "message", "message": view})
 
     def _card_view(self, record: dict[str, Any]) -> View:
         view = record.get("view") or {}
@@ -199,7 +194,7 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
             "from_robot": False,
         }
         self._messages.append(view)
-        self._emit({"type": "message", "message": view})
+        self.emit({"type": "message", "message": view})
         pushed = await self.emulator.push_message(
             self.client_id,
             text=text,
@@ -226,7 +221,7 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
             params={"value": values[button_id]},
             user_id=user_id,
         )
-        self._emit({"type": "feedback", "feedback": {"card_id": card_id, "button_id": button_id}})
+        self.emit({"type": "feedback", "feedback": {"card_id": card_id, "button_id": button_id}})
 
     # ---------------------------------------------------------------- inspection
     def state(self) -> dict[str, list[View]]:
@@ -239,15 +234,6 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
     @staticmethod
     def _public(card: View) -> View:
         return {k: v for k, v in card.items() if not k.startswith("_")}
-
-    def subscribe(self) -> asyncio.Queue[View]:
-        queue: asyncio.Queue[View] = asyncio.Queue()
-        self._queues.append(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[View]) -> None:
-        if queue in self._queues:
-            self._queues.remove(queue)
 
     async def fault(self, kind: str, value: float | None = None) -> None:
         if kind == "drop":
