@@ -300,7 +300,7 @@ def demo(
         asyncio.run(_demo_console(host, port, list(platforms) or None))
     except OSError as exc:
         _fail(ImrobotsError(f"cannot start the console on {host}:{port}: {exc}; try --port 0"))
-    except ValueError as exc:
+    except (ValueError, ImrobotsError) as exc:
         _fail(exc)
 
 

@@ -31,6 +31,9 @@ def demo_agent(env: dict[str, str] | None = None) -> tuple[object, str]:
         from .openai_agent import OpenAIAgent
 
         agent = OpenAIAgent(
+            model=env.get("OPENAI_MODEL") or None,
+            base_url=env.get("OPENAI_BASE_URL") or None,
+            api_key=env.get("OPENAI_API_KEY") or None,
             system_prompt="You are a friendly, concise customer-service agent.",
         )
         return (
