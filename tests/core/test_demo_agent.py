@@ -192,7 +192,7 @@ def test_from_settings(tmp_path: Path) -> None:
 
 
 def test_from_settings_unknown_key_is_named() -> None:
-    with pytest.raises(ConfigError, match="^agent: unknown key: speed$"):
+    with pytest.raises(ConfigError, match=r"^agent: unknown key: speed$"):
         DemoAgent.from_settings({"speed": 2})
 
 

@@ -333,7 +333,7 @@ def test_from_settings_empty_strings_fall_back_to_env(monkeypatch: pytest.Monkey
 
 
 def test_from_settings_unknown_key_is_named() -> None:
-    with pytest.raises(ConfigError, match="^agent: unknown key: modle$"):
+    with pytest.raises(ConfigError, match=r"^agent: unknown key: modle$"):
         OpenAIAgent.from_settings({"modle": "gpt-4o-mini", "api_key": "k"})
 
 
