@@ -55,7 +55,12 @@ def _button(item: Any) -> dict[str, str] | None:
         return None
     ident = item.get("id", label)
     value = item.get("value", item.get("url", ident))
-    return {"id": str(ident), "label": label, "value": str(value)}
+    return {
+        "id": str(ident),
+        "label": label,
+        "value": str(value),
+        "style": str(item.get("style", "default")),
+    }
 
 
 def _buttons(items: Any) -> list[dict[str, str]]:

@@ -7,6 +7,8 @@ test is skipped when chromium or playwright is missing; in CI it fails instead.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -64,9 +66,22 @@ class SlowAgent:
             yield word + " "
 
 
+PLATFORMS = ["memory"]
+if importlib.util.find_spec("dingtalk_stream") is not None:
+    PLATFORMS.append("dingtalk")
+
+
+@pytest.fixture(params=PLATFORMS)
+def platform(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
 async def console(manager: PluginManager) -> AsyncIterator[Demo]:
-    demo = Demo(platforms=["memory"], manager=manager, agent=SlowAgent())
+    if "dingtalk" in PLATFORMS:
+        manager.register(importlib.import_module("imrobots_dingtalk.plugin"), name="dingtalk")
+    demo = Demo(platforms=PLATFORMS, manager=manager, agent=SlowAgent())
     await demo.start()
     yield demo
     await demo.stop()
@@ -89,7 +104,10 @@ async def page(console: Demo) -> AsyncIterator[Any]:
             await browser.close()
 
 
-async def test_mention_the_robot_and_watch_the_card_stream_then_give_feedback(page: Any) -> None:
+async def test_mention_the_robot_and_watch_the_card_stream_then_give_feedback(
+    page: Any, platform: str
+) -> None:
+    await page.click(f"#platform-tabs button[data-platform='{platform}']")
     await page.click("#conversations li[data-conversation='group-support']")
     assert await page.is_checked("#mention")
     await page.fill("#message-input", "How do I get a refund?")
@@ -103,12 +121,15 @@ async def test_mention_the_robot_and_watch_the_card_stream_then_give_feedback(pa
     labels = await card.locator(".card-buttons button").all_inner_texts()
     assert labels == ["Very helpful", "Helpful", "Not much help", "No help"]
     await card.locator(".card-buttons button", has_text="Very helpful").click()
-    await page.wait_for_selector("#feedback-list li:has-text('Very helpful')", timeout=10_000)
+    await page.wait_for_selector(
+        f"#feedback-list li:has-text('on {platform}: Very helpful')", timeout=10_000
+    )
     ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / "console-feedback.png"), full_page=True)
+    await page.screenshot(path=str(ARTIFACTS / f"console-{platform}.png"), full_page=True)
 
 
-async def test_injected_errors_show_in_the_api_call_panel(page: Any) -> None:
+async def test_injected_errors_show_in_the_api_call_panel(page: Any, platform: str) -> None:
+    await page.click(f"#platform-tabs button[data-platform='{platform}']")
     await page.select_option("#fault-errors", "1")
     await page.wait_for_selector("#fault-status:has-text('errors set to 1')")
     await page.fill("#message-input", "Anyone there?")
@@ -119,7 +140,7 @@ async def test_injected_errors_show_in_the_api_call_panel(page: Any) -> None:
     statuses = await bad_rows.locator("td:nth-child(3)").all_inner_texts()
     assert statuses and all(int(s.split()[0]) >= 400 for s in statuses), statuses
     ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / "console-errors.png"), full_page=True)
+    await page.screenshot(path=str(ARTIFACTS / f"console-errors-{platform}.png"), full_page=True)
     # recovering: errors off, the answer still lands
     await page.select_option("#fault-errors", "0")
     await page.wait_for_selector(".card[data-status='final']", timeout=40_000)

@@ -589,7 +589,7 @@ async def test_ai_card_lifecycle_and_streaming_validation(
         token,
         {"outTrackId": "card-1", "cardData": {"cardParamMap": {"buttons": json.dumps(buttons)}}},
     )
-    assert status == 200 and card.view["buttons"] == buttons
+    assert status == 200 and card.view["buttons"] == [{**buttons[0], "style": "default"}]
     status, body = await api(
         http,
         emu,

@@ -193,7 +193,7 @@ function renderCalls() {
   for (const call of calls) {
     const tr = document.createElement("tr");
     tr.className = call.rate_limited ? "rate-limited" : (call.status >= 400 ? "failed" : "");
-    const time = new Date(call.time * 1000).toLocaleTimeString();
+    const time = new Date(call.time * 1000).toLocaleTimeString([], { hour12: false });
     const status = call.error ? `${call.status} ${call.error}` : String(call.status);
     tr.innerHTML = `<td>${escapeHtml(time)}</td><td>${escapeHtml(call.method + " " + call.route)}</td><td>${escapeHtml(status)}</td>`;
     body.appendChild(tr);
