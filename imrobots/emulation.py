@@ -48,6 +48,8 @@ class EmulatorAdapter(abc.ABC):
 
     def __init__(self) -> None:
         self._subscribers: list[asyncio.Queue[View]] = []
+        self.messages: list[View] = []
+        """Every chat message (from users and the robot's plain replies), oldest first."""
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -107,6 +109,23 @@ class EmulatorAdapter(abc.ABC):
         for queue in self._subscribers:
             queue.put_nowait(event)
 
+    def record_message(
+        self, conversation_id: str, user_id: str, user_name: str, text: str, *, from_robot: bool
+    ) -> View:
+        """Add a chat message to :attr:`messages` and emit it (subclasses call this)."""
+        view = {
+            "id": f"m{len(self.messages) + 1}",
+            "conversation_id": conversation_id,
+            "user_id": user_id,
+            "user_name": user_name,
+            "text": text,
+            "time": time.time(),
+            "from_robot": from_robot,
+        }
+        self.messages.append(view)
+        self.emit({"type": "message", "message": view})
+        return view
+
     async def fault(self, kind: str, value: float | None = None) -> None:
         """Inject a fault: ``drop`` (connections), ``errors`` (share of calls failing),
         ``latency`` (seconds added to every call)."""
@@ -155,7 +174,6 @@ class MemoryEmulator(EmulatorAdapter):
         super().__init__()
         self._platform = MemoryPlatform(settings or MemorySettings(update_interval=0.3))
         self._platform.on_change(self._on_change)
-        self._messages: list[View] = []
         self._calls_seen = 0
         self._started = time.time()
 
@@ -220,23 +238,7 @@ class MemoryEmulator(EmulatorAdapter):
             self.emit({"type": "card", "card": self._card_view(record)})
         elif op == "send_text":
             conversation_id, text = self._platform.texts[-1]
-            self._add_message(conversation_id, "robot", "Robot", text, from_robot=True)
-
-    def _add_message(
-        self, conversation_id: str, user_id: str, user_name: str, text: str, *, from_robot: bool
-    ) -> View:
-        view = {
-            "id": f"m{len(self._messages) + 1}",
-            "conversation_id": conversation_id,
-            "user_id": user_id,
-            "user_name": user_name,
-            "text": text,
-            "time": time.time(),
-            "from_robot": from_robot,
-        }
-        self._messages.append(view)
-        self.emit({"type": "message", "message": view})
-        return view
+            self.record_message(conversation_id, "robot", "Robot", text, from_robot=True)
 
     async def say(
         self,
@@ -249,7 +251,7 @@ class MemoryEmulator(EmulatorAdapter):
         mention: bool,
     ) -> str:
         shown = f"@robot {text}" if group and mention else text
-        self._add_message(conversation_id, user_id, user_name, shown, from_robot=False)
+        self.record_message(conversation_id, user_id, user_name, shown, from_robot=False)
         message = await self._platform.say(
             text,
             conversation=conversation_id,
@@ -275,7 +277,7 @@ class MemoryEmulator(EmulatorAdapter):
 
     def state(self) -> dict[str, list[View]]:
         return {
-            "messages": list(self._messages),
+            "messages": list(self.messages),
             "cards": [self._card_view(c) for c in self._platform.cards.values()],
             "calls": self._call_views(),
         }

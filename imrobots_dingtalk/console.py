@@ -8,7 +8,6 @@ at the emulator by :meth:`DingTalkConsoleAdapter.robot_settings`.
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Any, Literal
 
 import imrobots
@@ -59,7 +58,6 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
         self.client_id = client_id
         self._secret = secrets.token_urlsafe(24)
         self.emulator.add_app(client_id, self._secret)
-        self._messages: list[View] = []
         self._cards: dict[str, View] = {}
         self._calls: list[View] = []
         self._remove_listener = self.emulator.on_change(self._on_event)
@@ -114,26 +112,25 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
             self._cards[view["id"]] = view
             self.emit({"type": "card", "card": self._public(view)})
         elif kind == "webhook" and record.get("errcode") == 0:
-            self._robot_message(record.get("conversation_id") or "", record.get("text") or "")
+            self.record_message(
+                record.get("conversation_id") or "",
+                "robot",
+                "Robot",
+                record.get("text") or "",
+                from_robot=True,
+            )
         elif kind == "sent":
             param = record.get("msg_param")
             text = param.get("text") or param.get("content") if isinstance(param, dict) else param
-            self._robot_message(record.get("conversation_id") or "", str(text or ""))
+            self.record_message(
+                record.get("conversation_id") or "",
+                "robot",
+                "Robot",
+                str(text or ""),
+                from_robot=True,
+            )
         elif kind == "connection":
             self.emit({"type": "connection", "connection": {"event": event.get("event")}})
-
-    def _robot_message(self, conversation_id: str, text: str) -> None:
-        view = {
-            "id": f"robot-{len(self._messages) + 1}",
-            "conversation_id": conversation_id,
-            "user_id": "robot",
-            "user_name": "Robot",
-            "text": text,
-            "time": time.time(),
-            "from_robot": True,
-        }
-        self._messages.append(view)
-        self.emit({"type": "message", "message": view})
 
     def _card_view(self, record: dict[str, Any]) -> View:
         view = record.get("view") or {}
@@ -184,17 +181,8 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
         user_name: str,
         mention: bool,
     ) -> str:
-        view = {
-            "id": f"user-{len(self._messages) + 1}",
-            "conversation_id": conversation_id,
-            "user_id": user_id,
-            "user_name": user_name,
-            "text": f"@robot {text}" if group and mention else text,
-            "time": time.time(),
-            "from_robot": False,
-        }
-        self._messages.append(view)
-        self.emit({"type": "message", "message": view})
+        shown = f"@robot {text}" if group and mention else text
+        self.record_message(conversation_id, user_id, user_name, shown, from_robot=False)
         pushed = await self.emulator.push_message(
             self.client_id,
             text=text,
@@ -226,7 +214,7 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
     # ---------------------------------------------------------------- inspection
     def state(self) -> dict[str, list[View]]:
         return {
-            "messages": list(self._messages),
+            "messages": list(self.messages),
             "cards": [self._public(c) for c in self._cards.values()],
             "calls": list(self._calls),
         }
