@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import attrs
 
+from .errors import RateLimited, RetryableError
 from .store import Store
+
+T = TypeVar("T")
 
 __all__ = ["RateLimiter", "RateLimiterStats"]
 
@@ -51,6 +57,37 @@ class RateLimiter:
         """The platform answered "rate limited": hold every caller back for ``seconds``."""
         self.stats.penalties += 1
         await self.store.penalize(self.key, seconds=seconds, rate=self.rate, burst=self.burst)
+
+    async def call(
+        self,
+        func: Callable[[], Awaitable[T]],
+        *,
+        deadline: float,
+        take_turn: Callable[[], Awaitable[object]] | None = None,
+        backoff: float = 0.5,
+        max_backoff: float = 10.0,
+        rate_limit_backoff: float = 1.0,
+    ) -> T:
+        """Make one platform call under this limiter, retrying until ``deadline`` seconds pass.
+
+        "Rate limited" holds the whole bucket back (by the platform's hint, else
+        ``rate_limit_backoff``); transient failures are retried after an exponential
+        ``backoff``; fatal errors propagate at once. Past the deadline: ``TimeoutError``.
+        ``take_turn`` replaces :meth:`acquire` for callers that keep their own turns.
+        """
+        end = time.monotonic() + deadline
+        delay = backoff
+        while True:
+            await (take_turn or self.acquire)()
+            try:
+                return await func()
+            except RateLimited as exc:
+                await self.backoff(exc.retry_after or rate_limit_backoff)
+            except RetryableError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_backoff)
+            if time.monotonic() > end:
+                raise TimeoutError("platform call kept failing until its deadline")
 
     def __repr__(self) -> str:
         return f"RateLimiter(key={self.key!r}, rate={self.rate}, burst={self.burst})"

@@ -23,7 +23,6 @@ from typing import Any, Literal, TypeVar
 import attrs
 
 from .agents import AnswerSource, accumulate
-from .errors import FatalPlatformError, RateLimited, RetryableError
 from .feedback import FeedbackSigner, InvalidFeedback
 from .models import CardAction, Feedback, Message
 from .platform import CardRef, Platform
@@ -375,21 +374,7 @@ class RobotRuntime:
     # ----------------------------------------------------------------- outbound
     async def call(self, func: Callable[[], Awaitable[T]], *, deadline: float = 60.0) -> T:
         """Make one platform call under the rate limiter, retrying transient failures."""
-        end = time.monotonic() + deadline
-        delay = 0.5
-        while True:
-            await self.limiter.acquire()
-            try:
-                return await func()
-            except RateLimited as exc:
-                await self.limiter.backoff(exc.retry_after or 1.0)
-            except RetryableError:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except FatalPlatformError:
-                raise
-            if time.monotonic() > end:
-                raise TimeoutError("platform call kept failing until its deadline")
+        return await self.limiter.call(func, deadline=deadline)
 
     async def stream_answer(
         self,

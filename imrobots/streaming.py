@@ -437,21 +437,15 @@ class AnswerStream:
 
     async def _retrying(self, func: Callable[[], Awaitable[T]]) -> T:
         """Retry a call under backoff until it succeeds or ``final_deadline`` passes."""
-        deadline = time.monotonic() + self.policy.final_deadline
-        delay = self.policy.retry_backoff
-        while True:
-            try:
-                return await self._call(func)
-            except RateLimited:
-                pass  # _call already held the bucket back
-            except RetryableError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.policy.max_backoff)
-                continue
-            if time.monotonic() > deadline:
-                raise TimeoutError("rate limited until the deadline")
+        p = self.policy
+        return await self.limiter.call(
+            func,
+            deadline=p.final_deadline,
+            take_turn=self._take_turn,
+            backoff=p.retry_backoff,
+            max_backoff=p.max_backoff,
+            rate_limit_backoff=p.rate_limit_backoff,
+        )
 
     # ------------------------------------------------------------------ final
     def _final_cards(self, status: AnswerStatus, error: BaseException | None) -> list[Card]:
