@@ -125,12 +125,18 @@ def check(file: Path) -> None:
     click.echo(f"{file}: {len(prepared)} robot{'s' if len(prepared) != 1 else ''} valid")
 
 
-async def _serve(runtimes: Sequence[Any], *, status: bool) -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (Ctrl-C, or a process manager stopping us)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve(runtimes: Sequence[Any], *, status: bool) -> None:
+    stop = _stop_on_signals()
     started = []
     try:
         for runtime in runtimes:
@@ -235,12 +241,7 @@ async def _demo_conversation(questions: Sequence[str], delay: float) -> None:
 
 
 async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await _stop_on_signals().wait()
 
 
 async def _demo_console(host: str, port: int, platforms: list[str] | None) -> None:
