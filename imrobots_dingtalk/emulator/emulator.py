@@ -612,8 +612,9 @@ class DingTalkEmulator:
             session_webhook_expired_ms=frames.now_ms() + int(self.webhook_lifetime * 1000),
         )
         message_id = frames.new_message_id(self.rng)
-        ack = self._new_ack(message_id, "message", frames.TOPIC_BOT_MESSAGE, client_id)
-        ack.timeout = BOT_MESSAGE_TIMEOUT
+        ack = self._new_ack(
+            message_id, "message", frames.TOPIC_BOT_MESSAGE, client_id, timeout=BOT_MESSAGE_TIMEOUT
+        )
         record = PushedMessage(
             msg_id=msg_id,
             message_id=message_id,
@@ -670,8 +671,13 @@ class DingTalkEmulator:
             space_id=space_id,
         )
         message_id = frames.new_message_id(self.rng)
-        ack = self._new_ack(message_id, "callback", frames.TOPIC_CARD_CALLBACK, client_id)
-        ack.timeout = CARD_CALLBACK_TIMEOUT
+        ack = self._new_ack(
+            message_id,
+            "callback",
+            frames.TOPIC_CARD_CALLBACK,
+            client_id,
+            timeout=CARD_CALLBACK_TIMEOUT,
+        )
         record = PushedCallback(
             message_id=message_id,
             client_id=client_id,
@@ -705,8 +711,7 @@ class DingTalkEmulator:
             raise ValueError("event_type must be non-empty")
         event_id = event_id or frames.new_hex(self.rng, 16)
         message_id = frames.new_message_id(self.rng)
-        ack = self._new_ack(message_id, "event", event_type, client_id)
-        ack.timeout = BOT_MESSAGE_TIMEOUT
+        ack = self._new_ack(message_id, "event", event_type, client_id, timeout=BOT_MESSAGE_TIMEOUT)
         payload = dict(data or {})
         record = PushedEvent(
             message_id=message_id,
@@ -774,8 +779,18 @@ class DingTalkEmulator:
                 sent.append(message_id)
         return sent
 
-    def _new_ack(self, message_id: str, kind: AckKind, topic: str, client_id: str) -> AckRecord:
-        ack = AckRecord(message_id=message_id, kind=kind, topic=topic, client_id=client_id)
+    def _new_ack(
+        self,
+        message_id: str,
+        kind: AckKind,
+        topic: str,
+        client_id: str,
+        *,
+        timeout: float | None = None,
+    ) -> AckRecord:
+        ack = AckRecord(
+            message_id=message_id, kind=kind, topic=topic, client_id=client_id, timeout=timeout
+        )
         self.state.acks[message_id] = ack
         return ack
 
