@@ -79,14 +79,20 @@ def _fail(exc: BaseException) -> None:
 
 @cli.command()
 def platforms() -> None:
-    """List the platforms, whether they can be used here, and how to install the missing ones."""
+    """List the platforms, whether they can be used here, and how to install the missing ones.
+
+    Each row is the platform's name, then ``available``, ``not installed: <pip command>``,
+    or ``planned: not implemented in this version``, then its description.
+    """
     from .plugins import get_plugin_manager
 
     manager = get_plugin_manager()
     rows = manager.platforms()
     width = max((len(n) for n in rows), default=8)
     for name, status in rows.items():
-        if status.available:
+        if status.planned:
+            state = "planned: not implemented in this version"
+        elif status.available:
             state = "available"
         else:
             state = (

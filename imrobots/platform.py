@@ -201,3 +201,10 @@ class PlatformSpec:
     """Modules that must be importable (the platform's SDK)."""
     install: str | None = None
     """The command that installs what is missing, e.g. ``pip install "imrobots[dingtalk]"``."""
+    status: Literal["available", "planned"] = "available"
+    """``"planned"``: registered so that it is listed, but not usable in this version.
+
+    A plugin whose platform does not yet pass the conformance suite registers as
+    ``"planned"``: ``imrobots platforms`` lists it as planned, and ``imrobots
+    check`` and ``imrobots run`` refuse it.
+    """

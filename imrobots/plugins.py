@@ -53,7 +53,11 @@ class PluginInfo:
 
 @attrs.frozen(kw_only=True)
 class PlatformStatus:
-    """A registered platform and whether it can be used here."""
+    """A registered platform and whether it can be used here.
+
+    ``available`` is false when the platform is planned (not implemented in this
+    version) or when its SDK (``missing``) is not installed.
+    """
 
     spec: PlatformSpec
     source: str
@@ -63,6 +67,11 @@ class PlatformStatus:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def planned(self) -> bool:
+        """Registered, but not implemented in this version."""
+        return self.spec.status == "planned"
 
 
 class PluginManager:
@@ -183,7 +192,10 @@ class PluginManager:
         for name, (spec, source) in sorted(self._platforms.items()):
             missing = tuple(m for m in spec.requires if not _importable(m))
             result[name] = PlatformStatus(
-                spec=spec, source=source, available=not missing, missing=missing
+                spec=spec,
+                source=source,
+                available=not missing and spec.status == "available",
+                missing=missing,
             )
         return result
 
@@ -200,12 +212,21 @@ class PluginManager:
         return {name: factory for name, (factory, _) in self._emulators.items()}
 
     def platform_spec(self, name: str) -> PlatformSpec:
-        """The spec of an available platform, or a one-line error saying what to do."""
+        """The spec of an available platform, or a one-line error saying what to do.
+
+        Raises :class:`PluginError` for an unknown or a planned platform, and
+        :class:`PlatformUnavailable` (with the install command) when its SDK is missing.
+        """
         platforms = self.platforms()
         status = platforms.get(name)
         if status is None:
             known = ", ".join(platforms) or "none"
             raise PluginError(f"unknown platform {name!r}; choose one of: {known}")
+        if status.planned:
+            raise PluginError(
+                f"platform {name!r} is planned, not available in this version"
+                " (see imrobots platforms)"
+            )
         if not status.available:
             hint = f": {status.spec.install}" if status.spec.install else ""
             raise PlatformUnavailable(
@@ -214,6 +235,7 @@ class PluginManager:
         return status.spec
 
     def create_platform(self, name: str, settings: object) -> Platform:
+        """Build a connection to platform ``name``; refuses what :meth:`platform_spec` refuses."""
         spec = self.platform_spec(name)
         factory: Callable[..., Platform] = resolve_object(spec.factory)
         return factory(settings)

@@ -1,1 +1,1 @@
-"""Feishu platform plugin for imrobots (work in progress: registers the platform only)."""
+"""Feishu/Lark platform plugin for imrobots (planned: registers the platform as planned only)."""

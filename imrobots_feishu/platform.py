@@ -1,4 +1,8 @@
-"""Placeholder: the Feishu platform is not implemented yet."""
+"""Placeholder: the Feishu platform is planned, not implemented in this version.
+
+The plugin registers it with ``status="planned"``, so the core refuses it before
+ever calling this factory.
+"""
 
 from __future__ import annotations
 
@@ -8,4 +12,6 @@ import imrobots
 
 
 def FeishuPlatform(settings: object) -> NoReturn:
-    raise imrobots.PlatformUnavailable("the feishu platform is not implemented yet in this version")
+    raise imrobots.PlatformUnavailable(
+        "platform 'feishu' is planned, not available in this version"
+    )

@@ -1,4 +1,4 @@
-"""Feishu/Lark plugin registration. The platform itself is not implemented yet."""
+"""Feishu/Lark plugin registration: the platform is planned, not implemented in this version."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
         imrobots.PlatformSpec(
             name="feishu",
             factory="imrobots_feishu.platform:FeishuPlatform",
-            description="Feishu/Lark long connection (lark-oapi) - not implemented yet",
-            requires=("lark_oapi",),
-            install='pip install "imrobots[feishu]"',
+            description="Feishu/Lark (planned)",
+            status="planned",
         )
     )

@@ -1,1 +1,1 @@
-"""Wecom platform plugin for imrobots (work in progress: registers the platform only)."""
+"""WeCom platform plugin for imrobots (planned: registers the platform as planned only)."""

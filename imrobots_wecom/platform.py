@@ -1,4 +1,8 @@
-"""Placeholder: the WeCom platform is not implemented yet."""
+"""Placeholder: the WeCom platform is planned, not implemented in this version.
+
+The plugin registers it with ``status="planned"``, so the core refuses it before
+ever calling this factory.
+"""
 
 from __future__ import annotations
 
@@ -8,4 +12,4 @@ import imrobots
 
 
 def WeComPlatform(settings: object) -> NoReturn:
-    raise imrobots.PlatformUnavailable("the wecom platform is not implemented yet in this version")
+    raise imrobots.PlatformUnavailable("platform 'wecom' is planned, not available in this version")

@@ -1,4 +1,4 @@
-"""WeCom plugin registration. The platform itself is not implemented yet."""
+"""WeCom plugin registration: the platform is planned, not implemented in this version."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
         imrobots.PlatformSpec(
             name="wecom",
             factory="imrobots_wecom.platform:WeComPlatform",
-            description="WeCom intelligent robot (wechatpy) - not implemented yet",
-            requires=("wechatpy",),
-            install='pip install "imrobots[wecom]"',
+            description="WeCom (planned)",
+            status="planned",
         )
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 import imrobots
+import imrobots_feishu.plugin
+import imrobots_wecom.plugin
 from imrobots.cli import cli
+from imrobots.plugins import PluginManager
 
 CONFIG = """
 [robots.helper]
@@ -34,6 +38,52 @@ def test_platforms_lists_memory_as_available() -> None:
     assert result.exit_code == 0
     line = next(line for line in result.output.splitlines() if line.startswith("memory"))
     assert "available" in line
+
+
+@pytest.fixture
+def with_planned(manager: PluginManager) -> PluginManager:
+    """The process-wide manager, with the Feishu and WeCom plugins registered."""
+    manager.register(imrobots_feishu.plugin, name="feishu")
+    manager.register(imrobots_wecom.plugin, name="wecom")
+    return manager
+
+
+def test_platforms_lists_feishu_and_wecom_as_planned(with_planned: PluginManager) -> None:
+    result = CliRunner().invoke(cli, ["platforms"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()}
+    for name in ("feishu", "wecom"):
+        assert re.match(rf"^{name} +planned: not implemented in this version", rows[name])
+    assert re.match(r"^memory +available", rows["memory"])
+    # one column layout: every status word starts at the same offset
+    offsets = {len(row) - len(row[len(name) :].lstrip()) for name, row in rows.items()}
+    assert len(offsets) == 1
+
+
+@pytest.mark.parametrize("platform", ["feishu", "wecom"])
+def test_check_refuses_a_planned_platform_in_one_line(
+    with_planned: PluginManager, tmp_path: Path, platform: str
+) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(CONFIG.replace('"memory"', f'"{platform}"'), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error: ") and "robots.helper.platform" in line
+    assert f"platform {platform!r} is planned, not available in this version" in line
+
+
+@pytest.mark.parametrize("platform", ["feishu", "wecom"])
+def test_run_refuses_a_planned_platform_in_one_line(
+    with_planned: PluginManager, tmp_path: Path, platform: str
+) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(CONFIG.replace('"memory"', f'"{platform}"'), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error: ")
+    assert f"platform {platform!r} is planned, not available in this version" in line
 
 
 def _wait_for_line(process: subprocess.Popen[str], text: str, deadline: float) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -204,3 +205,38 @@ def test_hookimpl_with_a_typo_is_caught(manager: PluginManager) -> None:
     manager.register(_Typo(), name="typo")
     with pytest.raises(pluggy.PluginValidationError):
         manager.pm.check_pending()
+
+
+class _Planned:
+    @imrobots.hookimpl
+    def register_platforms(self, register):  # type: ignore[no-untyped-def]
+        register(
+            imrobots.PlatformSpec(
+                name="later",
+                factory="imrobots.memory:MemoryPlatform",
+                status="planned",
+            )
+        )
+
+
+def test_planned_platform_is_listed_but_refused(manager: PluginManager) -> None:
+    manager.register(_Planned(), name="planned")
+    status = manager.platforms()["later"]
+    assert status.planned and not status.available and status.missing == ()
+    message = "platform 'later' is planned, not available in this version (see imrobots platforms)"
+    with pytest.raises(PluginError, match=re.escape(message)):
+        manager.platform_spec("later")
+    with pytest.raises(PluginError, match="is planned"):
+        manager.create_platform("later", None)
+
+
+def test_feishu_and_wecom_register_as_planned_without_an_sdk(manager: PluginManager) -> None:
+    import imrobots_feishu.plugin
+    import imrobots_wecom.plugin
+
+    manager.register(imrobots_feishu.plugin, name="feishu")
+    manager.register(imrobots_wecom.plugin, name="wecom")
+    for name in ("feishu", "wecom"):
+        status = manager.platforms()[name]
+        assert status.planned and status.spec.requires == ()
+        assert "planned" in status.spec.description
