@@ -5,22 +5,47 @@ An agent may be:
 * an async function returning ``str``;
 * a sync function returning ``str`` (run in a thread, so it never blocks the loop);
 * an async generator, or a sync generator (iterated in a thread), of text deltas
-  or of the accumulated text so far;
+  or, when declared, of the accumulated text so far;
 * the seed's callback style: a function taking ``stream_callback`` that it calls
   with chunks like ``{"data": {"content": "..."}}``.
 
 :func:`as_agent` wraps any of these in an :class:`Agent` whose :meth:`Agent.stream`
 yields the accumulated answer so far, each time it grows.
+
+Chunks are **deltas** (appended to the text so far) unless declared otherwise;
+nothing is guessed. An agent whose chunks are each the whole text so far
+(snapshots) says so with ``as_agent(obj, mode="accumulated")``, a
+``stream_mode = "accumulated"`` attribute on the agent object, or
+``accumulate(source, mode="accumulated")``. The text :func:`accumulate` yields is
+:class:`AccumulatedText`, which any later :func:`accumulate` takes as the whole
+text, so an agent's accumulated stream (``Robot.ask``) can be given to
+``reply.stream`` as it is.
+
+Blocking user code (sync functions, sync generators, sync callback-style agents)
+runs in a worker thread of the executor set with :func:`use_executor` (the
+runtime sets one, bounded by its ``max_concurrent``, around each answer), or of
+the event loop's default executor when none is set.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import inspect
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, Literal
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
 
 import attrs
 
@@ -28,15 +53,97 @@ from .models import Message
 from .store import Turn
 
 __all__ = [
+    "AccumulatedText",
     "Agent",
     "AgentRequest",
     "AnswerSource",
+    "ChunkMode",
     "Turn",
     "accumulate",
+    "agent_executor",
     "as_agent",
+    "current_executor",
+    "use_executor",
 ]
 
-ChunkMode = Literal["auto", "delta", "accumulated"]
+_T = TypeVar("_T")
+
+ChunkMode = Literal["delta", "accumulated"]
+"""What an agent's chunks are: ``"delta"`` (appended; the default) or ``"accumulated"``
+(each one the whole text so far). There is no guessing mode: ``"auto"`` was removed
+because it garbled both repeated snapshots and deltas that start like the text so far."""
+
+
+def _check_mode(mode: object, what: str) -> ChunkMode:
+    if mode == "delta":
+        return "delta"
+    if mode == "accumulated":
+        return "accumulated"
+    removed = " ('auto' was removed: nothing is guessed)" if mode == "auto" else ""
+    raise ValueError(
+        f"unknown {what} {mode!r}{removed}: chunks are 'delta' (the default) or 'accumulated'"
+    )
+
+
+class AccumulatedText(str):
+    """Text that is the whole answer so far, not a delta.
+
+    :func:`accumulate` yields these. In any mode, :func:`accumulate` takes a chunk of
+    this type as the whole text so far (it replaces, never appends), so an
+    accumulated stream can be accumulated again: ``reply.stream(self.ask(message))``
+    works because :meth:`Robot.ask <imrobots.Robot.ask>` passes its agent's
+    accumulated text through. Yield ``AccumulatedText(text)`` from a generator to
+    mark one chunk as a snapshot.
+    """
+
+    __slots__ = ()
+
+
+# --- the executor blocking agent code runs on -----------------------------------------------
+
+_executor: contextvars.ContextVar[ThreadPoolExecutor | None] = contextvars.ContextVar(
+    "imrobots_agent_executor", default=None
+)
+
+
+def agent_executor(max_workers: int) -> ThreadPoolExecutor:
+    """A thread pool for blocking agents: ``max_workers`` threads named ``imrobots-agent-N``.
+
+    Whoever makes it shuts it down (``executor.shutdown()``) when done with it.
+    """
+    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="imrobots-agent")
+
+
+def current_executor() -> ThreadPoolExecutor | None:
+    """The executor set by :func:`use_executor` here, or ``None`` (the loop's default one)."""
+    return _executor.get()
+
+
+@contextlib.contextmanager
+def use_executor(executor: ThreadPoolExecutor | None) -> Iterator[ThreadPoolExecutor | None]:
+    """Run blocking agent code started inside this block on ``executor``.
+
+    The choice is a :mod:`contextvars` variable: it holds in this task and in the
+    tasks it creates, and is restored on leaving the block. ``None`` means the
+    event loop's default executor (which is small: ``min(32, CPUs + 4)`` threads).
+    """
+    token = _executor.set(executor)
+    try:
+        yield executor
+    finally:
+        _executor.reset(token)
+
+
+def _submit_blocking(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> asyncio.Future[_T]:
+    """Run ``func`` on the current agent executor, with this context's variables."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+    return loop.run_in_executor(_executor.get(), call)
+
+
+async def _run_blocking(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """Like :func:`asyncio.to_thread`, on the current agent executor."""
+    return await _submit_blocking(func, *args, **kwargs)
 
 
 @attrs.frozen(kw_only=True)
@@ -67,18 +174,23 @@ class AgentRequest:
 
 
 AnswerSource = str | Awaitable[str] | AsyncIterable[str] | Iterable[str]
-"""What :meth:`Reply.stream` accepts: a str, an awaitable of one, or (a)sync iterables of str."""
+"""What :meth:`Reply.stream` accepts: a str, an awaitable of one, or (a)sync iterables of str.
+
+The items of an iterable are deltas, except :class:`AccumulatedText` items, which
+are the whole text so far."""
 
 
-async def _iterate_in_thread(iterable: Iterable[Any]) -> AsyncIterator[Any]:
+async def _iterate_in_thread(iterable: Iterable[Any]) -> AsyncGenerator[Any, None]:
     """Iterate a blocking iterable in a worker thread, yielding its items on the loop."""
-    loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
     stop = threading.Event()
+    loop = asyncio.get_running_loop()
 
     def work() -> None:
+        iterator: Iterator[Any] | None = None
         try:
-            for item in iterable:
+            iterator = iter(iterable)
+            for item in iterator:
                 if stop.is_set():
                     break
                 loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
@@ -86,8 +198,15 @@ async def _iterate_in_thread(iterable: Iterable[Any]) -> AsyncIterator[Any]:
             loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
         else:
             loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+        finally:
+            close = getattr(iterator, "close", None)
+            if stop.is_set() and callable(close):
+                # A generator left early runs its finally blocks now, in its own thread;
+                # nobody is listening any more, so an error there is dropped.
+                with contextlib.suppress(Exception):
+                    close()
 
-    future = loop.run_in_executor(None, work)
+    future = _submit_blocking(work)
     try:
         while True:
             kind, item = await queue.get()
@@ -103,22 +222,35 @@ async def _iterate_in_thread(iterable: Iterable[Any]) -> AsyncIterator[Any]:
             await future
 
 
-async def _raw_chunks(source: AnswerSource) -> AsyncIterator[str]:
+async def _raw_chunks(source: AnswerSource) -> AsyncGenerator[str, None]:
     if isinstance(source, str):
         yield source
     elif isinstance(source, AsyncIterable):
-        async for chunk in source:
-            yield chunk
+        async with _closing(source):
+            async for chunk in source:
+                yield chunk
     elif inspect.isawaitable(source):
         yield await source
     elif isinstance(source, Iterable):
-        async for chunk in _iterate_in_thread(source):
-            yield chunk
+        async with contextlib.aclosing(_iterate_in_thread(source)) as chunks:
+            async for chunk in chunks:
+                yield chunk
     else:
         raise TypeError(
             f"cannot stream an answer from {type(source).__name__}: give a str, an awaitable "
             "of str, or a (async) iterable of str"
         )
+
+
+@contextlib.asynccontextmanager
+async def _closing(source: object) -> AsyncGenerator[None, None]:
+    """Close an async generator when done with it, even when left early (its finally blocks
+    then run at once, not whenever it is garbage collected)."""
+    try:
+        yield
+    finally:
+        if inspect.isasyncgen(source):
+            await source.aclose()
 
 
 def _chunk_text(chunk: object) -> str:
@@ -134,27 +266,35 @@ def _chunk_text(chunk: object) -> str:
     raise TypeError(f"agent produced a {type(chunk).__name__}, expected text")
 
 
-async def accumulate(source: AnswerSource, *, mode: ChunkMode = "auto") -> AsyncIterator[str]:
-    """Yield the accumulated text each time it grows.
+def accumulate(source: AnswerSource, *, mode: ChunkMode = "delta") -> AsyncGenerator[str, None]:
+    """Yield the accumulated text (as :class:`AccumulatedText`) each time it changes.
 
-    ``mode="delta"``: every chunk is appended. ``"accumulated"``: every chunk is
-    the whole text so far. ``"auto"``: a chunk that starts with the text so far
-    (and is longer) is taken as accumulated, anything else as a delta.
+    ``mode="delta"`` (the default): every chunk is appended to the text so far.
+    ``"accumulated"``: every chunk is the whole text so far (a snapshot). In both
+    modes an :class:`AccumulatedText` chunk is a snapshot. Nothing is guessed: a
+    repeated snapshot in delta mode is appended again.
+
+    :raises ValueError: at once, for a ``mode`` other than those two.
     """
+    return _accumulate(source, _check_mode(mode, "mode"))
+
+
+async def _accumulate(source: AnswerSource, mode: ChunkMode) -> AsyncGenerator[str, None]:
     text = ""
-    async for chunk in _raw_chunks(source):
-        piece = _chunk_text(chunk)
-        if not piece:
-            continue
-        if mode == "accumulated" or (
-            mode == "auto" and text and piece.startswith(text) and len(piece) > len(text)
-        ):
-            new = piece
-        else:
-            new = text + piece
-        if new != text:
-            text = new
-            yield text
+    async with contextlib.aclosing(_raw_chunks(source)) as chunks:
+        async for chunk in chunks:
+            piece = _chunk_text(chunk)
+            if not piece:
+                continue
+            snapshot = mode == "accumulated" or isinstance(piece, AccumulatedText)
+            new = piece if snapshot else text + piece
+            if new != text:
+                text = new
+                yield AccumulatedText(text)
+
+
+def _validate_mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _check_mode(value, "mode")
 
 
 @attrs.frozen
@@ -162,7 +302,8 @@ class Agent:
     """A normalised agent. Call :meth:`stream` to get the accumulated answer as it grows."""
 
     func: Callable[..., Any]
-    mode: ChunkMode = "auto"
+    mode: ChunkMode = attrs.field(default="delta", validator=_validate_mode)
+    """What the agent's chunks are: ``"delta"`` (the default) or ``"accumulated"``."""
     name: str = ""
     owner: object = None
     """The object whose method ``func`` is, closed by :meth:`aclose`."""
@@ -175,7 +316,8 @@ class Agent:
             if inspect.isawaitable(result):
                 await result
 
-    def stream(self, request: AgentRequest) -> AsyncIterator[str]:
+    def stream(self, request: AgentRequest) -> AsyncGenerator[str, None]:
+        """The accumulated answer (:class:`AccumulatedText`), each time it changes."""
         return accumulate(self._source(request), mode=self.mode)
 
     def _source(self, request: AgentRequest) -> AnswerSource:
@@ -209,11 +351,12 @@ class _lazy_sync_generator(Iterable[Any]):
 
 
 async def _sync_call(func: Callable[..., Any], request: AgentRequest) -> AsyncIterator[str]:
-    result = await asyncio.to_thread(func, request)
+    result = await _run_blocking(func, request)
     if inspect.isawaitable(result):
         result = await result
-    async for chunk in _raw_chunks(result):
-        yield chunk
+    async with contextlib.aclosing(_raw_chunks(result)) as chunks:
+        async for chunk in chunks:
+            yield chunk
 
 
 async def _callback_source(func: Callable[..., Any], request: AgentRequest) -> AsyncIterator[Any]:
@@ -245,7 +388,7 @@ async def _callback_source(func: Callable[..., Any], request: AgentRequest) -> A
             if inspect.iscoroutinefunction(func):
                 await func(**kwargs)
             else:
-                result = await asyncio.to_thread(func, **kwargs)
+                result = await _run_blocking(func, **kwargs)
                 if inspect.isawaitable(result):
                     await result
         except BaseException as exc:
@@ -275,13 +418,19 @@ async def _callback_source(func: Callable[..., Any], request: AgentRequest) -> A
 def as_agent(obj: object, *, mode: ChunkMode | None = None) -> Agent:
     """Wrap a function, generator function or agent object as an :class:`Agent`.
 
-    An agent object may declare ``stream_mode = "delta"`` (or ``"accumulated"``)
-    to say what its chunks are; otherwise ``mode`` (default ``"auto"``) decides.
+    Its chunks are deltas unless declared to be the accumulated text so far:
+    ``mode="accumulated"`` here, or a ``stream_mode = "accumulated"`` attribute on
+    the agent object (``mode`` wins over ``stream_mode``).
+
+    :raises ValueError: a ``mode`` or ``stream_mode`` other than ``"delta"`` or
+        ``"accumulated"``.
     """
+    chosen: ChunkMode | None = None if mode is None else _check_mode(mode, "mode")
     if isinstance(obj, Agent):
-        return obj
+        return obj if chosen is None else attrs.evolve(obj, mode=chosen)
     declared = getattr(obj, "stream_mode", None)
-    chosen: ChunkMode = mode or (declared if declared in ("delta", "accumulated") else "auto")
+    if chosen is None:
+        chosen = "delta" if declared is None else _check_mode(declared, "stream_mode")
     for attribute in ("stream", "answer", "run"):
         method = getattr(obj, attribute, None)
         if callable(method) and not isinstance(obj, type) and not inspect.isfunction(obj):

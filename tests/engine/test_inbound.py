@@ -37,7 +37,7 @@ class Gate:
         try:
             yield f"working on {request.text}"
             await self.open.wait()
-            yield self.final_text(request.text)  # the accumulated text
+            yield f", answer to {request.text}"  # a delta: the answer is now final_text()
         finally:
             self.running -= 1
 
