@@ -4,6 +4,15 @@ Each feedback button carries ``v1.<payload>.<signature>``: the payload names
 the robot, the answered message and the rating; the signature is an HMAC-SHA256
 with the robot's secret. A press whose value does not verify is rejected and
 logged, so nobody can forge or alter feedback by crafting a callback.
+
+Where the key comes from (:meth:`FeedbackSigner.for_robot`): the robot's
+configured ``feedback_secret`` if it has one; otherwise a random 32-byte key
+made on first use and kept in the store under ``feedback-key:{robot}`` (hex),
+which every later start and every replica sharing the store reuse. So buttons
+survive restarts with a persistent store (SQLite, Redis) or a configured
+secret; with the in-memory store a new process makes a new key, and the buttons
+of cards sent before it are rejected as forged. The key never appears in a
+repr, a log line or an error message.
 """
 
 from __future__ import annotations
@@ -14,14 +23,21 @@ import hashlib
 import hmac
 import json
 import secrets
+from typing import TYPE_CHECKING
 
 import attrs
 
 from .models import FeedbackRating
 
-__all__ = ["FeedbackSigner", "FeedbackToken", "InvalidFeedback"]
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["FEEDBACK_KEY_PREFIX", "FeedbackSigner", "FeedbackToken", "InvalidFeedback"]
 
 _PREFIX = "v1"
+
+FEEDBACK_KEY_PREFIX = "feedback-key:"
+"""Store keys of the generated signing keys: ``feedback-key:{robot}``."""
 
 
 class InvalidFeedback(ValueError):
@@ -53,10 +69,41 @@ class FeedbackSigner:
 
     @classmethod
     def from_secret(cls, secret: str | bytes | None) -> FeedbackSigner:
-        """Use ``secret``; ``None`` makes a random one (values then only verify in this process)."""
+        """Use ``secret``; ``None`` makes a random one (values then only verify in this process).
+
+        A robot's runtime uses :meth:`for_robot` instead, whose key survives restarts.
+        """
         if secret is None:
             return cls(secrets.token_bytes(32))
         return cls(secret.encode() if isinstance(secret, str) else secret)
+
+    @classmethod
+    async def for_robot(
+        cls, store: Store, robot: str, secret: str | bytes | None
+    ) -> FeedbackSigner:
+        """The signer of ``robot``: its configured ``secret``, else a key kept in ``store``.
+
+        Without a secret, a random 32-byte key is stored (hex) under
+        ``feedback-key:{robot}`` with :meth:`Store.setdefault_value
+        <imrobots.store.Store.setdefault_value>`, so the first start makes it and
+        every later start, and every process sharing the store, gets the same
+        one. It lasts as long as the store does: with
+        :class:`~imrobots.store.MemoryStore`, only as long as the process.
+        """
+        if secret is not None:
+            return cls.from_secret(secret)
+        key = f"{FEEDBACK_KEY_PREFIX}{robot}"
+        stored = await store.setdefault_value(key, secrets.token_hex(32))
+        try:
+            decoded = bytes.fromhex(stored)
+        except ValueError:
+            decoded = b""
+        if not decoded:
+            raise ValueError(
+                f"the feedback signing key stored under {key!r} is not a hex key: delete it"
+                " (open feedback buttons then stop verifying) or set feedback_secret"
+            )
+        return cls(decoded)
 
     def __repr__(self) -> str:
         return "FeedbackSigner(secret=***)"

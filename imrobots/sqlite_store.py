@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import os
 import sqlite3
 import time
@@ -39,6 +40,9 @@ _BUSY_TIMEOUT: Final = 10.0
 
 _PURGE_INTERVAL: Final = 60.0
 """Seconds between opportunistic deletions of expired rows (by one store object)."""
+
+_NEVER: Final = math.inf
+"""The ``expires`` of a ``kv`` row stored by ``setdefault_value``: it never expires."""
 
 _SCHEMA: Final = (
     # Dedupe, phase one: keys being handled, until ``expires``.
@@ -95,6 +99,7 @@ _SCHEMA: Final = (
     )""",
     "CREATE INDEX IF NOT EXISTS history_key ON history (key, id)",
     # Small records (put_value/get_value); ``seq`` orders them like ``done.seq``.
+    # setdefault_value's rows never expire: ``expires`` is +infinity.
     """CREATE TABLE IF NOT EXISTS kv (
         seq INTEGER PRIMARY KEY,
         key TEXT NOT NULL UNIQUE,
@@ -208,7 +213,7 @@ class SQLiteStore(Store):
             return
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             self._transaction(conn, self._create_schema, purge=False)
         except BaseException as error:
@@ -216,6 +221,25 @@ class SQLiteStore(Store):
             self._open_error = error
             return
         self._conn = conn
+
+    @staticmethod
+    def _use_wal(conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL mode, waiting for other connections that are opening it.
+
+        SQLite may refuse the switch with "database is locked" at once, without
+        calling the busy handler, while another connection opens the file; so this
+        retries (in the worker thread) for up to the busy timeout.
+        """
+        deadline = time.monotonic() + _BUSY_TIMEOUT
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                busy = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.005)
 
     def _create_schema(self, conn: sqlite3.Connection, now: float) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -296,12 +320,18 @@ class SQLiteStore(Store):
         return deleted
 
     def _evict_oldest(self, conn: sqlite3.Connection, table: str) -> None:
-        """Delete the rows of smallest ``seq`` beyond ``max_keys`` (``done`` or ``kv``)."""
-        (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        """Delete the rows of smallest ``seq`` beyond ``max_keys`` (``done`` or ``kv``).
+
+        Rows that never expire (``setdefault_value``'s) are neither counted nor evicted.
+        """
+        (count,) = conn.execute(
+            f"SELECT count(*) FROM {table} WHERE expires < ?", (_NEVER,)
+        ).fetchone()
         if count > self._max_keys:
             conn.execute(
-                f"DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} ORDER BY seq LIMIT ?)",
-                (count - self._max_keys,),
+                f"DELETE FROM {table} WHERE seq IN"
+                f" (SELECT seq FROM {table} WHERE expires < ? ORDER BY seq LIMIT ?)",
+                (_NEVER, count - self._max_keys),
             )
 
     def _close_in_worker(self) -> None:
@@ -528,6 +558,49 @@ class SQLiteStore(Store):
                 "SELECT value FROM kv WHERE key = ? AND expires > ?", (key, time.time())
             ).fetchone()
             return None if row is None else str(row[0])
+
+        return await self._run(job)
+
+    async def setdefault_value(self, key: str, value: str) -> str:
+        """Atomically store ``value`` under ``key`` unless a value is there; return the stored one.
+
+        The value never expires and is never evicted; it is synced to disk before this
+        returns. One transaction, so of every process sharing the file, one wins.
+        """
+
+        def operation(conn: sqlite3.Connection, now: float) -> str:
+            row = conn.execute(
+                "SELECT value FROM kv WHERE key = ? AND expires > ?", (key, now)
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            conn.execute(
+                "INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
+                (key, value, _NEVER),
+            )
+            return value
+
+        return await self._write(operation, durable=True)
+
+    async def delete_value(self, key: str) -> None:
+        """Forget the value under ``key``, if any."""
+        await self._write(lambda conn, now: conn.execute("DELETE FROM kv WHERE key = ?", (key,)))
+
+    async def scan_values(self, prefix: str) -> dict[str, str]:
+        """Every unexpired value whose key starts with ``prefix``, by key."""
+
+        def job(conn: sqlite3.Connection) -> dict[str, str]:
+            # Keys with the prefix are one contiguous run of the key index, from the prefix on.
+            cursor = conn.execute(
+                "SELECT key, value FROM kv WHERE key >= ? AND expires > ? ORDER BY key",
+                (prefix, time.time()),
+            )
+            found: dict[str, str] = {}
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    break
+                found[str(key)] = str(value)
+            return found
 
         return await self._run(job)
 

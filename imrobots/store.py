@@ -106,6 +106,25 @@ class Store(abc.ABC):
     async def get_value(self, key: str) -> str | None:
         """The value stored under ``key``, or ``None`` if absent or expired."""
 
+    @abc.abstractmethod
+    async def setdefault_value(self, key: str, value: str) -> str:
+        """Atomically store ``value`` under ``key`` unless a value is there; return the stored one.
+
+        A value stored here never expires and is never evicted to make room (it is
+        meant for a few long-lived records, like a robot's feedback signing key);
+        :meth:`put_value` on the same key replaces it with an expiring one. Of
+        concurrent callers (and, with a shared backend, processes), one wins and
+        all get its value.
+        """
+
+    @abc.abstractmethod
+    async def delete_value(self, key: str) -> None:
+        """Forget the value under ``key``, if any."""
+
+    @abc.abstractmethod
+    async def scan_values(self, prefix: str) -> dict[str, str]:
+        """Every unexpired value whose key starts with ``prefix``, by key."""
+
     async def close(self) -> None:
         """Release resources (connections, files)."""
 
@@ -139,6 +158,8 @@ class MemoryStore(Store):
         self._feedback_keys: set[tuple[str, str, str, str]] = set()
         self._history: dict[str, deque[Turn]] = {}
         self._values: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._permanent: dict[str, str] = {}
+        """Values stored by :meth:`setdefault_value`: never expired, never evicted."""
         self._next_sweep = 0.0
 
     @staticmethod
@@ -227,12 +248,16 @@ class MemoryStore(Store):
         return list(self._history.get(key, ()))
 
     async def put_value(self, key: str, value: str, *, ttl: float) -> None:
+        self._permanent.pop(key, None)
         self._values[key] = (value, self._now() + ttl)
         self._values.move_to_end(key)
         while len(self._values) > self._max_keys:
             self._values.popitem(last=False)
 
-    async def get_value(self, key: str) -> str | None:
+    def _get(self, key: str) -> str | None:
+        permanent = self._permanent.get(key)
+        if permanent is not None:
+            return permanent
         item = self._values.get(key)
         if item is None:
             return None
@@ -240,3 +265,26 @@ class MemoryStore(Store):
             del self._values[key]
             return None
         return item[0]
+
+    async def get_value(self, key: str) -> str | None:
+        return self._get(key)
+
+    async def setdefault_value(self, key: str, value: str) -> str:
+        current = self._get(key)
+        if current is not None:
+            return current
+        self._values.pop(key, None)
+        self._permanent[key] = value
+        return value
+
+    async def delete_value(self, key: str) -> None:
+        self._permanent.pop(key, None)
+        self._values.pop(key, None)
+
+    async def scan_values(self, prefix: str) -> dict[str, str]:
+        now = self._now()
+        found = {k: v for k, v in self._permanent.items() if k.startswith(prefix)}
+        for key, (value, expires) in self._values.items():
+            if expires > now and key.startswith(prefix):
+                found[key] = value
+        return found

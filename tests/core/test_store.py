@@ -348,6 +348,73 @@ async def test_values_are_bounded_oldest_first(make_store: StoreFactory) -> None
     assert [await store.get_value(k) for k in ("a", "c", "d")] == ["a2", "c", "d"]
 
 
+async def test_setdefault_value_keeps_the_first_value(store: Store) -> None:
+    assert await store.setdefault_value("key", "first") == "first"
+    assert await store.setdefault_value("key", "second") == "first"
+    assert await store.get_value("key") == "first"
+    await store.put_value("answer", "recorded", ttl=60)
+    assert await store.setdefault_value("answer", "other") == "recorded"  # an unexpired value
+
+
+async def test_setdefault_value_replaces_an_expired_value_and_never_expires(store: Store) -> None:
+    await store.put_value("k", "old", ttl=0.05)
+
+    async def replaced() -> bool:
+        return await store.setdefault_value("k", "new") == "new"
+
+    await eventually(replaced)
+    assert await store.get_value("k") == "new"
+    await store.put_value("k", "expiring", ttl=60)  # put_value replaces it
+    assert await store.get_value("k") == "expiring"
+
+
+async def test_setdefault_values_are_not_evicted_by_max_keys(make_store: StoreFactory) -> None:
+    store = make_store(max_keys=2)
+    assert await store.setdefault_value("feedback-key:a", "secret") == "secret"
+    for key in ("x", "y", "z"):
+        await store.put_value(key, key, ttl=60)
+    assert await store.get_value("feedback-key:a") == "secret"
+    assert await store.get_value("x") is None  # the oldest expiring value made room
+    assert [await store.get_value(k) for k in ("y", "z")] == ["y", "z"]
+
+
+async def test_concurrent_setdefault_values_have_one_winner(store: Store) -> None:
+    results = await asyncio.gather(*(store.setdefault_value("k", f"v{i}") for i in range(30)))
+    assert len(set(results)) == 1
+    assert await store.get_value("k") == results[0]
+
+
+async def test_delete_value(store: Store) -> None:
+    await store.setdefault_value("permanent", "p")
+    await store.put_value("expiring", "e", ttl=60)
+    await store.delete_value("permanent")
+    await store.delete_value("expiring")
+    await store.delete_value("never-stored")  # a no-op
+    assert await store.get_value("permanent") is None
+    assert await store.get_value("expiring") is None
+    assert await store.setdefault_value("permanent", "again") == "again"
+
+
+async def test_scan_values_by_prefix(store: Store) -> None:
+    assert await store.scan_values("answer:") == {}
+    await store.put_value("answer:m1", "one", ttl=60)
+    await store.put_value("answer:m2", "two", ttl=60)
+    await store.put_value("answer:gone", "expired", ttl=0.05)
+    await store.setdefault_value("answer:m3", "three")
+    await store.put_value("answers", "not under the prefix", ttl=60)
+    await store.put_value("other:m1", "other", ttl=60)
+    await store.put_value("answer:中文", "unicode", ttl=60)
+    expected = {"answer:m1": "one", "answer:m2": "two", "answer:m3": "three"}
+    expected["answer:中文"] = "unicode"
+
+    async def expired() -> bool:
+        return await store.scan_values("answer:") == expected
+
+    await eventually(expired)
+    assert len(await store.scan_values("")) == 6
+    assert await store.scan_values("answer:m") == {k: v for k, v in expected.items() if "m" in k}
+
+
 # --- SQLite only ----------------------------------------------------------------------------
 
 
@@ -363,6 +430,7 @@ async def test_sqlite_persists_across_reopen(tmp_path: Path) -> None:
     await store.acquire_lock("conv", "a", ttl=3600)
     await store.append_history("c", [Turn(role="user", text="hi")], limit=10)
     await store.put_value("answer:m1", "record", ttl=3600)
+    await store.setdefault_value("feedback-key:helper", "0123abcd")
     await store.close()
 
     store = SQLiteStore(path)
@@ -374,6 +442,8 @@ async def test_sqlite_persists_across_reopen(tmp_path: Path) -> None:
         assert not await store.acquire_lock("conv", "b", ttl=60)
         assert await store.history("c") == [Turn(role="user", text="hi")]
         assert await store.get_value("answer:m1") == "record"
+        assert await store.setdefault_value("feedback-key:helper", "new") == "0123abcd"
+        assert await store.scan_values("feedback-key:") == {"feedback-key:helper": "0123abcd"}
     finally:
         await store.close()
 
@@ -434,6 +504,10 @@ async def test_sqlite_two_stores_on_one_file_have_one_winner(tmp_path: Path) -> 
             *(s.reserve("app", rate=1.0, burst=2) for _ in range(10) for s in (first, second))
         )
         assert sorted(waits) == pytest.approx([0.0, 0.0, *range(1, 19)], abs=0.2)
+        keys = await asyncio.gather(
+            *(s.setdefault_value("key", f"{i}") for i in range(10) for s in (first, second))
+        )
+        assert len(set(keys)) == 1
     finally:
         await first.close()
         await second.close()
@@ -548,10 +622,11 @@ async def _fill_with_expiring_rows(store: SQLiteStore) -> None:
     await store.put_value("record", "v", ttl=0.05)
     await store.complete("kept", done_ttl=3600)
     await store.put_value("kept", "v", ttl=3600)
+    await store.setdefault_value("permanent", "v")  # never expires: never purged
     await store.add_feedback(feedback("m1"))
 
 
-PURGED = {"in_flight": 0, "done": 1, "locks": 0, "buckets": 0, "kv": 1, "feedback": 1}
+PURGED = {"in_flight": 0, "done": 1, "locks": 0, "buckets": 0, "kv": 2, "feedback": 1}
 
 
 async def test_sqlite_purge_expired_deletes_expired_rows(tmp_path: Path) -> None:

@@ -1,0 +1,92 @@
+"""The feedback signing key: configured, or made once and kept in the store across restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imrobots.feedback import FeedbackSigner, InvalidFeedback
+from imrobots.models import FeedbackRating
+from imrobots.sqlite_store import SQLiteStore
+from imrobots.store import MemoryStore
+
+
+def signed(signer: FeedbackSigner, robot: str = "support") -> str:
+    return signer.values(robot, "msg-1")[FeedbackRating.HELPFUL]
+
+
+async def test_the_key_survives_a_restart_with_sqlite(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(path)
+    try:
+        before = await FeedbackSigner.for_robot(store, "support", None)
+        value = signed(before)
+    finally:
+        await store.close()
+
+    store = SQLiteStore(path)  # the process restarted
+    try:
+        after = await FeedbackSigner.for_robot(store, "support", None)
+        assert after.verify(value).message_id == "msg-1"
+        assert before.verify(signed(after)).rating is FeedbackRating.HELPFUL
+        [stored] = (await store.scan_values("feedback-key:")).values()
+        assert len(bytes.fromhex(stored)) == 32
+    finally:
+        await store.close()
+
+
+async def test_two_processes_on_one_file_share_the_key(tmp_path: Path) -> None:
+    first, second = SQLiteStore(tmp_path / "s.sqlite3"), SQLiteStore(tmp_path / "s.sqlite3")
+    try:
+        a = await FeedbackSigner.for_robot(first, "support", None)
+        b = await FeedbackSigner.for_robot(second, "support", None)
+        assert b.verify(signed(a)).robot == "support"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_each_robot_has_its_own_key() -> None:
+    store = MemoryStore()
+    support = await FeedbackSigner.for_robot(store, "support", None)
+    sales = await FeedbackSigner.for_robot(store, "sales", None)
+    with pytest.raises(InvalidFeedback, match="signature"):
+        sales.verify(signed(support))
+    assert sorted(await store.scan_values("feedback-key:")) == [
+        "feedback-key:sales",
+        "feedback-key:support",
+    ]
+
+
+async def test_with_the_memory_store_a_new_store_makes_a_new_key() -> None:
+    """Documented: buttons survive restarts only with a persistent store or a secret."""
+    before = await FeedbackSigner.for_robot(MemoryStore(), "support", None)
+    after = await FeedbackSigner.for_robot(MemoryStore(), "support", None)
+    with pytest.raises(InvalidFeedback):
+        after.verify(signed(before))
+
+
+@pytest.mark.parametrize("secret", ["configured-secret", b"configured-secret"])
+async def test_a_configured_secret_is_used_and_nothing_is_stored(secret: str | bytes) -> None:
+    store = MemoryStore()
+    signer = await FeedbackSigner.for_robot(store, "support", secret)
+    assert FeedbackSigner.from_secret("configured-secret").verify(signed(signer))
+    assert await store.scan_values("") == {}
+
+
+async def test_the_key_never_shows_in_a_repr() -> None:
+    store = MemoryStore()
+    signer = await FeedbackSigner.for_robot(store, "support", None)
+    key = await store.get_value("feedback-key:support")
+    assert key is not None
+    assert key not in repr(signer) and "***" in repr(signer)
+    assert key not in str(signer)
+
+
+async def test_a_corrupt_stored_key_is_an_error_that_does_not_show_it() -> None:
+    store = MemoryStore()
+    await store.setdefault_value("feedback-key:support", "not-hex-secretish")
+    with pytest.raises(ValueError, match="feedback-key:support") as info:
+        await FeedbackSigner.for_robot(store, "support", None)
+    assert "not-hex-secretish" not in str(info.value)
