@@ -1,6 +1,8 @@
 """imrobots: put AI agents and other Python code into enterprise chat.
 
-The public API. Plugins and robots use only what is exported here.
+The public API for robot authors. Plugin authors import from
+:mod:`imrobots.platform`, emulator authors from :mod:`imrobots.emulation`,
+test authors from :mod:`imrobots.testing`.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from .errors import (
     ConfigError,
     FatalPlatformError,
     ImrobotsError,
+    NotSupported,
+    OutcomeUnknown,
     PlatformError,
     PlatformUnavailable,
     PluginError,
     RateLimited,
+    Refused,
     RetryableError,
 )
 from .models import (
@@ -41,21 +46,38 @@ from .models import (
     FeedbackRating,
     Message,
     MessageKind,
+    Quote,
     Sender,
+    Target,
 )
-from .platform import Capabilities, CardRef, EventSink, Platform, PlatformSpec, StreamingMode
+from .platform import (
+    Capabilities,
+    CardRef,
+    EventSink,
+    LifetimeRemedy,
+    Op,
+    Platform,
+    PlatformSpec,
+    RateLimit,
+    Scope,
+    SizeUnit,
+    StreamHandle,
+    StreamingMode,
+    Upload,
+)
 from .plugins import get_plugin_manager, hookimpl
 from .policy import AccessPolicy, GroupPolicy
-from .robot import Reply, Robot
+from .robot import ActionReply, Reply, Robot
 from .runtime import RobotRuntime, RuntimeOptions
 from .secret import Secret
 from .store import ClaimResult, MemoryStore, Store, Turn
-from .streaming import AnswerResult, AnswerStatus, StreamPolicy
+from .streaming import AnswerResult, AnswerStatus, Delivery, StreamPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccessPolicy",
+    "ActionReply",
     "Actions",
     "Agent",
     "AgentRequest",
@@ -73,6 +95,7 @@ __all__ = [
     "ConfigError",
     "Conversation",
     "ConversationKind",
+    "Delivery",
     "Divider",
     "EmulatorAdapter",
     "EventSink",
@@ -81,28 +104,40 @@ __all__ = [
     "FeedbackRating",
     "GroupPolicy",
     "ImrobotsError",
+    "LifetimeRemedy",
     "Markdown",
     "MemoryStore",
     "Message",
     "MessageKind",
+    "NotSupported",
     "Note",
+    "Op",
+    "OutcomeUnknown",
     "Platform",
     "PlatformError",
     "PlatformSpec",
     "PlatformUnavailable",
     "PluginError",
+    "Quote",
+    "RateLimit",
     "RateLimited",
+    "Refused",
     "Reply",
     "RetryableError",
     "Robot",
     "RobotRuntime",
     "RuntimeOptions",
+    "Scope",
     "Secret",
     "Sender",
+    "SizeUnit",
     "Store",
+    "StreamHandle",
     "StreamPolicy",
     "StreamingMode",
+    "Target",
     "Turn",
+    "Upload",
     "__version__",
     "as_agent",
     "card_view_blocks",

@@ -12,10 +12,13 @@ __all__ = [
     "ConfigError",
     "FatalPlatformError",
     "ImrobotsError",
+    "NotSupported",
+    "OutcomeUnknown",
     "PlatformError",
     "PlatformUnavailable",
     "PluginError",
     "RateLimited",
+    "Refused",
     "RetryableError",
 ]
 
@@ -34,6 +37,11 @@ class PluginError(ImrobotsError):
 
 class PlatformUnavailable(ImrobotsError):
     """A platform is registered but its SDK is not installed; the message says what to install."""
+
+
+class NotSupported(ImrobotsError):
+    """The platform (or this connection's mode) has no such feature, e.g. sending a file
+    where only text can be sent. Its capabilities say so in advance."""
 
 
 class PlatformError(ImrobotsError):
@@ -64,6 +72,16 @@ class RetryableError(PlatformError):
         self.retry_after = retry_after
 
 
+class OutcomeUnknown(RetryableError):
+    """The request was sent but no answer came (a time-out or a dropped connection after
+    the request left): the platform may or may not have acted.
+
+    The core retries it only with the same idempotency key, and only for operations
+    the platform declares idempotent (``Capabilities.idempotent``); otherwise it
+    assumes the call took effect rather than risk a duplicate.
+    """
+
+
 class RateLimited(RetryableError):
     """The platform refused the call because a rate limit was hit.
 
@@ -80,3 +98,22 @@ class CardGone(FatalPlatformError):
 
     The streaming engine answers this by sending a new message with the content.
     """
+
+
+class Refused(FatalPlatformError):
+    """The platform refuses this way of delivering (no permission for cards, no card to a
+    user it cannot address...). The core degrades: streaming card, then card, then a
+    markdown/text message. ``app_wide`` says the refusal holds for every conversation
+    (a missing permission), so later answers skip cards for a while.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        app_wide: bool = False,
+    ) -> None:
+        super().__init__(message, code=code, status=status)
+        self.app_wide = app_wide

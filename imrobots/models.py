@@ -7,12 +7,16 @@ themselves know nothing about any platform's JSON.
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import attrs
+
+from .errors import NotSupported
 
 __all__ = [
     "Attachment",
@@ -23,7 +27,9 @@ __all__ = [
     "FeedbackRating",
     "Message",
     "MessageKind",
+    "Quote",
     "Sender",
+    "Target",
 ]
 
 
@@ -77,18 +83,128 @@ class Sender:
     is_admin: bool = False
 
 
+Downloader = Callable[["Attachment"], Awaitable[bytes]]
+"""How a platform fetches an attachment's content: ``download(attachment) -> bytes``."""
+
+
 @attrs.frozen(kw_only=True)
 class Attachment:
-    """A file, picture or recording attached to a message."""
+    """A file, picture, recording or video attached to a message.
+
+    The content is fetched lazily, by the platform that received the message,
+    only from that platform's own hosts: ``await attachment.read()`` returns the
+    bytes, ``await attachment.save(path)`` writes them. Reading an attachment of
+    a platform that cannot download raises :class:`~imrobots.errors.NotSupported`.
+    """
 
     kind: str
     """``image``, ``audio``, ``video`` or ``file``."""
     name: str | None = None
+    """File name, when the platform sends one."""
+    id: str | None = None
+    """The platform's id of the content (Feishu ``image_key``/``file_key``...)."""
     url: str | None = None
     download_code: str | None = attrs.field(default=None, repr=False)
-    """Platform handle to download the content (DingTalk downloadCode)."""
+    """Platform handle to download the content (DingTalk ``downloadCode``)."""
     text: str | None = None
     """Speech recognition of an audio message, when the platform provides it."""
+    size: int | None = None
+    """Size in bytes, when the platform says."""
+    mime_type: str | None = None
+    duration: float | None = None
+    """Seconds, for audio and video, when the platform says."""
+    extra: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False, hash=False)
+    """Whatever else the platform needs to download it (keys, message id...)."""
+    downloader: Downloader | None = attrs.field(default=None, repr=False, eq=False, hash=False)
+    """Set by the runtime from the platform that received the message."""
+
+    async def read(self) -> bytes:
+        """Download the content. Raises :class:`NotSupported` if the platform cannot, and
+        the platform's :class:`~imrobots.errors.PlatformError` if the download fails."""
+        if self.downloader is None:
+            raise NotSupported(f"cannot download this {self.kind}: its platform has no downloads")
+        return await self.downloader(self)
+
+    async def save(self, path: str | Path) -> Path:
+        """Download the content into ``path`` (a file; written in a worker thread)."""
+        data = await self.read()
+        target = Path(path)
+        await asyncio.to_thread(target.write_bytes, data)
+        return target
+
+
+@attrs.frozen(kw_only=True)
+class Quote:
+    """The message a user quoted (replied to) when writing to the robot."""
+
+    id: str | None = None
+    """The quoted message's id, when the platform sends it."""
+    text: str = ""
+    sender: Sender | None = None
+    attachments: tuple[Attachment, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Target:
+    """Where to speak: the value every outbound call (reply, proactive send, answer to a
+    button press) goes to. Inbound messages and card actions carry one (``.target``).
+
+    Make one for a proactive send with :meth:`user` or :meth:`group`.
+    """
+
+    platform: str
+    """Name of the platform (``dingtalk``, ``memory``...)."""
+    conversation: Conversation | None = None
+    """The conversation; ``None`` for a direct message to :attr:`user` whose
+    conversation id is not known."""
+    user: Sender | None = None
+    """The person spoken to: the sender being answered, or a direct message's receiver."""
+    thread: str | None = None
+    """The thread to answer in, on platforms with threads."""
+    reply_to: str | None = None
+    """Id of the message being answered, when there is one."""
+    mentions: tuple[str, ...] = ()
+    """User ids to @-mention, where the platform allows."""
+    app: str | None = None
+    """The platform app the robot speaks as, when known."""
+    context: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False, hash=False)
+    """Plugin-private facts about the target (e.g. a reply webhook of the inbound message);
+    JSON-able, so that a stream can be restored after a restart. Never shown in reprs."""
+
+    @classmethod
+    def to_user(cls, platform: str, user_id: str, *, app: str | None = None) -> Target:
+        """A direct message to one user (platform user id)."""
+        return cls(platform=platform, user=Sender(id=user_id), app=app)
+
+    @classmethod
+    def to_group(
+        cls,
+        platform: str,
+        conversation_id: str,
+        *,
+        mentions: tuple[str, ...] = (),
+        thread: str | None = None,
+        app: str | None = None,
+    ) -> Target:
+        """A group conversation, optionally @-mentioning users and in a thread."""
+        return cls(
+            platform=platform,
+            conversation=Conversation(id=conversation_id, kind=ConversationKind.GROUP),
+            mentions=mentions,
+            thread=thread,
+            app=app,
+        )
+
+    @property
+    def is_group(self) -> bool:
+        return self.conversation is not None and self.conversation.is_group
+
+    @property
+    def key(self) -> str:
+        """``platform:conversation`` (or ``platform:user:ID``): the rate-limit and lane key."""
+        if self.conversation is not None:
+            return f"{self.platform}:{self.conversation.id}"
+        return f"{self.platform}:user:{self.user.id if self.user else '?'}"
 
 
 @attrs.frozen(kw_only=True)
@@ -115,11 +231,35 @@ class Message:
     """The platform's payload, for plugins and advanced robots. Never shown in reprs."""
     robot: str | None = None
     """Name of the robot it was sent to, filled in by the runtime."""
+    quote: Quote | None = None
+    """The message the user quoted, if any."""
+    thread: str | None = None
+    """The thread it was said in, on platforms with threads."""
+    app: str | None = None
+    """The platform app that received it, when the plugin knows it."""
 
     @property
     def conversation_key(self) -> str:
         """A key unique across platforms: ``platform:conversation id``."""
         return f"{self.platform}:{self.conversation.id}"
+
+    @property
+    def has_text(self) -> bool:
+        """Whether there is text to answer (not empty, not only white space)."""
+        return bool(self.text.strip())
+
+    @property
+    def target(self) -> Target:
+        """Where an answer to this message goes: its conversation, thread and sender."""
+        return Target(
+            platform=self.platform,
+            conversation=self.conversation,
+            user=self.sender,
+            thread=self.thread,
+            reply_to=self.id,
+            app=self.app,
+            context=self.raw,
+        )
 
 
 class FeedbackRating(enum.StrEnum):
@@ -166,6 +306,18 @@ class CardAction:
     time: datetime = attrs.field(factory=_now)
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False, hash=False)
     robot: str | None = None
+    app: str | None = None
+
+    @property
+    def target(self) -> Target:
+        """Where an answer to this press goes: the card's conversation (or the presser)."""
+        return Target(
+            platform=self.platform,
+            conversation=self.conversation,
+            user=self.sender,
+            app=self.app,
+            context=self.raw,
+        )
 
 
 @attrs.frozen(kw_only=True)

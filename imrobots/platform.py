@@ -1,10 +1,21 @@
 """The contract a platform plugin (the Type layer) implements.
 
-A platform owns the connection to one IM platform for one robot: it receives
+Plugin authors import from here (``from imrobots.platform import ...``); robot
+authors import from :mod:`imrobots`. Nothing here names a platform.
+
+A platform owns the connection to one IM platform for one robot. It receives
 wire events, acknowledges them at once, converts them to :class:`Message` and
-:class:`CardAction` and hands them to the core's sink; it sends and updates
-cards; and it declares its :class:`Capabilities` so the core can adapt its
-streaming and rate limiting instead of special-casing platforms.
+:class:`CardAction` and hands them to the core's sink. Every outbound call goes
+to a :class:`~imrobots.models.Target`. Answers stream through a
+:class:`StreamHandle` the plugin owns (sequence numbers, stream ids and per-card
+state live there). The plugin declares its :class:`Capabilities`: how it can
+stream, what its stream lifetime is and how to remedy it, each size limit with
+its unit, each rate limit with its scope, and which features it has, so the
+core adapts instead of special-casing platforms.
+
+Errors are raised as :mod:`imrobots.errors` classes: :class:`RateLimited` (with
+the reset hint), :class:`RetryableError`, :class:`OutcomeUnknown` (sent, no
+answer), :class:`CardGone`, :class:`Refused` (degrade), :class:`FatalPlatformError`.
 """
 
 from __future__ import annotations
@@ -17,17 +28,106 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import attrs
 
-from .cards import Card
-from .models import CardAction, Message
+from .cards import (
+    Actions,
+    Button,
+    Card,
+    CardStatus,
+    Divider,
+    Element,
+    Markdown,
+    Note,
+    error_card,
+    final_card,
+    interrupted_card,
+    new_id,
+    streaming_card,
+    thinking_card,
+)
+from .errors import (
+    CardGone,
+    ConfigError,
+    FatalPlatformError,
+    ImrobotsError,
+    NotSupported,
+    OutcomeUnknown,
+    PlatformError,
+    PlatformUnavailable,
+    PluginError,
+    RateLimited,
+    Refused,
+    RetryableError,
+)
+from .models import (
+    Attachment,
+    CardAction,
+    Conversation,
+    ConversationKind,
+    Feedback,
+    FeedbackRating,
+    Message,
+    MessageKind,
+    Quote,
+    Sender,
+    Target,
+)
+from .secret import Secret
 
 __all__ = [
+    "Actions",
+    "Attachment",
+    "Button",
     "Capabilities",
+    "Card",
+    "CardAction",
+    "CardGone",
     "CardRef",
+    "CardStatus",
+    "CardStream",
+    "ConfigError",
+    "Conversation",
+    "ConversationKind",
+    "Divider",
+    "Element",
     "EventSink",
+    "FatalPlatformError",
+    "Feedback",
+    "FeedbackRating",
+    "ImrobotsError",
+    "LifetimeRemedy",
+    "Markdown",
+    "Message",
+    "MessageKind",
+    "NotSupported",
+    "Note",
+    "Op",
+    "OutcomeUnknown",
     "Platform",
+    "PlatformError",
     "PlatformSpec",
+    "PlatformUnavailable",
+    "PluginError",
+    "Quote",
+    "RateLimit",
+    "RateLimited",
+    "Refused",
+    "RetryableError",
+    "Scope",
+    "Secret",
+    "Sender",
+    "SizeUnit",
+    "StreamHandle",
     "StreamingMode",
+    "Target",
+    "Upload",
+    "error_card",
+    "final_card",
+    "interrupted_card",
+    "measure",
+    "new_id",
     "resolve_object",
+    "streaming_card",
+    "thinking_card",
 ]
 
 
@@ -42,36 +142,160 @@ class StreamingMode(enum.StrEnum):
     """Nothing can be edited: send the answer once, at the end."""
 
 
+class LifetimeRemedy(enum.StrEnum):
+    """What the engine does before a stream reaches ``Capabilities.stream_lifetime``."""
+
+    NEW_MESSAGE = "new_message"
+    """Close the current card with the text so far and continue in a new one."""
+    RENEW = "renew"
+    """Call :meth:`StreamHandle.renew`, which extends the stream (Feishu CardKit)."""
+    KEEP_ALIVE = "keep_alive"
+    """Push at least every ``keep_alive`` seconds, even without new text; at the end of
+    the lifetime continue in a new message (WeCom stream replies)."""
+
+
+class SizeUnit(enum.StrEnum):
+    """The unit a platform counts a size limit in."""
+
+    BYTES = "bytes"
+    """UTF-8 bytes (DingTalk sessionWebhook 20,000 bytes, Feishu 30 KB, WeCom 20,480 bytes)."""
+    CHARACTERS = "characters"
+    """Unicode code points."""
+
+
+def measure(text: str, unit: SizeUnit) -> int:
+    """The size of ``text`` in ``unit``."""
+    return len(text.encode("utf-8")) if unit is SizeUnit.BYTES else len(text)
+
+
+class Scope(enum.StrEnum):
+    """What a rate limit counts calls of."""
+
+    APP = "app"
+    """Every call of the app, across all conversations."""
+    API = "api"
+    """Every call of one API (one :class:`Op`) of the app (DingTalk: 20/s per app per API)."""
+    CONVERSATION = "conversation"
+    """Calls into one conversation (Feishu: 5/s per chat)."""
+    CARD = "card"
+    """Updates of one card or message (Feishu: 5/s per PATCHed message)."""
+    MEMBER = "member"
+    """Messages to one member (WeCom app: 30/min per member)."""
+
+
+class Op(enum.StrEnum):
+    """The core's names for platform operations, used for ``Scope.API`` limits and
+    for declaring which operations are idempotent."""
+
+    OPEN = "open_stream"
+    PUSH = "push"
+    RENEW = "renew"
+    CLOSE = "close"
+    SEND_CARD = "send_card"
+    UPDATE_CARD = "update_card"
+    SEND_TEXT = "send_text"
+    SEND_IMAGE = "send_image"
+    SEND_FILE = "send_file"
+    ANSWER_ACTION = "answer_action"
+
+
+@attrs.frozen(kw_only=True)
+class RateLimit:
+    """One rate limit a platform enforces: at most ``rate`` calls per second within
+    ``scope`` (per conversation, per card...), in bursts of at most ``burst``."""
+
+    scope: Scope
+    rate: float
+    """Calls per second (a limit of 30 per minute is ``rate=0.5``)."""
+    burst: int = 1
+    """Calls that may go back to back before the rate applies."""
+    ops: frozenset[Op] | None = None
+    """The operations it counts; ``None``: every operation."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.rate <= 0:
+            raise ValueError(f"rate limit {self.scope}: rate must be positive, got {self.rate}")
+        if self.burst < 1:
+            raise ValueError(f"rate limit {self.scope}: burst must be at least 1")
+
+    def counts(self, op: Op) -> bool:
+        return self.ops is None or op in self.ops
+
+
 ErrorClass = Literal["rate_limited", "retryable", "fatal"]
+
+_ALL_OPS = frozenset(Op)
 
 
 @attrs.frozen(kw_only=True)
 class Capabilities:
     """What a platform can do and the limits it enforces.
 
-    The streaming engine derives its defaults from these: the app-wide token
-    bucket from ``app_rate``/``app_burst``, the per-card pacing from
-    ``update_interval``, the cap on updates from ``max_updates``, rotation from
-    ``stream_lifetime`` and splitting from ``max_text``.
+    The streaming engine derives its defaults from these: its rate limiter from
+    :meth:`limits`, the per-card pacing from ``update_interval``, the cap on
+    updates from ``max_updates``, the lifetime handling from ``stream_lifetime``
+    and ``lifetime_remedy``, and splitting from ``max_text`` / ``max_message_text``
+    counted in ``text_unit``.
     """
 
     streaming: StreamingMode = StreamingMode.EDIT
+    # --- rate limits -------------------------------------------------------------
+    rate_limits: tuple[RateLimit, ...] = ()
+    """Every rate limit, by scope. Empty: one app-wide limit of ``app_rate``."""
     app_rate: float = 20.0
-    """Requests per second the platform allows one app across all conversations."""
+    """Requests per second the platform allows one app across all conversations (used
+    when ``rate_limits`` is empty)."""
     app_burst: int | None = None
-    """Bucket size of the client-side limiter; default 1 (evenly spaced calls)."""
+    """Bucket size of that app-wide limit; default 1 (evenly spaced calls)."""
     rate_headroom: float = 0.9
-    """Share of ``app_rate`` the client-side limiter uses, leaving room for clock jitter."""
+    """Share of each declared rate the client-side limiter uses, leaving room for clock jitter."""
+    # --- streaming ----------------------------------------------------------------
     update_interval: float = 1.0
     """Minimum seconds between two updates of one card."""
     max_updates: int | None = None
     """Most updates one card may get (the final one included), or ``None``."""
     stream_lifetime: float | None = None
-    """Seconds after which the platform stops accepting updates to a streaming card."""
+    """Seconds after opening during which a stream accepts updates."""
+    lifetime_remedy: LifetimeRemedy = LifetimeRemedy.NEW_MESSAGE
+    """What to do before ``stream_lifetime`` ends."""
+    keep_alive: float | None = None
+    """With ``KEEP_ALIVE``: most seconds between two pushes of an open stream."""
+    # --- sizes --------------------------------------------------------------------
     max_text: int | None = None
-    """Most characters of markdown one card can hold."""
+    """Most markdown one card (or stream) can hold, in ``text_unit``."""
+    max_message_text: int | None = None
+    """Most text one plain text/markdown message can hold, in ``text_unit``."""
+    text_unit: SizeUnit = SizeUnit.CHARACTERS
+    """The unit of ``max_text`` and ``max_message_text``."""
+    max_image_bytes: int | None = None
+    """Largest image :meth:`Platform.send_image` accepts, in bytes."""
+    max_file_bytes: int | None = None
+    """Largest file :meth:`Platform.send_file` accepts, in bytes."""
+    # --- features -----------------------------------------------------------------
     cards: bool = True
     """Whether the platform can draw cards with buttons at all."""
+    images: bool = False
+    """Whether :meth:`Platform.send_image` works."""
+    files: bool = False
+    """Whether :meth:`Platform.send_file` works."""
+    downloads: bool = False
+    """Whether :meth:`Platform.download` fetches inbound attachments."""
+    threads: bool = False
+    """Whether answers can go into a thread (``Target.thread``)."""
+    mentions: bool = True
+    """Whether messages can @-mention users (``Target.mentions``)."""
+    proactive: bool = True
+    """Whether the robot can speak first (a target that is not an inbound message)."""
+    action_deadline: float | None = None
+    """Seconds within which a button press must be answered, when the platform has a deadline."""
+    api_names: Mapping[Op, str] = attrs.field(factory=dict)
+    """The platform API each operation calls, for ``Scope.API`` limits: operations that
+    call the same API share its bucket (e.g. pushes and closes of DingTalk AI cards both
+    call ``card/streaming``). Unnamed operations count as an API of their own."""
+    idempotent: frozenset[Op] = _ALL_OPS
+    """Operations a retry with the same idempotency key never repeats. After
+    :class:`OutcomeUnknown`, only these are retried; others are taken as done."""
+    # --- error codes ---------------------------------------------------------------
     rate_limited_codes: frozenset[str] = frozenset()
     """Platform error codes that mean "rate limited"."""
     retryable_codes: frozenset[str] = frozenset()
@@ -85,8 +309,19 @@ class Capabilities:
 
     @property
     def budget(self) -> float:
-        """Requests per second the client-side limiter allows."""
+        """Requests per second the client-side limiter allows app-wide (when no scoped
+        limits are declared)."""
         return self.app_rate * self.rate_headroom
+
+    def api_of(self, op: Op) -> str:
+        """The API name ``op`` is counted under."""
+        return self.api_names.get(op, str(op))
+
+    def limits(self) -> tuple[RateLimit, ...]:
+        """The rate limits in force: the declared ones, else one app-wide limit."""
+        if self.rate_limits:
+            return self.rate_limits
+        return (RateLimit(scope=Scope.APP, rate=self.app_rate, burst=self.burst),)
 
     def classify(self, code: str | None) -> ErrorClass | None:
         """Say what a platform error code means, or ``None`` when it is not a declared code."""
@@ -103,14 +338,29 @@ class Capabilities:
 
 @attrs.frozen(kw_only=True)
 class CardRef:
-    """A handle to a card a platform sent, used to update it."""
+    """A handle to a card or message a platform sent, used to update it."""
 
     id: str
     """The platform's id of the card or message."""
     platform: str
     conversation_id: str | None = None
     data: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False, hash=False)
-    """Whatever else the platform needs to update the card."""
+    """Immutable facts the platform needs to update the card (JSON-able). Mutable
+    per-card state belongs in a :class:`StreamHandle`, not here."""
+
+
+@attrs.frozen(kw_only=True)
+class Upload:
+    """A file or image to send: ``data`` in memory, with its name and MIME type."""
+
+    name: str
+    data: bytes = attrs.field(repr=False)
+    mime_type: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Size in bytes."""
+        return len(self.data)
 
 
 class EventSink(Protocol):
@@ -119,13 +369,72 @@ class EventSink(Protocol):
     def __call__(self, event: Message | CardAction) -> Awaitable[None]: ...
 
 
+class StreamHandle(abc.ABC):
+    """One streaming answer on the platform, owned by the plugin.
+
+    The engine opens it with :meth:`Platform.open_stream`, calls :meth:`push`
+    with the **whole** text so far (never a delta), :meth:`renew` when the
+    platform's remedy is ``RENEW``, and :meth:`close` exactly once with the card
+    that ends it (its ``status`` says final, error or interrupted). Anything the
+    platform needs between calls (sequence numbers, stream ids, whether the card
+    already shows "typing") lives on the handle. :meth:`state` must return what
+    :meth:`Platform.restore_stream` needs to close the stream after a restart.
+    """
+
+    target: Target
+    ref: CardRef
+
+    @abc.abstractmethod
+    async def push(self, text: str) -> None:
+        """Show ``text``, the whole answer so far. Raises the core's error classes."""
+
+    async def renew(self) -> None:
+        """Extend the stream's lifetime (only called for ``LifetimeRemedy.RENEW``)."""
+        raise NotSupported("this stream cannot be renewed")
+
+    @abc.abstractmethod
+    async def close(self, card: Card) -> None:
+        """End the stream showing ``card`` (final with buttons, error or interrupted)."""
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able state for :meth:`Platform.restore_stream`."""
+        return {"ref": {"id": self.ref.id, "conversation_id": self.ref.conversation_id}}
+
+
+class CardStream(StreamHandle):
+    """The generic handle over :meth:`Platform.send_card` / :meth:`Platform.update_card`:
+    each push edits the card (``EDIT``) or calls :meth:`Platform.stream_update` (``NATIVE``).
+    """
+
+    def __init__(
+        self, platform: Platform, target: Target, ref: CardRef, *, title: str | None
+    ) -> None:
+        self.platform = platform
+        self.target = target
+        self.ref = ref
+        self.title = title
+
+    async def push(self, text: str) -> None:
+        if self.platform.capabilities.streaming is StreamingMode.NATIVE:
+            await self.platform.stream_update(self.ref, text)
+        else:
+            await self.platform.update_card(self.ref, streaming_card(self.title or "", text))
+
+    async def close(self, card: Card) -> None:
+        await self.platform.update_card(self.ref, card)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "title": self.title, "data": dict(self.ref.data)}
+
+
 class Platform(abc.ABC):
     """Base class of a platform connection for one robot.
 
     Subclasses set ``name`` and ``capabilities`` and implement the abstract
-    methods. Errors are raised as :mod:`imrobots.errors` classes
-    (:class:`~imrobots.errors.RateLimited`, :class:`~imrobots.errors.RetryableError`,
-    :class:`~imrobots.errors.FatalPlatformError`, :class:`~imrobots.errors.CardGone`).
+    methods; the rest have defaults built on them. Every outbound method takes a
+    :class:`Target` and an idempotency ``key``: the core mints one key per
+    logical send and passes the same key on every retry, and the plugin maps it
+    to the platform's idempotency field (a card id, a ``uuid``...).
     """
 
     name: ClassVar[str] = ""
@@ -145,24 +454,71 @@ class Platform(abc.ABC):
     async def close(self) -> None:
         """Disconnect and release resources. Idempotent."""
 
+    # ------------------------------------------------------------------ cards
     @abc.abstractmethod
-    async def send_card(self, to: Message, card: Card) -> CardRef:
-        """Send ``card`` into the conversation of ``to`` (mentioning its sender in groups)."""
+    async def send_card(self, target: Target, card: Card, *, key: str) -> CardRef:
+        """Send ``card`` to ``target`` (mentioning its user in groups where the platform does)."""
 
     @abc.abstractmethod
     async def update_card(self, ref: CardRef, card: Card) -> None:
         """Replace the content of a sent card. Raise CardGone if it can no longer be edited."""
 
-    @abc.abstractmethod
-    async def send_text(self, to: Message, text: str, *, markdown: bool = False) -> None:
-        """Send a plain text or markdown message into the conversation of ``to``."""
+    async def stream_update(self, ref: CardRef, text: str) -> None:
+        """Native streaming for :class:`CardStream`: show ``text`` (the whole answer so far)."""
+        raise NotSupported(f"platform {self.name!r} has no native streaming")
 
-    async def stream_update(self, ref: CardRef, text: str, *, final: bool = False) -> None:
-        """Native streaming: show ``text`` (the whole answer so far) in the card.
+    async def open_stream(self, target: Target, card: Card, *, key: str) -> StreamHandle:
+        """Start a streaming answer showing ``card`` (the thinking card).
 
-        Only called when ``capabilities.streaming`` is ``NATIVE``.
+        The default sends ``card`` with :meth:`send_card` and returns a
+        :class:`CardStream`; platforms with a stream protocol of their own return
+        their own handle.
         """
-        raise NotImplementedError(f"platform {self.name!r} has no native streaming")
+        ref = await self.send_card(target, card, key=key)
+        return CardStream(self, target, ref, title=card.title)
+
+    async def restore_stream(self, target: Target, state: Mapping[str, Any]) -> StreamHandle:
+        """Rebuild a handle from :meth:`StreamHandle.state`, to close a stream a crash left
+        open. Raises :class:`CardGone` if it cannot be restored."""
+        ref_state = state.get("ref")
+        if not isinstance(ref_state, Mapping) or not isinstance(ref_state.get("id"), str):
+            raise CardGone("no card to restore")
+        data = state.get("data")
+        ref = CardRef(
+            id=ref_state["id"],
+            platform=self.name,
+            conversation_id=ref_state.get("conversation_id"),
+            data=dict(data) if isinstance(data, Mapping) else {},
+        )
+        title = state.get("title")
+        return CardStream(self, target, ref, title=title if isinstance(title, str) else None)
+
+    # ------------------------------------------------------------------ messages
+    @abc.abstractmethod
+    async def send_text(
+        self, target: Target, text: str, *, markdown: bool = False, key: str
+    ) -> None:
+        """Send a plain text or markdown message to ``target`` (at most
+        ``capabilities.max_message_text``; the core splits longer text)."""
+
+    async def send_image(self, target: Target, image: Upload, *, key: str) -> None:
+        """Send an image (``capabilities.images``; at most ``max_image_bytes``)."""
+        raise NotSupported(f"platform {self.name!r} cannot send images")
+
+    async def send_file(self, target: Target, file: Upload, *, key: str) -> None:
+        """Send a file (``capabilities.files``; at most ``max_file_bytes``)."""
+        raise NotSupported(f"platform {self.name!r} cannot send files")
+
+    async def download(self, attachment: Attachment) -> bytes:
+        """Fetch an inbound attachment's content, only from the platform's own hosts."""
+        raise NotSupported(f"platform {self.name!r} cannot download attachments")
+
+    async def answer_action(self, action: CardAction, card: Card, *, key: str) -> None:
+        """Answer a button press by replacing the pressed card with ``card`` (within
+        ``capabilities.action_deadline``). The default updates the card by its id."""
+        conversation = action.conversation.id if action.conversation else None
+        ref = CardRef(id=action.card_id, platform=self.name, conversation_id=conversation)
+        await self.update_card(ref, card)
 
     def describe(self) -> str:
         """One line saying what this connection talks to, for logs and the CLI."""

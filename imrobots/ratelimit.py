@@ -1,20 +1,34 @@
-"""The app-wide rate limiter shared by every answer of one platform app."""
+"""The client-side rate limiter: one bucket per declared scope, shared by every answer.
+
+A platform declares its limits as :class:`~imrobots.platform.RateLimit`\\ s with a
+scope (app, API, conversation, card/message, member). The limiter keeps one
+bucket per scope and key in the :class:`~imrobots.store.Store`, so every
+conversation (and, with a shared store, every replica) draws from the same
+budget. A call first waits for its narrow scopes (its conversation, its card,
+its member), then takes its turn in the wide ones (the app, the API): a busy
+conversation waits for its own bucket without holding app turns, so it never
+delays another conversation beyond the app scope's fair share. Reservations
+are granted in arrival order, so answers share a budget fairly and none starves.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
 
 import attrs
 
-from .errors import RateLimited, RetryableError
+from .clock import Clock, SystemClock
+from .errors import RateLimited
+from .platform import Capabilities, Op, RateLimit, Scope
+from .retry import RetryPolicy, retry_call
 from .store import Store
 
 T = TypeVar("T")
 
-__all__ = ["RateLimiter", "RateLimiterStats"]
+__all__ = ["CallScope", "RateLimiter", "RateLimiterStats"]
+
+_NARROW = (Scope.CONVERSATION, Scope.CARD, Scope.MEMBER)
 
 
 @attrs.define
@@ -26,68 +40,153 @@ class RateLimiterStats:
     penalties: int = 0
 
 
-class RateLimiter:
-    """A token bucket in a :class:`Store`, so that every conversation (and, with a
-    shared store, every replica) draws from the same budget.
+@attrs.frozen(kw_only=True)
+class CallScope:
+    """What one call touches, for keying the scoped limits."""
 
-    Reservations are granted in arrival order, so answers share the budget fairly
-    and none starves; when the bucket is empty callers wait instead of calling
-    the platform and being refused.
+    op: Op = Op.SEND_CARD
+    conversation: str | None = None
+    """The conversation key (``Target.key``)."""
+    card: str | None = None
+    """The card's or message's id."""
+    member: str | None = None
+    """The user the call sends to."""
+
+    def ident(self, scope: Scope, api_names: Mapping[Op, str]) -> str | None:
+        if scope is Scope.APP:
+            return "app"
+        if scope is Scope.API:
+            return api_names.get(self.op, str(self.op))
+        if scope is Scope.CONVERSATION:
+            return self.conversation
+        if scope is Scope.CARD:
+            return self.card
+        return self.member
+
+
+class RateLimiter:
+    """Scoped token buckets in a :class:`Store`. See the module docstring.
+
+    ``RateLimiter(store, key, rate=20, burst=1)`` is one app-wide bucket;
+    :meth:`for_capabilities` builds one from what a platform declares.
     """
 
-    def __init__(self, store: Store, key: str, *, rate: float, burst: int) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        *,
+        rate: float | None = None,
+        burst: int = 1,
+        limits: Iterable[RateLimit] | None = None,
+        headroom: float = 1.0,
+        api_names: Mapping[Op, str] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if limits is None:
+            if rate is None or rate <= 0:
+                raise ValueError("rate must be positive")
+            limits = (RateLimit(scope=Scope.APP, rate=rate, burst=max(1, burst)),)
         self.store = store
         self.key = key
-        self.rate = rate
-        self.burst = max(1, burst)
+        self.limits = tuple(limits)
+        self.headroom = headroom
+        self.api_names: Mapping[Op, str] = dict(api_names or {})
+        self.clock: Clock = clock or SystemClock()
         self.stats = RateLimiterStats()
+        app = [lim for lim in self.limits if lim.scope is Scope.APP]
+        self.rate = app[0].rate * headroom if app else min(lim.rate for lim in self.limits)
+        self.burst = app[0].burst if app else 1
 
-    async def acquire(self) -> float:
-        """Wait until one request may be sent; return how many seconds that took."""
-        wait = await self.store.reserve(self.key, rate=self.rate, burst=self.burst)
+    @classmethod
+    def for_capabilities(
+        cls, store: Store, key: str, capabilities: Capabilities, *, clock: Clock | None = None
+    ) -> RateLimiter:
+        return cls(
+            store,
+            key,
+            limits=capabilities.limits(),
+            headroom=capabilities.rate_headroom,
+            api_names=capabilities.api_names,
+            clock=clock,
+        )
+
+    def _applicable(self, scope: CallScope) -> list[tuple[RateLimit, str]]:
+        found = []
+        for index, limit in enumerate(self.limits):
+            if not limit.counts(scope.op):
+                continue
+            ident = scope.ident(limit.scope, self.api_names)
+            if ident is None:
+                continue
+            found.append((limit, f"{self.key}:{index}:{limit.scope}:{ident}"))
+        return found
+
+    async def _reserve(self, limit: RateLimit, bucket: str) -> float:
+        return await self.store.reserve(bucket, rate=limit.rate * self.headroom, burst=limit.burst)
+
+    async def acquire(self, scope: CallScope | None = None) -> float:
+        """Wait until one call may be sent; return how many seconds that took."""
+        scope = scope or CallScope()
+        waited = 0.0
+        wide: list[tuple[RateLimit, str]] = []
+        for limit, bucket in self._applicable(scope):
+            if limit.scope in _NARROW:
+                wait = await self._reserve(limit, bucket)
+                if wait > 0:
+                    await self.clock.sleep(wait)
+                    waited += wait
+            else:
+                wide.append((limit, bucket))
+        longest = 0.0
+        for limit, bucket in wide:
+            longest = max(longest, await self._reserve(limit, bucket))
+        if longest > 0:
+            await self.clock.sleep(longest)
+            waited += longest
         self.stats.granted += 1
-        if wait > 0:
-            self.stats.waited += wait
-            await asyncio.sleep(wait)
-        return max(wait, 0.0)
+        self.stats.waited += waited
+        return waited
 
-    async def backoff(self, seconds: float) -> None:
-        """The platform answered "rate limited": hold every caller back for ``seconds``."""
+    async def backoff(self, seconds: float, scope: CallScope | None = None) -> None:
+        """The platform answered "rate limited": hold the call's wide scopes (app, API)
+        back for ``seconds``, so every caller waits instead of being refused too."""
         self.stats.penalties += 1
-        await self.store.penalize(self.key, seconds=seconds, rate=self.rate, burst=self.burst)
+        for limit, bucket in self._applicable(scope or CallScope()):
+            if limit.scope not in _NARROW:
+                await self.store.penalize(
+                    bucket, seconds=seconds, rate=limit.rate * self.headroom, burst=limit.burst
+                )
 
     async def call(
         self,
         func: Callable[[], Awaitable[T]],
         *,
-        deadline: float,
+        scope: CallScope | None = None,
+        policy: RetryPolicy | None = None,
+        deadline: float | None = None,
+        idempotent: bool = True,
         take_turn: Callable[[], Awaitable[object]] | None = None,
-        backoff: float = 0.5,
-        max_backoff: float = 10.0,
-        rate_limit_backoff: float = 1.0,
     ) -> T:
-        """Make one platform call under this limiter, retrying until ``deadline`` seconds pass.
+        """Make one platform call under this limiter with the one retry policy
+        (:func:`~imrobots.retry.retry_call`). Past the deadline: ``TimeoutError``."""
+        policy = policy or RetryPolicy()
 
-        "Rate limited" holds the whole bucket back (by the platform's hint, else
-        ``rate_limit_backoff``); transient failures are retried after an exponential
-        ``backoff``; fatal errors propagate at once. Past the deadline: ``TimeoutError``.
-        ``take_turn`` replaces :meth:`acquire` for callers that keep their own turns.
-        """
-        end = time.monotonic() + deadline
-        delay = backoff
-        while True:
-            await (take_turn or self.acquire)()
-            try:
-                return await func()
-            except RateLimited as exc:
-                await self.backoff(exc.retry_after or rate_limit_backoff)
-            except RetryableError:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_backoff)
-            if time.monotonic() > end:
-                raise TimeoutError("platform call kept failing until its deadline")
+        async def turn() -> object:
+            return await self.acquire(scope)
+
+        async def limited(exc: RateLimited) -> None:
+            await self.backoff(exc.retry_after or policy.rate_limit_backoff, scope)
+
+        return await retry_call(
+            func,
+            policy=policy,
+            take_turn=take_turn or turn,
+            on_rate_limited=limited,
+            idempotent=idempotent,
+            deadline=deadline,
+            clock=self.clock,
+        )
 
     def __repr__(self) -> str:
-        return f"RateLimiter(key={self.key!r}, rate={self.rate}, burst={self.burst})"
+        return f"RateLimiter(key={self.key!r}, limits={len(self.limits)})"

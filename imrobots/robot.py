@@ -1,49 +1,173 @@
-"""The :class:`Robot` base class users subclass, and the :class:`Reply` it answers with."""
+"""The :class:`Robot` base class users subclass, and the :class:`Reply` it answers with.
+
+A :class:`Reply` is a view over a :class:`~imrobots.models.Target`: where to speak.
+Every call goes through the robot's scoped rate limiter and the one retry
+policy, with one idempotency key per logical send. This module does not import
+the runtime: a running robot talks to it through the :class:`Outbound` protocol.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, ClassVar
+import mimetypes
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from .agents import Agent, AgentRequest, AnswerSource, as_agent
 from .cards import Card
-from .errors import ConfigError
-from .models import CardAction, Feedback, Message
-from .platform import CardRef
-from .store import Turn
-from .streaming import AnswerResult, StreamPolicy
+from .errors import ConfigError, NotSupported
+from .models import CardAction, Feedback, Message, Target
+from .platform import CardRef, Op, Platform, Upload
+from .store import Store, Turn
+from .streaming import AnswerResult, AnswerStatus, StreamPolicy, split_all
 
-if TYPE_CHECKING:
-    from .runtime import RobotRuntime
+__all__ = ["ActionReply", "Outbound", "Reply", "Robot"]
 
-__all__ = ["Reply", "Robot"]
+T = TypeVar("T")
+
+EMPTY_MESSAGE_REPLY = "Please send your question as text."
+
+
+class Outbound(Protocol):
+    """What a :class:`Reply` needs from the running robot (the runtime implements it)."""
+
+    name: str
+    platform: Platform
+    store: Store
+
+    async def call(
+        self, op: Op, target: Target, func: Callable[[], Awaitable[T]], *, card: str | None = None
+    ) -> T: ...
+
+    async def stream_answer(
+        self,
+        target: Target,
+        source: AnswerSource,
+        *,
+        question: str,
+        message: Message | None = None,
+        policy: StreamPolicy | None = None,
+        feedback: bool = True,
+    ) -> AnswerResult: ...
+
+    @property
+    def history_limit(self) -> int: ...
+
+
+def _new_key() -> str:
+    return uuid.uuid4().hex
+
+
+def _upload(data: bytes | str | Path | Upload, name: str | None, mime_type: str | None) -> Upload:
+    if isinstance(data, Upload):
+        return data
+    if isinstance(data, bytes):
+        if not name:
+            raise ValueError("give a name for in-memory data, e.g. name='report.pdf'")
+        content = data
+    else:
+        path = Path(data)
+        content = path.read_bytes()
+        name = name or path.name
+    guessed = mimetypes.guess_type(name)[0]
+    return Upload(name=name, data=content, mime_type=mime_type or guessed)
 
 
 class Reply:
-    """How a robot answers one message. Every call goes through the app-wide rate limiter."""
+    """How a robot speaks to one :class:`Target`: text, markdown, cards, images, files
+    and streamed answers. See the module docstring."""
 
-    def __init__(self, runtime: RobotRuntime, message: Message) -> None:
-        self.runtime = runtime
+    def __init__(self, outbound: Outbound, target: Target, *, message: Message | None = None):
+        self.outbound = outbound
+        self.target = target
         self.message = message
-        self.result: AnswerResult | None = None
+        """The message being answered, when there is one."""
+        self.results: list[AnswerResult] = []
+        """How each streamed answer ended."""
+        self.undelivered = 0
+        """Sends that reached the user by no means."""
+
+    @property
+    def platform(self) -> Platform:
+        return self.outbound.platform
+
+    def _needs(self, feature: bool, what: str) -> None:
+        if not feature:
+            raise NotSupported(f"platform {self.platform.name!r} cannot {what}")
+
+    async def _send_text(self, text: str, markdown: bool) -> None:
+        caps = self.platform.capabilities
+        for part in split_all(text, caps.max_message_text, caps.text_unit):
+            key = _new_key()
+            await self.outbound.call(
+                Op.SEND_TEXT,
+                self.target,
+                lambda part=part, key=key: self.platform.send_text(  # type: ignore[misc]
+                    self.target, part, markdown=markdown, key=key
+                ),
+            )
 
     async def text(self, text: str) -> None:
-        """Send plain text into the conversation."""
-        await self.runtime.call(lambda: self.runtime.platform.send_text(self.message, text))
+        """Send plain text (split at the platform's message size limit, in order)."""
+        await self._send_text(text, False)
 
     async def markdown(self, text: str) -> None:
-        """Send markdown into the conversation."""
-        await self.runtime.call(
-            lambda: self.runtime.platform.send_text(self.message, text, markdown=True)
-        )
+        """Send markdown (split at the platform's message size limit, in order)."""
+        await self._send_text(text, True)
 
     async def card(self, card: Card) -> CardRef:
-        """Send a card; keep the returned ref to :meth:`update` it."""
-        return await self.runtime.call(lambda: self.runtime.platform.send_card(self.message, card))
+        """Send a card; keep the returned ref to :meth:`update` it.
+        Raises :class:`NotSupported` on a platform without cards."""
+        self._needs(self.platform.capabilities.cards, "send cards")
+        key = _new_key()
+        return await self.outbound.call(
+            Op.SEND_CARD, self.target, lambda: self.platform.send_card(self.target, card, key=key)
+        )
 
     async def update(self, ref: CardRef, card: Card) -> None:
         """Replace a card sent with :meth:`card`."""
-        await self.runtime.call(lambda: self.runtime.platform.update_card(ref, card))
+        await self.outbound.call(
+            Op.UPDATE_CARD, self.target, lambda: self.platform.update_card(ref, card), card=ref.id
+        )
+
+    async def image(self, image: bytes | str | Path | Upload, *, name: str | None = None) -> None:
+        """Send an image: bytes (with ``name``), a file path, or an :class:`Upload`.
+
+        Raises :class:`NotSupported` where the platform cannot, and ``ValueError`` when it
+        is larger than ``capabilities.max_image_bytes``."""
+        caps = self.platform.capabilities
+        self._needs(caps.images, "send images")
+        upload = _upload(image, name or ("image.png" if isinstance(image, bytes) else None), None)
+        if caps.max_image_bytes is not None and upload.size > caps.max_image_bytes:
+            raise ValueError(
+                f"image {upload.name!r} is {upload.size} bytes; {self.platform.name} accepts "
+                f"at most {caps.max_image_bytes} bytes"
+            )
+        key = _new_key()
+        await self.outbound.call(
+            Op.SEND_IMAGE,
+            self.target,
+            lambda: self.platform.send_image(self.target, upload, key=key),
+        )
+
+    async def file(self, file: bytes | str | Path | Upload, *, name: str | None = None) -> None:
+        """Send a file: bytes (with ``name``), a file path, or an :class:`Upload`.
+
+        Raises :class:`NotSupported` where the platform cannot, and ``ValueError`` when it
+        is larger than ``capabilities.max_file_bytes``."""
+        caps = self.platform.capabilities
+        self._needs(caps.files, "send files")
+        upload = _upload(file, name, None)
+        if caps.max_file_bytes is not None and upload.size > caps.max_file_bytes:
+            raise ValueError(
+                f"file {upload.name!r} is {upload.size} bytes; {self.platform.name} accepts "
+                f"at most {caps.max_file_bytes} bytes"
+            )
+        key = _new_key()
+        await self.outbound.call(
+            Op.SEND_FILE, self.target, lambda: self.platform.send_file(self.target, upload, key=key)
+        )
 
     async def stream(
         self,
@@ -56,14 +180,66 @@ class Reply:
         """Stream an answer: a thinking card at once, throttled updates, then the final card.
 
         ``source`` is a string, an awaitable of one, or a (sync or async) iterable of
-        text deltas or of the accumulated text. The final card carries the four
-        feedback buttons unless ``feedback`` is false. Agent errors and timeouts
-        end in an error card, cancellation in an interrupted card.
+        text deltas. The final card carries the four feedback buttons unless
+        ``feedback`` is false. Agent errors and timeouts end in an error card,
+        cancellation in an interrupted card; where cards are refused the answer
+        goes as a markdown message. The result says how it ended.
         """
-        self.result = await self.runtime.stream_answer(
-            self.message, source, question=question, policy=policy, feedback=feedback
+        if question is None:
+            question = self.message.text if self.message is not None else ""
+        result = await self.outbound.stream_answer(
+            self.target,
+            source,
+            question=question,
+            message=self.message,
+            policy=policy,
+            feedback=feedback,
         )
-        return self.result
+        self.results.append(result)
+        if result.status is AnswerStatus.UNDELIVERED:
+            self.undelivered += 1
+        return result
+
+    @property
+    def result(self) -> AnswerResult | None:
+        """How the last streamed answer ended."""
+        return self.results[-1] if self.results else None
+
+    def in_thread(self, thread: str | None = None) -> Reply:
+        """A reply into a thread: ``thread``, or the one the message started.
+        Raises :class:`NotSupported` on a platform without threads."""
+        self._needs(self.platform.capabilities.threads, "reply in threads")
+        anchor = thread or self.target.thread or (self.message.id if self.message else None)
+        target = Target(
+            platform=self.target.platform,
+            conversation=self.target.conversation,
+            user=self.target.user,
+            thread=anchor,
+            reply_to=self.target.reply_to,
+            mentions=self.target.mentions,
+            app=self.target.app,
+            context=self.target.context,
+        )
+        return Reply(self.outbound, target, message=self.message)
+
+
+class ActionReply(Reply):
+    """The reply to a button press: speak into the card's conversation, or
+    :meth:`replace` the pressed card (within ``capabilities.action_deadline``)."""
+
+    def __init__(self, outbound: Outbound, action: CardAction) -> None:
+        super().__init__(outbound, action.target)
+        self.action = action
+
+    async def replace(self, card: Card) -> None:
+        """Replace the pressed card with ``card``."""
+        key = _new_key()
+        await self.outbound.call(
+            Op.ANSWER_ACTION,
+            self.target,
+            lambda: self.platform.answer_action(self.action, card, key=key),
+            card=self.action.card_id,
+        )
 
 
 class Robot:
@@ -78,29 +254,46 @@ class Robot:
     """
 
     description: ClassVar[str] = ""
+    empty_message_reply: ClassVar[str] = EMPTY_MESSAGE_REPLY
+    """What :meth:`on_empty_message` answers by default."""
 
     def __init__(self, *, agent: object | None = None, **settings: Any) -> None:
         self.agent: Agent | None = as_agent(agent) if agent is not None else None
         self.settings = settings
-        self._runtime: RobotRuntime | None = None
+        self._outbound: Outbound | None = None
 
     @property
-    def runtime(self) -> RobotRuntime:
-        if self._runtime is None:
+    def runtime(self) -> Outbound:
+        if self._outbound is None:
             raise RuntimeError(
                 "this robot is not running: start it with imrobots run or a RobotRuntime"
             )
-        return self._runtime
+        return self._outbound
 
-    def bind(self, runtime: RobotRuntime) -> None:
+    def bind(self, outbound: Outbound) -> None:
         """Called by the runtime that runs this robot."""
-        self._runtime = runtime
+        self._outbound = outbound
+
+    def to(self, target: Target) -> Reply:
+        """A :class:`Reply` for a proactive send, e.g.
+        ``await robot.to(Target.to_user("dingtalk", "manager01")).markdown("Done")``."""
+        return Reply(self.runtime, target)
+
+    async def send(self, target: Target, content: str | Card, *, markdown: bool = True) -> None:
+        """Speak first: send ``content`` (markdown text, or a card) to ``target``."""
+        reply = self.to(target)
+        if isinstance(content, Card):
+            await reply.card(content)
+        elif markdown:
+            await reply.markdown(content)
+        else:
+            await reply.text(content)
 
     async def ask(self, message: Message) -> AsyncIterator[str]:
         """Ask the configured agent about ``message``, with the conversation's history.
 
-        Yields the accumulated answer as it grows; a finished answer is added to
-        the conversation history.
+        Yields the accumulated answer as it grows; a finished, non-empty answer is
+        added to the conversation history.
         """
         if self.agent is None:
             raise ConfigError(
@@ -113,21 +306,29 @@ class Robot:
         async for text in self.agent.stream(request):
             answer = text
             yield text
-        await runtime.store.append_history(
-            message.conversation_key,
-            [Turn(role="user", text=message.text), Turn(role="assistant", text=answer)],
-            limit=runtime.options.history_limit,
-        )
+        if answer.strip():
+            await runtime.store.append_history(
+                message.conversation_key,
+                [Turn(role="user", text=message.text), Turn(role="assistant", text=answer)],
+                limit=runtime.history_limit,
+            )
 
     async def on_message(self, message: Message, reply: Reply) -> None:
         """Answer a message. The default streams the agent's answer."""
         await reply.stream(self.ask(message))
 
+    async def on_empty_message(self, message: Message, reply: Reply) -> None:
+        """A message with no text (a picture alone, a bare @-mention, a voice note nobody
+        could recognise). The default asks for text (:attr:`empty_message_reply`) and
+        never calls the agent; override to handle attachments."""
+        await reply.text(self.empty_message_reply)
+
     async def on_feedback(self, feedback: Feedback) -> None:
         """A user pressed a feedback button (verified and already stored)."""
 
-    async def on_action(self, action: CardAction) -> None:
-        """A user pressed a card button that is not a feedback button."""
+    async def on_action(self, action: CardAction, reply: ActionReply) -> None:
+        """A user pressed a card button that is not a feedback button. ``reply`` speaks
+        into the card's conversation or :meth:`ActionReply.replace`\\ s the card."""
 
     async def startup(self) -> None:
         """Called once before the robot receives messages."""

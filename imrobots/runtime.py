@@ -2,14 +2,18 @@
 
 It receives events from the platform (already acknowledged), drops duplicates,
 stale and rejected messages, keeps each conversation's answers in order, caps
-how many answers run at once, and streams answers through the app-wide rate
-limiter. Nothing here blocks the event loop.
+how many answers run at once, and streams answers through the scoped rate
+limiter. Blocking agent code runs in a bounded thread pool of the runtime's
+own, sized ``max_concurrent``. Open answers are recorded in the store, so a
+restart closes what a crash left open (as interrupted, with the text so far).
+Nothing here blocks the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -21,16 +25,22 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import attrs
+import cattrs
 
-from .agents import AnswerSource, accumulate
+from .agents import AnswerSource, accumulate, agent_executor, use_executor
+from .cards import interrupted_card
+from .clock import Clock, SystemClock
+from .errors import PlatformError
 from .feedback import FeedbackSigner, InvalidFeedback
-from .models import CardAction, Feedback, Message
-from .platform import CardRef, Platform
+from .models import Attachment, CardAction, Feedback, Message, Target
+from .platform import Op, Platform, StreamHandle
 from .policy import AccessPolicy
-from .ratelimit import RateLimiter
-from .robot import Reply, Robot
+from .ratelimit import CallScope, RateLimiter
+from .robot import ActionReply, Reply, Robot
 from .store import ClaimResult, MemoryStore, Store
-from .streaming import AnswerResult, AnswerStatus, AnswerStream, StreamPolicy
+from .streaming import AnswerResult, AnswerStatus, AnswerStream, Degradation, StreamPolicy
+
+_targets = cattrs.Converter()
 
 __all__ = ["RobotRuntime", "RuntimeOptions"]
 
@@ -70,6 +80,8 @@ class RuntimeOptions:
     """How long an answer is remembered for its feedback buttons."""
     stream: StreamPolicy | None = None
     """Streaming policy; ``None`` derives it from the platform's capabilities."""
+    refusal_hold: float = 300.0
+    """Seconds answers skip cards after the platform refused cards app-wide (no permission)."""
 
 
 @attrs.define
@@ -93,7 +105,13 @@ class RuntimeStats:
     duplicates: int = 0
     rejected: int = 0
     answered: int = 0
+    """Messages whose answer reached the user."""
     failed: int = 0
+    """Messages whose handling raised, or whose answer reached the user by no means."""
+    degraded: int = 0
+    """Answers delivered by a lesser means (a text message instead of a card)."""
+    recovered: int = 0
+    """Answers a crash left open, closed as interrupted at start."""
     feedback: int = 0
     forged: int = 0
 
@@ -118,6 +136,7 @@ class RobotRuntime:
         feedback_secret: str | bytes | None = None,
         hooks: Any = None,
         app_id: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.name = name
         self.robot = robot
@@ -125,15 +144,23 @@ class RobotRuntime:
         self.store = store or MemoryStore()
         self.options = options or RuntimeOptions()
         self.policy = policy or AccessPolicy()
+        self._feedback_secret = feedback_secret
         self.signer = FeedbackSigner.from_secret(feedback_secret)
+        """Replaced at :meth:`start` by the key from config or the store (see feedback)."""
         self.hooks = hooks
-        caps = platform.capabilities
-        key = f"ratelimit:{platform.name}:{app_id or name}"
+        self.app_id = app_id or name
+        self.clock: Clock = clock or SystemClock()
+        self.degradation = Degradation(hold=self.options.refusal_hold, clock=self.clock)
+        key = f"ratelimit:{platform.name}:{self.app_id}"
         limiter = _limiters.get((id(self.store), key))
         if limiter is None:
-            limiter = RateLimiter(self.store, key, rate=caps.budget, burst=caps.burst)
+            limiter = RateLimiter.for_capabilities(
+                self.store, key, platform.capabilities, clock=self.clock
+            )
             _limiters[(id(self.store), key)] = limiter
         self.limiter = limiter
+        self.executor = agent_executor(self.options.max_concurrent)
+        """The bounded thread pool blocking agent code runs in."""
         self.stats = RuntimeStats()
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -147,12 +174,22 @@ class RobotRuntime:
         robot.bind(self)
 
     # ----------------------------------------------------------------- lifecycle
+    @property
+    def history_limit(self) -> int:
+        return self.options.history_limit
+
+    def _key(self, kind: str, ident: str) -> str:
+        """A store key scoped by robot, platform and app."""
+        return f"{kind}:{self.name}:{self.platform.name}:{self.app_id}:{ident}"
+
     async def start(self) -> None:
-        """Start the robot and connect the platform."""
+        """Start the robot and connect the platform; then close the answers a crash left open."""
+        self.signer = await FeedbackSigner.for_robot(self.store, self.name, self._feedback_secret)
         await self.robot.startup()
         self._started = True
         await self.platform.start(self.handle)
         log.info("robot %s is up on %s", self.name, self.platform.describe())
+        await self.recover_open_answers()
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Stop taking messages, interrupt running answers (they end in an interrupted card),
@@ -170,6 +207,8 @@ class RobotRuntime:
             await self.robot.shutdown()
         if self.robot.agent is not None:
             await self.robot.agent.aclose()
+        # Threads still running blocking agent code are not waited for: the process may exit.
+        self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("robot %s stopped", self.name)
 
     async def wait_idle(self, timeout: float | None = None) -> None:
@@ -215,7 +254,20 @@ class RobotRuntime:
         if isinstance(event, CardAction):
             self._spawn(self._handle_action(attrs.evolve(event, robot=self.name)))
         else:
-            self.submit(attrs.evolve(event, robot=self.name))
+            self.submit(self._bind(event))
+
+    def _bind(self, message: Message) -> Message:
+        """Name the robot, and let the message's attachments download through the platform."""
+        changes: dict[str, Any] = {"robot": self.name}
+        if self.platform.capabilities.downloads:
+            download = self.platform.download
+            if message.attachments:
+                changes["attachments"] = _bind_all(message.attachments, download)
+            if message.quote is not None and message.quote.attachments:
+                changes["quote"] = attrs.evolve(
+                    message.quote, attachments=_bind_all(message.quote.attachments, download)
+                )
+        return attrs.evolve(message, **changes)
 
     def _reject(self, message: Message, reason: str) -> None:
         self.stats.rejected += 1
@@ -300,16 +352,21 @@ class RobotRuntime:
         self._accepted -= 1
 
     async def _process(self, message: Message) -> None:
-        key = f"dedupe:{message.platform}:{message.id}"
+        key = self._key("dedupe", message.id)
         claim = await self.store.claim(key, in_flight_ttl=self.options.in_flight_ttl)
         if claim is not ClaimResult.CLAIMED:
             self.stats.duplicates += 1
             log.info("dropped duplicate message %s (%s)", message.id, claim.value)
             return
         await self.fire("message_received", robot=self.name, message=message)
+        reply = Reply(self, message.target, message=message)
         try:
             async with self._semaphore:
-                await self.robot.on_message(message, Reply(self, message))
+                with use_executor(self.executor):
+                    if message.has_text:
+                        await self.robot.on_message(message, reply)
+                    else:
+                        await self.robot.on_empty_message(message, reply)
         except asyncio.CancelledError:
             await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
             raise
@@ -318,19 +375,40 @@ class RobotRuntime:
             log.exception("robot %s failed to handle message %s", self.name, message.id)
             await self.store.release(key)
             return
-        self.stats.answered += 1
+        if reply.undelivered:
+            self.stats.failed += 1
+            log.error(
+                "the answer to message %s reached the user by no means (counted failed)",
+                message.id,
+            )
+        else:
+            self.stats.answered += 1
         await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
 
     # ----------------------------------------------------------------- actions
     async def _handle_action(self, action: CardAction) -> None:
-        key = f"action:{action.platform}:{action.id}"
+        key = self._key("action", action.id)
         if await self.store.claim(key, in_flight_ttl=60.0) is not ClaimResult.CLAIMED:
             return
         try:
             if FeedbackSigner.looks_like_feedback(action.value):
                 await self._handle_feedback(action)
             else:
-                await self.robot.on_action(action)
+                started = self.clock.now()
+                handler: Any = self.robot.on_action
+                if _positional_arity(handler) >= 2:
+                    await handler(action, ActionReply(self, action))
+                else:  # an on_action(action) written before replies to presses existed
+                    await handler(action)
+                deadline = self.platform.capabilities.action_deadline
+                if deadline is not None and self.clock.now() - started > deadline:
+                    log.warning(
+                        "on_action took %.1fs for press %s; %s expects an answer within %ss",
+                        self.clock.now() - started,
+                        action.id,
+                        self.platform.name,
+                        deadline,
+                    )
         finally:
             await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
 
@@ -348,7 +426,7 @@ class RobotRuntime:
             log.warning("rejected feedback for robot %r sent to %r", token.robot, self.name)
             return
         record: dict[str, Any] = {}
-        raw = await self.store.get_value(f"answer:{self.name}:{token.message_id}")
+        raw = await self.store.get_value(self._key("answer", token.message_id))
         if raw is not None:
             record = json.loads(raw)
         feedback = Feedback(
@@ -372,42 +450,124 @@ class RobotRuntime:
         await self.robot.on_feedback(feedback)
 
     # ----------------------------------------------------------------- outbound
-    async def call(self, func: Callable[[], Awaitable[T]], *, deadline: float = 60.0) -> T:
-        """Make one platform call under the rate limiter, retrying transient failures."""
-        return await self.limiter.call(func, deadline=deadline)
+    async def call(
+        self, op: Op, target: Target, func: Callable[[], Awaitable[T]], *, card: str | None = None
+    ) -> T:
+        """Make one platform call under the scoped rate limiter and the one retry policy.
+        ``func`` must reuse one idempotency key on every attempt."""
+        scope = CallScope(
+            op=op,
+            conversation=target.key,
+            card=card,
+            member=target.user.id if target.user is not None else None,
+        )
+        policy = (self.options.stream or StreamPolicy()).retry
+        return await self.limiter.call(
+            func,
+            scope=scope,
+            policy=attrs.evolve(policy, deadline=60.0),
+            idempotent=op in self.platform.capabilities.idempotent,
+        )
 
     async def stream_answer(
         self,
-        message: Message,
+        target: Target,
         source: AnswerSource,
         *,
-        question: str | None = None,
+        question: str,
+        message: Message | None = None,
         policy: StreamPolicy | None = None,
         feedback: bool = True,
     ) -> AnswerResult:
-        """Stream ``source`` into a card answering ``message`` (see :meth:`Reply.stream`)."""
+        """Stream ``source`` into a card at ``target`` (see :meth:`Reply.stream`)."""
+        stream = AnswerStream(
+            platform=self.platform,
+            limiter=self.limiter,
+            target=target,
+            question=question,
+            policy=policy or self.options.stream,
+            clock=self.clock,
+            degradation=self.degradation,
+        )
+        answer_id = message.id if message is not None else stream.key
+        record_key = self._key("open", stream.key)
 
-        async def on_final(result: AnswerResult, ref: CardRef | None) -> None:
+        async def on_open(stream: AnswerStream, handle: StreamHandle) -> None:
+            record = {
+                "target": _targets.unstructure(stream.target),
+                "state": handle.state(),
+                "question": question,
+                "text": stream.latest,
+            }
+            await self.store.put_value(
+                record_key, json.dumps(record, ensure_ascii=False), ttl=self.options.answer_ttl
+            )
+
+        async def on_final(result: AnswerResult, handle: StreamHandle | None) -> None:
+            await self.store.delete_value(record_key)
+            if result.degraded:
+                self.stats.degraded += 1
             if result.status is AnswerStatus.FINAL:
                 record = {
-                    "question": question if question is not None else message.text,
+                    "question": question,
                     "answer": result.text,
-                    "conversation_id": message.conversation.id,
+                    "conversation_id": target.conversation.id if target.conversation else None,
                 }
                 await self.store.put_value(
-                    f"answer:{self.name}:{message.id}",
+                    self._key("answer", answer_id),
                     json.dumps(record, ensure_ascii=False),
                     ttl=self.options.answer_ttl,
                 )
             await self.fire("reply_finished", robot=self.name, message=message, result=result)
 
-        stream = AnswerStream(
-            platform=self.platform,
-            limiter=self.limiter,
-            message=message,
-            question=question,
-            policy=policy or self.options.stream,
-            feedback=(lambda: self.signer.values(self.name, message.id)) if feedback else None,
-            on_final=on_final,
-        )
+        stream.on_open = on_open
+        stream.on_final = on_final
+        if feedback:
+            stream.feedback = lambda: self.signer.values(self.name, answer_id)
         return await stream.run(accumulate(source))
+
+    async def recover_open_answers(self) -> int:
+        """Close every answer of this robot that a crash left open (recorded in the store)
+        as interrupted, showing the text it had. Returns how many were closed."""
+        prefix = self._key("open", "")
+        closed = 0
+        for key, raw in (await self.store.scan_values(prefix)).items():
+            try:
+                record = json.loads(raw)
+                target = _targets.structure(record["target"], Target)
+                handle = await self.platform.restore_stream(target, record.get("state") or {})
+                card = interrupted_card(record.get("question") or "", record.get("text") or "")
+                await self.call(Op.CLOSE, target, functools.partial(handle.close, card))
+                closed += 1
+            except (PlatformError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+                log.warning("could not close the answer %s a crash left open: %s", key, exc)
+            await self.store.delete_value(key)
+        if closed:
+            self.stats.recovered += closed
+            log.info("closed %d answer(s) a crash left open, as interrupted", closed)
+        return closed
+
+
+def _bind_all(
+    attachments: tuple[Attachment, ...], download: Callable[[Attachment], Awaitable[bytes]]
+) -> tuple[Attachment, ...]:
+    return tuple(attrs.evolve(a, downloader=download) for a in attachments)
+
+
+@functools.cache
+def _arity_of(func: Any) -> int:
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return 2
+    return sum(1 for p in parameters if p.kind in positional)
+
+
+def _positional_arity(method: Any) -> int:
+    """How many positional arguments a bound handler takes (cached per function)."""
+    return _arity_of(getattr(method, "__func__", method)) - (
+        1 if hasattr(method, "__self__") else 0
+    )

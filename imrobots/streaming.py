@@ -1,16 +1,22 @@
-"""The answer-streaming engine.
+"""The answer-streaming engine (hand-written: it is the project's own heart).
 
-One :class:`AnswerStream` carries one answer through its lifecycle:
+One :class:`AnswerStream` carries one answer through a small state machine::
 
-    thinking card -> throttled updates -> final card with feedback buttons
-                                       -> or an error / interrupted card
+    OPENING --(handle)--> STREAMING --(agent done)--> CLOSING --> DONE
+       |                     |  ^                        |
+       |                     v  |  lifetime / size       +--> card gone: a new card
+       |                   ROTATING (renew, or close         +--> cards refused: a text message
+       |                    and continue in a new card)      +--> nothing left: UNDELIVERED
+       +--(refused)--> the answer is sent once, at the end, by the best means left
 
 The agent's output is read as fast as it comes (into ``latest``); a separate
-pump sends card updates that always carry the **latest** text, so a slow
-platform never builds a backlog of stale snapshots. Every platform call first
-takes a token from the app-wide :class:`~imrobots.ratelimit.RateLimiter`. The
-final card is guaranteed: it is retried under backoff and, if the card is gone,
-sent as a new message.
+pump pushes the **latest** whole text to the plugin's :class:`StreamHandle`, so
+a slow platform never builds a backlog of stale snapshots. Every platform call
+takes its turn at the scoped :class:`~imrobots.ratelimit.RateLimiter` and goes
+through the one :func:`~imrobots.retry.retry_call` policy with one idempotency
+key per logical send. The final card is guaranteed: retried, then sent as a new
+card if the stream is gone, then as a markdown message if cards are refused; an
+answer delivered nowhere ends ``UNDELIVERED``, never "answered".
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -35,24 +41,52 @@ from .cards import (
     streaming_card,
     thinking_card,
 )
-from .errors import CardGone, FatalPlatformError, PlatformError, RateLimited, RetryableError
-from .models import FeedbackRating, Message
-from .platform import Capabilities, CardRef, Platform, StreamingMode
-from .ratelimit import RateLimiter
+from .clock import Clock, SystemClock
+from .errors import (
+    CardGone,
+    FatalPlatformError,
+    NotSupported,
+    OutcomeUnknown,
+    PlatformError,
+    RateLimited,
+    Refused,
+    RetryableError,
+)
+from .models import FeedbackRating, Target
+from .platform import (
+    Capabilities,
+    LifetimeRemedy,
+    Op,
+    Platform,
+    SizeUnit,
+    StreamHandle,
+    StreamingMode,
+    measure,
+)
+from .ratelimit import CallScope, RateLimiter
+from .retry import RetryPolicy, retry_call
 
-__all__ = ["AnswerResult", "AnswerStatus", "AnswerStream", "StreamPolicy", "split_text"]
+__all__ = [
+    "AnswerResult",
+    "AnswerStatus",
+    "AnswerStream",
+    "Degradation",
+    "Delivery",
+    "StreamPolicy",
+    "split_text",
+]
 
 log = logging.getLogger("imrobots.streaming")
 
 T = TypeVar("T")
 
 CONTINUED_NOTE = "(continued below)"
-TRUNCATED_NOTE = "(answer truncated: too long for one card)"
+EMPTY_ANSWER = "Sorry, I have no answer to that."
 
 
 @attrs.frozen(kw_only=True)
 class StreamPolicy:
-    """When the pump sends an update.
+    """When the pump sends an update, and how calls are retried.
 
     An update fires when there is new text and either ``min_interval`` seconds
     passed since the last update, or ``min_chars`` new characters or
@@ -76,7 +110,8 @@ class StreamPolicy:
     rate_limit_backoff: float = 1.0
     """Backoff after "rate limited" when the platform gives no reset hint."""
     lifetime_margin: float = 30.0
-    """Rotate a streaming card this many seconds before the platform's stream lifetime."""
+    """Act this many seconds before the platform's stream lifetime ends (at the latest
+    at half the lifetime)."""
 
     @classmethod
     def seed(cls) -> StreamPolicy:
@@ -92,13 +127,37 @@ class StreamPolicy:
             max_updates=capabilities.max_updates,
         )
 
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy these settings describe."""
+        return RetryPolicy(
+            backoff=self.retry_backoff,
+            max_backoff=self.max_backoff,
+            rate_limit_backoff=self.rate_limit_backoff,
+            deadline=self.final_deadline,
+        )
+
 
 class AnswerStatus(enum.StrEnum):
     FINAL = "final"
+    EMPTY = "empty"
+    """The agent answered nothing (or only white space): a short card says so, no buttons."""
     ERROR = "error"
     INTERRUPTED = "interrupted"
     UNDELIVERED = "undelivered"
-    """The final card could not be delivered within ``final_deadline``."""
+    """The answer reached the user by no means within ``final_deadline``."""
+
+
+class Delivery(enum.StrEnum):
+    """How the end of an answer reached the user."""
+
+    STREAM = "stream"
+    """The streaming card was closed with it."""
+    CARD = "card"
+    """A new card carried it."""
+    TEXT = "text"
+    """A markdown/text message carried it (cards refused or impossible)."""
+    NONE = "none"
 
 
 @attrs.frozen(kw_only=True)
@@ -116,45 +175,114 @@ class AnswerResult:
     """Seconds from the agent's first text to the first update carrying text."""
     max_update_gap: float = 0.0
     """Longest wait between two updates (or from first text to first update)."""
+    delivery: Delivery = Delivery.STREAM
+    degraded: bool = False
+    """Whether the answer had to fall back from the platform's best means."""
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not AnswerStatus.UNDELIVERED
 
 
-def split_text(text: str, limit: int) -> tuple[str, str]:
-    """Cut ``text`` at a paragraph or line boundary at most ``limit`` characters in."""
-    if len(text) <= limit:
+def split_text(text: str, limit: int, unit: SizeUnit = SizeUnit.CHARACTERS) -> tuple[str, str]:
+    """Cut ``text`` into a head of at most ``limit`` (in ``unit``) and the rest.
+
+    The cut falls at a paragraph, line or word boundary in the second half of
+    the window when there is one, and never inside a character (a UTF-8
+    sequence is never broken). ``head + rest`` loses only the newlines at the cut.
+    """
+    if limit <= 0:
+        raise ValueError("limit must be positive")
+    if measure(text, unit) <= limit:
         return text, ""
-    window = text[:limit]
+    if unit is SizeUnit.BYTES:
+        window = text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+    else:
+        window = text[:limit]
+    size = len(window)
     for separator in ("\n\n", "\n", " "):
         cut = window.rfind(separator)
-        if cut > limit // 2:
+        if cut > size // 2:
             return text[:cut], text[cut:].lstrip("\n")
-    return window, text[limit:]
+    if size == 0:  # a single character larger than the limit: keep going, one character
+        size = 1
+    return text[:size], text[size:]
+
+
+def split_all(text: str, limit: int | None, unit: SizeUnit) -> list[str]:
+    """Every part of ``text`` cut with :func:`split_text`, in order (one part if no limit)."""
+    if limit is None:
+        return [text]
+    parts = []
+    while measure(text, unit) > limit:
+        head, text = split_text(text, limit, unit)
+        parts.append(head)
+    parts.append(text)
+    return parts
+
+
+class Degradation:
+    """What the platform refused lately, shared by the answers of one robot.
+
+    After an app-wide :class:`Refused` for cards (no permission), later answers
+    skip cards for ``hold`` seconds instead of failing each time.
+    """
+
+    def __init__(self, *, hold: float = 300.0, clock: Clock | None = None) -> None:
+        self.hold = hold
+        self.clock: Clock = clock or SystemClock()
+        self._cards_until = float("-inf")
+        self.refusals = 0
+
+    def cards_refused(self) -> bool:
+        return self.clock.now() < self._cards_until
+
+    def refused(self, exc: Refused) -> None:
+        self.refusals += 1
+        if exc.app_wide:
+            first = not self.cards_refused()
+            self._cards_until = self.clock.now() + self.hold
+            if first:
+                log.error("the platform refuses cards for this app: %s", exc)
 
 
 class AnswerStream:
-    """Streams one answer into a card on one platform."""
+    """Streams one answer to one target on one platform."""
 
     def __init__(
         self,
         *,
         platform: Platform,
         limiter: RateLimiter,
-        message: Message,
-        question: str | None = None,
+        target: Target,
+        question: str = "",
         policy: StreamPolicy | None = None,
         feedback: Callable[[], Mapping[FeedbackRating, str]] | None = None,
-        on_final: Callable[[AnswerResult, CardRef | None], Awaitable[None]] | None = None,
+        on_open: Callable[[AnswerStream, StreamHandle], Awaitable[None]] | None = None,
+        on_final: Callable[[AnswerResult, StreamHandle | None], Awaitable[None]] | None = None,
+        key: str | None = None,
+        clock: Clock | None = None,
+        degradation: Degradation | None = None,
     ) -> None:
         self.platform = platform
         self.capabilities = platform.capabilities
         self.limiter = limiter
-        self.message = message
-        self.question = question if question is not None else message.text
+        self.target = target
+        self.question = question
         self.policy = policy or StreamPolicy.for_platform(self.capabilities)
+        self.retry = self.policy.retry
         self.feedback = feedback
+        self.on_open = on_open
         self.on_final = on_final
-        self.mode = (
-            self.capabilities.streaming if self.capabilities.cards else StreamingMode.BUFFERED
-        )
+        self.key = key or uuid.uuid4().hex
+        """The answer's idempotency key; every logical send derives its own from it."""
+        self.clock: Clock = clock or SystemClock()
+        self.degradation = degradation or Degradation(clock=self.clock)
+        caps = self.capabilities
+        self.mode = caps.streaming if caps.cards else StreamingMode.BUFFERED
+        self.degraded = False
+        if caps.cards and self.degradation.cards_refused():
+            self.mode, self.degraded = StreamingMode.BUFFERED, True
 
         self.latest = ""
         self._offset = 0  # the current card shows latest[_offset:]
@@ -162,14 +290,16 @@ class AnswerStream:
         self._chunks_pending = 0
         self._first_text_at: float | None = None
         self._last_update_at: float | None = None
+        self._last_push_at = 0.0
         self._updates_this_card = 0
-        self._card_opened_at = 0.0
+        self._opened_at = 0.0
         self._done_flag = False
         self._wake = asyncio.Event()
-        self._ref: CardRef | None = None
+        self._handle: StreamHandle | None = None
         self._ref_ready = asyncio.Event()
-        self._card_gone = False
+        self._gone = False
         self._spare_token = False  # a limiter turn taken but not used; the next call uses it
+        self._sends = 0
 
         self.updates = 0
         self.cards = 0
@@ -178,41 +308,49 @@ class AnswerStream:
 
     # ------------------------------------------------------------------ public
     @property
-    def card(self) -> CardRef | None:
-        return self._ref
+    def handle(self) -> StreamHandle | None:
+        return self._handle
 
     async def run(self, source: AsyncIterator[str]) -> AnswerResult:
-        """Consume ``source`` (accumulated text) and carry the card to its final state.
+        """Consume ``source`` (accumulated text) and carry the answer to its end.
 
-        Cancellation finalizes the card as interrupted, then re-raises.
+        Cancellation ends the answer as interrupted, then re-raises.
         """
         opener: asyncio.Task[None] | None = None
         if self.mode is not StreamingMode.BUFFERED:
-            opener = asyncio.create_task(self._open_card())
+            opener = asyncio.create_task(self._open())
         pump = asyncio.create_task(self._pump())
         status = AnswerStatus.FINAL
         error: BaseException | None = None
         cancelled: asyncio.CancelledError | None = None
         try:
-            async with asyncio.timeout(self.policy.agent_timeout):
-                async for text in source:
-                    self._on_text(text)
+            async with asyncio.timeout(None) as limit:
+                timer = None
+                if self.policy.agent_timeout is not None:
+                    loop = asyncio.get_running_loop()
+                    timer = self.clock.call_later(
+                        self.policy.agent_timeout, lambda: limit.reschedule(loop.time())
+                    )
+                try:
+                    async for text in source:
+                        self._on_text(text)
+                finally:
+                    if timer is not None:
+                        timer.cancel()
         except TimeoutError as exc:
             status, error = AnswerStatus.ERROR, exc
-            log.warning(
-                "answer to %s timed out after %ss", self.message.id, self.policy.agent_timeout
-            )
+            log.warning("answer to %s timed out after %ss", self._what, self.policy.agent_timeout)
         except asyncio.CancelledError as exc:
             status, cancelled = AnswerStatus.INTERRUPTED, exc
         except Exception as exc:
             status, error = AnswerStatus.ERROR, exc
-            log.exception("agent failed while answering %s", self.message.id)
+            log.exception("agent failed while answering %s", self._what)
         self._done_flag = True
         self._wake.set()
 
-        # The final card is delivered even when this task is cancelled (by an interrupt or
-        # shutdown) while the agent was running or while the final is under way; a further
-        # cancel stops waiting for it, but the delivery goes on.
+        # The end of the answer is delivered even when this task is cancelled (by an
+        # interrupt or shutdown) while the agent was running or while the end is under way;
+        # a further cancel stops waiting for it, but the delivery goes on.
         finish = asyncio.create_task(self._finish(status, error, opener, pump))
         try:
             result = await asyncio.shield(finish)
@@ -224,70 +362,125 @@ class AnswerStream:
             raise cancelled
         return result
 
+    @property
+    def _what(self) -> str:
+        return self.target.reply_to or self.target.key
+
     # ------------------------------------------------------------------ agent side
     def _agent_done(self) -> bool:
         return self._done_flag
 
     def _on_text(self, text: str) -> None:
         if self._first_text_at is None:
-            self._first_text_at = time.monotonic()
+            self._first_text_at = self.clock.now()
         self.latest = text
         self._chunks_pending += 1
         self._wake.set()
 
     # ------------------------------------------------------------------ calls
-    async def _take_turn(self) -> float:
-        """Wait for this answer's turn at the app-wide limiter (or use one it kept);
-        return the seconds waited."""
+    def _next_key(self, kind: str) -> str:
+        """A new idempotency key for one logical send (reused on each of its retries)."""
+        self._sends += 1
+        return self.key if self._sends == 1 and kind == "open" else f"{self.key}-{self._sends}"
+
+    def _scope(self, op: Op) -> CallScope:
+        handle = self._handle
+        user = self.target.user
+        return CallScope(
+            op=op,
+            conversation=self.target.key,
+            card=handle.ref.id if handle is not None else None,
+            member=user.id if user is not None else None,
+        )
+
+    async def _take_turn(self, op: Op) -> float:
+        """Wait for this answer's turn at the limiter (or use one it kept); return the
+        seconds waited."""
         if self._spare_token:
             self._spare_token = False
             return 0.0
-        return await self.limiter.acquire()
+        return await self.limiter.acquire(self._scope(op))
 
-    async def _call(self, func: Callable[[], Awaitable[T]]) -> T:
-        """One platform call under the app-wide limiter; rate-limit answers back off the bucket."""
-        await self._take_turn()
-        try:
-            return await func()
-        except RateLimited as exc:
-            await self.limiter.backoff(exc.retry_after or self.policy.rate_limit_backoff)
-            raise
+    async def _retrying(
+        self,
+        op: Op,
+        func: Callable[[], Awaitable[T]],
+        *,
+        deadline: float | None = None,
+        give_up: Callable[[], bool] | None = None,
+    ) -> T:
+        """One logical call under the limiter and the one retry policy."""
 
-    async def _open_card(self) -> None:
+        async def turn() -> object:
+            return await self._take_turn(op)
+
+        async def limited(exc: RateLimited) -> None:
+            await self.limiter.backoff(
+                exc.retry_after or self.retry.rate_limit_backoff, self._scope(op)
+            )
+
+        return await retry_call(
+            func,
+            policy=self.retry,
+            take_turn=turn,
+            on_rate_limited=limited,
+            idempotent=op in self.capabilities.idempotent,
+            give_up=give_up,
+            deadline=deadline,
+            clock=self.clock,
+        )
+
+    # ------------------------------------------------------------------ opening
+    async def _open(self) -> None:
         card = thinking_card(self.question)
-        delay = self.policy.retry_backoff
-        deadline = time.monotonic() + self.policy.final_deadline
+        key = self._next_key("open")
         try:
-            while True:
-                waited = await self._take_turn()
-                if waited > 0 and self._agent_done():
-                    # The answer was completed while this turn was queued behind others:
-                    # the final card takes the turn, as a new message, instead of a
-                    # thinking card that it would overwrite at once.
-                    self._spare_token = True
-                    return
-                try:
-                    try:
-                        self._ref = await self.platform.send_card(self.message, card)
-                    except RateLimited as exc:
-                        await self.limiter.backoff(
-                            exc.retry_after or self.policy.rate_limit_backoff
-                        )
-                        raise
-                    self.cards += 1
-                    self._card_opened_at = time.monotonic()
-                    return
-                except RetryableError as exc:
-                    if self._agent_done() or time.monotonic() > deadline:
-                        return  # the final card will be sent as a new message
-                    if not isinstance(exc, RateLimited):
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, self.policy.max_backoff)
-                except PlatformError:
-                    log.exception("could not send the thinking card for %s", self.message.id)
-                    return
+            waited = await self._take_turn(Op.OPEN)
+            if waited > 0 and self._agent_done():
+                # The answer was completed while this turn was queued behind others:
+                # the final card takes the turn, as a new message, instead of a
+                # thinking card that it would overwrite at once.
+                self._spare_token = True
+                return
+            self._spare_token = True  # the first attempt uses the turn just taken
+            handle = await self._retrying(
+                Op.OPEN,
+                lambda: self.platform.open_stream(self.target, card, key=key),
+                give_up=self._agent_done,
+            )
+        except Refused as exc:
+            self._refused(exc)
+            return
+        except OutcomeUnknown:
+            log.warning(
+                "the thinking card for %s may or may not have been sent (no answer, and "
+                "the platform cannot repeat it safely); the answer follows as a new message",
+                self._what,
+            )
+            return
+        except (PlatformError, TimeoutError):
+            log.exception("could not open the answer card for %s", self._what)
+            return
         finally:
             self._ref_ready.set()
+        await self._opened(handle)
+
+    async def _opened(self, handle: StreamHandle) -> None:
+        self._handle = handle
+        self._gone = False
+        self.cards += 1
+        self._opened_at = self._last_push_at = self.clock.now()
+        self._updates_this_card = 0
+        if self.on_open is not None:
+            try:
+                await self.on_open(self, handle)
+            except Exception:
+                log.exception("recording the open answer %s failed", self._what)
+
+    def _refused(self, exc: Refused) -> None:
+        log.warning("cards refused for %s (%s); the answer goes as a message", self._what, exc)
+        self.degradation.refused(exc)
+        self.degraded = True
 
     # ------------------------------------------------------------------ pump
     def _due_in(self, now: float) -> float:
@@ -305,79 +498,90 @@ class AnswerStream:
 
     async def _wait_wake(self, timeout: float | None) -> None:
         self._wake.clear()
-        if timeout is None:
-            await self._wake.wait()
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
+        await self.clock.wait(self._wake, timeout)
+
+    def _lifetime_left(self, now: float) -> float | None:
+        """Seconds until the current stream must be renewed or rotated, if it has a lifetime
+        (and shows text: an empty card is closed by the final card anyway)."""
+        lifetime = self.capabilities.stream_lifetime
+        if lifetime is None or len(self.latest) <= self._offset:
+            return None
+        act_at = max(lifetime - self.policy.lifetime_margin, lifetime / 2)
+        return self._opened_at + act_at - now
+
+    def _keep_alive_left(self, now: float) -> float | None:
+        caps = self.capabilities
+        if caps.lifetime_remedy is not LifetimeRemedy.KEEP_ALIVE or caps.keep_alive is None:
+            return None
+        return self._last_push_at + caps.keep_alive - now
+
+    def _too_big(self) -> bool:
+        limit = self.capabilities.max_text
+        if limit is None:
+            return False
+        return measure(self.latest[self._offset :], self.capabilities.text_unit) > limit
 
     async def _pump(self) -> None:
         if self.mode is StreamingMode.BUFFERED:
             return
         await self._ref_ready.wait()
-        backoff = self.policy.retry_backoff
+        backoff = 0
         while not self._agent_done():
-            if self._ref is None or self._card_gone:
+            if self._handle is None or self._gone:
                 return
-            now = time.monotonic()
-            if self._needs_rotation(now):
-                await self._rotate()
+            now = self.clock.now()
+            left = self._lifetime_left(now)
+            if self._too_big() or (left is not None and left <= 0):
+                if not (left is not None and left <= 0 and await self._renewed()):
+                    await self._rotate()
                 continue
+            keep_alive = self._keep_alive_left(now)
             cap = self.policy.max_updates
-            if len(self.latest) <= self._sent_len or (
-                cap is not None and self._updates_this_card >= cap - 1
-            ):
-                # Nothing new to show, or the card keeps its last update for the final
-                # card: wait for text, or until the card must be rotated before it expires.
-                await self._wait_wake(self._until_rotation(now))
+            fresh = len(self.latest) > self._sent_len and (
+                cap is None or self._updates_this_card < cap - 1
+            )
+            if not fresh and not (keep_alive is not None and keep_alive <= 0):
+                # Nothing new to show, or the card keeps its last update for the final card:
+                # wait for text, or until the stream needs renewing or a keep-alive.
+                timers = [t for t in (left, keep_alive) if t is not None]
+                await self._wait_wake(min(timers) if timers else None)
                 continue
-            due = self._due_in(now)
-            if due > 0:
-                await self._wait_wake(due)
+            if fresh and (due := self._due_in(now)) > 0:
+                await self._wait_wake(due if keep_alive is None else min(due, keep_alive))
                 continue
-            await self._take_turn()
+            await self._take_turn(Op.PUSH)
             if self._agent_done():
                 self._spare_token = True  # the final card uses this turn
                 return
             text = self._clip(self.latest[self._offset :])
             shown = self._offset + len(text)
             try:
-                await self._send_shown(text)
+                await self._handle.push(text)
             except RateLimited as exc:
-                await self.limiter.backoff(exc.retry_after or self.policy.rate_limit_backoff)
+                await self.limiter.backoff(
+                    exc.retry_after or self.retry.rate_limit_backoff, self._scope(Op.PUSH)
+                )
                 continue  # the backlog folds into the next update
             except CardGone:
-                self._card_gone = True
+                self._gone = True
                 return
-            except RetryableError:
-                await self._wait_wake(backoff)
-                backoff = min(backoff * 2, self.policy.max_backoff)
+            except RetryableError as exc:  # OutcomeUnknown too: the next push repeats it whole
+                backoff += 1
+                await self._wait_wake(exc.retry_after or self.retry.delay(backoff))
                 continue
-            except FatalPlatformError:
-                log.exception(
-                    "card update failed for %s; waiting for the final card", self.message.id
-                )
+            except (FatalPlatformError, NotSupported):
+                log.exception("card update failed for %s; waiting for the final card", self._what)
                 return
-            backoff = self.policy.retry_backoff
+            backoff = 0
             self._record_update(shown)
 
     def _clip(self, text: str) -> str:
         """The part of ``text`` one card can hold (the rest goes to the next card)."""
         limit = self.capabilities.max_text
-        return split_text(text, limit)[0] if limit is not None else text
-
-    async def _send_shown(self, text: str) -> None:
-        """Send ``text`` without taking a token (the pump took it already)."""
-        ref = self._ref
-        assert ref is not None
-        if self.mode is StreamingMode.NATIVE:
-            await self.platform.stream_update(ref, text)
-        else:
-            await self.platform.update_card(ref, streaming_card(self.question, text))
+        return split_text(text, limit, self.capabilities.text_unit)[0] if limit else text
 
     def _record_update(self, shown: int) -> None:
-        now = time.monotonic()
+        now = self.clock.now()
         reference = (
             self._last_update_at if self._last_update_at is not None else self._first_text_at
         )
@@ -385,79 +589,59 @@ class AnswerStream:
             self.max_update_gap = max(self.max_update_gap, now - reference)
         if self.first_update_latency is None and self._first_text_at is not None:
             self.first_update_latency = now - self._first_text_at
-        self._last_update_at = now
+        self._last_update_at = self._last_push_at = now
         self._sent_len = shown
         self._chunks_pending = 0
         self._updates_this_card += 1
         self.updates += 1
 
-    def _needs_rotation(self, now: float) -> bool:
-        """Whether the current card must be closed and the answer continued in a new one:
-        its text outgrew ``max_text``, or it nears its stream lifetime (if it shows text)."""
-        limit = self.capabilities.max_text
-        if limit is not None and len(self.latest) - self._offset > limit:
-            return True
-        until = self._until_rotation(now)
-        return until is not None and until <= 0
-
-    def _until_rotation(self, now: float) -> float | None:
-        """Seconds until the current card reaches its rotation time, if it has one."""
-        lifetime = self.capabilities.stream_lifetime
-        if lifetime is None or len(self.latest) <= self._offset:
-            return None  # no lifetime, or nothing to close the card with
-        rotate_at = max(lifetime - self.policy.lifetime_margin, lifetime / 2)
-        return self._card_opened_at + rotate_at - now
+    # ------------------------------------------------------------------ lifetime
+    async def _renewed(self) -> bool:
+        """Extend the stream where the platform can; False if it cannot (then rotate)."""
+        handle = self._handle
+        if handle is None or self.capabilities.lifetime_remedy is not LifetimeRemedy.RENEW:
+            return False
+        try:
+            await self._retrying(Op.RENEW, handle.renew, deadline=self.policy.lifetime_margin)
+        except (PlatformError, NotSupported, TimeoutError) as exc:
+            log.warning(
+                "could not renew the stream of %s (%s); continuing in a new card", self._what, exc
+            )
+            return False
+        self._opened_at = self.clock.now()
+        return True
 
     async def _rotate(self) -> None:
         """Close the current card with the text so far and continue in a new card."""
-        ref = self._ref
-        assert ref is not None
         limit = self.capabilities.max_text
+        unit = self.capabilities.text_unit
         body = self.latest[self._offset :]
-        head, _ = split_text(body, limit) if limit is not None else (body, "")
+        head = split_text(body, limit, unit)[0] if limit else body
         closing = Card(
-            title=self.question,
-            elements=(Markdown(text=head), Note(text=CONTINUED_NOTE)),
+            title=self.question, elements=(Markdown(text=head), Note(text=CONTINUED_NOTE))
         )
-        await self._deliver(closing, ref)
+        await self._deliver(closing, use_handle=True)
         # The closed card is done with: from here on the answer lives in the next card
         # (if opening it fails, the final card is sent as a new message).
-        self._ref = None
-        self._card_gone = False
+        self._handle = None
         self._offset += len(head)
         while self._offset < len(self.latest) and self.latest[self._offset] == "\n":
             self._offset += 1
         rest = self._clip(self.latest[self._offset :])
         opening = streaming_card(self.question, rest or "...")
-        self._ref = await self._retrying(lambda: self.platform.send_card(self.message, opening))
-        self.cards += 1
-        self._card_opened_at = time.monotonic()
-        self._updates_this_card = 0
-        self._sent_len = self._offset + len(rest)
-
-    async def _retrying(self, func: Callable[[], Awaitable[T]]) -> T:
-        """Retry a call under backoff until it succeeds or ``final_deadline`` passes."""
-        p = self.policy
-        return await self.limiter.call(
-            func,
-            deadline=p.final_deadline,
-            take_turn=self._take_turn,
-            backoff=p.retry_backoff,
-            max_backoff=p.max_backoff,
-            rate_limit_backoff=p.rate_limit_backoff,
+        key = self._next_key("open")
+        handle = await self._retrying(
+            Op.OPEN, lambda: self.platform.open_stream(self.target, opening, key=key)
         )
+        await self._opened(handle)
+        self._sent_len = self._offset + len(rest)
 
     # ------------------------------------------------------------------ final
     def _final_cards(self, status: AnswerStatus, error: BaseException | None) -> list[Card]:
         """The cards that end the answer: the text the current card does not show yet,
         split to the platform's size limit, the last card being final, error or interrupted."""
-        text = self.latest[self._offset :]
-        parts: list[str] = []
-        limit = self.capabilities.max_text
-        while limit is not None and len(text) > limit:
-            head, text = split_text(text, limit)
-            parts.append(head)
-        parts.append(text)
+        caps = self.capabilities
+        parts = split_all(self.latest[self._offset :], caps.max_text, caps.text_unit)
         cards = [
             Card(title=self.question, elements=(Markdown(text=p), Note(text=CONTINUED_NOTE)))
             for p in parts[:-1]
@@ -472,45 +656,64 @@ class AnswerStream:
                 else "Sorry, something went wrong while answering. Please try again."
             )
             cards.append(error_card(self.question, last, reason=reason))
+        elif status is AnswerStatus.EMPTY:
+            cards.append(final_card(self.question, EMPTY_ANSWER, feedback=None))
         else:
             feedback = self.feedback() if self.feedback else None
-            cards.append(final_card(self.question, last or "(no answer)", feedback=feedback))
+            cards.append(final_card(self.question, last, feedback=feedback))
         return cards
 
-    async def _deliver(self, card: Card, ref: CardRef | None) -> CardRef | None:
-        """Put ``card`` into ``ref`` (or a new message if there is none or it is gone)."""
-        deadline = time.monotonic() + self.policy.final_deadline
-        delay = self.policy.retry_backoff
-        target = ref
-        while True:
+    async def _deliver(self, card: Card, *, use_handle: bool) -> Delivery:
+        """Put ``card`` in front of the user by the best means left: close the stream with
+        it, else a new card, else a markdown message. Raises when every means failed."""
+        handle = self._handle
+        if use_handle and handle is not None and not self._gone:
             try:
-                if target is not None and not self._card_gone:
-                    await self._call(lambda: self.platform.update_card(target, card))
-                    return target
-                if self.capabilities.cards:
-                    new = await self._call(lambda: self.platform.send_card(self.message, card))
-                    self.cards += 1
-                    return new
-                await self._call(
-                    lambda: self.platform.send_text(self.message, card.plain_text(), markdown=True)
-                )
-                return None
-            except RateLimited:
-                pass
+                await self._retrying(Op.CLOSE, lambda: handle.close(card))
+                return Delivery.STREAM
             except CardGone:
-                self._card_gone = True
-                continue
-            except RetryableError:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.policy.max_backoff)
-            except FatalPlatformError:
-                if target is not None and not self._card_gone:
-                    log.warning("final update of %s failed; sending a new message", self.message.id)
-                    self._card_gone = True
-                    continue
-                raise
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"final card for {self.message.id} not delivered in time")
+                self._gone = True
+            except OutcomeUnknown:
+                return Delivery.STREAM  # a close cannot be repeated safely: taken as done
+            except Refused as exc:
+                self._refused(exc)
+            except (FatalPlatformError, NotSupported, TimeoutError) as exc:
+                log.warning(
+                    "closing the card of %s failed (%s); sending a new message", self._what, exc
+                )
+                self._gone = True
+        if self.capabilities.cards and not self.degraded:
+            key = self._next_key("card")
+            try:
+                await self._retrying(
+                    Op.SEND_CARD, lambda: self.platform.send_card(self.target, card, key=key)
+                )
+                self.cards += 1
+                return Delivery.CARD
+            except OutcomeUnknown:
+                return Delivery.CARD
+            except Refused as exc:
+                self._refused(exc)
+            except (FatalPlatformError, NotSupported) as exc:
+                log.warning(
+                    "sending a card for %s failed (%s); sending markdown instead", self._what, exc
+                )
+        await self._send_text(card.plain_text())
+        return Delivery.TEXT
+
+    async def _send_text(self, text: str) -> None:
+        caps = self.capabilities
+        for part in split_all(text, caps.max_message_text, caps.text_unit):
+            key = self._next_key("text")
+            try:
+                await self._retrying(
+                    Op.SEND_TEXT,
+                    lambda part=part, key=key: self.platform.send_text(  # type: ignore[misc]
+                        self.target, part, markdown=True, key=key
+                    ),
+                )
+            except OutcomeUnknown:
+                continue  # not repeatable safely: taken as delivered
 
     async def _finish(
         self,
@@ -519,32 +722,37 @@ class AnswerStream:
         opener: asyncio.Task[None] | None,
         pump: asyncio.Task[None],
     ) -> AnswerResult:
-        # Whatever happened to the pump or the opener, the final card goes out.
+        # Whatever happened to the pump or the opener, the end of the answer goes out.
         for helper in (pump, opener):
             if helper is None:
                 continue
             try:
                 await helper
             except Exception:
-                log.exception("streaming %s failed; sending the final card", self.message.id)
+                log.exception("streaming %s failed; sending the final card", self._what)
+        if status is AnswerStatus.FINAL and not self.latest.strip():
+            status = AnswerStatus.EMPTY
         cards = self._final_cards(status, error)
-        ref = self._ref
-        delivered = True
+        delivery = Delivery.NONE
         try:
             for index, card in enumerate(cards):
-                ref = await self._deliver(card, ref if index == 0 else None)
-        except (PlatformError, TimeoutError):
-            log.exception("could not deliver the final card for %s", self.message.id)
-            delivered = False
+                got = await self._deliver(card, use_handle=index == 0)
+                if index == len(cards) - 1:
+                    delivery = got
+        except (PlatformError, NotSupported, TimeoutError):
+            log.exception("could not deliver the answer to %s by any means", self._what)
+            delivery = Delivery.NONE
         result = AnswerResult(
-            status=status if delivered else AnswerStatus.UNDELIVERED,
+            status=status if delivery is not Delivery.NONE else AnswerStatus.UNDELIVERED,
             text=self.latest,
             updates=self.updates,
             cards=self.cards,
             error=error,
             first_update_latency=self.first_update_latency,
             max_update_gap=self.max_update_gap,
+            delivery=delivery,
+            degraded=self.degraded or delivery is Delivery.TEXT,
         )
         if self.on_final is not None:
-            await self.on_final(result, ref)
+            await self.on_final(result, self._handle)
         return result

@@ -12,7 +12,7 @@ import pytest
 from imrobots.agents import AgentRequest
 from imrobots.cards import Card, CardStatus, Note
 from imrobots.memory import MemoryPlatform
-from imrobots.models import Message
+from imrobots.models import Target
 from imrobots.platform import CardRef
 from imrobots.robot import Robot
 from imrobots.runtime import RobotRuntime
@@ -195,9 +195,9 @@ class _GatedPlatform(MemoryPlatform):
             self.final_entered.set()
             await self.release.wait()
 
-    async def send_card(self, to: Message, card: Card) -> CardRef:
+    async def send_card(self, target: Target, card: Card, *, key: str) -> CardRef:
         await self._gate(card)
-        return await super().send_card(to, card)
+        return await super().send_card(target, card, key=key)
 
     async def update_card(self, ref: CardRef, card: Card) -> None:
         await self._gate(card)

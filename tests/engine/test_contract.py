@@ -1,0 +1,424 @@
+"""Regression tests of the generalized platform contract (issue 8), on the memory platform.
+
+Each test names the fault found on the old main and the value it showed there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from imrobots.agents import AgentRequest
+from imrobots.cards import Actions, Button, Card, CardStatus, Markdown
+from imrobots.clock import FakeClock
+from imrobots.memory import MemoryPlatform, MemorySettings
+from imrobots.models import CardAction, Message, Target
+from imrobots.platform import Op, RateLimit, Scope, SizeUnit, measure
+from imrobots.ratelimit import CallScope, RateLimiter
+from imrobots.robot import ActionReply, Reply, Robot
+from imrobots.runtime import RobotRuntime, RuntimeOptions
+from imrobots.store import MemoryStore
+from imrobots.streaming import EMPTY_ANSWER, StreamPolicy, split_text
+
+from .conftest import FAST, AgentRobot, Factory, answer_cards, eventually, streaming_agent, words
+
+
+def reply(text: str):
+    async def agent(request: AgentRequest) -> str:
+        return text
+
+    return agent
+
+
+# --- item 1: a send that timed out after the platform acted -------------------------------
+async def test_send_that_timed_out_after_acting_makes_one_card(make_runtime: Factory) -> None:
+    """Old main: retried under a new card id, one card stayed "thinking" beside the final."""
+    platform, runtime = await make_runtime(
+        agent=streaming_agent(words(6), seconds=0.1),
+        timeout_after_act=1.0,
+        timeout_after_act_ops=("send_card",),
+        stream=StreamPolicy(min_interval=0.01, retry_backoff=0.01, max_backoff=0.02),
+        **FAST,
+    )
+    message = await platform.say("hello")
+    await runtime.wait_idle(10)
+    cards = answer_cards(platform, message)
+    assert len(cards) == 1
+    assert cards[0].status is CardStatus.FINAL
+    assert "w5" in cards[0].text
+
+
+async def test_text_retried_after_a_time_out_is_posted_once(make_runtime: Factory) -> None:
+    """Old main: a retried send_text posted twice."""
+
+    class Texter(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            await reply.text("only once")
+
+    platform, runtime = await make_runtime(
+        robot=Texter(), timeout_after_act=1.0, timeout_after_act_ops=("send_text",), **FAST
+    )
+    await platform.say("hello")
+    await runtime.wait_idle(10)
+    assert platform.texts == [("conversation-1", "only once")]
+
+
+# --- item 2: dedupe keys scoped by robot ----------------------------------------------------
+async def test_two_robots_on_one_store_both_answer_the_same_message() -> None:
+    """Old main: ``sales cards: 1, support cards: 0`` (the second robot dropped it)."""
+    store = MemoryStore()
+    runtimes = []
+    platforms = []
+    for name in ("sales", "support"):
+        platform = MemoryPlatform(MemorySettings(**FAST))
+        runtime = RobotRuntime(
+            name=name,
+            robot=AgentRobot(agent=reply(f"{name} here")),
+            platform=platform,
+            store=store,
+            feedback_secret="s",
+        )
+        await runtime.start()
+        runtimes.append(runtime)
+        platforms.append(platform)
+    try:
+        for platform in platforms:
+            await platform.say("hi", message_id="same-id")
+        for runtime in runtimes:
+            await runtime.wait_idle(10)
+        assert [len(p.cards) for p in platforms] == [1, 1]
+        assert [r.stats.duplicates for r in runtimes] == [0, 0]
+    finally:
+        for runtime in runtimes:
+            await runtime.stop()
+
+
+# --- item 4: size limits in bytes ---------------------------------------------------------
+def test_split_text_counts_bytes_and_never_breaks_a_character() -> None:
+    text = ("数据" * 3000 + "\n") * 3  # 18,003 characters, 54,003 bytes
+    head, rest = split_text(text, 20_000, SizeUnit.BYTES)
+    assert measure(head, SizeUnit.BYTES) <= 20_000
+    assert head.encode("utf-8").decode("utf-8") == head
+    assert head + "\n" + rest == text or head + rest == text
+
+
+async def test_a_27000_byte_answer_is_delivered_whole_within_a_byte_cap(
+    make_runtime: Factory,
+) -> None:
+    """Old main counted characters: a 27,000-byte answer (9,000 CJK characters) passed a
+    20,000 "character" check, was refused by the platform and lost whole."""
+    answer = "\n".join("第" + "答" * 99 for _ in range(90))  # 90 lines x 300 bytes
+    assert 26_000 < measure(answer, SizeUnit.BYTES) < 28_000
+    platform, runtime = await make_runtime(
+        agent=reply(answer), text_unit="bytes", max_text=20_000, **FAST
+    )
+    message = await platform.say("long please")
+    await runtime.wait_idle(10)
+    cards = answer_cards(platform, message)
+    assert len(cards) >= 2
+    assert all(measure(c.text, SizeUnit.BYTES) <= 20_000 for c in cards)
+    assert "".join(c.text.replace("\n", "") for c in cards) == answer.replace("\n", "")
+    assert cards[-1].status is CardStatus.FINAL
+    assert all(c.ok for c in platform.calls)
+
+
+async def test_long_text_messages_are_split_by_the_message_cap(make_runtime: Factory) -> None:
+    class Texter(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            await reply.markdown("é" * 150)  # 300 bytes
+
+    platform, runtime = await make_runtime(
+        robot=Texter(), text_unit="bytes", max_message_text=100, **FAST
+    )
+    await platform.say("hi")
+    await runtime.wait_idle(10)
+    parts = [text for _, text in platform.texts]
+    assert len(parts) == 3 and "".join(parts) == "é" * 150
+
+
+# --- item 5: proactive sends, answers to presses, threads -----------------------------------
+async def test_proactive_sends_to_a_user_and_a_group(make_runtime: Factory) -> None:
+    robot = AgentRobot(agent=reply("x"))
+    platform, _ = await make_runtime(robot=robot, **FAST)
+    await robot.send(Target.to_user("memory", "boss"), "report ready")
+    await robot.send(Target.to_group("memory", "team-chat"), Card(title="Deploy done"))
+    assert platform.texts == [("boss", "report ready")]
+    assert [c.conversation_id for c in platform.cards.values()] == ["team-chat"]
+
+
+async def test_on_action_answers_a_button_press(make_runtime: Factory) -> None:
+    pressed: list[CardAction] = []
+
+    class Approver(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            await reply.card(
+                Card(
+                    title="Approve?",
+                    elements=(Actions(buttons=(Button(label="Approve", value="approve"),)),),
+                )
+            )
+
+        async def on_action(self, action: CardAction, reply: ActionReply) -> None:
+            pressed.append(action)
+            await reply.replace(Card(title="Approved", elements=(Markdown(text="by you"),)))
+            await reply.text("done")
+
+    platform, runtime = await make_runtime(robot=Approver(), **FAST)
+    await platform.say("deploy?")
+    await runtime.wait_idle(10)
+    (card,) = platform.cards.values()
+    await platform.press(card.id, "Approve")
+    await runtime.wait_idle(10)
+    assert [a.value for a in pressed] == ["approve"]
+    assert isinstance(card.current, Card) and card.current.title == "Approved"
+    assert platform.texts == [("conversation-1", "done")]
+
+
+async def test_old_style_on_action_with_one_argument_still_runs(make_runtime: Factory) -> None:
+    seen: list[str] = []
+
+    class Old(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            await reply.card(
+                Card(title="x", elements=(Actions(buttons=(Button(label="Go", value="go"),)),))
+            )
+
+        async def on_action(self, action: CardAction) -> None:  # type: ignore[override]
+            seen.append(action.action_id)
+
+    platform, runtime = await make_runtime(robot=Old(), **FAST)
+    await platform.say("x")
+    await runtime.wait_idle(10)
+    await platform.press(next(iter(platform.cards)), "Go")
+    await runtime.wait_idle(10)
+    assert len(seen) == 1
+
+
+async def test_reply_in_a_thread(make_runtime: Factory) -> None:
+    class Threaded(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            await reply.in_thread().stream("in the thread")
+
+    platform, runtime = await make_runtime(robot=Threaded(), **FAST)
+    message = await platform.say("start a thread")
+    await runtime.wait_idle(10)
+    (card,) = platform.cards.values()
+    assert card.thread == message.id and card.status is CardStatus.FINAL
+
+
+async def test_attachments_are_read_through_the_platform(make_runtime: Factory) -> None:
+    got: list[bytes] = []
+
+    class Reader(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            for attachment in message.attachments:
+                got.append(await attachment.read())
+            await reply.image(b"\x89PNG...", name="chart.png")
+
+    platform, runtime = await make_runtime(robot=Reader(), **FAST)
+    await platform.say("see this", attachments=[("image", "photo.jpg", b"JPEGDATA")])
+    await runtime.wait_idle(10)
+    assert got == [b"JPEGDATA"]
+    assert [(kind, u.name) for _, kind, u in platform.uploads] == [("image", "chart.png")]
+
+
+# --- item 6: lifetime remedies and scoped limits -------------------------------------------
+async def test_a_renewable_stream_is_renewed_not_rotated(make_runtime: Factory) -> None:
+    platform, runtime = await make_runtime(
+        agent=streaming_agent(words(30), seconds=1.5),
+        stream_lifetime=0.5,
+        lifetime_remedy="renew",
+        stream=StreamPolicy(min_interval=0.05, lifetime_margin=0.2),
+        **FAST,
+    )
+    message = await platform.say("long")
+    await runtime.wait_idle(10)
+    (card,) = answer_cards(platform, message)
+    assert card.renewals >= 1
+    assert card.status is CardStatus.FINAL and "w29" in card.text
+
+
+async def test_a_busy_conversation_does_not_slow_another() -> None:
+    """Per-conversation limits are waited for outside the app's queue."""
+    limiter = RateLimiter(
+        MemoryStore(),
+        "t",
+        limits=(
+            RateLimit(scope=Scope.APP, rate=200.0),
+            RateLimit(scope=Scope.CONVERSATION, rate=5.0),
+        ),
+    )
+    busy = [
+        asyncio.ensure_future(limiter.acquire(CallScope(op=Op.PUSH, conversation="busy")))
+        for _ in range(10)
+    ]
+    await asyncio.sleep(0)  # the busy conversation's ten calls are queued first
+    started = time.monotonic()
+    await limiter.acquire(CallScope(op=Op.PUSH, conversation="quiet"))
+    quiet_wait = time.monotonic() - started
+    assert quiet_wait < 0.1  # the busy one's 10 calls take 1.8 s at 5/s
+    await asyncio.gather(*busy)
+
+
+# --- item 11: degradation -------------------------------------------------------------------
+async def test_refused_cards_degrade_to_a_message_and_are_skipped_later(
+    make_runtime: Factory,
+) -> None:
+    """Old main: the user heard nothing and the stats said "answered"."""
+    platform, runtime = await make_runtime(agent=reply("the answer"), refuse_cards=True, **FAST)
+    await platform.say("q1")
+    await runtime.wait_idle(10)
+    assert [text for _, text in platform.texts] and "the answer" in platform.texts[0][1]
+    assert runtime.stats.answered == 1 and runtime.stats.degraded == 1
+    refused_before = len([c for c in platform.calls if not c.ok])
+    await platform.say("q2")
+    await runtime.wait_idle(10)
+    assert len(platform.texts) == 2
+    assert len([c for c in platform.calls if not c.ok]) == refused_before  # no card attempt
+
+
+async def test_an_answer_delivered_nowhere_is_counted_failed(make_runtime: Factory) -> None:
+    platform, runtime = await make_runtime(
+        agent=reply("lost"),
+        failure_rate=1.0,
+        failure_kind="5xx",
+        stream=StreamPolicy(final_deadline=0.3, retry_backoff=0.01, max_backoff=0.02),
+        **FAST,
+    )
+    await platform.say("q")
+    await runtime.wait_idle(10)
+    assert runtime.stats.answered == 0 and runtime.stats.failed == 1
+
+
+# --- item 12: empty in, empty out -----------------------------------------------------------
+async def test_a_message_without_text_gets_the_default_reply(make_runtime: Factory) -> None:
+    asked: list[str] = []
+
+    async def agent(request: AgentRequest) -> str:
+        asked.append(request.text)
+        return "answer"
+
+    platform, runtime = await make_runtime(agent=agent, **FAST)
+    await platform.say("", attachments=[("image", "p.png", b"x")])
+    await platform.say("   ")
+    await runtime.wait_idle(10)
+    assert asked == []
+    assert [t for _, t in platform.texts] == [Robot.empty_message_reply] * 2
+    assert platform.cards == {}
+
+
+async def test_a_whitespace_answer_is_an_empty_answer(make_runtime: Factory) -> None:
+    platform, runtime = await make_runtime(agent=reply("  \n "), **FAST)
+    message = await platform.say("q")
+    await runtime.wait_idle(10)
+    (card,) = answer_cards(platform, message)
+    assert isinstance(card.current, Card)
+    assert EMPTY_ANSWER in card.text and card.current.buttons == ()
+    assert await runtime.store.history(message.conversation_key) == []
+
+
+# --- items 9 and 10: keys and restarts ------------------------------------------------------
+async def test_an_answer_left_open_is_closed_as_interrupted_at_start(tmp_path) -> None:
+    """A crash leaves the answer's record in the store; the next start closes its card."""
+    from imrobots.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "state.db")
+    platform = MemoryPlatform(MemorySettings(**FAST))
+    hang = asyncio.Event()
+
+    async def slow(request: AgentRequest) -> AsyncIterator[str]:
+        yield "half an answer"
+        await hang.wait()
+
+    first = RobotRuntime(
+        name="bot",
+        robot=AgentRobot(agent=slow),
+        platform=platform,
+        store=store,
+        options=RuntimeOptions(stream=StreamPolicy(min_interval=0.01)),
+    )
+    await first.start()
+    message = await platform.say("q")
+    await eventually(lambda: any("half" in c.text for c in platform.cards.values()))
+    # The "crash": the first runtime is abandoned without stopping (its tasks never resume).
+    for task in list(first._tasks):
+        task.remove_done_callback(first._task_done)
+    records = await store.scan_values("open:bot:")
+    assert len(records) == 1
+
+    second = RobotRuntime(
+        name="bot", robot=AgentRobot(agent=reply("x")), platform=platform, store=store
+    )
+    await second.start()
+    (card,) = answer_cards(platform, message)
+    assert card.status is CardStatus.INTERRUPTED and "half an answer" in card.text
+    assert second.stats.recovered == 1
+    assert await store.scan_values("open:bot:") == {}
+    await second.stop()
+    await first.stop()
+    await store.close()
+
+
+async def test_feedback_buttons_survive_a_restart(tmp_path) -> None:
+    from imrobots.sqlite_store import SQLiteStore
+
+    path = tmp_path / "state.db"
+    platform = MemoryPlatform(MemorySettings(**FAST))
+    store = SQLiteStore(path)
+    first = RobotRuntime(
+        name="bot", robot=AgentRobot(agent=reply("hi")), platform=platform, store=store
+    )
+    await first.start()
+    await platform.say("q")
+    await first.wait_idle(10)
+    await first.stop()
+    await store.close()
+
+    store = SQLiteStore(path)
+    second = RobotRuntime(
+        name="bot", robot=AgentRobot(agent=reply("hi")), platform=platform, store=store
+    )
+    await second.start()
+    (card,) = platform.cards.values()
+    await platform.press(card.id, "Helpful")
+    await second.wait_idle(10)
+    assert second.stats.forged == 0 and second.stats.feedback == 1
+    await second.stop()
+    await store.close()
+
+
+# --- the clock ------------------------------------------------------------------------------
+async def test_the_engine_runs_on_an_injected_clock() -> None:
+    """Ten virtual seconds of streaming take no wall-clock time."""
+    clock = FakeClock()
+    chunks = asyncio.Queue[str]()
+
+    async def agent(request: AgentRequest) -> AsyncIterator[str]:
+        while (chunk := await chunks.get()) != "":
+            yield chunk
+
+    platform = MemoryPlatform(MemorySettings(**FAST))
+    runtime = RobotRuntime(
+        name="bot",
+        robot=AgentRobot(agent=agent),
+        platform=platform,
+        clock=clock,
+        options=RuntimeOptions(stream=StreamPolicy(min_interval=5.0, agent_timeout=60.0)),
+    )
+    await runtime.start()
+    started = time.monotonic()
+    message = await platform.say("q")
+    await clock.settle()
+    for second in range(10):
+        chunks.put_nowait(f"s{second} ")
+        await clock.advance(1.0)
+    (card,) = answer_cards(platform, message)
+    shown = [v.markdown if isinstance(v, Card) else v for _, v in card.history[1:]]
+    # the first text at once, then one update every 5 virtual seconds with the latest text
+    assert shown == ["s0 ", "s0 s1 s2 s3 s4 ", "s0 s1 s2 s3 s4 s5 s6 s7 s8 s9 "]
+    chunks.put_nowait("")
+    await runtime.wait_idle(5)
+    assert card.status is CardStatus.FINAL and "s9" in card.text
+    assert time.monotonic() - started < 2.0
+    await runtime.stop()
