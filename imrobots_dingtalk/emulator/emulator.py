@@ -33,10 +33,12 @@ from .state import (
     EmulatedApp,
     EmulatorState,
     Listener,
+    MediaRecord,
     PushedCallback,
     PushedEvent,
     PushedMessage,
     SentMessage,
+    StoredFile,
     Ticket,
     WebhookMessage,
     WebhookSession,
@@ -52,6 +54,37 @@ MAX_REDELIVERIES = 3
 # GUESS: the event retry schedule is documented for HTTP push only (PROTOCOLS 1.7).
 EVENT_RETRY_DELAYS = (10.0, 30.0)
 """Event redelivery delays when ``redeliver_after`` is not set."""
+
+
+MEDIA_LIMITS = {"image": 20 * 1024 * 1024, "file": 20 * 1024 * 1024,
+                "voice": 2 * 1024 * 1024, "video": 20 * 1024 * 1024}  # fmt: skip
+"""Largest upload per ``media/upload`` type, in bytes. UNCONFIRMED: DingTalk's page for
+the API was not available; 20 MB is what DingTalk's own connectors enforce
+(DingTalk-Real-AI/dingtalk-openclaw-connector ``MAX_FILE_SIZE``), 2 MB for voice is
+the old documented AMR limit."""
+DOWNLOAD_URL_LIFETIME = 3600.0
+"""Seconds a ``messageFiles/download`` URL stays valid. GUESS: undocumented."""
+_FILE_KINDS = {"picture": "image/png", "file": "application/octet-stream",
+               "audio": "audio/amr", "video": "video/mp4"}  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class Withhold:
+    """A fault: the next ``count`` successful calls of ``route`` (any route when ``None``)
+    take effect, then their answer is kept from the client: held ``seconds`` (past the
+    client's time-out; ``None``: until the emulator stops) or the connection is dropped."""
+
+    route: str | None
+    count: int
+    seconds: float | None
+    mode: Literal["timeout", "disconnect"]
+
+    def describe(self) -> str:
+        where = self.route or "any route"
+        if self.mode == "disconnect":
+            return f"{where}: connection dropped after the call took effect"
+        held = f"{self.seconds:g}s" if self.seconds is not None else "until the emulator stops"
+        return f"{where}: answer held {held} after the call took effect"
 
 
 @dataclass(kw_only=True, eq=False)
@@ -128,6 +161,7 @@ class DingTalkEmulator:
         seed: int | None = None,
         max_connections_per_app: int = 50,
         stream_content_limit: int = 20_000,
+        card_data_limit: int = 30_000,
         invalid_token_status: int = 401,
     ) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -146,6 +180,14 @@ class DingTalkEmulator:
         # docs only advise <= 1 KB per call and <= 3 KB in total.
         self.stream_content_limit = stream_content_limit
         """Bytes of ``content`` one ``PUT /v1.0/card/streaming`` may carry."""
+        # GUESS: no documented size limit for a StandardCard's cardData either.
+        self.card_data_limit = card_data_limit
+        """Bytes of ``cardData`` (the JSON string) a StandardCard send or update may carry."""
+        self.media_limits = dict(MEDIA_LIMITS)
+        """Largest ``media/upload`` per type, in bytes."""
+        self._withholds: list[Withhold] = []
+        self._stopping = asyncio.Event()
+        self._download_tokens: dict[str, tuple[str, float]] = {}
         self.invalid_token_status = invalid_token_status
         self.state = EmulatorState()
         self.rng = random.Random(seed)
@@ -173,6 +215,7 @@ class DingTalkEmulator:
         from .server import build_app
 
         self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -190,6 +233,7 @@ class DingTalkEmulator:
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        self._stopping.set()  # withheld answers go out (to clients long gone)
         for conn in list(self._live.values()):
             conn.record.close_reason = conn.record.close_reason or "server stop"
             for task in conn.tasks:
@@ -264,6 +308,16 @@ class DingTalkEmulator:
     @property
     def connections(self) -> list[ConnectionRecord]:
         return self.state.connections
+
+    @property
+    def files(self) -> dict[str, StoredFile]:
+        """What users sent the robot, by ``downloadCode``."""
+        return self.state.files
+
+    @property
+    def media(self) -> dict[str, MediaRecord]:
+        """What robots uploaded with ``media/upload``, by ``media_id``."""
+        return self.state.media
 
     @property
     def pushes(self) -> list[PushedMessage | PushedCallback | PushedEvent]:
@@ -378,6 +432,62 @@ class DingTalkEmulator:
         self.state.tokens.clear()
         self._fault("expire_tokens")
 
+    def withhold_responses(
+        self,
+        route: str | None = None,
+        *,
+        count: int = 1,
+        seconds: float | None = None,
+        mode: Literal["timeout", "disconnect"] = "timeout",
+    ) -> Withhold:
+        """Let the next ``count`` successful calls of ``route`` take effect, then keep their
+        answer from the client: held ``seconds`` (``None``: until :meth:`stop`), or with
+        ``mode="disconnect"`` the connection is dropped. ``route`` is a route name
+        (``card.instances.createAndDeliver``, ``interactiveCards.send``, ``sessionWebhook``,
+        ``media.upload``...; ``None``: any). The client sees a time-out or a dropped
+        connection although DingTalk acted: the outcome is unknown to it."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        if mode not in ("timeout", "disconnect"):
+            raise ValueError("mode must be 'timeout' or 'disconnect'")
+        rule = Withhold(route=route, count=count, seconds=seconds, mode=mode)
+        self._withholds.append(rule)
+        self._fault("withhold", route=route, count=count, seconds=seconds, mode=mode)
+        return rule
+
+    def take_withhold(self, route: str) -> Withhold | None:
+        """The withhold rule that applies to this successful call of ``route``, if any."""
+        for rule in self._withholds:
+            if rule.route in (None, route) and rule.count > 0:
+                rule.count -= 1
+                if rule.count == 0:
+                    self._withholds.remove(rule)
+                return rule
+        return None
+
+    async def hold(self, seconds: float | None) -> None:
+        """Wait ``seconds`` (``None``: forever), or until the emulator stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def revoke_permission(self, client_id: str, *scopes: str) -> None:
+        """Take permissions from the app (e.g. ``Card.Instance.Write``,
+        ``Card.Streaming.Write``): the routes that need them answer 403
+        ``Forbidden.AccessDenied.AccessTokenPermissionDenied`` naming the scope."""
+        app = self._app(client_id)
+        app.denied_scopes.update(scopes)
+        self._fault("permission", client_id=client_id, revoked=sorted(scopes))
+
+    def grant_permission(self, client_id: str, *scopes: str) -> None:
+        """Give back permissions taken with :meth:`revoke_permission`."""
+        app = self._app(client_id)
+        app.denied_scopes.difference_update(scopes)
+        self._fault("permission", client_id=client_id, granted=sorted(scopes))
+
+    def revoke_card_permissions(self, client_id: str) -> None:
+        """The app may not send or change cards (an app without the card permissions)."""
+        self.revoke_permission(client_id, "Card.Instance.Write", "Card.Streaming.Write")
+
     def _fault(self, action: str, **details: Any) -> None:
         entry = {"action": action, **details, "at": time.monotonic(), "wall": time.time()}
         self.state.faults.append(entry)
@@ -417,6 +527,74 @@ class DingTalkEmulator:
             dropped += 1
         self._fault("drop_connections", client_id=client_id, dropped=dropped)
         return dropped
+
+    # --- files users send, and their downloads -------------------------------------
+
+    def add_file(
+        self,
+        client_id: str,
+        data: bytes,
+        *,
+        kind: str = "file",
+        name: str | None = None,
+        mime_type: str | None = None,
+    ) -> StoredFile:
+        """Store content a user sends (``picture``, ``file``, ``audio`` or ``video``) and
+        return it with its ``downloadCode``, for :meth:`push_message`'s ``content``."""
+        self._app(client_id)
+        if kind not in _FILE_KINDS:
+            raise ValueError(f"kind must be one of {sorted(_FILE_KINDS)}")
+        stored = StoredFile(
+            download_code=frames.new_b64(self.rng, 48),
+            client_id=client_id,
+            kind=kind,
+            name=name,
+            size=len(data),
+            mime_type=mime_type or _FILE_KINDS[kind],
+            data=bytes(data),
+        )
+        self.state.files[stored.download_code] = stored
+        self.state.emit("file", stored)
+        return stored
+
+    async def push_attachment(
+        self,
+        client_id: str,
+        kind: Literal["picture", "file", "audio", "video"],
+        data: bytes,
+        *,
+        name: str | None = None,
+        recognition: str | None = None,
+        duration_ms: int | None = None,
+        **push: Any,
+    ) -> PushedMessage:
+        """A user sends a picture, file, voice message (with DingTalk's speech
+        ``recognition``) or video: store it and push the message (PROTOCOLS 1.9).
+        ``push`` goes to :meth:`push_message` (conversation, sender...)."""
+        stored = self.add_file(client_id, data, kind=kind, name=name)
+        content: dict[str, Any] = {"downloadCode": stored.download_code}
+        if kind == "file":
+            content["fileName"] = name or "file"
+        elif kind == "audio":
+            content["duration"] = duration_ms if duration_ms is not None else 1000
+            if recognition is not None:
+                content["recognition"] = recognition
+        elif kind == "video":
+            content["duration"] = duration_ms if duration_ms is not None else 1000
+            content["videoType"] = "mp4"
+        return await self.push_message(client_id, msgtype=kind, content=content, **push)
+
+    def download_token(self, stored: StoredFile) -> str:
+        """A temporary URL token for ``stored`` (what ``messageFiles/download`` answers)."""
+        token = frames.new_hex(self.rng, 16)
+        self._download_tokens[token] = (stored.download_code, time.monotonic())
+        return token
+
+    def file_for_token(self, token: str) -> StoredFile | None:
+        entry = self._download_tokens.get(token)
+        if entry is None or time.monotonic() - entry[1] > DOWNLOAD_URL_LIFETIME:
+            return None
+        return self.state.files.get(entry[0])
 
     # --- tickets and connections (used by the server) ------------------------------
 
@@ -564,8 +742,12 @@ class DingTalkEmulator:
         content: dict[str, Any] | None = None,
         msg_id: str | None = None,
         create_at_ms: int | None = None,
+        replied_msg: dict[str, Any] | None = None,
     ) -> PushedMessage:
         """A user sends the robot a message: push it like DingTalk does (PROTOCOLS 1.9).
+
+        ``replied_msg`` makes a text a quoted reply (``text.repliedMsg``), e.g.
+        ``{"msgType": "text", "msgId": "...", "content": {"text": "the quoted words"}}``.
 
         The message gets its own sessionWebhook on this emulator, valid for
         ``webhook_lifetime`` seconds. It goes to one live connection of the app
@@ -580,7 +762,7 @@ class DingTalkEmulator:
             raise ValueError(f"msgtype {msgtype!r} needs a content dict")
         conv_type: ConversationType = conversation_type
         if conversation_id is None:
-            key = "default" if conv_type == "group" else sender_staff_id
+            key = "default" if conv_type == "group" else (sender_staff_id or sender_nick)
             conversation_id = frames.conversation_id(app, conv_type, key)
         msg_id = msg_id or frames.new_msg_id(self.rng)
         create_at = create_at_ms if create_at_ms is not None else frames.now_ms()
@@ -610,6 +792,7 @@ class DingTalkEmulator:
             create_at_ms=create_at,
             session_webhook=webhook,
             session_webhook_expired_ms=frames.now_ms() + int(self.webhook_lifetime * 1000),
+            replied_msg=replied_msg,
         )
         message_id = frames.new_message_id(self.rng)
         ack = self._new_ack(

@@ -102,6 +102,22 @@ def system_busy() -> ApiError:
     return ApiError(500, "system.busy", "系统繁忙")
 
 
+def permission_denied(scope: str) -> ApiError:
+    """The app lacks a permission the API needs: 403 with ``accessdenieddetail``.
+
+    Body shape verbatim from open-dingtalk/dingtalk-stream-sdk-python#20 (a
+    ``PUT /v1.0/card/streaming`` without ``Card.Streaming.Write``); the message
+    there was elided ("...<url>"), so its leading words are a GUESS.
+    """
+    return ApiError(
+        403,
+        "Forbidden.AccessDenied.AccessTokenPermissionDenied",
+        "没有调用该接口的权限，接口权限申请参考："
+        "https://open.dingtalk.com/document/orgapp-server/add-api-permission",
+        extra={"accessdenieddetail": {"requiredScopes": [scope]}},
+    )
+
+
 # --- card instances (create / deliver / createAndDeliver / update) ------------
 # Code and message are identical in DingTalk's tables (create-and-deliver-cards).
 
@@ -153,6 +169,13 @@ def standard_invalid_robot_code() -> ApiError:
     return ApiError(400, "invalid.robotCode", "无效的机器人标识")
 
 
+def standard_card_too_large(limit: int) -> ApiError:
+    # GUESS: DingTalk documents no size limit for a StandardCard's cardData, nor an
+    # error for it; the emulator refuses cardData over ``card_data_limit`` bytes so
+    # that plugins meet a card size error at all.
+    return ApiError(400, "param.error", f"参数无效: cardData exceeds {limit} bytes")
+
+
 def standard_card_not_exist() -> ApiError:
     # GUESS: which of invalid.bizId / cardInstance.notExist an unknown bizId
     # gets on update; both are listed for the StandardCard APIs.
@@ -166,6 +189,22 @@ def robot_param_error(detail: str) -> ApiError:
     # GUESS: code for a malformed robot send request; DingTalk's tables for
     # these APIs were not available.
     return ApiError(400, "invalidParameter", detail)
+
+
+def robot_msg_param_too_long(limit: int) -> ApiError:
+    # GUESS: the code; the limit (msgParam at most 15,000 bytes) is documented for
+    # groupMessages/send (PROTOCOLS 2.6).
+    return ApiError(400, "invalidParameter", f"msgParam exceeds {limit} bytes")
+
+
+def robot_media_not_exist() -> ApiError:
+    # GUESS: a sampleImageMsg/sampleFile whose media id this app never uploaded.
+    return ApiError(400, "invalidParameter", "mediaId is invalid")
+
+
+def download_code_invalid() -> ApiError:
+    # GUESS: messageFiles/download with an unknown or another app's downloadCode.
+    return ApiError(400, "invalidParameter", "downloadCode is invalid")
 
 
 def robot_not_exist() -> ApiError:
@@ -204,6 +243,16 @@ WEBHOOK_TOO_LONG: dict[str, Any] = {
     "errmsg": "message too long, exceed 20000 bytes",
 }
 """Body over 20000 bytes (timonwong/prometheus-webhook-dingtalk#30, webhook robots)."""
+
+# --- old-style oapi (media/upload), HTTP 200 with errcode ---------------------
+# The codes are DingTalk's global server error codes of the old API (40014 invalid
+# token; 40004 media type, 40005 file type, 40006 file size). GUESS: not in
+# PROTOCOLS; recalled from DingTalk's old error-code table, which WeChat shares.
+
+OAPI_INVALID_TOKEN: dict[str, Any] = {"errcode": 40014, "errmsg": "不合法的access_token"}
+OAPI_BAD_MEDIA_TYPE: dict[str, Any] = {"errcode": 40004, "errmsg": "不合法的媒体文件类型"}
+OAPI_NO_MEDIA: dict[str, Any] = {"errcode": 40005, "errmsg": "不合法的文件类型"}
+OAPI_MEDIA_TOO_LARGE: dict[str, Any] = {"errcode": 40006, "errmsg": "不合法的文件大小"}
 
 # GUESS: answer for a webhook body that is not JSON or lacks a known msgtype.
 WEBHOOK_BAD_BODY: dict[str, Any] = {"errcode": 40035, "errmsg": "缺少参数 json"}

@@ -131,8 +131,13 @@ def build_bot_message(
     create_at_ms: int,
     session_webhook: str,
     session_webhook_expired_ms: int,
+    replied_msg: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``data`` of a ``/v1.0/im/bot/messages/get`` push (PROTOCOLS 1.9)."""
+    """The ``data`` of a ``/v1.0/im/bot/messages/get`` push (PROTOCOLS 1.9).
+
+    ``replied_msg``: the message a text quotes, as ``text.repliedMsg`` with
+    ``text.isReplyMsg: true`` (the shape community plugins parse, e.g.
+    soimy/openclaw-channel-dingtalk#128; GUESS: not in DingTalk's documentation)."""
     data: dict[str, Any] = {
         "conversationId": conversation_id,
         "chatbotCorpId": app.corp_id,
@@ -145,7 +150,8 @@ def build_bot_message(
         "createAt": create_at_ms,
         "senderCorpId": app.corp_id,
         "conversationType": "2" if conversation_type == "group" else "1",
-        "senderId": lwcp_id(app.corp_id, sender_staff_id),
+        # an unpublished robot's pushes carry senderStaffId "" (PROTOCOLS 1.9)
+        "senderId": lwcp_id(app.corp_id, sender_staff_id or sender_nick),
         "sessionWebhook": session_webhook,
         "robotCode": app.robot_code,
         "msgtype": msgtype,
@@ -160,6 +166,9 @@ def build_bot_message(
             # GUESS: DingTalk strips "@Robot" and "usually" keeps the space after it.
             body = " " + body
         data["text"] = {"content": body}
+        if replied_msg is not None:
+            data["text"]["isReplyMsg"] = True
+            data["text"]["repliedMsg"] = dict(replied_msg)
     else:
         data["content"] = dict(content or {})
     return data

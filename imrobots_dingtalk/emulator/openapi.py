@@ -24,6 +24,7 @@ from .state import (
     ConversationType,
     EmulatedApp,
     EmulatorState,
+    MediaRecord,
     SentMessage,
 )
 
@@ -195,6 +196,12 @@ def _at_user_ids(send_options: dict[str, Any]) -> list[str]:
     return out
 
 
+def _check_card_data_size(ctx: OpenApiContext, raw_card: Any) -> None:
+    limit = ctx.emulator.card_data_limit
+    if isinstance(raw_card, str) and len(raw_card.encode("utf-8")) > limit:
+        raise errors.standard_card_too_large(limit)
+
+
 def interactive_cards_send(ctx: OpenApiContext) -> dict[str, Any]:
     """``POST /v1.0/im/v1.0/robot/interactiveCards/send`` (StandardCard)."""
     body, app = ctx.body, ctx.app
@@ -217,6 +224,7 @@ def interactive_cards_send(ctx: OpenApiContext) -> dict[str, Any]:
     card_data = _json_str(raw_card)
     if card_data is _INVALID or not isinstance(card_data, dict):
         raise errors.standard_not_json()
+    _check_card_data_size(ctx, raw_card)
     open_cid = body.get("openConversationId")
     single = body.get("singleChatReceiver")
     if bool(open_cid) == bool(single):
@@ -303,6 +311,7 @@ def interactive_cards_update(ctx: OpenApiContext) -> dict[str, Any]:
         card_data = _json_str(raw_card)
         if card_data is _INVALID or not isinstance(card_data, dict):
             raise errors.standard_not_json()
+        _check_card_data_size(ctx, raw_card)
         if options.get("updateCardDataByKey"):
             card.content.update(card_data)
         else:
@@ -572,7 +581,56 @@ def card_streaming(ctx: OpenApiContext) -> dict[str, Any]:
 # --- robot messages -----------------------------------------------------------
 
 
-def _robot_message_common(ctx: OpenApiContext) -> tuple[str, Any]:
+ROBOT_MSG_KEYS = frozenset(
+    {
+        "sampleText",
+        "sampleMarkdown",
+        "sampleImageMsg",
+        "sampleLink",
+        "sampleActionCard",
+        "sampleActionCard2",
+        "sampleActionCard3",
+        "sampleActionCard4",
+        "sampleActionCard5",
+        "sampleActionCard6",
+        "sampleAudio",
+        "sampleFile",
+        "sampleVideo",
+    }
+)
+"""``msgKey`` values of the robot message APIs [DT-doc robot-message-type]."""
+
+MSG_PARAM_MAX_BYTES = 15_000
+"""``msgParam`` of a robot send: at most 15,000 bytes [DT-doc the-robot-sends-a-group-message]."""
+
+
+def _media_param(ctx: OpenApiContext, msg_key: str, msg_param: Any) -> MediaRecord | None:
+    """Check the media a ``sampleImageMsg``/``sampleFile``/... refers to; return it."""
+    if not isinstance(msg_param, dict):
+        raise errors.robot_param_error("msgParam must be a JSON object")
+    if msg_key == "sampleImageMsg":
+        ref = msg_param.get("photoURL")
+        if not _nonempty_str(ref):
+            raise errors.robot_param_error("photoURL is mandatory")
+        assert isinstance(ref, str)
+        if ref.startswith(("http://", "https://")):
+            return None  # an image by URL: nothing uploaded to check
+    elif msg_key == "sampleFile":
+        ref = msg_param.get("mediaId")
+        for name in ("mediaId", "fileName", "fileType"):
+            if not _nonempty_str(msg_param.get(name)):
+                raise errors.robot_param_error(f"{name} is mandatory")
+    else:  # sampleAudio / sampleVideo
+        ref = msg_param.get("mediaId") or msg_param.get("videoMediaId")
+        if not _nonempty_str(ref):
+            raise errors.robot_param_error("mediaId is mandatory")
+    media = ctx.state.media.get(str(ref))
+    if media is None or media.client_id != ctx.app.client_id:
+        raise errors.robot_media_not_exist()
+    return media
+
+
+def _robot_message_common(ctx: OpenApiContext) -> tuple[str, Any, MediaRecord | None]:
     body, app = ctx.body, ctx.app
     robot_code = body.get("robotCode")
     msg_key = body.get("msgKey")
@@ -582,19 +640,29 @@ def _robot_message_common(ctx: OpenApiContext) -> tuple[str, Any]:
         raise errors.robot_not_exist()
     if not _nonempty_str(msg_key):
         raise errors.robot_param_error("msgKey is mandatory")
-    msg_param = _json_str(body.get("msgParam"))
+    assert isinstance(msg_key, str)
+    if msg_key not in ROBOT_MSG_KEYS:
+        raise errors.robot_param_error(f"msgKey {msg_key} is not supported")
+    raw_param = body.get("msgParam")
+    msg_param = _json_str(raw_param)
     if msg_param is _INVALID:
         raise errors.robot_param_error("msgParam must be a JSON string")
-    assert isinstance(msg_key, str)
-    return msg_key, msg_param
+    assert isinstance(raw_param, str)
+    if len(raw_param.encode("utf-8")) > MSG_PARAM_MAX_BYTES:
+        raise errors.robot_msg_param_too_long(MSG_PARAM_MAX_BYTES)
+    media = None
+    if msg_key in ("sampleImageMsg", "sampleFile", "sampleAudio", "sampleVideo"):
+        media = _media_param(ctx, msg_key, msg_param)
+    return msg_key, msg_param, media
 
 
 def robot_batch_send(ctx: OpenApiContext) -> dict[str, Any]:
     """``POST /v1.0/robot/oToMessages/batchSend`` (1:1 messages to users)."""
-    msg_key, msg_param = _robot_message_common(ctx)
+    msg_key, msg_param, media = _robot_message_common(ctx)
     user_ids = ctx.body.get("userIds")
     if not isinstance(user_ids, list) or not user_ids:
         raise errors.robot_param_error("userIds is mandatory")
+    users = [str(u) for u in user_ids]
     key = new_b64(ctx.emulator.rng, 24)
     record = SentMessage(
         client_id=ctx.app.client_id,
@@ -602,9 +670,11 @@ def robot_batch_send(ctx: OpenApiContext) -> dict[str, Any]:
         robot_code=ctx.app.robot_code,
         msg_key=msg_key,
         msg_param=msg_param,
-        user_ids=[str(u) for u in user_ids],
-        conversation_id=None,
+        user_ids=users,
+        # the robot's 1:1 chat with the user, when there is one receiver
+        conversation_id=conversation_id(ctx.app, "direct", users[0]) if len(users) == 1 else None,
         process_query_key=key,
+        media=media,
     )
     ctx.state.sent_messages.append(record)
     ctx.state.emit("sent", record)
@@ -613,7 +683,7 @@ def robot_batch_send(ctx: OpenApiContext) -> dict[str, Any]:
 
 def robot_group_send(ctx: OpenApiContext) -> dict[str, Any]:
     """``POST /v1.0/robot/groupMessages/send``."""
-    msg_key, msg_param = _robot_message_common(ctx)
+    msg_key, msg_param, media = _robot_message_common(ctx)
     open_cid = ctx.body.get("openConversationId")
     if not _nonempty_str(open_cid):
         raise errors.robot_param_error("openConversationId is mandatory")
@@ -628,6 +698,7 @@ def robot_group_send(ctx: OpenApiContext) -> dict[str, Any]:
         user_ids=[],
         conversation_id=open_cid,
         process_query_key=key,
+        media=media,
     )
     ctx.state.sent_messages.append(record)
     ctx.state.emit("sent", record)
@@ -635,12 +706,21 @@ def robot_group_send(ctx: OpenApiContext) -> dict[str, Any]:
 
 
 def robot_file_download(ctx: OpenApiContext) -> dict[str, Any]:
-    """``POST /v1.0/robot/messageFiles/download`` → a URL on the emulator."""
+    """``POST /v1.0/robot/messageFiles/download`` → a temporary URL on the emulator."""
     code = ctx.body.get("downloadCode")
+    robot_code = ctx.body.get("robotCode")
     if not _nonempty_str(code):
         raise errors.robot_param_error("downloadCode is mandatory")
+    if not _nonempty_str(robot_code):
+        raise errors.robot_param_error("robotCode is mandatory")
+    if robot_code != ctx.app.robot_code:
+        raise errors.robot_not_exist()
     assert isinstance(code, str)
-    return {"downloadUrl": f"{ctx.emulator.base_url}/_emulator/files/{quote(code, safe='')}"}
+    stored = ctx.state.files.get(code)
+    if stored is None or stored.client_id != ctx.app.client_id:
+        raise errors.download_code_invalid()
+    token = ctx.emulator.download_token(stored)
+    return {"downloadUrl": f"{ctx.emulator.base_url}/_emulator/files/{quote(token, safe='')}"}
 
 
 ROUTES: list[tuple[str, str, str, OpenApiHandler]] = [
@@ -676,3 +756,20 @@ ROUTES: list[tuple[str, str, str, OpenApiHandler]] = [
     ),
 ]
 """(method, path, route name, handler) for every token-protected OpenAPI route."""
+
+ROUTE_SCOPES: dict[str, str] = {
+    "interactiveCards.send": "Card.Instance.Write",
+    "interactiveCards.update": "Card.Instance.Write",
+    "card.instances.create": "Card.Instance.Write",
+    "card.instances.deliver": "Card.Instance.Write",
+    "card.instances.createAndDeliver": "Card.Instance.Write",
+    "card.instances.update": "Card.Instance.Write",
+    "card.streaming": "Card.Streaming.Write",
+    "robot.oToMessages.batchSend": "qyapi_robot_sendmsg",
+    "robot.groupMessages.send": "qyapi_robot_sendmsg",
+}
+"""The permission each route needs (``Card.Instance.Write`` and ``Card.Streaming.Write``
+per PROTOCOLS 2.4/2.5; GUESS: the StandardCard routes' and the robot sends' scopes)."""
+
+CARD_ROUTES = frozenset(r for r, scope in ROUTE_SCOPES.items() if scope.startswith("Card."))
+"""Routes that make or change cards."""

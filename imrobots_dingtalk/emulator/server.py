@@ -3,8 +3,11 @@
 - Stream gateway: ``POST /v1.0/gateway/connections/open`` and ``GET /connect?ticket=``.
 - OpenAPI: ``POST /v1.0/oauth2/accessToken`` and the token-protected routes of
   :data:`.openapi.ROUTES`; unknown ``/v1.0/...`` paths answer 404.
+- Old-style OpenAPI: ``POST /media/upload?access_token=...&type=...`` (multipart).
 - sessionWebhook: ``POST /robot/sendBySession?session=...``.
-- Control API under ``/_emulator/`` (JSON) and the ``/_emulator/events`` WebSocket.
+- Control API under ``/_emulator/`` (JSON) and the ``/_emulator/events`` WebSocket;
+  ``GET /_emulator/files/{token}`` serves the temporary download URLs that
+  ``messageFiles/download`` hands out.
 
 Every non-control HTTP call is recorded as an :class:`~.state.ApiCall`.
 """
@@ -12,36 +15,43 @@ Every non-control HTTP call is recorded as an :class:`~.state.ApiCall`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
 from . import errors, frames
 from .errors import ApiError
-from .openapi import ROUTES, OpenApiContext, OpenApiHandler
-from .state import ApiCall, WebhookMessage, redact, to_json
+from .openapi import ROUTE_SCOPES, ROUTES, OpenApiContext, OpenApiHandler
+from .state import ApiCall, MediaRecord, WebhookMessage, redact, to_json
 
 if TYPE_CHECKING:
-    from .emulator import DingTalkEmulator
+    from .emulator import DingTalkEmulator, Withhold
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _dumps = functools.partial(json.dumps, ensure_ascii=False)
 
-# GUESS: 20000 bytes is the custom (group webhook) robot limit; assumed for sessionWebhook.
+# GUESS: 20000 bytes is the custom (group webhook) robot limit (460101, PROTOCOLS 2.6),
+# assumed for the sessionWebhook and counted on the message's text (text.content,
+# markdown.text, actionCard.text), not on the whole JSON body.
 WEBHOOK_MAX_BYTES = 20_000
 WEBHOOK_MSGTYPES = frozenset({"text", "markdown", "actionCard", "feedCard", "link"})
+MEDIA_TYPES = frozenset({"image", "voice", "video", "file"})
+"""``type`` values of ``media/upload``."""
 
 
 def build_app(emu: DingTalkEmulator) -> web.Application:
     """The aiohttp application serving every emulated surface."""
     surface = _Surface(emu)
     control = _Control(emu)
-    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024)
     router = app.router
     router.add_post("/v1.0/gateway/connections/open", surface.gateway_open)
     router.add_get("/connect", surface.stream_connect)
@@ -49,6 +59,7 @@ def build_app(emu: DingTalkEmulator) -> web.Application:
     for method, path, name, handler in ROUTES:
         router.add_route(method, path, surface.openapi(name, handler))
     router.add_post("/robot/sendBySession", surface.session_webhook)
+    router.add_post("/media/upload", surface.media_upload)
     control.register(router)
     router.add_route("*", "/v1.0/{tail:.*}", surface.unknown_api)
     return app
@@ -138,6 +149,17 @@ class _Surface:
     async def _latency(self) -> None:
         if self.emu.latency > 0:
             await asyncio.sleep(self.emu.latency)
+
+    async def _withhold(self, request: web.Request, rule: Withhold | None) -> None:
+        """The call took effect; now keep its answer from the client (see
+        :meth:`DingTalkEmulator.withhold_responses`)."""
+        if rule is None:
+            return
+        if rule.mode == "disconnect":
+            if request.transport is not None:
+                request.transport.abort()
+            return
+        await self.emu.hold(rule.seconds)
 
     # -- stream gateway --
 
@@ -247,7 +269,9 @@ class _Surface:
         )
 
     def openapi(self, route: str, handler: OpenApiHandler) -> Handler:
-        """Wrap a token-protected route: latency, auth, QPS, faults, body, record."""
+        """Wrap a token-protected route: latency, auth, permission, QPS, faults, body,
+        record, withheld answers."""
+        scope = ROUTE_SCOPES.get(route)
 
         async def handle(request: web.Request) -> web.StreamResponse:
             start = time.monotonic()
@@ -260,6 +284,8 @@ class _Surface:
             try:
                 if client_id is None:
                     raise errors.invalid_token(emu.invalid_token_status)
+                if scope is not None and scope in emu.state.apps[client_id].denied_scopes:
+                    raise errors.permission_denied(scope)
                 if not emu.admit(client_id, route):
                     raise errors.qps_limited()
                 fault = emu.roll_failure()
@@ -273,17 +299,90 @@ class _Surface:
                 result = handler(ctx)
             except ApiError as exc:
                 result = exc
-            return self._respond(
+            notes = list(ctx.notes) if ctx is not None else []
+            rule = None if isinstance(result, ApiError) else emu.take_withhold(route)
+            if rule is not None:
+                notes.append(f"response withheld ({rule.describe()})")
+            response = self._respond(
                 request,
                 route=route,
                 client_id=client_id,
                 start=start,
                 body=body,
                 result=result,
-                notes=ctx.notes if ctx is not None else None,
+                notes=notes,
             )
+            await self._withhold(request, rule)
+            return response
 
         return handle
+
+    async def media_upload(self, request: web.Request) -> web.StreamResponse:
+        """``POST /media/upload?access_token=...&type=...`` (old-style API: HTTP 200 with
+        ``errcode``; multipart field ``media``)."""
+        start = time.monotonic()
+        route = "media.upload"
+        emu = self.emu
+        await self._latency()
+        client_id = emu.token_client(request.query.get("access_token"))
+        media_type = request.query.get("type", "")
+        summary: dict[str, Any] = {"type": media_type}
+        result: dict[str, Any]
+        rule: Withhold | None = None
+        if client_id is None:
+            result = errors.OAPI_INVALID_TOKEN
+        elif media_type not in MEDIA_TYPES:
+            result = errors.OAPI_BAD_MEDIA_TYPE
+        else:
+            field = None
+            if request.content_type.startswith("multipart/"):
+                form = await request.post()
+                field = form.get("media")
+            if not isinstance(field, web.FileField):
+                result = errors.OAPI_NO_MEDIA
+            else:
+                data = field.file.read()
+                summary.update(name=field.filename, size=len(data))
+                if len(data) > emu.media_limits.get(media_type, 0) or len(data) <= 5:
+                    # GUESS: "all files must be larger than 5 bytes" is WeCom's rule;
+                    # DingTalk's lower bound is not documented.
+                    result = errors.OAPI_MEDIA_TOO_LARGE
+                else:
+                    media = MediaRecord(
+                        media_id="@" + frames.new_b64(emu.rng, 18).replace("/", "_"),
+                        client_id=client_id,
+                        type=media_type,
+                        name=field.filename,
+                        size=len(data),
+                        mime_type=field.content_type,
+                        data=data,
+                    )
+                    emu.state.media[media.media_id] = media
+                    emu.state.emit("media", media)
+                    result = {
+                        "errcode": 0,
+                        "errmsg": "ok",
+                        "media_id": media.media_id,
+                        "created_at": frames.now_ms(),
+                        "type": media_type,
+                    }
+                    rule = emu.take_withhold(route)
+        notes = [f"response withheld ({rule.describe()})"] if rule is not None else []
+        errcode = int(result["errcode"])
+        self._record(
+            request,
+            route=route,
+            client_id=client_id,
+            status=200,
+            error_code=None if errcode == 0 else str(errcode),
+            start=start,
+            body=summary,
+            response=result,
+            notes=notes,
+        )
+        response = web.json_response(dict(result), dumps=_dumps)
+        await self._withhold(request, rule)
+        return response
 
     async def unknown_api(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()
@@ -302,18 +401,19 @@ class _Surface:
 
     async def session_webhook(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()
-        raw, body, ok = await _read_json(request)
+        _, body, ok = await _read_json(request)
         token = request.query.get("session", "")
         session = self.emu.state.sessions.get(token)
         if session is None or session.expires_at <= time.monotonic():
             result = errors.WEBHOOK_SESSION_EXPIRED
         elif not ok or not isinstance(body, dict) or not _valid_webhook_body(body):
             result = errors.WEBHOOK_BAD_BODY
-        elif len(raw) > WEBHOOK_MAX_BYTES:
-            result = errors.WEBHOOK_TOO_LONG
         else:
             result = errors.WEBHOOK_OK
         msgtype, text, title, at_ids = _webhook_summary(body)
+        if result is errors.WEBHOOK_OK and len((text or "").encode("utf-8")) > WEBHOOK_MAX_BYTES:
+            result = errors.WEBHOOK_TOO_LONG
+        rule = self.emu.take_withhold("sessionWebhook") if result is errors.WEBHOOK_OK else None
         record = WebhookMessage(
             session=token,
             client_id=session.client_id if session else None,
@@ -339,8 +439,11 @@ class _Surface:
             start=start,
             body=body,
             response=result,
+            notes=[f"response withheld ({rule.describe()})"] if rule is not None else None,
         )
-        return web.json_response(dict(result), dumps=_dumps)
+        response = web.json_response(dict(result), dumps=_dumps)
+        await self._withhold(request, rule)
+        return response
 
 
 def _subscriptions(value: Any, notes: list[str]) -> list[dict[str, Any]]:
@@ -447,6 +550,7 @@ _MESSAGE_SPEC: _ArgSpec = {
     "content": (dict, False),
     "msg_id": (str, False),
     "create_at_ms": (int, False),
+    "replied_msg": (dict, False),
 }
 
 _BUTTON_SPEC: _ArgSpec = {
@@ -481,6 +585,21 @@ _FAULT_SPECS: dict[str, _ArgSpec] = {
         "reason": (str, False),
     },
     "ping": {"client_id": (str, True), "connection_id": (str, False), "opaque": (str, False)},
+    "withhold": {
+        "route": (str, False),
+        "count": (int, False),
+        "seconds": (_NUMBER, False),
+        "mode": (str, False),
+    },
+    "permission": {"client_id": (str, True), "scope": (str, True), "granted": (bool, True)},
+}
+
+_FILE_SPEC: _ArgSpec = {
+    "client_id": (str, True),
+    "kind": (str, True),
+    "data_base64": (str, True),
+    "name": (str, False),
+    "mime_type": (str, False),
 }
 
 
@@ -509,7 +628,12 @@ class _Control:
         router.add_get("/_emulator/sent", wrap(self._lister(lambda: self.emu.sent_messages)))
         router.add_get("/_emulator/pushes", wrap(self._lister(lambda: self.emu.pushes)))
         router.add_get("/_emulator/connections", wrap(self._lister(lambda: self.emu.connections)))
-        router.add_get("/_emulator/files/{code}", self.file)
+        router.add_post("/_emulator/files", wrap(self.add_file))
+        files = self._lister(lambda: list(self.emu.files.values()))
+        router.add_get("/_emulator/files", wrap(files))
+        media = self._lister(lambda: list(self.emu.media.values()))
+        router.add_get("/_emulator/media", wrap(media))
+        router.add_get("/_emulator/files/{token}", self.file)
         router.add_get("/_emulator/events", self.events)
 
     def _wrap(self, fn: Callable[[web.Request], Awaitable[Any]]) -> Handler:
@@ -607,6 +731,24 @@ class _Control:
         if action == "expire_tokens":
             emu.expire_tokens()
             return {"expired": True}
+        if action == "withhold":
+            mode = args.get("mode", "timeout")
+            if mode not in ("timeout", "disconnect"):
+                raise _BadRequest("mode must be 'timeout' or 'disconnect'")
+            seconds = args.get("seconds")
+            rule = emu.withhold_responses(
+                args.get("route"),
+                count=int(args.get("count", 1)),
+                seconds=float(seconds) if seconds is not None else None,
+                mode=mode,
+            )
+            return {"withhold": rule.describe()}
+        if action == "permission":
+            if args["granted"]:
+                emu.grant_permission(args["client_id"], args["scope"])
+            else:
+                emu.revoke_permission(args["client_id"], args["scope"])
+            return {"denied_scopes": sorted(emu.apps[args["client_id"]].denied_scopes)}
         if action == "disconnect":
             ids = await emu.send_system(
                 args["client_id"],
@@ -623,12 +765,32 @@ class _Control:
         )
         return {"message_ids": ids}
 
-    async def file(self, request: web.Request) -> web.StreamResponse:
-        code = request.match_info["code"]
-        return web.Response(
-            body=f"emulated file for downloadCode {code}\n".encode(),
-            content_type="application/octet-stream",
+    async def add_file(self, request: web.Request) -> Any:
+        args = _args(await self._body(request), _FILE_SPEC)
+        try:
+            data = base64.b64decode(args["data_base64"], validate=True)
+        except binascii.Error:
+            raise _BadRequest("data_base64 is not base64") from None
+        return self.emu.add_file(
+            args["client_id"],
+            data,
+            kind=args["kind"],
+            name=args.get("name"),
+            mime_type=args.get("mime_type"),
         )
+
+    async def file(self, request: web.Request) -> web.StreamResponse:
+        """A temporary download URL from ``messageFiles/download``."""
+        stored = self.emu.file_for_token(request.match_info["token"])
+        if stored is None:
+            # GUESS: an OSS-style 403 for an expired or unknown signed URL.
+            return web.Response(status=403, text="AccessDenied: Request has expired.")
+        stored.downloads += 1
+        self.emu.state.emit("download", stored)
+        headers = {}
+        if stored.name:
+            headers["Content-Disposition"] = f'attachment; filename="{quote(stored.name)}"'
+        return web.Response(body=stored.data, content_type=stored.mime_type, headers=headers)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=None, timeout=2.0)

@@ -83,6 +83,9 @@ class EmulatedApp:
     corp_id: str
     chatbot_user_id: str
     """The robot's ``$:LWCP_v1:$...`` id, as in ``chatbotUserId`` and ``atUsers``."""
+    denied_scopes: set[str] = field(default_factory=set)
+    """Permissions (e.g. ``Card.Instance.Write``) the app was not granted: routes that
+    need one answer 403 ``Forbidden.AccessDenied.AccessTokenPermissionDenied``."""
     at: float = field(default_factory=_now)
     wall: float = field(default_factory=_wall)
 
@@ -301,6 +304,43 @@ class SentMessage:
     user_ids: list[str]
     conversation_id: str | None
     process_query_key: str
+    media: MediaRecord | None = None
+    """For ``sampleImageMsg`` / ``sampleFile`` (and audio/video): the uploaded media sent."""
+    at: float = field(default_factory=_now)
+    wall: float = field(default_factory=_wall)
+
+
+@dataclass(kw_only=True)
+class StoredFile:
+    """Content a user sent the robot (a picture, file, voice or video message): what
+    ``POST /v1.0/robot/messageFiles/download`` hands out by ``downloadCode``."""
+
+    download_code: str
+    client_id: str
+    kind: str
+    """``picture``, ``file``, ``audio`` or ``video``."""
+    name: str | None
+    size: int
+    mime_type: str
+    data: bytes = field(repr=False, metadata=_HIDDEN)
+    downloads: int = 0
+    """How many times its content was fetched."""
+    at: float = field(default_factory=_now)
+    wall: float = field(default_factory=_wall)
+
+
+@dataclass(kw_only=True)
+class MediaRecord:
+    """A file the robot uploaded (``POST /media/upload``), by ``media_id``."""
+
+    media_id: str
+    client_id: str
+    type: str
+    """``image``, ``voice``, ``video`` or ``file``."""
+    name: str | None
+    size: int
+    mime_type: str | None
+    data: bytes = field(repr=False, metadata=_HIDDEN)
     at: float = field(default_factory=_now)
     wall: float = field(default_factory=_wall)
 
@@ -397,6 +437,8 @@ class EmulatorState:
         self.cards: dict[str, CardRecord] = {}
         self.webhook_messages: list[WebhookMessage] = []
         self.sent_messages: list[SentMessage] = []
+        self.files: dict[str, StoredFile] = {}
+        self.media: dict[str, MediaRecord] = {}
         self.connections: list[ConnectionRecord] = []
         self.faults: list[dict[str, Any]] = []
         self.tickets: dict[str, Ticket] = {}
