@@ -1,12 +1,28 @@
-"""The contract between platform emulators and the core's console and pytest plugin.
+"""The contract between platform emulators and the core's console, pytest plugin and
+conformance suite.
 
 A platform plugin registers an emulator factory with ``register_emulators``;
 the factory makes an :class:`EmulatorAdapter`: the platform's emulated server
-side, seen through a platform-neutral lens. The web console and
-``imrobots.testing`` only ever talk to this contract, so every platform's
-emulator appears in them the same way.
+side, seen through a platform-neutral lens. The web console, the conversation
+DSL of ``imrobots.testing`` and the conformance suite
+(:mod:`imrobots.testing.conformance`) only ever talk to this contract, so every
+platform's emulator appears in them the same way.
 
-Views are plain JSON-able dicts:
+What an adapter must implement:
+
+* for the console and the conversation DSL: :meth:`~EmulatorAdapter.start`,
+  :meth:`~EmulatorAdapter.stop`, :meth:`~EmulatorAdapter.say`,
+  :meth:`~EmulatorAdapter.press`, :meth:`~EmulatorAdapter.state`, and either
+  :meth:`~EmulatorAdapter.create_platform` or :meth:`~EmulatorAdapter.robot_settings`;
+* for the conformance suite, also :meth:`~EmulatorAdapter.configure`,
+  :meth:`~EmulatorAdapter.say_with_attachments`, :meth:`~EmulatorAdapter.redeliver`,
+  :meth:`~EmulatorAdapter.uploads` and the :meth:`~EmulatorAdapter.fault` kinds
+  ``drop``, ``errors`` and ``rate_limit``. Their defaults raise
+  :class:`NotImplementedError` saying what to implement.
+
+Views are plain JSON-able dicts. Their ``conversation_id`` is the id the user's
+:meth:`~EmulatorAdapter.say` named, one-to-one chats included (map the platform's
+own ids back where they differ), so that a test can follow one conversation:
 
 * a **card**: ``{"id", "conversation_id", "title", "status", "blocks", "updates",
   "created", "updated", "reply_to"}`` where ``blocks`` is a list of
@@ -14,32 +30,55 @@ Views are plain JSON-able dicts:
   or ``{"type": "buttons", "buttons": [{"id", "label", "style"}]}`` and ``status``
   is ``thinking``, ``streaming``, ``final``, ``error``, ``interrupted`` or ``None``;
 * a **message**: ``{"id", "conversation_id", "user_id", "user_name", "text", "time",
-  "from_robot"}``;
-* a **call**: ``{"time", "method", "route", "status", "error", "rate_limited", "latency_ms"}``.
+  "from_robot", "receivers"}``; ``receivers`` lists the user ids a robot message was
+  addressed to when it went to users rather than to a conversation (a proactive
+  direct message), else it is empty;
+* a **call**: ``{"time", "method", "route", "status", "error", "rate_limited", "latency_ms"}``;
+* an **upload**: ``{"conversation_id", "kind", "name", "size"}``: an image
+  (``kind == "image"``) or file (``"file"``) the robot sent, ``size`` in bytes,
+  ``name`` ``None`` when the platform does not keep it; ``conversation_id`` is the
+  receiving user's id for a direct send with no conversation.
 
 Events from :meth:`EmulatorAdapter.subscribe` are ``{"type": "card" | "message" |
-"call" | "connection" | "feedback", ...}`` with the view under the type's name.
+"call" | "upload" | "connection" | "feedback", ...}`` with the view under the
+type's name (a connection event is ``{"type": "connection", "connection": {"event":
+"open" | "close"}}``).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
+import itertools
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import attrs
 
 from .cards import Actions, Card, CardStatus, Divider, Markdown, Note
 from .memory import MemoryCard, MemoryPlatform, MemorySettings
 from .platform import Platform
 
-__all__ = ["EmulatorAdapter", "MemoryEmulator", "card_view_blocks"]
+__all__ = ["FAULT_KINDS", "EmulatorAdapter", "MemoryEmulator", "card_view_blocks"]
 
 View = dict[str, Any]
 
+FAULT_KINDS: Final = ("drop", "errors", "rate_limit", "latency")
+"""The fault kinds :meth:`EmulatorAdapter.fault` knows."""
+
+_GUIDE = "see 'The conformance suite' in docs/writing-plugins.md"
+
 
 class EmulatorAdapter(abc.ABC):
-    """One running emulator of one platform, hosting one robot app."""
+    """One running emulator of one platform, hosting one robot app.
+
+    Methods are called in this order: the constructor, :meth:`configure` (only by
+    tests that need small limits), :meth:`start`, then :meth:`create_platform` or
+    :meth:`robot_settings` to connect a robot, then anything else, and :meth:`stop`.
+    """
 
     platform: str = ""
     """The platform name (``dingtalk``, ``memory``...)."""
@@ -50,6 +89,14 @@ class EmulatorAdapter(abc.ABC):
         self._subscribers: list[asyncio.Queue[View]] = []
         self.messages: list[View] = []
         """Every chat message (from users and the robot's plain replies), oldest first."""
+        self.uploaded: list[View] = []
+        """Upload views recorded with :meth:`record_upload`, oldest first."""
+
+    def _missing(self, method: str, what: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"{type(self).__name__} (the {self.platform or '?'} emulator adapter) does not "
+            f"implement EmulatorAdapter.{method}: {what} ({_GUIDE})"
+        )
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -65,11 +112,15 @@ class EmulatorAdapter(abc.ABC):
         return None
 
     def robot_settings(self) -> dict[str, Any]:
-        """The ``[robots.NAME.settings]`` that point a robot at this emulator."""
+        """The ``[robots.NAME.settings]`` that point a robot at this emulator.
+
+        They must carry the limits set with :meth:`configure`, so that the platform
+        built from them declares those limits in its ``capabilities``."""
         return {}
 
     def create_platform(self) -> Platform | None:
-        """In-process emulators may hand over the platform object directly."""
+        """In-process emulators may hand over the platform object directly (with the
+        limits set with :meth:`configure` in its ``capabilities``)."""
         return None
 
     @abc.abstractmethod
@@ -83,7 +134,50 @@ class EmulatorAdapter(abc.ABC):
         user_name: str,
         mention: bool,
     ) -> str:
-        """A user sends ``text``; returns the platform message id."""
+        """A user sends ``text``; returns the platform message id.
+
+        ``group`` says whether ``conversation_id`` is a group chat (else a one-to-one
+        chat with the robot); ``mention`` whether the user @-mentioned the robot (always
+        implied in one-to-one chats). An empty ``text`` is a message with no text (a bare
+        @-mention). The cards, messages and uploads the robot sends in answer show
+        ``conversation_id`` in their views, even where the platform names one-to-one
+        chats otherwise. The message is also recorded in :attr:`messages`. If the robot is
+        not connected at the moment (after a ``drop`` fault), the emulator holds the
+        message and pushes it once the robot reconnects, as the platform would."""
+
+    async def say_with_attachments(
+        self,
+        *,
+        attachments: Sequence[tuple[str, str, bytes]],
+        text: str = "",
+        conversation_id: str,
+        group: bool,
+        user_id: str,
+        user_name: str,
+        mention: bool,
+    ) -> str:
+        """A user sends a message carrying ``attachments``; returns the platform message id.
+
+        Each attachment is ``(kind, name, content)`` with ``kind`` one of ``image``,
+        ``file``, ``audio``, ``video``; the emulator stores ``content`` where the
+        platform's download API (the one :meth:`Platform.download` calls) serves it, and
+        pushes the message as the platform does for that kind (a picture message, a file
+        message, or rich text when there is ``text`` too). The robot reads it with
+        ``await attachment.read()``. Other arguments are as for :meth:`say`."""
+        raise self._missing(
+            "say_with_attachments",
+            "push a message with images/files whose content the platform's download API "
+            "serves, so that Attachment.read() returns the bytes the user sent",
+        )
+
+    async def redeliver(self, message_id: str) -> None:
+        """Push the message ``message_id`` (an id :meth:`say` returned) to the robot again,
+        as the platform does when it did not see it acknowledged: the same message id and
+        content, a new delivery. Returns once it is pushed (or held, while the robot is
+        disconnected)."""
+        raise self._missing(
+            "redeliver", "push an earlier message again with the same platform message id"
+        )
 
     @abc.abstractmethod
     async def press(self, *, card_id: str, button_id: str, user_id: str) -> None:
@@ -91,7 +185,53 @@ class EmulatorAdapter(abc.ABC):
 
     @abc.abstractmethod
     def state(self) -> dict[str, list[View]]:
-        """``{"messages": [...], "cards": [...], "calls": [...]}``, oldest first."""
+        """``{"messages": [...], "cards": [...], "calls": [...]}``, oldest first.
+
+        ``cards`` holds each card once, in its current state, in the order the cards
+        were created; ``calls`` every API call the robot made, refused ones included
+        (a call refused for a rate limit has ``rate_limited`` true)."""
+
+    def uploads(self) -> list[View]:
+        """Every image and file the robot sent, oldest first, as upload views
+        (``{"conversation_id", "kind", "name", "size"}``; see the module docstring).
+
+        An adapter can call :meth:`record_upload` whenever its emulator receives one and
+        return :attr:`uploaded` here."""
+        raise self._missing(
+            "uploads",
+            "list the images and files the robot sent (record them with record_upload() "
+            "and return self.uploaded)",
+        )
+
+    def configure(
+        self,
+        *,
+        max_text: int | None = None,
+        max_message_text: int | None = None,
+        stream_lifetime: float | None = None,
+    ) -> None:
+        """Set smaller limits for a test; called before :meth:`start`.
+
+        Each limit given must be both enforced by the emulator and declared by the
+        platform the robot gets (:meth:`create_platform`, or the one built from
+        :meth:`robot_settings`), in its ``capabilities``:
+
+        * ``max_text``: the most markdown one card (or stream) holds, in the platform's
+          ``text_unit`` (``Capabilities.max_text``);
+        * ``max_message_text``: the most text one plain message holds, in ``text_unit``
+          (``Capabilities.max_message_text``);
+        * ``stream_lifetime``: seconds after opening during which a streaming card accepts
+          updates (``Capabilities.stream_lifetime``).
+
+        A limit the platform does not have at all (no card size limit, streams that never
+        expire) is ignored: its capability stays ``None`` and the check that needs it
+        skips, saying so. ``None`` leaves a limit as it is.
+        """
+        raise self._missing(
+            "configure",
+            "apply test limits (max_text, max_message_text, stream_lifetime) to both the "
+            "emulator and the platform's capabilities",
+        )
 
     def subscribe(self) -> asyncio.Queue[View]:
         """A queue that receives every event from now on."""
@@ -110,9 +250,17 @@ class EmulatorAdapter(abc.ABC):
             queue.put_nowait(event)
 
     def record_message(
-        self, conversation_id: str, user_id: str, user_name: str, text: str, *, from_robot: bool
+        self,
+        conversation_id: str,
+        user_id: str,
+        user_name: str,
+        text: str,
+        *,
+        from_robot: bool,
+        receivers: Sequence[str] = (),
     ) -> View:
-        """Add a chat message to :attr:`messages` and emit it (subclasses call this)."""
+        """Add a chat message to :attr:`messages` and emit it (subclasses call this).
+        ``receivers``: the user ids a robot message was sent to, for a direct send."""
         view = {
             "id": f"m{len(self.messages) + 1}",
             "conversation_id": conversation_id,
@@ -121,15 +269,38 @@ class EmulatorAdapter(abc.ABC):
             "text": text,
             "time": time.time(),
             "from_robot": from_robot,
+            "receivers": list(receivers),
         }
         self.messages.append(view)
         self.emit({"type": "message", "message": view})
         return view
 
+    def record_upload(self, conversation_id: str, kind: str, name: str | None, size: int) -> View:
+        """Add an upload view to :attr:`uploaded` and emit it (subclasses call this when
+        the robot sent an image or file)."""
+        view = {"conversation_id": conversation_id, "kind": kind, "name": name, "size": size}
+        self.uploaded.append(view)
+        self.emit({"type": "upload", "upload": view})
+        return view
+
     async def fault(self, kind: str, value: float | None = None) -> None:
-        """Inject a fault: ``drop`` (connections), ``errors`` (share of calls failing),
-        ``latency`` (seconds added to every call)."""
-        raise NotImplementedError(f"{self.platform} emulator has no fault {kind!r}")
+        """Inject a fault until it is turned off (``value`` 0 or ``None`` turns the share
+        and latency faults off):
+
+        * ``drop``: abort the robot's connections (no close handshake). The platform
+          plugin must notice and reconnect on its own; what users say meanwhile is held
+          and pushed after the reconnect, as the platform does. Returns once the
+          connections are closed.
+        * ``errors``: this share (0..1) of the robot's API calls fail with the platform's
+          retryable server error (a 5xx, "system busy").
+        * ``rate_limit``: this share of the robot's API calls is refused with the
+          platform's rate-limit error (these calls have ``rate_limited`` true).
+        * ``latency``: seconds added to every API call.
+        """
+        raise NotImplementedError(
+            f"{self.platform} emulator has no fault {kind!r}; the conformance suite needs "
+            f"drop, errors and rate_limit ({_GUIDE})"
+        )
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait until ``predicate()`` holds, re-checking on every event."""
@@ -164,27 +335,82 @@ def card_view_blocks(card: Card) -> list[View]:
     return blocks
 
 
+@attrs.frozen(kw_only=True)
+class _Said:
+    """What a user said, kept for redelivery."""
+
+    text: str
+    conversation_id: str
+    group: bool
+    user_id: str
+    user_name: str
+    mention: bool
+    time: datetime
+    attachments: tuple[tuple[str, str, bytes], ...] = ()
+
+
 class MemoryEmulator(EmulatorAdapter):
-    """The in-memory platform seen as an emulator (no sockets: the robot runs in-process)."""
+    """The in-memory platform seen as an emulator (no sockets: the robot runs in-process).
+
+    The memory platform has no connection; a ``drop`` fault still behaves as a server
+    would: what users say is held while the connection is down and pushed, in order,
+    once it is back (after :attr:`reconnect_delay` seconds).
+    """
 
     platform = "memory"
     title = "In-memory"
 
+    reconnect_delay: float = 0.02
+    """Seconds the emulated connection stays down after a ``drop``."""
+
     def __init__(self, settings: MemorySettings | None = None) -> None:
         super().__init__()
-        self._platform = MemoryPlatform(settings or MemorySettings(update_interval=0.3))
-        self._platform.on_change(self._on_change)
+        self._platform = self._new_platform(settings or MemorySettings(update_interval=0.3))
+        self._handed_out = False
         self._calls_seen = 0
+        self._uploads_seen = 0
         self._started = time.time()
+        self._ids = itertools.count(1)
+        self._said: dict[str, _Said] = {}
+        self._connected = True
+        self._held: list[tuple[str, _Said]] = []
+        self._reconnect: asyncio.Task[None] | None = None
+
+    def _new_platform(self, settings: MemorySettings) -> MemoryPlatform:
+        platform = MemoryPlatform(settings)
+        platform.on_change(lambda op, record: self._on_change(platform, op, record))
+        return platform
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
-        return None
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect
+            self._reconnect = None
 
     def create_platform(self) -> Platform:
+        self._handed_out = True
         return self._platform
+
+    def configure(
+        self,
+        *,
+        max_text: int | None = None,
+        max_message_text: int | None = None,
+        stream_lifetime: float | None = None,
+    ) -> None:
+        if self._handed_out:
+            raise RuntimeError("configure() the memory emulator before create_platform()")
+        limits: dict[str, Any] = {
+            "max_text": max_text,
+            "max_message_text": max_message_text,
+            "stream_lifetime": stream_lifetime,
+        }
+        changes = {name: value for name, value in limits.items() if value is not None}
+        self._platform = self._new_platform(attrs.evolve(self._platform.settings, **changes))
 
     def _wall(self, monotonic: float) -> float:
         return time.time() - (time.monotonic() - monotonic)
@@ -229,7 +455,20 @@ class MemoryEmulator(EmulatorAdapter):
             for c in self._platform.calls
         ]
 
-    def _on_change(self, op: str, record: MemoryCard | None) -> None:
+    def _upload_views(self) -> list[View]:
+        return [
+            {
+                "conversation_id": conversation,
+                "kind": kind,
+                "name": upload.name,
+                "size": upload.size,
+            }
+            for conversation, kind, upload in self._platform.uploads
+        ]
+
+    def _on_change(self, platform: MemoryPlatform, op: str, record: MemoryCard | None) -> None:
+        if platform is not self._platform:
+            return  # a platform replaced by configure()
         calls = self._call_views()
         for call in calls[self._calls_seen :]:
             self.emit({"type": "call", "call": call})
@@ -239,7 +478,12 @@ class MemoryEmulator(EmulatorAdapter):
         elif op == "send_text":
             conversation_id, text = self._platform.texts[-1]
             self.record_message(conversation_id, "robot", "Robot", text, from_robot=True)
+        uploads = self._upload_views()
+        for upload in uploads[self._uploads_seen :]:
+            self.emit({"type": "upload", "upload": upload})
+        self._uploads_seen = len(uploads)
 
+    # ------------------------------------------------------------------ user side
     async def say(
         self,
         *,
@@ -250,17 +494,78 @@ class MemoryEmulator(EmulatorAdapter):
         user_name: str,
         mention: bool,
     ) -> str:
-        shown = f"@robot {text}" if group and mention else text
-        self.record_message(conversation_id, user_id, user_name, shown, from_robot=False)
-        message = await self._platform.say(
-            text,
-            conversation=conversation_id,
-            group=group,
-            sender=user_id,
-            sender_name=user_name,
-            mentioned=mention or not group,
+        return await self._say(
+            _Said(
+                text=text,
+                conversation_id=conversation_id,
+                group=group,
+                user_id=user_id,
+                user_name=user_name,
+                mention=mention,
+                time=datetime.now(UTC),
+            )
         )
-        return message.id
+
+    async def say_with_attachments(
+        self,
+        *,
+        attachments: Sequence[tuple[str, str, bytes]],
+        text: str = "",
+        conversation_id: str,
+        group: bool,
+        user_id: str,
+        user_name: str,
+        mention: bool,
+    ) -> str:
+        return await self._say(
+            _Said(
+                text=text,
+                conversation_id=conversation_id,
+                group=group,
+                user_id=user_id,
+                user_name=user_name,
+                mention=mention,
+                time=datetime.now(UTC),
+                attachments=tuple(attachments),
+            )
+        )
+
+    async def _say(self, said: _Said) -> str:
+        shown = f"@robot {said.text}" if said.group and said.mention else said.text
+        for kind, name, _ in said.attachments:
+            shown = f"{shown} [{kind}: {name}]".strip()
+        self.record_message(
+            said.conversation_id, said.user_id, said.user_name, shown, from_robot=False
+        )
+        message_id = f"msg-emu-{next(self._ids)}"
+        self._said[message_id] = said
+        await self._push(message_id, said)
+        return message_id
+
+    async def _push(self, message_id: str, said: _Said) -> None:
+        if not self._connected or self._held:
+            self._held.append((message_id, said))  # pushed in order after the reconnect
+            return
+        await self._deliver(message_id, said)
+
+    async def _deliver(self, message_id: str, said: _Said) -> None:
+        await self._platform.say(
+            said.text,
+            conversation=said.conversation_id,
+            group=said.group,
+            sender=said.user_id,
+            sender_name=said.user_name,
+            mentioned=said.mention or not said.group,
+            message_id=message_id,
+            time=said.time,
+            attachments=said.attachments,
+        )
+
+    async def redeliver(self, message_id: str) -> None:
+        said = self._said.get(message_id)
+        if said is None:
+            raise ValueError(f"no message {message_id!r} was said on this emulator")
+        await self._push(message_id, said)
 
     async def press(self, *, card_id: str, button_id: str, user_id: str) -> None:
         card = self._platform.cards[card_id].current
@@ -275,6 +580,7 @@ class MemoryEmulator(EmulatorAdapter):
                 return
         raise ValueError(f"card {card_id} has no button {button_id!r}")
 
+    # ------------------------------------------------------------------ views
     def state(self) -> dict[str, list[View]]:
         return {
             "messages": list(self.messages),
@@ -282,16 +588,39 @@ class MemoryEmulator(EmulatorAdapter):
             "calls": self._call_views(),
         }
 
-    async def fault(self, kind: str, value: float | None = None) -> None:
-        import attrs
+    def uploads(self) -> list[View]:
+        return self._upload_views()
 
+    # ------------------------------------------------------------------ faults
+    async def fault(self, kind: str, value: float | None = None) -> None:
         settings = self._platform.settings
         if kind == "errors":
-            settings = attrs.evolve(settings, failure_rate=float(value or 0.0))
+            settings = attrs.evolve(settings, failure_rate=float(value or 0.0), failure_kind="5xx")
+        elif kind == "rate_limit":
+            settings = attrs.evolve(
+                settings, failure_rate=float(value or 0.0), failure_kind="rate_limited"
+            )
         elif kind == "latency":
             settings = attrs.evolve(settings, latency=float(value or 0.0))
         elif kind == "drop":
-            return  # nothing to drop: the memory platform has no connection
+            await self._drop()
+            return
         else:
-            raise ValueError(f"unknown fault {kind!r}; choose drop, errors or latency")
+            raise ValueError(f"unknown fault {kind!r}; choose {', '.join(FAULT_KINDS)}")
         self._platform.settings = settings
+
+    async def _drop(self) -> None:
+        if not self._connected:
+            return
+        self._connected = False
+        self.emit({"type": "connection", "connection": {"event": "close"}})
+        self._reconnect = asyncio.create_task(self._reconnect_later())
+
+    async def _reconnect_later(self) -> None:
+        await asyncio.sleep(self.reconnect_delay)
+        self._connected = True
+        self.emit({"type": "connection", "connection": {"event": "open"}})
+        while self._held and self._connected:
+            message_id, said = self._held[0]
+            await self._deliver(message_id, said)
+            self._held.pop(0)

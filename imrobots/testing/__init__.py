@@ -14,10 +14,27 @@
 
 With the pytest plugin (installed with imrobots), the ``robot_chat`` fixture does
 the same and cleans up after the test.
+
+Platform plugins run the conformance suite, :class:`PlatformConformance` from
+:mod:`imrobots.testing.conformance`, against their own emulator (it imports
+pytest, so it is loaded only when asked for).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .chat import Chat, ChatExpectationError, robot_chat
 
-__all__ = ["Chat", "ChatExpectationError", "robot_chat"]
+if TYPE_CHECKING:
+    from .conformance import EmulatorFactory, PlatformConformance
+
+__all__ = ["Chat", "ChatExpectationError", "EmulatorFactory", "PlatformConformance", "robot_chat"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("EmulatorFactory", "PlatformConformance"):
+        from . import conformance
+
+        return getattr(conformance, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,10 @@ Fixtures:
   whose robots, emulators and chats are stopped after the test.
 * ``imrobots_platforms``: the platforms whose emulators can run here.
 
+The conformance suite for platform plugins is a base class, not a fixture:
+``imrobots.testing.conformance.PlatformConformance`` (nothing of it is registered
+here, so no plugin's tests change by installing imrobots).
+
 The async fixture needs pytest-asyncio; without it the plugin loads and its
 fixture explains what to install.
 """
