@@ -95,7 +95,7 @@ class SeedStyleRobot(Robot):
     async def on_message(self, message: Message, reply: Reply) -> None:
         platform = self.runtime.platform
         question = message.text
-        ref = await platform.send_card(message, thinking_card(question))
+        ref = await platform.send_card(message.target, thinking_card(question), key=message.id)
         text, pending, updates, last = "", 0, 0, time.monotonic()
         for chunk in self.blocking(question):  # runs on the event loop, blocking it
             text += chunk

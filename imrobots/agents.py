@@ -280,17 +280,25 @@ def accumulate(source: AnswerSource, *, mode: ChunkMode = "delta") -> AsyncGener
 
 
 async def _accumulate(source: AnswerSource, mode: ChunkMode) -> AsyncGenerator[str, None]:
-    text = ""
-    async with contextlib.aclosing(_raw_chunks(source)) as chunks:
+    # An async iterable is read directly, not through _raw_chunks: this runs once per
+    # chunk of every answer, so each generator layer saved counts.
+    chunks = source if isinstance(source, AsyncIterable) else _raw_chunks(source)
+    text: str = ""
+    try:
         async for chunk in chunks:
-            piece = _chunk_text(chunk)
-            if not piece:
+            if isinstance(chunk, AccumulatedText):
+                if chunk != text:
+                    text = chunk
+                    yield chunk  # already the whole text: passed through, not copied
                 continue
-            snapshot = mode == "accumulated" or isinstance(piece, AccumulatedText)
-            new = piece if snapshot else text + piece
-            if new != text:
-                text = new
-                yield AccumulatedText(text)
+            piece = chunk if type(chunk) is str else _chunk_text(chunk)
+            if not piece or (mode == "accumulated" and piece == text):
+                continue
+            text = AccumulatedText(piece if mode == "accumulated" else text + piece)
+            yield text
+    finally:
+        if inspect.isasyncgen(chunks):
+            await chunks.aclose()
 
 
 def _validate_mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:

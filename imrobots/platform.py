@@ -202,24 +202,34 @@ class Op(enum.StrEnum):
 @attrs.frozen(kw_only=True)
 class RateLimit:
     """One rate limit a platform enforces: at most ``rate`` calls per second within
-    ``scope`` (per conversation, per card...), in bursts of at most ``burst``."""
+    ``scope`` (per conversation, per card...), counted over a sliding ``window``.
+
+    The client-side limiter allows ``floor(rate x window x headroom)`` calls (at
+    least one) in any ``window`` seconds: a call goes at once when the window has
+    room, else when it has, in arrival order.
+    """
 
     scope: Scope
     rate: float
-    """Calls per second (a limit of 30 per minute is ``rate=0.5``)."""
-    burst: int = 1
-    """Calls that may go back to back before the rate applies."""
+    """Calls per second (30 per minute is ``rate=0.5, window=60``)."""
+    window: float = 1.0
+    """Seconds the platform counts calls over (DingTalk and Feishu: 1 s; WeCom app
+    messages to one member: 60 s)."""
     ops: frozenset[Op] | None = None
     """The operations it counts; ``None``: every operation."""
 
     def __attrs_post_init__(self) -> None:
         if self.rate <= 0:
             raise ValueError(f"rate limit {self.scope}: rate must be positive, got {self.rate}")
-        if self.burst < 1:
-            raise ValueError(f"rate limit {self.scope}: burst must be at least 1")
+        if self.window <= 0:
+            raise ValueError(f"rate limit {self.scope}: window must be positive")
 
     def counts(self, op: Op) -> bool:
         return self.ops is None or op in self.ops
+
+    def allowed(self, headroom: float = 1.0) -> int:
+        """Calls the client allows in one window, leaving ``headroom``."""
+        return max(1, int(self.rate * self.window * headroom + 1e-9))
 
 
 ErrorClass = Literal["rate_limited", "retryable", "fatal"]
@@ -244,9 +254,7 @@ class Capabilities:
     """Every rate limit, by scope. Empty: one app-wide limit of ``app_rate``."""
     app_rate: float = 20.0
     """Requests per second the platform allows one app across all conversations (used
-    when ``rate_limits`` is empty)."""
-    app_burst: int | None = None
-    """Bucket size of that app-wide limit; default 1 (evenly spaced calls)."""
+    when ``rate_limits`` is empty), counted over 1-second windows."""
     rate_headroom: float = 0.9
     """Share of each declared rate the client-side limiter uses, leaving room for clock jitter."""
     # --- streaming ----------------------------------------------------------------
@@ -304,10 +312,6 @@ class Capabilities:
     """Platform error codes that mean "give up"."""
 
     @property
-    def burst(self) -> int:
-        return self.app_burst if self.app_burst is not None else 1
-
-    @property
     def budget(self) -> float:
         """Requests per second the client-side limiter allows app-wide (when no scoped
         limits are declared)."""
@@ -321,7 +325,7 @@ class Capabilities:
         """The rate limits in force: the declared ones, else one app-wide limit."""
         if self.rate_limits:
             return self.rate_limits
-        return (RateLimit(scope=Scope.APP, rate=self.app_rate, burst=self.burst),)
+        return (RateLimit(scope=Scope.APP, rate=self.app_rate),)
 
     def classify(self, code: str | None) -> ErrorClass | None:
         """Say what a platform error code means, or ``None`` when it is not a declared code."""

@@ -1,12 +1,14 @@
-"""The client-side rate limiter: one bucket per declared scope, shared by every answer.
+"""The client-side rate limiter: a sliding window per declared scope, shared by all answers.
 
 A platform declares its limits as :class:`~imrobots.platform.RateLimit`\\ s with a
 scope (app, API, conversation, card/message, member). The limiter keeps one
-bucket per scope and key in the :class:`~imrobots.store.Store`, so every
+sliding window per scope and key in the :class:`~imrobots.store.Store`, so every
 conversation (and, with a shared store, every replica) draws from the same
-budget. A call first waits for its narrow scopes (its conversation, its card,
-its member), then takes its turn in the wide ones (the app, the API): a busy
-conversation waits for its own bucket without holding app turns, so it never
+budget. A call goes at once when its windows have room (so the first update of
+a new answer does not wait for a slot) and the window is never exceeded. A call
+first waits for its narrow scopes (its conversation, its card, its member), then
+takes its turn in the wide ones (the app, the API): a busy conversation waits
+for its own window without holding app turns, so it never
 delays another conversation beyond the app scope's fair share. Reservations
 are granted in arrival order, so answers share a budget fairly and none starves.
 """
@@ -67,7 +69,7 @@ class CallScope:
 class RateLimiter:
     """Scoped token buckets in a :class:`Store`. See the module docstring.
 
-    ``RateLimiter(store, key, rate=20, burst=1)`` is one app-wide bucket;
+    ``RateLimiter(store, key, rate=20)`` is one app-wide window of 20 calls a second;
     :meth:`for_capabilities` builds one from what a platform declares.
     """
 
@@ -77,7 +79,6 @@ class RateLimiter:
         key: str,
         *,
         rate: float | None = None,
-        burst: int = 1,
         limits: Iterable[RateLimit] | None = None,
         headroom: float = 1.0,
         api_names: Mapping[Op, str] | None = None,
@@ -86,7 +87,7 @@ class RateLimiter:
         if limits is None:
             if rate is None or rate <= 0:
                 raise ValueError("rate must be positive")
-            limits = (RateLimit(scope=Scope.APP, rate=rate, burst=max(1, burst)),)
+            limits = (RateLimit(scope=Scope.APP, rate=rate),)
         self.store = store
         self.key = key
         self.limits = tuple(limits)
@@ -96,7 +97,6 @@ class RateLimiter:
         self.stats = RateLimiterStats()
         app = [lim for lim in self.limits if lim.scope is Scope.APP]
         self.rate = app[0].rate * headroom if app else min(lim.rate for lim in self.limits)
-        self.burst = app[0].burst if app else 1
 
     @classmethod
     def for_capabilities(
@@ -123,7 +123,9 @@ class RateLimiter:
         return found
 
     async def _reserve(self, limit: RateLimit, bucket: str) -> float:
-        return await self.store.reserve(bucket, rate=limit.rate * self.headroom, burst=limit.burst)
+        return await self.store.reserve(
+            bucket, limit=limit.allowed(self.headroom), window=limit.window
+        )
 
     async def acquire(self, scope: CallScope | None = None) -> float:
         """Wait until one call may be sent; return how many seconds that took."""
@@ -154,9 +156,7 @@ class RateLimiter:
         self.stats.penalties += 1
         for limit, bucket in self._applicable(scope or CallScope()):
             if limit.scope not in _NARROW:
-                await self.store.penalize(
-                    bucket, seconds=seconds, rate=limit.rate * self.headroom, burst=limit.burst
-                )
+                await self.store.penalize(bucket, seconds=seconds)
 
     async def call(
         self,

@@ -64,8 +64,9 @@ async def retry_call(
     :class:`RateLimited` answer calls ``on_rate_limited`` (which holds the
     limiter back) and tries again at the next turn; other
     :class:`RetryableError`\\ s wait the backoff (or the error's ``retry_after``).
-    :class:`OutcomeUnknown` is re-raised at once unless ``idempotent``. Fatal
-    errors propagate at once. When ``give_up()`` turns true, or ``deadline``
+    :class:`OutcomeUnknown` is re-raised at once unless ``idempotent`` (then it
+    is repeated, even past ``give_up``). Fatal errors propagate at once. When
+    ``give_up()`` turns true, or ``deadline``
     (default ``policy.deadline``) seconds have passed, the last error is raised
     as :class:`TimeoutError` (from it).
     """
@@ -92,5 +93,8 @@ async def retry_call(
         except RetryableError as exc:
             last = exc
             await clock.sleep(exc.retry_after or policy.delay(attempt))
-        if (give_up is not None and give_up()) or clock.now() > end:
+        # After an outcome-unknown attempt the call may have taken effect: it is repeated
+        # (same key) until it answers, whatever give_up says, so nothing is left behind.
+        gave_up = give_up is not None and not isinstance(last, OutcomeUnknown) and give_up()
+        if gave_up or clock.now() > end:
             raise TimeoutError(f"platform call kept failing until its deadline: {last}") from last

@@ -503,6 +503,13 @@ class RobotRuntime:
                 record_key, json.dumps(record, ensure_ascii=False), ttl=self.options.answer_ttl
             )
 
+        async def on_push(stream: AnswerStream) -> None:
+            # The text so far, so that a restart after a crash closes the card with what it
+            # showed (and the handle's latest state: sequence numbers and the like).
+            handle = stream.handle
+            if handle is not None:
+                await on_open(stream, handle)
+
         async def on_final(result: AnswerResult, handle: StreamHandle | None) -> None:
             await self.store.delete_value(record_key)
             if result.degraded:
@@ -521,6 +528,7 @@ class RobotRuntime:
             await self.fire("reply_finished", robot=self.name, message=message, result=result)
 
         stream.on_open = on_open
+        stream.on_push = on_push
         stream.on_final = on_final
         if feedback:
             stream.feedback = lambda: self.signer.values(self.name, answer_id)

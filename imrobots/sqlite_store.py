@@ -7,7 +7,7 @@ file's write lock before the read, so the operation is atomic across every
 thread and process that opens the same file (the database runs in WAL mode,
 and a busy timeout makes writers queue up instead of failing).
 
-Expiry times (dedupe, locks, buckets) use the wall clock, :func:`time.time`,
+Expiry times (dedupe, locks, rate-limit windows) use the wall clock, :func:`time.time`,
 because several processes must agree on them; :class:`~imrobots.store.MemoryStore`
 uses the monotonic clock, which is only comparable inside one process.
 """
@@ -16,24 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import math
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 from .errors import ImrobotsError
 from .models import Feedback, FeedbackRating, Sender
-from .store import ClaimResult, Store, Turn, _Bucket, bucket_reserve
+from .store import ClaimResult, Store, Turn, _Window, window_penalize, window_reserve
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION: Final = 1
-"""Version of the tables below, kept in the file's ``PRAGMA user_version``."""
+SCHEMA_VERSION: Final = 2
+"""Version of the tables below, kept in the file's ``PRAGMA user_version``.
+(2: rate limits are sliding windows; version 1's token buckets are dropped.)"""
 
 _BUSY_TIMEOUT: Final = 10.0
 """Seconds a write waits for another connection's transaction before failing."""
@@ -65,15 +68,16 @@ _SCHEMA: Final = (
         expires REAL NOT NULL
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS locks_expires ON locks (expires)",
-    # ``full_at``: when the bucket is full again; a full bucket equals a missing one,
-    # so the row can be deleted from then on. NULL when it never refills.
-    """CREATE TABLE IF NOT EXISTS buckets (
+    # A rate-limit window: its grant times (JSON, ascending) and penalty. ``expires``: when
+    # no grant can matter any more; an expired window equals a missing one.
+    """CREATE TABLE IF NOT EXISTS windows (
         key TEXT PRIMARY KEY,
-        tokens REAL NOT NULL,
-        stamp REAL NOT NULL,
-        full_at REAL
+        times TEXT NOT NULL,
+        blocked_until REAL NOT NULL,
+        window REAL NOT NULL,
+        expires REAL NOT NULL
     ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS buckets_full_at ON buckets (full_at)",
+    "CREATE INDEX IF NOT EXISTS windows_expires ON windows (expires)",
     """CREATE TABLE IF NOT EXISTS feedback (
         id INTEGER PRIMARY KEY,
         robot TEXT NOT NULL,
@@ -168,16 +172,10 @@ def _feedback_from_row(row: tuple[Any, ...]) -> Feedback:
     )
 
 
-def _full_at(bucket: _Bucket, rate: float, burst: int) -> float | None:
-    if rate <= 0:
-        return None
-    return bucket.stamp + max(0.0, float(burst) - bucket.tokens) / rate
-
-
 class SQLiteStore(Store):
     """A store in one SQLite file: survives restarts, shared by processes on one host.
 
-    Feedback, history, small records, dedupe keys, locks and token buckets all
+    Feedback, history, small records, dedupe keys, locks and rate-limit windows all
     persist in the file. Several processes (or several ``SQLiteStore`` objects) may open the
     same file; each operation is atomic across all of them. The file must be on
     a local disk: SQLite's locking is unreliable on network file systems.
@@ -248,6 +246,8 @@ class SQLiteStore(Store):
                 f"{self.path} has store schema version {version}; this imrobots supports"
                 f" up to {SCHEMA_VERSION}: upgrade imrobots"
             )
+        if 0 < version < 2:
+            conn.execute("DROP TABLE IF EXISTS buckets")
         for statement in _SCHEMA:
             conn.execute(statement)
         if version < SCHEMA_VERSION:
@@ -313,7 +313,7 @@ class SQLiteStore(Store):
             "DELETE FROM in_flight WHERE expires <= ?",
             "DELETE FROM done WHERE expires <= ?",
             "DELETE FROM locks WHERE expires <= ?",
-            "DELETE FROM buckets WHERE full_at <= ?",
+            "DELETE FROM windows WHERE expires <= ?",
             "DELETE FROM kv WHERE expires <= ?",
         ):
             deleted += conn.execute(statement, (now,)).rowcount
@@ -421,49 +421,45 @@ class SQLiteStore(Store):
             )
         )
 
-    # --- token buckets --------------------------------------------------------------------
+    # --- sliding windows ------------------------------------------------------------------
     @staticmethod
-    def _load_bucket(conn: sqlite3.Connection, key: str, now: float, burst: int) -> _Bucket:
-        row = conn.execute("SELECT tokens, stamp FROM buckets WHERE key = ?", (key,)).fetchone()
+    def _load_window(conn: sqlite3.Connection, key: str) -> tuple[_Window, float]:
+        """The window record and its length in seconds (1.0 for a new one)."""
+        row = conn.execute(
+            "SELECT times, blocked_until, window FROM windows WHERE key = ?", (key,)
+        ).fetchone()
         if row is None:
-            return _Bucket(tokens=float(burst), stamp=now)
-        return _Bucket(tokens=row[0], stamp=row[1])
+            return _Window(), 1.0
+        return _Window(times=deque(json.loads(row[0])), blocked_until=row[1]), row[2]
 
     @staticmethod
-    def _save_bucket(
-        conn: sqlite3.Connection, key: str, bucket: _Bucket, rate: float, burst: int
-    ) -> None:
+    def _save_window(conn: sqlite3.Connection, key: str, w: _Window, window: float) -> None:
+        last = max(w.times[-1] if w.times else float("-inf"), w.blocked_until)
         conn.execute(
-            "INSERT OR REPLACE INTO buckets (key, tokens, stamp, full_at) VALUES (?, ?, ?, ?)",
-            (key, bucket.tokens, bucket.stamp, _full_at(bucket, rate, burst)),
+            "INSERT OR REPLACE INTO windows (key, times, blocked_until, window, expires) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key, json.dumps(list(w.times)), w.blocked_until, window, last + window),
         )
 
-    async def reserve(self, key: str, *, rate: float, burst: int) -> float:
-        """Reserve one token of bucket ``key``; return how many seconds to wait before using it.
-
-        The bucket refills at ``rate`` tokens per second up to ``burst``; reservations
-        are granted in arrival order across every process sharing the file.
-        """
+    async def reserve(self, key: str, *, limit: int, window: float) -> float:
+        """Reserve one call in the sliding window ``key`` (see :meth:`Store.reserve`);
+        reservations are granted in arrival order across every process sharing the file."""
 
         def operation(conn: sqlite3.Connection, now: float) -> float:
-            bucket = self._load_bucket(conn, key, now, burst)
-            # The wall clock may step back (NTP); never refill a negative duration.
-            wait = bucket_reserve(bucket, max(now, bucket.stamp), rate, burst)
-            self._save_bucket(conn, key, bucket, rate, burst)
+            w, _ = self._load_window(conn, key)
+            wait = window_reserve(w, now, limit, window)
+            self._save_window(conn, key, w, window)
             return wait
 
         return await self._write(operation)
 
-    async def penalize(self, key: str, *, seconds: float, rate: float, burst: int) -> None:
+    async def penalize(self, key: str, *, seconds: float) -> None:
         """The platform said "rate limited": grant nothing from ``key`` for ``seconds``."""
 
         def operation(conn: sqlite3.Connection, now: float) -> None:
-            bucket = self._load_bucket(conn, key, now, burst)
-            now = max(now, bucket.stamp)
-            bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
-            bucket.stamp = now
-            bucket.tokens = min(bucket.tokens, 1.0 - seconds * rate)
-            self._save_bucket(conn, key, bucket, rate, burst)
+            w, window = self._load_window(conn, key)
+            window_penalize(w, now, seconds)
+            self._save_window(conn, key, w, window)
 
         await self._write(operation)
 
@@ -606,7 +602,7 @@ class SQLiteStore(Store):
 
     # --- maintenance ----------------------------------------------------------------------
     async def purge_expired(self) -> int:
-        """Delete expired dedupe keys, locks and records and full buckets; return the count.
+        """Delete expired dedupe keys, locks, records and rate-limit windows; return the count.
 
         Writes already do this at most once a minute; call it to reclaim space at once.
         """

@@ -1,4 +1,4 @@
-"""State stores: dedupe, conversation locks, rate-limit buckets, feedback, history.
+"""State stores: dedupe, conversation locks, rate-limit windows, feedback, history.
 
 Every operation that must be atomic across concurrent callers (and, with the
 Redis backend, across replicas) is one method here, so a backend implements it
@@ -65,19 +65,22 @@ class Store(abc.ABC):
     async def release_lock(self, key: str, owner: str) -> None:
         """Release the lock if ``owner`` holds it."""
 
-    # --- token buckets --------------------------------------------------------------------
+    # --- sliding windows (rate limits) ---------------------------------------------------
     @abc.abstractmethod
-    async def reserve(self, key: str, *, rate: float, burst: int) -> float:
-        """Reserve one token of bucket ``key``; return how many seconds to wait before using it.
+    async def reserve(self, key: str, *, limit: int, window: float) -> float:
+        """Reserve one call in the sliding window ``key``; return the seconds to wait
+        before making it.
 
-        The bucket refills at ``rate`` tokens per second up to ``burst``. A
-        reservation is always granted; when the bucket is empty it is granted
-        in the future, in arrival order, which makes the bucket fair.
+        At most ``limit`` calls are granted in any ``window`` seconds. A call is
+        granted at once when the window has room; otherwise at the first moment
+        it has, in arrival order (reservations are never reordered, which makes
+        the window fair). A reservation is always granted.
         """
 
     @abc.abstractmethod
-    async def penalize(self, key: str, *, seconds: float, rate: float, burst: int) -> None:
-        """The platform said "rate limited": grant nothing from ``key`` for ``seconds``."""
+    async def penalize(self, key: str, *, seconds: float) -> None:
+        """The platform said "rate limited": grant nothing from ``key`` for ``seconds``
+        (calls already granted later than that keep their place)."""
 
     # --- feedback -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -130,19 +133,35 @@ class Store(abc.ABC):
 
 
 @attrs.define
-class _Bucket:
-    tokens: float
-    stamp: float
+class _Window:
+    """The grants of one sliding window: their times (ascending, some in the future)."""
+
+    times: deque[float] = attrs.field(factory=deque)
+    blocked_until: float = float("-inf")
 
 
-def bucket_reserve(bucket: _Bucket, now: float, rate: float, burst: int) -> float:
-    """Token-bucket reservation on a bucket record; shared by the in-process backends."""
-    bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
-    bucket.stamp = now
-    bucket.tokens -= 1.0
-    if bucket.tokens >= 0:
-        return 0.0
-    return -bucket.tokens / rate
+def window_reserve(w: _Window, now: float, limit: int, window: float) -> float:
+    """Sliding-window reservation on a window record; shared by the in-process backends.
+
+    Returns the seconds from ``now`` until the granted time.
+    """
+    times = w.times
+    while times and times[0] <= now - window:
+        times.popleft()
+    at = now if now > w.blocked_until else w.blocked_until
+    if times:
+        if times[-1] > at:
+            at = times[-1]  # never ahead of an earlier reservation: arrival order
+        if len(times) >= limit:
+            room = times[-limit] + window
+            if room > at:
+                at = room
+    times.append(at)
+    return at - now
+
+
+def window_penalize(w: _Window, now: float, seconds: float) -> None:
+    w.blocked_until = max(w.blocked_until, now + seconds)
 
 
 class MemoryStore(Store):
@@ -153,7 +172,7 @@ class MemoryStore(Store):
         self._in_flight: dict[str, float] = {}
         self._done: OrderedDict[str, float] = OrderedDict()
         self._locks: dict[str, tuple[str, float]] = {}
-        self._buckets: dict[str, _Bucket] = {}
+        self._windows: dict[str, _Window] = {}
         self._feedback: list[Feedback] = []
         self._feedback_keys: set[tuple[str, str, str, str]] = set()
         self._history: dict[str, deque[Turn]] = {}
@@ -211,21 +230,17 @@ class MemoryStore(Store):
         if held is not None and held[0] == owner:
             del self._locks[key]
 
-    async def reserve(self, key: str, *, rate: float, burst: int) -> float:
-        now = self._now()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(tokens=float(burst), stamp=now)
-        return bucket_reserve(bucket, now, rate, burst)
+    async def reserve(self, key: str, *, limit: int, window: float) -> float:
+        w = self._windows.get(key)
+        if w is None:
+            w = self._windows[key] = _Window()
+        return window_reserve(w, self._now(), limit, window)
 
-    async def penalize(self, key: str, *, seconds: float, rate: float, burst: int) -> None:
-        now = self._now()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(tokens=float(burst), stamp=now)
-        bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
-        bucket.stamp = now
-        bucket.tokens = min(bucket.tokens, 1.0 - seconds * rate)
+    async def penalize(self, key: str, *, seconds: float) -> None:
+        w = self._windows.get(key)
+        if w is None:
+            w = self._windows[key] = _Window()
+        window_penalize(w, self._now(), seconds)
 
     async def add_feedback(self, feedback: Feedback) -> bool:
         identity = (feedback.robot, feedback.message_id, feedback.sender.id, feedback.platform)

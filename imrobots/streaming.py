@@ -260,6 +260,7 @@ class AnswerStream:
         feedback: Callable[[], Mapping[FeedbackRating, str]] | None = None,
         on_open: Callable[[AnswerStream, StreamHandle], Awaitable[None]] | None = None,
         on_final: Callable[[AnswerResult, StreamHandle | None], Awaitable[None]] | None = None,
+        on_push: Callable[[AnswerStream], Awaitable[None]] | None = None,
         key: str | None = None,
         clock: Clock | None = None,
         degradation: Degradation | None = None,
@@ -274,6 +275,8 @@ class AnswerStream:
         self.feedback = feedback
         self.on_open = on_open
         self.on_final = on_final
+        self.on_push = on_push
+        """Called after each update the platform took (the runtime records the text so far)."""
         self.key = key or uuid.uuid4().hex
         """The answer's idempotency key; every logical send derives its own from it."""
         self.clock: Clock = clock or SystemClock()
@@ -295,6 +298,11 @@ class AnswerStream:
         self._opened_at = 0.0
         self._done_flag = False
         self._wake = asyncio.Event()
+        # The pump is woken by a chunk only when it waits for text (nothing pending), or
+        # when a chars/chunks threshold is crossed: never per chunk while an update is not
+        # due yet. That is most chunks of a fast agent.
+        self._idle = True
+        self._eager = self.policy.min_chars is not None or self.policy.min_chunks is not None
         self._handle: StreamHandle | None = None
         self._ref_ready = asyncio.Event()
         self._gone = False
@@ -375,7 +383,14 @@ class AnswerStream:
             self._first_text_at = self.clock.now()
         self.latest = text
         self._chunks_pending += 1
-        self._wake.set()
+        if self._idle or (self._eager and self._threshold_crossed()):
+            self._wake.set()
+
+    def _threshold_crossed(self) -> bool:
+        p = self.policy
+        return (p.min_chars is not None and len(self.latest) - self._sent_len >= p.min_chars) or (
+            p.min_chunks is not None and self._chunks_pending >= p.min_chunks
+        )
 
     # ------------------------------------------------------------------ calls
     def _next_key(self, kind: str) -> str:
@@ -489,10 +504,7 @@ class AnswerStream:
             return 0.0  # the first text goes out at once
         since = now - self._last_update_at
         gap = max(0.0, self.policy.min_gap - since)
-        pending_chars = len(self.latest) - self._sent_len
-        if (self.policy.min_chars is not None and pending_chars >= self.policy.min_chars) or (
-            self.policy.min_chunks is not None and self._chunks_pending >= self.policy.min_chunks
-        ):
+        if self._threshold_crossed():
             return gap
         return max(gap, self.policy.min_interval - since)
 
@@ -544,9 +556,12 @@ class AnswerStream:
                 # Nothing new to show, or the card keeps its last update for the final card:
                 # wait for text, or until the stream needs renewing or a keep-alive.
                 timers = [t for t in (left, keep_alive) if t is not None]
+                self._idle = True
                 await self._wait_wake(min(timers) if timers else None)
+                self._idle = False
                 continue
             if fresh and (due := self._due_in(now)) > 0:
+                self._idle = False
                 await self._wait_wake(due if keep_alive is None else min(due, keep_alive))
                 continue
             await self._take_turn(Op.PUSH)
@@ -574,6 +589,11 @@ class AnswerStream:
                 return
             backoff = 0
             self._record_update(shown)
+            if self.on_push is not None:
+                try:
+                    await self.on_push(self)
+                except Exception:
+                    log.exception("recording the progress of %s failed", self._what)
 
     def _clip(self, text: str) -> str:
         """The part of ``text`` one card can hold (the rest goes to the next card)."""

@@ -194,55 +194,52 @@ async def test_concurrent_lock_attempts_have_one_winner(store: Store) -> None:
     assert results.count(True) == 1
 
 
-# --- token buckets --------------------------------------------------------------------------
+# --- sliding windows ------------------------------------------------------------------------
 
 
-async def test_bucket_grants_the_burst_then_spaces_by_rate(store: Store) -> None:
-    rate, burst = 2.0, 3
-    waits = [await store.reserve("app", rate=rate, burst=burst) for _ in range(7)]
-    assert waits[:burst] == [0.0] * burst
-    # Later reservations are granted 1/rate apart (minus the little time the test took).
-    for index, wait in enumerate(waits[burst:], start=1):
-        assert wait == pytest.approx(index / rate, abs=0.05)
-    assert await store.reserve("other", rate=rate, burst=burst) == 0.0
+async def test_window_grants_its_limit_at_once_then_waits_for_room(store: Store) -> None:
+    limit, window = 3, 1.0
+    waits = [await store.reserve("app", limit=limit, window=window) for _ in range(7)]
+    assert waits[:3] == [0.0] * 3  # room in the window: at once
+    # the 4th-6th when the first three leave the window, the 7th a window later
+    assert waits[3:6] == pytest.approx([1.0] * 3, abs=0.05)
+    assert waits[6] == pytest.approx(2.0, abs=0.05)
+    assert await store.reserve("other", limit=limit, window=window) == 0.0
 
 
-async def test_concurrent_reservations_are_all_distinct(store: Store) -> None:
-    rate, burst = 1.0, 4
+async def test_concurrent_reservations_never_overfill_a_window(store: Store) -> None:
+    limit, window = 4, 1.0
     waits = sorted(
-        await asyncio.gather(*(store.reserve("app", rate=rate, burst=burst) for _ in range(20)))
+        await asyncio.gather(*(store.reserve("app", limit=limit, window=window) for _ in range(20)))
     )
-    assert waits[:burst] == [0.0] * burst
-    for index, wait in enumerate(waits[burst:], start=1):
-        assert wait == pytest.approx(index / rate, abs=0.1)
+    assert waits[:limit] == [0.0] * limit
+    for first, later in zip(waits, waits[limit:], strict=False):
+        assert later - first >= window - 0.05  # at most `limit` grants in any window
 
 
-async def test_bucket_refills_with_time(store: Store) -> None:
-    rate, burst = 20.0, 1
-    assert await store.reserve("app", rate=rate, burst=burst) == 0.0
-    assert await store.reserve("app", rate=rate, burst=burst) > 0
-    # The second reservation used the token refilling now; after two more 1/rate, one is free.
-    await asyncio.sleep(2.5 / rate)
-    assert await store.reserve("app", rate=rate, burst=burst) == 0.0
+async def test_window_frees_room_with_time(store: Store) -> None:
+    assert await store.reserve("app", limit=1, window=0.1) == 0.0
+    assert await store.reserve("app", limit=1, window=0.1) > 0
+    await asyncio.sleep(0.25)  # both grants have left the window
+    assert await store.reserve("app", limit=1, window=0.1) == 0.0
 
 
 async def test_penalize_pushes_the_next_grant_out(store: Store) -> None:
-    rate, burst, seconds = 10.0, 5, 3.0
-    assert await store.reserve("app", rate=rate, burst=burst) == 0.0
-    await store.penalize("app", seconds=seconds, rate=rate, burst=burst)
-    first = await store.reserve("app", rate=rate, burst=burst)
-    second = await store.reserve("app", rate=rate, burst=burst)
-    assert seconds - 0.05 <= first <= seconds + 1 / rate + 0.05
-    assert second == pytest.approx(first + 1 / rate, abs=0.05)
-    assert await store.reserve("other", rate=rate, burst=burst) == 0.0
+    limit, window, seconds = 5, 1.0, 3.0
+    assert await store.reserve("app", limit=limit, window=window) == 0.0
+    await store.penalize("app", seconds=seconds)
+    first = await store.reserve("app", limit=limit, window=window)
+    second = await store.reserve("app", limit=limit, window=window)
+    assert first == pytest.approx(seconds, abs=0.05)
+    assert second == pytest.approx(first, abs=0.05)  # the window has room at that time
+    assert await store.reserve("other", limit=limit, window=window) == 0.0
 
 
 async def test_penalize_does_not_shorten_a_longer_queue(store: Store) -> None:
-    rate, burst = 1.0, 1
     for _ in range(10):
-        await store.reserve("app", rate=rate, burst=burst)  # queued about 9 s ahead
-    await store.penalize("app", seconds=2, rate=rate, burst=burst)
-    assert await store.reserve("app", rate=rate, burst=burst) == pytest.approx(10.0, abs=0.1)
+        await store.reserve("app", limit=1, window=1.0)  # queued about 9 s ahead
+    await store.penalize("app", seconds=2)
+    assert await store.reserve("app", limit=1, window=1.0) == pytest.approx(10.0, abs=0.1)
 
 
 # --- feedback -------------------------------------------------------------------------------
@@ -501,9 +498,10 @@ async def test_sqlite_two_stores_on_one_file_have_one_winner(tmp_path: Path) -> 
         results = await asyncio.gather(*claims)
         assert results.count(ClaimResult.CLAIMED) == 5
         waits = await asyncio.gather(
-            *(s.reserve("app", rate=1.0, burst=2) for _ in range(10) for s in (first, second))
+            *(s.reserve("app", limit=2, window=1.0) for _ in range(10) for s in (first, second))
         )
-        assert sorted(waits) == pytest.approx([0.0, 0.0, *range(1, 19)], abs=0.2)
+        expected = [float(i // 2) for i in range(20)]  # two a second, across both processes
+        assert sorted(waits) == pytest.approx(expected, abs=0.2)
         keys = await asyncio.gather(
             *(s.setdefault_value("key", f"{i}") for i in range(10) for s in (first, second))
         )
@@ -607,7 +605,7 @@ async def test_sqlite_work_runs_off_the_loop(
 
 
 def _row_counts(path: Path) -> dict[str, int]:
-    tables = ("in_flight", "done", "locks", "buckets", "kv", "feedback")
+    tables = ("in_flight", "done", "locks", "windows", "kv", "feedback")
     with sqlite3.connect(path) as conn:
         counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
     conn.close()
@@ -618,7 +616,7 @@ async def _fill_with_expiring_rows(store: SQLiteStore) -> None:
     await store.claim("in-flight", in_flight_ttl=0.05)
     await store.complete("done", done_ttl=0.05)
     await store.acquire_lock("conv", "a", ttl=0.05)
-    await store.reserve("app", rate=100.0, burst=2)  # full again 10 ms later
+    await store.reserve("app", limit=2, window=0.01)  # no grant matters 10 ms later
     await store.put_value("record", "v", ttl=0.05)
     await store.complete("kept", done_ttl=3600)
     await store.put_value("kept", "v", ttl=3600)
@@ -626,7 +624,7 @@ async def _fill_with_expiring_rows(store: SQLiteStore) -> None:
     await store.add_feedback(feedback("m1"))
 
 
-PURGED = {"in_flight": 0, "done": 1, "locks": 0, "buckets": 0, "kv": 2, "feedback": 1}
+PURGED = {"in_flight": 0, "done": 1, "locks": 0, "windows": 0, "kv": 2, "feedback": 1}
 
 
 async def test_sqlite_purge_expired_deletes_expired_rows(tmp_path: Path) -> None:

@@ -114,8 +114,10 @@ async def test_every_final_lands_when_calls_fail(
     assert len(hooks.finished) == answers
 
 
-async def test_the_limiter_grants_turns_in_arrival_order_at_its_rate() -> None:
-    limiter = RateLimiter(MemoryStore(), "test", rate=50.0, burst=1)
+async def test_the_limiter_grants_turns_in_arrival_order_within_its_window() -> None:
+    """A sliding window: calls go at once while the window has room, never more than the
+    rate in any second, in arrival order."""
+    limiter = RateLimiter(MemoryStore(), "test", rate=5.0)
     granted: list[tuple[int, float]] = []
 
     async def take(index: int) -> None:
@@ -123,15 +125,18 @@ async def test_the_limiter_grants_turns_in_arrival_order_at_its_rate() -> None:
         granted.append((index, time.monotonic()))
 
     started = time.monotonic()
-    await asyncio.gather(*(take(i) for i in range(10)))
-    assert [index for index, _ in granted] == list(range(10))
-    # the first at once, then one every 20 ms: the n-th turn never comes early
-    for index, at in granted:
-        assert at - started >= index / 50 - 0.002
+    await asyncio.gather(*(take(i) for i in range(12)))
+    assert [index for index, _ in granted] == list(range(12))
+    offsets = [at - started for _, at in granted]
+    assert all(offset < 0.05 for offset in offsets[:5])  # room in the window: at once
+    for index, offset in enumerate(offsets):
+        assert offset >= index // 5 - 0.002  # the n-th turn never comes early
+    for first, last in zip(offsets, offsets[5:], strict=False):
+        assert last - first >= 1.0 - 0.002  # never 6 calls within one second
 
 
 async def test_the_limiter_holds_everyone_back_after_a_rate_limit_answer() -> None:
-    limiter = RateLimiter(MemoryStore(), "test", rate=1000.0, burst=1)
+    limiter = RateLimiter(MemoryStore(), "test", rate=1000.0)
     await limiter.acquire()
     await limiter.backoff(0.3)  # the platform said: try again in 0.3 s
     started = time.monotonic()

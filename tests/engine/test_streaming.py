@@ -256,11 +256,11 @@ class _PolicyRobot(Robot):
 async def test_an_answer_complete_before_its_turn_sends_no_thinking_card(
     make_runtime: Factory,
 ) -> None:
-    # A slow quota (4.5 calls/s): the first answer's thinking card goes out at once; the
-    # others' turns come after their (instant) answers are complete, so the final card
+    # A slow quota (one call a second): the first answer's thinking card goes out at once;
+    # the others' turns come after their (instant) answers are complete, so the final card
     # takes the turn instead of a thinking card it would overwrite at once.
     platform, runtime = await make_runtime(
-        robot=_PolicyRobot(agent=streaming_agent(["done"])), app_rate=5.0
+        robot=_PolicyRobot(agent=streaming_agent(["done"])), app_rate=1.0
     )
     messages = [await platform.say(f"q{i}", conversation=f"c{i}") for i in range(3)]
     await runtime.wait_idle(timeout=10)
