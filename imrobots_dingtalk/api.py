@@ -3,15 +3,23 @@
 - The access token (``POST /v1.0/oauth2/accessToken``) is cached and refreshed
   five minutes before it expires (or at half its lifetime, if that is shorter),
   by one caller while the others wait; a 401 (or ``InvalidAuthentication``)
-  drops it, and the call is retried once with a fresh one.
-- Errors become :mod:`imrobots` exceptions (:func:`classify`): throttling
-  (403 ``Forbidden.AccessDenied.Qps*``/``Qpm*``, 429) is
-  :class:`~imrobots.RateLimited`, 5xx/``system.busy``/network failures are
-  :class:`~imrobots.RetryableError`, an unknown card on an update is
-  :class:`~imrobots.CardGone`, the rest :class:`~imrobots.FatalPlatformError`.
+  drops it, and the call is retried once with a fresh one. The same token serves
+  the old-style ``oapi`` routes (``media/upload``) as ``access_token``.
+- Errors become the core's exceptions (:func:`classify`): throttling
+  (403 ``Forbidden.AccessDenied.Qps*``/``Qpm*``, 429) is :class:`RateLimited`,
+  5xx/``system.busy`` are :class:`RetryableError`, an unknown card on an update is
+  :class:`CardGone`, a missing permission on a card API is :class:`Refused`
+  (app-wide, naming the permission and where to grant it), the rest
+  :class:`FatalPlatformError`.
+- Transport failures say whether DingTalk may have acted: a request that never
+  reached it (connection refused, connect time-out) is :class:`RetryableError`;
+  one that was sent but got no answer (read time-out, connection dropped after the
+  request was written) is :class:`OutcomeUnknown`, which the core repeats only
+  where the plugin made the call idempotent.
 - Nothing here logs or raises a secret: the app secret goes only into the token
-  request body, the token only into a header, and error messages carry the route,
-  the status, DingTalk's code and message and the request id.
+  request body, the token only into a header (or the ``oapi`` query string, never
+  logged), and error messages carry the route, the status, DingTalk's code and
+  message and the request id.
 """
 
 from __future__ import annotations
@@ -25,12 +33,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
-from imrobots import (
+from imrobots.platform import (
     CardGone,
     FatalPlatformError,
+    OutcomeUnknown,
     PlatformError,
     RateLimited,
+    Refused,
     RetryableError,
     Secret,
 )
@@ -38,7 +49,10 @@ from imrobots import (
 __all__ = [
     "AUTH_CODES",
     "CARD_GONE_CODES",
+    "DUPLICATE_CODES",
     "FATAL_CODES",
+    "PERMISSION_CODES",
+    "PERMISSION_PAGE",
     "RATE_LIMITED_CODES",
     "RETRYABLE_CODES",
     "DingTalkApi",
@@ -78,21 +92,43 @@ CARD_GONE_CODES = frozenset(
 )
 """Codes an *update* gets when the card no longer exists (PROTOCOLS 2.3, 2.5)."""
 
+DUPLICATE_CODES = frozenset({"param.cardAlreadyExist"})
+"""Codes a *create* gets when a card with its id already exists (PROTOCOLS 2.4): a retry
+of a create that took effect; the card is there."""
+
 AUTH_CODES = frozenset({"InvalidAuthentication", "invalidAuthentication", "Unauthorized"})
 """Codes of a missing, unknown or expired access token."""
 
-FATAL_CODES = AUTH_CODES | frozenset(
-    {
-        "invalidClientIdOrSecret",
-        "authFailed",
-        "Forbidden.AccessDenied.AccessTokenPermissionDenied",
-        "Forbidden.AccessDenied.ApiCountLimitForOrg",
-        "invalid.robotCode",
-        "param.templateNotExist",
-        "param.stream.content",
-    }
+PERMISSION_CODES = frozenset(
+    {"Forbidden.AccessDenied.AccessTokenPermissionDenied", "AccessTokenPermissionDenied"}
+)
+"""The app lacks a permission the API needs (403, with ``accessdenieddetail.requiredScopes``;
+open-dingtalk/dingtalk-stream-sdk-python#20)."""
+
+PERMISSION_PAGE = (
+    "the app's permission page in the DingTalk developer console "
+    "(https://open-dev.dingtalk.com > your app > 权限管理 / Permissions)"
+)
+"""Where an app's API permissions are granted."""
+
+FATAL_CODES = (
+    AUTH_CODES
+    | PERMISSION_CODES
+    | frozenset(
+        {
+            "invalidClientIdOrSecret",
+            "authFailed",
+            "Forbidden.AccessDenied.ApiCountLimitForOrg",
+            "invalid.robotCode",
+            "param.templateNotExist",
+            "param.stream.content",
+        }
+    )
 )
 """Codes that retrying will not fix (credentials, permissions, monthly quota, bad requests)."""
+
+OAPI_TOKEN_ERRCODES = frozenset({40001, 40014, 41001, 42001})
+"""Old-style error codes of a missing, invalid or expired ``access_token``."""
 
 TOKEN_MARGIN = 300.0
 """Refresh the token this many seconds before it expires (as the SDK does)."""
@@ -110,6 +146,14 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+def _required_scopes(body: Any) -> list[str]:
+    detail = body.get("accessdenieddetail") if isinstance(body, dict) else None
+    scopes = detail.get("requiredScopes") if isinstance(detail, dict) else None
+    if not isinstance(scopes, list):
+        return []
+    return [str(scope) for scope in scopes if isinstance(scope, str | int)]
+
+
 def classify(
     what: str,
     status: int,
@@ -117,12 +161,15 @@ def classify(
     *,
     headers: Mapping[str, str] | None = None,
     card_update: bool = False,
+    card: bool = False,
 ) -> PlatformError:
-    """Turn a failed answer into the :mod:`imrobots` exception the core acts on.
+    """Turn a failed answer into the core exception the engine acts on.
 
     ``what`` names the call (``"PUT /v1.0/card/streaming"``), ``body`` is the
     parsed JSON (or text) answer; ``card_update`` says an unknown-card code means
-    :class:`~imrobots.CardGone`.
+    :class:`CardGone`; ``card`` says the call makes or changes a card, so that a
+    missing permission is :class:`Refused` app-wide (the core then answers with
+    markdown messages instead of cards).
     """
     headers = headers or {}
     code: str | None = None
@@ -146,6 +193,18 @@ def classify(
             )
     elif isinstance(body, str) and body:
         message = body.strip().splitlines()[0][:200]
+    if code is not None and code in PERMISSION_CODES:
+        scopes = _required_scopes(body)
+        missing = ", ".join(scopes) if scopes else "the permission this API needs"
+        text = (
+            f"DingTalk {what} refused: the app lacks the permission {missing} "
+            f"({status} {code}"
+            + (f", request id {request_id}" if request_id else "")
+            + f"); grant it on {PERMISSION_PAGE}"
+        )
+        if card:
+            return Refused(text, code=code, status=status, app_wide=True)
+        return FatalPlatformError(text, code=code, status=status)
     detail = f"{status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
     if request_id:
         detail += f" (request id {request_id})"
@@ -178,11 +237,45 @@ async def _read_body(response: aiohttp.ClientResponse) -> Any:
         return raw.decode("utf-8", errors="replace")
 
 
+_CONNECT_FAILURES: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,) + (
+    (aiohttp.ConnectionTimeoutError,) if hasattr(aiohttp, "ConnectionTimeoutError") else ()
+)
+"""Failures before the request left (aiohttp < 3.10 has no ``ConnectionTimeoutError``: a
+connect time-out there counts as a time-out after sending)."""
+
+
+def _transport_error(what: str, exc: BaseException, timeout: float) -> PlatformError:
+    """Say whether a request that failed in transit may have reached DingTalk."""
+    if isinstance(exc, _CONNECT_FAILURES):
+        reason = "connect time-out" if isinstance(exc, TimeoutError) else type(exc).__name__
+        return RetryableError(
+            f"DingTalk {what}: network error, could not connect ({reason}); nothing was sent",
+            code="network",
+        )
+    if isinstance(exc, TimeoutError):
+        return OutcomeUnknown(
+            f"DingTalk {what}: no answer within {timeout:g}s after the request was sent "
+            "(DingTalk may or may not have acted)",
+            code="timeout",
+        )
+    if isinstance(
+        exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError
+    ):
+        return OutcomeUnknown(
+            f"DingTalk {what}: the connection dropped before the answer "
+            f"({type(exc).__name__}; DingTalk may or may not have acted)",
+            code="disconnected",
+        )
+    return RetryableError(f"DingTalk {what}: network error ({type(exc).__name__})", code="network")
+
+
 class DingTalkApi:
     """The OpenAPI client of one app.
 
     ``session`` is owned by the caller; ``endpoint`` is the OpenAPI base URL
-    (``https://api.dingtalk.com``, or an emulator's).
+    (``https://api.dingtalk.com``, or an emulator's), ``oapi_endpoint`` the base
+    URL of the old-style API (``https://oapi.dingtalk.com``). ``timeout`` is how
+    long an answer may take once a request is sent; connecting has as long again.
     """
 
     def __init__(
@@ -193,12 +286,15 @@ class DingTalkApi:
         client_id: str,
         client_secret: Secret,
         timeout: float = 10.0,
+        oapi_endpoint: str = "https://oapi.dingtalk.com",
     ) -> None:
         self.session = session
         self.endpoint = endpoint.rstrip("/")
+        self.oapi_endpoint = oapi_endpoint.rstrip("/")
         self.client_id = client_id
         self._secret = client_secret
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.seconds = timeout
+        self.timeout = aiohttp.ClientTimeout(total=2 * timeout, connect=timeout, sock_read=timeout)
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = asyncio.Lock()
@@ -230,7 +326,13 @@ class DingTalkApi:
         what = "POST /v1.0/oauth2/accessToken"
         body = {"appKey": self.client_id, "appSecret": self._secret.get()}
         started = time.monotonic()
-        status, answer, headers = await self._send("POST", "/v1.0/oauth2/accessToken", body, what)
+        try:
+            status, answer, headers = await self._send(
+                "POST", "/v1.0/oauth2/accessToken", body, what
+            )
+        except OutcomeUnknown as exc:
+            # Fetching a token changes nothing: the call it was for was not sent yet.
+            raise RetryableError(str(exc), code=exc.code) from None
         self.token_fetches += 1
         if status != 200 or not isinstance(answer, dict) or "accessToken" not in answer:
             error = classify(what, status, answer, headers=headers)
@@ -252,6 +354,28 @@ class DingTalkApi:
         return token
 
     # ------------------------------------------------------------------ calls
+    async def _request(
+        self,
+        method: HttpMethod,
+        url: str,
+        what: str,
+        *,
+        data: bytes | aiohttp.FormData | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any, Mapping[str, str]]:
+        try:
+            async with self.session.request(
+                method,
+                url,
+                data=data,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            ) as response:
+                return response.status, await _read_body(response), response.headers
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _transport_error(what, exc, self.seconds) from None
+
     async def _send(
         self,
         method: HttpMethod,
@@ -265,18 +389,7 @@ class DingTalkApi:
         if headers:
             all_headers.update(headers)
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        try:
-            async with self.session.request(
-                method, url, data=data, headers=all_headers, timeout=self.timeout
-            ) as response:
-                return response.status, await _read_body(response), response.headers
-        except TimeoutError:
-            raise RetryableError(f"DingTalk {what} timed out", code="timeout") from None
-        except aiohttp.ClientError as exc:
-            reason = type(exc).__name__
-            raise RetryableError(
-                f"DingTalk {what}: network error ({reason})", code="network"
-            ) from None
+        return await self._request(method, url, what, data=data, headers=all_headers)
 
     async def call(
         self,
@@ -285,6 +398,7 @@ class DingTalkApi:
         body: Mapping[str, Any],
         *,
         card_update: bool = False,
+        card: bool = False,
     ) -> Any:
         """Call a token-protected route; return the JSON answer or raise (see :func:`classify`)."""
         what = f"{method} {path}"
@@ -306,7 +420,9 @@ class DingTalkApi:
                     code=str(answer.get("code")) if isinstance(answer, dict) else None,
                     status=status,
                 )
-            raise classify(what, status, answer, headers=headers, card_update=card_update)
+            raise classify(
+                what, status, answer, headers=headers, card_update=card_update, card=card
+            )
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def post_webhook(self, url: str, body: Mapping[str, Any]) -> Any:
@@ -321,3 +437,75 @@ class DingTalkApi:
         if status != 200:
             raise classify(what, status, answer, headers=headers)
         return answer
+
+    async def upload_media(
+        self, media_type: str, name: str, data: bytes, mime_type: str | None = None
+    ) -> str:
+        """``POST {oapi}/media/upload?access_token=..&type=..`` (multipart ``media``);
+        returns the ``media_id``. The token rides in the query string: the URL is
+        never logged or put in an error."""
+        what = "POST /media/upload"
+        for attempt in (1, 2):
+            token = await self.access_token()
+            form = aiohttp.FormData()
+            form.add_field(
+                "media", data, filename=name, content_type=mime_type or "application/octet-stream"
+            )
+            url = f"{self.oapi_endpoint}/media/upload"
+            query = URL(url).with_query(access_token=token, type=media_type)
+            status, answer, headers = await self._request("POST", str(query), what, data=form)
+            errcode = answer.get("errcode", 0) if isinstance(answer, dict) else None
+            if status == 200 and errcode == 0 and isinstance(answer, dict):
+                media_id = answer.get("media_id")
+                if isinstance(media_id, str) and media_id:
+                    return media_id
+            if errcode in OAPI_TOKEN_ERRCODES:
+                self.invalidate_token(token)
+                if attempt == 1:
+                    continue
+            if status != 200:
+                raise classify(what, status, answer, headers=headers)
+            errmsg = answer.get("errmsg", "") if isinstance(answer, dict) else ""
+            raise FatalPlatformError(
+                f"DingTalk {what} ({media_type} {name!r}, {len(data)} bytes) failed: "
+                f"{errcode} {errmsg}".rstrip(),
+                code=str(errcode),
+                status=status,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def fetch(self, url: str, *, max_bytes: int) -> bytes:
+        """GET a download URL (no token, no redirects followed); at most ``max_bytes``."""
+        host = urlsplit(url).hostname or "?"
+        what = f"download from {host}"
+        try:
+            async with self.session.get(
+                url, timeout=self.timeout, allow_redirects=False
+            ) as response:
+                if response.status != 200:
+                    body = await _read_body(response)
+                    if 300 <= response.status < 400:
+                        raise FatalPlatformError(
+                            f"DingTalk {what} answered a redirect ({response.status}); "
+                            "redirects are not followed",
+                            code="download.redirect",
+                            status=response.status,
+                        )
+                    raise classify(what, response.status, body, headers=response.headers)
+                if (response.content_length or 0) > max_bytes:
+                    raise FatalPlatformError(
+                        f"DingTalk {what}: {response.content_length} bytes, more than "
+                        f"the {max_bytes} allowed",
+                        code="download.too_large",
+                    )
+                data = await response.content.read(max_bytes + 1)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            error = _transport_error(what, exc, self.seconds)
+            # a download changes nothing: whatever happened, it may be tried again
+            raise RetryableError(str(error), code=error.code) from None
+        if len(data) > max_bytes:
+            raise FatalPlatformError(
+                f"DingTalk {what}: more than the {max_bytes} bytes allowed",
+                code="download.too_large",
+            )
+        return data

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from imrobots import Actions, Button, Card, CardStatus, Divider, Markdown, Note
+from imrobots.platform import Actions, Button, Card, CardStatus, Divider, Markdown, Note
 
 __all__ = [
     "FLOW_STATUS",

@@ -38,7 +38,7 @@ from urllib.parse import quote_plus, urlsplit
 import aiohttp
 import attrs
 
-from imrobots import FatalPlatformError, PlatformError, RetryableError, Secret
+from imrobots.platform import FatalPlatformError, PlatformError, RetryableError, Secret
 
 from .api import classify
 

@@ -79,7 +79,9 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
             "client_id": self.client_id,
             "client_secret": self._secret,
             "openapi_endpoint": self.emulator.base_url,
+            "oapi_endpoint": self.emulator.base_url,
             "webhook_hosts": [host],
+            "download_hosts": [host],
             "card_mode": self.card_mode,
         }
         if self.card_mode == "ai":

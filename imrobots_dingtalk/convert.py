@@ -1,4 +1,4 @@
-"""Wire payloads of DingTalk stream pushes, and their conversion to core events.
+r"""Wire payloads of DingTalk stream pushes, and their conversion to core events.
 
 The payload classes mirror DingTalk's JSON (PROTOCOLS 1.9 and 1.10) with
 snake_case fields; one cattrs :class:`cattrs.Converter` (:func:`make_converter`)
@@ -8,13 +8,21 @@ becomes :attr:`imrobots.MessageKind.UNSUPPORTED` instead of a crash. The
 models of :mod:`imrobots` never see DingTalk's JSON; :func:`to_message` and
 :func:`to_card_action` build them from the payload classes.
 
+Pictures, files, voice messages (with DingTalk's speech recognition in
+``content.recognition``), videos and the pictures of rich text become
+:class:`~imrobots.platform.Attachment`\ s that carry their ``downloadCode``; the
+platform downloads them on demand. A text that quotes another message
+(``text.isReplyMsg`` with ``text.repliedMsg``) gets a :class:`~imrobots.platform.Quote`.
+
 A payload that cannot be structured raises :class:`MalformedPayload` with a
-one-line message naming the bad fields.
+one-line message naming the bad fields. A quote that cannot be read is dropped,
+never the message.
 """
 
 from __future__ import annotations
 
 import json
+import mimetypes
 import re
 import typing
 from collections.abc import Mapping
@@ -28,13 +36,14 @@ from cattrs.gen import make_dict_structure_fn, override
 from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception
 
-from imrobots import (
+from imrobots.platform import (
     Attachment,
     CardAction,
     Conversation,
     ConversationKind,
     Message,
     MessageKind,
+    Quote,
     Sender,
 )
 
@@ -58,6 +67,7 @@ __all__ = [
     "make_converter",
     "parse_bot_message",
     "parse_card_callback",
+    "quote_of",
     "to_card_action",
     "to_message",
 ]
@@ -78,6 +88,11 @@ class TextContent:
     """``msgtype: text``: ``text.content`` (usually starts with a space after the @-mention)."""
 
     content: str = ""
+    is_reply_msg: bool = False
+    """The text quotes another message, in :attr:`replied_msg`."""
+    replied_msg: Any = attrs.field(default=None, repr=False)
+    """``text.repliedMsg``, kept as sent (``msgType``, ``msgId``, ``senderId``, ``content``);
+    read by :func:`quote_of`."""
 
 
 @attrs.frozen(kw_only=True)
@@ -463,8 +478,12 @@ def to_message(
     kind = MessageKind.UNSUPPORTED
     text = ""
     attachments: list[Attachment] = []
+    quote: Quote | None = None
+    extra = {"msgId": bot.msg_id, "robotCode": bot.robot_code} if bot.robot_code else {}
     if isinstance(content, TextContent):
         kind, text = MessageKind.TEXT, content.content
+        if content.is_reply_msg or content.replied_msg is not None:
+            quote = quote_of(content.replied_msg)
     elif isinstance(content, RichTextContent):
         kind = MessageKind.RICH_TEXT
         parts: list[str] = []
@@ -473,24 +492,38 @@ def to_message(
                 parts.append(item.text)
             code = item.download_code or item.picture_download_code
             if item.type == "picture" or (item.text is None and code):
-                attachments.append(Attachment(kind="image", download_code=code))
+                attachments.append(_attachment("image", code, extra=extra))
         text = "".join(parts)
     elif isinstance(content, PictureContent):
         kind = MessageKind.IMAGE
         code = content.download_code or content.picture_download_code
-        attachments.append(Attachment(kind="image", download_code=code))
+        attachments.append(_attachment("image", code, extra=extra))
     elif isinstance(content, AudioContent):
         kind, text = MessageKind.AUDIO, content.recognition or ""
         attachments.append(
-            Attachment(kind="audio", download_code=content.download_code, text=content.recognition)
+            _attachment(
+                "audio",
+                content.download_code,
+                text=content.recognition,
+                duration=content.duration,
+                extra=extra,
+            )
         )
     elif isinstance(content, VideoContent):
         kind = MessageKind.VIDEO
-        attachments.append(Attachment(kind="video", download_code=content.download_code))
+        attachments.append(
+            _attachment(
+                "video",
+                content.download_code,
+                duration=content.duration,
+                mime_type=f"video/{content.video_type}" if content.video_type else None,
+                extra=extra,
+            )
+        )
     elif isinstance(content, FileContent):
         kind = MessageKind.FILE
         attachments.append(
-            Attachment(kind="file", name=content.file_name, download_code=content.download_code)
+            _attachment("file", content.download_code, name=content.file_name, extra=extra)
         )
     group = bot.is_group
     robot_ids = {bot.chatbot_user_id} - {None}
@@ -519,6 +552,124 @@ def to_message(
         attachments=tuple(attachments),
         time=_time(bot.create_at),
         raw=raw,
+        quote=quote,
+        app=bot.robot_code,
+    )
+
+
+def _attachment(
+    kind: str,
+    download_code: str | None,
+    *,
+    name: str | None = None,
+    text: str | None = None,
+    duration: int | float | None = None,
+    mime_type: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Attachment:
+    if mime_type is None and name:
+        mime_type = mimetypes.guess_type(name)[0]
+    return Attachment(
+        kind=kind,
+        name=name,
+        download_code=download_code,
+        text=text,
+        # DingTalk sends milliseconds (e.g. 4000 for a 4-second voice message)
+        duration=duration / 1000 if isinstance(duration, int | float) else None,
+        mime_type=mime_type,
+        extra=dict(extra or {}),
+    )
+
+
+def _json_object(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _card_texts(node: Any, out: list[str], depth: int = 0) -> None:
+    """The visible text of a quoted interactive card's element tree
+    (``{elementType, value, children}``; QwenLM/qwen-code#9536)."""
+    if depth > 20:
+        return
+    if isinstance(node, list):
+        for child in node:
+            _card_texts(child, out, depth + 1)
+    elif isinstance(node, Mapping):
+        value = node.get("value")
+        if str(node.get("elementType", "")).upper() == "TEXT" and isinstance(value, str):
+            out.append(value)
+        _card_texts(node.get("children"), out, depth + 1)
+
+
+def quote_of(replied: Any) -> Quote | None:
+    """The :class:`~imrobots.platform.Quote` of a text's ``repliedMsg``, or ``None``.
+
+    Reads the shapes DingTalk clients send, as community plugins found them
+    (soimy/openclaw-channel-dingtalk#128, QwenLM/qwen-code#9536; DingTalk documents
+    none): text in ``content.text`` or ``content.content``, rich text as segments
+    (``{"msgType": "text", "content"}`` / ``{"text"}`` and pictures with a
+    ``downloadCode``), pictures, files, voice (``recognition``), videos, markdown,
+    and interactive cards (the text elements of ``content.cardContent``).
+    """
+    replied = _json_object(replied)
+    if not isinstance(replied, Mapping):
+        return None
+    msg_type = str(replied.get("msgType") or replied.get("msgtype") or "text")
+    content = _json_object(replied.get("content"))
+    texts: list[str] = []
+    attachments: list[Attachment] = []
+    if isinstance(content, str):
+        texts.append(content)
+    elif isinstance(content, Mapping):
+        code = content.get("downloadCode") or content.get("pictureDownloadCode")
+        code = code if isinstance(code, str) else None
+        if msg_type in ("text", "markdown"):
+            value = content.get("text", content.get("content"))
+            if isinstance(value, str):
+                texts.append(value)
+        elif msg_type == "richText":
+            items = content.get("richText")
+            for item in items if isinstance(items, list) else []:
+                if not isinstance(item, Mapping):
+                    continue
+                item_type = item.get("msgType") or item.get("type") or "text"
+                item_code = item.get("downloadCode") or item.get("pictureDownloadCode")
+                if item_type == "picture":
+                    attachments.append(
+                        _attachment("image", item_code if isinstance(item_code, str) else None)
+                    )
+                else:
+                    value = item.get("text", item.get("content"))
+                    if isinstance(value, str):
+                        texts.append(value)
+        elif msg_type == "picture":
+            attachments.append(_attachment("image", code))
+        elif msg_type in ("audio", "voice"):
+            recognition = content.get("recognition")
+            recognition = recognition if isinstance(recognition, str) else None
+            if recognition:
+                texts.append(recognition)
+            attachments.append(_attachment("audio", code, text=recognition))
+        elif msg_type == "video":
+            attachments.append(_attachment("video", code))
+        elif msg_type == "file":
+            name = content.get("fileName")
+            attachments.append(
+                _attachment("file", code, name=name if isinstance(name, str) else None)
+            )
+        elif msg_type == "interactiveCard":
+            _card_texts(content.get("cardContent"), texts)
+    sender_id = replied.get("senderId")
+    msg_id = replied.get("msgId")
+    return Quote(
+        id=msg_id if isinstance(msg_id, str) else None,
+        text="".join(texts).strip() if msg_type == "richText" else "\n".join(texts).strip(),
+        sender=Sender(id=sender_id) if isinstance(sender_id, str) and sender_id else None,
+        attachments=tuple(attachments),
     )
 
 

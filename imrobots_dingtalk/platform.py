@@ -1,15 +1,36 @@
 """The DingTalk platform: Stream mode in, StandardCard or AI card out.
 
 :class:`DingTalkSettings` is the ``[robots.NAME.settings]`` table of a robot on
-``platform = "dingtalk"``; :class:`DingTalkPlatform` implements
-:class:`imrobots.Platform` on top of :mod:`.connection` (the Stream loop, acks
-first), :mod:`.convert` (payloads -> core events), :mod:`.cards` (core cards ->
-DingTalk JSON) and :mod:`.api` (the OpenAPI client). See
-``docs/platforms/dingtalk.md``.
+``platform = "dingtalk"``; :class:`DingTalkPlatform` implements the core's
+:class:`~imrobots.platform.Platform` on top of :mod:`.connection` (the Stream loop,
+acks first), :mod:`.convert` (payloads -> core events), :mod:`.cards` (core cards
+-> DingTalk JSON), :mod:`.messages` (robot message bodies, byte limits),
+:mod:`.streaming` (the AI card's stream handle) and :mod:`.api` (the OpenAPI
+client). See ``docs/platforms/dingtalk.md``.
+
+Where things go:
+
+- An answer to a message (its :class:`~imrobots.platform.Target` carries the push
+  in ``context``): cards to its group (``openConversationId``) or to its sender
+  (``senderStaffId``), texts through its ``sessionWebhook`` (while it lives).
+- A proactive target (``Target.to_user(..., staff_id)`` /
+  ``Target.to_group(..., openConversationId, mentions=...)``) has no context: cards
+  go to the user or group, texts through the robot message APIs
+  (``oToMessages/batchSend``, ``groupMessages/send``).
+- Images and files are uploaded (``oapi`` ``media/upload``) and sent as
+  ``sampleImageMsg`` / ``sampleFile`` through the robot message APIs.
+
+Idempotency: the core's key becomes the card's ``cardBizId`` / ``outTrackId``
+(:func:`card_id_for`), so a retried create never makes a second card; a create
+answered "already exists" is the retry of one that took effect. The sessionWebhook
+and the robot message APIs have no idempotency field: those sends are declared not
+idempotent, and the core never repeats them after an unknown outcome.
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import logging
 import re
@@ -22,24 +43,34 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 
-from imrobots import (
+from imrobots.platform import (
+    Attachment,
     Capabilities,
     Card,
     CardAction,
     CardRef,
     CardStatus,
+    CardStream,
     EventSink,
     FatalPlatformError,
-    Message,
+    NotSupported,
+    Op,
     Platform,
+    RateLimit,
     RateLimited,
+    Refused,
     RetryableError,
+    Scope,
     Secret,
+    SizeUnit,
+    StreamHandle,
     StreamingMode,
+    Target,
+    Upload,
 )
 
-from .api import FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, DingTalkApi
-from .cards import FLOW_STATUS, ai_card_params, ai_markdown, standard_card
+from .api import DUPLICATE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, DingTalkApi
+from .cards import ai_card_params, ai_markdown, standard_card
 from .connection import (
     ACK_OK,
     Ack,
@@ -50,12 +81,26 @@ from .connection import (
     Subscription,
 )
 from .convert import MalformedPayload, get_converter, to_card_action, to_message
+from .messages import (
+    ROBOT_PARAM_BYTES,
+    WEBHOOK_TEXT_BYTES,
+    file_param,
+    fit_param,
+    image_param,
+    text_param,
+    webhook_body,
+)
+from .streaming import DingTalkAICardStream
 
 __all__ = [
     "BOT_MESSAGE_TOPIC",
     "CARD_CALLBACK_TOPIC",
+    "CARD_TEXT_BYTES",
+    "MEDIA_MAX_BYTES",
     "DingTalkPlatform",
     "DingTalkSettings",
+    "card_id_for",
+    "download_allowed",
     "webhook_allowed",
 ]
 
@@ -64,7 +109,33 @@ log = logging.getLogger("imrobots_dingtalk")
 BOT_MESSAGE_TOPIC = "/v1.0/im/bot/messages/get"
 CARD_CALLBACK_TOPIC = "/v1.0/card/instances/callback"
 DINGTALK_DOMAIN = "dingtalk.com"
+DOWNLOAD_DOMAINS = ("dingtalk.com", "aliyuncs.com")
+"""Domains a ``messageFiles/download`` URL may point to: DingTalk's own, and Alibaba
+Cloud OSS where DingTalk keeps files (Tencent/WeKnora#1982 pins the same two)."""
 _CARD_ACK = Ack(data='{"response":{}}')
+
+CARD_TEXT_BYTES = 19_000
+"""Default bytes of answer text per card before it continues in a new card.
+UNCONFIRMED: DingTalk documents ``param.stream.content`` "content is too large" for
+``card/streaming`` without a number (and advises at most 3 KB in total, PROTOCOLS
+2.5), and no size at all for a StandardCard; 19,000 keeps a card's text under the
+20,000 bytes of a sessionWebhook message, with room for the card's notes."""
+
+MEDIA_MAX_BYTES = 20 * 1024 * 1024
+"""Largest image or file ``media/upload`` takes. UNCONFIRMED: DingTalk's page for the API
+was not available; 20 MB is the limit DingTalk's own connectors enforce
+(DingTalk-Real-AI/dingtalk-openclaw-connector)."""
+
+AI_PARAM_BYTES = 1000
+"""A ``cardParamMap`` value is at most 1 KB (PROTOCOLS 2.4): longer card text goes
+through ``card/streaming``."""
+
+CARD_ID_CHARS = 64
+"""``cardBizId`` may be 100 characters, 64 recommended (PROTOCOLS 2.3)."""
+_CARD_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_PROGRESS_KEYS = 2048
+
+CardMode = Literal["standard", "ai"]
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -115,7 +186,7 @@ class DingTalkSettings:
     """The app's Client Secret (AppSecret). Never logged or shown."""
     robot_code: str | None = None
     """The robot's code; internal apps use the Client ID (the default)."""
-    card_mode: Literal["standard", "ai"] = "standard"
+    card_mode: CardMode = "standard"
     """``standard``: the seed's StandardCard, posted then edited (legacy API, closed to
     apps created after 2024-12-31). ``ai``: an AI card instance streamed natively."""
     ai_template_id: str | None = attrs.field(default=None, validator=_ai_template)
@@ -123,26 +194,33 @@ class DingTalkSettings:
     ai_content_key: str = "msgContent"
     """The template's markdown variable that streaming updates write."""
     openapi_endpoint: str = attrs.field(default="https://api.dingtalk.com", validator=_url)
-    """Base URL of the OpenAPI (tokens, cards, robot messages)."""
+    """Base URL of the OpenAPI (tokens, cards, robot messages, file downloads)."""
+    oapi_endpoint: str = attrs.field(default="https://oapi.dingtalk.com", validator=_url)
+    """Base URL of the old-style API (``media/upload`` for images and files sent)."""
     gateway_endpoint: str | None = attrs.field(default=None, validator=_url)
     """Base URL of ``/v1.0/gateway/connections/open``; default: ``openapi_endpoint``."""
     webhook_hosts: tuple[str, ...] = attrs.field(default=(), validator=_hosts)
     """Extra sessionWebhook hosts (``host`` or ``host:port``) to accept besides
     ``*.dingtalk.com``, e.g. ``"127.0.0.1:8790"`` for the emulator."""
+    download_hosts: tuple[str, ...] = attrs.field(default=(), validator=_hosts)
+    """Extra hosts (``host`` or ``host:port``) attachments may be downloaded from besides
+    ``*.dingtalk.com`` and ``*.aliyuncs.com`` (https), e.g. the emulator's."""
     at_sender: bool = True
     """In groups, @-mention the sender in answer cards and replies."""
     robot_names: tuple[str, ...] = attrs.field(default=(), validator=_list)
     """Display names of the robot: a leading ``@name`` is removed from message text."""
     app_rate: float = attrs.field(default=20.0, validator=_positive)
-    """Requests per second the app may make (DingTalk standard edition: 20 per API)."""
+    """Calls per second the app may make to each API (DingTalk standard edition: 20)."""
     update_interval: float = attrs.field(default=1.0, validator=_positive)
     """Minimum seconds between two updates of one card."""
     max_updates: int | None = attrs.field(default=None, validator=_positive)
     """Cap on updates per card (the final one included); ``None``: no cap."""
-    max_text: int | None = attrs.field(default=None, validator=_positive)
-    """Characters of markdown per card before the answer continues in a new card."""
+    max_text: int | None = attrs.field(default=CARD_TEXT_BYTES, validator=_positive)
+    """UTF-8 bytes of answer text per card before the answer continues in a new card."""
+    max_download_bytes: int = attrs.field(default=100 * 1024 * 1024, validator=_positive)
+    """Largest attachment :meth:`DingTalkPlatform.download` accepts."""
     request_timeout: float = attrs.field(default=10.0, validator=_positive)
-    """Seconds one HTTP call may take."""
+    """Seconds one HTTP call may wait for its answer (connecting has as long again)."""
     connect_timeout: float = attrs.field(default=30.0, validator=_positive)
     """Seconds ``start`` waits for the first stream connection."""
     ping_interval: float = attrs.field(default=20.0, validator=_positive)
@@ -165,25 +243,84 @@ class DingTalkSettings:
         return self.robot_code or self.client_id
 
 
+def _host_allowed(
+    url: str, domains: tuple[str, ...], extra_hosts: tuple[str, ...]
+) -> tuple[bool, str]:
+    """Whether ``url`` is https on one of ``domains`` (or a subdomain), or on one of
+    ``extra_hosts`` (``host`` or ``host:port``, any http(s) scheme); and its host."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError:
+        return False, "?"
+    if not host or parts.scheme not in ("http", "https"):
+        return False, host or "?"
+    allowed = {h.lower() for h in extra_hosts}
+    if host in allowed or (port is not None and f"{host}:{port}" in allowed):
+        return True, host
+    ours = any(host == d or host.endswith("." + d) for d in domains)
+    return ours and parts.scheme == "https", host
+
+
 def webhook_allowed(url: str, extra_hosts: tuple[str, ...]) -> bool:
     """Whether a sessionWebhook URL may be posted to.
 
     Allowed: ``https`` URLs on ``dingtalk.com`` or a subdomain, and any URL whose
     ``host`` or ``host:port`` is in ``extra_hosts``.
     """
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        port = parts.port
-    except ValueError:
-        return False
-    if not host or parts.scheme not in ("http", "https"):
-        return False
-    allowed = {h.lower() for h in extra_hosts}
-    if host in allowed or (port is not None and f"{host}:{port}" in allowed):
-        return True
-    is_dingtalk = host == DINGTALK_DOMAIN or host.endswith("." + DINGTALK_DOMAIN)
-    return is_dingtalk and parts.scheme == "https"
+    return _host_allowed(url, (DINGTALK_DOMAIN,), extra_hosts)[0]
+
+
+def download_allowed(url: str, extra_hosts: tuple[str, ...]) -> bool:
+    """Whether an attachment's download URL may be fetched: ``https`` on
+    :data:`DOWNLOAD_DOMAINS` (or a subdomain), or a host in ``extra_hosts``."""
+    return _host_allowed(url, DOWNLOAD_DOMAINS, extra_hosts)[0]
+
+
+def card_id_for(key: str) -> str:
+    """The ``cardBizId`` / ``outTrackId`` of the card sent under idempotency ``key``: the
+    key itself when it is at most 64 characters of ``[A-Za-z0-9_.-]``, else its SHA-256
+    in hex (64 characters). The same key always gives the same id, so a retried send
+    addresses the card the first attempt may have made."""
+    if _CARD_ID.match(key):
+        return key
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _api_names(mode: CardMode) -> dict[Op, str]:
+    """The DingTalk API each operation calls (for the per-API rate limit)."""
+    if mode == "ai":
+        send, push, update = (
+            "card.instances.createAndDeliver",
+            "card.streaming",
+            "card.instances.update",
+        )
+    else:
+        send, push, update = (
+            "interactiveCards.send",
+            "interactiveCards.update",
+            "interactiveCards.update",
+        )
+    return {
+        Op.OPEN: send,
+        Op.SEND_CARD: send,
+        Op.PUSH: push,
+        Op.CLOSE: push,  # an AI card closes with a card/streaming call, like its pushes
+        Op.UPDATE_CARD: update,
+        Op.ANSWER_ACTION: update,
+        Op.SEND_TEXT: "robot.messages",
+        Op.SEND_IMAGE: "media.upload",
+        Op.SEND_FILE: "media.upload",
+    }
+
+
+IDEMPOTENT = frozenset(
+    {Op.OPEN, Op.SEND_CARD, Op.PUSH, Op.CLOSE, Op.UPDATE_CARD, Op.ANSWER_ACTION, Op.RENEW}
+)
+"""Operations a retry never repeats: card creates carry the key as their id, updates and
+streaming calls overwrite the whole content. Texts, images and files (sessionWebhook,
+robot message APIs) have no idempotency field and are left out."""
 
 
 class DingTalkPlatform(Platform):
@@ -196,10 +333,22 @@ class DingTalkPlatform(Platform):
         s = settings
         self.capabilities = Capabilities(
             streaming=StreamingMode.NATIVE if s.card_mode == "ai" else StreamingMode.EDIT,
+            rate_limits=(RateLimit(scope=Scope.API, rate=s.app_rate),),
             app_rate=s.app_rate,
+            api_names=_api_names(s.card_mode),
             update_interval=s.update_interval,
             max_updates=s.max_updates,
             max_text=s.max_text,
+            max_message_text=WEBHOOK_TEXT_BYTES,
+            text_unit=SizeUnit.BYTES,
+            max_image_bytes=MEDIA_MAX_BYTES,
+            max_file_bytes=MEDIA_MAX_BYTES,
+            images=True,
+            files=True,
+            downloads=True,
+            mentions=True,
+            proactive=True,
+            idempotent=IDEMPOTENT,
             rate_limited_codes=RATE_LIMITED_CODES,
             retryable_codes=RETRYABLE_CODES,
             fatal_codes=FATAL_CODES,
@@ -208,6 +357,9 @@ class DingTalkPlatform(Platform):
         self._api: DingTalkApi | None = None
         self.connection: StreamConnection | None = None
         self._sink: EventSink | None = None
+        self._progress: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        """Per idempotency key, how far a multi-step send got (message parts sent, the
+        media id uploaded), so that its retry does not repeat those steps."""
         get_converter()  # build the payload converter now, not on the first message
 
     def __repr__(self) -> str:
@@ -230,6 +382,7 @@ class DingTalkPlatform(Platform):
             self._api = DingTalkApi(
                 self._session,
                 endpoint=self.settings.openapi_endpoint,
+                oapi_endpoint=self.settings.oapi_endpoint,
                 client_id=self.settings.client_id,
                 client_secret=self.settings.client_secret,
                 timeout=self.settings.request_timeout,
@@ -322,58 +475,121 @@ class DingTalkPlatform(Platform):
         log.warning("ignored a push on unknown topic %r (%s)", frame.topic, frame.message_id)
         return Ack(code=404, message="topic not supported"), None
 
-    # ------------------------------------------------------------------ outbound helpers
+    # ------------------------------------------------------------------ targets
     @staticmethod
-    def _payload(to: Message) -> Mapping[str, Any]:
-        return to.raw if isinstance(to.raw, Mapping) else {}
+    def _context(target: Target) -> Mapping[str, Any]:
+        """The push a target answers (a bot message or a card callback), or ``{}``."""
+        return target.context if isinstance(target.context, Mapping) else {}
 
-    def _sender_staff_id(self, to: Message) -> str | None:
-        """The sender's userId (staff id); ``None`` when DingTalk sent only the encrypted id."""
-        payload = self._payload(to)
-        staff = payload.get("senderStaffId") if payload else to.sender.id
-        return str(staff) if staff else None
+    def _user_id(self, target: Target) -> str | None:
+        """The staff id (userId) of the target's user: the sender of the message
+        answered, the presser of a button, or the receiver of a proactive send.
+        ``None`` when DingTalk sent only the encrypted id (unpublished robot)."""
+        context = self._context(target)
+        if "msgId" in context or "senderStaffId" in context:
+            staff = context.get("senderStaffId")
+            return str(staff) if staff else None
+        if "outTrackId" in context:
+            user = context.get("userId")
+            return str(user) if user else None
+        return target.user.id if target.user is not None and target.user.id else None
 
-    def _at_sender(self, to: Message) -> str | None:
-        """The staff id to @-mention in a group answer, if any."""
-        if not (self.settings.at_sender and to.conversation.is_group):
-            return None
-        return self._sender_staff_id(to)
+    def _mentions(self, target: Target) -> list[tuple[str, str]]:
+        """``(staff id, display name)`` to @-mention in a group: the target's mentions,
+        and the sender being answered (``at_sender``)."""
+        if not target.is_group:
+            return []
+        found: list[tuple[str, str]] = []
+        if self.settings.at_sender and self._context(target):
+            staff = self._user_id(target)
+            if staff:
+                name = target.user.name if target.user is not None else None
+                found.append((staff, name or staff))
+        for user_id in target.mentions:
+            if user_id and all(user_id != known for known, _ in found):
+                found.append((user_id, user_id))
+        return found
 
-    def _staff_id(self, to: Message) -> str:
-        staff = self._sender_staff_id(to)
+    def _group_id(self, target: Target) -> str | None:
+        """The ``openConversationId`` of a group target (a Stream push's
+        ``conversationId`` is one)."""
+        if target.conversation is not None and target.conversation.is_group:
+            return target.conversation.id
+        return None
+
+    def _receiver(self, target: Target, what: str) -> str:
+        """The staff id a direct card, image or file goes to; :class:`Refused` without one
+        (DingTalk sends ``senderStaffId`` only once the robot is published)."""
+        staff = self._user_id(target)
         if not staff:
-            raise FatalPlatformError(
-                "cannot send a card to this direct chat: DingTalk sent no senderStaffId "
-                "(is the robot published?)"
+            raise Refused(
+                f"cannot send {what} to this direct chat: DingTalk sent no senderStaffId "
+                "(is the robot published?); answering through the message's sessionWebhook",
+                code="no.staffId",
+                app_wide=False,
             )
-        return str(staff)
+        return staff
 
-    @staticmethod
-    def _new_card_id() -> str:
-        return uuid.uuid4().hex
+    def _remember(self, key: str, value: Any) -> None:
+        self._progress[key] = value
+        self._progress.move_to_end(key)
+        while len(self._progress) > _PROGRESS_KEYS:
+            self._progress.popitem(last=False)
 
     # ------------------------------------------------------------------ cards
-    async def send_card(self, to: Message, card: Card) -> CardRef:
-        """Send ``card`` into the conversation of ``to`` (a StandardCard or an AI card)."""
-        card_id = self._new_card_id()
-        if self.settings.card_mode == "ai":
-            await self.api.call(
-                "POST", "/v1.0/card/instances/createAndDeliver", self._ai_create(to, card, card_id)
-            )
+    def _mode(self, ref: CardRef) -> str:
+        mode = ref.data.get("mode") if isinstance(ref.data, Mapping) else None
+        return mode if isinstance(mode, str) else self.settings.card_mode
+
+    def _ref(self, target: Target, card_id: str) -> CardRef:
+        conversation: str | None
+        if target.conversation is not None:
+            conversation = target.conversation.id
         else:
-            await self.api.call(
-                "POST",
-                "/v1.0/im/v1.0/robot/interactiveCards/send",
-                self._standard_send(to, card, card_id),
-            )
+            conversation = target.user.id if target.user is not None else None
         return CardRef(
             id=card_id,
             platform=self.name,
-            conversation_id=to.conversation.id,
-            data={"mode": self.settings.card_mode, "inputing": card.status is CardStatus.STREAMING},
+            conversation_id=conversation,
+            data={"mode": self.settings.card_mode},
         )
 
-    def _standard_send(self, to: Message, card: Card, card_id: str) -> dict[str, Any]:
+    async def send_card(self, target: Target, card: Card, *, key: str) -> CardRef:
+        """Send ``card`` to ``target``'s group or user, as a StandardCard or an AI card.
+
+        The card's id is :func:`card_id_for` ``key``. An AI card that is already final
+        (or an error card) is finalized through ``card/streaming`` at once."""
+        card_id = card_id_for(key)
+        ref = self._ref(target, card_id)
+        if self.settings.card_mode == "ai":
+            await self._create_ai(target, card, card_id, content=False)
+            if card.status.is_terminal:
+                await self.stream_content(
+                    ref,
+                    ai_markdown(card),
+                    finalize=card.status is not CardStatus.ERROR,
+                    error=card.status is CardStatus.ERROR,
+                )
+            else:
+                await self.stream_content(ref, ai_markdown(card), finalize=False, error=False)
+        else:
+            await self._create(
+                "/v1.0/im/v1.0/robot/interactiveCards/send",
+                self._standard_send(target, card, card_id),
+            )
+        return ref
+
+    async def _create(self, path: str, body: dict[str, Any]) -> None:
+        """A create call; "already exists" is the retry of one that took effect."""
+        try:
+            await self.api.call("POST", path, body, card=True)
+        except FatalPlatformError as exc:
+            if exc.code in DUPLICATE_CODES:
+                log.info("card %s exists already (a retried create); kept", _card_of(body))
+                return
+            raise
+
+    def _standard_send(self, target: Target, card: Card, card_id: str) -> dict[str, Any]:
         body: dict[str, Any] = {
             "cardTemplateId": "StandardCard",
             "cardBizId": card_id,
@@ -381,93 +597,123 @@ class DingTalkPlatform(Platform):
             "cardData": json.dumps(standard_card(card), ensure_ascii=False),
         }
         options: dict[str, Any] = {"atAll": False}
-        if to.conversation.is_group:
-            body["openConversationId"] = to.conversation.id
-            staff = self._at_sender(to)
-            if staff:
-                at = [{"nickName": to.sender.name or staff, "userId": staff}]
+        group = self._group_id(target)
+        if group is not None:
+            body["openConversationId"] = group
+            at = [{"nickName": name, "userId": staff} for staff, name in self._mentions(target)]
+            if at:
                 options["atUserListJson"] = json.dumps(at, ensure_ascii=False)
         else:
-            body["singleChatReceiver"] = json.dumps({"userId": self._staff_id(to)})
+            receiver = self._receiver(target, "a card")
+            body["singleChatReceiver"] = json.dumps({"userId": receiver})
         body["sendOptions"] = options
         return body
 
-    def _ai_create(self, to: Message, card: Card, card_id: str) -> dict[str, Any]:
+    async def _create_ai(self, target: Target, card: Card, card_id: str, *, content: bool) -> None:
         s = self.settings
+        params = ai_card_params(card, content_key=s.ai_content_key, content=content)
+        params.setdefault(s.ai_content_key, "")
         body: dict[str, Any] = {
             "cardTemplateId": s.ai_template_id,
             "outTrackId": card_id,
-            "cardData": {"cardParamMap": ai_card_params(card, content_key=s.ai_content_key)},
+            "cardData": {"cardParamMap": params},
             "callbackType": "STREAM",
             "imGroupOpenSpaceModel": {"supportForward": True},
             "imRobotOpenSpaceModel": {"supportForward": True},
             "userIdType": 1,
         }
-        if to.conversation.is_group:
-            body["openSpaceId"] = f"dtv1.card//IM_GROUP.{to.conversation.id}"
+        group = self._group_id(target)
+        if group is not None:
+            body["openSpaceId"] = f"dtv1.card//IM_GROUP.{group}"
             deliver: dict[str, Any] = {"robotCode": s.robot}
-            staff = self._at_sender(to)
-            if staff:
-                deliver["atUserIds"] = {staff: to.sender.name or staff}
+            mentions = self._mentions(target)
+            if mentions:
+                deliver["atUserIds"] = dict(mentions)
             body["imGroupOpenDeliverModel"] = deliver
         else:
-            body["openSpaceId"] = f"dtv1.card//IM_ROBOT.{self._staff_id(to)}"
+            receiver = self._receiver(target, "a card")
+            body["openSpaceId"] = f"dtv1.card//IM_ROBOT.{receiver}"
             body["imRobotOpenDeliverModel"] = {"spaceType": "IM_ROBOT", "robotCode": s.robot}
-        return body
+        await self._create("/v1.0/card/instances/createAndDeliver", body)
 
-    def _mode(self, ref: CardRef) -> str:
-        mode = ref.data.get("mode") if isinstance(ref.data, Mapping) else None
-        return mode if isinstance(mode, str) else self.settings.card_mode
+    async def open_stream(self, target: Target, card: Card, *, key: str) -> StreamHandle:
+        """Start an answer showing ``card`` (the thinking card). StandardCard: the core's
+        :class:`~imrobots.platform.CardStream` (each push edits the card). AI card: a
+        :class:`~imrobots_dingtalk.streaming.DingTalkAICardStream`."""
+        if self.settings.card_mode != "ai":
+            ref = await self.send_card(target, card, key=key)
+            return CardStream(self, target, ref, title=card.title)
+        card_id = card_id_for(key)
+        text = ai_markdown(card)
+        small = len(text.encode("utf-8")) <= AI_PARAM_BYTES
+        await self._create_ai(target, card, card_id, content=small)
+        handle = DingTalkAICardStream(self, target, self._ref(target, card_id), title=card.title)
+        if card.status is CardStatus.STREAMING or not small:
+            await handle.push(text)  # a continuation card opens with text already
+        return handle
+
+    async def restore_stream(self, target: Target, state: Mapping[str, Any]) -> StreamHandle:
+        """Rebuild the handle of a stream a crash left open (from its ``state()``)."""
+        ref_state = state.get("ref")
+        if not isinstance(ref_state, Mapping) or not isinstance(ref_state.get("id"), str):
+            raise FatalPlatformError("no card to restore", code="restore")
+        data = state.get("data")
+        mode = state.get("mode") or (data.get("mode") if isinstance(data, Mapping) else None)
+        mode = mode if mode in ("standard", "ai") else self.settings.card_mode
+        conversation = ref_state.get("conversation_id")
+        ref = CardRef(
+            id=ref_state["id"],
+            platform=self.name,
+            conversation_id=conversation if isinstance(conversation, str) else None,
+            data={"mode": mode},
+        )
+        title = state.get("title")
+        title = title if isinstance(title, str) else None
+        if mode == "ai":
+            # whether it already showed "inputing" is unknown; closing does not need it
+            return DingTalkAICardStream(self, target, ref, title=title, inputing=True)
+        return CardStream(self, target, ref, title=title)
 
     async def update_card(self, ref: CardRef, card: Card) -> None:
-        """Replace the card's content; terminal states finalize an AI card.
-
-        AI cards: the markdown goes through ``PUT /v1.0/card/streaming`` (with
-        ``isFinalize`` or ``isError`` for a final or error card), then title, status
-        and buttons through ``PUT /v1.0/card/instances``.
-        """
+        """Replace the card's content. StandardCard: ``PUT /v1.0/im/robots/interactiveCards``.
+        AI card: the markdown through ``card/streaming`` (finalizing a final, interrupted
+        or error card), then title, ``flowStatus`` and buttons through ``card/instances``."""
         if self._mode(ref) != "ai":
             standard = {
                 "cardBizId": ref.id,
                 "cardData": json.dumps(standard_card(card), ensure_ascii=False),
             }
             await self.api.call(
-                "PUT", "/v1.0/im/robots/interactiveCards", standard, card_update=True
+                "PUT", "/v1.0/im/robots/interactiveCards", standard, card_update=True, card=True
             )
             return
+        await self.finish_ai_card(ref, card)
+
+    async def finish_ai_card(self, ref: CardRef, card: Card) -> None:
+        """Show ``card`` in an AI card: its markdown through ``card/streaming``
+        (``isFinalize`` for a final or interrupted card, ``isError`` for an error card),
+        then its title, ``flowStatus`` and buttons through ``card/instances``."""
         terminal = card.status.is_terminal
-        await self._stream(
+        await self.stream_content(
             ref,
             ai_markdown(card),
             finalize=terminal and card.status is not CardStatus.ERROR,
             error=card.status is CardStatus.ERROR,
         )
-        if terminal or card.buttons:
-            params = ai_card_params(card, content_key=self.settings.ai_content_key, content=False)
-            body: dict[str, Any] = {
-                "outTrackId": ref.id,
-                "cardData": {"cardParamMap": params},
-                "cardUpdateOptions": {"updateCardDataByKey": True},
-            }
-            await self.api.call("PUT", "/v1.0/card/instances", body, card_update=True)
+        params = ai_card_params(card, content_key=self.settings.ai_content_key, content=False)
+        await self.set_card_data(ref, params)
 
-    async def stream_update(self, ref: CardRef, text: str, *, final: bool = False) -> None:
-        """Show ``text`` (the whole answer so far) in an AI card."""
-        if self._mode(ref) != "ai":
-            raise NotImplementedError("stream_update needs card_mode = 'ai'")
-        state = ref.data
-        if isinstance(state, dict) and not state.get("inputing"):
-            # As the SDK's AI card does: flowStatus 2 ("inputing") before the first text.
-            body = {
-                "outTrackId": ref.id,
-                "cardData": {"cardParamMap": {"flowStatus": FLOW_STATUS[CardStatus.STREAMING]}},
-                "cardUpdateOptions": {"updateCardDataByKey": True},
-            }
-            await self.api.call("PUT", "/v1.0/card/instances", body, card_update=True)
-            state["inputing"] = True
-        await self._stream(ref, text, finalize=final, error=False)
+    async def set_card_data(self, ref: CardRef, params: Mapping[str, str]) -> None:
+        """``PUT /v1.0/card/instances`` with ``params`` merged into the card's data."""
+        body = {
+            "outTrackId": ref.id,
+            "cardData": {"cardParamMap": dict(params)},
+            "cardUpdateOptions": {"updateCardDataByKey": True},
+        }
+        await self.api.call("PUT", "/v1.0/card/instances", body, card_update=True, card=True)
 
-    async def _stream(self, ref: CardRef, text: str, *, finalize: bool, error: bool) -> None:
+    async def stream_content(self, ref: CardRef, text: str, *, finalize: bool, error: bool) -> None:
+        """``PUT /v1.0/card/streaming``: show ``text`` (the whole content, ``isFull``)."""
         body = {
             "outTrackId": ref.id,
             "guid": uuid.uuid4().hex,
@@ -477,17 +723,39 @@ class DingTalkPlatform(Platform):
             "isFinalize": finalize,
             "isError": error,
         }
-        await self.api.call("PUT", "/v1.0/card/streaming", body, card_update=True)
+        await self.api.call("PUT", "/v1.0/card/streaming", body, card_update=True, card=True)
 
-    # ------------------------------------------------------------------ text
-    async def send_text(self, to: Message, text: str, *, markdown: bool = False) -> None:
-        """Reply through the message's sessionWebhook; after it expired, through the
-        robot message API (``groupMessages/send`` / ``oToMessages/batchSend``)."""
-        payload = self._payload(to)
-        url = payload.get("sessionWebhook")
-        expires = payload.get("sessionWebhookExpiredTime")
-        expired = isinstance(expires, int | float) and expires / 1000 < time.time() + 5
-        if isinstance(url, str) and url and not expired:
+    async def stream_update(self, ref: CardRef, text: str) -> None:
+        """Show ``text`` in an AI card (for the core's generic
+        :class:`~imrobots.platform.CardStream`)."""
+        if self._mode(ref) != "ai":
+            raise NotSupported("native streaming needs card_mode = 'ai'")
+        await self.stream_content(ref, text, finalize=False, error=False)
+
+    # ------------------------------------------------------------------ messages
+    def _webhook(self, target: Target) -> str | None:
+        """The sessionWebhook of the message answered, while it lives."""
+        context = self._context(target)
+        url = context.get("sessionWebhook")
+        if not isinstance(url, str) or not url:
+            return None
+        expires = context.get("sessionWebhookExpiredTime")
+        if isinstance(expires, int | float) and expires / 1000 < time.time() + 5:
+            return None
+        return url
+
+    async def send_text(
+        self, target: Target, text: str, *, markdown: bool = False, key: str
+    ) -> None:
+        """Send a text or markdown message: through the sessionWebhook of the message
+        answered while it lives (at most 20,000 bytes), else through the robot message
+        API (``groupMessages/send`` / ``oToMessages/batchSend``; ``msgParam`` at most
+        15,000 bytes, so a longer text goes as several messages, in order).
+
+        Not idempotent: DingTalk has no idempotency field for these, so the core never
+        repeats a send whose outcome is unknown."""
+        url = self._webhook(target)
+        if url is not None:
             if not webhook_allowed(url, self.settings.webhook_hosts):
                 host = urlsplit(url).netloc or "?"
                 raise FatalPlatformError(
@@ -495,48 +763,113 @@ class DingTalkPlatform(Platform):
                     "*.dingtalk.com URL and not in settings webhook_hosts",
                     code="webhook.host",
                 )
-            answer = await self.api.post_webhook(url, self._webhook_body(to, text, markdown))
+            at = [staff for staff, _ in self._mentions(target)]
+            answer = await self.api.post_webhook(
+                url, webhook_body(text, markdown=markdown, at_user_ids=at)
+            )
             errcode = answer.get("errcode", 0) if isinstance(answer, dict) else 0
             if errcode in (0, None):
                 return
             errmsg = answer.get("errmsg", "") if isinstance(answer, dict) else ""
             if errcode != 300001:  # 300001: session gone; fall back to the OpenAPI
                 host = urlsplit(url).netloc or "?"
-                text_error = (
-                    f"DingTalk sessionWebhook ({host}) refused the reply: {errcode} {errmsg}"
-                )
+                problem = f"DingTalk sessionWebhook ({host}) refused the reply: {errcode} {errmsg}"
                 if errcode == 130101:
-                    raise RateLimited(text_error, code=str(errcode), retry_after=60.0)
-                raise FatalPlatformError(text_error, code=str(errcode))
-            log.info("sessionWebhook of %s expired; sending through the OpenAPI", to.id)
-        await self._send_robot_message(to, text, markdown)
+                    raise RateLimited(problem, code=str(errcode), retry_after=60.0)
+                raise FatalPlatformError(problem, code=str(errcode))
+            log.info("sessionWebhook of %s expired; sending through the OpenAPI", target.reply_to)
+        msg_key = text_param("", markdown=markdown)[0]
+        parts = fit_param(
+            text, lambda part: text_param(part, markdown=markdown)[1], ROBOT_PARAM_BYTES
+        )
+        sent = int(self._progress.get(key, 0))
+        for index, part in enumerate(parts):
+            if index < sent:
+                continue  # sent by an earlier attempt of this send
+            await self._robot_send(
+                target, msg_key, text_param(part, markdown=markdown)[1], "a message"
+            )
+            self._remember(key, index + 1)
 
-    def _webhook_body(self, to: Message, text: str, markdown: bool) -> dict[str, Any]:
-        staff = self._at_sender(to)
-        at = [staff] if staff else []
-        body: dict[str, Any]
-        if markdown:
-            title = text.strip().splitlines()[0][:40] if text.strip() else "reply"
-            body = {"msgtype": "markdown", "markdown": {"title": title, "text": text}}
-        else:
-            body = {"msgtype": "text", "text": {"content": text}}
-        body["at"] = {"atUserIds": at, "isAtAll": False}
-        return body
-
-    async def _send_robot_message(self, to: Message, text: str, markdown: bool) -> None:
-        if markdown:
-            title = text.strip().splitlines()[0][:40] if text.strip() else "reply"
-            key, param = "sampleMarkdown", {"title": title, "text": text}
-        else:
-            key, param = "sampleText", {"content": text}
+    async def _robot_send(
+        self, target: Target, msg_key: str, param: Mapping[str, Any], what: str
+    ) -> None:
+        """One message through ``groupMessages/send`` (groups) or ``oToMessages/batchSend``
+        (the user). These APIs cannot @-mention: mentions go with cards and replies."""
         body: dict[str, Any] = {
             "robotCode": self.settings.robot,
-            "msgKey": key,
+            "msgKey": msg_key,
             "msgParam": json.dumps(param, ensure_ascii=False),
         }
-        if to.conversation.is_group:
-            body["openConversationId"] = to.conversation.id
+        group = self._group_id(target)
+        if group is not None:
+            body["openConversationId"] = group
             await self.api.call("POST", "/v1.0/robot/groupMessages/send", body)
         else:
-            body["userIds"] = [self._staff_id(to)]
+            body["userIds"] = [self._receiver(target, what)]
             await self.api.call("POST", "/v1.0/robot/oToMessages/batchSend", body)
+
+    async def _send_media(
+        self, target: Target, upload: Upload, *, media_type: str, key: str
+    ) -> None:
+        kind = "an image" if media_type == "image" else "a file"
+        if upload.size > MEDIA_MAX_BYTES:
+            raise FatalPlatformError(
+                f"{kind} of {upload.size} bytes is larger than the {MEDIA_MAX_BYTES} "
+                "bytes DingTalk takes",
+                code="media.too_large",
+            )
+        if target.conversation is None or not target.conversation.is_group:
+            self._receiver(target, kind)  # refuse before uploading anything
+        media_id = self._progress.get(key)
+        if not isinstance(media_id, str):
+            media_id = await self.api.upload_media(
+                media_type, upload.name, upload.data, upload.mime_type
+            )
+            self._remember(key, media_id)  # a retry sends it without uploading it again
+        if media_type == "image":
+            msg_key, param = image_param(media_id)
+        else:
+            msg_key, param = file_param(media_id, upload.name)
+        await self._robot_send(target, msg_key, param, kind)
+
+    async def send_image(self, target: Target, image: Upload, *, key: str) -> None:
+        """Upload ``image`` (``media/upload``, type image) and send it as a
+        ``sampleImageMsg`` to the target's group or user."""
+        await self._send_media(target, image, media_type="image", key=key)
+
+    async def send_file(self, target: Target, file: Upload, *, key: str) -> None:
+        """Upload ``file`` (``media/upload``, type file) and send it as a ``sampleFile``
+        (name and extension kept) to the target's group or user."""
+        await self._send_media(target, file, media_type="file", key=key)
+
+    async def download(self, attachment: Attachment) -> bytes:
+        """Fetch what a user sent: ``POST /v1.0/robot/messageFiles/download`` with its
+        ``downloadCode`` gives a temporary URL, fetched only from DingTalk's hosts (or
+        ``download_hosts``), with no redirects followed."""
+        code = attachment.download_code
+        if not code:
+            raise FatalPlatformError(
+                f"this {attachment.kind} has no downloadCode to fetch it with",
+                code="download.code",
+            )
+        body = {"downloadCode": code, "robotCode": self.settings.robot}
+        answer = await self.api.call("POST", "/v1.0/robot/messageFiles/download", body)
+        url = answer.get("downloadUrl") if isinstance(answer, dict) else None
+        if not isinstance(url, str) or not url:
+            raise FatalPlatformError(
+                "DingTalk messageFiles/download answered no downloadUrl", code="download.url"
+            )
+        allowed, host = _host_allowed(url, DOWNLOAD_DOMAINS, self.settings.download_hosts)
+        if not allowed:
+            raise FatalPlatformError(
+                f"refused to download from host {host!r}: not https on "
+                f"{' or '.join('*.' + d for d in DOWNLOAD_DOMAINS)} and not in settings "
+                "download_hosts",
+                code="download.host",
+            )
+        return await self.api.fetch(url, max_bytes=self.settings.max_download_bytes)
+
+
+def _card_of(body: Mapping[str, Any]) -> str:
+    return str(body.get("outTrackId") or body.get("cardBizId") or "?")

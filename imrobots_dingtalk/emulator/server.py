@@ -264,9 +264,18 @@ class _Surface:
             result = {"accessToken": token.token, "expireIn": self.emu.token_lifetime}
         except ApiError as exc:
             result = exc
-        return self._respond(
-            request, route=route, client_id=client_id, start=start, body=body, result=result
+        rule = None if isinstance(result, ApiError) else self.emu.take_withhold(route)
+        response = self._respond(
+            request,
+            route=route,
+            client_id=client_id,
+            start=start,
+            body=body,
+            result=result,
+            notes=[f"response withheld ({rule.describe()})"] if rule is not None else None,
         )
+        await self._withhold(request, rule)
+        return response
 
     def openapi(self, route: str, handler: OpenApiHandler) -> Handler:
         """Wrap a token-protected route: latency, auth, permission, QPS, faults, body,

@@ -94,7 +94,7 @@ async def test_withheld_answer_times_out_although_the_call_took_effect(
 async def test_withheld_answer_as_a_dropped_connection(
     http: aiohttp.ClientSession, emu: DingTalkEmulator
 ) -> None:
-    emu.withhold_responses(None, mode="disconnect")
+    emu.withhold_responses("card.instances.createAndDeliver", mode="disconnect")
     with pytest.raises(aiohttp.ClientError):
         await call(http, emu, "POST", "/v1.0/card/instances/createAndDeliver", create_body("c2"))
     assert "c2" in emu.cards

@@ -9,15 +9,12 @@ runtime state with deadlines, never on fixed sleeps.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from imrobots import (
     FatalPlatformError,
@@ -27,74 +24,21 @@ from imrobots import (
     RuntimeOptions,
     Secret,
 )
-from imrobots.demo_agent import DemoAgent
 from imrobots.examples import SupportRobot
-from imrobots_dingtalk.emulator import CardRecord, DingTalkEmulator, PushedMessage
-from imrobots_dingtalk.platform import DingTalkPlatform, DingTalkSettings
+from imrobots_dingtalk.emulator import DingTalkEmulator
+from imrobots_dingtalk.platform import DingTalkPlatform
 
-APP = "dingsupportapp"
-SECRET = "support-secret-value-0123456789"
-QUESTION = "How do I get a refund?"
-CardMode = Literal["standard", "ai"]
-MODES: tuple[CardMode, ...] = ("standard", "ai")
-
-
-@pytest_asyncio.fixture
-async def emu() -> AsyncIterator[DingTalkEmulator]:
-    async with DingTalkEmulator(seed=5, ping_interval=None, disconnect_grace=1.0) as emulator:
-        emulator.add_app(APP, SECRET)
-        yield emulator
-
-
-def make_settings(
-    emu: DingTalkEmulator, mode: CardMode = "standard", **overrides: Any
-) -> DingTalkSettings:
-    values: dict[str, Any] = {
-        "client_id": APP,
-        "client_secret": Secret(SECRET),
-        "openapi_endpoint": emu.base_url,
-        "webhook_hosts": (emu.base_url.split("//", 1)[1],),
-        "card_mode": mode,
-        "ai_template_id": "imrobots-answer.schema" if mode == "ai" else None,
-        "update_interval": 0.2,
-        "reconnect_initial": 0.05,
-    }
-    values.update(overrides)
-    return DingTalkSettings(**values)
-
-
-@contextlib.asynccontextmanager
-async def running(
-    emu: DingTalkEmulator,
-    mode: CardMode = "standard",
-    *,
-    robot: Any = None,
-    delay: float = 0.01,
-    options: RuntimeOptions | None = None,
-    **overrides: Any,
-) -> AsyncIterator[RobotRuntime]:
-    platform = DingTalkPlatform(make_settings(emu, mode, **overrides))
-    runtime = RobotRuntime(
-        name="support",
-        robot=robot or SupportRobot(agent=DemoAgent(delay=delay)),
-        platform=platform,
-        options=options,
-        feedback_secret="test-feedback-secret",
-    )
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop(timeout=5)
-
-
-def cards_for(emu: DingTalkEmulator, pushed: PushedMessage) -> list[CardRecord]:
-    return [c for c in emu.cards.values() if c.conversation_id == pushed.conversation_id]
-
-
-def final(card: CardRecord) -> bool:
-    """The card shows the final answer with its four feedback buttons."""
-    return len(card.view.get("buttons") or []) == 4
+from .support import (
+    APP,
+    MODES,
+    QUESTION,
+    SECRET,
+    CardMode,
+    cards_for,
+    final,
+    make_settings,
+    running,
+)
 
 
 async def wait_idle(runtime: RobotRuntime, timeout: float = 10.0) -> None:
@@ -435,6 +379,9 @@ async def test_unknown_msgtype_is_acked_and_nothing_is_lost(emu: DingTalkEmulato
     class Recorder(SupportRobot):
         async def on_message(self, message: Message, reply: Any) -> None:
             seen.append(message)
+
+        async def on_empty_message(self, message: Message, reply: Any) -> None:
+            seen.append(message)  # a picture alone, or a type without text
 
     async with running(emu, robot=Recorder()) as runtime:
         odd = await emu.push_message(

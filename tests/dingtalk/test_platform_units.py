@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -30,10 +31,19 @@ from imrobots import (
 )
 from imrobots.app import prepare_robot
 from imrobots.config import load_config
+from imrobots.platform import Op, OutcomeUnknown, RateLimit, Refused, Scope, SizeUnit
 from imrobots_dingtalk.api import DingTalkApi, classify
 from imrobots_dingtalk.cards import ai_card_params, standard_card
 from imrobots_dingtalk.emulator import DingTalkEmulator
-from imrobots_dingtalk.platform import DingTalkPlatform, DingTalkSettings, webhook_allowed
+from imrobots_dingtalk.messages import fit_param, split_bytes
+from imrobots_dingtalk.platform import (
+    CARD_TEXT_BYTES,
+    DingTalkPlatform,
+    DingTalkSettings,
+    card_id_for,
+    download_allowed,
+    webhook_allowed,
+)
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "dingtalk_support"
 FEEDBACK = {rating: f"signed-{rating.value}" for rating in FeedbackRating}
@@ -161,6 +171,22 @@ def test_webhook_allowed(url: str, extra: tuple[str, ...], allowed: bool) -> Non
     assert webhook_allowed(url, extra) is allowed
 
 
+@pytest.mark.parametrize(
+    ("url", "extra", "allowed"),
+    [
+        ("https://down.dingtalk.com/media/x.png", (), True),
+        ("https://ding-file.oss-cn-hangzhou.aliyuncs.com/x?Signature=s", (), True),
+        ("http://down.dingtalk.com/media/x.png", (), False),
+        ("https://aliyuncs.com.evil.example/x", (), False),
+        ("https://169.254.169.254/latest/meta-data", (), False),
+        ("http://127.0.0.1:8790/_emulator/files/t", (), False),
+        ("http://127.0.0.1:8790/_emulator/files/t", ("127.0.0.1:8790",), True),
+    ],
+)
+def test_download_allowed(url: str, extra: tuple[str, ...], allowed: bool) -> None:
+    assert download_allowed(url, extra) is allowed
+
+
 # --------------------------------------------------------------------------- token cache
 
 
@@ -200,7 +226,8 @@ async def test_token_is_refreshed_after_a_401(session: aiohttp.ClientSession) ->
         )
         await api.access_token()
         emu.expire_tokens()
-        body = {"downloadCode": "dc", "robotCode": "tok-app"}
+        stored = emu.add_file("tok-app", b"receipt", kind="picture")
+        body = {"downloadCode": stored.download_code, "robotCode": "tok-app"}
         answer = await api.call("POST", "/v1.0/robot/messageFiles/download", body)
         assert "downloadUrl" in answer
         assert api.token_fetches == 2
@@ -247,6 +274,90 @@ async def test_network_failure_is_retryable(session: aiohttp.ClientSession) -> N
     assert "network error" in str(info.value)
 
 
+async def test_a_request_sent_without_an_answer_is_an_unknown_outcome(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with DingTalkEmulator(seed=2) as emu:
+        emu.add_app("out-app", "out-secret")
+        api = DingTalkApi(
+            session,
+            endpoint=emu.base_url,
+            client_id="out-app",
+            client_secret=Secret("out-secret"),
+            timeout=0.3,
+        )
+        body = {"robotCode": "out-app", "msgKey": "sampleText", "msgParam": '{"content":"x"}'}
+        body["openConversationId"] = "cidG"
+        emu.withhold_responses("robot.groupMessages.send")
+        with pytest.raises(OutcomeUnknown) as info:
+            await api.call("POST", "/v1.0/robot/groupMessages/send", body)
+        assert "no answer within 0.3s" in str(info.value) and info.value.code == "timeout"
+        emu.withhold_responses("robot.groupMessages.send", mode="disconnect")
+        with pytest.raises(OutcomeUnknown) as info:
+            await api.call("POST", "/v1.0/robot/groupMessages/send", body)
+        assert info.value.code == "disconnected"
+        assert len(emu.sent_messages) == 2, "both calls took effect"
+        # a token fetch whose answer is lost changed nothing: plainly retryable
+        api.invalidate_token()
+        emu.withhold_responses("oauth2.accessToken")
+        with pytest.raises(RetryableError) as token_info:
+            await api.access_token()
+        assert not isinstance(token_info.value, OutcomeUnknown)
+
+
+async def test_a_request_that_never_left_is_retryable(session: aiohttp.ClientSession) -> None:
+    async with DingTalkEmulator() as emu:
+        url = emu.base_url
+    api = DingTalkApi(session, endpoint=url, client_id="a", client_secret=Secret("s"))
+    api._token, api._token_expires = "t", time.monotonic() + 60  # skip the token fetch
+    with pytest.raises(RetryableError) as info:
+        await api.call("POST", "/v1.0/robot/groupMessages/send", {})
+    assert not isinstance(info.value, OutcomeUnknown)
+    assert "could not connect" in str(info.value) and "nothing was sent" in str(info.value)
+
+
+async def test_downloads_follow_no_redirects(session: aiohttp.ClientSession) -> None:
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound("http://169.254.169.254/latest/meta-data")
+
+    app = web.Application()
+    app.router.add_get("/file", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        api = DingTalkApi(session, endpoint="http://x", client_id="a", client_secret=Secret("s"))
+        with pytest.raises(FatalPlatformError) as info:
+            await api.fetch(f"http://127.0.0.1:{port}/file", max_bytes=100)
+        assert info.value.code == "download.redirect" and "not followed" in str(info.value)
+    finally:
+        await runner.cleanup()
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def test_split_bytes_cuts_at_paragraphs_and_never_inside_a_character() -> None:
+    text = "\n\n".join(["第一段" * 300, "第二段" * 300, "第三段" * 300])  # 2,700 bytes each
+    parts = split_bytes(text, 6_000)
+    assert [len(p.encode()) for p in parts] == [5_402, 2_700]
+    assert "\n\n".join(parts) == text
+    one_line = "字" * 10
+    parts = split_bytes(one_line, 7)  # no boundary: cut between characters
+    assert parts == ["字字", "字字", "字字", "字字", "字字"]
+    with pytest.raises(ValueError):
+        split_bytes("x", 0)
+
+
+def test_fit_param_counts_json_escaping() -> None:
+    text = '"' * 100  # each quote is escaped to two bytes
+    parts = fit_param(text, lambda part: {"content": part}, 120)
+    assert "".join(parts) == text
+    assert all(len(json.dumps({"content": p}).encode()) <= 120 for p in parts)
+
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -256,16 +367,60 @@ def test_settings_defaults_and_capabilities() -> None:
     assert settings.gateway == "https://api.dingtalk.com"
     assert settings.robot == "dingabc"
     assert "xyz" not in repr(settings)
+    assert settings.oapi_endpoint == "https://oapi.dingtalk.com"
     standard = DingTalkPlatform(settings).capabilities
     assert standard.streaming is StreamingMode.EDIT
-    assert standard.app_rate == 20.0 and standard.update_interval == 1.0
-    assert standard.budget == pytest.approx(18.0)
+    assert standard.update_interval == 1.0
+    assert standard.limits() == (RateLimit(scope=Scope.API, rate=20.0),)
+    assert standard.rate_headroom == pytest.approx(0.9)
     assert standard.classify("Forbidden.AccessDenied.QpsLimitForAppkeyAndApi") == "rate_limited"
     assert standard.classify("system.busy") == "retryable"
+    assert standard.api_of(Op.OPEN) == standard.api_of(Op.SEND_CARD) == "interactiveCards.send"
+    assert standard.api_of(Op.PUSH) == standard.api_of(Op.CLOSE) == "interactiveCards.update"
+    # sizes in bytes: 20,000 for a sessionWebhook message, cards under it
+    assert standard.text_unit is SizeUnit.BYTES
+    assert standard.max_message_text == 20_000
+    assert standard.max_text == CARD_TEXT_BYTES < 20_000
+    assert standard.images and standard.files and standard.downloads and standard.proactive
+    assert standard.max_image_bytes == standard.max_file_bytes == 20 * 1024 * 1024
+    # no idempotency field on texts, images and files: never repeated after a time-out
+    assert Op.SEND_TEXT not in standard.idempotent
+    assert Op.SEND_IMAGE not in standard.idempotent and Op.SEND_FILE not in standard.idempotent
+    assert {Op.OPEN, Op.SEND_CARD, Op.PUSH, Op.CLOSE, Op.UPDATE_CARD} <= standard.idempotent
     ai = DingTalkSettings(
         client_id="dingabc", client_secret=Secret("xyz"), card_mode="ai", ai_template_id="t"
     )
-    assert DingTalkPlatform(ai).capabilities.streaming is StreamingMode.NATIVE
+    native = DingTalkPlatform(ai).capabilities
+    assert native.streaming is StreamingMode.NATIVE
+    # pushes and closes of an AI card both call card/streaming: one bucket
+    assert native.api_of(Op.PUSH) == native.api_of(Op.CLOSE) == "card.streaming"
+    assert native.api_of(Op.OPEN) == "card.instances.createAndDeliver"
+
+
+def test_card_ids_come_from_the_idempotency_key() -> None:
+    assert card_id_for("3f2a9c") == "3f2a9c"
+    assert card_id_for("answer-key-2") == "answer-key-2"
+    long = "k" * 65
+    assert card_id_for(long) == card_id_for(long)  # deterministic
+    assert len(card_id_for(long)) == 64 and card_id_for(long) != card_id_for(long + "x")
+    odd = card_id_for("robot:support/answer 1")
+    assert len(odd) == 64 and all(c in "0123456789abcdef" for c in odd)
+
+
+def test_permission_denied_on_a_card_api_is_refused_app_wide() -> None:
+    body = {
+        "code": "Forbidden.AccessDenied.AccessTokenPermissionDenied",
+        "requestid": "R-9",
+        "message": "...",
+        "accessdenieddetail": {"requiredScopes": ["Card.Streaming.Write"]},
+    }
+    error = classify("PUT /v1.0/card/streaming", 403, body, card=True)
+    assert isinstance(error, Refused) and error.app_wide
+    text = str(error)
+    assert "Card.Streaming.Write" in text and "developer console" in text and "R-9" in text
+    assert "\n" not in text
+    plain = classify("POST /v1.0/robot/groupMessages/send", 403, body)
+    assert type(plain) is FatalPlatformError and "Card.Streaming.Write" in str(plain)
 
 
 def _write(tmp_path: Path, settings: str) -> Path:
@@ -331,3 +486,9 @@ def test_example_needs_its_variables() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(EXAMPLE / "robots.toml", env={})
     assert "DINGTALK_CLIENT_ID" in str(info.value)
+
+
+def test_every_setting_is_documented() -> None:
+    page = (Path(__file__).parents[2] / "docs" / "platforms" / "dingtalk.md").read_text("utf-8")
+    missing = [f.name for f in attrs.fields(DingTalkSettings) if f"| `{f.name}` |" not in page]
+    assert missing == []

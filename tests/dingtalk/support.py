@@ -1,0 +1,86 @@
+"""Helpers of the DingTalk tests: settings pointing at the emulator and a running robot.
+
+The ``emu`` fixture is in ``conftest.py``. Nothing here sleeps to wait: tests wait on
+emulator events (``emu.wait_for``) or on the runtime (``wait_idle``), with deadlines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from imrobots import RobotRuntime, RuntimeOptions, Secret
+from imrobots.demo_agent import DemoAgent
+from imrobots.examples import SupportRobot
+from imrobots.store import Store
+from imrobots_dingtalk.emulator import CardRecord, DingTalkEmulator, PushedMessage
+from imrobots_dingtalk.platform import DingTalkPlatform, DingTalkSettings
+
+APP = "dingsupportapp"
+SECRET = "support-secret-value-0123456789"
+QUESTION = "How do I get a refund?"
+CardMode = Literal["standard", "ai"]
+MODES: tuple[CardMode, ...] = ("standard", "ai")
+
+
+def make_settings(
+    emu: DingTalkEmulator, mode: CardMode = "standard", **overrides: Any
+) -> DingTalkSettings:
+    host = emu.base_url.split("//", 1)[1]
+    values: dict[str, Any] = {
+        "client_id": APP,
+        "client_secret": Secret(SECRET),
+        "openapi_endpoint": emu.base_url,
+        "oapi_endpoint": emu.base_url,
+        "webhook_hosts": (host,),
+        "download_hosts": (host,),
+        "card_mode": mode,
+        "ai_template_id": "imrobots-answer.schema" if mode == "ai" else None,
+        "update_interval": 0.2,
+        "reconnect_initial": 0.05,
+    }
+    values.update(overrides)
+    return DingTalkSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    emu: DingTalkEmulator,
+    mode: CardMode = "standard",
+    *,
+    robot: Any = None,
+    delay: float = 0.01,
+    options: RuntimeOptions | None = None,
+    store: Store | None = None,
+    **overrides: Any,
+) -> AsyncIterator[RobotRuntime]:
+    """A started runtime with the example robot (or ``robot``) on the emulator."""
+    platform = DingTalkPlatform(make_settings(emu, mode, **overrides))
+    runtime = RobotRuntime(
+        name="support",
+        robot=robot or SupportRobot(agent=DemoAgent(delay=delay)),
+        platform=platform,
+        options=options,
+        store=store,
+        feedback_secret="test-feedback-secret",
+    )
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop(timeout=5)
+
+
+def cards_for(emu: DingTalkEmulator, pushed: PushedMessage) -> list[CardRecord]:
+    return [c for c in emu.cards.values() if c.conversation_id == pushed.conversation_id]
+
+
+def final(card: CardRecord) -> bool:
+    """The card shows the final answer with its four feedback buttons."""
+    return len(card.view.get("buttons") or []) == 4
+
+
+def card_calls(emu: DingTalkEmulator) -> int:
+    """Calls the robot made to card APIs (StandardCard and card instances)."""
+    return sum(1 for c in emu.calls if c.route.startswith(("interactiveCards.", "card.")))
