@@ -1,15 +1,696 @@
-"""Placeholder: the WeCom platform is planned, not implemented in this version.
+"""The WeCom platform: the intelligent robot's long connection, or a self-built app.
 
-The plugin registers it with ``status="planned"``, so the core refuses it before
-ever calling this factory.
+:class:`WeComSettings` is the ``[robots.NAME.settings]`` table of a robot on
+``platform = "wecom"``; ``mode`` picks one of two ways in (PROTOCOLS 4d):
+
+- ``robot`` (default, the best fit for agents): the intelligent robot over the long
+  connection (:mod:`.connection`, PROTOCOLS 4c). Answers stream natively as stream
+  replies on the callback's ``req_id`` (:mod:`.streaming`), one frame in flight per
+  ``req_id``, paced by WeCom's acks, each carrying the whole text (≤ 20,480 bytes).
+  WeCom refuses stream updates 6 minutes after the message (846608): the platform
+  declares ``LifetimeRemedy.KEEP_ALIVE`` (a push at least every ``keep_alive``
+  seconds) with ``stream_lifetime``, so the engine closes the stream before its end
+  and continues in a new message, sent with ``aibot_send_msg``. A reply on a
+  ``req_id`` of an earlier connection (846605 after a reconnect) also goes out with
+  ``aibot_send_msg``. Final cards carry the four feedback buttons in a
+  ``button_interaction`` template card (``stream_with_template_card``); a press
+  (``template_card_event``) is answered within 5 s with ``aibot_respond_update_msg``.
+- ``app``: a self-built app's callbacks (PROTOCOLS 4a): an aiohttp endpoint checks
+  and decrypts them with wechatpy's ``WeChatCrypto`` (:mod:`.crypto`), answers an empty
+  200 at once and works after; answers go through ``message/send`` markdown (2,048
+  bytes) with a cached ``gettoken`` token (:mod:`.api`). No API edits an app message,
+  so this mode declares ``StreamingMode.BUFFERED`` and no cards: the core sends the
+  whole answer once. The per-member limits (30/min, 1,000/h) are declared as
+  ``Scope.MEMBER`` rate limits.
+
+Proactive sends: robot mode ``aibot_send_msg`` to a user id or group chat id; app mode
+``message/send`` to a user (``Target.to_user``), ``party:ID`` or ``tag:ID``
+(``Target.to_group``), or ``appchat/send`` to an app group chat id.
+
+See ``docs/platforms/wecom.md``.
 """
 
 from __future__ import annotations
 
-from typing import NoReturn
+import asyncio
+import collections
+import contextlib
+import hashlib
+import logging
+import re
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-import imrobots
+import aiohttp
+import attrs
+from aiohttp import web
+
+from imrobots.platform import (
+    Attachment,
+    Capabilities,
+    Card,
+    CardAction,
+    CardGone,
+    CardRef,
+    EventSink,
+    FatalPlatformError,
+    LifetimeRemedy,
+    Message,
+    Note,
+    NotSupported,
+    Op,
+    Platform,
+    RateLimit,
+    RateLimited,
+    RetryableError,
+    Scope,
+    Secret,
+    SizeUnit,
+    StreamHandle,
+    StreamingMode,
+    Target,
+    Upload,
+)
+
+from .cards import stream_text, template_card
+from .connection import AckError, AibotConnection, ConnectionOptions
+from .convert import MalformedPayload, parse_xml, to_app_message, to_card_action, to_message
+from .crypto import CallbackCrypto, ForgedCallback, decrypt_media
+from .messages import APP_MARKDOWN_BYTES, ROBOT_TEXT_BYTES, app_markdown, markdown_body
+from .streaming import ProactiveStream, WeComStream
+
+__all__ = ["WeComPlatform", "WeComSettings", "card_id_for"]
+
+log = logging.getLogger("imrobots.wecom")
+
+Mode = Literal["robot", "app"]
+
+ERR_EXPIRED = 846608
+ERR_INVALID_REQ_ID = 846605
+FEEDBACK_THANKS = "Thanks for your feedback!"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_WECOM_DOMAINS = ("qq.com", "weixin.qq.com", "myqcloud.com")
+"""https hosts attachments may come from (UNCONFIRMED: WeCom's media URL hosts)."""
 
 
-def WeComPlatform(settings: object) -> NoReturn:
-    raise imrobots.PlatformUnavailable("platform 'wecom' is planned, not available in this version")
+def card_id_for(key: str) -> str:
+    """The stream id / ``task_id`` of the card sent under idempotency ``key``: the key when
+    it is at most 64 characters of ``[A-Za-z0-9_.-]``, else its SHA-256 (hex, 64)."""
+    return key if _SAFE_ID.match(key) else hashlib.sha256(key.encode()).hexdigest()
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class WeComSettings:
+    """``[robots.NAME.settings]`` of a WeCom robot. ``mode`` says which credentials apply."""
+
+    mode: Mode = "robot"
+    """``robot``: intelligent robot, long connection. ``app``: self-built app callbacks."""
+    # --- robot mode ------------------------------------------------------------
+    bot_id: str | None = None
+    """The intelligent robot's Bot ID (admin console, robot's API mode: long connection)."""
+    secret: Secret | None = attrs.field(default=None, repr=False)
+    """The robot's Secret. Never logged or shown."""
+    ws_url: str = "wss://openws.work.weixin.qq.com"
+    """The long connection's address (the emulator's ``ws://127.0.0.1:PORT`` in tests)."""
+    robot_names: tuple[str, ...] = ()
+    """The robot's display names: ``@name`` is removed from group messages (by default
+    a leading ``@word``)."""
+    stream_lifetime: float = attrs.field(default=360.0, validator=_positive)
+    """Seconds after a message during which WeCom accepts stream updates (6 minutes)."""
+    keep_alive: float = attrs.field(default=120.0, validator=_positive)
+    """Most seconds between two updates of an open stream."""
+    update_interval: float = attrs.field(default=0.5, validator=_positive)
+    """Minimum seconds between two stream updates."""
+    max_text: int = attrs.field(default=ROBOT_TEXT_BYTES, validator=_positive)
+    """UTF-8 bytes one stream reply holds (WeCom truncates beyond 20,480)."""
+    max_message_text: int | None = attrs.field(default=None, validator=_positive)
+    """UTF-8 bytes of one message; default 20,480 (robot) or 2,048 (app)."""
+    app_rate: float = attrs.field(default=50.0, validator=_positive)
+    """Frames per second the robot sends in all (UNCONFIRMED: WeCom documents no QPS for
+    the long connection; app mode: calls per second per API, 10,000/min documented)."""
+    ping_interval: float = attrs.field(default=30.0, validator=_positive)
+    ack_timeout: float = attrs.field(default=5.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=30.0, validator=_positive)
+    reconnect_initial: float = attrs.field(default=1.0, validator=_positive)
+    reconnect_max: float = attrs.field(default=30.0, validator=_positive)
+    download_hosts: tuple[str, ...] = ()
+    """Extra hosts (``host`` or ``host:port``) attachments may be downloaded from."""
+    max_download_bytes: int = attrs.field(default=100 * 1024 * 1024, validator=_positive)
+    # --- app mode --------------------------------------------------------------
+    corp_id: str | None = None
+    """The CorpID (My Company > Company Information)."""
+    corp_secret: Secret | None = attrs.field(default=None, repr=False)
+    """The app's Secret."""
+    agent_id: int | None = None
+    """The app's AgentId."""
+    token: Secret | None = attrs.field(default=None, repr=False)
+    """The callback Token (app > Receive Messages > Set API Receiving)."""
+    encoding_aes_key: Secret | None = attrs.field(default=None, repr=False)
+    """The callback EncodingAESKey (43 characters)."""
+    api_endpoint: str = "https://qyapi.weixin.qq.com"
+    callback_host: str = "127.0.0.1"
+    callback_port: int = 8080
+    """Port of the callback endpoint; 0 picks a free one (tests)."""
+    callback_path: str = "/wecom/callback"
+    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode == "robot":
+            missing = [n for n in ("bot_id", "secret") if not getattr(self, n)]
+        else:
+            missing = [
+                n
+                for n in ("corp_id", "corp_secret", "agent_id", "token", "encoding_aes_key")
+                if not getattr(self, n)
+            ]
+        if missing:
+            raise ValueError(f"mode {self.mode!r} needs {', '.join(missing)}")
+        if self.encoding_aes_key is not None and len(self.encoding_aes_key.get()) != 43:
+            raise ValueError("encoding_aes_key must be 43 characters")
+
+
+def _robot_capabilities(s: WeComSettings) -> Capabilities:
+    return Capabilities(
+        streaming=StreamingMode.NATIVE,
+        rate_limits=(RateLimit(scope=Scope.APP, rate=s.app_rate),),
+        app_rate=s.app_rate,
+        update_interval=s.update_interval,
+        stream_lifetime=s.stream_lifetime,
+        lifetime_remedy=LifetimeRemedy.KEEP_ALIVE,
+        keep_alive=s.keep_alive,
+        max_text=s.max_text,
+        max_message_text=s.max_message_text or ROBOT_TEXT_BYTES,
+        text_unit=SizeUnit.BYTES,
+        cards=True,
+        downloads=True,
+        mentions=False,
+        proactive=True,
+        action_deadline=5.0,
+        idempotent=frozenset({Op.OPEN, Op.PUSH, Op.CLOSE, Op.RENEW}),
+        rate_limited_codes=frozenset({"45009"}),
+        retryable_codes=frozenset({"-1"}),
+        fatal_codes=frozenset({str(ERR_EXPIRED), str(ERR_INVALID_REQ_ID)}),
+    )
+
+
+def _app_capabilities(s: WeComSettings) -> Capabilities:
+    member_ops = frozenset({Op.SEND_TEXT, Op.SEND_CARD, Op.SEND_IMAGE, Op.SEND_FILE})
+    return Capabilities(
+        streaming=StreamingMode.BUFFERED,
+        rate_limits=(
+            # Messages to one member: 30 per minute and 1,000 per hour (PROTOCOLS 4e).
+            RateLimit(scope=Scope.MEMBER, rate=30 / 60, window=60.0, ops=member_ops),
+            RateLimit(scope=Scope.MEMBER, rate=1000 / 3600, window=3600.0, ops=member_ops),
+            # Per corp per API: 10,000 per minute (PROTOCOLS 4e).
+            RateLimit(scope=Scope.API, rate=min(s.app_rate, 10000 / 60)),
+        ),
+        app_rate=s.app_rate,
+        max_message_text=s.max_message_text or APP_MARKDOWN_BYTES,
+        text_unit=SizeUnit.BYTES,
+        cards=False,
+        mentions=False,
+        proactive=True,
+        idempotent=frozenset(),
+        rate_limited_codes=frozenset({"45009", "45033"}),
+        retryable_codes=frozenset({"-1"}),
+    )
+
+
+def _host_allowed(url: str, extra: tuple[str, ...]) -> bool:
+    try:
+        parts = urlsplit(url)
+        host, port = (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not host:
+        return False
+    allowed = {h.lower() for h in extra}
+    if host in allowed or (port is not None and f"{host}:{port}" in allowed):
+        return True
+    return parts.scheme == "https" and any(
+        host == d or host.endswith("." + d) for d in _WECOM_DOMAINS
+    )
+
+
+class WeComPlatform(Platform):
+    """A robot's connection to WeCom. See the module docstring."""
+
+    name = "wecom"
+
+    def __init__(self, settings: WeComSettings) -> None:
+        self.settings = settings
+        self.mode: Mode = settings.mode
+        self.capabilities = (
+            _robot_capabilities(settings) if self.mode == "robot" else _app_capabilities(settings)
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self.connection: AibotConnection | None = None
+        self._sink: EventSink | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._received: collections.OrderedDict[str, float] = collections.OrderedDict()
+        """req_id -> when its push arrived (monotonic), newest last."""
+        self._streamed: set[str] = set()
+        self._templated: set[str] = set()
+        self._buttons: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
+        """task_id -> {button key: button id}, for the cards this process sent."""
+        self._feedback_cards: collections.OrderedDict[str, Card] = collections.OrderedDict()
+        # app mode
+        self._api: Any = None
+        self._crypto: CallbackCrypto | None = None
+        self._runner: web.AppRunner | None = None
+        self.callback_url: str | None = None
+        self.forged = 0
+
+    def __repr__(self) -> str:
+        s = self.settings
+        who = s.bot_id if self.mode == "robot" else f"{s.corp_id}/{s.agent_id}"
+        return f"WeComPlatform(mode={self.mode!r}, id={who!r})"
+
+    def describe(self) -> str:
+        s = self.settings
+        if self.mode == "robot":
+            return f"wecom intelligent robot {s.bot_id}, long connection {s.ws_url}"
+        return (
+            f"wecom app {s.corp_id}/{s.agent_id}, callbacks at {self.callback_url or '?'}, "
+            f"api {s.api_endpoint}"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers={"User-Agent": "imrobots-wecom/0.1"})
+        return self._session
+
+    async def start(self, sink: EventSink) -> None:
+        self._sink = sink
+        try:
+            if self.mode == "robot":
+                await self._start_robot()
+            else:
+                await self._start_app()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start_robot(self) -> None:
+        s = self.settings
+        assert s.bot_id is not None and s.secret is not None
+        self.connection = AibotConnection(
+            self._http(),
+            url=s.ws_url,
+            bot_id=s.bot_id,
+            secret=s.secret,
+            handler=self._on_push,
+            options=ConnectionOptions(
+                connect_timeout=s.connect_timeout,
+                ack_timeout=s.ack_timeout,
+                ping_interval=s.ping_interval,
+                reconnect_initial=s.reconnect_initial,
+                reconnect_max=s.reconnect_max,
+            ),
+        )
+        await self.connection.start()
+
+    async def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            await connection.close()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+        self._sink = None
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ robot inbound
+    def _remember(self, store: collections.OrderedDict[str, Any], key: str, value: Any) -> None:
+        store[key] = value
+        store.move_to_end(key)
+        while len(store) > 10000:
+            store.popitem(last=False)
+
+    def _on_push(self, cmd: str, req_id: str, body: dict[str, Any], generation: int) -> None:
+        """Convert a push and queue it for the core (never waits for an answer)."""
+        self._remember(self._received, req_id, time.monotonic())
+        sink = self._sink
+        event: Message | CardAction
+        try:
+            if cmd == "aibot_msg_callback":
+                event = to_message(
+                    body,
+                    req_id=req_id,
+                    generation=generation,
+                    robot_names=self.settings.robot_names,
+                )
+            else:
+                raw_event = body.get("event")
+                detail: dict[str, Any] = raw_event if isinstance(raw_event, dict) else {}
+                eventtype = detail.get("eventtype")
+                if eventtype != "template_card_event":
+                    log.debug("WeCom event %s (%s) not handled", eventtype, req_id)
+                    return
+                task_id = str((detail.get("template_card_event") or {}).get("task_id") or "")
+                event = to_card_action(
+                    body,
+                    req_id=req_id,
+                    generation=generation,
+                    button_ids=self._buttons.get(task_id, {}),
+                )
+                feedback = self._feedback_cards.pop(task_id, None)
+                if feedback is not None:
+                    self._spawn(self._thank(event, feedback))
+        except MalformedPayload as exc:
+            log.warning("dropped a malformed WeCom push %s: %s", req_id, exc)
+            return
+        if sink is not None:
+            self._spawn(sink(event))
+
+    async def _thank(self, action: CardAction, card: Card) -> None:
+        """Answer a feedback press within WeCom's 5 s: the card without its buttons."""
+        thanked = Card(
+            title=card.title,
+            elements=(Note(text=FEEDBACK_THANKS),),
+            status=card.status,
+        )
+        try:
+            await self.answer_action(action, thanked, key=f"thanks-{action.id}")
+        except Exception as exc:
+            log.warning("could not update the feedback card %s: %s", action.card_id, exc)
+
+    # ------------------------------------------------------------------ robot outbound
+    def _conn(self) -> AibotConnection:
+        if self.connection is None:
+            raise RetryableError("the WeCom platform is not started")
+        return self.connection
+
+    def _reply_to(self, context: Mapping[str, Any] | None) -> tuple[str, int] | None:
+        """The ``(req_id, generation)`` a reply can still use, or ``None``."""
+        if not isinstance(context, Mapping) or context.get("mode") != "robot":
+            return None
+        req_id, generation = context.get("req_id"), context.get("generation")
+        if not isinstance(req_id, str) or not isinstance(generation, int):
+            return None
+        connection = self.connection
+        if connection is None or connection.generation != generation:
+            return None  # WeCom answers 846605 for a req_id of an earlier connection
+        received = self._received.get(req_id)
+        lifetime = self.capabilities.stream_lifetime or 360.0
+        if received is None or time.monotonic() - received >= lifetime:
+            return None
+        return req_id, generation
+
+    @staticmethod
+    def _chatid(target: Target) -> str:
+        if target.conversation is not None:
+            return target.conversation.id
+        if target.user is not None and target.user.id:
+            return target.user.id
+        raise FatalPlatformError("a WeCom target needs a conversation or a user")
+
+    @staticmethod
+    def _error(exc: AckError) -> Exception:
+        message = f"WeCom {exc.cmd}: errcode {exc.errcode} {exc.errmsg}"
+        if exc.errcode in (ERR_EXPIRED, ERR_INVALID_REQ_ID):
+            return CardGone(message, code=str(exc.errcode))
+        if exc.errcode == 45009:
+            return RateLimited(message, code="45009", retry_after=1.0)
+        if exc.errcode == -1 or exc.errcode == 40001:
+            return RetryableError(message, code=str(exc.errcode))
+        return FatalPlatformError(message, code=str(exc.errcode))
+
+    async def _request(
+        self, cmd: str, body: dict[str, Any], *, req_id: str | None = None
+    ) -> dict[str, Any]:
+        try:
+            return await self._conn().request(cmd, body, req_id=req_id)
+        except AckError as exc:
+            raise self._error(exc) from None
+
+    def _remember_card(self, task_id: str, card: Card) -> None:
+        self._remember(self._buttons, task_id, {b.value: b.id for b in card.buttons})
+
+    async def open_stream(self, target: Target, card: Card, *, key: str) -> StreamHandle:
+        stream_id = card_id_for(key)
+        ref = CardRef(
+            id=stream_id,
+            platform=self.name,
+            conversation_id=target.conversation.id if target.conversation else None,
+        )
+        if self.mode == "app":
+            raise NotSupported("a WeCom app cannot stream")
+        reply = self._reply_to(target.context)
+        if reply is None or reply[0] in self._streamed:
+            return ProactiveStream(self, target, ref)
+        req_id, generation = reply
+        handle = WeComStream(self, target, ref, req_id=req_id, generation=generation)
+        self._streamed.add(req_id)
+        try:
+            await self.stream_frame(handle, stream_text(card) or card.plain_text(), finish=False)
+        except CardGone:
+            return ProactiveStream(self, target, ref)
+        return handle
+
+    async def stream_frame(self, handle: WeComStream, content: str | Card, *, finish: bool) -> None:
+        """One ``aibot_respond_msg`` stream frame on the handle's ``req_id``."""
+        connection = self._conn()
+        if connection.generation != handle.generation:
+            raise CardGone("the stream's req_id belongs to an earlier connection (846605)")
+        card = content if isinstance(content, Card) else None
+        text = (
+            content if isinstance(content, str) else (stream_text(content) or content.plain_text())
+        )
+        stream: dict[str, Any] = {"id": handle.ref.id, "finish": finish, "content": text}
+        body: dict[str, Any] = {"msgtype": "stream", "stream": stream}
+        if card is not None and card.buttons and handle.req_id not in self._templated:
+            body = {
+                "msgtype": "stream_with_template_card",
+                "stream": stream,
+                "template_card": template_card(card, handle.ref.id, with_text=False),
+            }
+            self._templated.add(handle.req_id)
+            self._remember_card(handle.ref.id, card)
+            if card.status.value == "final":
+                self._remember(self._feedback_cards, handle.ref.id, card)
+        await self._request("aibot_respond_msg", body, req_id=handle.req_id)
+
+    async def send_template_card(self, target: Target, card: Card, *, task_id: str) -> None:
+        """A template card sent proactively (``aibot_send_msg``)."""
+        self._remember_card(task_id, card)
+        await self._request(
+            "aibot_send_msg",
+            {
+                "chatid": self._chatid(target),
+                "msgtype": "template_card",
+                "template_card": template_card(card, task_id),
+            },
+        )
+
+    async def send_card(self, target: Target, card: Card, *, key: str) -> CardRef:
+        if self.mode == "app":
+            raise NotSupported("this WeCom app sends no cards (cards=False)")
+        task_id = card_id_for(key)
+        ref = CardRef(
+            id=task_id,
+            platform=self.name,
+            conversation_id=target.conversation.id if target.conversation else None,
+        )
+        reply = self._reply_to(target.context)
+        if reply is not None and reply[0] not in self._templated:
+            self._templated.add(reply[0])
+            self._remember_card(task_id, card)
+            body = {"msgtype": "template_card", "template_card": template_card(card, task_id)}
+            try:
+                await self._request("aibot_respond_msg", body, req_id=reply[0])
+                return ref
+            except CardGone:
+                pass  # the req_id died meanwhile: send it proactively
+        await self.send_template_card(target, card, task_id=task_id)
+        return ref
+
+    async def update_card(self, ref: CardRef, card: Card) -> None:
+        raise CardGone("WeCom cannot edit a sent message (only a pressed card, within 5 s)")
+
+    async def answer_action(self, action: CardAction, card: Card, *, key: str) -> None:
+        reply = self._reply_to(action.raw)
+        if reply is None:
+            raise CardGone("the button press can no longer be answered (req_id expired)")
+        self._remember_card(action.card_id, card)
+        body = {
+            "response_type": "update_template_card",
+            "template_card": template_card(card, action.card_id),
+        }
+        await self._request("aibot_respond_update_msg", body, req_id=reply[0])
+
+    async def restore_stream(self, target: Target, state: Mapping[str, Any]) -> StreamHandle:
+        ref_state = state.get("ref")
+        if not isinstance(ref_state, Mapping) or not isinstance(ref_state.get("id"), str):
+            raise CardGone("no stream to restore")
+        ref = CardRef(
+            id=ref_state["id"], platform=self.name, conversation_id=ref_state.get("conversation_id")
+        )
+        # After a restart the req_id belongs to an earlier connection: WeCom refuses it
+        # (846605), so the stream is closed by a proactive message.
+        return ProactiveStream(self, target, ref)
+
+    async def send_text(
+        self, target: Target, text: str, *, markdown: bool = False, key: str
+    ) -> None:
+        if self.mode == "app":
+            await self._app_send(target, text)
+            return
+        await self._request("aibot_send_msg", markdown_body(self._chatid(target), text))
+
+    async def download(self, attachment: Attachment) -> bytes:
+        url = attachment.url
+        if self.mode != "robot" or not url:
+            raise NotSupported("this attachment has no WeCom download URL")
+        if not _host_allowed(url, self.settings.download_hosts):
+            raise FatalPlatformError("refused to download an attachment from a non-WeCom host")
+        limit = self.settings.max_download_bytes
+        try:
+            async with self._http().get(
+                url, timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout * 6)
+            ) as response:
+                if response.status >= 500:
+                    raise RetryableError(f"WeCom download: HTTP {response.status}")
+                if response.status != 200:
+                    raise FatalPlatformError(f"WeCom download: HTTP {response.status}")
+                data = await response.content.read(limit + 1)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RetryableError(f"WeCom download: {type(exc).__name__}") from None
+        if len(data) > limit:
+            raise FatalPlatformError(f"attachment larger than {limit} bytes")
+        aeskey = str(attachment.extra.get("aeskey") or "")
+        if not aeskey:
+            return data
+        try:
+            return decrypt_media(data, aeskey)
+        except ValueError as exc:
+            raise FatalPlatformError(f"could not decrypt the attachment: {exc}") from None
+
+    async def send_image(self, target: Target, image: Upload, *, key: str) -> None:
+        raise NotSupported("sending images on WeCom is not implemented yet")
+
+    # ------------------------------------------------------------------ app mode
+    async def _start_app(self) -> None:
+        from .api import WeComApi
+
+        s = self.settings
+        assert s.corp_id and s.corp_secret and s.token and s.encoding_aes_key
+        self._crypto = CallbackCrypto(s.token.get(), s.encoding_aes_key.get(), s.corp_id)
+        self._api = WeComApi(
+            self._http(),
+            endpoint=s.api_endpoint,
+            corp_id=s.corp_id,
+            secret=s.corp_secret,
+            timeout=s.request_timeout,
+        )
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_get(s.callback_path, self._url_check)
+        app.router.add_post(s.callback_path, self._callback)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in s.callback_host else socket.AF_INET, socket.SOCK_STREAM
+        )
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.callback_host, s.callback_port))
+        sock.setblocking(False)
+        port = int(sock.getsockname()[1])
+        await web.SockSite(self._runner, sock).start()
+        self.callback_url = f"http://{s.callback_host}:{port}{s.callback_path}"
+        try:
+            await self._api.access_token()
+        except RetryableError as exc:
+            log.warning("could not fetch a WeCom access token yet: %s", exc)
+        log.info("WeCom app %s/%s: callbacks at %s", s.corp_id, s.agent_id, self.callback_url)
+
+    async def _url_check(self, request: web.Request) -> web.Response:
+        assert self._crypto is not None
+        q = request.query
+        try:
+            plain = self._crypto.verify_url(
+                q.get("msg_signature", ""),
+                q.get("timestamp", ""),
+                q.get("nonce", ""),
+                q.get("echostr", ""),
+            )
+        except ForgedCallback as exc:
+            self.forged += 1
+            log.warning("rejected a WeCom URL check from %s: %s", request.remote, exc)
+            return web.Response(status=403)
+        return web.Response(text=plain)
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        """Check, decrypt and queue a callback; answer an empty 200 at once."""
+        assert self._crypto is not None
+        q = request.query
+        body = await request.text()
+        try:
+            xml = self._crypto.decrypt(
+                body, q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", "")
+            )
+            fields = parse_xml(xml)
+        except (ForgedCallback, Exception) as exc:
+            self.forged += 1
+            log.warning(
+                "rejected a forged or undecryptable WeCom callback from %s: %s",
+                request.remote,
+                exc if isinstance(exc, ForgedCallback) else type(exc).__name__,
+            )
+            return web.Response(status=403)
+        if fields.get("MsgType") == "event":
+            log.debug("WeCom app event %s not handled", fields.get("Event"))
+            return web.Response(text="")
+        try:
+            message = to_app_message(fields)
+        except MalformedPayload as exc:
+            log.warning("dropped a malformed WeCom app callback: %s", exc)
+            return web.Response(text="")
+        sink = self._sink
+        if sink is not None:
+            self._spawn(sink(message))
+        return web.Response(text="")
+
+    async def _app_send(self, target: Target, text: str) -> None:
+        s = self.settings
+        assert s.agent_id is not None and self._api is not None
+        conversation = target.conversation
+        if conversation is not None and conversation.is_group:
+            cid = conversation.id
+            if cid.startswith("party:"):
+                body = app_markdown(s.agent_id, text, toparty=cid.removeprefix("party:"))
+            elif cid.startswith("tag:"):
+                body = app_markdown(s.agent_id, text, totag=cid.removeprefix("tag:"))
+            else:
+                await self._api.post(
+                    "/cgi-bin/appchat/send",
+                    {"chatid": cid, "msgtype": "markdown", "markdown": {"content": text}},
+                )
+                return
+        else:
+            user = target.user.id if target.user is not None else None
+            user = user or (conversation.id if conversation is not None else None)
+            if not user:
+                raise FatalPlatformError("a WeCom app message needs a user")
+            body = app_markdown(s.agent_id, text, touser=user)
+        await self._api.post("/cgi-bin/message/send", body)

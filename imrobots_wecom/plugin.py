@@ -1,4 +1,8 @@
-"""WeCom plugin registration: the platform is planned, not implemented in this version."""
+"""WeCom plugin registration: cheap, imports no SDK.
+
+The platform stays ``planned`` until it passes the core conformance suite in both
+modes (``tests/wecom/test_conformance.py``).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,13 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
         imrobots.PlatformSpec(
             name="wecom",
             factory="imrobots_wecom.platform:WeComPlatform",
-            description="WeCom (planned)",
+            settings="imrobots_wecom.platform:WeComSettings",
+            description="WeCom intelligent robot (long connection) or self-built app (planned)",
             status="planned",
         )
     )
+
+
+@imrobots.hookimpl
+def register_emulators(register: Callable[..., None]) -> None:
+    register("wecom", "imrobots_wecom.console:WeComConsoleAdapter")

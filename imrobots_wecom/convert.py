@@ -1,0 +1,244 @@
+"""WeCom payloads -> core events.
+
+- Robot mode (PROTOCOLS 4b/4c): the JSON ``body`` of ``aibot_msg_callback``: ``msgid``,
+  ``aibotid``, ``chatid`` (groups), ``chattype`` (``single``|``group``), ``from.userid``,
+  ``msgtype`` text|image|mixed|voice|file|video with its part, and ``quote``. Images and
+  files carry ``url`` and a per-message ``aeskey``: they become
+  :class:`~imrobots.platform.Attachment`\\ s whose ``extra`` keeps the key, downloaded and
+  decrypted by the platform. A voice message carries WeCom's speech recognition in
+  ``voice.content``: it is the message text and the audio attachment's ``text``.
+  In groups WeCom keeps the ``@robot`` prefix in the text; it is stripped (the robot's
+  names from the settings, else a leading ``@word``: a group message only reaches the
+  robot when it was @-mentioned). Unknown message types become
+  :attr:`MessageKind.UNSUPPORTED`, never a crash.
+- ``template_card_event`` (``aibot_event_callback``) -> :class:`CardAction` whose
+  ``card_id`` is the card's ``task_id`` and ``value`` the pressed button's ``key``.
+- App mode (PROTOCOLS 4a): the decrypted XML (``ToUserName``, ``FromUserName``,
+  ``CreateTime``, ``MsgType``, ``Content``, ``MsgId``, ``AgentID``) -> a direct
+  :class:`Message` (app callbacks are one-to-one).
+
+``Message.raw`` (and so ``Target.context``) carries ``req_id`` and the connection
+``generation`` the push came on, so replies go back on the right ``req_id``.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from imrobots.platform import (
+    Attachment,
+    CardAction,
+    Conversation,
+    ConversationKind,
+    Message,
+    MessageKind,
+    Quote,
+    Sender,
+)
+
+__all__ = ["MalformedPayload", "parse_xml", "to_app_message", "to_card_action", "to_message"]
+
+PLATFORM = "wecom"
+_LEADING_AT = re.compile(r"^\s*@\S+\s*")
+
+
+class MalformedPayload(ValueError):
+    """A payload that lacks what every message has (id, sender)."""
+
+
+def _time(body: Mapping[str, Any]) -> datetime:
+    created = body.get("create_time")
+    if isinstance(created, int | float) and created > 0:
+        return datetime.fromtimestamp(float(created), UTC)
+    return datetime.now(UTC)
+
+
+def _attachment(kind: str, part: Any, *, name: str | None = None) -> Attachment | None:
+    if not isinstance(part, Mapping) or not part.get("url"):
+        return None
+    return Attachment(
+        kind=kind,
+        url=str(part["url"]),
+        name=name or (str(part["filename"]) if part.get("filename") else None),
+        extra={"aeskey": str(part.get("aeskey") or "")},
+    )
+
+
+def strip_mention(text: str, names: tuple[str, ...]) -> str:
+    """``text`` without the leading ``@robot`` of a group message."""
+    stripped = text.lstrip()
+    for name in names:
+        tag = f"@{name}"
+        if stripped.startswith(tag):
+            return stripped[len(tag) :].strip()
+    if names:
+        return stripped.strip()
+    return _LEADING_AT.sub("", stripped, count=1).strip()
+
+
+def _content(body: Mapping[str, Any]) -> tuple[MessageKind, str, list[Attachment]]:
+    msgtype = str(body.get("msgtype") or "")
+    part = body.get(msgtype)
+    if msgtype == "text" and isinstance(part, Mapping):
+        return MessageKind.TEXT, str(part.get("content") or ""), []
+    if msgtype == "image":
+        found = _attachment("image", part)
+        return MessageKind.IMAGE, "", [found] if found else []
+    if msgtype == "file":
+        found = _attachment("file", part)
+        return MessageKind.FILE, "", [found] if found else []
+    if msgtype == "video":
+        found = _attachment("video", part)
+        return MessageKind.VIDEO, "", [found] if found else []
+    if msgtype == "voice" and isinstance(part, Mapping):
+        text = str(part.get("content") or "")
+        voice = Attachment(
+            kind="audio", text=text, url=str(part["url"]) if part.get("url") else None
+        )
+        return MessageKind.AUDIO, text, [voice]
+    if msgtype == "mixed" and isinstance(part, Mapping):
+        texts: list[str] = []
+        attachments: list[Attachment] = []
+        for item in part.get("msg_item") or ():
+            if not isinstance(item, Mapping):
+                continue
+            kind = item.get("msgtype")
+            if kind == "text" and isinstance(item.get("text"), Mapping):
+                texts.append(str(item["text"].get("content") or ""))
+            elif kind == "image":
+                found = _attachment("image", item.get("image"))
+                if found:
+                    attachments.append(found)
+        return MessageKind.RICH_TEXT, "\n".join(t for t in texts if t), attachments
+    return MessageKind.UNSUPPORTED, "", []
+
+
+def _quote(body: Mapping[str, Any]) -> Quote | None:
+    quote = body.get("quote")
+    if not isinstance(quote, Mapping):
+        return None
+    try:
+        _, text, attachments = _content(quote)
+    except Exception:
+        return None
+    return Quote(
+        id=str(quote["msgid"]) if quote.get("msgid") else None,
+        text=text,
+        attachments=tuple(attachments),
+    )
+
+
+def _where(body: Mapping[str, Any]) -> tuple[Conversation, Sender]:
+    sender = body.get("from")
+    user = str(sender.get("userid") or "") if isinstance(sender, Mapping) else ""
+    if not user:
+        raise MalformedPayload("from.userid missing")
+    if body.get("chattype") == "group":
+        chatid = str(body.get("chatid") or "")
+        if not chatid:
+            raise MalformedPayload("chatid missing in a group message")
+        return Conversation(id=chatid, kind=ConversationKind.GROUP), Sender(id=user)
+    return Conversation(id=user, kind=ConversationKind.DIRECT), Sender(id=user)
+
+
+def to_message(
+    body: Mapping[str, Any],
+    *,
+    req_id: str,
+    generation: int,
+    robot_names: tuple[str, ...] = (),
+) -> Message:
+    """The core message of an ``aibot_msg_callback`` body."""
+    msgid = str(body.get("msgid") or "")
+    if not msgid:
+        raise MalformedPayload("msgid missing")
+    conversation, sender = _where(body)
+    kind, text, attachments = _content(body)
+    if conversation.is_group:
+        text = strip_mention(text, robot_names)
+    return Message(
+        id=msgid,
+        platform=PLATFORM,
+        text=text.strip(),
+        conversation=conversation,
+        sender=sender,
+        kind=kind,
+        mentioned=True,
+        attachments=tuple(attachments),
+        time=_time(body),
+        raw={"req_id": req_id, "generation": generation, "mode": "robot", "body": dict(body)},
+        quote=_quote(body),
+        app=str(body.get("aibotid") or "") or None,
+    )
+
+
+def to_card_action(
+    body: Mapping[str, Any], *, req_id: str, generation: int, button_ids: Mapping[str, str]
+) -> CardAction:
+    """The core action of a ``template_card_event`` body."""
+    event = body.get("event")
+    detail = event.get("template_card_event") if isinstance(event, Mapping) else None
+    if not isinstance(detail, Mapping):
+        raise MalformedPayload("event.template_card_event missing")
+    conversation, sender = _where(body)
+    key = str(detail.get("event_key") or "")
+    task_id = str(detail.get("task_id") or "")
+    return CardAction(
+        id=str(body.get("msgid") or req_id),
+        platform=PLATFORM,
+        card_id=task_id,
+        action_id=button_ids.get(key, key),
+        value=key,
+        sender=sender,
+        conversation=conversation,
+        time=_time(body),
+        raw={"req_id": req_id, "generation": generation, "mode": "robot", "body": dict(body)},
+        app=str(body.get("aibotid") or "") or None,
+    )
+
+
+def parse_xml(xml: str) -> dict[str, str]:
+    """The fields of a decrypted app callback (flat XML)."""
+    root = ET.fromstring(xml)
+    return {child.tag: (child.text or "") for child in root}
+
+
+def to_app_message(fields: Mapping[str, str]) -> Message:
+    """The core message of an app-mode callback's fields (PROTOCOLS 4a)."""
+    user = fields.get("FromUserName", "")
+    if not user:
+        raise MalformedPayload("FromUserName missing")
+    msgtype = fields.get("MsgType", "")
+    msg_id = fields.get("MsgId") or f"{user}-{fields.get('CreateTime', '')}"
+    kind, text = MessageKind.UNSUPPORTED, ""
+    attachments: list[Attachment] = []
+    if msgtype == "text":
+        kind, text = MessageKind.TEXT, fields.get("Content", "")
+    elif msgtype == "voice":
+        text = fields.get("Recognition", "")
+        kind = MessageKind.AUDIO
+        attachments.append(Attachment(kind="audio", id=fields.get("MediaId"), text=text or None))
+    elif msgtype == "image":
+        kind = MessageKind.IMAGE
+        attachments.append(
+            Attachment(kind="image", id=fields.get("MediaId"), url=fields.get("PicUrl"))
+        )
+    created = fields.get("CreateTime", "")
+    when = datetime.fromtimestamp(int(created), UTC) if created.isdigit() else datetime.now(UTC)
+    return Message(
+        id=msg_id,
+        platform=PLATFORM,
+        text=text.strip(),
+        conversation=Conversation(id=user, kind=ConversationKind.DIRECT),
+        sender=Sender(id=user),
+        kind=kind,
+        mentioned=True,
+        attachments=tuple(attachments),
+        time=when,
+        raw={"mode": "app", **dict(fields)},
+        app=fields.get("AgentID") or None,
+    )

@@ -1,0 +1,1102 @@
+"""The WeCom server-side emulator: the robot long connection, app routes, callbacks, faults.
+
+**Robot mode** (PROTOCOLS 4c): a WebSocket at ``/`` (the SDK's ``ws_url``) speaking JSON
+frames ``{cmd?, headers: {req_id}, body?, errcode?, errmsg?}``.
+
+- ``aibot_subscribe`` checks ``bot_id``/``secret`` (a wrong one is acked with a non-zero
+  errcode, 40001 (UNCONFIRMED: the real code is not documented) and nothing else is
+  accepted on that socket). A second subscription of the same bot takes over: the older
+  socket gets an ``aibot_event_callback`` with ``disconnected_event`` and is closed, so
+  one connection per bot is live (PROTOCOLS 4c, inferred from the SDK).
+- ``ping`` is acked ``{headers: {req_id}, errcode: 0}``; every client frame is acked with
+  its own ``req_id``, in order.
+- Pushes: ``aibot_msg_callback`` / ``aibot_event_callback`` with a fresh ``req_id``
+  bound to the socket it went out on. Replies (``aibot_respond_msg``,
+  ``aibot_respond_welcome_msg``, ``aibot_respond_update_msg``) must reuse a ``req_id``
+  of the live socket, else 846605 "invalid req_id" (seen after reconnects, PROTOCOLS 4c).
+- Stream replies: ``{"msgtype": "stream", "stream": {id, finish, content}}`` carry the
+  whole text; ``stream_lifetime`` seconds (360 by default, configurable) after the
+  user's message a stream refuses updates with 846608 "stream message update expired"
+  (counted from the message: UNCONFIRMED whether WeCom counts from the message or from
+  the last update). Content over ``max_stream_bytes`` (20,480) is truncated, as WeCom
+  does (PROTOCOLS 4c).
+- ``aibot_respond_update_msg`` answers a ``template_card_event`` within
+  ``update_window`` (5 s) and ``aibot_respond_welcome_msg`` an ``enter_chat`` within
+  ``welcome_window`` (5 s); later ones get 846605 (UNCONFIRMED code).
+- ``aibot_send_msg`` (markdown, template_card, media) to a user id or group chat id;
+  the chunked upload ``aibot_upload_media_init/chunk/finish`` (≤512 KB chunks, ≤100).
+
+**App mode** (PROTOCOLS 4a): ``GET /cgi-bin/gettoken``, ``POST /cgi-bin/message/send``
+(markdown ≤ 2,048 bytes; per member 30/min and 1,000/h, answered 45009 by default,
+or silently dropped as WeCom documents, with ``member_limit_mode="drop"``),
+``POST /cgi-bin/appchat/send``; encrypted XML callbacks POSTed to the app's
+``callback_url`` and retried (3 attempts in all) when not answered 200 within
+``callback_timeout`` (5 s); the URL check (``verify_url``).
+
+Faults: ``errors`` (a share of calls answered -1 "system busy"), ``rate_limit`` (45009),
+``latency`` and ``drop`` (sockets aborted; pushes are held until a new subscription).
+Every robot call is recorded and reported to listeners (:meth:`WeComEmulator.on_change`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import random
+import secrets
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Literal
+from xml.sax.saxutils import escape
+
+import aiohttp
+import attrs
+from aiohttp import web
+
+from ..crypto import CallbackCrypto, encrypt_media, new_media_key
+
+__all__ = [
+    "ERR_INVALID_REQ_ID",
+    "ERR_RATE_LIMITED",
+    "ERR_STREAM_EXPIRED",
+    "ERR_SYSTEM_BUSY",
+    "WeComApp",
+    "WeComBot",
+    "WeComEmulator",
+]
+
+log = logging.getLogger("imrobots.wecom.emulator")
+
+ERR_STREAM_EXPIRED = 846608
+"""846608 "stream message update expired" (sunnoy/openclaw-plugin-wecom#107)."""
+ERR_INVALID_REQ_ID = 846605
+"""846605 "invalid req_id" (PROTOCOLS 4c)."""
+ERR_SYSTEM_BUSY = -1
+"""-1 "system busy": WeCom's global retryable code."""
+ERR_RATE_LIMITED = 45009
+"""45009 "api freq out of limit" (PROTOCOLS 4a/4e; on the long connection UNCONFIRMED)."""
+ERR_AUTH = 40001
+"""Answer to a bad subscription (UNCONFIRMED: WeCom's global "invalid credential")."""
+ERR_BAD_REQUEST = 40058
+"""WeCom's global "invalid parameter"; used for malformed frames (UNCONFIRMED here)."""
+ERR_TOKEN = 40014
+ERR_CONTENT_TOO_LONG = 45002
+MAX_CHUNK_BYTES = 512 * 1024
+MAX_CHUNKS = 100
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+def _truncate(text: str, limit: int) -> tuple[str, bool]:
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text, False
+    return data[:limit].decode("utf-8", "ignore"), True
+
+
+@attrs.define(eq=False)
+class _Socket:
+    id: int
+    ws: web.WebSocketResponse
+    bot: WeComBot | None = None
+    lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+
+
+@attrs.define
+class Callback:
+    """A push to the robot and what may still answer it."""
+
+    req_id: str
+    socket: int
+    at: float
+    kind: Literal["msg", "event"]
+    body: dict[str, Any]
+    conversation_id: str
+    eventtype: str | None = None
+    template_used: bool = False
+
+
+@attrs.define
+class CardRecord:
+    """A stream reply or a template card, as the chat shows it."""
+
+    id: str
+    bot_id: str
+    conversation_id: str
+    kind: Literal["stream", "template_card"]
+    content: str = ""
+    finished: bool = False
+    template: dict[str, Any] | None = None
+    updates: int = 0
+    truncated: bool = False
+    reply_to: str | None = None
+    created: float = attrs.field(factory=time.time)
+    updated: float = attrs.field(factory=time.time)
+
+    def view(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.define
+class WeComBot:
+    """An intelligent robot (bot id and secret) and its live connection."""
+
+    bot_id: str
+    secret: str = attrs.field(repr=False)
+    name: str = "Robot"
+    socket: _Socket | None = None
+    callbacks: dict[str, Callback] = attrs.field(factory=dict)
+    held: list[tuple[str, dict[str, Any]]] = attrs.field(factory=list)
+    sent: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    """msgid -> the body pushed, for redelivery."""
+    subscriptions: int = 0
+
+
+@attrs.define
+class WeComApp:
+    """A self-built app (CorpID, Secret, AgentId, callback Token and EncodingAESKey)."""
+
+    corp_id: str
+    secret: str = attrs.field(repr=False)
+    agent_id: int
+    token: str = attrs.field(repr=False)
+    encoding_aes_key: str = attrs.field(repr=False)
+    callback_url: str | None = None
+    tokens: dict[str, float] = attrs.field(factory=dict, repr=False)
+    member_sends: dict[str, deque[float]] = attrs.field(factory=dict)
+    sent: dict[str, str] = attrs.field(factory=dict)
+    """MsgId -> plaintext XML, for redelivery."""
+
+    @property
+    def crypto(self) -> CallbackCrypto:
+        return CallbackCrypto(self.token, self.encoding_aes_key, self.corp_id)
+
+
+@attrs.define
+class Delivery:
+    """One attempt to POST an app callback."""
+
+    msg_id: str
+    attempt: int
+    status: int | None
+    latency: float
+    error: str | None = None
+
+
+class WeComEmulator:
+    """WeCom's server side on 127.0.0.1. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        stream_lifetime: float = 360.0,
+        max_stream_bytes: int = 20480,
+        max_markdown_bytes: int = 20480,
+        app_markdown_bytes: int = 2048,
+        update_window: float = 5.0,
+        welcome_window: float = 5.0,
+        callback_timeout: float = 5.0,
+        callback_attempts: int = 3,
+        callback_retry_delay: float = 0.2,
+        member_limit_mode: Literal["error", "drop"] = "error",
+        member_per_minute: int = 30,
+        member_per_hour: int = 1000,
+        seed: int | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.stream_lifetime = stream_lifetime
+        self.max_stream_bytes = max_stream_bytes
+        self.max_markdown_bytes = max_markdown_bytes
+        self.app_markdown_bytes = app_markdown_bytes
+        self.update_window = update_window
+        self.welcome_window = welcome_window
+        self.callback_timeout = callback_timeout
+        self.callback_attempts = callback_attempts
+        self.callback_retry_delay = callback_retry_delay
+        self.member_limit_mode = member_limit_mode
+        self.member_per_minute = member_per_minute
+        self.member_per_hour = member_per_hour
+        self.bots: dict[str, WeComBot] = {}
+        self.apps: dict[str, WeComApp] = {}
+        self.cards: dict[str, CardRecord] = {}
+        self.messages: list[dict[str, Any]] = []
+        self.calls: list[dict[str, Any]] = []
+        self.deliveries: list[Delivery] = []
+        self.uploads: dict[str, dict[str, Any]] = {}
+        self.media: dict[str, tuple[str, bytes, str]] = {}
+        """media_id -> (type, content, filename) of finished uploads."""
+        self.files: dict[str, bytes] = {}
+        """download token -> encrypted content served at ``/_emulator/files/{token}``."""
+        self.ack_pings = True
+        """False: pings go unanswered (a dead connection, for heartbeat tests)."""
+        self.groups: set[str] = set()
+        """Group chat ids seen in pushes (a send to any other chatid goes to a user)."""
+        self.failure_rate = 0.0
+        self.rate_limit_rate = 0.0
+        self.latency = 0.0
+        self._random = random.Random(seed)
+        self._ids = itertools.count(1)
+        self._sockets: set[_Socket] = set()
+        self._listeners: list[Listener] = []
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connected = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/", self._websocket)
+        app.router.add_get("/cgi-bin/gettoken", self._gettoken)
+        app.router.add_post("/cgi-bin/message/send", self._message_send)
+        app.router.add_post("/cgi-bin/appchat/send", self._appchat_send)
+        app.router.add_get("/_emulator/files/{token}", self._file)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        sock = _bind(self.host, self.port)
+        self.port = int(sock.getsockname()[1])
+        await web.SockSite(self._runner, sock).start()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        for sock in list(self._sockets):
+            with contextlib.suppress(Exception):
+                await sock.ws.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def on_change(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` on every change; returns a function that removes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("emulator listener failed")
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ set-up
+    def add_bot(self, bot_id: str, secret: str, *, name: str = "Robot") -> WeComBot:
+        bot = WeComBot(bot_id=bot_id, secret=secret, name=name)
+        self.bots[bot_id] = bot
+        return bot
+
+    def add_app(
+        self,
+        corp_id: str,
+        secret: str,
+        *,
+        agent_id: int = 1000002,
+        token: str | None = None,
+        encoding_aes_key: str | None = None,
+    ) -> WeComApp:
+        key = encoding_aes_key or secrets.token_urlsafe(40).replace("-", "a").replace("_", "b")[:43]
+        app = WeComApp(
+            corp_id=corp_id,
+            secret=secret,
+            agent_id=agent_id,
+            token=token or secrets.token_hex(8),
+            encoding_aes_key=key,
+        )
+        self.apps[corp_id] = app
+        return app
+
+    def set_failure_rate(self, share: float) -> None:
+        self.failure_rate = share
+
+    def set_rate_limit_rate(self, share: float) -> None:
+        self.rate_limit_rate = share
+
+    def set_latency(self, seconds: float) -> None:
+        self.latency = seconds
+
+    def store_file(self, data: bytes) -> tuple[str, str]:
+        """Store ``data`` encrypted with a fresh media key; returns ``(url, aeskey)``."""
+        aeskey = new_media_key()
+        token = uuid.uuid4().hex
+        self.files[token] = encrypt_media(data, aeskey)
+        return f"{self.base_url}/_emulator/files/{token}", aeskey
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        data = self.files.get(request.match_info["token"])
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    # ------------------------------------------------------------------ recording
+    def _record_call(self, method: str, route: str, errcode: int, started: float, who: str) -> None:
+        status = 200
+        if errcode == ERR_RATE_LIMITED:
+            status = 429
+        elif errcode == ERR_SYSTEM_BUSY:
+            status = 503
+        elif errcode != 0:
+            status = 400
+        call = {
+            "time": time.time(),
+            "method": method,
+            "route": route,
+            "status": status,
+            "error": str(errcode) if errcode else None,
+            "rate_limited": errcode == ERR_RATE_LIMITED,
+            "latency_ms": round((time.monotonic() - started) * 1000, 1),
+            "who": who,
+        }
+        self.calls.append(call)
+        self._emit({"kind": "call", "call": call})
+
+    def _record_message(
+        self,
+        conversation_id: str,
+        text: str,
+        *,
+        who: str,
+        receivers: list[str] | None = None,
+        msgtype: str = "markdown",
+    ) -> None:
+        message = {
+            "conversation_id": conversation_id,
+            "text": text,
+            "who": who,
+            "receivers": receivers or [],
+            "msgtype": msgtype,
+            "time": time.time(),
+        }
+        self.messages.append(message)
+        self._emit({"kind": "message", "message": message})
+
+    def _card_changed(self, card: CardRecord) -> None:
+        card.updated = time.time()
+        self._emit({"kind": "card", "card": card.view()})
+
+    def _fault(self) -> int:
+        """An injected error code for this call, or 0."""
+        roll = self._random.random()
+        if roll < self.failure_rate:
+            return ERR_SYSTEM_BUSY
+        if roll < self.failure_rate + self.rate_limit_rate:
+            return ERR_RATE_LIMITED
+        return 0
+
+    # ------------------------------------------------------------------ websocket
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=8 * 1024 * 1024)
+        await ws.prepare(request)
+        sock = _Socket(id=next(self._ids), ws=ws)
+        self._sockets.add(sock)
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    frame = json.loads(msg.data)
+                except ValueError:
+                    continue
+                if isinstance(frame, dict):
+                    await self._on_frame(sock, frame)
+        finally:
+            self._sockets.discard(sock)
+            bot = sock.bot
+            if bot is not None and bot.socket is sock:
+                bot.socket = None
+                self._emit({"kind": "connection", "event": "close", "bot_id": bot.bot_id})
+        return ws
+
+    async def _send(self, sock: _Socket, frame: dict[str, Any]) -> None:
+        async with sock.lock:
+            if not sock.ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await sock.ws.send_str(json.dumps(frame, ensure_ascii=False))
+
+    async def _ack(
+        self, sock: _Socket, req_id: str, errcode: int, errmsg: str = "", body: Any = None
+    ) -> None:
+        frame: dict[str, Any] = {
+            "headers": {"req_id": req_id},
+            "errcode": errcode,
+            "errmsg": errmsg or ("ok" if errcode == 0 else "error"),
+        }
+        if body is not None:
+            frame["body"] = body
+        await self._send(sock, frame)
+
+    async def _on_frame(self, sock: _Socket, frame: dict[str, Any]) -> None:
+        cmd = str(frame.get("cmd") or "")
+        headers = frame.get("headers")
+        req_id = str(headers.get("req_id") or "") if isinstance(headers, dict) else ""
+        body = frame.get("body") if isinstance(frame.get("body"), dict) else {}
+        assert isinstance(body, dict)
+        if cmd == "aibot_subscribe":
+            await self._subscribe(sock, req_id, body)
+            return
+        if cmd == "ping":
+            if self.ack_pings:
+                await self._ack(sock, req_id, 0)
+            return
+        bot = sock.bot
+        if bot is None or bot.socket is not sock:
+            await self._ack(sock, req_id, ERR_AUTH, "not subscribed")
+            return
+        started = time.monotonic()
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        errcode, errmsg, reply = 0, "ok", None
+        injected = self._fault() if cmd.startswith(("aibot_respond", "aibot_send")) else 0
+        if injected:
+            errcode = injected
+            errmsg = "system busy" if injected == ERR_SYSTEM_BUSY else "api freq out of limit"
+        else:
+            try:
+                reply = self._command(bot, sock, cmd, req_id, body)
+            except _Refusal as exc:
+                errcode, errmsg = exc.code, exc.message
+        self._record_call("WS", cmd, errcode, started, bot.bot_id)
+        await self._ack(sock, req_id, errcode, errmsg, reply)
+
+    async def _subscribe(self, sock: _Socket, req_id: str, body: dict[str, Any]) -> None:
+        bot = self.bots.get(str(body.get("bot_id") or ""))
+        if bot is None or not secrets.compare_digest(str(body.get("secret") or ""), bot.secret):
+            await self._ack(sock, req_id, ERR_AUTH, "invalid bot_id or secret")
+            return
+        old = bot.socket
+        sock.bot = bot
+        bot.socket = sock
+        bot.subscriptions += 1
+        await self._ack(sock, req_id, 0)
+        self._emit({"kind": "connection", "event": "open", "bot_id": bot.bot_id})
+        if old is not None and old is not sock:
+            self._spawn(self._take_over(bot, old))
+        held, bot.held = bot.held, []
+        for cmd, pushed in held:
+            await self._push(bot, cmd, pushed)
+
+    async def _take_over(self, bot: WeComBot, old: _Socket) -> None:
+        event = {
+            "msgid": uuid.uuid4().hex,
+            "create_time": int(time.time()),
+            "aibotid": bot.bot_id,
+            "msgtype": "event",
+            "event": {"eventtype": "disconnected_event"},
+        }
+        req_id = f"aibot_event_callback_{uuid.uuid4().hex[:16]}"
+        await self._send(
+            old, {"cmd": "aibot_event_callback", "headers": {"req_id": req_id}, "body": event}
+        )
+        with contextlib.suppress(Exception):
+            await old.ws.close(code=1000, message=b"a newer connection took over")
+
+    async def drop(self, bot_id: str | None = None) -> None:
+        """Abort the robot sockets (no close handshake)."""
+        for sock in list(self._sockets):
+            if bot_id is None or (sock.bot is not None and sock.bot.bot_id == bot_id):
+                if sock.bot is not None and sock.bot.socket is sock:
+                    sock.bot.socket = None
+                    self._emit({"kind": "connection", "event": "close", "bot_id": sock.bot.bot_id})
+                transport = sock.ws._req.transport if sock.ws._req is not None else None
+                if transport is not None:
+                    transport.abort()
+                self._sockets.discard(sock)
+
+    def connected(self, bot_id: str) -> bool:
+        bot = self.bots.get(bot_id)
+        return bot is not None and bot.socket is not None
+
+    def live_sockets(self, bot_id: str) -> int:
+        return sum(1 for s in self._sockets if s.bot is not None and s.bot.bot_id == bot_id)
+
+    # ------------------------------------------------------------------ pushes
+    async def _push(self, bot: WeComBot, cmd: str, body: dict[str, Any]) -> str | None:
+        sock = bot.socket
+        if sock is None:
+            bot.held.append((cmd, body))
+            return None
+        req_id = f"{cmd}_{int(time.time() * 1000)}_{uuid.uuid4().hex[:8]}"
+        event = body.get("event") if isinstance(body.get("event"), dict) else None
+        chat = body.get("chatid") or (body.get("from") or {}).get("userid") or ""
+        if body.get("chattype") == "group" and body.get("chatid"):
+            self.groups.add(str(body["chatid"]))
+        bot.callbacks[req_id] = Callback(
+            req_id=req_id,
+            socket=sock.id,
+            at=time.monotonic(),
+            kind="event" if cmd == "aibot_event_callback" else "msg",
+            body=body,
+            conversation_id=str(chat),
+            eventtype=str(event.get("eventtype")) if event else None,
+        )
+        await self._send(sock, {"cmd": cmd, "headers": {"req_id": req_id}, "body": body})
+        return req_id
+
+    def _base_body(
+        self, bot: WeComBot, *, chat_type: str, chatid: str, user_id: str, msgid: str | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "msgid": msgid or uuid.uuid4().hex,
+            "create_time": int(time.time()),
+            "aibotid": bot.bot_id,
+            "chattype": chat_type,
+            "from": {"userid": user_id},
+        }
+        if chat_type == "group":
+            body["chatid"] = chatid
+        return body
+
+    async def push_message(
+        self,
+        bot_id: str,
+        *,
+        user_id: str,
+        msgtype: str,
+        content: dict[str, Any],
+        chat_type: Literal["single", "group"] = "single",
+        chatid: str = "",
+        msgid: str | None = None,
+        quote: dict[str, Any] | None = None,
+    ) -> str:
+        """A user's message pushed as ``aibot_msg_callback`` (held while disconnected);
+        returns its ``msgid``."""
+        bot = self.bots[bot_id]
+        body = self._base_body(
+            bot, chat_type=chat_type, chatid=chatid, user_id=user_id, msgid=msgid
+        )
+        body["msgtype"] = msgtype
+        body[msgtype] = content
+        if quote is not None:
+            body["quote"] = quote
+        bot.sent[body["msgid"]] = body
+        await self._push(bot, "aibot_msg_callback", body)
+        return str(body["msgid"])
+
+    async def redeliver(self, bot_id: str, msgid: str) -> None:
+        bot = self.bots[bot_id]
+        await self._push(bot, "aibot_msg_callback", bot.sent[msgid])
+
+    async def push_event(
+        self,
+        bot_id: str,
+        eventtype: str,
+        *,
+        user_id: str,
+        chat_type: Literal["single", "group"] = "single",
+        chatid: str = "",
+        detail: dict[str, Any] | None = None,
+    ) -> str | None:
+        """An ``aibot_event_callback``; returns its ``req_id`` (``None`` if held)."""
+        bot = self.bots[bot_id]
+        body = self._base_body(bot, chat_type=chat_type, chatid=chatid, user_id=user_id, msgid=None)
+        body["msgtype"] = "event"
+        body["event"] = {"eventtype": eventtype, **({eventtype: detail} if detail else {})}
+        return await self._push(bot, "aibot_event_callback", body)
+
+    async def press(self, bot_id: str, *, card_id: str, key: str, user_id: str) -> str | None:
+        """A user presses the button ``key`` of template card ``card_id``."""
+        card = self.cards[card_id]
+        template = card.template or {}
+        chat_type: Literal["single", "group"] = (
+            "group" if card.conversation_id != user_id else "single"
+        )
+        return await self.push_event(
+            bot_id,
+            "template_card_event",
+            user_id=user_id,
+            chat_type=chat_type,
+            chatid=card.conversation_id,
+            detail={
+                "card_type": template.get("card_type", "button_interaction"),
+                "event_key": key,
+                "task_id": template.get("task_id", card_id),
+                "selected_items": {"selected_item": []},
+            },
+        )
+
+    # ------------------------------------------------------------------ commands
+    def _callback(self, bot: WeComBot, sock: _Socket, req_id: str) -> Callback:
+        cb = bot.callbacks.get(req_id)
+        if cb is None or cb.socket != sock.id:
+            raise _Refusal(ERR_INVALID_REQ_ID, "invalid req_id")
+        return cb
+
+    def _command(
+        self, bot: WeComBot, sock: _Socket, cmd: str, req_id: str, body: dict[str, Any]
+    ) -> Any:
+        if cmd == "aibot_respond_msg":
+            cb = self._callback(bot, sock, req_id)
+            self._respond(bot, cb, body)
+            return None
+        if cmd == "aibot_respond_welcome_msg":
+            cb = self._callback(bot, sock, req_id)
+            if cb.eventtype != "enter_chat" or time.monotonic() - cb.at > self.welcome_window:
+                raise _Refusal(ERR_INVALID_REQ_ID, "invalid req_id: welcome window passed")
+            self._show_body(bot, cb.conversation_id, body, reply_to=None, proactive=False)
+            return None
+        if cmd == "aibot_respond_update_msg":
+            cb = self._callback(bot, sock, req_id)
+            if (
+                cb.eventtype != "template_card_event"
+                or time.monotonic() - cb.at > self.update_window
+            ):
+                raise _Refusal(ERR_INVALID_REQ_ID, "invalid req_id: update window passed")
+            self._update_card(body)
+            return None
+        if cmd == "aibot_send_msg":
+            chatid = str(body.get("chatid") or "")
+            if not chatid:
+                raise _Refusal(ERR_BAD_REQUEST, "chatid missing")
+            self._show_body(bot, chatid, body, reply_to=None, proactive=True)
+            return None
+        if cmd == "aibot_upload_media_init":
+            return self._upload_init(body)
+        if cmd == "aibot_upload_media_chunk":
+            return self._upload_chunk(body)
+        if cmd == "aibot_upload_media_finish":
+            return self._upload_finish(bot, body)
+        raise _Refusal(ERR_BAD_REQUEST, f"unknown cmd {cmd!r}")
+
+    def _respond(self, bot: WeComBot, cb: Callback, body: dict[str, Any]) -> None:
+        msgtype = body.get("msgtype")
+        reply_to = str(cb.body.get("msgid") or "")
+        if msgtype in ("stream", "stream_with_template_card"):
+            stream = body.get("stream")
+            if not isinstance(stream, dict) or not stream.get("id"):
+                raise _Refusal(ERR_BAD_REQUEST, "stream.id missing")
+            if msgtype == "stream_with_template_card":
+                self._take_template(cb)
+            if time.monotonic() - cb.at > self.stream_lifetime:
+                raise _Refusal(ERR_STREAM_EXPIRED, "stream message update expired")
+            stream_id = str(stream["id"])
+            card = self.cards.get(stream_id)
+            if card is not None and card.finished:
+                raise _Refusal(ERR_BAD_REQUEST, "stream already finished")
+            content, truncated = _truncate(str(stream.get("content") or ""), self.max_stream_bytes)
+            if card is None:
+                card = CardRecord(
+                    id=stream_id,
+                    bot_id=bot.bot_id,
+                    conversation_id=cb.conversation_id,
+                    kind="stream",
+                    reply_to=reply_to,
+                )
+                self.cards[stream_id] = card
+            else:
+                card.updates += 1
+            card.content = content
+            card.truncated = card.truncated or truncated
+            card.finished = bool(stream.get("finish"))
+            if msgtype == "stream_with_template_card" and isinstance(
+                body.get("template_card"), dict
+            ):
+                card.template = dict(body["template_card"])
+            self._card_changed(card)
+            return
+        if msgtype == "template_card":
+            self._take_template(cb)
+            self._show_body(bot, cb.conversation_id, body, reply_to=reply_to, proactive=False)
+            return
+        if msgtype in ("image", "file", "voice", "video"):
+            self._show_body(bot, cb.conversation_id, body, reply_to=reply_to, proactive=False)
+            return
+        raise _Refusal(ERR_BAD_REQUEST, f"msgtype {msgtype!r} cannot answer a message")
+
+    @staticmethod
+    def _take_template(cb: Callback) -> None:
+        if cb.template_used:
+            raise _Refusal(ERR_BAD_REQUEST, "a message can be answered with one template card")
+        cb.template_used = True
+
+    def _show_body(
+        self,
+        bot: WeComBot,
+        conversation_id: str,
+        body: dict[str, Any],
+        *,
+        reply_to: str | None,
+        proactive: bool,
+    ) -> None:
+        msgtype = str(body.get("msgtype") or "")
+        who = bot.bot_id
+        if msgtype in ("markdown", "text"):
+            part = body.get(msgtype)
+            text = str(part.get("content") or "") if isinstance(part, dict) else ""
+            text, _ = _truncate(text, self.max_markdown_bytes)
+            receivers = [] if conversation_id in self.groups else [conversation_id]
+            self._record_message(
+                conversation_id, text, who=who, msgtype=msgtype, receivers=receivers
+            )
+            return
+        if msgtype == "template_card":
+            template = body.get("template_card")
+            if not isinstance(template, dict):
+                raise _Refusal(ERR_BAD_REQUEST, "template_card missing")
+            card_id = str(template.get("task_id") or uuid.uuid4().hex)
+            if card_id in self.cards:
+                raise _Refusal(ERR_BAD_REQUEST, "task_id already used")
+            card = CardRecord(
+                id=card_id,
+                bot_id=bot.bot_id,
+                conversation_id=conversation_id,
+                kind="template_card",
+                template=dict(template),
+                finished=True,
+                reply_to=reply_to,
+            )
+            self.cards[card_id] = card
+            self._card_changed(card)
+            return
+        if msgtype in ("image", "file", "voice", "video"):
+            part = body.get(msgtype)
+            media_id = str(part.get("media_id") or "") if isinstance(part, dict) else ""
+            media = self.media.get(media_id)
+            if media is None:
+                raise _Refusal(ERR_BAD_REQUEST, "invalid media_id")
+            _, data, filename = media
+            self._emit(
+                {
+                    "kind": "upload",
+                    "upload": {
+                        "conversation_id": conversation_id,
+                        "kind": "image" if msgtype == "image" else "file",
+                        "name": filename,
+                        "size": len(data),
+                    },
+                }
+            )
+            return
+        raise _Refusal(ERR_BAD_REQUEST, f"unsupported msgtype {msgtype!r}")
+
+    def _update_card(self, body: dict[str, Any]) -> None:
+        template = body.get("template_card")
+        if body.get("response_type") != "update_template_card" or not isinstance(template, dict):
+            raise _Refusal(ERR_BAD_REQUEST, "response_type update_template_card expected")
+        task_id = str(template.get("task_id") or "")
+        card = self.cards.get(task_id)
+        if card is None:
+            raise _Refusal(ERR_BAD_REQUEST, "unknown task_id")
+        card.template = dict(template)
+        card.updates += 1
+        self._card_changed(card)
+
+    # ------------------------------------------------------------------ uploads
+    def _upload_init(self, body: dict[str, Any]) -> dict[str, Any]:
+        total = int(body.get("total_chunks") or 0)
+        if not 1 <= total <= MAX_CHUNKS:
+            raise _Refusal(ERR_BAD_REQUEST, "total_chunks must be 1..100")
+        upload_id = uuid.uuid4().hex
+        self.uploads[upload_id] = {
+            "type": body.get("type", "file"),
+            "filename": body.get("filename") or "file",
+            "total_chunks": total,
+            "total_size": int(body.get("total_size") or 0),
+            "md5": body.get("md5"),
+            "chunks": {},
+        }
+        return {"upload_id": upload_id}
+
+    def _upload_chunk(self, body: dict[str, Any]) -> None:
+        import base64
+
+        upload = self.uploads.get(str(body.get("upload_id") or ""))
+        if upload is None:
+            raise _Refusal(ERR_BAD_REQUEST, "invalid upload_id")
+        index = int(body.get("chunk_index", -1))
+        if not 0 <= index < upload["total_chunks"]:
+            raise _Refusal(ERR_BAD_REQUEST, "chunk_index out of range")
+        data = base64.b64decode(str(body.get("base64_data") or ""))
+        if len(data) > MAX_CHUNK_BYTES:
+            raise _Refusal(ERR_BAD_REQUEST, "chunk over 512 KB")
+        upload["chunks"][index] = data
+
+    def _upload_finish(self, bot: WeComBot, body: dict[str, Any]) -> dict[str, Any]:
+        upload = self.uploads.pop(str(body.get("upload_id") or ""), None)
+        if upload is None:
+            raise _Refusal(ERR_BAD_REQUEST, "invalid upload_id")
+        chunks = upload["chunks"]
+        if len(chunks) != upload["total_chunks"]:
+            raise _Refusal(ERR_BAD_REQUEST, "chunks missing")
+        data = b"".join(chunks[i] for i in range(upload["total_chunks"]))
+        if upload["md5"] and hashlib.md5(data).hexdigest() != upload["md5"]:
+            raise _Refusal(ERR_BAD_REQUEST, "md5 mismatch")
+        media_id = f"media_{uuid.uuid4().hex}"
+        self.media[media_id] = (str(upload["type"]), data, str(upload["filename"]))
+        return {"type": upload["type"], "media_id": media_id, "created_at": str(int(time.time()))}
+
+    # ------------------------------------------------------------------ app mode: HTTP
+    def _app_for_token(self, token: str) -> WeComApp:
+        for app in self.apps.values():
+            expiry = app.tokens.get(token)
+            if expiry is not None:
+                if expiry < time.monotonic():
+                    raise _Refusal(42001, "access_token expired")
+                return app
+        raise _Refusal(ERR_TOKEN, "invalid access_token")
+
+    @staticmethod
+    def _json(errcode: int, errmsg: str = "ok", **extra: Any) -> web.Response:
+        return web.json_response({"errcode": errcode, "errmsg": errmsg, **extra})
+
+    async def _gettoken(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
+        app = self.apps.get(request.query.get("corpid", ""))
+        if app is None:
+            self._record_call("GET", "/cgi-bin/gettoken", 40013, started, "?")
+            return self._json(40013, "invalid corpid")
+        if not secrets.compare_digest(request.query.get("corpsecret", ""), app.secret):
+            self._record_call("GET", "/cgi-bin/gettoken", ERR_AUTH, started, app.corp_id)
+            return self._json(ERR_AUTH, "invalid credential")
+        token = secrets.token_urlsafe(48)
+        app.tokens[token] = time.monotonic() + 7200
+        self._record_call("GET", "/cgi-bin/gettoken", 0, started, app.corp_id)
+        return self._json(0, access_token=token, expires_in=7200)
+
+    async def _app_call(
+        self, request: web.Request, route: str, handle: Callable[[WeComApp, dict[str, Any]], Any]
+    ) -> web.Response:
+        started = time.monotonic()
+        who = "?"
+        try:
+            app = self._app_for_token(request.query.get("access_token", ""))
+            who = app.corp_id
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            try:
+                body = await request.json()
+            except ValueError:
+                raise _Refusal(44004, "empty or invalid body") from None
+            injected = self._fault()
+            if injected:
+                raise _Refusal(injected, "system busy" if injected < 0 else "api freq out of limit")
+            extra = handle(app, body if isinstance(body, dict) else {}) or {}
+        except _Refusal as exc:
+            self._record_call("POST", route, exc.code, started, who)
+            return self._json(exc.code, exc.message)
+        self._record_call("POST", route, 0, started, who)
+        return self._json(0, **extra)
+
+    def _text_of(self, body: dict[str, Any]) -> str:
+        msgtype = str(body.get("msgtype") or "")
+        part = body.get(msgtype)
+        if msgtype not in ("markdown", "text") or not isinstance(part, dict):
+            raise _Refusal(ERR_BAD_REQUEST, f"unsupported msgtype {msgtype!r}")
+        text = str(part.get("content") or "")
+        if len(text.encode("utf-8")) > self.app_markdown_bytes:
+            raise _Refusal(ERR_CONTENT_TOO_LONG, "content size out of limit")
+        return text
+
+    async def _message_send(self, request: web.Request) -> web.Response:
+        def handle(app: WeComApp, body: dict[str, Any]) -> dict[str, Any]:
+            if int(body.get("agentid") or 0) != app.agent_id:
+                raise _Refusal(40056, "invalid agentid")
+            text = self._text_of(body)
+            users = [u for u in str(body.get("touser") or "").split("|") if u]
+            parties = [p for p in str(body.get("toparty") or "").split("|") if p]
+            tags = [t for t in str(body.get("totag") or "").split("|") if t]
+            if not users and not parties and not tags:
+                raise _Refusal(40031, "invalid user list")
+            now = time.monotonic()
+            allowed = []
+            for user in users:
+                sends = app.member_sends.setdefault(user, deque())
+                while sends and now - sends[0] > 3600:
+                    sends.popleft()
+                minute = sum(1 for t in sends if now - t <= 60)
+                if minute >= self.member_per_minute or len(sends) >= self.member_per_hour:
+                    if self.member_limit_mode == "error":
+                        raise _Refusal(ERR_RATE_LIMITED, "api freq out of limit (member)")
+                    continue  # dropped silently, as WeCom documents
+                sends.append(now)
+                allowed.append(user)
+            for user in allowed:
+                self._record_message(user, text, who=app.corp_id, receivers=[user])
+            for party in parties:
+                self._record_message(f"party:{party}", text, who=app.corp_id)
+            for tag in tags:
+                self._record_message(f"tag:{tag}", text, who=app.corp_id)
+            return {"invaliduser": "", "msgid": uuid.uuid4().hex}
+
+        return await self._app_call(request, "/cgi-bin/message/send", handle)
+
+    async def _appchat_send(self, request: web.Request) -> web.Response:
+        def handle(app: WeComApp, body: dict[str, Any]) -> None:
+            chatid = str(body.get("chatid") or "")
+            if not chatid:
+                raise _Refusal(86003, "chatid missing")
+            self._record_message(chatid, self._text_of(body), who=app.corp_id)
+
+        return await self._app_call(request, "/cgi-bin/appchat/send", handle)
+
+    # ------------------------------------------------------------------ app mode: callbacks
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    def app_message_xml(
+        self,
+        app: WeComApp,
+        *,
+        user_id: str,
+        msgtype: str = "text",
+        content: str = "",
+        msg_id: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> tuple[str, str]:
+        """The plaintext XML of a message from ``user_id`` and its MsgId."""
+        msg_id = msg_id or str(random.randint(10**18, 10**19 - 1))
+        fields = {
+            "ToUserName": app.corp_id,
+            "FromUserName": user_id,
+            "CreateTime": str(int(time.time())),
+            "MsgType": msgtype,
+        }
+        if msgtype == "text":
+            fields["Content"] = content
+        fields.update(extra or {})
+        fields["MsgId"] = msg_id
+        fields["AgentID"] = str(app.agent_id)
+        inner = "".join(
+            f"<{k}>{v}</{k}>" if v.isdigit() else f"<{k}><![CDATA[{v}]]></{k}>"
+            for k, v in fields.items()
+        )
+        return f"<xml>{inner}</xml>", msg_id
+
+    def encrypt_callback(self, app: WeComApp, xml: str) -> tuple[dict[str, str], str]:
+        """The query (msg_signature, timestamp, nonce) and body of an encrypted callback."""
+        import re
+
+        nonce = str(random.randint(10**8, 10**9))
+        timestamp = str(int(time.time()))
+        envelope = app.crypto.encrypt(xml, nonce, timestamp)
+        encrypted = re.search(r"<Encrypt><!\[CDATA\[(.*?)\]\]></Encrypt>", envelope)
+        sig = re.search(r"<MsgSignature><!\[CDATA\[(.*?)\]\]></MsgSignature>", envelope)
+        assert encrypted is not None and sig is not None
+        body = (
+            f"<xml><ToUserName><![CDATA[{escape(app.corp_id)}]]></ToUserName>"
+            f"<AgentID><![CDATA[{app.agent_id}]]></AgentID>"
+            f"<Encrypt><![CDATA[{encrypted.group(1)}]]></Encrypt></xml>"
+        )
+        return {"msg_signature": sig.group(1), "timestamp": timestamp, "nonce": nonce}, body
+
+    async def push_app_message(
+        self,
+        corp_id: str,
+        *,
+        user_id: str,
+        content: str = "",
+        msgtype: str = "text",
+        msg_id: str | None = None,
+        extra: dict[str, str] | None = None,
+        wait: bool = False,
+    ) -> str:
+        """POST an encrypted callback to the app's ``callback_url``, retried as WeCom does
+        (in the background unless ``wait``); returns the MsgId."""
+        app = self.apps[corp_id]
+        if msg_id is not None and msg_id in app.sent:
+            xml = app.sent[msg_id]
+        else:
+            xml, msg_id = self.app_message_xml(
+                app, user_id=user_id, msgtype=msgtype, content=content, msg_id=msg_id, extra=extra
+            )
+            app.sent[msg_id] = xml
+        task = self._spawn(self._deliver(app, msg_id, xml))
+        if wait:
+            await task
+        return msg_id
+
+    async def _deliver(self, app: WeComApp, msg_id: str, xml: str) -> None:
+        for attempt in range(1, self.callback_attempts + 1):
+            if app.callback_url is None:
+                raise RuntimeError(f"app {app.corp_id} has no callback_url")
+            query, body = self.encrypt_callback(app, xml)
+            started = time.monotonic()
+            status: int | None = None
+            error: str | None = None
+            try:
+                async with asyncio.timeout(self.callback_timeout):
+                    async with self._client().post(
+                        app.callback_url, params=query, data=body.encode("utf-8")
+                    ) as response:
+                        status = response.status
+                        await response.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                error = type(exc).__name__
+            self.deliveries.append(
+                Delivery(msg_id, attempt, status, time.monotonic() - started, error)
+            )
+            if status == 200:
+                return
+            await asyncio.sleep(self.callback_retry_delay)
+
+    async def verify_url(self, corp_id: str) -> bool:
+        """WeCom's URL check: GET with an encrypted ``echostr``; True if the plaintext came
+        back within 1 s (PROTOCOLS 4a)."""
+        import re
+
+        app = self.apps[corp_id]
+        assert app.callback_url is not None
+        plain = secrets.token_hex(8)
+        nonce, timestamp = str(random.randint(10**8, 10**9)), str(int(time.time()))
+        envelope = app.crypto.encrypt(plain, nonce, timestamp)
+        encrypted = re.search(r"<Encrypt><!\[CDATA\[(.*?)\]\]></Encrypt>", envelope)
+        sig = re.search(r"<MsgSignature><!\[CDATA\[(.*?)\]\]></MsgSignature>", envelope)
+        assert encrypted is not None and sig is not None
+        query = {
+            "msg_signature": sig.group(1),
+            "timestamp": timestamp,
+            "nonce": nonce,
+            "echostr": encrypted.group(1),
+        }
+        try:
+            async with asyncio.timeout(1.0):
+                async with self._client().get(app.callback_url, params=query) as response:
+                    return response.status == 200 and (await response.text()) == plain
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on ``host:port`` (0: a free port)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+class _Refusal(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

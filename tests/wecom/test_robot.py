@@ -1,0 +1,225 @@
+"""Robot mode (intelligent robot, long connection) against the emulator over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from imrobots import Message, Reply, Robot
+from imrobots.agents import AgentRequest
+from imrobots.emulation import EmulatorAdapter
+from imrobots.platform import FatalPlatformError, Platform, Secret, thinking_card
+from imrobots.testing.conformance import card_text, open_rig
+from imrobots_wecom.console import WeComConsoleAdapter
+from imrobots_wecom.platform import WeComPlatform, WeComSettings
+from imrobots_wecom.streaming import WeComStream
+
+
+def _platform(emulator: EmulatorAdapter) -> Platform:
+    platform = emulator.create_platform()
+    assert platform is not None
+    return platform
+
+
+async def _poll(predicate: object, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def _agent(words: list[str], pause: float) -> object:
+    async def agent(request: AgentRequest) -> AsyncIterator[str]:
+        for word in words:
+            yield f"{word} "
+            await asyncio.sleep(pause)
+
+    return agent
+
+
+async def test_a_stream_past_its_expiry_still_delivers_the_whole_answer() -> None:
+    """The emulator expires streams after 0.6 s (846608 past it); an answer streaming for
+    about 1.5 s still arrives whole, the stream closed in time and continued by a
+    proactive message, with no refused call."""
+    words = [f"w{i:03d}" for i in range(30)]
+    adapter = WeComConsoleAdapter()
+    adapter.configure(stream_lifetime=0.6)
+    async with open_rig(
+        lambda: adapter, Robot(agent=_agent(words, 0.05)), make_platform=_platform
+    ) as rig:
+        await rig.say("tell me a long story", conversation_id="g-expiry")
+        await rig.final_card("g-expiry", words[-1])
+        await rig.runtime.wait_idle(timeout=10)
+        cards = rig.cards("g-expiry")
+        text = "\n".join(card_text(c) for c in cards)
+        assert [w for w in text.split() if w.startswith("w")] == words
+        assert len(cards) >= 2
+        assert all(c["status"] == "final" for c in cards)
+        assert not [c for c in rig.emulator.state()["calls"] if c["status"] >= 400]
+        routes = {c["route"] for c in rig.emulator.state()["calls"]}
+        assert {"aibot_respond_msg", "aibot_send_msg"} <= routes
+
+
+async def test_a_reply_after_a_reconnect_falls_back_to_a_proactive_send() -> None:
+    """The connection drops while the answer is written: the req_id is invalid on the new
+    connection (846605), so the answer is delivered by ``aibot_send_msg``."""
+    release = asyncio.Event()
+
+    async def agent(request: AgentRequest) -> AsyncIterator[str]:
+        yield "before-drop "
+        await release.wait()
+        yield "after-drop"
+
+    async with open_rig(
+        lambda: WeComConsoleAdapter(), Robot(agent=agent), make_platform=_platform
+    ) as rig:
+        await rig.say("question", conversation_id="g-drop")
+        await rig.card_with_status("g-drop", "streaming")
+        platform = rig.platform
+        assert isinstance(platform, WeComPlatform) and platform.connection is not None
+        generation = platform.connection.generation
+        await rig.emulator.fault("drop")
+        await _poll(lambda: platform.connection.generation > generation)  # type: ignore[union-attr]
+        release.set()
+        card = await rig.final_card("g-drop", "after-drop")
+        assert "before-drop" in card_text(card)
+        calls = [c for c in rig.emulator.state()["calls"] if c["route"] == "aibot_send_msg"]
+        assert calls and calls[-1]["status"] == 200
+
+
+async def test_a_takeover_leaves_one_connection_and_no_reconnect_storm(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    first = _platform(adapter)
+    second = _platform(adapter)
+    assert isinstance(first, WeComPlatform) and isinstance(second, WeComPlatform)
+
+    async def sink(event: object) -> None:
+        return None
+
+    try:
+        await first.start(sink)
+        with caplog.at_level(logging.ERROR, logger="imrobots.wecom.connection"):
+            await second.start(sink)
+            await _poll(lambda: first.connection is not None and first.connection.taken_over)
+            await _poll(lambda: adapter.emulator.live_sockets(adapter.bot_id) == 1)
+        assert "took over" in caplog.text and "will NOT reconnect" in caplog.text
+        assert first.connection is not None and first.connection.reconnects == 0
+        assert adapter.emulator.bots[adapter.bot_id].subscriptions == 2
+        assert second.connection is not None and second.connection.connected
+    finally:
+        await first.close()
+        await second.close()
+        await adapter.stop()
+
+
+async def test_missed_ping_acks_reconnect() -> None:
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    settings = WeComSettings(
+        bot_id=adapter.bot_id,
+        secret=Secret(adapter._secret),
+        ws_url=adapter.emulator.ws_url,
+        ping_interval=0.05,
+        reconnect_initial=0.01,
+    )
+    platform = WeComPlatform(settings)
+
+    async def sink(event: object) -> None:
+        return None
+
+    try:
+        await platform.start(sink)
+        adapter.emulator.ack_pings = False
+        await _poll(lambda: adapter.emulator.bots[adapter.bot_id].subscriptions >= 2)
+        adapter.emulator.ack_pings = True
+        assert platform.connection is not None
+        await _poll(lambda: platform.connection is not None and platform.connection.connected)
+    finally:
+        await platform.close()
+        await adapter.stop()
+
+
+async def test_a_wrong_secret_fails_start_in_one_line() -> None:
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    settings = WeComSettings(
+        bot_id=adapter.bot_id,
+        secret=Secret("wrong-secret"),
+        ws_url=adapter.emulator.ws_url,
+    )
+    platform = WeComPlatform(settings)
+
+    async def sink(event: object) -> None:
+        return None
+
+    try:
+        with pytest.raises(FatalPlatformError) as caught:
+            await platform.start(sink)
+        assert "wrong-secret" not in str(caught.value)
+        assert "40001" in str(caught.value)
+    finally:
+        await platform.close()
+        await adapter.stop()
+
+
+async def test_feedback_press_is_answered_with_an_update_within_5s() -> None:
+    async def agent(request: AgentRequest) -> AsyncIterator[str]:
+        yield "answer000"
+
+    async with open_rig(
+        lambda: WeComConsoleAdapter(), Robot(agent=agent), make_platform=_platform
+    ) as rig:
+        await rig.say("rate me", conversation_id="g-fb")
+        final = await rig.final_card("g-fb", "answer000")
+        await rig.press(final, "Helpful")
+        await rig.until(
+            "the card updated with thanks",
+            lambda: any("Thanks for your feedback" in card_text(c) for c in rig.cards("g-fb")),
+        )
+        update = [
+            c for c in rig.emulator.state()["calls"] if c["route"] == "aibot_respond_update_msg"
+        ]
+        assert update and update[0]["status"] == 200
+
+
+async def test_stream_frames_are_one_at_a_time_per_req_id() -> None:
+    """Concurrent pushes on one stream go out one after the other, each after its ack."""
+    messages: list[Message] = []
+
+    class Keeper(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            messages.append(message)
+
+    async with open_rig(lambda: WeComConsoleAdapter(), Keeper(), make_platform=_platform) as rig:
+        platform = rig.platform
+        assert isinstance(platform, WeComPlatform) and platform.connection is not None
+        await rig.say("hello", conversation_id="g-serial")
+        await _poll(lambda: bool(messages))
+        connection = platform.connection
+        original = connection._exchange
+        in_flight, most = 0, 0
+
+        async def counting(cmd: str, rid: str, body: dict[str, Any]) -> dict[str, Any]:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                return await original(cmd, rid, body)
+            finally:
+                in_flight -= 1
+
+        connection._exchange = counting  # type: ignore[method-assign]
+        handle = await platform.open_stream(messages[0].target, thinking_card("q"), key="serial")
+        assert isinstance(handle, WeComStream)
+        await asyncio.gather(*(handle.push(f"text {i}") for i in range(10)))
+        assert most == 1
+        assert rig.emulator.emulator.cards["serial"].updates == 10

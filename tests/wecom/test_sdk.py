@@ -1,0 +1,71 @@
+"""The official long-connection SDK (``wecom-aibot-sdk`` from PyPI), unchanged, against
+the emulator: it subscribes, receives a message and sends a stream reply."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from imrobots_wecom.emulator import WeComEmulator
+
+sdk = pytest.importorskip("wecom_aibot_sdk", reason="pip install wecom-aibot-sdk")
+
+
+async def test_sdk_subscribes_receives_and_streams() -> None:
+    emulator = WeComEmulator()
+    emulator.add_bot("sdk-bot", "sdk-secret")
+    await emulator.start()
+    client = sdk.WSClient("sdk-bot", "sdk-secret", ws_url=emulator.ws_url)
+    authenticated = asyncio.Event()
+    replied = asyncio.Event()
+    received: list[str] = []
+
+    async def on_text(frame: dict[str, object]) -> None:
+        body = frame["body"]
+        assert isinstance(body, dict)
+        received.append(body["text"]["content"])
+        await client.reply_stream(frame, "sdk-stream", "Hello", False)
+        await client.reply_stream(frame, "sdk-stream", "Hello from the SDK", True)
+        replied.set()
+
+    client.on("authenticated", authenticated.set)
+    client.on("message.text", on_text)
+    try:
+        await client.connect()
+        async with asyncio.timeout(5):
+            await authenticated.wait()
+        await emulator.push_message(
+            "sdk-bot", user_id="alice", msgtype="text", content={"content": "hi robot"}
+        )
+        async with asyncio.timeout(5):
+            await replied.wait()
+    finally:
+        await client.disconnect()
+        await emulator.stop()
+    assert received == ["hi robot"]
+    card = emulator.cards["sdk-stream"]
+    assert (card.content, card.finished, card.updates) == ("Hello from the SDK", True, 1)
+
+
+async def test_sdk_is_told_to_stop_when_taken_over() -> None:
+    emulator = WeComEmulator()
+    emulator.add_bot("sdk-bot", "sdk-secret")
+    await emulator.start()
+    first = sdk.WSClient("sdk-bot", "sdk-secret", ws_url=emulator.ws_url)
+    second = sdk.WSClient("sdk-bot", "sdk-secret", ws_url=emulator.ws_url)
+    told = asyncio.Event()
+    up = asyncio.Event()
+    first.on("event.disconnected_event", lambda frame: told.set())
+    first.on("authenticated", up.set)
+    try:
+        await first.connect()
+        async with asyncio.timeout(5):
+            await up.wait()
+        await second.connect()
+        async with asyncio.timeout(5):
+            await told.wait()
+        assert emulator.connected("sdk-bot")
+    finally:
+        await second.disconnect()
+        await emulator.stop()
