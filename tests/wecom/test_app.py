@@ -1,0 +1,159 @@
+"""App mode (self-built app callbacks): crypto, URL check, forged callbacks, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import pytest
+
+from imrobots.platform import Message
+from imrobots_wecom.console import WeComConsoleAdapter
+from imrobots_wecom.crypto import CallbackCrypto, ForgedCallback
+from imrobots_wecom.platform import WeComPlatform
+
+# The sample of WeCom's callback crypto library (Tencent's WXBizMsgCrypt "Sample" for
+# C#/Python/Java, as published with the docs of developer.work.weixin.qq.com path/90968;
+# a copy: github.com/2830499544/VipCard, Chain.Wechat/Tencent/Sample.cs).
+SAMPLE_TOKEN = "QDG6eK"
+SAMPLE_CORP_ID = "wx5823bf96d3bd56c7"
+SAMPLE_KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
+SAMPLE_SIGNATURE = "477715d11cdb4164915debcba66cb864d751f3e6"
+SAMPLE_TIMESTAMP = "1409659813"
+SAMPLE_NONCE = "1372623149"
+SAMPLE_BODY = (
+    "<xml><ToUserName><![CDATA[wx5823bf96d3bd56c7]]></ToUserName><Encrypt><![CDATA["
+    "RypEvHKD8QQKFhvQ6QleEB4J58tiPdvo+rtK1I9qca6aM/wvqnLSV5zEPeusUiX5L5X/0lWfrf0QADHHhGd3"
+    "QczcdCUpj911L3vg3W/sYYvuJTs3TUUkSUXxaccAS0qhxchrRYt66wiSpGLYL42aM6A8dTT+6k4aSknmPj48k"
+    "zJs8qLjvd4Xgpue06DOdnLxAUHzM6+kDZ+HMZfJYuR+LtwGc2hgf5gsijff0ekUNXZiqATP7PF5mZxZ3Izoun"
+    "1s4zG4LUMnvw2r+KqCKIw+3IQH03v+BCA9nMELNqbSf6tiWSrXJB3LAVGUcallcrw8V2t9EL4EhzJWrQUax5"
+    "wLVMNS0+rUPA3k22Ncx4XXZS9o0MBH27Bo6BpNelZpS+/uh9KsNlY6bHCmJU9p8g7m3fVKn28H3KDYA5Pl/T8"
+    "Z1ptDAVe0lXdQ2YoyyH2uyPIGHBZZIs2pDBS8R07+qN+E7Q==]]></Encrypt></xml>"
+)
+
+
+def test_the_published_sample_decrypts_and_verifies() -> None:
+    crypto = CallbackCrypto(SAMPLE_TOKEN, SAMPLE_KEY, SAMPLE_CORP_ID)
+    xml = crypto.decrypt(SAMPLE_BODY, SAMPLE_SIGNATURE, SAMPLE_TIMESTAMP, SAMPLE_NONCE)
+    assert "<Content><![CDATA[hello]]></Content>" in xml
+    assert "<MsgId>4561255354251345929</MsgId>" in xml
+    with pytest.raises(ForgedCallback) as caught:
+        crypto.decrypt(SAMPLE_BODY, "0" * 40, SAMPLE_TIMESTAMP, SAMPLE_NONCE)
+    assert SAMPLE_TOKEN not in str(caught.value) and SAMPLE_KEY not in str(caught.value)
+
+
+class _Rig:
+    def __init__(self) -> None:
+        self.adapter = WeComConsoleAdapter(mode="app")
+        self.received: list[Message] = []
+        self.got = asyncio.Event()
+        self.platform: WeComPlatform | None = None
+
+    async def __aenter__(self) -> _Rig:
+        await self.adapter.start()
+        platform = self.adapter.create_platform()
+        assert isinstance(platform, WeComPlatform)
+        self.platform = platform
+
+        async def sink(event: object) -> None:
+            if isinstance(event, Message):
+                self.received.append(event)
+                self.got.set()
+
+        await platform.start(sink)
+        self.adapter._callback_url()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.platform is not None
+        await self.platform.close()
+        await self.adapter.stop()
+
+
+async def test_url_verification_and_wechatpy_round_trip() -> None:
+    async with _Rig() as rig:
+        assert await rig.adapter.emulator.verify_url(rig.adapter.corp_id)
+        await rig.adapter.emulator.push_app_message(
+            rig.adapter.corp_id, user_id="bob", content="你好 WeCom", wait=True
+        )
+        async with asyncio.timeout(5):
+            await rig.got.wait()
+        message = rig.received[0]
+        assert (message.text, message.sender.id, message.conversation.id) == (
+            "你好 WeCom",
+            "bob",
+            "bob",
+        )
+        delivery = rig.adapter.emulator.deliveries[0]
+        assert delivery.status == 200 and delivery.latency < 5
+
+
+async def test_forged_callbacks_are_rejected_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async with _Rig() as rig:
+        assert rig.platform is not None and rig.platform.callback_url is not None
+        app = rig.adapter.app
+        xml, _ = rig.adapter.emulator.app_message_xml(app, user_id="mallory", content="evil")
+        query, body = rig.adapter.emulator.encrypt_callback(app, xml)
+        forged_signature = {**query, "msg_signature": "0" * 40}
+        garbage = body.replace("<Encrypt><![CDATA[", "<Encrypt><![CDATA[AAAA")
+        with caplog.at_level(logging.WARNING, logger="imrobots.wecom"):
+            async with aiohttp.ClientSession() as session:
+                for params, data in ((forged_signature, body), (query, garbage)):
+                    async with session.post(
+                        rig.platform.callback_url, params=params, data=data
+                    ) as response:
+                        assert response.status == 403
+                async with session.get(
+                    rig.platform.callback_url, params={**forged_signature, "echostr": "x"}
+                ) as response:
+                    assert response.status == 403
+        assert rig.received == []
+        assert rig.platform.forged == 3
+        assert "rejected" in caplog.text and app.token not in caplog.text
+
+
+async def test_retried_callbacks_reach_the_robot_once_per_msgid() -> None:
+    """WeCom retries a callback not answered in 5 s; the robot sees each MsgId's content
+    every time, and the core drops the repeats by MsgId (the id is the same)."""
+    async with _Rig() as rig:
+        msg_id = await rig.adapter.emulator.push_app_message(
+            rig.adapter.corp_id, user_id="carol", content="once", wait=True
+        )
+        async with asyncio.timeout(5):
+            await rig.got.wait()
+        rig.got.clear()
+        await rig.adapter.emulator.push_app_message(
+            rig.adapter.corp_id, user_id="carol", msg_id=msg_id, wait=True
+        )
+        async with asyncio.timeout(5):
+            await rig.got.wait()
+        assert len(rig.received) == 2
+        assert {m.id for m in rig.received} == {msg_id}
+
+
+async def test_an_unanswered_callback_is_retried_three_times_in_all() -> None:
+    adapter = WeComConsoleAdapter(mode="app", callback_timeout=0.2, callback_retry_delay=0.01)
+    await adapter.start()
+
+    async def stall(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        await asyncio.sleep(1)
+        return aiohttp.web.Response()
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/cb", stall)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    adapter.app.callback_url = f"http://127.0.0.1:{port}/cb"
+    try:
+        await adapter.emulator.push_app_message(
+            adapter.corp_id, user_id="dan", content="x", wait=True
+        )
+        assert [d.attempt for d in adapter.emulator.deliveries] == [1, 2, 3]
+        assert all(d.status is None for d in adapter.emulator.deliveries)
+    finally:
+        await runner.cleanup()
+        await adapter.stop()
