@@ -1,18 +1,25 @@
 """The DingTalk emulator seen through the core's emulator contract.
 
-This is what ``imrobots demo``, ``imrobots emulate dingtalk``, the web console
-and ``imrobots.testing`` use: one emulated DingTalk app whose robot is pointed
-at the emulator by :meth:`DingTalkConsoleAdapter.robot_settings`.
+This is what ``imrobots demo``, ``imrobots emulate dingtalk``, the web console,
+``imrobots.testing`` and the platform conformance suite use: one emulated DingTalk
+app whose robot is pointed at the emulator by :meth:`DingTalkConsoleAdapter.robot_settings`.
+
+Views name conversations as the user's :meth:`~DingTalkConsoleAdapter.say` did: DingTalk
+addresses a 1:1 card or robot message to the user (the emulator files it under the
+robot's chat with that user), and the adapter maps it back to the conversation the
+user spoke in.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Any, Literal
 
-import imrobots
+from imrobots.emulation import EmulatorAdapter
 
 from .emulator import DingTalkEmulator
+from .emulator.frames import conversation_id as direct_conversation_id
 
 __all__ = ["DingTalkConsoleAdapter"]
 
@@ -23,12 +30,28 @@ View = dict[str, Any]
 # streaming variable is finalized a moment before.
 _FLOW = {"1": "thinking", "2": "streaming", "3": "final", "4": "streaming", "5": "error"}
 
+_INTERRUPTED = "(answer interrupted)"
+_CONTINUED = "(continued below)"
+
+_KINDS: dict[str, Literal["picture", "file", "audio", "video"]] = {
+    "image": "picture",
+    "file": "file",
+    "audio": "audio",
+    "video": "video",
+}
+"""Attachment kinds of the emulator contract -> DingTalk message types."""
+
+NOTE_ROOM = 256
+"""Bytes a card's notes may add to its text, over a configured ``max_text``."""
+CARD_DATA_ROOM = 4096
+"""Bytes a StandardCard's JSON (title, ids, buttons) may add to its text."""
+
 
 def _standard_status(markdown: str, buttons: list[Any], updates: int) -> str:
     """StandardCards carry no state, so read it off the core's lifecycle cards."""
-    if buttons:
+    if buttons or _CONTINUED in markdown:
         return "final"
-    if "(answer interrupted)" in markdown:
+    if _INTERRUPTED in markdown:
         return "interrupted"
     if "Sorry, " in markdown and ("went wrong" in markdown or "too long" in markdown):
         return "error"
@@ -37,7 +60,7 @@ def _standard_status(markdown: str, buttons: list[Any], updates: int) -> str:
     return "streaming"
 
 
-class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
+class DingTalkConsoleAdapter(EmulatorAdapter):
     """One DingTalk emulator hosting one robot app, for the console and tests."""
 
     platform = "dingtalk"
@@ -60,6 +83,9 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
         self.emulator.add_app(client_id, self._secret)
         self._cards: dict[str, View] = {}
         self._calls: list[View] = []
+        self._chats: dict[str, str] = {}
+        """The emulator's id of the robot's 1:1 chat with a user -> the id the user said."""
+        self._limits: dict[str, int] = {}
         self._remove_listener = self.emulator.on_change(self._on_event)
 
     # ---------------------------------------------------------------- lifecycle
@@ -73,6 +99,24 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
     def base_url(self) -> str | None:
         return self.emulator.base_url
 
+    def configure(
+        self,
+        *,
+        max_text: int | None = None,
+        max_message_text: int | None = None,
+        stream_lifetime: float | None = None,
+    ) -> None:
+        """Smaller limits for a test, in bytes, enforced by the emulator and declared by
+        the robot's settings. DingTalk streams never expire: ``stream_lifetime`` is
+        ignored (the platform declares none)."""
+        if max_text is not None:
+            self._limits["max_text"] = max_text
+            self.emulator.stream_content_limit = max_text + NOTE_ROOM
+            self.emulator.card_data_limit = max_text + CARD_DATA_ROOM
+        if max_message_text is not None:
+            self._limits["max_message_text"] = max_message_text
+            self.emulator.webhook_text_limit = max_message_text
+
     def robot_settings(self) -> dict[str, Any]:
         host = self.emulator.base_url.split("//", 1)[1].split(":", 1)[0]
         settings: dict[str, Any] = {
@@ -83,6 +127,7 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
             "webhook_hosts": [host],
             "download_hosts": [host],
             "card_mode": self.card_mode,
+            **self._limits,
         }
         if self.card_mode == "ai":
             settings["ai_template_id"] = "imrobots-answer.schema"
@@ -93,6 +138,14 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
         return {"DINGTALK_OPENAPI_ENDPOINT": self.emulator.base_url}
 
     # ---------------------------------------------------------------- events
+    def _conversation(self, emulated: str | None, users: Sequence[str] = ()) -> str:
+        """The conversation id a view shows: what the user said, for 1:1 chats too."""
+        if emulated and emulated in self._chats:
+            return self._chats[emulated]
+        if emulated:
+            return emulated
+        return users[0] if len(users) == 1 else ""
+
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
         record = event.get("record") or {}
@@ -115,24 +168,33 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
             self.emit({"type": "card", "card": self._public(view)})
         elif kind == "webhook" and record.get("errcode") == 0:
             self.record_message(
-                record.get("conversation_id") or "",
+                self._conversation(record.get("conversation_id")),
                 "robot",
                 "Robot",
                 record.get("text") or "",
                 from_robot=True,
             )
         elif kind == "sent":
-            param = record.get("msg_param")
-            text = param.get("text") or param.get("content") if isinstance(param, dict) else param
-            self.record_message(
-                record.get("conversation_id") or "",
-                "robot",
-                "Robot",
-                str(text or ""),
-                from_robot=True,
-            )
+            self._on_sent(record)
         elif kind == "connection":
             self.emit({"type": "connection", "connection": {"event": event.get("event")}})
+
+    def _on_sent(self, record: dict[str, Any]) -> None:
+        users = [str(u) for u in record.get("user_ids") or []]
+        conversation = self._conversation(record.get("conversation_id"), users)
+        media = record.get("media")
+        if isinstance(media, dict):
+            kind = "image" if media.get("type") == "image" else "file"
+            self.record_upload(conversation, kind, media.get("name"), int(media.get("size") or 0))
+            text = f"[{kind}: {media.get('name') or media.get('media_id')}]"
+        else:
+            param = record.get("msg_param")
+            text = str(
+                (param.get("text") or param.get("content") or "")
+                if isinstance(param, dict)
+                else param or ""
+            )
+        self.record_message(conversation, "robot", "Robot", text, from_robot=True, receivers=users)
 
     def _card_view(self, record: dict[str, Any]) -> View:
         view = record.get("view") or {}
@@ -143,7 +205,7 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
             status = _standard_status(markdown, buttons, updates)
         else:
             status = _FLOW.get(str(view.get("flow_status")), "thinking")
-            if status == "error" and "(answer interrupted)" in markdown:
+            if status in ("final", "error") and _INTERRUPTED in markdown:
                 status = "interrupted"
         blocks: list[View] = []
         if markdown:
@@ -159,9 +221,10 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
                     ],
                 }
             )
+        receivers = [str(u) for u in record.get("receiver_user_ids") or []]
         return {
             "id": record.get("card_id"),
-            "conversation_id": record.get("conversation_id"),
+            "conversation_id": self._conversation(record.get("conversation_id"), receivers),
             "reply_to": None,
             "title": view.get("title"),
             "status": status,
@@ -173,6 +236,13 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
         }
 
     # ---------------------------------------------------------------- user side
+    def _note_chat(self, conversation_id: str, group: bool, user_id: str, user_name: str) -> None:
+        if not group:
+            app = self.emulator.apps[self.client_id]
+            self._chats[direct_conversation_id(app, "direct", user_id or user_name)] = (
+                conversation_id
+            )
+
     async def say(
         self,
         *,
@@ -184,6 +254,7 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
         mention: bool,
     ) -> str:
         shown = f"@robot {text}" if group and mention else text
+        self._note_chat(conversation_id, group, user_id, user_name)
         self.record_message(conversation_id, user_id, user_name, shown, from_robot=False)
         pushed = await self.emulator.push_message(
             self.client_id,
@@ -196,6 +267,64 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
             at_robot=mention or not group,
         )
         return pushed.msg_id
+
+    async def say_with_attachments(
+        self,
+        *,
+        attachments: Sequence[tuple[str, str, bytes]],
+        text: str = "",
+        conversation_id: str,
+        group: bool,
+        user_id: str,
+        user_name: str,
+        mention: bool,
+    ) -> str:
+        """A picture, file, voice or video message; text with pictures is rich text.
+        DingTalk has no message that carries text with a file, or several files."""
+        if not attachments:
+            raise ValueError("give at least one attachment")
+        for kind, _, _ in attachments:
+            if kind not in _KINDS:
+                raise ValueError(f"attachment kind must be one of {sorted(_KINDS)}, not {kind!r}")
+        self._note_chat(conversation_id, group, user_id, user_name)
+        names = ", ".join(f"[{kind}: {name}]" for kind, name, _ in attachments)
+        self.record_message(
+            conversation_id, user_id, user_name, f"{text} {names}".strip(), from_robot=False
+        )
+        common: dict[str, Any] = {
+            "conversation_type": "group" if group else "direct",
+            "conversation_id": conversation_id,
+            "conversation_title": "Customer support" if group else None,
+            "sender_staff_id": user_id,
+            "sender_nick": user_name,
+            "at_robot": mention or not group,
+        }
+        if len(attachments) == 1 and not text:
+            kind, name, data = attachments[0]
+            pushed = await self.emulator.push_attachment(
+                self.client_id,
+                _KINDS[kind],
+                data,
+                name=name,
+                **common,
+            )
+            return pushed.msg_id
+        if any(kind != "image" for kind, _, _ in attachments):
+            raise ValueError(
+                "DingTalk carries text or several attachments only as rich text, "
+                "which holds pictures only"
+            )
+        items: list[dict[str, Any]] = [{"text": text}] if text else []
+        for _, name, data in attachments:
+            stored = self.emulator.add_file(self.client_id, data, kind="picture", name=name)
+            items.append({"type": "picture", "downloadCode": stored.download_code})
+        pushed = await self.emulator.push_message(
+            self.client_id, msgtype="richText", content={"richText": items}, **common
+        )
+        return pushed.msg_id
+
+    async def redeliver(self, message_id: str) -> None:
+        await self.emulator.redeliver_message(self.client_id, message_id)
 
     async def press(self, *, card_id: str, button_id: str, user_id: str) -> None:
         card = self._cards.get(card_id)
@@ -221,16 +350,25 @@ class DingTalkConsoleAdapter(imrobots.EmulatorAdapter):
             "calls": list(self._calls),
         }
 
+    def uploads(self) -> list[View]:
+        return list(self.uploaded)
+
     @staticmethod
     def _public(card: View) -> View:
         return {k: v for k, v in card.items() if not k.startswith("_")}
 
     async def fault(self, kind: str, value: float | None = None) -> None:
         if kind == "drop":
+            dropped = self.emulator.live_connections(self.client_id)
             await self.emulator.drop_connections(self.client_id)
+            await self.emulator.wait_for(
+                lambda: not any(c.live for c in dropped), 5.0, what="dropped connections closed"
+            )
         elif kind == "errors":
-            self.emulator.set_failure_rate(float(value or 0.0))
+            self.emulator.set_failure_rate(float(value or 0.0), kind="5xx")
+        elif kind == "rate_limit":
+            self.emulator.set_failure_rate(float(value or 0.0), kind="qps")
         elif kind == "latency":
             self.emulator.set_latency(float(value or 0.0))
         else:
-            raise ValueError(f"unknown fault {kind!r}; choose drop, errors or latency")
+            raise ValueError(f"unknown fault {kind!r}; choose drop, errors, rate_limit or latency")

@@ -217,6 +217,9 @@ class DingTalkSettings:
     """Cap on updates per card (the final one included); ``None``: no cap."""
     max_text: int | None = attrs.field(default=CARD_TEXT_BYTES, validator=_positive)
     """UTF-8 bytes of answer text per card before the answer continues in a new card."""
+    max_message_text: int = attrs.field(default=WEBHOOK_TEXT_BYTES, validator=_positive)
+    """UTF-8 bytes of text per message before it continues in the next one (DingTalk
+    refuses a sessionWebhook message over 20,000 with 460101)."""
     max_download_bytes: int = attrs.field(default=100 * 1024 * 1024, validator=_positive)
     """Largest attachment :meth:`DingTalkPlatform.download` accepts."""
     request_timeout: float = attrs.field(default=10.0, validator=_positive)
@@ -289,30 +292,34 @@ def card_id_for(key: str) -> str:
 
 
 def _api_names(mode: CardMode) -> dict[Op, str]:
-    """The DingTalk API each operation calls (for the per-API rate limit)."""
+    """The DingTalk API each operation is counted under, for the per-API rate limit
+    (20 calls a second per app and API, PROTOCOLS 2.7).
+
+    StandardCard operations make one call each: sends count on ``interactiveCards.send``,
+    pushes, closes and updates on ``interactiveCards.update``. Each AI-card operation
+    calls two of the card APIs (create then stream, or stream then update the card's
+    data), and the core takes one limiter turn per operation: so they all count on one
+    bucket, ``card.streaming`` (the API every AI-card operation but the opening calls),
+    and no card API gets more calls a second than that bucket allows. Texts, images and
+    files all end in a robot message (an image or file after a ``media/upload``) and
+    count on ``robot.messages``.
+    """
     if mode == "ai":
-        send, push, update = (
-            "card.instances.createAndDeliver",
+        card = dict.fromkeys(
+            (Op.OPEN, Op.SEND_CARD, Op.PUSH, Op.CLOSE, Op.UPDATE_CARD, Op.ANSWER_ACTION),
             "card.streaming",
-            "card.instances.update",
         )
     else:
-        send, push, update = (
-            "interactiveCards.send",
-            "interactiveCards.update",
-            "interactiveCards.update",
-        )
-    return {
-        Op.OPEN: send,
-        Op.SEND_CARD: send,
-        Op.PUSH: push,
-        Op.CLOSE: push,  # an AI card closes with a card/streaming call, like its pushes
-        Op.UPDATE_CARD: update,
-        Op.ANSWER_ACTION: update,
-        Op.SEND_TEXT: "robot.messages",
-        Op.SEND_IMAGE: "media.upload",
-        Op.SEND_FILE: "media.upload",
-    }
+        card = {
+            Op.OPEN: "interactiveCards.send",
+            Op.SEND_CARD: "interactiveCards.send",
+            Op.PUSH: "interactiveCards.update",
+            Op.CLOSE: "interactiveCards.update",
+            Op.UPDATE_CARD: "interactiveCards.update",
+            Op.ANSWER_ACTION: "interactiveCards.update",
+        }
+    messages = dict.fromkeys((Op.SEND_TEXT, Op.SEND_IMAGE, Op.SEND_FILE), "robot.messages")
+    return {**card, **messages}
 
 
 IDEMPOTENT = frozenset(
@@ -339,7 +346,7 @@ class DingTalkPlatform(Platform):
             update_interval=s.update_interval,
             max_updates=s.max_updates,
             max_text=s.max_text,
-            max_message_text=WEBHOOK_TEXT_BYTES,
+            max_message_text=s.max_message_text,
             text_unit=SizeUnit.BYTES,
             max_image_bytes=MEDIA_MAX_BYTES,
             max_file_bytes=MEDIA_MAX_BYTES,

@@ -183,6 +183,8 @@ class DingTalkEmulator:
         # GUESS: no documented size limit for a StandardCard's cardData either.
         self.card_data_limit = card_data_limit
         """Bytes of ``cardData`` (the JSON string) a StandardCard send or update may carry."""
+        self.webhook_text_limit = 20_000
+        """Bytes of text one sessionWebhook message may carry (460101 beyond)."""
         self.media_limits = dict(MEDIA_LIMITS)
         """Largest ``media/upload`` per type, in bytes."""
         self._withholds: list[Withhold] = []
@@ -812,6 +814,26 @@ class DingTalkEmulator:
         )
         await self._push(record, frames.TOPIC_BOT_MESSAGE, data)
         return record
+
+    async def redeliver_message(self, client_id: str, msg_id: str) -> PushedMessage:
+        """Push a bot message again, as DingTalk may (the same frame ``messageId``, the same
+        ``msgId`` and content): for testing that a robot answers it once. Returns once it
+        is sent (or queued while no connection is live)."""
+        self._app(client_id)
+        for push in self._pushes_by_id.values():
+            record = push.record
+            if (
+                isinstance(record, PushedMessage)
+                and record.client_id == client_id
+                and record.msg_id == msg_id
+            ):
+                push.redeliveries += 1
+                self.state.emit(
+                    "redelivery", None, message_id=push.message_id, attempt=push.redeliveries
+                )
+                await self._deliver(push)
+                return record
+        raise ValueError(f"no message {msg_id!r} was pushed to app {client_id!r}")
 
     async def press_button(
         self,

@@ -420,7 +420,8 @@ class _Surface:
         else:
             result = errors.WEBHOOK_OK
         msgtype, text, title, at_ids = _webhook_summary(body)
-        if result is errors.WEBHOOK_OK and len((text or "").encode("utf-8")) > WEBHOOK_MAX_BYTES:
+        limit = self.emu.webhook_text_limit
+        if result is errors.WEBHOOK_OK and len((text or "").encode("utf-8")) > limit:
             result = errors.WEBHOOK_TOO_LONG
         rule = self.emu.take_withhold("sessionWebhook") if result is errors.WEBHOOK_OK else None
         record = WebhookMessage(

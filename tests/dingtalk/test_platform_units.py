@@ -392,9 +392,11 @@ def test_settings_defaults_and_capabilities() -> None:
     )
     native = DingTalkPlatform(ai).capabilities
     assert native.streaming is StreamingMode.NATIVE
-    # pushes and closes of an AI card both call card/streaming: one bucket
+    # pushes and closes of an AI card both call card/streaming: one bucket, which every
+    # AI-card operation counts on (each calls two card APIs)
     assert native.api_of(Op.PUSH) == native.api_of(Op.CLOSE) == "card.streaming"
-    assert native.api_of(Op.OPEN) == "card.instances.createAndDeliver"
+    assert native.api_of(Op.OPEN) == native.api_of(Op.SEND_CARD) == "card.streaming"
+    assert native.api_of(Op.SEND_TEXT) == native.api_of(Op.SEND_IMAGE) == "robot.messages"
 
 
 def test_card_ids_come_from_the_idempotency_key() -> None:
