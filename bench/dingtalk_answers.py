@@ -9,7 +9,8 @@ their own group, all at once, on the DingTalk emulator (20 QPS per app and API,
 as DingTalk's standard edition).
 
 - ``plugin standard`` / ``plugin ai``: ``imrobots`` with this plugin in both card
-  modes: acks at once, one app-wide limiter (``app_rate`` x 0.9), throttled card
+  modes: acks at once, one limiter bucket per DingTalk API (``app_rate`` x 0.9 each; every
+  AI-card operation counts on the ``card.streaming`` bucket), throttled card
   updates, every final card guaranteed.
 - ``seed pattern``: the tutorial's handler on the official ``dingtalk-stream``
   SDK, in a subprocess: the agent runs synchronously inside the async handler
@@ -294,8 +295,8 @@ async def main(args: argparse.Namespace) -> None:
     per_answer = args.chunks * args.chunk_delay
     print(
         f"{args.answers} concurrent answers of {args.chunks} chunks every {args.chunk_delay:g}s "
-        f"(~{per_answer:g}s each); app_rate {args.app_rate:g} req/s (client budget "
-        f"{args.app_rate * 0.9:g}); emulator 20 QPS per app and API"
+        f"(~{per_answer:g}s each); app_rate {args.app_rate:g} req/s per API (client budget "
+        f"{args.app_rate * 0.9:g} per API); emulator 20 QPS per app and API"
     )
     results = []
     for name in args.setups.split(","):
