@@ -93,6 +93,7 @@ class RateLimiter:
         self.limits = tuple(limits)
         self.headroom = headroom
         self.api_names: Mapping[Op, str] = dict(api_names or {})
+        self._op_limits: dict[Op, list[tuple[RateLimit, str]]] = {}
         self.clock: Clock = clock or SystemClock()
         self.stats = RateLimiterStats()
         app = [lim for lim in self.limits if lim.scope is Scope.APP]
@@ -111,15 +112,23 @@ class RateLimiter:
             clock=clock,
         )
 
+    def _per_op(self, op: Op) -> list[tuple[RateLimit, str]]:
+        """The limits counting ``op``, with their key prefixes (cached: called per call)."""
+        cached = self._op_limits.get(op)
+        if cached is None:
+            cached = self._op_limits[op] = [
+                (limit, f"{self.key}:{index}:{limit.scope}:")
+                for index, limit in enumerate(self.limits)
+                if limit.counts(op)
+            ]
+        return cached
+
     def _applicable(self, scope: CallScope) -> list[tuple[RateLimit, str]]:
         found = []
-        for index, limit in enumerate(self.limits):
-            if not limit.counts(scope.op):
-                continue
+        for limit, prefix in self._per_op(scope.op):
             ident = scope.ident(limit.scope, self.api_names)
-            if ident is None:
-                continue
-            found.append((limit, f"{self.key}:{index}:{limit.scope}:{ident}"))
+            if ident is not None:
+                found.append((limit, prefix + ident))
         return found
 
     async def _reserve(self, limit: RateLimit, bucket: str) -> float:

@@ -22,7 +22,7 @@ from .platform import CardRef, Op, Platform, Upload
 from .store import Store, Turn
 from .streaming import AnswerResult, AnswerStatus, StreamPolicy, split_all
 
-__all__ = ["ActionReply", "Outbound", "Reply", "Robot"]
+__all__ = ["ActionReply", "AgentAnswer", "Outbound", "Reply", "Robot"]
 
 T = TypeVar("T")
 
@@ -53,6 +53,9 @@ class Outbound(Protocol):
 
     @property
     def history_limit(self) -> int: ...
+
+    @property
+    def history_ttl(self) -> float: ...
 
 
 def _new_key() -> str:
@@ -242,6 +245,64 @@ class ActionReply(Reply):
         )
 
 
+class AgentAnswer(AsyncIterator[str]):
+    """What :meth:`Robot.ask` returns: the agent's accumulated answer, as an async iterator.
+
+    A class rather than an async generator: it is on the path of every chunk of every
+    answer, and the runtime streams it as it is (its items are already the whole text
+    so far), saving a layer of re-accumulation per chunk.
+    """
+
+    def __init__(self, robot: Robot, message: Message) -> None:
+        self.robot = robot
+        self.message = message
+        self.answer = ""
+        self._chunks: AsyncIterator[str] | None = None
+
+    def __aiter__(self) -> AgentAnswer:
+        return self
+
+    async def __anext__(self) -> str:
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = await self._start()
+        try:
+            text = await chunks.__anext__()
+        except StopAsyncIteration:
+            await self._finish()
+            raise
+        self.answer = text
+        return text
+
+    async def _start(self) -> AsyncIterator[str]:
+        agent = self.robot.agent
+        if agent is None:
+            raise ConfigError(
+                f"robot {type(self.robot).__name__} has no agent: set [robots.NAME.agent] "
+                "in the config"
+            )
+        store = self.robot.runtime.store
+        history = await store.history(self.message.conversation_key)
+        return agent.stream(AgentRequest.from_message(self.message, history))
+
+    async def _finish(self) -> None:
+        if not self.answer.strip():
+            return
+        runtime = self.robot.runtime
+        await runtime.store.append_history(
+            self.message.conversation_key,
+            [Turn(role="user", text=self.message.text), Turn(role="assistant", text=self.answer)],
+            limit=runtime.history_limit,
+            ttl=runtime.history_ttl,
+        )
+
+    async def aclose(self) -> None:
+        """Close the agent's stream (an answer left early, e.g. interrupted)."""
+        close = getattr(self._chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
 class Robot:
     """Base class of a robot. Subclass it and override what you need.
 
@@ -289,29 +350,15 @@ class Robot:
         else:
             await reply.text(content)
 
-    async def ask(self, message: Message) -> AsyncIterator[str]:
+    def ask(self, message: Message) -> AgentAnswer:
         """Ask the configured agent about ``message``, with the conversation's history.
 
-        Yields the accumulated answer as it grows; a finished, non-empty answer is
-        added to the conversation history.
+        Returns an async iterator of the accumulated answer as it grows
+        (:class:`~imrobots.agents.AccumulatedText`); a finished, non-empty answer is
+        added to the conversation history. Raises :class:`ConfigError` (when iterated)
+        if the robot has no agent.
         """
-        if self.agent is None:
-            raise ConfigError(
-                f"robot {type(self).__name__} has no agent: set [robots.NAME.agent] in the config"
-            )
-        runtime = self.runtime
-        history = await runtime.store.history(message.conversation_key)
-        request = AgentRequest.from_message(message, history)
-        answer = ""
-        async for text in self.agent.stream(request):
-            answer = text
-            yield text
-        if answer.strip():
-            await runtime.store.append_history(
-                message.conversation_key,
-                [Turn(role="user", text=message.text), Turn(role="assistant", text=answer)],
-                limit=runtime.history_limit,
-            )
+        return AgentAnswer(self, message)
 
     async def on_message(self, message: Message, reply: Reply) -> None:
         """Answer a message. The default streams the agent's answer."""

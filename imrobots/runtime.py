@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import inspect
 import json
 import logging
+import os
 import time
 import weakref
 from collections import deque
@@ -33,16 +35,16 @@ from .clock import Clock, SystemClock
 from .errors import PlatformError
 from .feedback import FeedbackSigner, InvalidFeedback
 from .models import Attachment, CardAction, Feedback, Message, Target
-from .platform import Op, Platform, StreamHandle
+from .platform import Capabilities, Op, Platform, Scope, StreamHandle
 from .policy import AccessPolicy
 from .ratelimit import CallScope, RateLimiter
-from .robot import ActionReply, Reply, Robot
+from .robot import ActionReply, AgentAnswer, Reply, Robot
 from .store import ClaimResult, MemoryStore, Store
 from .streaming import AnswerResult, AnswerStatus, AnswerStream, Degradation, StreamPolicy
 
 _targets = cattrs.Converter()
 
-__all__ = ["RobotRuntime", "RuntimeOptions"]
+__all__ = ["RobotRuntime", "RuntimeOptions", "default_concurrency", "tune_gc"]
 
 log = logging.getLogger("imrobots.runtime")
 
@@ -65,9 +67,12 @@ class RuntimeOptions:
     interrupt: bool = False
     """With ``queue``: a newer message in the conversation cancels the running answer."""
     debounce: float = 1.5
-    max_concurrent: int = 100
-    """Answers running at once across the robot; more wait (backpressure)."""
-    max_pending: int = 2000
+    max_concurrent: int | None = None
+    """Answers running at once across the robot; more wait (backpressure). ``None``
+    (the default) derives it from the platform: a minute of its app-wide call budget,
+    between 256 and 4,096 (:func:`default_concurrency`). Answers in flight mostly wait
+    (for the agent, for their turn at the limiter), so the cap bounds memory, not speed."""
+    max_pending: int = 10_000
     """Messages accepted but not finished; beyond this new ones are rejected as overloaded."""
     max_queue: int = 50
     """Messages waiting in one conversation."""
@@ -76,6 +81,9 @@ class RuntimeOptions:
     dedupe_ttl: float = 86_400.0
     in_flight_ttl: float = 900.0
     history_limit: int = 20
+    """Turns of conversation history kept per conversation for the agent."""
+    history_ttl: float = 86_400.0
+    """Seconds a conversation's history is kept after its last turn."""
     answer_ttl: float = 30 * 86_400.0
     """How long an answer is remembered for its feedback buttons."""
     stream: StreamPolicy | None = None
@@ -159,12 +167,16 @@ class RobotRuntime:
             )
             _limiters[(id(self.store), key)] = limiter
         self.limiter = limiter
-        self.executor = agent_executor(self.options.max_concurrent)
+        self.max_concurrent = self.options.max_concurrent or default_concurrency(
+            platform.capabilities
+        )
+        """The cap on answers running at once (``options.max_concurrent`` or derived)."""
+        self.executor = agent_executor(self.max_concurrent)
         """The bounded thread pool blocking agent code runs in."""
         self.stats = RuntimeStats()
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._semaphore = asyncio.Semaphore(self.options.max_concurrent)
+        self._semaphore = asyncio.Semaphore(self.max_concurrent)
         self._pending = 0
         self._accepted = 0  # messages accepted and not finished (queued or being answered)
         self._idle = asyncio.Event()
@@ -178,6 +190,10 @@ class RobotRuntime:
     def history_limit(self) -> int:
         return self.options.history_limit
 
+    @property
+    def history_ttl(self) -> float:
+        return self.options.history_ttl
+
     def _key(self, kind: str, ident: str) -> str:
         """A store key scoped by robot, platform and app."""
         return f"{kind}:{self.name}:{self.platform.name}:{self.app_id}:{ident}"
@@ -188,6 +204,7 @@ class RobotRuntime:
         await self.robot.startup()
         self._started = True
         await self.platform.start(self.handle)
+        tune_gc()
         log.info("robot %s is up on %s", self.name, self.platform.describe())
         await self.recover_open_answers()
 
@@ -492,23 +509,27 @@ class RobotRuntime:
         answer_id = message.id if message is not None else stream.key
         record_key = self._key("open", stream.key)
 
+        head = ""  # the record's JSON up to its text: encoded once per stream
+
         async def on_open(stream: AnswerStream, handle: StreamHandle) -> None:
+            nonlocal head
             record = {
                 "target": _targets.unstructure(stream.target),
                 "state": handle.state(),
                 "question": question,
-                "text": stream.latest,
             }
-            await self.store.put_value(
-                record_key, json.dumps(record, ensure_ascii=False), ttl=self.options.answer_ttl
-            )
+            head = json.dumps(record, ensure_ascii=False)[:-1] + ', "text": '
+            await on_push(stream)
 
         async def on_push(stream: AnswerStream) -> None:
             # The text so far, so that a restart after a crash closes the card with what it
-            # showed (and the handle's latest state: sequence numbers and the like).
-            handle = stream.handle
-            if handle is not None:
-                await on_open(stream, handle)
+            # showed. (A handle whose state changes per update records it in on_open's
+            # state only; plugins keep restore-relevant state stable, see restore_stream.)
+            await self.store.put_value(
+                record_key,
+                head + json.dumps(stream.latest, ensure_ascii=False) + "}",
+                ttl=self.options.answer_ttl,
+            )
 
         async def on_final(result: AnswerResult, handle: StreamHandle | None) -> None:
             await self.store.delete_value(record_key)
@@ -532,7 +553,9 @@ class RobotRuntime:
         stream.on_final = on_final
         if feedback:
             stream.feedback = lambda: self.signer.values(self.name, answer_id)
-        return await stream.run(accumulate(source))
+        # The robot's own agent answer is already accumulated text: streamed as it is.
+        chunks = source if isinstance(source, AgentAnswer) else accumulate(source)
+        return await stream.run(chunks)
 
     async def recover_open_answers(self) -> int:
         """Close every answer of this robot that a crash left open (recorded in the store)
@@ -554,6 +577,43 @@ class RobotRuntime:
             self.stats.recovered += closed
             log.info("closed %d answer(s) a crash left open, as interrupted", closed)
         return closed
+
+
+def default_concurrency(capabilities: Capabilities) -> int:
+    """The default cap on answers running at once: a minute of the platform's widest call
+    budget (its app or API limit), between 256 and 4,096."""
+    wide = [lim.rate for lim in capabilities.limits() if lim.scope in (Scope.APP, Scope.API)]
+    rate = max(wide) if wide else capabilities.app_rate
+    return max(256, min(4096, int(rate * 60)))
+
+
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The collector's thresholds while robots run (Python's default is ``(700, 10, 10)``)."""
+
+_gc_tuned = False
+
+
+def tune_gc() -> bool:
+    """Set the garbage collector up for a robot process, once (the first runtime start).
+
+    An answer makes many small, short-lived objects per chunk (strings, generator
+    frames), freed by reference counting; the collector's default thresholds still
+    run a young collection every 700 container allocations and, with thousands of
+    answers in flight, full collections of every live object that stall the event
+    loop for 100-250 ms. So: everything alive once the robot is up (modules,
+    classes, the platform's tables) is moved out of the collector's way
+    (:func:`gc.freeze`), and collections run less often (:data:`GC_THRESHOLDS`).
+    Cycles are still collected. ``IMROBOTS_GC_TUNING=0`` leaves the collector alone.
+    Returns whether it changed anything. ``bench/engine.py`` measures the effect.
+    """
+    global _gc_tuned
+    if _gc_tuned or os.environ.get("IMROBOTS_GC_TUNING", "1") == "0":
+        return False
+    _gc_tuned = True
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return True
 
 
 def _bind_all(

@@ -95,11 +95,13 @@ _SCHEMA: Final = (
         UNIQUE (robot, message_id, sender_id, platform)
     )""",
     "CREATE INDEX IF NOT EXISTS feedback_robot ON feedback (robot, id)",
+    # ``expires``: the conversation's history is forgotten then (+infinity: kept).
     """CREATE TABLE IF NOT EXISTS history (
         id INTEGER PRIMARY KEY,
         key TEXT NOT NULL,
         role TEXT NOT NULL,
-        text TEXT NOT NULL
+        text TEXT NOT NULL,
+        expires REAL NOT NULL DEFAULT 1e999
     )""",
     "CREATE INDEX IF NOT EXISTS history_key ON history (key, id)",
     # Small records (put_value/get_value); ``seq`` orders them like ``done.seq``.
@@ -248,6 +250,7 @@ class SQLiteStore(Store):
             )
         if 0 < version < 2:
             conn.execute("DROP TABLE IF EXISTS buckets")
+            conn.execute("ALTER TABLE history ADD COLUMN expires REAL NOT NULL DEFAULT 1e999")
         for statement in _SCHEMA:
             conn.execute(statement)
         if version < SCHEMA_VERSION:
@@ -314,6 +317,7 @@ class SQLiteStore(Store):
             "DELETE FROM done WHERE expires <= ?",
             "DELETE FROM locks WHERE expires <= ?",
             "DELETE FROM windows WHERE expires <= ?",
+            "DELETE FROM history WHERE expires <= ?",
             "DELETE FROM kv WHERE expires <= ?",
         ):
             deleted += conn.execute(statement, (now,)).rowcount
@@ -502,14 +506,22 @@ class SQLiteStore(Store):
         return await self._run(job)
 
     # --- history --------------------------------------------------------------------------
-    async def append_history(self, key: str, turns: Sequence[Turn], *, limit: int) -> None:
-        """Append turns to a conversation's history, keeping only the last ``limit``."""
+    async def append_history(
+        self, key: str, turns: Sequence[Turn], *, limit: int, ttl: float | None = None
+    ) -> None:
+        """Append turns to a conversation's history, keeping only the last ``limit``; the
+        history is forgotten ``ttl`` seconds after its last turn (``None``: kept)."""
         if limit < 0:
             raise ValueError("limit must be >= 0")
-        rows = [(key, turn.role, turn.text) for turn in turns]
 
         def operation(conn: sqlite3.Connection, now: float) -> None:
-            conn.executemany("INSERT INTO history (key, role, text) VALUES (?, ?, ?)", rows)
+            expires = now + ttl if ttl is not None else math.inf
+            conn.execute("DELETE FROM history WHERE key = ? AND expires <= ?", (key, now))
+            conn.execute("UPDATE history SET expires = ? WHERE key = ?", (expires, key))
+            rows = [(key, turn.role, turn.text, expires) for turn in turns]
+            conn.executemany(
+                "INSERT INTO history (key, role, text, expires) VALUES (?, ?, ?, ?)", rows
+            )
             conn.execute(
                 "DELETE FROM history WHERE key = ? AND id <= (SELECT id FROM history"
                 " WHERE key = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
@@ -523,7 +535,8 @@ class SQLiteStore(Store):
 
         def job(conn: sqlite3.Connection) -> list[Turn]:
             cursor = conn.execute(
-                "SELECT role, text FROM history WHERE key = ? ORDER BY id", (key,)
+                "SELECT role, text FROM history WHERE key = ? AND expires > ? ORDER BY id",
+                (key, time.time()),
             )
             return [Turn(role=role, text=text) for role, text in cursor]
 

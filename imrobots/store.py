@@ -93,8 +93,11 @@ class Store(abc.ABC):
 
     # --- history --------------------------------------------------------------------------
     @abc.abstractmethod
-    async def append_history(self, key: str, turns: Sequence[Turn], *, limit: int) -> None:
-        """Append turns to a conversation's history, keeping only the last ``limit``."""
+    async def append_history(
+        self, key: str, turns: Sequence[Turn], *, limit: int, ttl: float | None = None
+    ) -> None:
+        """Append turns to a conversation's history, keeping only the last ``limit``; the
+        whole history is forgotten ``ttl`` seconds after its last turn (``None``: kept)."""
 
     @abc.abstractmethod
     async def history(self, key: str) -> list[Turn]:
@@ -167,15 +170,19 @@ def window_penalize(w: _Window, now: float, seconds: float) -> None:
 class MemoryStore(Store):
     """The default store: everything in this process's memory, gone on exit."""
 
-    def __init__(self, *, max_keys: int = 100_000) -> None:
+    def __init__(self, *, max_keys: int = 100_000, max_histories: int = 10_000) -> None:
+        """``max_keys`` bounds dedupe keys and records; ``max_histories`` the conversations
+        whose history is kept (the least recently used are forgotten first)."""
         self._max_keys = max_keys
+        self._max_histories = max_histories
         self._in_flight: dict[str, float] = {}
         self._done: OrderedDict[str, float] = OrderedDict()
         self._locks: dict[str, tuple[str, float]] = {}
         self._windows: dict[str, _Window] = {}
         self._feedback: list[Feedback] = []
         self._feedback_keys: set[tuple[str, str, str, str]] = set()
-        self._history: dict[str, deque[Turn]] = {}
+        self._history: OrderedDict[str, tuple[float, deque[Turn]]] = OrderedDict()
+        """Per conversation: when it expires, and its turns."""
         self._values: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._permanent: dict[str, str] = {}
         """Values stored by :meth:`setdefault_value`: never expired, never evicted."""
@@ -253,14 +260,27 @@ class MemoryStore(Store):
     async def list_feedback(self, *, robot: str | None = None) -> list[Feedback]:
         return [f for f in self._feedback if robot is None or f.robot == robot]
 
-    async def append_history(self, key: str, turns: Sequence[Turn], *, limit: int) -> None:
-        history = self._history.get(key)
+    async def append_history(
+        self, key: str, turns: Sequence[Turn], *, limit: int, ttl: float | None = None
+    ) -> None:
+        now = self._now()
+        entry = self._history.pop(key, None)
+        history = entry[1] if entry is not None and entry[0] > now else None
         if history is None or history.maxlen != limit:
-            history = self._history[key] = deque(history or (), maxlen=limit)
+            history = deque(history or (), maxlen=limit)
         history.extend(turns)
+        self._history[key] = (now + ttl if ttl is not None else float("inf"), history)
+        while len(self._history) > self._max_histories:
+            self._history.popitem(last=False)
 
     async def history(self, key: str) -> list[Turn]:
-        return list(self._history.get(key, ()))
+        entry = self._history.get(key)
+        if entry is None:
+            return []
+        if entry[0] <= self._now():
+            del self._history[key]
+            return []
+        return list(entry[1])
 
     async def put_value(self, key: str, value: str, *, ttl: float) -> None:
         self._permanent.pop(key, None)

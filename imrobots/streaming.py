@@ -345,6 +345,9 @@ class AnswerStream:
                 finally:
                     if timer is not None:
                         timer.cancel()
+                    close = getattr(source, "aclose", None)
+                    if close is not None:
+                        await close()  # an agent left early runs its cleanup now
         except TimeoutError as exc:
             status, error = AnswerStatus.ERROR, exc
             log.warning("answer to %s timed out after %ss", self._what, self.policy.agent_timeout)
@@ -509,8 +512,18 @@ class AnswerStream:
         return max(gap, self.policy.min_interval - since)
 
     async def _wait_wake(self, timeout: float | None) -> None:
+        """Sleep until text, the end of the agent, or ``timeout`` seconds. The timeout is
+        one timer that sets the wake event (cheaper than a cancelling timeout context,
+        and the pump re-reads its state after any wake anyway)."""
         self._wake.clear()
-        await self.clock.wait(self._wake, timeout)
+        if timeout is None:
+            await self._wake.wait()
+            return
+        timer = self.clock.call_later(timeout, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
 
     def _lifetime_left(self, now: float) -> float | None:
         """Seconds until the current stream must be renewed or rotated, if it has a lifetime

@@ -1,4 +1,8 @@
-"""Feishu/Lark plugin registration: the platform is planned, not implemented in this version."""
+"""Feishu/Lark plugin registration: cheap, imports no SDK.
+
+The platform stays ``planned`` until it passes the core conformance suite in every
+mode (see ``tests/feishu/test_conformance.py``); its emulator is registered for the
+console and ``imrobots demo`` only then (they refuse planned platforms)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,10 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
         imrobots.PlatformSpec(
             name="feishu",
             factory="imrobots_feishu.platform:FeishuPlatform",
-            description="Feishu/Lark (planned)",
+            settings="imrobots_feishu.platform:FeishuSettings",
+            description="Feishu/Lark long connection, CardKit or PATCHed cards (lark-oapi)",
+            requires=("lark_oapi",),
+            install='pip install "imrobots[feishu]"',
             status="planned",
         )
     )

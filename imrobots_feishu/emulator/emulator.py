@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -117,6 +118,7 @@ class FeishuEmulator:
         card_bytes: int = CARD_BYTES,
         text_bytes: int = TEXT_BYTES,
         markdown_bytes: int | None = None,
+        message_text_bytes: int | None = None,
         stream_lifetime: float = STREAM_LIFETIME,
         token_ttl: int = 7200,
         fragment_size: int | None = None,
@@ -141,6 +143,9 @@ class FeishuEmulator:
         self.markdown_bytes = markdown_bytes
         """Most UTF-8 bytes one markdown element may hold (``None``: only ``card_bytes``);
         set small by tests that check splitting."""
+        self.message_text_bytes = message_text_bytes
+        """Most UTF-8 bytes of text one text or post message may hold (``None``: only
+        ``text_bytes``/``card_bytes``); set small by tests that check splitting."""
         self.stream_lifetime = stream_lifetime
         self.token_ttl = token_ttl
         self.fragment_size = fragment_size
@@ -667,6 +672,10 @@ class FeishuEmulator:
             raise ApiError.bad_request("content must be a JSON object")
         if msg_type == "interactive" and content.get("type") != "card":
             self._check_markdown(content)
+        most = self.message_text_bytes
+        shown = message_text(msg_type, content) if msg_type in ("text", "post") else ""
+        if most is not None and len(shown.encode()) > most:
+            raise ApiError.content_too_long()
         return content
 
     def _check_markdown(self, card: Mapping[str, Any]) -> None:
@@ -1002,6 +1011,25 @@ class FeishuEmulator:
             target["text"] = {"tag": "plain_text", "content": content}
         entity.content_updates += 1
         self._entity_changed(entity)
+
+
+def message_text(msg_type: str, content: Mapping[str, Any]) -> str:
+    """The text a text or post message shows (mentions as ``@id``)."""
+    if msg_type == "text":
+        return re.sub(r'<at user_id="([^"]*)"></at>', r"@\1", str(content.get("text") or ""))
+    body: Any = content
+    if "content" not in content:
+        body = next((v for v in content.values() if isinstance(v, dict)), {})
+    lines = []
+    for line in body.get("content") or ():
+        parts = []
+        for item in line if isinstance(line, list) else ():
+            if isinstance(item, dict) and item.get("tag") in ("text", "md", "a"):
+                parts.append(str(item.get("text") or ""))
+            elif isinstance(item, dict) and item.get("tag") == "at":
+                parts.append(f"@{item.get('user_id')}")
+        lines.append(" ".join(p for p in parts if p))
+    return "\n".join(lines)
 
 
 def _update_multi(card: Mapping[str, Any]) -> bool:

@@ -203,8 +203,8 @@ def make_app(emu: FeishuEmulator) -> web.Application:
         if not isinstance(field, web.FileField):
             raise ApiError.bad_request(f"multipart field {kind!r} is required")
         data = field.file.read()
-        name = form.get("file_name")
-        return emu.api_upload(kind, data, str(name) if name else field.filename)
+        name = form.get("file_name")  # images keep no name on Feishu
+        return emu.api_upload(kind, data, str(name) if name and kind == "file" else None)
 
     async def image(emu: FeishuEmulator, app_: App, request: web.Request) -> Any:
         return {"image_key": (await upload("image", request)).key}

@@ -288,6 +288,25 @@ async def test_feedback_comes_back_whole(store: Store) -> None:
 # --- history --------------------------------------------------------------------------------
 
 
+async def test_history_is_forgotten_after_its_ttl(store: Store) -> None:
+    await store.append_history("c", [Turn(role="user", text="old")], limit=4, ttl=0.05)
+    assert [t.text for t in await store.history("c")] == ["old"]
+    await asyncio.sleep(0.1)  # past the ttl: this is the behaviour under test
+    assert await store.history("c") == []
+    await store.append_history("c", [Turn(role="user", text="new")], limit=4, ttl=60)
+    assert [t.text for t in await store.history("c")] == ["new"]
+
+
+async def test_memory_store_bounds_the_number_of_histories() -> None:
+    store = MemoryStore(max_histories=3)
+    for i in range(5):
+        await store.append_history(f"c{i}", [Turn(role="user", text=str(i))], limit=2)
+    await store.append_history("c2", [Turn(role="user", text="again")], limit=2)  # recently used
+    await store.append_history("c5", [Turn(role="user", text="5")], limit=2)
+    kept = [k for k in ("c0", "c1", "c2", "c3", "c4", "c5") if await store.history(k)]
+    assert kept == ["c2", "c4", "c5"]
+
+
 async def test_history_keeps_the_last_turns(store: Store) -> None:
     def turns(*texts: str) -> list[Turn]:
         return [

@@ -171,9 +171,12 @@ async def test_connection_cap_refuses_the_51st(emu: FeishuEmulator) -> None:
     app_id = new_app_id()
     emu.add_app(app_id, SECRET)
     emu.max_connections = 1
-    async with aiohttp_session() as session, session.post(
-        f"{emu.base_url}/callback/ws/endpoint", json={"AppID": app_id, "AppSecret": SECRET}
-    ) as response:
+    async with (
+        aiohttp_session() as session,
+        session.post(
+            f"{emu.base_url}/callback/ws/endpoint", json={"AppID": app_id, "AppSecret": SECRET}
+        ) as response,
+    ):
         url = (await response.json())["data"]["URL"]
     async with websockets.connect(url):
         await emu.wait_for(lambda: len(emu.live(app_id)) == 1)
