@@ -40,6 +40,7 @@ from .errors import (
 from .models import (
     Attachment,
     CardAction,
+    ChatEntered,
     Conversation,
     ConversationKind,
     Feedback,
@@ -91,6 +92,7 @@ __all__ = [
     "CardGone",
     "CardRef",
     "CardStatus",
+    "ChatEntered",
     "ClaimResult",
     "ConfigError",
     "Conversation",

@@ -36,6 +36,7 @@ from .errors import (
 from .models import (
     Attachment,
     CardAction,
+    ChatEntered,
     Conversation,
     ConversationKind,
     FeedbackRating,
@@ -241,6 +242,20 @@ class MemoryPlatform(Platform):
             message = attrs.evolve(message, time=time)
         await self._sink(message)
         return message
+
+    async def enter(self, *, sender: str = "user-1", conversation: str | None = None) -> None:
+        """A user opens a chat with the robot (a :class:`ChatEntered` event)."""
+        if self._sink is None:
+            raise RuntimeError("the memory platform is not started")
+        await self._sink(
+            ChatEntered(
+                id=f"enter-{next(self._ids)}",
+                platform=self.name,
+                sender=Sender(id=sender),
+                conversation=Conversation(id=conversation) if conversation else None,
+                app=self.settings.app_id,
+            )
+        )
 
     async def press(
         self,

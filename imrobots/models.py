@@ -21,6 +21,7 @@ from .errors import NotSupported
 __all__ = [
     "Attachment",
     "CardAction",
+    "ChatEntered",
     "Conversation",
     "ConversationKind",
     "Feedback",
@@ -311,6 +312,34 @@ class CardAction:
     @property
     def target(self) -> Target:
         """Where an answer to this press goes: the card's conversation (or the presser)."""
+        return Target(
+            platform=self.platform,
+            conversation=self.conversation,
+            user=self.sender,
+            app=self.app,
+            context=self.raw,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ChatEntered:
+    """A user opened a chat with the robot (WeCom ``enter_chat``). The robot may greet them
+    (:meth:`Robot.on_enter_chat <imrobots.Robot.on_enter_chat>`), within the platform's
+    deadline (WeCom: 5 s)."""
+
+    id: str
+    """Unique id of the event, used to drop duplicates."""
+    platform: str
+    sender: Sender
+    conversation: Conversation | None = None
+    time: datetime = attrs.field(factory=_now)
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False, hash=False)
+    robot: str | None = None
+    app: str | None = None
+
+    @property
+    def target(self) -> Target:
+        """Where a greeting goes: the chat that was opened (or the user)."""
         return Target(
             platform=self.platform,
             conversation=self.conversation,

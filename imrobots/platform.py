@@ -61,6 +61,7 @@ from .errors import (
 from .models import (
     Attachment,
     CardAction,
+    ChatEntered,
     Conversation,
     ConversationKind,
     Feedback,
@@ -84,6 +85,7 @@ __all__ = [
     "CardRef",
     "CardStatus",
     "CardStream",
+    "ChatEntered",
     "ConfigError",
     "Conversation",
     "ConversationKind",
@@ -370,7 +372,7 @@ class Upload:
 class EventSink(Protocol):
     """Where a platform delivers inbound events. It returns quickly; work happens later."""
 
-    def __call__(self, event: Message | CardAction) -> Awaitable[None]: ...
+    def __call__(self, event: Message | CardAction | ChatEntered) -> Awaitable[None]: ...
 
 
 class StreamHandle(abc.ABC):

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from .agents import Agent, AgentRequest, AnswerSource, as_agent
 from .cards import Card
 from .errors import ConfigError, NotSupported
-from .models import CardAction, Feedback, Message, Target
+from .models import CardAction, ChatEntered, Feedback, Message, Target
 from .platform import CardRef, Op, Platform, Upload
 from .store import Store, Turn
 from .streaming import AnswerResult, AnswerStatus, StreamPolicy, split_all
@@ -369,6 +369,10 @@ class Robot:
         could recognise). The default asks for text (:attr:`empty_message_reply`) and
         never calls the agent; override to handle attachments."""
         await reply.text(self.empty_message_reply)
+
+    async def on_enter_chat(self, event: ChatEntered, reply: Reply) -> None:
+        """A user opened a chat with the robot, on platforms that say so (WeCom
+        ``enter_chat``). Greet them with ``reply`` if you like; the default says nothing."""
 
     async def on_feedback(self, feedback: Feedback) -> None:
         """A user pressed a feedback button (verified and already stored)."""

@@ -34,7 +34,7 @@ from .cards import interrupted_card
 from .clock import Clock, SystemClock
 from .errors import PlatformError
 from .feedback import FeedbackSigner, InvalidFeedback
-from .models import Attachment, CardAction, Feedback, Message, Target
+from .models import Attachment, CardAction, ChatEntered, Feedback, Message, Target
 from .platform import Capabilities, Op, Platform, Scope, StreamHandle
 from .policy import AccessPolicy
 from .ratelimit import CallScope, RateLimiter
@@ -263,13 +263,15 @@ class RobotRuntime:
         if not task.cancelled() and task.exception() is not None:
             log.error("unexpected error in %s", self.name, exc_info=task.exception())
 
-    async def handle(self, event: Message | CardAction) -> None:
+    async def handle(self, event: Message | CardAction | ChatEntered) -> None:
         """The platform's sink: take an event and return at once; work happens in tasks."""
         if self._stopping:
             log.info("robot %s is stopping; ignoring %s", self.name, getattr(event, "id", "?"))
             return
         if isinstance(event, CardAction):
             self._spawn(self._handle_action(attrs.evolve(event, robot=self.name)))
+        elif isinstance(event, ChatEntered):
+            self._spawn(self._handle_entered(attrs.evolve(event, robot=self.name)))
         else:
             self.submit(self._bind(event))
 
@@ -401,6 +403,17 @@ class RobotRuntime:
         else:
             self.stats.answered += 1
         await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
+
+    async def _handle_entered(self, event: ChatEntered) -> None:
+        key = self._key("entered", event.id)
+        if await self.store.claim(key, in_flight_ttl=60.0) is not ClaimResult.CLAIMED:
+            return
+        try:
+            await self.robot.on_enter_chat(event, Reply(self, event.target))
+        except Exception:
+            log.exception("robot %s failed to greet %s", self.name, event.sender.id)
+        finally:
+            await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
 
     # ----------------------------------------------------------------- actions
     async def _handle_action(self, action: CardAction) -> None:

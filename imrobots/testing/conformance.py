@@ -975,21 +975,35 @@ class PlatformConformance:
         agent = _Agent(script)
         async with self.rig(emulator_factory, Robot(agent=agent)) as rig:
             conversation = rig.conversation("redeliver")
+            cards = rig.capabilities.cards
+
+            def answers() -> list[str]:
+                if cards:
+                    return [card_text(c) for c in rig.cards(conversation)]
+                return [m["text"] for m in rig.robot_messages(conversation)]
+
+            async def answered(text: str) -> None:
+                if cards:
+                    await rig.final_card(conversation, text)
+                else:  # a platform without cards answers with messages
+                    await rig.robot_message(conversation, text)
+
             message_id = await rig.say("first", conversation_id=conversation)
             await rig.until(
                 "the first answer under way",
-                lambda: bool(rig.cards(conversation)) or None,
+                lambda: bool(agent.questions) or None,
                 conversation_id=conversation,
             )
             await rig.emulator.redeliver(message_id)  # while it is being answered
             release.set()
-            await rig.final_card(conversation, "re-first-001")
+            await answered("re-first-001")
             await rig.emulator.redeliver(message_id)  # after it was answered
             await rig.say("second", conversation_id=conversation)
-            await rig.final_card(conversation, "re-second-001")
+            await answered("re-second-001")
             await rig.runtime.wait_idle(timeout=self.timeout)
             assert agent.questions == ["first", "second"], f"the agent was asked {agent.questions}"
-            assert len(rig.cards(conversation)) == 2, rig.describe(conversation)
+            firsts = [a for a in answers() if "re-first" in a]
+            assert len(firsts) == 1, rig.describe(conversation)
 
     async def test_reconnects_after_a_drop(self, emulator_factory: EmulatorFactory) -> None:
         """After the emulator drops the connection, the platform reconnects on its own and

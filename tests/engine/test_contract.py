@@ -422,3 +422,20 @@ async def test_the_engine_runs_on_an_injected_clock() -> None:
     assert card.status is CardStatus.FINAL and "s9" in card.text
     assert time.monotonic() - started < 2.0
     await runtime.stop()
+
+
+async def test_a_robot_greets_a_user_who_opens_the_chat(make_runtime: Factory) -> None:
+    from imrobots.models import ChatEntered
+
+    greeted: list[str] = []
+
+    class Greeter(Robot):
+        async def on_enter_chat(self, event: ChatEntered, reply: Reply) -> None:
+            greeted.append(event.sender.id)
+            await reply.text("Hello! Ask me anything.")
+
+    platform, runtime = await make_runtime(robot=Greeter(), **FAST)
+    await platform.enter(sender="newcomer")
+    await runtime.wait_idle(10)
+    assert greeted == ["newcomer"]
+    assert platform.texts == [("newcomer", "Hello! Ask me anything.")]
