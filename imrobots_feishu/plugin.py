@@ -1,7 +1,8 @@
 """Feishu/Lark plugin registration: cheap, imports no SDK.
 
 The platform stays ``planned`` until it passes the core conformance suite in every
-mode (see ``tests/feishu/test_conformance.py``); its emulator is registered for the
+mode (see ``tests/feishu/test_conformance.py``); then it gets its description,
+``requires=("lark_oapi",)`` and install command, and its emulator is registered for the
 console and ``imrobots demo`` only then (they refuse planned platforms)."""
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
             name="feishu",
             factory="imrobots_feishu.platform:FeishuPlatform",
             settings="imrobots_feishu.platform:FeishuSettings",
-            description="Feishu/Lark long connection, CardKit or PATCHed cards (lark-oapi)",
-            requires=("lark_oapi",),
-            install='pip install "imrobots[feishu]"',
+            description="Feishu/Lark (planned)",
             status="planned",
         )
     )
