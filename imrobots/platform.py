@@ -298,10 +298,11 @@ class Capabilities:
     """Whether the robot can speak first (a target that is not an inbound message)."""
     action_deadline: float | None = None
     """Seconds within which a button press must be answered, when the platform has a deadline."""
-    api_names: Mapping[Op, str] = attrs.field(factory=dict)
-    """The platform API each operation calls, for ``Scope.API`` limits: operations that
-    call the same API share its bucket (e.g. pushes and closes of DingTalk AI cards both
-    call ``card/streaming``). Unnamed operations count as an API of their own."""
+    api_names: Mapping[Op, str | tuple[str, ...]] = attrs.field(factory=dict)
+    """The platform API(s) each operation calls, for ``Scope.API`` limits: operations that
+    call the same API share its window (e.g. pushes and closes of DingTalk AI cards both
+    call ``card/streaming``); an operation that calls several APIs (a tuple) takes a turn
+    in each. Unnamed operations count as an API of their own."""
     idempotent: frozenset[Op] = _ALL_OPS
     """Operations a retry with the same idempotency key never repeats. After
     :class:`OutcomeUnknown`, only these are retried; others are taken as done."""
@@ -319,9 +320,14 @@ class Capabilities:
         limits are declared)."""
         return self.app_rate * self.rate_headroom
 
+    def apis_of(self, op: Op) -> tuple[str, ...]:
+        """The API names ``op`` is counted under."""
+        names = self.api_names.get(op, str(op))
+        return (names,) if isinstance(names, str) else names
+
     def api_of(self, op: Op) -> str:
-        """The API name ``op`` is counted under."""
-        return self.api_names.get(op, str(op))
+        """The (first) API name ``op`` is counted under."""
+        return self.apis_of(op)[0]
 
     def limits(self) -> tuple[RateLimit, ...]:
         """The rate limits in force: the declared ones, else one app-wide limit."""

@@ -54,11 +54,12 @@ class CallScope:
     member: str | None = None
     """The user the call sends to."""
 
-    def ident(self, scope: Scope, api_names: Mapping[Op, str]) -> str | None:
+    def ident(self, scope: Scope) -> str | None:
+        """The key of ``scope`` for this call (``Scope.API`` is keyed by the limiter)."""
         if scope is Scope.APP:
             return "app"
         if scope is Scope.API:
-            return api_names.get(self.op, str(self.op))
+            return str(self.op)
         if scope is Scope.CONVERSATION:
             return self.conversation
         if scope is Scope.CARD:
@@ -81,7 +82,7 @@ class RateLimiter:
         rate: float | None = None,
         limits: Iterable[RateLimit] | None = None,
         headroom: float = 1.0,
-        api_names: Mapping[Op, str] | None = None,
+        api_names: Mapping[Op, str | tuple[str, ...]] | None = None,
         clock: Clock | None = None,
     ) -> None:
         if limits is None:
@@ -92,7 +93,7 @@ class RateLimiter:
         self.key = key
         self.limits = tuple(limits)
         self.headroom = headroom
-        self.api_names: Mapping[Op, str] = dict(api_names or {})
+        self.api_names: Mapping[Op, str | tuple[str, ...]] = dict(api_names or {})
         self._op_limits: dict[Op, list[tuple[RateLimit, str]]] = {}
         self.clock: Clock = clock or SystemClock()
         self.stats = RateLimiterStats()
@@ -123,10 +124,17 @@ class RateLimiter:
             ]
         return cached
 
+    def _apis(self, op: Op) -> tuple[str, ...]:
+        names = self.api_names.get(op, str(op))
+        return (names,) if isinstance(names, str) else names
+
     def _applicable(self, scope: CallScope) -> list[tuple[RateLimit, str]]:
-        found = []
+        found: list[tuple[RateLimit, str]] = []
         for limit, prefix in self._per_op(scope.op):
-            ident = scope.ident(limit.scope, self.api_names)
+            if limit.scope is Scope.API:
+                found.extend((limit, prefix + api) for api in self._apis(scope.op))
+                continue
+            ident = scope.ident(limit.scope)
             if ident is not None:
                 found.append((limit, prefix + ident))
         return found

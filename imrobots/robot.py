@@ -8,6 +8,7 @@ the runtime: a running robot talks to it through the :class:`Outbound` protocol.
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,13 +17,15 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from .agents import Agent, AgentRequest, AnswerSource, as_agent
 from .cards import Card
-from .errors import ConfigError, NotSupported
+from .errors import ConfigError, NotSupported, OutcomeUnknown
 from .models import CardAction, ChatEntered, Feedback, Message, Target
 from .platform import CardRef, Op, Platform, Upload
 from .store import Store, Turn
 from .streaming import AnswerResult, AnswerStatus, StreamPolicy, split_all
 
 __all__ = ["ActionReply", "AgentAnswer", "Outbound", "Reply", "Robot"]
+
+log = logging.getLogger("imrobots.robot")
 
 T = TypeVar("T")
 
@@ -103,13 +106,20 @@ class Reply:
         caps = self.platform.capabilities
         for part in split_all(text, caps.max_message_text, caps.text_unit):
             key = _new_key()
-            await self.outbound.call(
+            await self._once(
                 Op.SEND_TEXT,
-                self.target,
                 lambda part=part, key=key: self.platform.send_text(  # type: ignore[misc]
                     self.target, part, markdown=markdown, key=key
                 ),
             )
+
+    async def _once(self, op: Op, func: Callable[[], Awaitable[None]]) -> None:
+        """A send with no result: if it was sent but its answer was lost and the platform
+        cannot repeat it safely, it is taken as delivered (logged), never sent twice."""
+        try:
+            await self.outbound.call(op, self.target, func)
+        except OutcomeUnknown as exc:
+            log.warning("%s to %s: no answer (%s); taken as delivered", op, self.target.key, exc)
 
     async def text(self, text: str) -> None:
         """Send plain text (split at the platform's message size limit, in order)."""
@@ -148,10 +158,8 @@ class Reply:
                 f"at most {caps.max_image_bytes} bytes"
             )
         key = _new_key()
-        await self.outbound.call(
-            Op.SEND_IMAGE,
-            self.target,
-            lambda: self.platform.send_image(self.target, upload, key=key),
+        await self._once(
+            Op.SEND_IMAGE, lambda: self.platform.send_image(self.target, upload, key=key)
         )
 
     async def file(self, file: bytes | str | Path | Upload, *, name: str | None = None) -> None:
@@ -168,8 +176,8 @@ class Reply:
                 f"at most {caps.max_file_bytes} bytes"
             )
         key = _new_key()
-        await self.outbound.call(
-            Op.SEND_FILE, self.target, lambda: self.platform.send_file(self.target, upload, key=key)
+        await self._once(
+            Op.SEND_FILE, lambda: self.platform.send_file(self.target, upload, key=key)
         )
 
     async def stream(

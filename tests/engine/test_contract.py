@@ -9,6 +9,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import attrs
+
 from imrobots.agents import AgentRequest
 from imrobots.cards import Actions, Button, Card, CardStatus, Markdown
 from imrobots.clock import FakeClock
@@ -439,3 +441,43 @@ async def test_a_robot_greets_a_user_who_opens_the_chat(make_runtime: Factory) -
     await runtime.wait_idle(10)
     assert greeted == ["newcomer"]
     assert platform.texts == [("newcomer", "Hello! Ask me anything.")]
+
+
+async def test_an_operation_calling_two_apis_takes_a_turn_in_each() -> None:
+    limiter = RateLimiter(
+        MemoryStore(),
+        "t",
+        limits=(RateLimit(scope=Scope.API, rate=2.0),),
+        api_names={Op.CLOSE: ("card.streaming", "card.instances"), Op.PUSH: "card.streaming"},
+    )
+    assert await limiter.acquire(CallScope(op=Op.CLOSE)) == 0.0
+    assert await limiter.acquire(CallScope(op=Op.PUSH)) == 0.0
+    # card.streaming is now full (2 a second); a close must wait for it, a push too
+    started = time.monotonic()
+    waits = await asyncio.gather(
+        limiter.store.reserve("t:0:api:card.streaming", limit=2, window=1.0),
+        limiter.store.reserve("t:0:api:card.instances", limit=2, window=1.0),
+    )
+    assert waits[0] > 0.9 and waits[1] == 0.0
+    assert time.monotonic() - started < 0.5
+
+
+async def test_a_text_whose_answer_was_lost_is_taken_as_delivered(make_runtime: Factory) -> None:
+    """A platform that cannot repeat a send safely: the robot's code does not see an error
+    and the text is not posted twice."""
+
+    class Texter(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            await reply.text("once")
+            await reply.text("twice?")
+
+    platform, runtime = await make_runtime(
+        robot=Texter(), timeout_after_act=1.0, timeout_after_act_ops=("send_text",), **FAST
+    )
+    platform.capabilities = attrs.evolve(
+        platform.capabilities, idempotent=frozenset({Op.SEND_CARD, Op.UPDATE_CARD})
+    )
+    await platform.say("hi")
+    await runtime.wait_idle(10)
+    assert [t for _, t in platform.texts] == ["once", "twice?"]
+    assert runtime.stats.failed == 0 and runtime.stats.answered == 1
