@@ -1,0 +1,559 @@
+"""The engine's goals table, measured on the DingTalk emulator beside the seed's handler.
+
+    python bench/engine.py            # every row, each figure the median of 3 runs (~12 min)
+    python bench/engine.py --quick    # one run per figure, smaller loads (~3 min)
+    python bench/engine.py --rows 1,4 # only some rows
+
+The DingTalk emulator runs in this process; each client (the robot on
+``imrobots`` with its DingTalk plugin in StandardCard mode, or the seed's
+handler on the official ``dingtalk-stream`` SDK, or the bare SDK) runs in a
+subprocess of its own, so the CPU, memory and event-loop figures are the
+client's alone. The robot's process reports its own loop stalls (a 10 ms
+ticker), its answers' first-update latencies (``AnswerResult``) and its
+resident memory; CPU is its user+system time from ``/proc``.
+
+Rows (the anchor is the seed's handler, or the bare SDK for intake):
+
+1. 1,000 concurrent answers of 5 s (100 chunks, 50 ms apart), quota lifted:
+   wall time / 5 s. The seed runs answers one after another (its handler
+   blocks), so its figure is extrapolated from ``--seed-answers``.
+2. The same with 2,000 answers.
+3. Client CPU per 1,000 answers (from row 1's runs).
+4. Longest event-loop stall with 1,000 answers (from row 1's runs; the seed's
+   loop is blocked for a whole answer each time).
+5. First token -> first update p99 at the default quota (20 calls/s per API,
+   client budget 18), low load: 50 answers arriving 10 a second; and the
+   calls the emulator refused.
+6. The busiest API's share of its quota with 500 answers of 30 s streaming at
+   once, at 20 calls/s per API (the client allows 18: 90 % is the ceiling);
+   refusals; the longest wait between two versions of any card against the
+   fair share (``answers / 18`` seconds).
+7. CPU per 1,000 inbound messages through the full runtime (a robot that
+   answers nothing) against the bare SDK with an empty handler.
+8. 1,000 concurrent answers with default settings: row 1 runs the robot with
+   ``RuntimeOptions()`` untouched, so it is row 1's wall time.
+9. Resident memory per idle conversation after 10,000 answers in 10,000
+   conversations (history bounded: ``history_limit`` turns, ``history_ttl``,
+   at most 10,000 conversations in the memory store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dingtalk_answers  # the seed's handler, run as a subprocess
+import dingtalk_intake  # the bare SDK, run as a subprocess
+
+APP = "engineapp"
+SECRET = "engine-secret"
+LIFTED = 1_000_000
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- the robot (child)
+
+
+async def robot_child(args: argparse.Namespace) -> None:
+    """The robot process: answers on the emulator and reports figures on request (stdin)."""
+    import gc
+
+    from imrobots import Robot, RobotRuntime, RuntimeOptions, Secret
+    from imrobots.examples import SupportRobot
+    from imrobots_dingtalk.platform import DingTalkPlatform, DingTalkSettings
+
+    chunks, delay = args.chunks, args.chunk_delay
+
+    async def model(request: Any) -> AsyncIterator[str]:
+        for i in range(chunks):
+            if delay:
+                await asyncio.sleep(delay)
+            yield f"w{i} "
+
+    class Silent(Robot):
+        async def on_message(self, message: Any, reply: Any) -> None:
+            return None
+
+    latencies: list[float] = []
+
+    class Hooks:
+        def reply_finished(self, robot: str, message: Any, result: Any) -> list[None]:
+            if result.first_update_latency is not None:
+                latencies.append(result.first_update_latency)
+            return [None]
+
+    platform = DingTalkPlatform(
+        DingTalkSettings(
+            client_id=APP,
+            client_secret=Secret(SECRET),
+            openapi_endpoint=args.url,
+            app_rate=args.app_rate,
+        )
+    )
+    robot: Robot = Silent() if args.silent else SupportRobot(agent=model)
+    runtime = RobotRuntime(
+        name="support", robot=robot, platform=platform, options=RuntimeOptions(), hooks=Hooks()
+    )
+    await runtime.start()
+    stall = 0.0
+
+    async def ticker() -> None:
+        nonlocal stall
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            stall = max(stall, time.monotonic() - before - 0.01)
+
+    watcher = asyncio.create_task(ticker())
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print(json.dumps({"ready": True}), flush=True)
+    while line := (await reader.readline()).decode().strip():
+        if line == "reset":
+            stall = 0.0
+            latencies.clear()
+            print(json.dumps({"ok": True}), flush=True)
+        elif line == "report":
+            gc.collect()
+            rss = _rss_kb(os.getpid())
+            print(json.dumps({"stall": stall, "latencies": latencies, "rss_kb": rss}), flush=True)
+        else:
+            break
+    watcher.cancel()
+    await runtime.stop()
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+class Child:
+    """A client subprocess and the emulator app it talks to."""
+
+    def __init__(self, emu: Any, command: list[str], *, robot: bool, app: str = APP) -> None:
+        self.emu, self.command, self.robot, self.app = emu, command, robot, app
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> Child:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.command,
+            stdin=asyncio.subprocess.PIPE if self.robot else None,
+            stdout=asyncio.subprocess.PIPE if self.robot else None,
+        )
+        if self.robot:
+            await self._answer()
+        await self.emu.wait_for(
+            lambda: bool(self.emu.live_connections(self.app)), 60, what="client"
+        )
+        return self
+
+    async def _answer(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 120)
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def ask(self, what: str) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(f"{what}\n".encode())
+        await self.proc.stdin.drain()
+        return await self._answer()
+
+    @property
+    def cpu(self) -> float:
+        assert self.proc is not None
+        return _cpu(self.proc.pid)
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        if self.robot and self.proc.stdin is not None:
+            self.proc.stdin.write(b"quit\n")
+            await self.proc.stdin.drain()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+                return
+            except TimeoutError:
+                pass
+        self.proc.send_signal(signal.SIGTERM)
+        await self.proc.wait()
+
+
+def robot_command(
+    url: str, *, chunks: int, delay: float, app_rate: float, silent: bool
+) -> list[str]:
+    command = [sys.executable, __file__, "--child", "robot", "--url", url]
+    command += ["--chunks", str(chunks), "--chunk-delay", str(delay), "--app-rate", str(app_rate)]
+    return command + (["--silent"] if silent else [])
+
+
+def seed_command(url: str, *, chunks: int, delay: float) -> list[str]:
+    path = str(Path(__file__).with_name("dingtalk_answers.py"))
+    return [sys.executable, path, "--child", "--url", url, "--chunks", str(chunks),
+            "--chunk-delay", str(delay)]  # fmt: skip
+
+
+def sdk_command(url: str) -> list[str]:
+    return [
+        sys.executable,
+        str(Path(__file__).with_name("dingtalk_intake.py")),
+        "--child",
+        "sdk",
+        "--url",
+        url,
+    ]
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def emulator(qps: int) -> Any:
+    from imrobots_dingtalk.emulator import DingTalkEmulator
+
+    emu = DingTalkEmulator(seed=1, ping_interval=None, qps_limit=qps)
+    return emu
+
+
+def finals(emu: Any) -> int:
+    return sum(1 for c in emu.cards.values() if len(c.view.get("buttons") or []) == 4)
+
+
+def refused(emu: Any) -> int:
+    return sum(1 for c in emu.calls if c.status in (403, 429))
+
+
+async def push(
+    emu: Any,
+    count: int,
+    *,
+    per_second: float | None = None,
+    prefix: str = "c",
+    app: str = APP,
+) -> None:
+    started = time.monotonic()
+    for i in range(count):
+        if per_second is not None:
+            due = started + i / per_second
+            if due > time.monotonic():
+                await asyncio.sleep(due - time.monotonic())
+        await emu.push_message(
+            app, text=f"question {i}", conversation_id=f"{prefix}{i}", sender_staff_id=f"u{i}"
+        )
+        if per_second is None and i % 50 == 49:
+            await asyncio.sleep(0)
+
+
+async def answers_run(count: int, seconds: float, chunks: int) -> dict[str, float]:
+    """Row 1/2/3/4/8: ``count`` concurrent answers, quota lifted, on the robot."""
+    async with emulator(LIFTED) as emu:
+        emu.add_app(APP, SECRET)
+        command = robot_command(
+            emu.base_url, chunks=chunks, delay=seconds / chunks, app_rate=LIFTED, silent=False
+        )
+        async with Child(emu, command, robot=True) as child:
+            await child.ask("reset")
+            cpu = child.cpu
+            started = time.monotonic()
+            await push(emu, count)
+            await emu.wait_for(lambda: finals(emu) >= count, 600, what="final cards")
+            wall = time.monotonic() - started
+            cpu = child.cpu - cpu
+            report = await child.ask("report")
+    return {
+        "wall": wall,
+        "ratio": wall / seconds,
+        "cpu_per_1000": cpu / count * 1000,
+        "stall_ms": report["stall"] * 1000,
+        "refused": refused(emu),
+    }
+
+
+async def seed_run(answers: int, seconds: float, chunks: int, target: int) -> dict[str, float]:
+    """The seed's handler: ``answers`` answered one after another, extrapolated to ``target``."""
+    app = dingtalk_answers.APP
+    async with emulator(LIFTED) as emu:
+        emu.add_app(app, dingtalk_answers.SECRET)
+        command = seed_command(emu.base_url, chunks=chunks, delay=seconds / chunks)
+        async with Child(emu, command, robot=False, app=app) as child:
+            cpu = child.cpu
+            started = time.monotonic()
+            await push(emu, answers, app=app)
+            await emu.wait_for(lambda: finals(emu) >= answers, 600, what="seed final cards")
+            wall = time.monotonic() - started
+            cpu = child.cpu - cpu
+    per_answer = wall / answers
+    return {
+        "ratio": per_answer * target / seconds,
+        "cpu_per_1000": cpu / answers * 1000,
+        "stall_ms": per_answer * 1000,
+    }
+
+
+async def first_update_run(count: int) -> dict[str, float]:
+    """Row 5: low load at the default quota."""
+    async with emulator(20) as emu:
+        emu.add_app(APP, SECRET)
+        command = robot_command(emu.base_url, chunks=20, delay=0.1, app_rate=20, silent=False)
+        async with Child(emu, command, robot=True) as child:
+            await child.ask("reset")
+            await push(emu, count, per_second=10)
+            await emu.wait_for(lambda: finals(emu) >= count, 300, what="final cards")
+            report = await child.ask("report")
+    latencies = sorted(report["latencies"])
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else 0.0
+    return {"p99_ms": p99 * 1000, "refused": refused(emu)}
+
+
+async def quota_run(count: int, seconds: float) -> dict[str, float]:
+    """Row 6: ``count`` long answers at 20 calls/s per API."""
+    async with emulator(20) as emu:
+        emu.add_app(APP, SECRET)
+        command = robot_command(
+            emu.base_url, chunks=int(seconds * 10), delay=0.1, app_rate=20, silent=False
+        )
+        async with Child(emu, command, robot=True) as child:
+            await child.ask("reset")
+            await push(emu, count)
+            await emu.wait_for(lambda: finals(emu) >= count, 900, what="final cards")
+    calls = [c for c in emu.calls if c.route != "oauth2.accessToken" and c.status == 200]
+    start, end = min(c.at for c in calls), max(c.at for c in calls)
+    by_route: dict[str, int] = {}
+    for call in calls:
+        by_route[call.route] = by_route.get(call.route, 0) + 1
+    busiest = max(by_route.values())
+    gaps = []
+    for card in emu.cards.values():
+        times = [u.at for u in card.updates]
+        gaps.append(max((b - a for a, b in itertools.pairwise(times)), default=0.0))
+    fair = count / (20 * 0.9)
+    return {
+        "quota_used": busiest / ((end - start) * 20),
+        "refused": refused(emu),
+        "gap_ratio": max(gaps) / fair,
+    }
+
+
+async def intake_run(count: int, *, sdk: bool) -> dict[str, float]:
+    """Row 7: CPU per 1,000 inbound messages (no answers)."""
+    app = dingtalk_intake.APP if sdk else APP
+    async with emulator(LIFTED) as emu:
+        emu.add_app(app, dingtalk_intake.SECRET if sdk else SECRET)
+        if sdk:
+            command = sdk_command(emu.base_url)
+        else:
+            command = robot_command(emu.base_url, chunks=1, delay=0, app_rate=LIFTED, silent=True)
+        async with Child(emu, command, robot=not sdk, app=app) as child:
+            await push(emu, 200, prefix="warm", app=app)  # warm-up, not measured
+            await emu.wait_for(lambda: _acked(emu) >= 200, 120, what="warm-up acks")
+            cpu = child.cpu
+            await push(emu, count, per_second=2000, app=app)
+            await emu.wait_for(lambda: _acked(emu) >= 200 + count, 300, what="acks")
+            cpu = child.cpu - cpu
+    return {"cpu_ms_per_1000": cpu / count * 1000 * 1000}
+
+
+def _acked(emu: Any) -> int:
+    return sum(1 for a in emu.acks.values() if a.kind == "message" and a.acked_at is not None)
+
+
+async def memory_run(count: int) -> dict[str, float]:
+    """Row 9: resident memory per idle conversation after ``count`` answers."""
+    async with emulator(LIFTED) as emu:
+        emu.add_app(APP, SECRET)
+        command = robot_command(emu.base_url, chunks=1, delay=0, app_rate=LIFTED, silent=False)
+        async with Child(emu, command, robot=True) as child:
+            await push(emu, 500, prefix="warm")
+            await emu.wait_for(lambda: finals(emu) >= 500, 300, what="warm-up")
+            before = (await child.ask("report"))["rss_kb"]
+            await push(emu, count, per_second=1000)
+            await emu.wait_for(lambda: finals(emu) >= 500 + count, 600, what="final cards")
+            after = (await child.ask("report"))["rss_kb"]
+    return {"bytes_per_conversation": (after - before) * 1024 / count}
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    if not values:
+        return "-"
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return fmt(middle)
+    return f"{fmt(middle)} ({fmt(min(values))}-{fmt(max(values))})"
+
+
+async def main(args: argparse.Namespace) -> None:
+    runs = 1 if args.quick else 3
+    rows = {int(r) for r in args.rows.split(",")} if args.rows else set(range(1, 10))
+    n1 = 300 if args.quick else 1000
+    n2 = 600 if args.quick else 2000
+    table: list[tuple[str, str, str, str]] = []
+
+    def x(v: float) -> str:
+        return f"{v:.2f} x"
+
+    def s(v: float) -> str:
+        return f"{v:.2f} s"
+
+    def ms(v: float) -> str:
+        return f"{v:.0f} ms" if v >= 10 else f"{v:.2f} ms"
+
+    def pct(v: float) -> str:
+        return f"{v * 100:.1f} %"
+
+    if rows & {1, 3, 4, 8}:
+        engine = [await answers_run(n1, 5.0, 100) for _ in range(runs)]
+        seed = [await seed_run(args.seed_answers, 5.0, 100, n1) for _ in range(runs)]
+        if 1 in rows:
+            table.append(
+                (
+                    f"{n1:,} concurrent answers (5 s each), wall / 5 s",
+                    spread([r["ratio"] for r in engine], x),
+                    spread([r["ratio"] for r in seed], x) + " *",
+                    "<= 1.10 x",
+                )
+            )
+        if 3 in rows:
+            table.append(
+                (
+                    "client CPU per 1,000 answers (100 chunks)",
+                    spread([r["cpu_per_1000"] for r in engine], s),
+                    spread([r["cpu_per_1000"] for r in seed], s) + " *",
+                    "<= 3 s",
+                )
+            )
+        if 4 in rows:
+            table.append(
+                (
+                    f"longest event-loop stall at {n1:,} answers",
+                    spread([r["stall_ms"] for r in engine], ms),
+                    spread([r["stall_ms"] for r in seed], ms),
+                    "<= 50 ms",
+                )
+            )
+        if 8 in rows:
+            table.append(
+                (
+                    f"{n1:,} concurrent answers, default settings, wall / 5 s",
+                    spread([r["ratio"] for r in engine], x),
+                    "-",
+                    "<= 1.2 x",
+                )
+            )
+        refusals = sum(r["refused"] for r in engine)
+        assert refusals == 0, f"{refusals} calls refused with the quota lifted"
+    if 2 in rows:
+        engine = [await answers_run(n2, 5.0, 100) for _ in range(runs)]
+        table.append(
+            (
+                f"{n2:,} concurrent answers, wall / 5 s",
+                spread([r["ratio"] for r in engine], x),
+                "-",
+                "<= 1.25 x",
+            )
+        )
+    if 5 in rows:
+        first = [await first_update_run(50) for _ in range(runs)]
+        table.append(
+            (
+                "first token -> first update p99, default quota, low load",
+                spread([r["p99_ms"] for r in first], ms)
+                + f", {sum(r['refused'] for r in first):.0f} refused",
+                "-",
+                "<= 5 ms, 0 refused",
+            )
+        )
+    if 6 in rows:
+        count, seconds = (200, 20.0) if args.quick else (500, 30.0)
+        quota = [await quota_run(count, seconds) for _ in range(runs)]
+        table.append(
+            (
+                f"busiest API's quota used, {count} streams at 20/s per API",
+                spread([r["quota_used"] for r in quota], pct)
+                + f", {sum(r['refused'] for r in quota):.0f} refused, longest gap "
+                + spread([r["gap_ratio"] for r in quota], x)
+                + " fair share",
+                "-",
+                ">= 90 %, 0 refused, gap <= 1.5 x",
+            )
+        )
+    if 7 in rows:
+        count = 2000 if args.quick else 5000
+        mine = [await intake_run(count, sdk=False) for _ in range(runs)]
+        sdk = [await intake_run(count, sdk=True) for _ in range(runs)]
+        table.append(
+            (
+                "CPU per 1,000 inbound messages, full runtime",
+                spread([r["cpu_ms_per_1000"] for r in mine], ms),
+                spread([r["cpu_ms_per_1000"] for r in sdk], ms) + " (bare SDK)",
+                "<= half the SDK's",
+            )
+        )
+    if 9 in rows:
+        count = 3000 if args.quick else 10_000
+        memory = [await memory_run(count) for _ in range(runs)]
+        table.append(
+            (
+                f"RSS per idle conversation after {count:,} answered",
+                spread(
+                    [r["bytes_per_conversation"] / 1024 for r in memory], lambda v: f"{v:.2f} KB"
+                ),
+                "-",
+                "<= 2 KB, bounded",
+            )
+        )
+
+    header = ("figure", "imrobots", "seed's handler", "goal")
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(4)]
+    for index, row in enumerate([header, *table]):
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
+        if index == 0:
+            print("  ".join("-" * w for w in widths))
+    print(
+        f"median of {runs} run(s), (min-max) where more than one; * seed extrapolated from "
+        f"{args.seed_answers} answers run one after another (its handler blocks its loop)"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one run per figure, lighter loads")
+    parser.add_argument("--rows", help="comma-separated row numbers (default: all)")
+    parser.add_argument("--seed-answers", type=int, default=2, help="answers the seed runs")
+    parser.add_argument("--child", choices=("robot",), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--chunks", type=int, default=100, help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-delay", type=float, default=0.05, help=argparse.SUPPRESS)
+    parser.add_argument("--app-rate", type=float, default=20.0, help=argparse.SUPPRESS)
+    parser.add_argument("--silent", action="store_true", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.child == "robot":
+        if os.environ.get("BENCH_PROFILE"):  # a cProfile of the robot process, for development
+            import cProfile
+
+            cProfile.run("asyncio.run(robot_child(arguments))", os.environ["BENCH_PROFILE"])
+        else:
+            asyncio.run(robot_child(arguments))
+    else:
+        asyncio.run(main(arguments))
