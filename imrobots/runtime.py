@@ -353,10 +353,20 @@ class RobotRuntime:
                         await asyncio.sleep(wait)
                 message = lane.queue.popleft()
                 lane.current_message = message
-                lane.current = asyncio.ensure_future(self._process(message))
-                lane.current.add_done_callback(self._message_done)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await lane.current  # cancelled by an interrupt or by stop()
+                if self.options.interrupt:
+                    # its own task, so that a newer message can cancel it alone
+                    lane.current = asyncio.ensure_future(self._process(message))
+                    lane.current.add_done_callback(self._message_done)
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await lane.current  # cancelled by an interrupt or by stop()
+                else:
+                    # answered in the lane's own task: one task less per message
+                    try:
+                        await self._process(message)
+                    except asyncio.CancelledError:
+                        return  # stop() cancelled the lane
+                    finally:
+                        self._accepted -= 1
                 lane.current_message = None
                 if self._stopping:
                     return
