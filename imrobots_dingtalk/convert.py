@@ -21,6 +21,7 @@ never the message.
 
 from __future__ import annotations
 
+import functools
 import json
 import mimetypes
 import re
@@ -68,6 +69,7 @@ __all__ = [
     "parse_bot_message",
     "parse_card_callback",
     "quote_of",
+    "strip_mentions",
     "to_card_action",
     "to_message",
 ]
@@ -444,18 +446,43 @@ def _time(create_at: int | None) -> datetime:
     return datetime.fromtimestamp(create_at / 1000, tz=UTC)
 
 
-def _strip_mention(text: str, robot_names: tuple[str, ...]) -> str:
-    """Drop leading whitespace and a leading @-mention of the robot, then trim."""
-    text = text.strip()
-    for name in robot_names:
-        if not name:
-            continue
-        pattern = re.compile(r"^@" + re.escape(name) + r"(?:\s+|$)")
-        match = pattern.match(text)
-        if match:
-            text = text[match.end() :].strip()
-            break
-    return text
+_SPACELESS = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+"""Chinese and Japanese characters and punctuation: scripts written without spaces, so a
+name in them may be glued to the next word."""
+_SEPARATORS = r"[\s,，:：;；、]*"
+"""What follows an @-name and goes with it: spaces (the four-per-em space DingTalk puts
+after a mention and the full-width space too) and the punctuation people put after a name."""
+
+
+@functools.lru_cache(maxsize=64)
+def _mention_pattern(names: tuple[str, ...]) -> re.Pattern[str] | None:
+    alternatives = []
+    for name in sorted({n for n in names if n}, key=len, reverse=True):
+        # A name ending in a spaceless script may be glued to the next word; any other
+        # name ends where no letter or digit of its own script follows.
+        glued = re.match(f"[{_SPACELESS}]", name[-1]) is not None
+        end = "" if glued else f"(?![^\\W{_SPACELESS}])"
+        alternatives.append(re.escape(name) + end)
+    if not alternatives:
+        return None
+    # "@" or the full-width "＠", not inside a word ("ops@HelpBot.example" is an address).
+    return re.compile(f"(?<![^\\W{_SPACELESS}])[@＠](?:{'|'.join(alternatives)}){_SEPARATORS}")
+
+
+def strip_mentions(text: str, robot_names: tuple[str, ...]) -> str:
+    """``text`` without the robot's own @-mentions, trimmed.
+
+    Every ``@name`` (or ``＠name``) of ``robot_names`` goes, with the spaces and the
+    punctuation (``,`` ``:`` ``、`` and their full-width forms) right after it, wherever
+    it stands: glued to the question (``@HelpBot/server``), followed by a full-width
+    space, repeated, or in the middle of a rich text. A longer name or an address does
+    not match (``@HelpBotter``, ``ops@HelpBot.example``); a name ending in Chinese or
+    Japanese may be glued to the next word (``@小助手退款``).
+    """
+    pattern = _mention_pattern(tuple(robot_names))
+    if pattern is None:
+        return text.strip()
+    return pattern.sub("", text).strip()
 
 
 def to_message(
@@ -465,8 +492,8 @@ def to_message(
 ) -> Message:
     """Build a core :class:`~imrobots.Message` from a bot message push.
 
-    ``robot_names`` are display names of the robot whose leading ``@name`` is
-    removed from the text (DingTalk usually removes it itself and leaves a space).
+    ``robot_names`` are display names of the robot whose ``@name`` mentions are
+    removed from the text (:func:`strip_mentions`; DingTalk usually removes the first itself).
     Raises :class:`MalformedPayload` if ``data`` lacks the documented fields.
     """
     raw: Mapping[str, Any]
@@ -535,7 +562,7 @@ def to_message(
     return Message(
         id=bot.msg_id,
         platform=PLATFORM,
-        text=_strip_mention(text, robot_names),
+        text=strip_mentions(text, robot_names),
         conversation=Conversation(
             id=bot.conversation_id,
             kind=ConversationKind.GROUP if group else ConversationKind.DIRECT,

@@ -208,7 +208,9 @@ class DingTalkSettings:
     at_sender: bool = True
     """In groups, @-mention the sender in answer cards and replies."""
     robot_names: tuple[str, ...] = attrs.field(default=(), validator=_list)
-    """Display names of the robot: a leading ``@name`` is removed from message text."""
+    """Display names of the robot: its ``@name`` mentions are removed from message text,
+    glued (``@HelpBot/server``), followed by punctuation or a full-width space, or
+    repeated (:func:`~imrobots_dingtalk.convert.strip_mentions`)."""
     app_rate: float = attrs.field(default=20.0, validator=_positive)
     """Calls per second the app may make to each API (DingTalk standard edition: 20)."""
     update_interval: float = attrs.field(default=1.0, validator=_positive)
