@@ -16,7 +16,9 @@ words or phrases that should find the section, in any language, comma separated:
 
 A question is matched to the section sharing the most (normalised) words with its
 heading and keywords; keywords in scripts without spaces between words (Chinese,
-Japanese) are matched as substrings. The answer streams word by word.
+Japanese) are matched as substrings. When the user quoted (replied to) a message, its
+text counts too, half as much as the question's: "What about this?" quoting a refund
+question gets the refund answer. The answer streams word by word.
 """
 
 from __future__ import annotations
@@ -151,12 +153,17 @@ class Faq:
     title: str | None
     entries: tuple[FaqEntry, ...]
 
-    def find(self, question: str) -> FaqEntry | None:
-        """The best matching section; the first one wins a tie; ``None`` if none matches."""
+    def find(self, question: str, context: str = "") -> FaqEntry | None:
+        """The best matching section; the first one wins a tie; ``None`` if none matches.
+
+        ``context`` (what the user quoted) counts too, half as much as the question: it
+        fills in when the question alone finds nothing ("What about this?") and breaks
+        ties, but a question that names its topic keeps it.
+        """
         best: FaqEntry | None = None
         best_score = 0
         for entry in self.entries:
-            score = entry.score(question)
+            score = 2 * entry.score(question) + (entry.score(context) if context else 0)
             if score > best_score:
                 best, best_score = entry, score
         return best
@@ -288,9 +295,10 @@ class DemoAgent:
             f"DemoAgent(faq={source!r}, delay={self._delay!r}, chunk_words={self._chunk_words!r})"
         )
 
-    def answer_for(self, question: str) -> str:
-        """The whole answer to ``question``: the best FAQ section, else the fallback."""
-        entry = self._faq.find(question)
+    def answer_for(self, question: str, context: str = "") -> str:
+        """The whole answer to ``question`` (in the ``context`` of a quoted message): the
+        best FAQ section, else the fallback."""
+        entry = self._faq.find(question, context)
         return entry.answer if entry is not None else self.fallback()
 
     def fallback(self) -> str:
@@ -309,8 +317,12 @@ class DemoAgent:
         return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
-        """Yield the answer to ``request.text`` in chunks of ``chunk_words`` words."""
-        for number, chunk in enumerate(self.chunks(self.answer_for(request.text))):
+        """Yield the answer to ``request.text`` in chunks of ``chunk_words`` words. The
+        message the user quoted, if any, is context (see :meth:`Faq.find`)."""
+        message = request.message
+        quote = message.quote if message is not None else None
+        context = quote.text if quote is not None else ""
+        for number, chunk in enumerate(self.chunks(self.answer_for(request.text, context))):
             if number and self._delay > 0:
                 await asyncio.sleep(self._delay)
             yield chunk

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import openai
     from openai.types.chat import ChatCompletionMessageParam
 
-__all__ = ["OpenAIAgent", "OpenAIAgentError"]
+__all__ = ["QUOTE_CHARS", "OpenAIAgent", "OpenAIAgentError", "quoted"]
 
 _LOCAL_API_KEY = "not-needed"
 """Sent as the key when ``base_url`` is set and no key was given: local servers ignore it."""
@@ -42,6 +42,26 @@ _LOCAL_API_KEY = "not-needed"
 _INSTALL_HINT = 'the OpenAI agent needs the openai package: pip install "imrobots[openai]"'
 
 _BEARER = re.compile(r"(?i)\bbearer\s+\S+")
+
+QUOTE_CHARS = 2000
+"""At most this many characters of a quoted message go into the user's turn."""
+
+
+def quoted(request: AgentRequest) -> str | None:
+    """What the user quoted (replied to), as one line of context for the model:
+    ``quoting: "the quoted text"``, or the quoted attachments (``quoting: [image]``);
+    ``None`` when the message quotes nothing."""
+    message = request.message
+    quote = message.quote if message is not None else None
+    if quote is None:
+        return None
+    text = quote.text.strip()
+    if len(text) > QUOTE_CHARS:
+        text = text[: QUOTE_CHARS - 1] + "…"
+    if text:
+        return f'quoting: "{text}"'
+    parts = [f"[{a.kind}: {a.name}]" if a.name else f"[{a.kind}]" for a in quote.attachments]
+    return f"quoting: {' '.join(parts)}" if parts else None
 
 
 class OpenAIAgentError(ImrobotsError):
@@ -213,7 +233,10 @@ class OpenAIAgent:
     # --- answering --------------------------------------------------------------------------
 
     def messages(self, request: AgentRequest) -> list[ChatCompletionMessageParam]:
-        """The chat messages sent for ``request``: system prompt, recent history, question."""
+        """The chat messages sent for ``request``: system prompt, recent history, question.
+
+        When the user quoted a message, the question's turn starts with it as context
+        (``quoting: "..."``, see :func:`quoted`)."""
         messages: list[ChatCompletionMessageParam] = []
         if self._system_prompt:
             messages.append({"role": "system", "content": self._system_prompt})
@@ -229,7 +252,9 @@ class OpenAIAgent:
                 messages.append({"role": "user", "content": turn.text})
             else:
                 messages.append({"role": "assistant", "content": turn.text})
-        messages.append({"role": "user", "content": request.text})
+        context = quoted(request)
+        question = f"{context}\n\n{request.text}" if context else request.text
+        messages.append({"role": "user", "content": question})
         return messages
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from imrobots import Attachment, Conversation, ConversationKind, Message, Quote, Sender
 from imrobots.agents import AgentRequest, as_agent
 from imrobots.demo_agent import DemoAgent, parse_faq
 from imrobots.errors import ConfigError
@@ -210,3 +211,42 @@ def test_bad_values_are_config_errors() -> None:
         DemoAgent(delay=-1)
     with pytest.raises(ConfigError, match="chunk_words"):
         DemoAgent(chunk_words=0)
+
+
+# --- quoted messages ---------------------------------------------------------------------------
+
+
+def quoting(text: str, quoted: str, *attachments: Attachment) -> AgentRequest:
+    """A request whose message quotes (replies to) another message."""
+    message = Message(
+        id="m1",
+        platform="memory",
+        text=text,
+        conversation=Conversation(id="c1", kind=ConversationKind.GROUP),
+        sender=Sender(id="u1"),
+        quote=Quote(id="q1", text=quoted, attachments=attachments),
+    )
+    return AgentRequest.from_message(message)
+
+
+async def test_the_quote_is_context_when_the_question_alone_finds_nothing(
+    agent: DemoAgent,
+) -> None:
+    """'What about this?' quoting a refund question: the refund answer, not the fallback."""
+    req = quoting("What about this?", "How do I get a refund?")
+    assert agent.faq.find(req.text) is None
+    answer = "".join([delta async for delta in agent.stream(req)])
+    refund = agent.faq.find("refund")
+    assert refund is not None and answer == refund.answer
+
+
+async def test_the_question_outweighs_the_quote(agent: DemoAgent) -> None:
+    req = quoting("and the invoice for it?", "How do I get a refund?")
+    answer = "".join([delta async for delta in agent.stream(req)])
+    invoice = agent.faq.find("invoice")
+    assert invoice is not None and answer == invoice.answer
+
+
+async def test_a_request_without_a_quote_is_unchanged(agent: DemoAgent) -> None:
+    answer = "".join([delta async for delta in agent.stream(request("What about this?"))])
+    assert answer == agent.fallback()

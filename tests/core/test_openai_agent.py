@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import pytest
 
+from imrobots import Attachment, Conversation, ConversationKind, Message, Quote, Sender
 from imrobots.agents import AgentRequest, Turn, as_agent
 from imrobots.errors import ConfigError
 from imrobots.openai_agent import OpenAIAgent, OpenAIAgentError
@@ -376,3 +377,45 @@ def test_module_imports_without_openai() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- quoted messages -------------------------------------------------------------------------
+
+
+def quoting(text: str, quote: Quote) -> AgentRequest:
+    message = Message(
+        id="m1",
+        platform="memory",
+        text=text,
+        conversation=Conversation(id="c1", kind=ConversationKind.GROUP),
+        sender=Sender(id="u1"),
+        quote=quote,
+    )
+    return AgentRequest.from_message(message, (Turn(role="user", text="Hi"),))
+
+
+async def test_the_quoted_text_goes_into_the_user_turn(server: FakeOpenAIServer) -> None:
+    req = quoting("Is this still true?", Quote(id="q1", text="Refunds take 5 days."))
+    await collect(make_agent(server), req)
+    assert server.last_request.messages == [
+        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": 'quoting: "Refunds take 5 days."\n\nIs this still true?'},
+    ]
+
+
+async def test_a_quote_without_text_names_its_attachments(server: FakeOpenAIServer) -> None:
+    quote = Quote(attachments=(Attachment(kind="image"), Attachment(kind="file", name="a.pdf")))
+    await collect(make_agent(server), quoting("What is this?", quote))
+    assert server.last_request.messages[-1] == {
+        "role": "user",
+        "content": "quoting: [image] [file: a.pdf]\n\nWhat is this?",
+    }
+
+
+async def test_a_long_quote_is_shortened(server: FakeOpenAIServer) -> None:
+    quote = Quote(text="x" * 5000)
+    await collect(make_agent(server), quoting("Summarise", quote))
+    content = server.last_request.messages[-1]["content"]
+    assert content.startswith('quoting: "' + "x" * 100)
+    assert content.endswith('…"\n\nSummarise')
+    assert len(content) < 2100

@@ -16,7 +16,7 @@ from imrobots_dingtalk.emulator import CardRecord, DingTalkEmulator
 from imrobots_dingtalk.platform import DingTalkPlatform
 from imrobots_dingtalk.streaming import DingTalkAICardStream
 
-from .support import APP, MODES, QUESTION, CardMode, make_settings, running
+from .support import APP, MODES, QUESTION, CardMode, cards_for, final, make_settings, running
 
 
 class Collector(Robot):
@@ -144,6 +144,25 @@ async def test_a_quoted_reply_becomes_the_messages_quote(emu: DingTalkEmulator) 
     assert image.quote is not None and image.quote.text == ""
     (quoted,) = image.quote.attachments
     assert quoted.kind == "image" and await quoted.read() == b"quoted-picture"
+
+
+async def test_the_demo_agent_answers_a_quoted_question_in_its_context(
+    emu: DingTalkEmulator,
+) -> None:
+    """Issue 9, case 1: "What about this?" quoting "How do I get a refund?" is answered
+    with the refund section (the question alone gets the demo agent's fallback)."""
+    async with running(emu, "ai") as runtime:
+        pushed = await emu.push_message(
+            APP,
+            text="What about this?",
+            replied_msg={"msgType": "text", "msgId": "msgQ1==", "content": {"text": QUESTION}},
+        )
+        await emu.wait_for(
+            lambda: any(final(c) for c in cards_for(emu, pushed)), 10, what="the final card"
+        )
+        await runtime.wait_idle(10)
+    (card,) = cards_for(emu, pushed)
+    assert "within 30 days" in (card.view["markdown"] or "")
 
 
 # --------------------------------------------------------------------------- outbound
