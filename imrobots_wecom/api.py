@@ -3,6 +3,8 @@
 - ``GET /cgi-bin/gettoken?corpid&corpsecret`` -> ``access_token`` (7,200 s), cached and
   refreshed five minutes early by one caller while the others wait; 40001/40014/42001
   on a call drop it and the call is retried once with a fresh one.
+- ``POST /cgi-bin/media/upload?type=`` (multipart field ``media``) -> ``media_id``, for
+  image and file messages.
 - Errors are ``{"errcode", "errmsg"}`` with HTTP 200 and become the core's classes:
   45009 (rate limit) and 45033 (concurrency) :class:`RateLimited`, -1 (busy) and 5xx
   :class:`RetryableError`, the rest :class:`FatalPlatformError`. A request sent without
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -109,14 +112,36 @@ class WeComApi:
 
     async def post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to a token-protected route; returns the answer (errcode 0)."""
+        return await self._call(route, {}, lambda: {"json": body})
+
+    async def upload(self, media_type: str, name: str, data: bytes) -> str:
+        """Upload temporary media (``POST /cgi-bin/media/upload?type=``, multipart field
+        ``media``, as wechatpy's ``WeChatMedia.upload``); returns its ``media_id``."""
+
+        def form() -> dict[str, Any]:
+            payload = aiohttp.FormData()
+            payload.add_field("media", data, filename=name, content_type="application/octet-stream")
+            return {"data": payload}
+
+        answer = await self._call("/cgi-bin/media/upload", {"type": media_type}, form)
+        media_id = answer.get("media_id")
+        if not isinstance(media_id, str) or not media_id:
+            raise FatalPlatformError("WeCom /cgi-bin/media/upload: no media_id in the answer")
+        return media_id
+
+    async def _call(
+        self, route: str, params: dict[str, str], payload: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """POST to a token-protected route (``payload()`` gives aiohttp's ``json=`` or
+        ``data=``, fresh for each attempt); returns the answer (errcode 0)."""
         for attempt in (1, 2):
             token = await self.access_token(refresh=attempt == 2)
             try:
                 async with self.session.post(
                     self.endpoint + route,
-                    params={"access_token": token},
-                    json=body,
+                    params={**params, "access_token": token},
                     timeout=aiohttp.ClientTimeout(total=self.timeout),
+                    **payload(),
                 ) as response:
                     if response.status >= 500:
                         raise RetryableError(

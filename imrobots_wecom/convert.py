@@ -109,8 +109,8 @@ def _content(body: Mapping[str, Any]) -> tuple[MessageKind, str, list[Attachment
             kind = item.get("msgtype")
             if kind == "text" and isinstance(item.get("text"), Mapping):
                 texts.append(str(item["text"].get("content") or ""))
-            elif kind == "image":
-                found = _attachment("image", item.get("image"))
+            elif kind in ("image", "file"):
+                found = _attachment(kind, item.get(kind))
                 if found:
                     attachments.append(found)
         return MessageKind.RICH_TEXT, "\n".join(t for t in texts if t), attachments

@@ -27,12 +27,21 @@ Proactive sends: robot mode ``aibot_send_msg`` to a user id or group chat id; ap
 ``message/send`` to a user (``Target.to_user``), ``party:ID`` or ``tag:ID``
 (``Target.to_group``), or ``appchat/send`` to an app group chat id.
 
+Media: images (≤ 10 MB) and files (≤ 20 MB) go out in both modes (:mod:`.messages`).
+Robot mode uploads them in chunks over the long connection and sends the ``media_id``
+as a reply on the message's ``req_id`` while it can still answer, else with
+``aibot_send_msg``; app mode uploads with ``media/upload`` and sends with
+``message/send``. Inbound images and files (robot mode) are downloaded only from
+WeCom's https hosts (or ``download_hosts``) and decrypted with their message's
+``aeskey`` (:mod:`.crypto`).
+
 See ``docs/platforms/wecom.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import hashlib
@@ -79,7 +88,16 @@ from .cards import stream_text, template_card
 from .connection import AckError, AibotConnection, ConnectionOptions
 from .convert import MalformedPayload, parse_xml, to_app_message, to_card_action, to_message
 from .crypto import CallbackCrypto, ForgedCallback, decrypt_media
-from .messages import APP_MARKDOWN_BYTES, ROBOT_TEXT_BYTES, app_markdown, markdown_body
+from .messages import (
+    APP_MARKDOWN_BYTES,
+    MAX_FILE_BYTES,
+    MAX_IMAGE_BYTES,
+    MEDIA_MAX_CHUNKS,
+    ROBOT_TEXT_BYTES,
+    app_body,
+    chunks,
+    markdown_body,
+)
 from .streaming import ProactiveStream, WeComStream
 
 __all__ = ["WeComPlatform", "WeComSettings", "card_id_for"]
@@ -92,8 +110,12 @@ ERR_EXPIRED = 846608
 ERR_INVALID_REQ_ID = 846605
 FEEDBACK_THANKS = "Thanks for your feedback!"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_WECOM_DOMAINS = ("qq.com", "weixin.qq.com", "myqcloud.com")
-"""https hosts attachments may come from (UNCONFIRMED: WeCom's media URL hosts)."""
+_WECOM_DOMAINS = ("qq.com", "qpic.cn")
+"""https domains (and their subdomains) attachments may come from."""
+_MEDIA_BUCKET = re.compile(r"^ww-aibot-img-1258476243\.cos\.[a-z0-9-]+\.myqcloud\.com$")
+"""The Tencent COS bucket WeCom serves robot media from (UNCONFIRMED: observed in
+callbacks, not documented). Other ``myqcloud.com`` buckets belong to anyone, so they are
+not trusted."""
 
 
 def card_id_for(key: str) -> str:
@@ -189,7 +211,11 @@ def _robot_capabilities(s: WeComSettings) -> Capabilities:
         max_text=s.max_text,
         max_message_text=s.max_message_text or ROBOT_TEXT_BYTES,
         text_unit=SizeUnit.BYTES,
+        max_image_bytes=MAX_IMAGE_BYTES,
+        max_file_bytes=MAX_FILE_BYTES,
         cards=True,
+        images=True,
+        files=True,
         downloads=True,
         mentions=False,
         proactive=True,
@@ -215,7 +241,11 @@ def _app_capabilities(s: WeComSettings) -> Capabilities:
         app_rate=s.app_rate,
         max_message_text=s.max_message_text or APP_MARKDOWN_BYTES,
         text_unit=SizeUnit.BYTES,
+        max_image_bytes=MAX_IMAGE_BYTES,
+        max_file_bytes=MAX_FILE_BYTES,
         cards=False,
+        images=True,
+        files=True,
         mentions=False,
         proactive=True,
         idempotent=frozenset(),
@@ -235,9 +265,19 @@ def _host_allowed(url: str, extra: tuple[str, ...]) -> bool:
     allowed = {h.lower() for h in extra}
     if host in allowed or (port is not None and f"{host}:{port}" in allowed):
         return True
-    return parts.scheme == "https" and any(
+    if parts.scheme != "https":
+        return False
+    return bool(_MEDIA_BUCKET.match(host)) or any(
         host == d or host.endswith("." + d) for d in _WECOM_DOMAINS
     )
+
+
+def _body_field(frame: Mapping[str, Any], name: str, cmd: str) -> str:
+    body = frame.get("body")
+    value = body.get(name) if isinstance(body, Mapping) else None
+    if not isinstance(value, str) or not value:
+        raise FatalPlatformError(f"WeCom {cmd}: no {name} in the ack")
+    return value
 
 
 class WeComPlatform(Platform):
@@ -574,7 +614,14 @@ class WeComPlatform(Platform):
                     raise RetryableError(f"WeCom download: HTTP {response.status}")
                 if response.status != 200:
                     raise FatalPlatformError(f"WeCom download: HTTP {response.status}")
-                data = await response.content.read(limit + 1)
+                if (response.content_length or 0) > limit:
+                    raise FatalPlatformError(f"attachment larger than {limit} bytes")
+                buffer = bytearray()
+                async for block in response.content.iter_chunked(64 * 1024):
+                    buffer += block
+                    if len(buffer) > limit:
+                        break
+                data = bytes(buffer)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RetryableError(f"WeCom download: {type(exc).__name__}") from None
         if len(data) > limit:
@@ -588,7 +635,71 @@ class WeComPlatform(Platform):
             raise FatalPlatformError(f"could not decrypt the attachment: {exc}") from None
 
     async def send_image(self, target: Target, image: Upload, *, key: str) -> None:
-        raise NotSupported("sending images on WeCom is not implemented yet")
+        """Upload ``image`` and send it (robot: chunked upload, then a reply on the
+        message's ``req_id`` or ``aibot_send_msg``; app: ``media/upload``, then
+        ``message/send``)."""
+        await self._send_media(target, image, "image")
+
+    async def send_file(self, target: Target, file: Upload, *, key: str) -> None:
+        """Upload ``file`` and send it, as :meth:`send_image` does."""
+        await self._send_media(target, file, "file")
+
+    async def _send_media(self, target: Target, upload: Upload, media_type: str) -> None:
+        if self.mode == "app":
+            assert self._api is not None
+            media_id = await self._api.upload(media_type, upload.name, upload.data)
+            await self._app_deliver(target, media_type, {"media_id": media_id})
+            return
+        media_id = await self.upload_media(upload, media_type)
+        body = {"msgtype": media_type, media_type: {"media_id": media_id}}
+        reply = self._reply_to(target.context)
+        if reply is not None:
+            try:
+                # A reply on the message's req_id (after its stream, if any, as the
+                # official openclaw plugin does); frames on one req_id go one at a time.
+                await self._request("aibot_respond_msg", body, req_id=reply[0])
+                return
+            except CardGone:
+                pass  # the req_id died meanwhile (846605/846608): send it proactively
+        await self._request("aibot_send_msg", {"chatid": self._chatid(target), **body})
+
+    async def upload_media(self, upload: Upload, media_type: str) -> str:
+        """The chunked upload over the long connection (see :mod:`.messages`); returns
+        the ``media_id``. A chunk that fails retryably is sent again (twice at most)."""
+        parts = chunks(upload.data)
+        if len(parts) > MEDIA_MAX_CHUNKS:
+            raise FatalPlatformError(
+                f"{upload.name!r} needs {len(parts)} upload chunks; WeCom takes {MEDIA_MAX_CHUNKS}"
+            )
+        init = await self._request(
+            "aibot_upload_media_init",
+            {
+                "type": media_type,
+                "filename": upload.name,
+                "total_size": upload.size,
+                "total_chunks": len(parts),
+                "md5": hashlib.md5(upload.data).hexdigest(),
+            },
+        )
+        upload_id = _body_field(init, "upload_id", "aibot_upload_media_init")
+        for index, part in enumerate(parts):
+            for attempt in range(3):
+                try:
+                    await self._request(
+                        "aibot_upload_media_chunk",
+                        {
+                            "upload_id": upload_id,
+                            "chunk_index": index,
+                            "base64_data": base64.b64encode(part).decode("ascii"),
+                        },
+                    )
+                    break
+                except (RetryableError, RateLimited):
+                    if attempt == 2:
+                        raise
+                    await asyncio.sleep(0.2 * (attempt + 1))
+        finish = await self._request("aibot_upload_media_finish", {"upload_id": upload_id})
+        return _body_field(finish, "media_id", "aibot_upload_media_finish")
 
     # ------------------------------------------------------------------ app mode
     async def _start_app(self) -> None:
@@ -672,19 +783,23 @@ class WeComPlatform(Platform):
         return web.Response(text="")
 
     async def _app_send(self, target: Target, text: str) -> None:
+        await self._app_deliver(target, "markdown", {"content": text})
+
+    async def _app_deliver(self, target: Target, msgtype: str, part: dict[str, Any]) -> None:
+        """``message/send`` (to a user, ``party:ID`` or ``tag:ID``) or ``appchat/send``
+        (to an app group chat id) of one ``msgtype`` message."""
         s = self.settings
         assert s.agent_id is not None and self._api is not None
         conversation = target.conversation
         if conversation is not None and conversation.is_group:
             cid = conversation.id
             if cid.startswith("party:"):
-                body = app_markdown(s.agent_id, text, toparty=cid.removeprefix("party:"))
+                body = app_body(s.agent_id, msgtype, part, toparty=cid.removeprefix("party:"))
             elif cid.startswith("tag:"):
-                body = app_markdown(s.agent_id, text, totag=cid.removeprefix("tag:"))
+                body = app_body(s.agent_id, msgtype, part, totag=cid.removeprefix("tag:"))
             else:
                 await self._api.post(
-                    "/cgi-bin/appchat/send",
-                    {"chatid": cid, "msgtype": "markdown", "markdown": {"content": text}},
+                    "/cgi-bin/appchat/send", {"chatid": cid, "msgtype": msgtype, msgtype: part}
                 )
                 return
         else:
@@ -692,5 +807,5 @@ class WeComPlatform(Platform):
             user = user or (conversation.id if conversation is not None else None)
             if not user:
                 raise FatalPlatformError("a WeCom app message needs a user")
-            body = app_markdown(s.agent_id, text, touser=user)
+            body = app_body(s.agent_id, msgtype, part, touser=user)
         await self._api.post("/cgi-bin/message/send", body)

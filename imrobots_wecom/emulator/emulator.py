@@ -24,14 +24,19 @@ frames ``{cmd?, headers: {req_id}, body?, errcode?, errmsg?}``.
   ``update_window`` (5 s) and ``aibot_respond_welcome_msg`` an ``enter_chat`` within
   ``welcome_window`` (5 s); later ones get 846605 (UNCONFIRMED code).
 - ``aibot_send_msg`` (markdown, template_card, media) to a user id or group chat id;
-  the chunked upload ``aibot_upload_media_init/chunk/finish`` (≤512 KB chunks, ≤100).
+  the chunked upload ``aibot_upload_media_init/chunk/finish`` (≤512 KB chunks, ≤100;
+  the sizes of temporary media: more than 5 bytes, images ≤ 10 MB, files ≤ 20 MB,
+  answered 40006 beyond, UNCONFIRMED on the long connection; ``total_size`` and ``md5``
+  checked at ``finish``). Media messages (``image``/``file`` by ``media_id``) answer a
+  message (``aibot_respond_msg``) or go proactively (``aibot_send_msg``).
 
 **App mode** (PROTOCOLS 4a): ``GET /cgi-bin/gettoken``, ``POST /cgi-bin/message/send``
 (markdown ≤ 2,048 bytes; per member 30/min and 1,000/h, answered 45009 by default,
 or silently dropped as WeCom documents, with ``member_limit_mode="drop"``),
-``POST /cgi-bin/appchat/send``; encrypted XML callbacks POSTed to the app's
-``callback_url`` and retried (3 attempts in all) when not answered 200 within
-``callback_timeout`` (5 s); the URL check (``verify_url``).
+``POST /cgi-bin/appchat/send`` (markdown, or image/file by ``media_id``),
+``POST /cgi-bin/media/upload`` (multipart ``media``, the same size caps); encrypted XML
+callbacks POSTed to the app's ``callback_url`` and retried (3 attempts in all) when not
+answered 200 within ``callback_timeout`` (5 s); the URL check (``verify_url``).
 
 Faults: ``errors`` (a share of calls answered -1 "system busy"), ``rate_limit`` (45009),
 ``latency`` and ``drop`` (sockets aborted; pushes are held until a new subscription).
@@ -88,8 +93,23 @@ ERR_BAD_REQUEST = 40058
 """WeCom's global "invalid parameter"; used for malformed frames (UNCONFIRMED here)."""
 ERR_TOKEN = 40014
 ERR_CONTENT_TOO_LONG = 45002
+ERR_MEDIA_SIZE = 40006
+"""WeCom's global "invalid file size" (UNCONFIRMED on the long connection)."""
+ERR_MEDIA_ID = 40007
+"""WeCom's global "invalid media_id"."""
 MAX_CHUNK_BYTES = 512 * 1024
 MAX_CHUNKS = 100
+MEDIA_CAPS = {"image": 10 * 1024 * 1024, "voice": 2 * 1024 * 1024, "video": 10 * 1024 * 1024}
+"""Temporary media caps by type (WeCom doc path/90253); other types are files."""
+MAX_MEDIA_FILE = 20 * 1024 * 1024
+MIN_MEDIA_BYTES = 5
+"""Media must be larger than 5 bytes (path/90253)."""
+
+
+def media_cap(media_type: str) -> int:
+    """The largest upload of ``media_type``, in bytes."""
+    return MEDIA_CAPS.get(media_type, MAX_MEDIA_FILE)
+
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -235,6 +255,8 @@ class WeComEmulator:
         self.uploads: dict[str, dict[str, Any]] = {}
         self.media: dict[str, tuple[str, bytes, str]] = {}
         """media_id -> (type, content, filename) of finished uploads."""
+        self.sent_media: list[dict[str, Any]] = []
+        """Media messages the robots sent: conversation_id, msgtype, name, data, who."""
         self.files: dict[str, bytes] = {}
         """download token -> encrypted content served at ``/_emulator/files/{token}``."""
         self.ack_pings = True
@@ -268,6 +290,7 @@ class WeComEmulator:
         app.router.add_get("/cgi-bin/gettoken", self._gettoken)
         app.router.add_post("/cgi-bin/message/send", self._message_send)
         app.router.add_post("/cgi-bin/appchat/send", self._appchat_send)
+        app.router.add_post("/cgi-bin/media/upload", self._media_upload)
         app.router.add_get("/_emulator/files/{token}", self._file)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -777,25 +800,43 @@ class WeComEmulator:
             self._card_changed(card)
             return
         if msgtype in ("image", "file", "voice", "video"):
-            part = body.get(msgtype)
-            media_id = str(part.get("media_id") or "") if isinstance(part, dict) else ""
-            media = self.media.get(media_id)
-            if media is None:
-                raise _Refusal(ERR_BAD_REQUEST, "invalid media_id")
-            _, data, filename = media
-            self._emit(
-                {
-                    "kind": "upload",
-                    "upload": {
-                        "conversation_id": conversation_id,
-                        "kind": "image" if msgtype == "image" else "file",
-                        "name": filename,
-                        "size": len(data),
-                    },
-                }
-            )
+            self._show_media(conversation_id, body, who=who)
             return
         raise _Refusal(ERR_BAD_REQUEST, f"unsupported msgtype {msgtype!r}")
+
+    def _media_of(self, body: dict[str, Any]) -> tuple[str, bytes, str]:
+        """The uploaded media a media message names; raises for an unknown ``media_id``."""
+        msgtype = str(body.get("msgtype") or "")
+        part = body.get(msgtype)
+        media_id = str(part.get("media_id") or "") if isinstance(part, dict) else ""
+        media = self.media.get(media_id)
+        if media is None:
+            raise _Refusal(ERR_MEDIA_ID, "invalid media_id")
+        return media
+
+    def _show_media(self, conversation_id: str, body: dict[str, Any], *, who: str) -> None:
+        msgtype = str(body.get("msgtype") or "")
+        _, data, filename = self._media_of(body)
+        self.sent_media.append(
+            {
+                "conversation_id": conversation_id,
+                "msgtype": msgtype,
+                "name": filename,
+                "data": data,
+                "who": who,
+            }
+        )
+        self._emit(
+            {
+                "kind": "upload",
+                "upload": {
+                    "conversation_id": conversation_id,
+                    "kind": "image" if msgtype == "image" else "file",
+                    "name": filename,
+                    "size": len(data),
+                },
+            }
+        )
 
     def _update_card(self, body: dict[str, Any]) -> None:
         template = body.get("template_card")
@@ -814,9 +855,15 @@ class WeComEmulator:
         total = int(body.get("total_chunks") or 0)
         if not 1 <= total <= MAX_CHUNKS:
             raise _Refusal(ERR_BAD_REQUEST, "total_chunks must be 1..100")
+        media_type = str(body.get("type") or "file")
+        if media_type not in ("image", "voice", "video", "file"):
+            raise _Refusal(ERR_BAD_REQUEST, f"invalid media type {media_type!r}")
+        size = int(body.get("total_size") or 0)
+        if not MIN_MEDIA_BYTES < size <= media_cap(media_type):
+            raise _Refusal(ERR_MEDIA_SIZE, "invalid file size")
         upload_id = uuid.uuid4().hex
         self.uploads[upload_id] = {
-            "type": body.get("type", "file"),
+            "type": media_type,
             "filename": body.get("filename") or "file",
             "total_chunks": total,
             "total_size": int(body.get("total_size") or 0),
@@ -847,6 +894,8 @@ class WeComEmulator:
         if len(chunks) != upload["total_chunks"]:
             raise _Refusal(ERR_BAD_REQUEST, "chunks missing")
         data = b"".join(chunks[i] for i in range(upload["total_chunks"]))
+        if len(data) != upload["total_size"]:
+            raise _Refusal(ERR_MEDIA_SIZE, "total_size does not match the chunks")
         if upload["md5"] and hashlib.md5(data).hexdigest() != upload["md5"]:
             raise _Refusal(ERR_BAD_REQUEST, "md5 mismatch")
         media_id = f"media_{uuid.uuid4().hex}"
@@ -905,15 +954,62 @@ class WeComEmulator:
         self._record_call("POST", route, 0, started, who)
         return self._json(0, **extra)
 
-    def _text_of(self, body: dict[str, Any]) -> str:
+    def _text_of(self, body: dict[str, Any]) -> str | None:
+        """The text of a markdown/text message, ``None`` for a media message (checked)."""
         msgtype = str(body.get("msgtype") or "")
         part = body.get(msgtype)
+        if msgtype in ("image", "file", "voice", "video"):
+            self._media_of(body)
+            return None
         if msgtype not in ("markdown", "text") or not isinstance(part, dict):
             raise _Refusal(ERR_BAD_REQUEST, f"unsupported msgtype {msgtype!r}")
         text = str(part.get("content") or "")
         if len(text.encode("utf-8")) > self.app_markdown_bytes:
             raise _Refusal(ERR_CONTENT_TOO_LONG, "content size out of limit")
         return text
+
+    def _app_show(
+        self,
+        conversation_id: str,
+        text: str | None,
+        body: dict[str, Any],
+        *,
+        who: str,
+        receivers: list[str] | None = None,
+    ) -> None:
+        if text is None:
+            self._show_media(conversation_id, body, who=who)
+        else:
+            self._record_message(conversation_id, text, who=who, receivers=receivers)
+
+    async def _media_upload(self, request: web.Request) -> web.Response:
+        """``POST /cgi-bin/media/upload?access_token&type``: multipart field ``media``."""
+        started = time.monotonic()
+        route = "/cgi-bin/media/upload"
+        who = "?"
+        try:
+            app = self._app_for_token(request.query.get("access_token", ""))
+            who = app.corp_id
+            media_type = request.query.get("type", "")
+            if media_type not in ("image", "voice", "video", "file"):
+                raise _Refusal(40004, "invalid media type")
+            form = await request.post()
+            field = form.get("media")
+            if not isinstance(field, web.FileField):
+                raise _Refusal(41005, "media data missing")
+            data = field.file.read()
+            if not MIN_MEDIA_BYTES < len(data) <= media_cap(media_type):
+                raise _Refusal(ERR_MEDIA_SIZE, "invalid file size")
+            injected = self._fault()
+            if injected:
+                raise _Refusal(injected, "system busy" if injected < 0 else "api freq out of limit")
+        except _Refusal as exc:
+            self._record_call("POST", route, exc.code, started, who)
+            return self._json(exc.code, exc.message)
+        media_id = f"media_{uuid.uuid4().hex}"
+        self.media[media_id] = (media_type, data, field.filename or "file")
+        self._record_call("POST", route, 0, started, who)
+        return self._json(0, type=media_type, media_id=media_id, created_at=str(int(time.time())))
 
     async def _message_send(self, request: web.Request) -> web.Response:
         def handle(app: WeComApp, body: dict[str, Any]) -> dict[str, Any]:
@@ -939,11 +1035,11 @@ class WeComEmulator:
                 sends.append(now)
                 allowed.append(user)
             for user in allowed:
-                self._record_message(user, text, who=app.corp_id, receivers=[user])
+                self._app_show(user, text, body, who=app.corp_id, receivers=[user])
             for party in parties:
-                self._record_message(f"party:{party}", text, who=app.corp_id)
+                self._app_show(f"party:{party}", text, body, who=app.corp_id)
             for tag in tags:
-                self._record_message(f"tag:{tag}", text, who=app.corp_id)
+                self._app_show(f"tag:{tag}", text, body, who=app.corp_id)
             return {"invaliduser": "", "msgid": uuid.uuid4().hex}
 
         return await self._app_call(request, "/cgi-bin/message/send", handle)
@@ -953,7 +1049,7 @@ class WeComEmulator:
             chatid = str(body.get("chatid") or "")
             if not chatid:
                 raise _Refusal(86003, "chatid missing")
-            self._record_message(chatid, self._text_of(body), who=app.corp_id)
+            self._app_show(chatid, self._text_of(body), body, who=app.corp_id)
 
         return await self._app_call(request, "/cgi-bin/appchat/send", handle)
 

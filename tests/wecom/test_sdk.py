@@ -69,3 +69,42 @@ async def test_sdk_is_told_to_stop_when_taken_over() -> None:
     finally:
         await second.disconnect()
         await emulator.stop()
+
+
+async def test_sdk_uploads_media_in_chunks_and_replies_with_it() -> None:
+    """The SDK's chunked upload (its chunks sent concurrently) and media reply."""
+    data = bytes(range(256)) * 2600  # 665,600 bytes: two chunks
+    emulator = WeComEmulator()
+    emulator.add_bot("sdk-bot", "sdk-secret")
+    await emulator.start()
+    client = sdk.WSClient("sdk-bot", "sdk-secret", ws_url=emulator.ws_url)
+    authenticated = asyncio.Event()
+    replied = asyncio.Event()
+
+    async def on_text(frame: dict[str, object]) -> None:
+        result = await client.upload_media(data, type="file", filename="report.bin")
+        await client.reply_media(frame, "file", result["media_id"])
+        replied.set()
+
+    client.on("authenticated", authenticated.set)
+    client.on("message.text", on_text)
+    try:
+        await client.connect()
+        async with asyncio.timeout(5):
+            await authenticated.wait()
+        await emulator.push_message(
+            "sdk-bot", user_id="alice", msgtype="text", content={"content": "the report?"}
+        )
+        async with asyncio.timeout(10):
+            await replied.wait()
+    finally:
+        await client.disconnect()
+        await emulator.stop()
+    [sent] = emulator.sent_media
+    assert (sent["conversation_id"], sent["name"], sent["data"] == data) == (
+        "alice",
+        "report.bin",
+        True,
+    )
+    chunks = [c for c in emulator.calls if c["route"] == "aibot_upload_media_chunk"]
+    assert len(chunks) == 2 and all(c["status"] == 200 for c in chunks)
