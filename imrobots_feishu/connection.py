@@ -109,6 +109,11 @@ class LongConnection:
         self._follow_ups: set[asyncio.Task[None]] = set()
         self._write_lock = asyncio.Lock()
 
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closing
+
     def __repr__(self) -> str:
         return f"LongConnection(app_id={self.app_id!r}, domain={self.domain!r})"
 
@@ -160,6 +165,8 @@ class LongConnection:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self.closing:
+                    return
                 failures = 1 if self.connected.is_set() else failures + 1
                 log.warning("Feishu long connection lost (%s); reconnecting", exc)
             finally:
