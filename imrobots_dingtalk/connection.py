@@ -20,6 +20,12 @@ that:
 5. Other losses reconnect with exponential backoff and jitter. An idle watchdog
    sends WebSocket pings and closes a socket on which nothing (no frame, no pong)
    arrived for ``idle_timeout`` seconds: dead sockets do not hang the robot.
+6. Every step of a (re)connect is bounded by ``request_timeout``: the ticket POST,
+   the WebSocket upgrade, and the first sign of life on the new socket (a ping is
+   sent at once; its pong or any frame must arrive in time). A step that gets no
+   answer, as on a half-open network where the TCP handshake works and nothing
+   more, fails the attempt, which is retried with backoff, instead of waiting on
+   aiohttp's five-minute default.
 """
 
 from __future__ import annotations
@@ -157,6 +163,8 @@ class _Live:
     last_seen: float
     ended: asyncio.Future[str]
     """Resolves with why this connection stopped serving (or started draining)."""
+    alive: asyncio.Event = attrs.field(factory=asyncio.Event)
+    """Set by the first frame or pong received: the server answers on this socket."""
     draining: bool = False
     reader: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
@@ -210,8 +218,10 @@ class StreamConnection:
 
     @property
     def connected(self) -> bool:
-        """Whether a connection that receives pushes is up."""
-        return any(not live.draining and not live.ws.closed for live in self._live)
+        """Whether a connection that receives pushes is up (and answered since it opened)."""
+        return any(
+            not live.draining and not live.ws.closed and live.alive.is_set() for live in self._live
+        )
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until :attr:`connected` (after a reconnect, say); ``timeout`` in seconds."""
@@ -370,16 +380,26 @@ class StreamConnection:
         return endpoint, ticket
 
     async def _connect(self) -> _Live:
+        """One connection attempt. Each step (ticket, upgrade, first sign of life) gets at
+        most ``request_timeout``; a step without an answer raises :class:`RetryableError`."""
+        step = self.options.request_timeout
         endpoint, ticket = await self._open_ticket()
         separator = "&" if "?" in endpoint else "?"
         url = f"{endpoint}{separator}ticket={quote_plus(ticket)}"
-        ws = await self.session.ws_connect(
-            url,
-            autoping=False,
-            heartbeat=None,
-            max_msg_size=16 * 1024 * 1024,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
-        )
+        try:
+            async with asyncio.timeout(step):
+                ws = await self.session.ws_connect(
+                    url,
+                    autoping=False,
+                    heartbeat=None,
+                    max_msg_size=16 * 1024 * 1024,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+                )
+        except TimeoutError:
+            raise RetryableError(
+                f"DingTalk stream: the WebSocket upgrade at {urlsplit(endpoint).netloc} got "
+                f"no answer within {step:g}s"
+            ) from None
         now = time.monotonic()
         self._counter += 1
         live = _Live(
@@ -395,6 +415,19 @@ class StreamConnection:
         live.watchdog = asyncio.create_task(
             self._watch(live), name=f"dingtalk-watchdog-{live.number}"
         )
+        try:
+            await live.ws.ping()  # its pong (or any frame) proves the server answers here
+            async with asyncio.timeout(step):
+                await live.alive.wait()
+        except (TimeoutError, ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            self._end(live, "no answer after the upgrade")
+            await self._shutdown(live)
+            if isinstance(exc, TimeoutError):
+                raise RetryableError(
+                    f"DingTalk stream: no frame or pong within {step:g}s after the WebSocket "
+                    "upgrade"
+                ) from None
+            raise RetryableError(f"DingTalk stream: {_describe(exc)}") from None
         self._up.set()
         log.info(
             "DingTalk stream connection %d is up for app %s (%s)",
@@ -434,6 +467,8 @@ class StreamConnection:
                 msg = await ws.receive()
                 live.last_seen = time.monotonic()
                 kind = msg.type
+                if kind in _SIGNS_OF_LIFE:
+                    live.alive.set()
                 if kind is aiohttp.WSMsgType.TEXT:
                     await self._on_text(live, msg.data)
                 elif kind is aiohttp.WSMsgType.PING:
@@ -583,6 +618,16 @@ class StreamConnection:
                 task.add_done_callback(self._background.discard)
         else:
             log.debug("SYSTEM frame %s (%s)", frame.topic, frame.message_id)
+
+
+_SIGNS_OF_LIFE = frozenset(
+    {
+        aiohttp.WSMsgType.TEXT,
+        aiohttp.WSMsgType.BINARY,
+        aiohttp.WSMsgType.PING,
+        aiohttp.WSMsgType.PONG,
+    }
+)
 
 
 def _parse_frame(text: str) -> Frame:

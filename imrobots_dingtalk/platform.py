@@ -225,7 +225,8 @@ class DingTalkSettings:
     max_download_bytes: int = attrs.field(default=100 * 1024 * 1024, validator=_positive)
     """Largest attachment :meth:`DingTalkPlatform.download` accepts."""
     request_timeout: float = attrs.field(default=10.0, validator=_positive)
-    """Seconds one HTTP call may wait for its answer (connecting has as long again)."""
+    """Seconds one HTTP call may wait for its answer (connecting has as long again); also
+    the bound of each step of a stream (re)connect: ticket, upgrade, first frame or pong."""
     connect_timeout: float = attrs.field(default=30.0, validator=_positive)
     """Seconds ``start`` waits for the first stream connection."""
     ping_interval: float = attrs.field(default=20.0, validator=_positive)

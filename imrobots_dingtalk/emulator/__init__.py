@@ -10,7 +10,7 @@ Only asyncio and aiohttp are used; the SDK is not imported.
 
 from __future__ import annotations
 
-from .emulator import DingTalkEmulator
+from .emulator import DingTalkEmulator, Stall
 from .errors import ApiError
 from .state import (
     AckRecord,
@@ -44,6 +44,7 @@ __all__ = [
     "PushedEvent",
     "PushedMessage",
     "SentMessage",
+    "Stall",
     "WebhookMessage",
     "to_json",
 ]

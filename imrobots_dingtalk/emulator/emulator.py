@@ -87,6 +87,28 @@ class Withhold:
         return f"{where}: answer held {held} after the call took effect"
 
 
+StallStage = Literal["ticket", "upgrade", "silent"]
+
+
+@dataclass(kw_only=True)
+class Stall:
+    """A fault of the next ``count`` connection attempts (a half-open network): the
+    ``ticket`` POST, or the WebSocket ``upgrade``, is accepted at TCP level and never
+    answered; or (``silent``) the upgrade is answered and then nothing more comes: no
+    frame, no pong. Held until the emulator stops."""
+
+    stage: StallStage
+    count: int
+
+    def describe(self) -> str:
+        what = {
+            "ticket": "connections/open accepted, never answered",
+            "upgrade": "WebSocket upgrade accepted, never answered",
+            "silent": "WebSocket upgraded, then silent (no frames, no pongs)",
+        }[self.stage]
+        return f"{what} ({self.count} more)"
+
+
 @dataclass(kw_only=True, eq=False)
 class _Push:
     message_id: str
@@ -188,6 +210,7 @@ class DingTalkEmulator:
         self.media_limits = dict(MEDIA_LIMITS)
         """Largest ``media/upload`` per type, in bytes."""
         self._withholds: list[Withhold] = []
+        self._stalls: list[Stall] = []
         self._stopping = asyncio.Event()
         self._download_tokens: dict[str, tuple[str, float]] = {}
         self.invalid_token_status = invalid_token_status
@@ -464,6 +487,30 @@ class DingTalkEmulator:
                 rule.count -= 1
                 if rule.count == 0:
                     self._withholds.remove(rule)
+                return rule
+        return None
+
+    def stall_connections(self, *, stage: StallStage = "upgrade", count: int = 1) -> Stall:
+        """Make the next ``count`` connection attempts hang at ``stage`` (see :class:`Stall`):
+        what a client sees when the network half-heals (the TCP handshake works, the
+        answer never comes). A client that waits on library defaults stays deaf for
+        minutes; one that bounds each step retries."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        if stage not in ("ticket", "upgrade", "silent"):
+            raise ValueError("stage must be 'ticket', 'upgrade' or 'silent'")
+        rule = Stall(stage=stage, count=count)
+        self._stalls.append(rule)
+        self._fault("stall", stage=stage, count=count)
+        return rule
+
+    def take_stall(self, stage: StallStage) -> Stall | None:
+        """The stall rule that applies to this attempt at ``stage``, if any."""
+        for rule in self._stalls:
+            if rule.stage == stage and rule.count > 0:
+                rule.count -= 1
+                if rule.count == 0:
+                    self._stalls.remove(rule)
                 return rule
         return None
 

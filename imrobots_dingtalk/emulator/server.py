@@ -32,7 +32,7 @@ from .openapi import ROUTE_SCOPES, ROUTES, OpenApiContext, OpenApiHandler
 from .state import ApiCall, MediaRecord, WebhookMessage, redact, to_json
 
 if TYPE_CHECKING:
-    from .emulator import DingTalkEmulator, Withhold
+    from .emulator import DingTalkEmulator, StallStage, Withhold
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -163,9 +163,31 @@ class _Surface:
 
     # -- stream gateway --
 
+    async def _stall(self, request: web.Request, stage: StallStage, start: float) -> bool:
+        """Hold the request unanswered (until the emulator stops) if a stall applies."""
+        rule = self.emu.take_stall(stage)
+        if rule is None:
+            return False
+        route = "gateway.connections.open" if stage == "ticket" else "stream.connect"
+        self._record(
+            request,
+            route=route,
+            client_id=None,
+            status=0,
+            error_code=None,
+            start=start,
+            body=None,
+            response=None,
+            notes=[f"stalled: {rule.describe()}"],
+        )
+        await self.emu.hold(None)
+        return True
+
     async def gateway_open(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()
         _, body, ok = await _read_json(request)
+        if await self._stall(request, "ticket", start):
+            raise web.HTTPServiceUnavailable()  # the emulator stops: the answer never came
         await self._latency()
         notes: list[str] = []
         client_id: str | None = None
@@ -202,6 +224,8 @@ class _Surface:
 
     async def stream_connect(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()
+        if await self._stall(request, "upgrade", start):
+            raise web.HTTPServiceUnavailable()  # the emulator stops: the answer never came
         try:
             ticket = self.emu.take_ticket(request.query.get("ticket"))
         except ApiError as exc:
@@ -213,8 +237,24 @@ class _Surface:
                 body={"ticket": request.query.get("ticket")},
                 result=exc,
             )
-        ws = web.WebSocketResponse(autoping=True, heartbeat=None, timeout=2.0)
+        silent = self.emu.take_stall("silent")
+        ws = web.WebSocketResponse(autoping=silent is None, heartbeat=None, timeout=2.0)
         await ws.prepare(request)
+        if silent is not None:
+            # Upgraded, then nothing: no frames, no pongs, what was sent is never read.
+            self._record(
+                request,
+                route="stream.connect",
+                client_id=ticket.client_id,
+                status=101,
+                error_code=None,
+                start=start,
+                body={"ticket": ticket.ticket},
+                response=None,
+                notes=[f"stalled: {silent.describe()}"],
+            )
+            await self.emu.hold(None)
+            return ws
         self._record(
             request,
             route="stream.connect",
@@ -602,6 +642,7 @@ _FAULT_SPECS: dict[str, _ArgSpec] = {
         "mode": (str, False),
     },
     "permission": {"client_id": (str, True), "scope": (str, True), "granted": (bool, True)},
+    "stall": {"stage": (str, False), "count": (int, False)},
 }
 
 _FILE_SPEC: _ArgSpec = {
@@ -753,6 +794,12 @@ class _Control:
                 mode=mode,
             )
             return {"withhold": rule.describe()}
+        if action == "stall":
+            stage = args.get("stage", "upgrade")
+            if stage not in ("ticket", "upgrade", "silent"):
+                raise _BadRequest("stage must be 'ticket', 'upgrade' or 'silent'")
+            stall = emu.stall_connections(stage=stage, count=int(args.get("count", 1)))
+            return {"stall": stall.describe()}
         if action == "permission":
             if args["granted"]:
                 emu.grant_permission(args["client_id"], args["scope"])

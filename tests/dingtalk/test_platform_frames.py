@@ -29,8 +29,10 @@ BOT_TOPIC = "/v1.0/im/bot/messages/get"
 class Gateway:
     """A minimal DingTalk gateway whose frames the test writes by hand."""
 
-    def __init__(self, *, answer_pings: bool = True) -> None:
+    def __init__(self, *, answer_pings: bool = True, hello: bool = False) -> None:
         self.answer_pings = answer_pings
+        self.hello = hello
+        """Send one SYSTEM ping frame right after the upgrade (then only what the test sends)."""
         self.opens: list[dict[str, Any]] = []
         self.sockets: list[web.WebSocketResponse] = []
         self.acks: list[dict[str, Any]] = []
@@ -83,6 +85,10 @@ class Gateway:
         await ws.prepare(request)
         self.sockets.append(ws)
         await self._notify()
+        if self.hello:
+            await ws.send_str(
+                json.dumps(frame("hello-1", {"opaque": "o1"}, topic="ping", type_="SYSTEM"))
+            )
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 self.acks.append(json.loads(msg.data))
@@ -245,8 +251,8 @@ async def test_open_request_and_ticket(gateway: Gateway) -> None:
     ]
 
 
-async def test_watchdog_replaces_a_silent_socket() -> None:
-    async with Gateway(answer_pings=False) as zombie:
+async def test_watchdog_replaces_a_socket_that_falls_silent() -> None:
+    async with Gateway(answer_pings=False, hello=True) as zombie:
         platform = DingTalkPlatform(
             settings(zombie.url, ping_interval=0.05, idle_timeout=0.25, reconnect_initial=0.01)
         )
@@ -263,6 +269,38 @@ async def test_watchdog_replaces_a_silent_socket() -> None:
             assert connection.stats.pongs == 0
         finally:
             await platform.close()
+
+
+async def test_a_socket_that_never_answers_is_not_taken_for_a_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Upgraded, then silent from the start (no frame, no pong): each attempt gives up
+    after ``request_timeout`` and is retried; ``start`` fails after ``connect_timeout``."""
+    async with Gateway(answer_pings=False) as zombie:
+        platform = DingTalkPlatform(
+            settings(
+                zombie.url,
+                request_timeout=0.2,
+                connect_timeout=1.0,
+                reconnect_initial=0.02,
+                reconnect_max=0.05,
+            )
+        )
+
+        async def sink(event: Message | CardAction) -> None:
+            pass
+
+        caplog.set_level(logging.WARNING, logger="imrobots_dingtalk")
+        started = time.monotonic()
+        with pytest.raises(PlatformError, match="no DingTalk stream connection"):
+            await platform.start(sink)
+        assert time.monotonic() - started < 3
+        assert len(zombie.opens) >= 3
+        failures = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+        assert any(
+            "no frame or pong within 0.2s after the WebSocket upgrade" in f for f in failures
+        )
+        await platform.close()
 
 
 async def test_watchdog_keeps_a_healthy_socket() -> None:
