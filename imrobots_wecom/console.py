@@ -305,6 +305,15 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
         )
         return msgid
 
+    async def enter(self, *, user_id: str, conversation_id: str | None = None) -> str | None:
+        """The user opens the robot's one-to-one chat: an ``enter_chat`` event (robot mode;
+        WeCom sends it on the first entry of the day). What the robot answers shows in
+        ``conversation_id`` (default: the user id). Returns the event's ``req_id``."""
+        if self.mode != "robot":
+            raise ValueError("enter_chat exists in robot mode only")
+        self._direct[user_id] = conversation_id or user_id
+        return await self.emulator.push_event(self.bot_id, "enter_chat", user_id=user_id)
+
     async def redeliver(self, message_id: str) -> None:
         if self.mode == "app":
             await self.emulator.push_app_message(self.corp_id, user_id="", msg_id=message_id)

@@ -13,6 +13,8 @@
   :attr:`MessageKind.UNSUPPORTED`, never a crash.
 - ``template_card_event`` (``aibot_event_callback``) -> :class:`CardAction` whose
   ``card_id`` is the card's ``task_id`` and ``value`` the pressed button's ``key``.
+- ``enter_chat`` (``aibot_event_callback``) -> :class:`ChatEntered` in the user's
+  one-to-one chat.
 - App mode (PROTOCOLS 4a): the decrypted XML (``ToUserName``, ``FromUserName``,
   ``CreateTime``, ``MsgType``, ``Content``, ``MsgId``, ``AgentID``) -> a direct
   :class:`Message` (app callbacks are one-to-one).
@@ -32,6 +34,7 @@ from typing import Any
 from imrobots.platform import (
     Attachment,
     CardAction,
+    ChatEntered,
     Conversation,
     ConversationKind,
     Message,
@@ -40,7 +43,14 @@ from imrobots.platform import (
     Sender,
 )
 
-__all__ = ["MalformedPayload", "parse_xml", "to_app_message", "to_card_action", "to_message"]
+__all__ = [
+    "MalformedPayload",
+    "parse_xml",
+    "to_app_message",
+    "to_card_action",
+    "to_chat_entered",
+    "to_message",
+]
 
 PLATFORM = "wecom"
 _LEADING_AT = re.compile(r"^\s*@\S+\s*")
@@ -197,6 +207,28 @@ def to_card_action(
         conversation=conversation,
         time=_time(body),
         raw={"req_id": req_id, "generation": generation, "mode": "robot", "body": dict(body)},
+        app=str(body.get("aibotid") or "") or None,
+    )
+
+
+def to_chat_entered(body: Mapping[str, Any], *, req_id: str, generation: int) -> ChatEntered:
+    """The core event of an ``enter_chat`` body: a user opened the robot's one-to-one chat
+    (WeCom sends it on the first entry of the day). ``raw`` carries the ``req_id`` a
+    welcome reply (``aibot_respond_welcome_msg``, within 5 s) goes out on."""
+    conversation, sender = _where(body)
+    return ChatEntered(
+        id=str(body.get("msgid") or req_id),
+        platform=PLATFORM,
+        sender=sender,
+        conversation=conversation,
+        time=_time(body),
+        raw={
+            "req_id": req_id,
+            "generation": generation,
+            "mode": "robot",
+            "event": "enter_chat",
+            "body": dict(body),
+        },
         app=str(body.get("aibotid") or "") or None,
     )
 

@@ -15,6 +15,11 @@
   ``aibot_send_msg``. Final cards carry the four feedback buttons in a
   ``button_interaction`` template card (``stream_with_template_card``); a press
   (``template_card_event``) is answered within 5 s with ``aibot_respond_update_msg``.
+  ``enter_chat`` (a user opens the robot's chat) becomes a
+  :class:`~imrobots.platform.ChatEntered`; what the robot greets with
+  (``Robot.on_enter_chat``: ``reply.text`` or ``reply.card``) goes out as WeCom's
+  welcome reply, ``aibot_respond_welcome_msg`` on the event's ``req_id`` (text or
+  template card, once, within 5 s), else proactively with ``aibot_send_msg``.
 - ``app``: a self-built app's callbacks (PROTOCOLS 4a): an aiohttp endpoint checks
   and decrypts them with wechatpy's ``WeChatCrypto`` (:mod:`.crypto`), answers an empty
   200 at once and works after; answers go through ``message/send`` markdown (2,048
@@ -86,7 +91,14 @@ from imrobots.platform import (
 
 from .cards import stream_text, template_card
 from .connection import AckError, AibotConnection, ConnectionOptions
-from .convert import MalformedPayload, parse_xml, to_app_message, to_card_action, to_message
+from .convert import (
+    MalformedPayload,
+    parse_xml,
+    to_app_message,
+    to_card_action,
+    to_chat_entered,
+    to_message,
+)
 from .crypto import CallbackCrypto, ForgedCallback, decrypt_media
 from .messages import (
     APP_MARKDOWN_BYTES,
@@ -108,6 +120,8 @@ Mode = Literal["robot", "app"]
 
 ERR_EXPIRED = 846608
 ERR_INVALID_REQ_ID = 846605
+WELCOME_WINDOW = 5.0
+"""Seconds after ``enter_chat`` within which WeCom takes a welcome reply (PROTOCOLS 4c)."""
 FEEDBACK_THANKS = "Thanks for your feedback!"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _WECOM_DOMAINS = ("qq.com", "qpic.cn")
@@ -272,6 +286,26 @@ def _host_allowed(url: str, extra: tuple[str, ...]) -> bool:
     )
 
 
+class _Recent:
+    """A set of the last ``size`` keys added (req_ids: one per message, so bounded)."""
+
+    def __init__(self, size: int = 10000) -> None:
+        self.size = size
+        self._keys: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: str) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+
+
 def _body_field(frame: Mapping[str, Any], name: str, cmd: str) -> str:
     body = frame.get("body")
     value = body.get(name) if isinstance(body, Mapping) else None
@@ -297,8 +331,12 @@ class WeComPlatform(Platform):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._received: collections.OrderedDict[str, float] = collections.OrderedDict()
         """req_id -> when its push arrived (monotonic), newest last."""
-        self._streamed: set[str] = set()
-        self._templated: set[str] = set()
+        self._streamed = _Recent()
+        """req_ids a stream was opened on."""
+        self._templated = _Recent()
+        """req_ids a template card answered (one per message)."""
+        self._welcomed = _Recent()
+        """enter_chat req_ids a welcome went out on (one per event)."""
         self._buttons: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
         """task_id -> {button key: button id}, for the cards this process sent."""
         self._feedback_cards: collections.OrderedDict[str, Card] = collections.OrderedDict()
@@ -405,6 +443,11 @@ class WeComPlatform(Platform):
                 raw_event = body.get("event")
                 detail: dict[str, Any] = raw_event if isinstance(raw_event, dict) else {}
                 eventtype = detail.get("eventtype")
+                if eventtype == "enter_chat":
+                    entered = to_chat_entered(body, req_id=req_id, generation=generation)
+                    if sink is not None:
+                        self._spawn(sink(entered))
+                    return
                 if eventtype != "template_card_event":
                     log.debug("WeCom event %s (%s) not handled", eventtype, req_id)
                     return
@@ -446,6 +489,8 @@ class WeComPlatform(Platform):
         """The ``(req_id, generation)`` a reply can still use, or ``None``."""
         if not isinstance(context, Mapping) or context.get("mode") != "robot":
             return None
+        if context.get("event") == "enter_chat":
+            return None  # answered only with a welcome (see _welcome_to)
         req_id, generation = context.get("req_id"), context.get("generation")
         if not isinstance(req_id, str) or not isinstance(generation, int):
             return None
@@ -457,6 +502,34 @@ class WeComPlatform(Platform):
         if received is None or time.monotonic() - received >= lifetime:
             return None
         return req_id, generation
+
+    def _welcome_to(self, context: Mapping[str, Any] | None) -> str | None:
+        """The ``enter_chat`` req_id a welcome can still go out on (once, within 5 s)."""
+        if not isinstance(context, Mapping) or context.get("event") != "enter_chat":
+            return None
+        req_id, generation = context.get("req_id"), context.get("generation")
+        connection = self.connection
+        if not isinstance(req_id, str) or connection is None:
+            return None
+        if connection.generation != generation or req_id in self._welcomed:
+            return None
+        received = self._received.get(req_id)
+        if received is None or time.monotonic() - received >= WELCOME_WINDOW:
+            return None
+        return req_id
+
+    async def _welcome(self, target: Target, body: dict[str, Any]) -> bool:
+        """Send ``body`` as the welcome of the ``enter_chat`` the target answers; False
+        when that is no longer possible (then the caller sends proactively)."""
+        req_id = self._welcome_to(target.context)
+        if req_id is None:
+            return False
+        self._welcomed.add(req_id)
+        try:
+            await self._request("aibot_respond_welcome_msg", body, req_id=req_id)
+        except CardGone:
+            return False  # the 5 s passed meanwhile
+        return True
 
     @staticmethod
     def _chatid(target: Target) -> str:
@@ -553,6 +626,11 @@ class WeComPlatform(Platform):
             platform=self.name,
             conversation_id=target.conversation.id if target.conversation else None,
         )
+        welcome = {"msgtype": "template_card", "template_card": template_card(card, task_id)}
+        if self._welcome_to(target.context) is not None:
+            self._remember_card(task_id, card)
+            if await self._welcome(target, welcome):
+                return ref
         reply = self._reply_to(target.context)
         if reply is not None and reply[0] not in self._templated:
             self._templated.add(reply[0])
@@ -596,6 +674,9 @@ class WeComPlatform(Platform):
     ) -> None:
         if self.mode == "app":
             await self._app_send(target, text)
+            return
+        # A greeting (the target is an enter_chat) is WeCom's welcome reply: text only.
+        if await self._welcome(target, {"msgtype": "text", "text": {"content": text}}):
             return
         await self._request("aibot_send_msg", markdown_body(self._chatid(target), text))
 

@@ -108,3 +108,30 @@ async def test_sdk_uploads_media_in_chunks_and_replies_with_it() -> None:
     )
     chunks = [c for c in emulator.calls if c["route"] == "aibot_upload_media_chunk"]
     assert len(chunks) == 2 and all(c["status"] == 200 for c in chunks)
+
+
+async def test_sdk_answers_enter_chat_with_a_welcome() -> None:
+    emulator = WeComEmulator()
+    emulator.add_bot("sdk-bot", "sdk-secret")
+    await emulator.start()
+    client = sdk.WSClient("sdk-bot", "sdk-secret", ws_url=emulator.ws_url)
+    authenticated = asyncio.Event()
+    welcomed = asyncio.Event()
+
+    async def on_enter(frame: dict[str, object]) -> None:
+        await client.reply_welcome(frame, {"msgtype": "text", "text": {"content": "Hi there"}})
+        welcomed.set()
+
+    client.on("authenticated", authenticated.set)
+    client.on("event.enter_chat", on_enter)
+    try:
+        await client.connect()
+        async with asyncio.timeout(5):
+            await authenticated.wait()
+        await emulator.push_event("sdk-bot", "enter_chat", user_id="alice")
+        async with asyncio.timeout(5):
+            await welcomed.wait()
+    finally:
+        await client.disconnect()
+        await emulator.stop()
+    assert [(m["conversation_id"], m["text"]) for m in emulator.messages] == [("alice", "Hi there")]
