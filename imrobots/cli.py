@@ -73,7 +73,23 @@ def cli(log_level: str, log_format: str) -> None:
 
 
 def _fail(exc: BaseException) -> None:
-    click.echo(f"error: {exc}", err=True)
+    """Print every line of ``exc`` as an ``error:`` line and exit with status 2."""
+    lines = getattr(exc, "problems", None) or str(exc).splitlines() or [type(exc).__name__]
+    for line in lines:
+        click.echo(f"error: {line}", err=True)
+    raise SystemExit(2)
+
+
+def _report(errors: Sequence[str], warnings: Sequence[str], source: object) -> None:
+    """Print warnings, then errors (exit 2 if there are any), each on its own line."""
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
+    if not errors:
+        return
+    for line in errors:
+        click.echo(f"error: {line}", err=True)
+    if len(errors) > 1:
+        click.echo(f"{source}: {len(errors)} errors", err=True)
     raise SystemExit(2)
 
 
@@ -112,23 +128,26 @@ def platforms() -> None:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def check(file: Path) -> None:
-    """Validate a config FILE without connecting to anything."""
-    from .app import prepare_robot
-    from .config import load_config
+    """Validate a config FILE without connecting to anything.
 
-    try:
-        config = load_config(file)
-        prepared = [prepare_robot(rc, source=str(file)) for rc in config.robots.values()]
-    except ImrobotsError as exc:
-        _fail(exc)
-        return
-    for item in prepared:
+    Reports every error of the file in one run, one line each, naming the file and the
+    field as written there: unknown keys (with the closest known key), wrong types, values
+    out of range, missing environment variables, platforms that are not installed or only
+    planned, robot classes and agents that do not import, and robots that answer with an
+    agent but have none.
+    """
+    from .config import check_config
+
+    result = check_config(file)
+    _report(result.errors, result.warnings, file)
+    for item in result.robots:
         agent = item.config.agent.get("use", "none")
         click.echo(
             f"ok: robot {item.config.name!r} ({item.robot_class.__name__}) on "
             f"{item.config.platform}, agent {agent}"
         )
-    click.echo(f"{file}: {len(prepared)} robot{'s' if len(prepared) != 1 else ''} valid")
+    count = len(result.robots)
+    click.echo(f"{file}: {count} robot{'s' if count != 1 else ''} valid")
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -189,11 +208,13 @@ async def _serve(runtimes: Sequence[Any], *, status: bool) -> None:
 def run(names: tuple[str, ...], config_path: Path, no_status: bool) -> None:
     """Run the robots NAMES (default: all) of a config file until Ctrl-C or SIGTERM."""
     from .app import build_runtimes
-    from .config import load_config
+    from .config import check_config
 
+    result = check_config(config_path)
+    _report(result.errors, result.warnings, config_path)
+    assert result.config is not None
     try:
-        config = load_config(config_path)
-        runtimes = build_runtimes(config, list(names) or None)
+        runtimes = build_runtimes(result.config, list(names) or None)
         asyncio.run(_serve(runtimes, status=not no_status))
     except ImrobotsError as exc:
         _fail(exc)

@@ -2,43 +2,58 @@
 
 ``{{NAME}}`` placeholders are replaced by environment variables; a missing
 variable is an error naming it and the file. Every validation error is one
-line naming the file and the path of the bad field. Secrets (typed
-:class:`~imrobots.secret.Secret`) never appear in reprs or errors.
+line naming the file and the path of the bad field, as the user wrote it;
+:func:`load_config` reports every error of a file at once
+(:class:`ConfigProblems`), and :func:`check_config` adds what can be checked
+without connecting (platforms, their settings, robot classes, agents). Secrets
+(typed :class:`~imrobots.secret.Secret`) never appear in reprs or errors.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import difflib
 import json
+import operator
 import os
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 import cattrs
 import cattrs.cols as cols
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, ImrobotsError
 from .policy import AccessPolicy
 from .runtime import RuntimeOptions
 from .secret import Secret
+from .streaming import StreamPolicy
+
+if TYPE_CHECKING:
+    from .app import PreparedRobot
+    from .plugins import PluginManager
 
 __all__ = [
+    "BOUNDS",
+    "CheckResult",
     "Config",
+    "ConfigProblems",
     "RobotConfig",
     "StoreConfig",
+    "check_config",
     "load_config",
     "make_converter",
     "structure",
 ]
 
 T = TypeVar("T")
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_PLACEHOLDER = PLACEHOLDER
 
 
 @attrs.frozen(kw_only=True)
@@ -55,6 +70,7 @@ class RobotConfig:
 
     name: str
     platform: str
+    """The platform it runs on (see ``imrobots platforms``)."""
     robot: str = "support"
     """A registered robot name or ``"package.module:Class"``."""
     settings: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
@@ -62,10 +78,13 @@ class RobotConfig:
     agent: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
     """``use = "demo" | "openai" | "package.module:callable"`` and the agent's settings."""
     feedback_secret: Secret | None = None
+    """HMAC key of the feedback buttons; set it so buttons keep working across restarts."""
     app_id: str | None = None
     """Robots sharing an ``app_id`` on one platform share one rate limiter."""
     policy: AccessPolicy = AccessPolicy()
+    """Who may talk to the robot."""
     options: RuntimeOptions = RuntimeOptions()
+    """How the robot takes in messages (the inbound pipeline)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -73,6 +92,53 @@ class Config:
     robots: Mapping[str, RobotConfig]
     store: StoreConfig = StoreConfig()
     path: Path | None = None
+
+
+# ---------------------------------------------------------------------------------- bounds
+@attrs.frozen
+class Bound:
+    """A numeric bound of a config field: ``value <op> limit`` must hold."""
+
+    op: Literal[">", ">="]
+    limit: float
+
+    def holds(self, value: float) -> bool:
+        compare: Callable[[float, float], bool] = operator.gt if self.op == ">" else operator.ge
+        return compare(value, self.limit)
+
+
+BOUNDS: dict[type, dict[str, Bound]] = {
+    StreamPolicy: {
+        "min_interval": Bound(">=", 0),
+        "min_chars": Bound(">=", 1),
+        "min_chunks": Bound(">=", 1),
+        "min_gap": Bound(">=", 0),
+        "max_updates": Bound(">=", 1),
+        "agent_timeout": Bound(">", 0),
+        "final_deadline": Bound(">", 0),
+        "retry_backoff": Bound(">", 0),
+        "max_backoff": Bound(">", 0),
+        "rate_limit_backoff": Bound(">", 0),
+        "lifetime_margin": Bound(">=", 0),
+    },
+    RuntimeOptions: {
+        "debounce": Bound(">=", 0),
+        "max_concurrent": Bound(">=", 1),
+        "max_pending": Bound(">=", 1),
+        "max_queue": Bound(">=", 1),
+        "stale_after": Bound(">", 0),
+        "dedupe_ttl": Bound(">", 0),
+        "in_flight_ttl": Bound(">", 0),
+        "history_limit": Bound(">=", 0),
+        "history_ttl": Bound(">", 0),
+        "answer_ttl": Bound(">", 0),
+        "refusal_hold": Bound(">=", 0),
+    },
+}
+"""Numeric bounds of the core's config classes, checked by :func:`load_config` and
+published in the JSON Schema (``imrobots config schema``). Plugins bound their own
+settings with attrs validators (``attrs.validators.gt(0)`` and friends, which the
+schema reads too)."""
 
 
 def _strict(kind: type[T]) -> Any:
@@ -142,6 +208,20 @@ def make_converter() -> cattrs.Converter:
 _converter = make_converter()
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` when a choice is close to ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _field_names(cls: type) -> list[str]:
+    if cls is RobotConfig:
+        return [*(f.name for f in attrs.fields(RobotConfig) if f.name != "name"), "stream"]
+    if attrs.has(cls):
+        return [f.name for f in attrs.fields(cls)]
+    return []
+
+
 def _describe(exc: BaseException, type_: Any) -> str:
     if isinstance(exc, ForbiddenExtraKeysError):
         keys = ", ".join(sorted(exc.extra_fields))
@@ -159,69 +239,192 @@ def _describe(exc: BaseException, type_: Any) -> str:
     return str(exc)
 
 
+def _join(path: str, name: object) -> str:
+    return f"{path}.{name}" if path else str(name)
+
+
+def _problems_of(exc: BaseException, path: str, type_: Any = None) -> list[tuple[str, str]]:
+    """Every error of a (detailed) cattrs exception, as ``(path, message)``; one per
+    unknown key, with a suggestion when a known key is close."""
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        found: list[tuple[str, str]] = []
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            name: Any = getattr(note, "name", None)
+            index: Any = getattr(note, "index", None)
+            if name is not None:
+                where = _join(path, name)
+            elif isinstance(index, str):  # a key of a table
+                where = _join(path, index)
+            else:
+                where = f"{path}[{index}]"
+            found.extend(_problems_of(sub, where, note.type))
+        for sub in without:
+            found.extend(_problems_of(sub, path))
+        return found
+    if isinstance(exc, ForbiddenExtraKeysError):
+        known = _field_names(exc.cl)
+        return [
+            (path, f"unknown key: {key}{did_you_mean(key, known)}")
+            for key in sorted(exc.extra_fields)
+        ]
+    return [(path, _describe(exc, type_))]
+
+
+def _bound_problems(data: Any, cls: Any, path: str) -> list[tuple[str, str]]:
+    """Numbers of ``data`` (raw, before conversion) outside :data:`BOUNDS`, walking into
+    nested config classes and tables of them."""
+    found: list[tuple[str, str]] = []
+    cls = _unwrap_optional(cls)
+    if attrs.has(cls) and isinstance(data, Mapping):
+        attrs.resolve_types(cls)
+        bounds = BOUNDS.get(cls, {})
+        for field in attrs.fields(cls):
+            if field.name not in data:
+                continue
+            value = data[field.name]
+            where = _join(path, field.name)
+            bound = bounds.get(field.name)
+            if (
+                bound is not None
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and not bound.holds(value)
+            ):
+                found.append((where, f"must be {bound.op} {bound.limit:g}, got {value!r}"))
+            found.extend(_bound_problems(value, field.type, where))
+    elif cols.is_mapping(cls) and isinstance(data, Mapping):
+        args = typing.get_args(cls)
+        if len(args) == 2:
+            for key, value in data.items():
+                found.extend(_bound_problems(value, args[1], _join(path, key)))
+    return found
+
+
+def _unwrap_optional(type_: Any) -> Any:
+    args = [a for a in typing.get_args(type_) if a is not type(None)]
+    if type(None) in typing.get_args(type_) and len(args) == 1:
+        return args[0]
+    return type_
+
+
+def structure_problems(
+    data: Any, cls: type[T], *, path: str
+) -> tuple[T | None, list[tuple[str, str]]]:
+    """Convert ``data`` to ``cls`` with the strict converter and check :data:`BOUNDS`.
+
+    Returns the value (``None`` when there were problems) and every problem as
+    ``(path, message)``."""
+    problems = _bound_problems(data, cls, path)
+    try:
+        value = _converter.structure(data, cls)
+    except (ClassValidationError, IterableValidationError) as exc:
+        return None, [*_problems_of(exc, path), *problems]
+    except (TypeError, ValueError) as exc:
+        return None, [(path, _describe(exc, cls)), *problems]
+    return (None, problems) if problems else (value, [])
+
+
 def structure(data: Any, cls: type[T], *, path: str, source: str | None = None) -> T:
     """Convert ``data`` to ``cls`` with the strict converter.
 
     Errors become one :class:`ConfigError` line naming ``source: path.of.field``
-    (without the ``source:`` prefix when ``source`` is ``None``). Plugins and
-    agents use this for their settings tables, so they fail like the rest of the
-    config.
+    (without the ``source:`` prefix when ``source`` is ``None``); several errors are
+    joined with ``"; "``. Plugins and agents use this for their settings tables, so
+    they fail like the rest of the config.
     """
     prefix = f"{source}: " if source else ""
-    try:
-        return _converter.structure(data, cls)
-    except (ClassValidationError, IterableValidationError) as exc:
-        messages = cattrs.transform_error(exc, path=path, format_exception=_describe)
-        raise ConfigError(prefix + "; ".join(_tidy(m) for m in messages)) from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{prefix}{path}: {_describe(exc, cls)}") from None
+    value, problems = structure_problems(data, cls, path=path)
+    if problems:
+        raise ConfigError(prefix + "; ".join(_line(where, what) for where, what in problems))
+    assert value is not None
+    return value
 
 
-def _tidy(message: str) -> str:
-    text, _, where = message.rpartition(" @ ")
-    where = re.sub(r"\[(['\"])(.*?)\1\]", r".\2", where).removeprefix("$.")
-    return f"{where}: {text}" if where else text
+def _line(where: str, what: str) -> str:
+    return f"{where}: {what}" if where else what
 
 
-def substitute(value: Any, *, path: str, source: str, env: Mapping[str, str]) -> Any:
-    """Replace ``{{NAME}}`` placeholders in every string with environment variables."""
+class ConfigProblems(ConfigError):
+    """Every error found in a config file, each one line naming the file and the field.
+
+    ``str()`` is the lines joined with newlines (one line when there is one error)."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class _Collector:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: list[str] = []
+
+    def add(self, where: str, what: str) -> None:
+        self.lines.append(f"{self.source}: {_line(where, what)}")
+
+    def extend(self, problems: Iterable[tuple[str, str]]) -> None:
+        for where, what in problems:
+            self.add(where, what)
+
+
+def substitute(
+    value: Any,
+    *,
+    path: str,
+    source: str,
+    env: Mapping[str, str],
+    missing: list[tuple[str, str]] | None = None,
+) -> Any:
+    """Replace ``{{NAME}}`` placeholders in every string with environment variables.
+
+    A missing variable raises :class:`ConfigError`, or, when ``missing`` is a list,
+    is appended to it as ``(path, NAME)`` and its placeholder left as it is."""
     if isinstance(value, str):
 
         def replace(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in env:
+                if missing is not None:
+                    missing.append((path, name))
+                    return match.group(0)
                 raise ConfigError(
                     f"{source}: {path} uses {{{{{name}}}}} but the environment variable "
                     f"{name} is not set"
                 )
             return env[name]
 
-        return _PLACEHOLDER.sub(replace, value)
+        return PLACEHOLDER.sub(replace, value)
     if isinstance(value, dict):
         return {
-            k: substitute(v, path=f"{path}.{k}" if path else k, source=source, env=env)
+            k: substitute(v, path=_join(path, k), source=source, env=env, missing=missing)
             for k, v in value.items()
         }
     if isinstance(value, list):
         return [
-            substitute(v, path=f"{path}[{i}]", source=source, env=env) for i, v in enumerate(value)
+            substitute(v, path=f"{path}[{i}]", source=source, env=env, missing=missing)
+            for i, v in enumerate(value)
         ]
     return value
 
 
-def _from_seed_json(data: dict[str, Any], source: str) -> dict[str, Any]:
+_SEED_KEYS = ("agent", "clientId", "clientSecret", "name", "platform")
+
+
+def _from_seed_json(data: dict[str, Any], problems: _Collector) -> dict[str, Any] | None:
     """The seed's single-robot ``config.json``: ``agent``, ``clientId``, ``clientSecret``."""
-    unknown = set(data) - {"agent", "clientId", "clientSecret", "name", "platform"}
-    if unknown:
-        raise ConfigError(f"{source}: unknown keys: {', '.join(sorted(unknown))}")
+    for key in sorted(set(data) - set(_SEED_KEYS)):
+        problems.add(key, f"unknown key{did_you_mean(key, _SEED_KEYS)}")
     for key in ("clientId", "clientSecret"):
         if key not in data:
-            raise ConfigError(f"{source}: {key}: required but missing")
-        if not isinstance(data[key], str) or not data[key]:
-            raise ConfigError(f"{source}: {key}: expected a non-empty string")
+            problems.add(key, "required but missing")
+        elif not isinstance(data[key], str) or not data[key]:
+            problems.add(key, "expected a non-empty string")
     agent = data.get("agent", "demo")
     if not isinstance(agent, str):
-        raise ConfigError(f"{source}: agent: expected str")
+        problems.add("agent", "expected str")
+    if problems.lines:
+        return None
     name = data.get("name", "support")
     return {
         "robots": {
@@ -250,6 +453,7 @@ def _read(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{source}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object")
+        data.pop("$schema", None)  # an editor's schema reference
         return data
     try:
         return tomllib.loads(text)
@@ -257,43 +461,248 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
 
 
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
-    """Read, substitute and validate a config file (without importing any platform)."""
-    path = Path(path)
+@attrs.frozen
+class _RobotTables:
+    """What a robot's table names, for the checks past loading (even when the rest of
+    the table has problems)."""
+
+    name: str
+    platform: str
+    robot: str
+    settings: dict[str, Any]
+    agent: dict[str, Any]
+
+
+def _tables_of(name: str, table: dict[str, Any]) -> _RobotTables | None:
+    platform, robot = table.get("platform"), table.get("robot", "support")
+    settings, agent = table.get("settings", {}), table.get("agent", {})
+    strings = isinstance(platform, str) and isinstance(robot, str)
+    if strings and isinstance(settings, dict) and isinstance(agent, dict):
+        return _RobotTables(name, str(platform), str(robot), settings, agent)
+    return None
+
+
+def _load_robot(name: str, table: object, problems: _Collector) -> RobotConfig | None:
+    where = f"robots.{name}"
+    if not isinstance(table, dict):
+        problems.add(where, "expected a table")
+        return None
+    settings = table.get("settings", {})
+    agent = table.get("agent", {})
+    tables_ok = True
+    for key, value in (("settings", settings), ("agent", agent)):
+        if not isinstance(value, dict):
+            problems.add(f"{where}.{key}", "expected a table")
+            tables_ok = False
+    options = table.get("options", {})
+    top_stream = "stream" in table
+    if isinstance(options, dict):
+        options = dict(options)
+        if top_stream:
+            options["stream"] = table["stream"]
+    rest = {k: v for k, v in table.items() if k not in ("settings", "agent", "options", "stream")}
+    robot, found = structure_problems(
+        {**rest, "name": name, "options": options}, RobotConfig, path=where
+    )
+    if top_stream:  # the user wrote [robots.NAME.stream]: show that path, not ours
+        inner = f"{where}.options.stream"
+        found = [(w.replace(inner, f"{where}.stream", 1), m) for w, m in found]
+    problems.extend(found)
+    if robot is None or not tables_ok:
+        return None
+    return attrs.evolve(robot, settings=settings, agent=agent)
+
+
+def _load(
+    path: Path,
+    env: Mapping[str, str],
+    problems: _Collector,
+    *,
+    keep_missing: Callable[[str], bool] = lambda where: False,
+) -> tuple[Config | None, list[_RobotTables]]:
+    """The config (``None`` when anything is wrong) and the tables of every robot."""
     source = str(path)
-    env = os.environ if env is None else env
     data = _read(path)
+    missing: list[tuple[str, str]] = []
+    data = substitute(data, path="", source=source, env=env, missing=missing)
+    for where, name in missing:
+        if not keep_missing(where):
+            problems.lines.append(
+                f"{source}: {where} uses {{{{{name}}}}} but the environment variable "
+                f"{name} is not set"
+            )
     if path.suffix == ".json" and "robots" not in data:
-        data = _from_seed_json(substitute(data, path="", source=source, env=env), source)
-    else:
-        data = substitute(data, path="", source=source, env=env)
-    unknown = set(data) - {"robots", "store"}
-    if unknown:
-        raise ConfigError(f"{source}: unknown top-level keys: {', '.join(sorted(unknown))}")
+        seed = _from_seed_json(data, problems)
+        if seed is None:
+            return None, []
+        data = seed
+    for key in sorted(set(data) - {"robots", "store"}):
+        problems.add("", f"unknown top-level key: {key}{did_you_mean(key, ('robots', 'store'))}")
     robots_raw = data.get("robots")
     if not isinstance(robots_raw, dict) or not robots_raw:
-        raise ConfigError(f"{source}: no robots: add a [robots.NAME] table")
+        problems.add("", "no robots: add a [robots.NAME] table")
+        robots_raw = {}
     robots: dict[str, RobotConfig] = {}
+    tables: list[_RobotTables] = []
     for name, table in robots_raw.items():
-        where = f"robots.{name}"
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: {where}: expected a table")
-        if "platform" not in table:
-            raise ConfigError(f"{source}: {where}.platform: required but missing")
-        settings = table.get("settings", {})
-        agent = table.get("agent", {})
-        for key, value in (("settings", settings), ("agent", agent)):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: {where}.{key}: expected a table")
-        options = dict(table.get("options", {}))
-        if "stream" in table:
-            options["stream"] = table["stream"]
-        rest = {
-            k: v for k, v in table.items() if k not in ("settings", "agent", "options", "stream")
-        }
-        robots[name] = structure(
-            {**rest, "name": name, "options": options}, RobotConfig, path=where, source=source
+        robot = _load_robot(name, table, problems)
+        if robot is not None:
+            robots[name] = robot
+        if isinstance(table, dict) and (found_tables := _tables_of(name, table)) is not None:
+            tables.append(found_tables)
+    store, found = structure_problems(data.get("store", {}), StoreConfig, path="store")
+    problems.extend(found)
+    if problems.lines or store is None:
+        return None, tables
+    return Config(robots=robots, store=store, path=path), tables
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Read, substitute and validate a config file (without importing any platform).
+
+    :raises ConfigError: the file cannot be read or parsed (one line), or
+        :class:`ConfigProblems` listing every error found, each one line.
+    """
+    path = Path(path)
+    problems = _Collector(str(path))
+    config, _ = _load(path, os.environ if env is None else env, problems)
+    if problems.lines or config is None:
+        raise ConfigProblems(problems.lines)
+    return config
+
+
+@attrs.frozen(kw_only=True)
+class CheckResult:
+    """What :func:`check_config` found."""
+
+    config: Config | None
+    """The whole config, when it has no error."""
+    robots: tuple[PreparedRobot, ...] = ()
+    """The robots that passed every check (even when others did not)."""
+    errors: tuple[str, ...] = ()
+    """Every error, one line each (``FILE: path: message``)."""
+    warnings: tuple[str, ...] = ()
+    """Things that work but may not be meant, one line each."""
+    unset: tuple[str, ...] = ()
+    """With ``emulated=True``: the settings whose environment variables are not set
+    (left to the emulator's settings)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check_config(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    manager: PluginManager | None = None,
+    emulated: bool = False,
+) -> CheckResult:
+    """Everything :func:`load_config` checks and, per robot, what can be checked without
+    connecting: its platform is installed and available, its settings convert, its robot
+    class imports, its agent builds, and a robot that answers with its agent has one.
+    Every error of the file is reported, each one line.
+
+    With ``emulated=True`` (``imrobots console``) the platform settings are not
+    converted and their missing variables are no error: the emulator's settings
+    replace the credentials and endpoints that usually use them (listed in ``unset``).
+    """
+    from .app import PreparedRobot, build_agent
+    from .app import _robot_class as robot_class_for
+    from .platform import resolve_object
+    from .plugins import get_plugin_manager
+
+    path = Path(path)
+    source = str(path)
+    manager = manager or get_plugin_manager()
+    problems = _Collector(source)
+    unset: list[str] = []
+    missing: set[str] = set()
+
+    def keep(where: str) -> bool:
+        missing.add(where)
+        if emulated and re.match(r"robots\.[^.]+\.settings(\.|\[|$)", where):
+            unset.append(where)
+            return True
+        return False
+
+    try:
+        config, loaded = _load(
+            path, os.environ if env is None else env, problems, keep_missing=keep
         )
-        robots[name] = attrs.evolve(robots[name], settings=settings, agent=agent)
-    store = structure(data.get("store", {}), StoreConfig, path="store", source=source)
-    return Config(robots=robots, store=store, path=path)
+    except ConfigError as exc:  # unreadable or unparsable: nothing more to check
+        return CheckResult(config=None, errors=(str(exc),))
+    prepared: list[PreparedRobot] = []
+    warnings: list[str] = []
+    for robot in loaded:
+        where = f"robots.{robot.name}"
+        before = len(problems.lines)
+        settings: object = None
+        try:
+            spec = manager.platform_spec(robot.platform)
+        except ImrobotsError as exc:
+            problems.add(f"{where}.platform", str(exc))
+        else:
+            if spec.settings is None:
+                if robot.settings:
+                    problems.add(f"{where}.settings", f"platform {spec.name!r} takes no settings")
+            elif not emulated:
+                settings, found = structure_problems(
+                    dict(robot.settings), resolve_object(spec.settings), path=f"{where}.settings"
+                )
+                # a value that is still a placeholder was reported as a missing variable
+                problems.extend((w, m) for w, m in found if w not in missing)
+        robot_class: type[Any] | None = None
+        agent: object | None = None
+        try:
+            robot_class = robot_class_for(robot.robot, manager, where)
+        except ConfigError as exc:
+            problems.lines.append(f"{source}: {exc}")
+        try:
+            agent = build_agent(robot.agent, where=f"{where}.agent")
+        except ConfigError as exc:
+            problems.lines.append(f"{source}: {exc}")
+        if robot_class is not None and not robot.agent:
+            if _answers_with_agent(robot_class):
+                problems.add(
+                    f"{where}.agent",
+                    f"required but missing: {robot_class.__name__} answers with its agent; "
+                    f'add [{where}.agent] with use = "demo", "openai" or "package.module:callable"',
+                )
+            else:
+                warnings.append(
+                    f"{source}: {where}.agent: none; {robot_class.__name__} must answer "
+                    "without self.ask()"
+                )
+        if (
+            len(problems.lines) == before
+            and robot_class is not None
+            and config is not None
+            and robot.name in config.robots
+        ):
+            prepared.append(
+                PreparedRobot(
+                    config=config.robots[robot.name],
+                    robot_class=robot_class,
+                    platform_settings=settings,
+                    agent=agent,
+                )
+            )
+    return CheckResult(
+        config=config if not problems.lines else None,
+        robots=tuple(prepared),
+        errors=tuple(problems.lines),
+        warnings=tuple(warnings),
+        unset=tuple(dict.fromkeys(unset)),
+    )
+
+
+def _answers_with_agent(robot_class: type) -> bool:
+    """Whether the class answers messages with the ``on_message`` of :class:`Robot` or
+    :class:`SupportRobot`, which stream the agent's answer (a class with its own
+    ``on_message`` may answer without an agent)."""
+    from .examples import SupportRobot
+    from .robot import Robot
+
+    return getattr(robot_class, "on_message", None) in (Robot.on_message, SupportRobot.on_message)

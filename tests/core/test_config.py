@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+import imrobots
 from imrobots.app import build_runtimes, prepare_robot
 from imrobots.cli import cli
-from imrobots.config import load_config
+from imrobots.config import ConfigProblems, load_config
 from imrobots.errors import ConfigError
 from imrobots.plugins import PluginManager
 
@@ -236,3 +238,158 @@ def test_agent_settings_errors_name_the_config_path(tmp_path: Path, manager: Plu
     with pytest.raises(ConfigError) as info:
         prepare_robot(config.robots["support"], source="robots.toml", manager=manager)
     assert str(info.value) == "robots.toml: robots.support.agent.delay: expected float, got str"
+
+
+# --- imrobots check: every error in one run -------------------------------------------------
+
+FIVE_MISSING = """
+[robots.support]
+platform = "memory"
+feedback_secret = "{{SECRET_1}}"
+app_id = "{{SECRET_2}}"
+
+[robots.support.settings]
+app_id = "{{SECRET_3}}"
+
+[robots.support.agent]
+use = "openai"
+model = "{{SECRET_4}}"
+api_key = "{{SECRET_5}}"
+"""
+
+
+def _errors(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error: ")]
+
+
+def test_check_reports_five_missing_variables_in_one_run(
+    tmp_path: Path, manager: PluginManager
+) -> None:
+    path = write(tmp_path, FIVE_MISSING)
+    result = CliRunner().invoke(cli, ["check", str(path)], env={})
+    assert result.exit_code == 2
+    errors = _errors(result.output)
+    assert len(errors) == 5, result.output
+    for number in range(1, 6):
+        assert sum(f"SECRET_{number} is not set" in line for line in errors) == 1
+    assert f"{path}: 5 errors" in result.output
+
+
+class _Unavailable:
+    """A plugin registering a platform whose SDK is not installed."""
+
+    @staticmethod
+    @imrobots.hookimpl
+    def register_platforms(register: Any) -> None:
+        register(
+            imrobots.PlatformSpec(
+                name="telex",
+                factory="telex_sdk:Platform",
+                requires=("telex_sdk_that_is_not_installed",),
+                install='pip install "imrobots-telex"',
+            )
+        )
+
+
+FIVE_KINDS = """
+[robots.support]
+platform = "memory"
+
+[robots.support.settings]
+streamng = "native"
+
+[robots.support.agent]
+use = "demo"
+
+[robots.support.stream]
+min_interval = -1
+max_updates = 0
+
+[robots.silent]
+platform = "memory"
+
+[robots.telex]
+platform = "telex"
+
+[robots.telex.agent]
+use = "demo"
+"""
+
+
+def test_check_reports_five_kinds_of_error_with_the_users_paths(
+    tmp_path: Path, manager: PluginManager
+) -> None:
+    manager.register(_Unavailable(), name="telex")
+    path = write(tmp_path, FIVE_KINDS)
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 2
+    errors = _errors(result.output)
+    assert len(errors) == 5, result.output
+    text = "\n".join(errors)
+    prefix = f"error: {path}: "
+    assert all(line.startswith(prefix) for line in errors)
+    # the paths are the ones written in the file, never internal ones
+    assert "options.stream" not in text
+    assert "robots.support.stream.min_interval: must be >= 0, got -1" in text
+    assert "robots.support.stream.max_updates: must be >= 1, got 0" in text
+    assert "robots.support.settings: unknown key: streamng (did you mean streaming?)" in text
+    assert "robots.silent.agent: required but missing: SupportRobot answers with its agent" in text
+    assert "robots.telex.platform: platform 'telex' needs telex_sdk_that_is_not_installed" in text
+    assert 'pip install "imrobots-telex"' in text
+
+
+def test_unknown_keys_suggest_the_closest_known_key(tmp_path: Path) -> None:
+    text = GOOD.replace("min_chunks = 5", "min_chunk = 5").replace(
+        'strategy = "queue"', 'strategy = "queue"\nmax_concurent = 3'
+    )
+    with pytest.raises(ConfigProblems) as info:
+        load_config(write(tmp_path, text + '\n[stor]\nbackend = "memory"\n'), env=ENV)
+    problems = info.value.problems
+    assert len(problems) == 3
+    assert problems[0].endswith("unknown top-level key: stor (did you mean store?)")
+    assert any(
+        p.endswith("robots.support.stream: unknown key: min_chunk (did you mean min_chunks?)")
+        for p in problems
+    )
+    assert any(
+        p.endswith(
+            "robots.support.options: unknown key: max_concurent (did you mean max_concurrent?)"
+        )
+        for p in problems
+    )
+
+
+def test_range_checks_refuse_what_cannot_work(tmp_path: Path) -> None:
+    text = GOOD.replace("max_concurrent = 10", "max_concurrent = 0").replace(
+        "min_interval = 2.0", "min_interval = -1"
+    )
+    with pytest.raises(ConfigProblems) as info:
+        load_config(write(tmp_path, text), env=ENV)
+    assert [p.split(": ", 1)[1] for p in info.value.problems] == [
+        "robots.support.options.max_concurrent: must be >= 1, got 0",
+        "robots.support.stream.min_interval: must be >= 0, got -1",
+    ]
+
+
+def test_a_robot_with_its_own_handler_may_go_without_an_agent(
+    tmp_path: Path, manager: PluginManager
+) -> None:
+    path = write(
+        tmp_path,
+        '[robots.helpdesk]\nplatform = "memory"\n'
+        'robot = "examples.custom_robot.robot:HelpdeskRobot"\n',
+    )
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.output and "HelpdeskRobot must answer without self.ask()" in (
+        result.output
+    )
+
+
+def test_run_refuses_a_config_with_errors_listing_them_all(
+    tmp_path: Path, manager: PluginManager
+) -> None:
+    result = CliRunner().invoke(
+        cli, ["run", "--config", str(write(tmp_path, FIVE_MISSING))], env={}
+    )
+    assert result.exit_code == 2 and len(_errors(result.output)) == 5

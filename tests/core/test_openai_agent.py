@@ -334,7 +334,7 @@ def test_from_settings_empty_strings_fall_back_to_env(monkeypatch: pytest.Monkey
 
 
 def test_from_settings_unknown_key_is_named() -> None:
-    with pytest.raises(ConfigError, match=r"^agent: unknown key: modle$"):
+    with pytest.raises(ConfigError, match=r"^agent: unknown key: modle \(did you mean model\?\)$"):
         OpenAIAgent.from_settings({"modle": "gpt-4o-mini", "api_key": "k"})
 
 
