@@ -123,10 +123,26 @@ def prepare_robot(
 
 
 def build_store(config: Config) -> Store:
+    """The store of the config's ``[store]`` table (nothing connects yet)."""
     if config.store.backend == "sqlite":
         from .sqlite_store import SQLiteStore
 
         return SQLiteStore(config.store.path)
+    if config.store.backend == "redis":
+        source = str(config.path) if config.path else "config"
+        try:
+            from .redis_store import RedisStore
+        except ImportError as exc:
+            if (exc.name or "").partition(".")[0] != "redis":
+                raise
+            raise ConfigError(
+                f'{source}: store.backend: "redis" needs the redis package, which is not'
+                ' installed: pip install "imrobots[redis]"'
+            ) from None
+        try:
+            return RedisStore(config.store.url, prefix=config.store.prefix)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: store.url: {exc}") from None
     return MemoryStore()
 
 

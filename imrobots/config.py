@@ -60,8 +60,13 @@ _PLACEHOLDER = PLACEHOLDER
 class StoreConfig:
     """``[store]``: where state lives."""
 
-    backend: Literal["memory", "sqlite"] = "memory"
+    backend: Literal["memory", "sqlite", "redis"] = "memory"
     path: str = "imrobots.sqlite3"
+    """The SQLite file (``backend = "sqlite"``)."""
+    url: str = attrs.field(default="redis://127.0.0.1:6379/0", repr=False)
+    """The Redis server (``backend = "redis"``); it may hold a password, so it has no repr."""
+    prefix: str = "imrobots:"
+    """Every Redis key of the store starts with it (``backend = "redis"``)."""
 
 
 @attrs.frozen(kw_only=True)

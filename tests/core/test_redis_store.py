@@ -1,0 +1,319 @@
+"""Redis-only behaviour of RedisStore: replicas sharing one server, restarts and outages,
+secrets, key layout. The Store contract itself runs against Redis in test_store.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from imrobots.app import build_store
+from imrobots.config import load_config
+from imrobots.errors import ConfigError
+from imrobots.models import Feedback, FeedbackRating, Sender
+from imrobots.store import ClaimResult, Fence, LockLost, StoreUnavailable, Turn
+
+pytest.importorskip("redis.asyncio", reason='the redis package is not installed: "imrobots[redis]"')
+
+import redis.asyncio as aioredis
+
+from imrobots.redis_store import RedisStore, redact_url
+
+if TYPE_CHECKING:
+    from tests.conftest import RedisServer
+
+PASSWORD = "s3cret-Redis-pw"
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+async def replicas(redis_server: RedisServer, prefix: str) -> AsyncIterator[list[RedisStore]]:
+    """Two stores on one server and prefix: two replicas of one robot."""
+    stores = [RedisStore(redis_server.url, prefix=prefix) for _ in range(2)]
+    yield stores
+    for store in stores:
+        await store.close()
+
+
+def feedback(message_id: str, *, sender: str = "u1") -> Feedback:
+    return Feedback(
+        robot="helper",
+        platform="dingtalk",
+        message_id=message_id,
+        rating=FeedbackRating.HELPFUL,
+        sender=Sender(id=sender, name=None, is_admin=False),
+        question="q",
+        answer="a",
+    )
+
+
+async def test_two_replicas_share_dedupe_windows_locks_and_records(
+    replicas: list[RedisStore],
+) -> None:
+    first, second = replicas
+    claims = await asyncio.gather(
+        *(s.claim(f"m{i % 5}", in_flight_ttl=60) for i in range(40) for s in (first, second))
+    )
+    assert claims.count(ClaimResult.CLAIMED) == 5  # one replica per message
+    await first.complete("m0", done_ttl=60)
+    assert await second.claim("m0", in_flight_ttl=60) is ClaimResult.DONE
+    await second.release("m1")
+    assert await first.claim("m1", in_flight_ttl=60) is ClaimResult.CLAIMED
+
+    waits = await asyncio.gather(
+        *(s.reserve("app", limit=2, window=1.0) for _ in range(10) for s in (first, second))
+    )
+    expected = [float(i // 2) for i in range(20)]  # two a second across both replicas
+    assert sorted(waits) == pytest.approx(expected, abs=0.1)
+    await first.penalize("card", seconds=5)
+    assert await second.reserve("card", limit=10, window=1.0) == pytest.approx(5, abs=0.1)
+
+    token = await first.acquire_lock("conv", "replica-1", ttl=60)
+    assert token is not None
+    assert await second.acquire_lock("conv", "replica-2", ttl=60) is None
+    assert await second.holds_lock("conv", token)
+    await second.put_value("open:conv", "by 1", ttl=60, fence=Fence("conv", token))
+    await first.release_lock("conv", "replica-1")
+    taken = await second.acquire_lock("conv", "replica-2", ttl=60)
+    assert taken is not None and taken > token
+    with pytest.raises(LockLost):
+        await first.put_value("open:conv", "stale", ttl=60, fence=Fence("conv", token))
+    assert await first.get_value("open:conv") == "by 1"
+
+    assert await first.add_feedback(feedback("m1"))
+    assert not await second.add_feedback(feedback("m1"))
+    assert await second.add_feedback(feedback("m1", sender="u2"))
+    assert [f.sender.id for f in await first.list_feedback()] == ["u1", "u2"]
+    keys = await asyncio.gather(
+        *(s.setdefault_value("feedback-key:helper", f"{i}") for i in range(10) for s in replicas)
+    )
+    assert len(set(keys)) == 1
+
+
+async def test_replicas_with_other_prefixes_share_nothing(redis_server: RedisServer) -> None:
+    one = RedisStore(redis_server.url, prefix=f"a-{uuid.uuid4().hex}:")
+    two = RedisStore(redis_server.url, prefix=f"b-{uuid.uuid4().hex}:")
+    try:
+        assert await one.claim("m", in_flight_ttl=60) is ClaimResult.CLAIMED
+        assert await two.claim("m", in_flight_ttl=60) is ClaimResult.CLAIMED
+        await one.put_value("k", "one", ttl=60)
+        assert await two.get_value("k") is None
+        assert await two.scan_values("") == {}
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_keys_live_under_the_prefix_and_expire(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    store = RedisStore(redis_server.url, prefix=prefix)
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        await store.claim("in-flight", in_flight_ttl=60)
+        await store.complete("done", done_ttl=60)
+        await store.acquire_lock("conv", "a", ttl=60)
+        await store.reserve("app", limit=2, window=1.0)
+        await store.penalize("app", seconds=3)
+        await store.append_history("h", [], limit=4, ttl=60)  # empty: no key at all
+        await store.append_history("c", [Turn(role="user", text="hi")], limit=4, ttl=60)
+        await store.append_history("kept", [Turn(role="user", text="hi")], limit=4)
+        await store.put_value("v", "x", ttl=60)
+        await store.setdefault_value("permanent", "x")
+        await store.add_feedback(feedback("m1"))
+        names = {name async for name in client.scan_iter(match="*")}
+        ours = {name for name in names if name.startswith(prefix)}
+        expiring = {
+            "dedupe:in-flight": 60_000,
+            "dedupe:done": 60_000,
+            "lock:conv": 60_000,
+            "window:app": 1_000,
+            "window-block:app": 3_000,
+            "history:c": 60_000,
+            "value:v": 60_000,
+        }
+        kept = {"history:kept", "value:permanent", "feedback", "feedback-seen"}
+        kept |= {"dedupe-index", "value-index", "seq", "lock-token"}
+        assert {name.removeprefix(prefix) for name in ours} == set(expiring) | kept
+        for name, ttl in expiring.items():
+            assert 0 < await client.pttl(prefix + name) <= ttl + 1, name
+        for name in kept:
+            assert await client.pttl(prefix + name) == -1, name  # -1: no expiry
+        assert len(await client.lrange(prefix + "window:app", 0, -1)) == 1
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_scan_values_walks_many_keys(redis_server: RedisServer, prefix: str) -> None:
+    store = RedisStore(redis_server.url, prefix=prefix)
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(2500):  # more than one SCAN step and one MGET
+                pipe.set(f"{prefix}value:answer:{i}", str(i), px=60_000)
+                pipe.set(f"{prefix}value:other:{i}", str(i), px=60_000)
+            await pipe.execute()
+        found = await store.scan_values("answer:")
+        assert found == {f"answer:{i}": str(i) for i in range(2500)}
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_a_redis_restart_gives_a_clear_error_then_works_again(
+    make_redis_server: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = make_redis_server(password=PASSWORD)
+    store = RedisStore(server.url, prefix="app:", timeout=2.0)
+    try:
+        assert await store.claim("m1", in_flight_ttl=60) is ClaimResult.CLAIMED
+        old = await store.acquire_lock("conv", "a", ttl=60)
+        assert old is not None
+        assert await store.reserve("api", limit=5, window=1.0) == 0.0
+
+        server.stop()
+        for operation in (
+            store.claim("m2", in_flight_ttl=60),
+            store.reserve("api", limit=5, window=1.0),
+            store.get_value("k"),
+        ):
+            with pytest.raises(StoreUnavailable) as info:
+                await operation
+            message = str(info.value)
+            assert f"Redis store redis://:***@127.0.0.1:{server.port}/0 failed" in message
+            assert "onnect" in message  # redis-py's reason: connecting, refused, closed...
+            assert PASSWORD not in message
+            assert info.value.__cause__ is None and info.value.__suppress_context__
+
+        server.start()  # same port; the keys (and the scripts' cache) are gone
+        assert await store.claim("m2", in_flight_ttl=60) is ClaimResult.CLAIMED
+        assert await store.claim("m1", in_flight_ttl=60) is ClaimResult.CLAIMED  # data lost
+        assert await store.reserve("api", limit=5, window=1.0) == 0.0
+        new = await store.acquire_lock("conv", "b", ttl=60)
+        assert new is not None and new > old  # fencing tokens still grow after the loss
+        with pytest.raises(LockLost):
+            await store.put_value("open:conv", "stale", ttl=60, fence=Fence("conv", old))
+    finally:
+        await store.close()
+    assert PASSWORD not in caplog.text
+    assert PASSWORD not in repr(store)
+
+
+async def test_a_frozen_redis_times_out_with_a_clear_error(
+    make_redis_server: Callable[..., RedisServer],
+) -> None:
+    server = make_redis_server()
+    assert server.process is not None
+    store = RedisStore(server.url, prefix="app:", timeout=0.3)
+    try:
+        await store.ping()
+        os.kill(server.process.pid, signal.SIGSTOP)  # alive but silent: a black hole
+        started = time.monotonic()
+        try:
+            with pytest.raises(StoreUnavailable, match=r"failed \(claim\): Timeout"):
+                await store.claim("m1", in_flight_ttl=60)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert time.monotonic() - started < 5
+        assert await store.claim("m2", in_flight_ttl=60) is ClaimResult.CLAIMED
+    finally:
+        await store.close()
+
+
+async def test_wrong_password_and_unreachable_server_are_clear_errors(
+    make_redis_server: Callable[..., RedisServer],
+) -> None:
+    server = make_redis_server(password=PASSWORD)
+    wrong = RedisStore(server.url.replace(PASSWORD, "not-the-password"), prefix="app:")
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            await wrong.claim("m", in_flight_ttl=60)
+        assert "not-the-password" not in str(info.value)
+        assert "password" in str(info.value).lower()  # redis-py: invalid username-password
+    finally:
+        await wrong.close()
+    missing = RedisStore(f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0", prefix="app:")
+    server.stop()
+    try:
+        with pytest.raises(StoreUnavailable, match=r"connecting to 127\.0\.0\.1") as info:
+            await missing.ping()
+        assert PASSWORD not in str(info.value)
+    finally:
+        await missing.close()
+
+
+async def test_closed_store_refuses_work(redis_server: RedisServer, prefix: str) -> None:
+    store = RedisStore(redis_server.url, prefix=prefix)
+    await store.ping()
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.claim("k", in_flight_ttl=60)
+
+
+def test_the_password_never_shows() -> None:
+    assert redact_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact_url("redis://user:pw@host/0") == "redis://user:***@host/0"
+    assert redact_url("redis://user@host/0") == "redis://user@host/0"
+    assert redact_url("redis://:p@ss:w@rd@host/0") == "redis://:***@host/0"
+    assert redact_url("rediss://host:6380/1") == "rediss://host:6380/1"
+    assert redact_url("unix:///run/redis.sock?db=1&password=pw") == (
+        "unix:///run/redis.sock?db=1&password=***"
+    )
+    store = RedisStore(f"redis://admin:{PASSWORD}@127.0.0.1:1/0", prefix="p:")
+    assert PASSWORD not in repr(store)
+    assert repr(store) == "RedisStore('redis://admin:***@127.0.0.1:1/0', prefix='p:')"
+
+
+def test_a_bad_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="bad Redis URL") as info:
+        RedisStore(f"http://:{PASSWORD}@127.0.0.1/0")
+    assert PASSWORD not in str(info.value)
+
+
+async def test_config_selects_the_redis_store(tmp_path: Path) -> None:
+    path = tmp_path / "robots.toml"
+    path.write_text(
+        '[store]\nbackend = "redis"\nurl = "{{IMROBOTS_REDIS_URL}}"\nprefix = "support:"\n\n'
+        '[robots.support]\nplatform = "memory"\n',
+        encoding="utf-8",
+    )
+    config = load_config(path, env={"IMROBOTS_REDIS_URL": f"redis://:{PASSWORD}@10.0.0.5:6379/2"})
+    assert config.store.url == f"redis://:{PASSWORD}@10.0.0.5:6379/2"
+    assert PASSWORD not in repr(config)
+    store = build_store(config)
+    try:
+        assert isinstance(store, RedisStore)
+        assert store.url == "redis://:***@10.0.0.5:6379/2"
+        assert store.prefix == "support:"
+    finally:
+        await store.close()
+    default = load_config(path, env={"IMROBOTS_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert default.store.backend == "redis"
+
+
+def test_config_without_the_redis_package_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "robots.toml"
+    path.write_text('[store]\nbackend = "redis"\n\n[robots.support]\nplatform = "memory"\n')
+    config = load_config(path, env={})
+    monkeypatch.delitem(sys.modules, "imrobots.redis_store")
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    with pytest.raises(ConfigError, match=r'pip install "imrobots\[redis\]"'):
+        build_store(config)
