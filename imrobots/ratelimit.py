@@ -139,30 +139,38 @@ class RateLimiter:
                 found.append((limit, prefix + ident))
         return found
 
-    async def _reserve(self, limit: RateLimit, bucket: str) -> float:
-        return await self.store.reserve(
-            bucket, limit=limit.allowed(self.headroom), window=limit.window
-        )
-
     async def acquire(self, scope: CallScope | None = None) -> float:
-        """Wait until one call may be sent; return how many seconds that took."""
+        """Wait until one call may be sent; return how many seconds that took.
+
+        First the call waits, without reserving, until its narrow windows (its
+        conversation, card, member) have room, so a busy chat waits on its own and
+        holds no turn of the app's. Then it reserves one slot in every window that
+        counts it, narrow and wide, at one common time (the earliest at which all
+        have room, in arrival order): the slot is recorded when the call is made,
+        so no window ever holds more calls than it allows.
+        """
         scope = scope or CallScope()
+        applicable = self._applicable(scope)
         waited = 0.0
-        wide: list[tuple[RateLimit, str]] = []
-        for limit, bucket in self._applicable(scope):
-            if limit.scope in _NARROW:
-                wait = await self._reserve(limit, bucket)
-                if wait > 0:
-                    await self.clock.sleep(wait)
-                    waited += wait
-            else:
-                wide.append((limit, bucket))
-        longest = 0.0
-        for limit, bucket in wide:
-            longest = max(longest, await self._reserve(limit, bucket))
-        if longest > 0:
+        narrow = [(lim, key) for lim, key in applicable if lim.scope in _NARROW]
+        for _ in range(100):  # bounded: each pass sleeps until the busiest has room
+            if not narrow:
+                break
+            rooms = [
+                await self.store.room_in(key, limit=lim.allowed(self.headroom), window=lim.window)
+                for lim, key in narrow
+            ]
+            longest = max(rooms)
+            if longest <= 0:
+                break
             await self.clock.sleep(longest)
             waited += longest
+        wait = await self.store.reserve_all(
+            [(key, lim.allowed(self.headroom), lim.window) for lim, key in applicable]
+        )
+        if wait > 0:
+            await self.clock.sleep(wait)
+            waited += wait
         self.stats.granted += 1
         self.stats.waited += waited
         return waited

@@ -81,6 +81,8 @@ log = logging.getLogger("imrobots.streaming")
 T = TypeVar("T")
 
 CONTINUED_NOTE = "(continued below)"
+SPARE_TURN_TTL = 0.02
+"""Seconds a limiter turn taken but not used stays good for the next call of the answer."""
 EMPTY_ANSWER = "Sorry, I have no answer to that."
 
 
@@ -306,7 +308,10 @@ class AnswerStream:
         self._handle: StreamHandle | None = None
         self._ref_ready = asyncio.Event()
         self._gone = False
-        self._spare_token = False  # a limiter turn taken but not used; the next call uses it
+        # A limiter turn taken but not used, and when it was granted: the next call uses it
+        # if it comes at once, else takes a fresh turn (a slot of a sliding window is only
+        # good at its time: many kept turns used together later would overfill a window).
+        self._spare_at: float | None = None
         self._sends = 0
 
         self.updates = 0
@@ -414,8 +419,8 @@ class AnswerStream:
     async def _take_turn(self, op: Op) -> float:
         """Wait for this answer's turn at the limiter (or use one it kept); return the
         seconds waited."""
-        if self._spare_token:
-            self._spare_token = False
+        spare, self._spare_at = self._spare_at, None
+        if spare is not None and self.clock.now() - spare <= SPARE_TURN_TTL:
             return 0.0
         return await self.limiter.acquire(self._scope(op))
 
@@ -458,9 +463,9 @@ class AnswerStream:
                 # The answer was completed while this turn was queued behind others:
                 # the final card takes the turn, as a new message, instead of a
                 # thinking card that it would overwrite at once.
-                self._spare_token = True
+                self._spare_at = self.clock.now()
                 return
-            self._spare_token = True  # the first attempt uses the turn just taken
+            self._spare_at = self.clock.now()  # the first attempt uses the turn just taken
             handle = await self._retrying(
                 Op.OPEN,
                 lambda: self.platform.open_stream(self.target, card, key=key),
@@ -579,7 +584,7 @@ class AnswerStream:
                 continue
             await self._take_turn(Op.PUSH)
             if self._agent_done():
-                self._spare_token = True  # the final card uses this turn
+                self._spare_at = self.clock.now()  # the final card uses it, if it comes at once
                 return
             text = self._clip(self.latest[self._offset :])
             shown = self._offset + len(text)

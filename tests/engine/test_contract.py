@@ -6,6 +6,7 @@ Each test names the fault found on the old main and the value it showed there.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -481,3 +482,57 @@ async def test_a_text_whose_answer_was_lost_is_taken_as_delivered(make_runtime: 
     await runtime.wait_idle(10)
     assert [t for _, t in platform.texts] == ["once", "twice?"]
     assert runtime.stats.failed == 0 and runtime.stats.answered == 1
+
+
+async def test_finals_of_answers_ending_together_stay_within_the_window(
+    make_runtime: Factory,
+) -> None:
+    """Found with Feishu: turns the pumps kept for their final cards were used long after
+    they were granted, all at once, and overfilled the platform's window (429s)."""
+    finish = asyncio.Event()
+
+    async def agent(request: AgentRequest) -> AsyncIterator[str]:
+        for i in range(3):
+            yield f"part{i} "
+            await asyncio.sleep(0.01)
+        await finish.wait()
+        yield "end"
+
+    platform, runtime = await make_runtime(
+        agent=agent,
+        app_rate=12.0,  # the client allows 10 a second
+        quota=12,  # the platform refuses the 13th call within a second
+        stream=StreamPolicy(min_interval=0.05, retry_backoff=0.01, max_backoff=0.02),
+    )
+    for i in range(30):
+        await platform.say(f"q{i}", conversation=f"c{i}")
+    await eventually(lambda: len(platform.cards) == 30, within=20)
+    finish.set()
+    await runtime.wait_idle(60)
+    assert platform.rejected_calls == 0
+    assert all(c.status is CardStatus.FINAL for c in platform.cards.values())
+
+
+async def test_a_call_under_several_limits_is_recorded_when_it_is_made() -> None:
+    """Found with Feishu: a chat's slot was recorded when its own window had room, but the
+    call waited longer for the app's; the chat's next call then came too soon."""
+    limiter = RateLimiter(
+        MemoryStore(),
+        "t",
+        limits=(
+            RateLimit(scope=Scope.APP, rate=20.0, window=0.1),  # 2 per 0.1 s
+            RateLimit(scope=Scope.CONVERSATION, rate=10.0, window=0.1),  # 1 per 0.1 s
+        ),
+    )
+    made: list[float] = []
+
+    async def call(conversation: str) -> None:
+        await limiter.acquire(CallScope(op=Op.PUSH, conversation=conversation))
+        if conversation == "x":
+            made.append(time.monotonic())
+
+    busy = [asyncio.ensure_future(call(f"other{i}")) for i in range(10)]  # app busy ~0.5 s
+    await asyncio.sleep(0)
+    await asyncio.gather(*(call("x") for _ in range(3)), *busy)
+    gaps = [b - a for a, b in itertools.pairwise(made)]
+    assert len(made) == 3 and all(gap >= 0.1 - 0.005 for gap in gaps), gaps
