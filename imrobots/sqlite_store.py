@@ -30,6 +30,8 @@ from .errors import ImrobotsError
 from .models import Feedback, FeedbackRating, Sender
 from .store import (
     ClaimResult,
+    Fence,
+    LockLost,
     Store,
     Turn,
     _Window,
@@ -42,9 +44,10 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Version of the tables below, kept in the file's ``PRAGMA user_version``.
-(2: rate limits are sliding windows; version 1's token buckets are dropped.)"""
+(2: rate limits are sliding windows; version 1's token buckets are dropped.
+3: locks carry fencing tokens.)"""
 
 _BUSY_TIMEOUT: Final = 10.0
 """Seconds a write waits for another connection's transaction before failing."""
@@ -70,12 +73,19 @@ _SCHEMA: Final = (
         expires REAL NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS done_expires ON done (expires)",
+    # ``token``: the holder's fencing token, from the ``lock_token`` counter.
     """CREATE TABLE IF NOT EXISTS locks (
         key TEXT PRIMARY KEY,
         owner TEXT NOT NULL,
-        expires REAL NOT NULL
+        expires REAL NOT NULL,
+        token INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS locks_expires ON locks (expires)",
+    # Named counters; ``lock_token`` is the last fencing token issued.
+    """CREATE TABLE IF NOT EXISTS counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID""",
     # A rate-limit window: its grant times (JSON, ascending) and penalty. ``expires``: when
     # no grant can matter any more; an expired window equals a missing one.
     """CREATE TABLE IF NOT EXISTS windows (
@@ -259,6 +269,8 @@ class SQLiteStore(Store):
         if 0 < version < 2:
             conn.execute("DROP TABLE IF EXISTS buckets")
             conn.execute("ALTER TABLE history ADD COLUMN expires REAL NOT NULL DEFAULT 1e999")
+        if 0 < version < 3:
+            conn.execute("ALTER TABLE locks ADD COLUMN token INTEGER NOT NULL DEFAULT 0")
         for statement in _SCHEMA:
             conn.execute(statement)
         if version < SCHEMA_VERSION:
@@ -407,21 +419,40 @@ class SQLiteStore(Store):
         )
 
     # --- locks ----------------------------------------------------------------------------
-    async def acquire_lock(self, key: str, owner: str, *, ttl: float) -> bool:
-        """Take the lock ``key`` for ``owner`` if free (or expired, or already ``owner``'s).
+    @staticmethod
+    def _next_token(conn: sqlite3.Connection, now: float) -> int:
+        """Issue the next fencing token. The first one of a file is the wall clock in
+        microseconds, so tokens keep growing even if the file is replaced by a new one."""
+        row = conn.execute("SELECT value FROM counters WHERE name = 'lock_token'").fetchone()
+        token = int(now * 1_000_000) if row is None else int(row[0]) + 1
+        conn.execute(
+            "INSERT OR REPLACE INTO counters (name, value) VALUES ('lock_token', ?)", (token,)
+        )
+        return token
 
-        Taking it again as the same owner succeeds and extends it to ``ttl`` from now.
+    async def acquire_lock(self, key: str, owner: str, *, ttl: float) -> int | None:
+        """Take the lock ``key`` for ``owner`` if free (or expired, or already ``owner``'s);
+        return its fencing token, or ``None`` (see :meth:`Store.acquire_lock`).
+
+        Taking it again as the same owner succeeds, extends it to ``ttl`` from now and keeps
+        the token.
         """
 
-        def operation(conn: sqlite3.Connection, now: float) -> bool:
-            row = conn.execute("SELECT owner, expires FROM locks WHERE key = ?", (key,)).fetchone()
-            if row is None or row[1] <= now or row[0] == owner:
-                conn.execute(
-                    "INSERT OR REPLACE INTO locks (key, owner, expires) VALUES (?, ?, ?)",
-                    (key, owner, now + ttl),
-                )
-                return True
-            return False
+        def operation(conn: sqlite3.Connection, now: float) -> int | None:
+            row = conn.execute(
+                "SELECT owner, expires, token FROM locks WHERE key = ?", (key,)
+            ).fetchone()
+            if row is not None and row[1] > now:
+                if row[0] != owner:
+                    return None
+                token = int(row[2])
+            else:
+                token = self._next_token(conn, now)
+            conn.execute(
+                "INSERT OR REPLACE INTO locks (key, owner, expires, token) VALUES (?, ?, ?, ?)",
+                (key, owner, now + ttl, token),
+            )
+            return token
 
         return await self._write(operation)
 
@@ -432,6 +463,22 @@ class SQLiteStore(Store):
                 "DELETE FROM locks WHERE key = ? AND owner = ?", (key, owner)
             )
         )
+
+    @staticmethod
+    def _held(conn: sqlite3.Connection, key: str, token: int, now: float) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM locks WHERE key = ? AND token = ? AND expires > ?", (key, token, now)
+        ).fetchone()
+        return row is not None
+
+    async def holds_lock(self, key: str, token: int) -> bool:
+        """Whether the lock ``key`` is held under ``token`` now."""
+        return await self._run(lambda conn: self._held(conn, key, token, time.time()))
+
+    def _check_fence(self, conn: sqlite3.Connection, fence: Fence | None, now: float) -> None:
+        """Raise :class:`LockLost` (rolling the transaction back) unless ``fence`` holds."""
+        if fence is not None and not self._held(conn, fence.key, fence.token, now):
+            raise LockLost(f"lock {fence.key!r} is no longer held under token {fence.token}")
 
     # --- sliding windows ------------------------------------------------------------------
     @staticmethod
@@ -564,13 +611,17 @@ class SQLiteStore(Store):
         return await self._run(job)
 
     # --- small records --------------------------------------------------------------------
-    async def put_value(self, key: str, value: str, *, ttl: float) -> None:
+    async def put_value(
+        self, key: str, value: str, *, ttl: float, fence: Fence | None = None
+    ) -> None:
         """Remember ``value`` under ``key`` for ``ttl`` seconds (answers for feedback).
 
-        Beyond ``max_keys`` records, the ones put longest ago are forgotten first.
+        Beyond ``max_keys`` records, the ones put longest ago are forgotten first. With
+        ``fence``, in the same transaction: only while that lock is held under its token.
         """
 
         def operation(conn: sqlite3.Connection, now: float) -> None:
+            self._check_fence(conn, fence, now)
             # REPLACE deletes an existing row first, so a rewritten key gets a new seq.
             conn.execute(
                 "INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
@@ -612,9 +663,14 @@ class SQLiteStore(Store):
 
         return await self._write(operation, durable=True)
 
-    async def delete_value(self, key: str) -> None:
-        """Forget the value under ``key``, if any."""
-        await self._write(lambda conn, now: conn.execute("DELETE FROM kv WHERE key = ?", (key,)))
+    async def delete_value(self, key: str, *, fence: Fence | None = None) -> None:
+        """Forget the value under ``key``, if any (with ``fence``: as in :meth:`put_value`)."""
+
+        def operation(conn: sqlite3.Connection, now: float) -> None:
+            self._check_fence(conn, fence, now)
+            conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+        await self._write(operation)
 
     async def scan_values(self, prefix: str) -> dict[str, str]:
         """Every unexpired value whose key starts with ``prefix``, by key."""

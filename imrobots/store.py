@@ -3,6 +3,10 @@
 Every operation that must be atomic across concurrent callers (and, with the
 Redis backend, across replicas) is one method here, so a backend implements it
 with one atomic primitive (a lock, a transaction, a Lua script).
+
+Locks are leases with fencing: :meth:`Store.acquire_lock` returns a token that grows with
+every acquisition, and a write given a :class:`Fence` is refused with :class:`LockLost` once
+the lock is no longer held under that token (it expired, was released or taken over).
 """
 
 from __future__ import annotations
@@ -15,9 +19,40 @@ from collections.abc import Sequence
 
 import attrs
 
+from .errors import ImrobotsError
 from .models import Feedback
 
-__all__ = ["ClaimResult", "MemoryStore", "Store", "Turn"]
+__all__ = [
+    "ClaimResult",
+    "Fence",
+    "LockLost",
+    "MemoryStore",
+    "Store",
+    "StoreUnavailable",
+    "Turn",
+]
+
+
+class StoreUnavailable(ImrobotsError):
+    """The store's server cannot be reached, timed out or refused the operation (a Redis
+    restart, a network fault, a wrong password). The message says which store and why,
+    never its credentials. The operation may or may not have taken effect."""
+
+
+class LockLost(ImrobotsError):
+    """A write fenced by a lock (see :class:`Fence`) was refused: the lock is no longer held
+    under the fence's token, because it expired, was released or another owner took it."""
+
+
+@attrs.frozen
+class Fence:
+    """A lock held under a fencing token, given to a write so that it happens only while
+    the lock is still held under that token (otherwise the write raises :class:`LockLost`)."""
+
+    key: str
+    """The lock's key."""
+    token: int
+    """The token :meth:`Store.acquire_lock` returned."""
 
 
 class ClaimResult(enum.StrEnum):
@@ -58,12 +93,24 @@ class Store(abc.ABC):
 
     # --- locks ----------------------------------------------------------------------------
     @abc.abstractmethod
-    async def acquire_lock(self, key: str, owner: str, *, ttl: float) -> bool:
-        """Take the lock ``key`` for ``owner`` if free (or expired, or already ``owner``'s)."""
+    async def acquire_lock(self, key: str, owner: str, *, ttl: float) -> int | None:
+        """Take the lock ``key`` for ``owner`` for ``ttl`` seconds if free (or expired, or
+        already ``owner``'s); return its fencing token, or ``None`` if another owner holds it.
+
+        The token is a positive integer, greater than every token issued before by this
+        store (so, for one key, than every earlier holder's). Taking the lock again while
+        holding it extends it and keeps the token; a changed token tells the owner that its
+        hold lapsed in between (it expired), so another owner may have acted meanwhile.
+        """
 
     @abc.abstractmethod
     async def release_lock(self, key: str, owner: str) -> None:
         """Release the lock if ``owner`` holds it."""
+
+    @abc.abstractmethod
+    async def holds_lock(self, key: str, token: int) -> bool:
+        """Whether the lock ``key`` is held under ``token`` now (not expired, released or
+        taken over since that token was issued)."""
 
     # --- sliding windows (rate limits) ---------------------------------------------------
     async def reserve(self, key: str, *, limit: int, window: float) -> float:
@@ -119,8 +166,14 @@ class Store(abc.ABC):
 
     # --- small records ----------------------------------------------------------------------
     @abc.abstractmethod
-    async def put_value(self, key: str, value: str, *, ttl: float) -> None:
-        """Remember ``value`` under ``key`` for ``ttl`` seconds (answers for feedback)."""
+    async def put_value(
+        self, key: str, value: str, *, ttl: float, fence: Fence | None = None
+    ) -> None:
+        """Remember ``value`` under ``key`` for ``ttl`` seconds (answers for feedback).
+
+        With ``fence``, atomically: only while that lock is held under its token; else
+        nothing is written and :class:`LockLost` is raised.
+        """
 
     @abc.abstractmethod
     async def get_value(self, key: str) -> str | None:
@@ -138,8 +191,8 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def delete_value(self, key: str) -> None:
-        """Forget the value under ``key``, if any."""
+    async def delete_value(self, key: str, *, fence: Fence | None = None) -> None:
+        """Forget the value under ``key``, if any (with ``fence``: as in :meth:`put_value`)."""
 
     @abc.abstractmethod
     async def scan_values(self, prefix: str) -> dict[str, str]:
@@ -206,7 +259,9 @@ class MemoryStore(Store):
         self._max_histories = max_histories
         self._in_flight: dict[str, float] = {}
         self._done: OrderedDict[str, float] = OrderedDict()
-        self._locks: dict[str, tuple[str, float]] = {}
+        self._locks: dict[str, tuple[str, float, int]] = {}
+        """Per lock: its owner, when it expires and its fencing token."""
+        self._last_token = 0
         self._windows: dict[str, _Window] = {}
         self._feedback: list[Feedback] = []
         self._feedback_keys: set[tuple[str, str, str, str]] = set()
@@ -253,18 +308,31 @@ class MemoryStore(Store):
     async def release(self, key: str) -> None:
         self._in_flight.pop(key, None)
 
-    async def acquire_lock(self, key: str, owner: str, *, ttl: float) -> bool:
+    async def acquire_lock(self, key: str, owner: str, *, ttl: float) -> int | None:
         now = self._now()
         held = self._locks.get(key)
-        if held is None or held[1] <= now or held[0] == owner:
-            self._locks[key] = (owner, now + ttl)
-            return True
-        return False
+        if held is not None and held[1] > now:
+            if held[0] != owner:
+                return None
+            token = held[2]  # still held: extended, same token
+        else:
+            self._last_token += 1
+            token = self._last_token
+        self._locks[key] = (owner, now + ttl, token)
+        return token
 
     async def release_lock(self, key: str, owner: str) -> None:
         held = self._locks.get(key)
         if held is not None and held[0] == owner:
             del self._locks[key]
+
+    async def holds_lock(self, key: str, token: int) -> bool:
+        held = self._locks.get(key)
+        return held is not None and held[2] == token and held[1] > self._now()
+
+    async def _check_fence(self, fence: Fence | None) -> None:
+        if fence is not None and not await self.holds_lock(fence.key, fence.token):
+            raise LockLost(f"lock {fence.key!r} is no longer held under token {fence.token}")
 
     def _window(self, key: str) -> _Window:
         w = self._windows.get(key)
@@ -319,7 +387,10 @@ class MemoryStore(Store):
             return []
         return list(entry[1])
 
-    async def put_value(self, key: str, value: str, *, ttl: float) -> None:
+    async def put_value(
+        self, key: str, value: str, *, ttl: float, fence: Fence | None = None
+    ) -> None:
+        await self._check_fence(fence)
         self._permanent.pop(key, None)
         self._values[key] = (value, self._now() + ttl)
         self._values.move_to_end(key)
@@ -349,7 +420,8 @@ class MemoryStore(Store):
         self._permanent[key] = value
         return value
 
-    async def delete_value(self, key: str) -> None:
+    async def delete_value(self, key: str, *, fence: Fence | None = None) -> None:
+        await self._check_fence(fence)
         self._permanent.pop(key, None)
         self._values.pop(key, None)
 

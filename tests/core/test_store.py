@@ -9,6 +9,7 @@ import sqlite3
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ from imrobots import sqlite_store
 from imrobots.errors import ImrobotsError
 from imrobots.models import Feedback, FeedbackRating, Sender
 from imrobots.sqlite_store import SCHEMA_VERSION, SQLiteStore
-from imrobots.store import ClaimResult, MemoryStore, Store, Turn
+from imrobots.store import ClaimResult, Fence, LockLost, MemoryStore, Store, Turn
 
 StoreFactory = Callable[..., Store]
 
@@ -41,17 +42,26 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = DE
         await asyncio.sleep(0.005)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """A factory of fresh, empty stores of one backend; all closed at teardown."""
+    """A factory of fresh, empty stores of one backend; all closed at teardown.
+
+    Redis stores use the session's redis-server (``redis_server`` in ``tests/conftest.py``),
+    each under a key prefix of its own.
+    """
     created: list[Store] = []
+    redis_url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
 
     def make(**kwargs: Any) -> Store:
         store: Store
         if request.param == "memory":
             store = MemoryStore(**kwargs)
-        else:
+        elif request.param == "sqlite":
             store = SQLiteStore(tmp_path / f"store{len(created)}.sqlite3", **kwargs)
+        else:
+            from imrobots.redis_store import RedisStore
+
+            store = RedisStore(redis_url, prefix=f"test-{uuid.uuid4().hex}:", **kwargs)
         created.append(store)
         return store
 
@@ -191,7 +201,90 @@ async def test_concurrent_lock_attempts_have_one_winner(store: Store) -> None:
     results = await asyncio.gather(
         *(store.acquire_lock("conv", f"owner{i}", ttl=60) for i in range(30))
     )
-    assert results.count(True) == 1
+    assert len([token for token in results if token is not None]) == 1
+
+
+# --- fencing --------------------------------------------------------------------------------
+
+
+async def test_lock_tokens_grow_and_stay_while_held(store: Store) -> None:
+    first = await store.acquire_lock("conv", "a", ttl=60)
+    assert first is not None and first > 0
+    assert await store.acquire_lock("conv", "a", ttl=60) == first  # extended: same token
+    assert await store.acquire_lock("conv", "b", ttl=60) is None
+    assert await store.holds_lock("conv", first)
+    assert not await store.holds_lock("conv", first + 1)
+    await store.release_lock("conv", "a")
+    assert not await store.holds_lock("conv", first)
+    second = await store.acquire_lock("conv", "b", ttl=60)
+    assert second is not None and second > first
+    other = await store.acquire_lock("other", "a", ttl=60)
+    assert other is not None and other > second
+
+
+async def test_a_stale_holder_is_fenced_out_after_expiry(store: Store) -> None:
+    stale = await store.acquire_lock("conv", "a", ttl=0.1)
+    assert stale is not None
+    await store.put_value("open:conv", "a's", ttl=60, fence=Fence("conv", stale))
+
+    async def taken() -> bool:
+        return await store.acquire_lock("conv", "b", ttl=60) is not None
+
+    await eventually(taken)
+    current = await store.acquire_lock("conv", "b", ttl=60)
+    assert current is not None and current > stale
+    assert not await store.holds_lock("conv", stale)
+    assert await store.holds_lock("conv", current)
+    with pytest.raises(LockLost, match="conv"):
+        await store.put_value("open:conv", "stale", ttl=60, fence=Fence("conv", stale))
+    with pytest.raises(LockLost):
+        await store.delete_value("open:conv", fence=Fence("conv", stale))
+    assert await store.get_value("open:conv") == "a's"  # the stale holder changed nothing
+    await store.put_value("open:conv", "b's", ttl=60, fence=Fence("conv", current))
+    assert await store.get_value("open:conv") == "b's"
+    await store.delete_value("open:conv", fence=Fence("conv", current))
+    assert await store.get_value("open:conv") is None
+
+
+async def test_a_lapsed_hold_gets_a_new_token(store: Store) -> None:
+    first = await store.acquire_lock("conv", "a", ttl=0.05)
+    assert first is not None
+
+    async def lapsed() -> bool:
+        return not await store.holds_lock("conv", first)
+
+    await eventually(lapsed)
+    again = await store.acquire_lock("conv", "a", ttl=60)  # nobody took it meanwhile...
+    assert again is not None and again > first  # ...but the owner learns its hold lapsed
+    with pytest.raises(LockLost):
+        await store.put_value("k", "v", ttl=60, fence=Fence("conv", first))
+    await store.release_lock("conv", "a")
+    with pytest.raises(LockLost):  # released: no write fenced by it passes
+        await store.put_value("k", "v", ttl=60, fence=Fence("conv", again))
+    with pytest.raises(LockLost):  # a lock never taken fences everything out
+        await store.put_value("k", "v", ttl=60, fence=Fence("never", 1))
+    assert await store.get_value("k") is None
+
+
+async def test_concurrent_fenced_writes_of_two_holders_keep_the_current_one(store: Store) -> None:
+    stale = await store.acquire_lock("conv", "a", ttl=0.05)
+    assert stale is not None
+
+    async def taken() -> bool:
+        return await store.acquire_lock("conv", "b", ttl=60) is not None
+
+    await eventually(taken)
+    current = await store.acquire_lock("conv", "b", ttl=60)
+    assert current is not None
+    writes = [
+        store.put_value("open:conv", f"{who}{i}", ttl=60, fence=Fence("conv", token))
+        for i in range(10)
+        for who, token in (("a", stale), ("b", current))
+    ]
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert [isinstance(r, LockLost) for r in results] == [True, False] * 10
+    value = await store.get_value("open:conv")
+    assert value is not None and value.startswith("b")  # one of the holder's (any order)
 
 
 # --- sliding windows ------------------------------------------------------------------------
@@ -426,6 +519,18 @@ async def test_delete_value(store: Store) -> None:
     assert await store.setdefault_value("permanent", "again") == "again"
 
 
+async def test_scan_values_prefix_is_literal(store: Store) -> None:
+    keys = ["a*", "a*b", "ab", "a?", "a[b]", "a\\b", "a[", "%a_"]
+    for key in keys:
+        await store.put_value(key, key, ttl=60)
+    assert await store.scan_values("a*") == {"a*": "a*", "a*b": "a*b"}
+    assert await store.scan_values("a?") == {"a?": "a?"}
+    assert await store.scan_values("a[") == {"a[b]": "a[b]", "a[": "a["}
+    assert await store.scan_values("a\\") == {"a\\b": "a\\b"}
+    assert await store.scan_values("%") == {"%a_": "%a_"}
+    assert set(await store.scan_values("a")) == set(keys) - {"%a_"}
+
+
 async def test_scan_values_by_prefix(store: Store) -> None:
     assert await store.scan_values("answer:") == {}
     await store.put_value("answer:m1", "one", ttl=60)
@@ -493,6 +598,37 @@ async def test_sqlite_schema_version_and_wal(tmp_path: Path) -> None:
     with pytest.raises(ImrobotsError, match="schema version"):
         await newer.history("k")
     await newer.close()
+
+
+async def test_sqlite_version_2_file_gains_fencing_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    with sqlite3.connect(path) as conn:  # a lock held in a file written by schema version 2
+        conn.execute(
+            "CREATE TABLE locks (key TEXT PRIMARY KEY, owner TEXT NOT NULL,"
+            " expires REAL NOT NULL) WITHOUT ROWID"
+        )
+        conn.execute(
+            "CREATE TABLE history (id INTEGER PRIMARY KEY, key TEXT NOT NULL,"
+            " role TEXT NOT NULL, text TEXT NOT NULL,"
+            " expires REAL NOT NULL DEFAULT 1e999)"
+        )
+        conn.execute("INSERT INTO locks VALUES ('conv', 'a', ?)", (time.time() + 3600,))
+        conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    store = SQLiteStore(path)
+    try:
+        assert await store.acquire_lock("conv", "b", ttl=60) is None  # a's lock is kept
+        token = await store.acquire_lock("conv", "a", ttl=60)
+        assert token == 0  # held since before tokens: it keeps the token it had, 0
+        await store.release_lock("conv", "a")
+        fresh = await store.acquire_lock("conv", "b", ttl=60)
+        assert fresh is not None and fresh > 0
+        assert await store.holds_lock("conv", fresh)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
 
 
 async def test_sqlite_open_error_is_raised_by_operations(tmp_path: Path) -> None:
