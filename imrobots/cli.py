@@ -150,6 +150,35 @@ def check(file: Path) -> None:
     click.echo(f"{file}: {count} robot{'s' if count != 1 else ''} valid")
 
 
+@cli.group("config")
+def config_group() -> None:
+    """Work with config files."""
+
+
+@config_group.command("schema")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the schema to this file instead of standard output.",
+)
+def config_schema_command(output: Path | None) -> None:
+    """Print the JSON Schema of config files, with the settings of every available platform.
+
+    Save it next to your robots.toml and point your editor at it (taplo / Even Better TOML:
+    a first line ``#:schema ./robots.schema.json``).
+    """
+    from .schema import config_schema
+
+    text = json.dumps(config_schema(), indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+
+
 def _stop_on_signals() -> asyncio.Event:
     """An event set by SIGINT or SIGTERM (Ctrl-C, or a process manager stopping us)."""
     stop = asyncio.Event()
