@@ -1,7 +1,9 @@
 """WeCom plugin registration: cheap, imports no SDK.
 
-The platform stays ``planned`` until it passes the core conformance suite in both
-modes (``tests/wecom/test_conformance.py``).
+The platform passes the core conformance suite in both modes
+(``tests/wecom/test_conformance.py``). ``requires`` names exactly what the running code
+imports beyond the core: ``cryptography`` (media keys) and ``wechatpy`` (app-mode
+callback crypto); ``pip install "imrobots[wecom]"`` installs both.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
             name="wecom",
             factory="imrobots_wecom.platform:WeComPlatform",
             settings="imrobots_wecom.platform:WeComSettings",
-            description="WeCom intelligent robot (long connection) or self-built app (planned)",
-            status="planned",
+            description="WeCom intelligent robot (long connection) or self-built app (wechatpy)",
+            requires=("cryptography", "wechatpy"),
+            install='pip install "imrobots[wecom]"',
         )
     )
 

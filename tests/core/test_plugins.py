@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -230,13 +231,18 @@ def test_planned_platform_is_listed_but_refused(manager: PluginManager) -> None:
         manager.create_platform("later", None)
 
 
-def test_feishu_and_wecom_register_as_planned_without_an_sdk(manager: PluginManager) -> None:
+def test_feishu_registers_as_planned_and_wecom_as_available(manager: PluginManager) -> None:
     import imrobots_feishu.plugin
     import imrobots_wecom.plugin
 
     manager.register(imrobots_feishu.plugin, name="feishu")
     manager.register(imrobots_wecom.plugin, name="wecom")
-    for name in ("feishu", "wecom"):
+    for name in ("feishu",):
         status = manager.platforms()[name]
         assert status.planned and status.spec.requires == ()
         assert "planned" in status.spec.description
+    wecom = manager.platforms()["wecom"]
+    assert not wecom.planned and wecom.spec.requires == ("cryptography", "wechatpy")
+    assert wecom.spec.install == 'pip install "imrobots[wecom]"'
+    installed = all(importlib.util.find_spec(m) for m in wecom.spec.requires)
+    assert wecom.available is installed

@@ -4,12 +4,18 @@ the emulator: it subscribes, receives a message and sends a stream reply."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
 from imrobots_wecom.emulator import WeComEmulator
 
-sdk = pytest.importorskip("wecom_aibot_sdk", reason="pip install wecom-aibot-sdk")
+try:
+    import wecom_aibot_sdk as sdk
+except ImportError:
+    if os.environ.get("CI"):
+        raise  # CI installs the dev extra, which brings the SDK: never skip there
+    pytest.skip("needs the SDK: pip install wecom-aibot-sdk", allow_module_level=True)
 
 
 async def test_sdk_subscribes_receives_and_streams() -> None:
