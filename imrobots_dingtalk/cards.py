@@ -7,12 +7,15 @@ Two renderings, one per ``card_mode``:
   ``markdown``, ``divider`` and ``action`` blocks; buttons are ``actionType:
   "request"`` and carry ``value``. Every block, button and label has its own id.
 - :func:`ai_card_params`: the ``cardParamMap`` of an AI card instance
-  (PROTOCOLS 2.4/2.5), string values only: ``title``, ``flowStatus`` (the SDK's
-  ``AICardStatus``: 1 processing, 2 inputing, 3 finished, 5 failed), the markdown
-  under the configured content key, and ``buttons``, a JSON list of
-  ``{"id", "label", "value", "style"}``. These are the keys the DingTalk emulator
-  draws (``imrobots_dingtalk/emulator/render.py``); a real AI card template must
-  bind the same variables.
+  (PROTOCOLS 2.4/2.5), string values only, in one of two layouts. On DingTalk's
+  built-in AI card template (the default, the SDK's ``AIMarkdownCardInstance``):
+  ``msgTitle``, ``flowStatus`` (the SDK's ``AICardStatus``: 1 processing,
+  2 inputing, 3 finished, 5 failed), the markdown (``msgContent``) and
+  ``sys_full_json_obj`` with the buttons as ``msgButtons``. On a template of one's
+  own: ``title``, ``flowStatus``, the markdown under the configured content key, and
+  ``buttons``, a JSON list of ``{"id", "label", "value", "style"}``, which the
+  template must bind. The DingTalk emulator draws both
+  (``imrobots_dingtalk/emulator/render.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "ai_button_list",
     "ai_card_params",
     "ai_markdown",
+    "sdk_button_list",
     "standard_card",
 ]
 
@@ -90,16 +94,58 @@ def ai_button_list(card: Card) -> list[dict[str, str]]:
     ]
 
 
-def ai_card_params(card: Card, *, content_key: str, content: bool = True) -> dict[str, str]:
+_SDK_COLORS = {"primary": "blue", "danger": "red", "default": "gray"}
+"""Core button style -> ``color`` of a button of the built-in template (the SDK's
+examples use ``blue`` and ``gray``)."""
+SDK_ORDER = ("msgTitle", "msgContent", "msgButtons")
+"""What the built-in template shows, in order (its ``sys_full_json_obj.order``)."""
+
+
+def sdk_button_list(card: Card) -> list[dict[str, Any]]:
+    """The card's buttons as the built-in template's ``msgButtons``: ``request`` buttons
+    (a press calls back over Stream, as the SDK's own select button does) carrying the
+    button's ``value`` as the callback param ``value``."""
+    return [
+        {
+            "text": b.label,
+            "color": _SDK_COLORS.get(b.style, "gray"),
+            "id": b.id,
+            "request": True,
+            "params": {"value": b.value},
+        }
+        for b in card.buttons
+    ]
+
+
+def ai_card_params(
+    card: Card, *, content_key: str, content: bool = True, builtin: bool = False
+) -> dict[str, str]:
     """The ``cardParamMap`` of an AI card showing ``card`` (every value a string).
 
     ``content=False`` leaves the markdown out (it goes through the streaming API).
+    ``builtin=True``: the variables of DingTalk's built-in AI card template (the SDK's
+    ``AIMarkdownCardInstance``): ``msgTitle``, ``flowStatus``, the markdown, and
+    ``sys_full_json_obj`` (JSON: ``order`` and ``msgButtons``, see
+    :func:`sdk_button_list`). Otherwise the plugin's own convention for a template of
+    one's own: ``title``, ``flowStatus``, the markdown and ``buttons``.
     """
-    params: dict[str, str] = {
-        "title": card.title or "",
-        "flowStatus": FLOW_STATUS[card.status],
-        "buttons": json.dumps(ai_button_list(card), ensure_ascii=False),
-    }
+    params: dict[str, str]
+    if builtin:
+        full: dict[str, Any] = {"order": list(SDK_ORDER)}
+        buttons = sdk_button_list(card)
+        if buttons:
+            full["msgButtons"] = buttons
+        params = {
+            "msgTitle": card.title or "",
+            "flowStatus": FLOW_STATUS[card.status],
+            "sys_full_json_obj": json.dumps(full, ensure_ascii=False),
+        }
+    else:
+        params = {
+            "title": card.title or "",
+            "flowStatus": FLOW_STATUS[card.status],
+            "buttons": json.dumps(ai_button_list(card), ensure_ascii=False),
+        }
     if content:
         params[content_key] = ai_markdown(card)
     return params

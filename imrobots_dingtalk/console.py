@@ -71,6 +71,7 @@ class DingTalkConsoleAdapter(EmulatorAdapter):
         *,
         port: int = 0,
         card_mode: Literal["standard", "ai"] = "ai",
+        ai_template_id: str | None = None,
         qps_limit: int = 20,
         client_id: str = "dingemulatorapp",
         **emulator_options: Any,
@@ -78,6 +79,9 @@ class DingTalkConsoleAdapter(EmulatorAdapter):
         super().__init__()
         self.emulator = DingTalkEmulator(port=port, qps_limit=qps_limit, **emulator_options)
         self.card_mode = card_mode
+        self.ai_template_id = ai_template_id
+        """An AI card template of one's own; ``None``: DingTalk's built-in one (the
+        default a new app gets)."""
         self.client_id = client_id
         self._secret = secrets.token_urlsafe(24)
         self.emulator.add_app(client_id, self._secret)
@@ -129,8 +133,8 @@ class DingTalkConsoleAdapter(EmulatorAdapter):
             "card_mode": self.card_mode,
             **self._limits,
         }
-        if self.card_mode == "ai":
-            settings["ai_template_id"] = "imrobots-answer.schema"
+        if self.card_mode == "ai" and self.ai_template_id is not None:
+            settings["ai_template_id"] = self.ai_template_id
         return settings
 
     def environment(self) -> dict[str, str]:

@@ -94,12 +94,14 @@ from .streaming import DingTalkAICardStream
 
 __all__ = [
     "BOT_MESSAGE_TOPIC",
+    "BUILTIN_AI_TEMPLATE",
     "CARD_CALLBACK_TOPIC",
     "CARD_TEXT_BYTES",
     "MEDIA_MAX_BYTES",
     "DingTalkPlatform",
     "DingTalkSettings",
     "card_id_for",
+    "card_mode_note",
     "download_allowed",
     "webhook_allowed",
 ]
@@ -169,11 +171,22 @@ def _hosts(instance: object, attribute: attrs.Attribute[Any], value: tuple[str, 
             )
 
 
-def _ai_template(
-    instance: DingTalkSettings, attribute: attrs.Attribute[Any], value: str | None
-) -> None:
-    if instance.card_mode == "ai" and not value:
-        raise ValueError('expected ai_template_id to be set when card_mode = "ai"')
+BUILTIN_AI_TEMPLATE = "382e4302-551d-4880-bf29-a30acfab2e71.schema"
+"""DingTalk's general AI markdown card template, the one the official SDK's
+``AIMarkdownCardInstance`` streams into: every app may use it, no template of one's own
+is needed. Its variables are ``msgTitle``, ``msgContent``, ``flowStatus`` and
+``sys_full_json_obj`` (``order``, ``msgButtons``)."""
+
+NEW_APPS_SINCE = "2024-12-31"
+"""Since this day DingTalk gives no StandardCard permission to new apps (PROTOCOLS 2.3)."""
+
+
+def _ai_template(instance: DingTalkSettings, attribute: attrs.Attribute[Any], value: str) -> None:
+    if instance.card_mode == "ai" and not value.strip():
+        raise ValueError(
+            "expected ai_template_id to be an AI card template id (xxx.schema, from the "
+            "card platform's template list), or left out for DingTalk's built-in template"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -186,11 +199,14 @@ class DingTalkSettings:
     """The app's Client Secret (AppSecret). Never logged or shown."""
     robot_code: str | None = None
     """The robot's code; internal apps use the Client ID (the default)."""
-    card_mode: CardMode = "standard"
-    """``standard``: the seed's StandardCard, posted then edited (legacy API, closed to
-    apps created after 2024-12-31). ``ai``: an AI card instance streamed natively."""
-    ai_template_id: str | None = attrs.field(default=None, validator=_ai_template)
-    """The AI card template (``xxx.schema``) from the card platform; required for ``ai``."""
+    card_mode: CardMode = "ai"
+    """``ai`` (the default): an AI card instance streamed natively, the card APIs every app
+    may use. ``standard``: the seed's StandardCard, posted then edited: a legacy API that
+    DingTalk closed to apps created after 2024-12-31."""
+    ai_template_id: str = attrs.field(default=BUILTIN_AI_TEMPLATE, validator=_ai_template)
+    """The AI card template (``xxx.schema``). Default: DingTalk's built-in AI card template
+    (:data:`BUILTIN_AI_TEMPLATE`); a template of one's own binds the plugin's variables
+    (``title``, the ``ai_content_key`` markdown, ``flowStatus``, ``buttons``)."""
     ai_content_key: str = "msgContent"
     """The template's markdown variable that streaming updates write."""
     openapi_endpoint: str = attrs.field(default="https://api.dingtalk.com", validator=_url)
@@ -240,6 +256,15 @@ class DingTalkSettings:
     local_ip: str | None = None
     """``localIp`` sent when opening a connection (diagnostic only); default: not sent."""
 
+    def __attrs_post_init__(self) -> None:
+        level, note = card_mode_note(self)
+        log.log(level, "dingtalk app %s: %s", self.client_id, note)
+
+    @property
+    def builtin_template(self) -> bool:
+        """Whether AI cards use DingTalk's built-in template (and its variables)."""
+        return self.ai_template_id == BUILTIN_AI_TEMPLATE
+
     @property
     def gateway(self) -> str:
         return (self.gateway_endpoint or self.openapi_endpoint).rstrip("/")
@@ -247,6 +272,29 @@ class DingTalkSettings:
     @property
     def robot(self) -> str:
         return self.robot_code or self.client_id
+
+
+def card_mode_note(settings: DingTalkSettings) -> tuple[int, str]:
+    """The log level and one line saying which card mode ``settings`` use and why (logged
+    when settings are made, so ``imrobots check`` and ``imrobots run`` say it)."""
+    if settings.card_mode == "standard":
+        return logging.WARNING, (
+            'card_mode = "standard": StandardCards (the seed\'s cards), whose APIs DingTalk '
+            f"closed to apps created after {NEW_APPS_SINCE}; such an app gets its answers "
+            'as markdown messages, not cards. Use card_mode = "ai" (the default) unless '
+            "the app is older and has the interactive-card permission"
+        )
+    if settings.builtin_template:
+        return logging.INFO, (
+            'AI cards on DingTalk\'s built-in AI card template (card_mode = "ai", the '
+            f"default: the card APIs apps created after {NEW_APPS_SINCE} can use; needs the "
+            "Card.Instance.Write and Card.Streaming.Write permissions). Set ai_template_id "
+            "to use a template of your own"
+        )
+    return logging.INFO, (
+        f'AI cards on template {settings.ai_template_id} (card_mode = "ai"), which must '
+        f"bind title, {settings.ai_content_key}, flowStatus, buttons"
+    )
 
 
 def _host_allowed(
@@ -377,8 +425,12 @@ class DingTalkPlatform(Platform):
 
     def describe(self) -> str:
         s = self.settings
+        cards = "standard cards"
+        if s.card_mode == "ai":
+            template = "DingTalk's built-in template" if s.builtin_template else s.ai_template_id
+            cards = f"ai cards ({template})"
         return (
-            f"dingtalk stream mode, app {s.client_id}, {s.card_mode} cards, "
+            f"dingtalk stream mode, app {s.client_id}, {cards}, "
             f"gateway {s.gateway}, openapi {s.openapi_endpoint}"
         )
 
@@ -621,7 +673,9 @@ class DingTalkPlatform(Platform):
 
     async def _create_ai(self, target: Target, card: Card, card_id: str, *, content: bool) -> None:
         s = self.settings
-        params = ai_card_params(card, content_key=s.ai_content_key, content=content)
+        params = ai_card_params(
+            card, content_key=s.ai_content_key, content=content, builtin=s.builtin_template
+        )
         params.setdefault(s.ai_content_key, "")
         body: dict[str, Any] = {
             "cardTemplateId": s.ai_template_id,
@@ -710,7 +764,12 @@ class DingTalkPlatform(Platform):
             finalize=terminal and card.status is not CardStatus.ERROR,
             error=card.status is CardStatus.ERROR,
         )
-        params = ai_card_params(card, content_key=self.settings.ai_content_key, content=False)
+        params = ai_card_params(
+            card,
+            content_key=self.settings.ai_content_key,
+            content=False,
+            builtin=self.settings.builtin_template,
+        )
         await self.set_card_data(ref, params)
 
     async def set_card_data(self, ref: CardRef, params: Mapping[str, str]) -> None:

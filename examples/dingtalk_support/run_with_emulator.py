@@ -1,6 +1,6 @@
 """Run the example robot against the local DingTalk emulator, no account needed.
 
-    python examples/dingtalk_support/run_with_emulator.py [--mode ai] [--port 8790]
+    python examples/dingtalk_support/run_with_emulator.py [--mode standard] [--port 8790]
 
 It starts the emulator on 127.0.0.1, registers an app, starts the robot from
 ``emulator.toml`` (the plugin connects to the emulator's gateway exactly as it
@@ -103,7 +103,12 @@ async def main(mode: str, port: int, serve: bool) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("standard", "ai"), default="standard")
+    parser.add_argument(
+        "--mode",
+        choices=("ai", "standard"),
+        default="ai",
+        help="ai (the default, what new apps can use) or standard (the seed's StandardCard)",
+    )
     parser.add_argument("--port", type=int, default=0, help="emulator port (0: any free port)")
     parser.add_argument("--serve", action="store_true", help="keep running after the demo")
     args = parser.parse_args()

@@ -11,7 +11,8 @@ template, so it reads a few conventional ``cardParamMap`` keys:
   ``isFinalize``/``isError``;
 - buttons: ``buttons`` holding a JSON list of ``{"id", "label", "value"}``, else
   ``msgButtons`` inside the SDK's ``sys_full_json_obj`` JSON
-  (``{"text", "url", "id"?}``).
+  (``{"text", "url", "id"?, "color"?}``, or a ``request`` button carrying
+  ``params.value``).
 
 StandardCards are read from their ``cardData``: ``header.title.text``, the text
 of ``text``/``markdown`` contents, and ``action`` contents' buttons. Every other
@@ -33,6 +34,8 @@ FLOW_STATUS = {
     "5": "failed",
 }
 MARKDOWN_KEYS = ("markdown", "msgContent", "content", "text")
+_COLOR_STYLES = {"blue": "primary", "red": "danger"}
+"""``color`` of a built-in template button -> the console's button style."""
 TITLE_KEYS = ("title", "msgTitle")
 
 
@@ -54,12 +57,18 @@ def _button(item: Any) -> dict[str, str] | None:
     if not isinstance(label, str):
         return None
     ident = item.get("id", label)
-    value = item.get("value", item.get("url", ident))
+    params = item.get("params")
+    value = item.get("value")
+    if value is None and isinstance(params, dict):
+        value = params.get("value")  # a request button of the built-in template
+    if value is None:
+        value = item.get("url", ident)
+    style = item.get("style") or _COLOR_STYLES.get(str(item.get("color")), "default")
     return {
         "id": str(ident),
         "label": label,
         "value": str(value),
-        "style": str(item.get("style", "default")),
+        "style": str(style),
     }
 
 

@@ -27,6 +27,10 @@ MODES: tuple[CardMode, ...] = ("standard", "ai")
 def make_settings(
     emu: DingTalkEmulator, mode: CardMode = "standard", **overrides: Any
 ) -> DingTalkSettings:
+    """Settings of the tests' app on ``emu``. ``mode="ai"`` uses a template of one's own
+    (``imrobots-answer.schema``, the plugin's own variables); ``card_mode=None`` in
+    ``overrides`` leaves the card settings at their defaults (AI cards on DingTalk's
+    built-in template)."""
     host = emu.base_url.split("//", 1)[1]
     values: dict[str, Any] = {
         "client_id": APP,
@@ -36,11 +40,14 @@ def make_settings(
         "webhook_hosts": (host,),
         "download_hosts": (host,),
         "card_mode": mode,
-        "ai_template_id": "imrobots-answer.schema" if mode == "ai" else None,
         "update_interval": 0.2,
         "reconnect_initial": 0.05,
     }
+    if mode == "ai":
+        values["ai_template_id"] = "imrobots-answer.schema"
     values.update(overrides)
+    if values["card_mode"] is None:
+        del values["card_mode"]
     return DingTalkSettings(**values)
 
 

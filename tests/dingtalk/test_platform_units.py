@@ -362,7 +362,9 @@ def test_fit_param_counts_json_escaping() -> None:
 
 
 def test_settings_defaults_and_capabilities() -> None:
-    settings = DingTalkSettings(client_id="dingabc", client_secret=Secret("xyz"))
+    settings = DingTalkSettings(
+        client_id="dingabc", client_secret=Secret("xyz"), card_mode="standard"
+    )
     assert settings.openapi_endpoint == "https://api.dingtalk.com"
     assert settings.gateway == "https://api.dingtalk.com"
     assert settings.robot == "dingabc"
@@ -438,7 +440,7 @@ def _write(tmp_path: Path, settings: str) -> Path:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ('card_mode = "ai"\n', 'ai_template_id to be set when card_mode = "ai"'),
+        ('ai_template_id = " "\n', "ai_template_id to be an AI card template id"),
         ('card_mode = "fancy"\n', "card_mode"),
         ('openapi_endpoint = "api.dingtalk.com"\n', "openapi_endpoint to be an http(s) URL"),
         ("update_interval = 0\n", "update_interval > 0"),
@@ -468,7 +470,7 @@ def test_example_robots_toml() -> None:
     assert isinstance(settings, DingTalkSettings)
     assert settings.client_id == "dingexample"
     assert settings.client_secret.get() == "example-secret"
-    assert settings.card_mode == "standard"
+    assert settings.card_mode == "ai" and settings.builtin_template  # what a new app can use
     assert prepared.robot_class.__name__ == "SupportRobot"
     assert config.robots["support"].agent["use"] == "demo"
 
