@@ -361,45 +361,139 @@ def demo(
         _fail(exc)
 
 
-@cli.command()
-@click.argument("platform")
-@click.option("--port", default=0, show_default=True, help="Port to listen on (0: any free port).")
-def emulate(platform: str, port: int) -> None:
-    """Run one PLATFORM's emulator on its own and print how to point a robot at it."""
-    from .demo import make_emulator
+def _toml_value(value: Any) -> str:
+    """A TOML value for a setting (strings, numbers, booleans, lists and tables of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def emulator_config(platform: str, settings: dict[str, Any], *, robot: str = "support") -> str:
+    """A complete config file for a robot on an emulator: the emulator's settings and the
+    offline demo agent."""
+    lines = [
+        f"[robots.{robot}]",
+        f'platform = "{platform}"',
+        'robot = "support"                  # imrobots.examples.SupportRobot',
+        "",
+        f"[robots.{robot}.settings]           # the emulator's app and endpoints",
+        *(f"{key} = {_toml_value(value)}" for key, value in settings.items()),
+        "",
+        f"[robots.{robot}.agent]",
+        'use = "demo"                       # the offline FAQ agent; or "openai", or your own',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def _emulate(
+    platform: str,
+    *,
+    port: int,
+    console_port: int,
+    client_secret: str | None,
+    output: Path | None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    from .console import Console
+    from .demo import emulator_takes, make_emulator
     from .plugins import get_plugin_manager
 
+    manager = get_plugin_manager()
+    options: dict[str, Any] = {"port": port}
+    if client_secret is not None:
+        options["client_secret"] = client_secret
+    emulator = make_emulator(platform, manager, **options)
+    await emulator.start()
+    console = Console({platform: emulator}, {}, port=console_port)
+    try:
+        await console.start()
+        config = emulator_config(platform, emulator.robot_settings())
+        api = console.url.rstrip("/")
+        click.echo(f"{platform} emulator listening at {emulator.base_url}")
+        click.echo(f"console: {console.url}  (chat as a user; see the robot's cards and calls)")
+        if output is not None:
+            await asyncio.to_thread(output.write_text, config, encoding="utf-8")
+            click.echo(f"\n1. The config of a robot on this emulator is in {output}:\n")
+        else:
+            click.echo("\n1. Save this config as robots.toml (a robot on this emulator):\n")
+        click.echo(config)
+        target = output or "robots.toml"
+        click.echo(f"2. In another terminal: imrobots run --config {target}\n")
+        body = json.dumps(
+            {"text": "How do I get a refund?", "conversation_id": "group-support", "mention": True}
+        )
+        click.echo("3. Talk to it: open the console, or send a message as a user:\n")
+        click.echo(f"curl -s {api}/api/{platform}/messages -H 'content-type: application/json' \\")
+        click.echo(f"  -d '{body}'")
+        click.echo(f"curl -s {api}/api/{platform}/state   # its cards, messages and API calls")
+        environment = getattr(emulator, "environment", None)
+        if callable(environment):
+            click.echo("\nFor the platform's official SDK, these environment variables:\n")
+            for key, value in environment().items():
+                click.echo(f"export {key}={value}")
+        if client_secret is None and emulator_takes(platform, manager, "client_secret"):
+            click.echo(
+                "\nThe secret and port change on every start; --client-secret and --port keep them."
+            )
+        click.echo("\nPress Ctrl-C to stop.")
+        await (stop.wait() if stop is not None else _wait_for_signal())
+    finally:
+        await console.stop()
+        await emulator.stop()
+    click.echo("stopped")
+
+
+@cli.command()
+@click.argument("platform")
+@click.option("--port", default=0, show_default=True, help="Emulator port (0: any free port).")
+@click.option(
+    "--console-port", default=0, show_default=True, help="Console port (0: any free port)."
+)
+@click.option(
+    "--client-secret",
+    default=None,
+    help="The emulated app's secret, so that the printed config stays valid across restarts "
+    "(default: a new random one).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the robot's config to this file.",
+)
+def emulate(
+    platform: str, port: int, console_port: int, client_secret: str | None, output: Path | None
+) -> None:
+    """Run one PLATFORM's emulator on its own, with a console to talk to the robot.
+
+    Prints a complete config of a robot on the emulator (with the offline demo agent): run
+    it with ``imrobots run --config`` in another terminal, then chat with it in the console
+    or with curl.
+    """
     if platform == "memory":
         _fail(
             ImrobotsError(
                 "the memory platform runs inside the robot's process; there is nothing to emulate"
             )
         )
-
-    async def serve() -> None:
-        emulator = make_emulator(platform, get_plugin_manager(), port=port)
-        await emulator.start()
-        try:
-            click.echo(f"{platform} emulator listening at {emulator.base_url}")
-            click.echo("\nPoint a robot at it with these settings:\n")
-            click.echo("[robots.support]")
-            click.echo(f'platform = "{platform}"')
-            click.echo("[robots.support.settings]")
-            for key, value in emulator.robot_settings().items():
-                click.echo(f"{key} = {json.dumps(value)}")
-            environment = getattr(emulator, "environment", None)
-            if callable(environment):
-                click.echo("\nor, for the platform's official SDK, these environment variables:\n")
-                for key, value in environment().items():
-                    click.echo(f"export {key}={value}")
-            click.echo("\nPress Ctrl-C to stop.")
-            await _wait_for_signal()
-        finally:
-            await emulator.stop()
-        click.echo("stopped")
-
     try:
-        asyncio.run(serve())
+        asyncio.run(
+            _emulate(
+                platform,
+                port=port,
+                console_port=console_port,
+                client_secret=client_secret,
+                output=output,
+            )
+        )
     except (ValueError, ImrobotsError) as exc:
         _fail(exc)
 

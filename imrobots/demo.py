@@ -3,6 +3,7 @@ the web console, all on 127.0.0.1 with no account."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from .plugins import PluginManager, get_plugin_manager
 from .runtime import RobotRuntime, RuntimeOptions
 from .store import MemoryStore
 
-__all__ = ["Demo", "demo_agent", "make_emulator", "platform_for"]
+__all__ = ["Demo", "demo_agent", "emulator_takes", "make_emulator", "platform_for"]
 
 log = logging.getLogger("imrobots.demo")
 
@@ -49,7 +50,11 @@ def demo_agent(env: dict[str, str] | None = None) -> tuple[object, str]:
 
 
 def make_emulator(name: str, manager: PluginManager, **options: Any) -> EmulatorAdapter:
-    """Create the registered emulator of platform ``name`` (the memory one is built in)."""
+    """Create the registered emulator of platform ``name`` (the memory one is built in).
+
+    ``options`` go to the plugin's factory: ``port``, and ``client_secret`` (the emulated
+    app's secret, for a config that stays valid across restarts) when the factory takes one.
+    """
     if name == "memory":
         return MemoryEmulator()
     factories = manager.emulators()
@@ -58,10 +63,31 @@ def make_emulator(name: str, manager: PluginManager, **options: Any) -> Emulator
         raise ValueError(f"no emulator for platform {name!r}; emulators: {known}")
     manager.platform_spec(name)  # raises with the install command when the SDK is missing
     factory: Callable[..., Any] = resolve_object(factories[name])
+    if "client_secret" in options and not _takes(factory, "client_secret"):
+        raise ValueError(
+            f"the {name} emulator cannot keep a fixed client secret (its factory "
+            f"{factories[name]!r} has no client_secret parameter)"
+        )
     emulator = factory(**options)
     if not isinstance(emulator, EmulatorAdapter):
         raise TypeError(f"the {name} emulator factory did not return an EmulatorAdapter")
     return emulator
+
+
+def emulator_takes(name: str, manager: PluginManager, option: str) -> bool:
+    """Whether platform ``name``'s emulator factory takes the keyword ``option``."""
+    factories = manager.emulators()
+    if name not in factories:
+        return False
+    return _takes(resolve_object(factories[name]), option)
+
+
+def _takes(factory: Callable[..., Any], name: str) -> bool:
+    """Whether ``factory`` has a parameter ``name`` (not merely ``**kwargs``)."""
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def platform_for(name: str, emulator: EmulatorAdapter, manager: PluginManager) -> Platform:

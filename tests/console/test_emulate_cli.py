@@ -10,57 +10,121 @@ import subprocess
 import sys
 import time
 import tomllib
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from click.testing import CliRunner
 
+from imrobots.app import build_runtimes
 from imrobots.cli import cli
+from imrobots.config import check_config
 from imrobots.demo import demo_agent
 from imrobots.demo_agent import DemoAgent
 
 
-def test_emulate_prints_working_settings_and_stops_on_sigint() -> None:
-    pytest.importorskip("dingtalk_stream")
+def _start_emulate(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """Start `imrobots emulate ARGS` and return it with what it printed up to "Press Ctrl-C"."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "imrobots", "emulate", "dingtalk"],
+        [sys.executable, "-m", "imrobots", "emulate", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line or line.startswith("Press Ctrl-C"):
+            break
+        lines.append(line)
+    return process, "".join(lines)
+
+
+def _stop(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    return out
+
+
+async def _ask_through_the_console(config: Path, console: str) -> dict[str, Any]:
+    """Run the printed config's robot here; send a message through the emulate console's API;
+    return the final card, read from the console's event stream."""
+    result = check_config(config)
+    assert result.ok, result.errors
+    assert result.config is not None
+    [runtime] = build_runtimes(result.config)
+    await runtime.start()
     try:
-        assert process.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line or line.startswith("Press Ctrl-C"):
-                break
-            lines.append(line)
-        text = "".join(lines)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(console + "api/events") as events,
+        ):
+            response = await session.post(
+                console + "api/dingtalk/messages",
+                json={
+                    "text": "How do I get a refund?",
+                    "conversation_id": "group-support",
+                    "mention": True,
+                },
+            )
+            assert response.status == 200, await response.text()
+            async with asyncio.timeout(30):
+                async for frame in events:
+                    event = frame.json()
+                    card = event.get("card") or {}
+                    if event["type"] == "card" and card.get("status") == "final":
+                        return dict(card)
+    finally:
+        await runtime.stop()
+    raise AssertionError("the console's event stream ended")
+
+
+def test_emulate_prints_a_working_config_and_how_to_talk_to_it(tmp_path: Path) -> None:
+    pytest.importorskip("dingtalk_stream")
+    process, text = _start_emulate("dingtalk")
+    try:
         base_url = re.search(r"listening at (http://127\.0\.0\.1:\d+)", text)
-        assert base_url, text
-        snippet = text[text.index("[robots.support]") : text.index("or, for the")]
-        settings = tomllib.loads(snippet)["robots"]["support"]["settings"]
-        assert settings["openapi_endpoint"] == base_url.group(1)
+        console = re.search(r"console: (http://127\.0\.0\.1:\d+/)", text)
+        assert base_url and console, text
+        snippet = text[text.index("[robots.support]") : text.index("2. In another terminal")]
+        robot = tomllib.loads(snippet)["robots"]["support"]
+        assert robot["agent"] == {"use": "demo"}  # a complete config: it answers
+        assert robot["settings"]["openapi_endpoint"] == base_url.group(1)
         assert f"export DINGTALK_OPENAPI_ENDPOINT={base_url.group(1)}" in text
-
-        async def token() -> int:
-            async with aiohttp.ClientSession() as session:
-                response = await session.post(
-                    base_url.group(1) + "/v1.0/oauth2/accessToken",
-                    json={"appKey": settings["client_id"], "appSecret": settings["client_secret"]},
-                )
-                return response.status
-
-        assert asyncio.run(token()) == 200  # the printed credentials really work
-        process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=30)
+        assert f"curl -s {console.group(1)}api/dingtalk/messages" in text
+        config = tmp_path / "robots.toml"
+        config.write_text(snippet, encoding="utf-8")
+        card = asyncio.run(_ask_through_the_console(config, console.group(1)))
+        assert "refund" in card["blocks"][0]["text"].lower()
+        assert "stopped" in _stop(process)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 0 and "stopped" in out
+
+
+def test_client_secret_keeps_the_config_valid_or_is_refused_in_one_line() -> None:
+    pytest.importorskip("dingtalk_stream")
+    from imrobots.demo import emulator_takes
+    from imrobots.plugins import get_plugin_manager
+
+    if not emulator_takes("dingtalk", get_plugin_manager(), "client_secret"):
+        result = CliRunner().invoke(cli, ["emulate", "dingtalk", "--client-secret", "s3cret"])
+        assert result.exit_code == 2
+        assert "the dingtalk emulator cannot keep a fixed client secret" in result.output
+        return
+    for _ in range(2):  # the same secret on every start
+        process, text = _start_emulate("dingtalk", "--client-secret", "s3cret")
+        try:
+            assert 'client_secret = "s3cret"' in text
+            _stop(process)
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 def test_emulate_unknown_or_in_process_platform_is_a_clear_error() -> None:
