@@ -129,45 +129,79 @@ end
 return 1
 """
 
-_RESERVE: Final = """
--- KEYS: window's grant list, window's penalty. ARGV: limit, window (µs).
--- Returns the µs from now (server TIME) to the granted time: the same rule as
--- imrobots.store.window_reserve. Grants are in arrival order; at most `limit` in any window.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local edge = now - window
-while true do
-  local first = redis.call('LINDEX', KEYS[1], 0)
-  if not first or tonumber(first) > edge then
-    break
+_EARLIEST: Final = """
+-- The earliest time (µs) at or after `now` at which the window (grant list `times`, penalty
+-- key `block`) has room for one call, never ahead of an earlier grant (arrival order): the
+-- rule of imrobots.store.window_earliest. Drops the grants that have left the window.
+local function earliest(times, block, limit, window, now)
+  local edge = now - window
+  while true do
+    local first = redis.call('LINDEX', times, 0)
+    if not first or tonumber(first) > edge then
+      break
+    end
+    redis.call('LPOP', times)
   end
-  redis.call('LPOP', KEYS[1])
-end
-local at = now
-local blocked = tonumber(redis.call('GET', KEYS[2]))
-if blocked and blocked > at then
-  at = blocked
-end
-local n = redis.call('LLEN', KEYS[1])
-if n > 0 then
-  local last = tonumber(redis.call('LINDEX', KEYS[1], -1))
-  if last > at then
-    at = last
+  local at = now
+  local blocked = tonumber(redis.call('GET', block))
+  if blocked and blocked > at then
+    at = blocked
   end
-  if n >= limit then
-    local room = tonumber(redis.call('LINDEX', KEYS[1], -limit)) + window
-    if room > at then
-      at = room
+  local n = redis.call('LLEN', times)
+  if n > 0 then
+    local last = tonumber(redis.call('LINDEX', times, -1))
+    if last > at then
+      at = last
+    end
+    if n >= limit then
+      local room = tonumber(redis.call('LINDEX', times, -limit)) + window
+      if room > at then
+        at = room
+      end
     end
   end
+  return at
 end
-redis.call('RPUSH', KEYS[1], string.format('%.0f', at))
--- No grant matters once the last one has left the window.
-redis.call('PEXPIRE', KEYS[1], math.floor((at + window - now) / 1000) + 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
+_RESERVE_ALL: Final = (
+    """
+-- KEYS: per window, its grant list and its penalty. ARGV: per window, limit and window (µs).
+-- Reserves one call in every window at one time, the earliest (by the server's TIME) at which
+-- all have room; returns the µs from now to it (imrobots.store.windows_reserve).
+"""
+    + _EARLIEST
+    + """
+local at = now
+for i = 1, #KEYS / 2 do
+  local e = earliest(KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[2 * i - 1]),
+    tonumber(ARGV[2 * i]), now)
+  if e > at then
+    at = e
+  end
+end
+local granted = string.format('%.0f', at)
+for i = 1, #KEYS / 2 do
+  redis.call('RPUSH', KEYS[2 * i - 1], granted)
+  -- No grant matters once the last one has left the window.
+  redis.call('PEXPIRE', KEYS[2 * i - 1], math.floor((at + tonumber(ARGV[2 * i]) - now) / 1000) + 1)
+end
 return at - now
 """
+)
+
+_ROOM_IN: Final = (
+    """
+-- KEYS: the window's grant list and penalty. ARGV: limit, window (µs).
+-- Returns the µs from now until the window has room, reserving nothing.
+"""
+    + _EARLIEST
+    + """
+return earliest(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), now) - now
+"""
+)
 
 _PENALIZE: Final = """
 -- KEYS: window's penalty. ARGV: seconds (µs). Nothing is granted before now + seconds
@@ -355,7 +389,8 @@ class RedisStore(Store):
         self._release = register(_RELEASE)
         self._acquire_lock = register(_ACQUIRE_LOCK)
         self._release_lock = register(_RELEASE_LOCK)
-        self._reserve = register(_RESERVE)
+        self._reserve_all = register(_RESERVE_ALL)
+        self._room_in = register(_ROOM_IN)
         self._penalize = register(_PENALIZE)
         self._add_feedback = register(_ADD_FEEDBACK)
         self._append_history = register(_APPEND_HISTORY)
@@ -435,12 +470,24 @@ class RedisStore(Store):
         return held == str(token)
 
     # --- sliding windows ------------------------------------------------------------------
-    async def reserve(self, key: str, *, limit: int, window: float) -> float:
-        """Reserve one call in the sliding window ``key`` (see :meth:`Store.reserve`), by the
-        Redis server's clock, so replicas on hosts with different clocks share it fairly."""
+    async def reserve_all(self, windows: Sequence[tuple[str, int, float]]) -> float:
+        """Reserve one call in every window at one time (see :meth:`Store.reserve_all`), by
+        the Redis server's clock, so replicas on hosts with different clocks share them."""
+        if not windows:
+            return 0.0
+        keys: list[str] = []
+        args: list[str | int] = []
+        for key, limit, window in windows:
+            keys += [self._key("window:", key), self._key("window-block:", key)]
+            args += [limit, round(window * 1_000_000)]
+        micros = await self._script("reserve", self._reserve_all, keys, args)
+        return int(micros) / 1_000_000
+
+    async def room_in(self, key: str, *, limit: int, window: float) -> float:
+        """Seconds until the window ``key`` has room (see :meth:`Store.room_in`)."""
         micros = await self._script(
-            "reserve",
-            self._reserve,
+            "room_in",
+            self._room_in,
             [self._key("window:", key), self._key("window-block:", key)],
             [limit, round(window * 1_000_000)],
         )
