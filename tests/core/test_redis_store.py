@@ -78,6 +78,15 @@ async def test_two_replicas_share_dedupe_windows_locks_and_records(
     )
     expected = [float(i // 2) for i in range(20)]  # two a second across both replicas
     assert sorted(waits) == pytest.approx(expected, abs=0.1)
+    # one call counted by its chat's window and the app's, from both replicas at once
+    both = await asyncio.gather(
+        *(
+            replicas[i % 2].reserve_all(((f"chat{i}", 1, 1.0), ("app-wide", 3, 1.0)))
+            for i in range(12)
+        )
+    )
+    assert sorted(both) == pytest.approx([0.0] * 3 + [1.0] * 3 + [2.0] * 3 + [3.0] * 3, abs=0.1)
+    assert await second.room_in("app-wide", limit=3, window=1.0) == pytest.approx(4.0, abs=0.1)
     await first.penalize("card", seconds=5)
     assert await second.reserve("card", limit=10, window=1.0) == pytest.approx(5, abs=0.1)
 
