@@ -19,7 +19,9 @@ import inspect
 import json
 import logging
 import os
+import socket
 import time
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -88,6 +90,15 @@ class RuntimeOptions:
     """How long an answer is remembered for its feedback buttons."""
     stream: StreamPolicy | None = None
     """Streaming policy; ``None`` derives it from the platform's capabilities."""
+    liveness_ttl: float = 30.0
+    """Seconds a runtime's "alive" lease in the store lasts (renewed every third of it).
+    Answers whose runtime's lease lapsed (a crash, a killed replica) are closed as
+    interrupted by any runtime of the robot: at its start and every ``liveness_ttl``."""
+    replica: str | None = None
+    """A stable name for this process among the robot's replicas (e.g. ``worker-1``): a
+    restarted process with the same name closes the answers it left open at once, instead
+    of after its old lease lapses. Default: a name unique to the process. Two live
+    processes must never share one."""
     refusal_hold: float = 300.0
     """Seconds answers skip cards after the platform refused cards app-wide (no permission)."""
 
@@ -173,6 +184,13 @@ class RobotRuntime:
         """The cap on answers running at once (``options.max_concurrent`` or derived)."""
         self.executor = agent_executor(self.max_concurrent)
         """The bounded thread pool blocking agent code runs in."""
+        self.owner = (
+            self.options.replica or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
+        """Who answers here: open answers are recorded under it, and its lease says it lives."""
+        self._watcher: asyncio.Task[None] | None = None
+        self._open: dict[str, bool] = {}
+        """The open-answer records of answers running in this runtime."""
         self.stats = RuntimeStats()
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -206,7 +224,9 @@ class RobotRuntime:
         await self.platform.start(self.handle)
         tune_gc()
         log.info("robot %s is up on %s", self.name, self.platform.describe())
+        await self._keep_alive()
         await self.recover_open_answers()
+        self._watcher = asyncio.create_task(self._watch(), name=f"imrobots-watch-{self.name}")
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Stop taking messages, interrupt running answers (they end in an interrupted card),
@@ -214,6 +234,10 @@ class RobotRuntime:
         if self._stopping:
             return
         self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -224,6 +248,7 @@ class RobotRuntime:
             await self.robot.shutdown()
         if self.robot.agent is not None:
             await self.robot.agent.aclose()
+        await self.store.release_lock(self._alive_key(self.owner), self.owner)
         # Threads still running blocking agent code are not waited for: the process may exit.
         self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("robot %s stopped", self.name)
@@ -540,7 +565,9 @@ class RobotRuntime:
                 "target": _targets.unstructure(stream.target),
                 "state": handle.state(),
                 "question": question,
+                "owner": self.owner,
             }
+            self._open[record_key] = True
             head = json.dumps(record, ensure_ascii=False)[:-1] + ', "text": '
             await on_push(stream)
 
@@ -555,6 +582,7 @@ class RobotRuntime:
             )
 
         async def on_final(result: AnswerResult, handle: StreamHandle | None) -> None:
+            self._open.pop(record_key, None)
             await self.store.delete_value(record_key)
             if result.degraded:
                 self.stats.degraded += 1
@@ -580,14 +608,61 @@ class RobotRuntime:
         chunks = source if isinstance(source, AgentAnswer) else accumulate(source)
         return await stream.run(chunks)
 
+    def _alive_key(self, owner: str) -> str:
+        return self._key("alive", owner)
+
+    async def _keep_alive(self) -> None:
+        """Take (or renew) this runtime's lease in the store."""
+        ttl = self.options.liveness_ttl
+        if await self.store.acquire_lock(self._alive_key(self.owner), self.owner, ttl=ttl) is None:
+            log.error(
+                "another live process of robot %s uses the replica name %r: give each its own",
+                self.name,
+                self.owner,
+            )
+
+    async def _watch(self) -> None:
+        """Renew the lease every third of its lifetime; close dead owners' answers each time
+        the lease has been renewed three times."""
+        period = self.options.liveness_ttl / 3
+        beats = 0
+        while True:
+            await self.clock.sleep(period)
+            try:
+                await self._keep_alive()
+                beats += 1
+                if beats % 3 == 0:
+                    await self.recover_open_answers()
+            except Exception:
+                log.exception("robot %s: keeping its lease or recovering answers failed", self.name)
+
+    async def _owner_alive(self, owner: str) -> bool:
+        if owner == self.owner:
+            return False  # an answer of this very name that this process did not open
+        probe = f"probe:{self.owner}"
+        key = self._alive_key(owner)
+        if await self.store.acquire_lock(key, probe, ttl=0.001) is None:
+            return True  # its lease is held
+        await self.store.release_lock(key, probe)
+        return False
+
     async def recover_open_answers(self) -> int:
-        """Close every answer of this robot that a crash left open (recorded in the store)
-        as interrupted, showing the text it had. Returns how many were closed."""
+        """Close every answer of this robot left open by a runtime that is gone (its lease
+        in the store lapsed: a crash, a killed replica), as interrupted, showing the text it
+        had. Answers of live runtimes are left alone. Returns how many were closed."""
         prefix = self._key("open", "")
         closed = 0
         for key, raw in (await self.store.scan_values(prefix)).items():
             try:
                 record = json.loads(raw)
+                owner = record.get("owner")
+                if owner == self.owner and self._open.get(key):
+                    continue  # this runtime's own answer, still running
+                if isinstance(owner, str) and await self._owner_alive(owner):
+                    continue
+                claim = await self.store.claim(key + ":closing", in_flight_ttl=60.0)
+                if claim is not ClaimResult.CLAIMED:
+                    continue  # another replica is closing it
                 target = _targets.structure(record["target"], Target)
                 handle = await self.platform.restore_stream(target, record.get("state") or {})
                 card = interrupted_card(record.get("question") or "", record.get("text") or "")

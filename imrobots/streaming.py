@@ -32,6 +32,7 @@ from typing import TypeVar
 import attrs
 
 from .cards import (
+    THINKING_TEXT,
     Card,
     Markdown,
     Note,
@@ -532,11 +533,12 @@ class AnswerStream:
 
     def _lifetime_left(self, now: float) -> float | None:
         """Seconds until the current stream must be renewed or rotated, if it has a lifetime
-        (and shows text: an empty card is closed by the final card anyway)."""
+        (also while it still shows "thinking": an agent slower than the lifetime must not
+        leave an expired card behind)."""
         lifetime = self.capabilities.stream_lifetime
-        if lifetime is None or len(self.latest) <= self._offset:
+        if lifetime is None:
             return None
-        act_at = max(lifetime - self.policy.lifetime_margin, lifetime / 2)
+        act_at = lifetime - self._margin()
         return self._opened_at + act_at - now
 
     def _keep_alive_left(self, now: float) -> float | None:
@@ -589,7 +591,8 @@ class AnswerStream:
             text = self._clip(self.latest[self._offset :])
             shown = self._offset + len(text)
             try:
-                await self._handle.push(text)
+                # a keep-alive before any text keeps showing "thinking", never a blank card
+                await self._handle.push(text or THINKING_TEXT)
             except RateLimited as exc:
                 await self.limiter.backoff(
                     exc.retry_after or self.retry.rate_limit_backoff, self._scope(Op.PUSH)
@@ -640,7 +643,9 @@ class AnswerStream:
         if handle is None or self.capabilities.lifetime_remedy is not LifetimeRemedy.RENEW:
             return False
         try:
-            await self._retrying(Op.RENEW, handle.renew, deadline=self.policy.lifetime_margin)
+            # half the margin for renewing, so that the other half is left to close the
+            # card and continue in a new one if renewing keeps failing
+            await self._retrying(Op.RENEW, handle.renew, deadline=self._margin() / 2)
         except (PlatformError, NotSupported, TimeoutError) as exc:
             log.warning(
                 "could not renew the stream of %s (%s); continuing in a new card", self._what, exc
@@ -649,24 +654,58 @@ class AnswerStream:
         self._opened_at = self.clock.now()
         return True
 
+    def _margin(self) -> float:
+        """Seconds before the end of a stream's lifetime at which it is renewed or rotated."""
+        lifetime = self.capabilities.stream_lifetime or 0.0
+        return min(self.policy.lifetime_margin, lifetime / 2)
+
     async def _rotate(self) -> None:
-        """Close the current card with the text so far and continue in a new card."""
+        """Close the current card with the text so far and continue in a new card.
+
+        The close is tried only while the card can still take it (until the end of its
+        lifetime). If it cannot be closed, the card keeps what it last showed and the next
+        card continues from there: no text is shown twice.
+        """
         limit = self.capabilities.max_text
         unit = self.capabilities.text_unit
         body = self.latest[self._offset :]
         head = split_text(body, limit, unit)[0] if limit else body
-        closing = Card(
-            title=self.question, elements=(Markdown(text=head), Note(text=CONTINUED_NOTE))
-        )
-        await self._deliver(closing, use_handle=True)
+        # a card closed before any text keeps its "thinking" line, never a blank body
+        shown = Markdown(text=head or THINKING_TEXT)
+        closing = Card(title=self.question, elements=(shown, Note(text=CONTINUED_NOTE)))
+        handle = self._handle
+        closed = False
+        if handle is not None and not self._gone:
+            lifetime = self.capabilities.stream_lifetime
+            left = self._opened_at + lifetime - self.clock.now() if lifetime is not None else None
+            close = handle.close
+            try:
+                await self._retrying(
+                    Op.CLOSE,
+                    lambda: close(closing),
+                    deadline=max(0.5, left) if left is not None else None,
+                )
+                closed = True
+            except OutcomeUnknown:
+                closed = True  # a close cannot be repeated safely: taken as done
+            except (PlatformError, NotSupported, TimeoutError) as exc:
+                log.warning(
+                    "could not close the card of %s before it expired (%s); it keeps what it "
+                    "showed and the answer continues in a new card",
+                    self._what,
+                    exc,
+                )
         # The closed card is done with: from here on the answer lives in the next card
         # (if opening it fails, the final card is sent as a new message).
         self._handle = None
-        self._offset += len(head)
+        if closed:
+            self._offset += len(head)
+        else:
+            self._offset = max(self._offset, self._sent_len)
         while self._offset < len(self.latest) and self.latest[self._offset] == "\n":
             self._offset += 1
         rest = self._clip(self.latest[self._offset :])
-        opening = streaming_card(self.question, rest or "...")
+        opening = streaming_card(self.question, rest) if rest else thinking_card(self.question)
         key = self._next_key("open")
         handle = await self._retrying(
             Op.OPEN, lambda: self.platform.open_stream(self.target, opening, key=key)

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 
 import attrs
+import pytest
 
 from imrobots.agents import AgentRequest
 from imrobots.cards import Actions, Button, Card, CardStatus, Markdown
@@ -22,7 +23,7 @@ from imrobots.ratelimit import CallScope, RateLimiter
 from imrobots.robot import ActionReply, Reply, Robot
 from imrobots.runtime import RobotRuntime, RuntimeOptions
 from imrobots.store import MemoryStore
-from imrobots.streaming import EMPTY_ANSWER, StreamPolicy, split_text
+from imrobots.streaming import CONTINUED_NOTE, EMPTY_ANSWER, StreamPolicy, split_text
 
 from .conftest import FAST, AgentRobot, Factory, answer_cards, eventually, streaming_agent, words
 
@@ -322,8 +323,9 @@ async def test_a_whitespace_answer_is_an_empty_answer(make_runtime: Factory) -> 
 
 
 # --- items 9 and 10: keys and restarts ------------------------------------------------------
-async def test_an_answer_left_open_is_closed_as_interrupted_at_start(tmp_path) -> None:
-    """A crash leaves the answer's record in the store; the next start closes its card."""
+async def test_an_answer_left_open_by_a_dead_runtime_is_closed_as_interrupted(tmp_path) -> None:
+    """A crash leaves the answer's record in the store; once the dead runtime's lease lapses,
+    a live runtime of the robot closes its card as interrupted with the text it showed."""
     from imrobots.sqlite_store import SQLiteStore
 
     store = SQLiteStore(tmp_path / "state.db")
@@ -334,30 +336,110 @@ async def test_an_answer_left_open_is_closed_as_interrupted_at_start(tmp_path) -
         yield "half an answer"
         await hang.wait()
 
+    options = RuntimeOptions(stream=StreamPolicy(min_interval=0.01), liveness_ttl=0.3)
     first = RobotRuntime(
-        name="bot",
-        robot=AgentRobot(agent=slow),
-        platform=platform,
-        store=store,
-        options=RuntimeOptions(stream=StreamPolicy(min_interval=0.01)),
+        name="bot", robot=AgentRobot(agent=slow), platform=platform, store=store, options=options
     )
     await first.start()
     message = await platform.say("q")
     await eventually(lambda: any("half" in c.text for c in platform.cards.values()))
-    # The "crash": the first runtime is abandoned without stopping (its tasks never resume).
+    records = await store.scan_values("open:bot:")
+    assert len(records) == 1 and first.owner in next(iter(records.values()))
+    # The "crash": the first runtime stops renewing its lease and never finishes its answer.
+    assert first._watcher is not None
+    first._watcher.cancel()
     for task in list(first._tasks):
         task.remove_done_callback(first._task_done)
-    records = await store.scan_values("open:bot:")
-    assert len(records) == 1
 
     second = RobotRuntime(
-        name="bot", robot=AgentRobot(agent=reply("x")), platform=platform, store=store
+        name="bot",
+        robot=AgentRobot(agent=reply("x")),
+        platform=platform,
+        store=store,
+        options=options,
     )
     await second.start()
     (card,) = answer_cards(platform, message)
+    assert card.status is CardStatus.STREAMING  # the first one's lease still holds: alive
+    await eventually(lambda: second.stats.recovered == 1)  # its lease lapsed: closed
     assert card.status is CardStatus.INTERRUPTED and "half an answer" in card.text
-    assert second.stats.recovered == 1
     assert await store.scan_values("open:bot:") == {}
+    await second.stop()
+    await first.stop()
+    await store.close()
+
+
+async def test_a_second_worker_leaves_the_first_ones_answers_alone(tmp_path) -> None:
+    """Review finding: a second worker on a shared SQLite store closed the first worker's
+    live answers as "left open by a crash"."""
+    from imrobots.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "state.db")
+    platform = MemoryPlatform(MemorySettings(**FAST))
+    release = asyncio.Event()
+
+    async def slow(request: AgentRequest) -> AsyncIterator[str]:
+        yield "working "
+        await release.wait()
+        yield "done"
+
+    options = RuntimeOptions(stream=StreamPolicy(min_interval=0.01), liveness_ttl=0.3)
+    first = RobotRuntime(
+        name="bot", robot=AgentRobot(agent=slow), platform=platform, store=store, options=options
+    )
+    await first.start()
+    message = await platform.say("q")
+    await eventually(lambda: any("working" in c.text for c in platform.cards.values()))
+    second = RobotRuntime(
+        name="bot",
+        robot=AgentRobot(agent=reply("x")),
+        platform=platform,
+        store=store,
+        options=options,
+    )
+    await second.start()
+    recoveries = [await second.recover_open_answers() for _ in range(3)]
+    release.set()
+    await first.wait_idle(10)
+    (card,) = answer_cards(platform, message)
+    assert recoveries == [0, 0, 0] and card.status is CardStatus.FINAL
+    assert card.text == "working done"
+    await second.stop()
+    await first.stop()
+    await store.close()
+
+
+async def test_a_restarted_replica_closes_its_own_answers_at_once(tmp_path) -> None:
+    from imrobots.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "state.db")
+    platform = MemoryPlatform(MemorySettings(**FAST))
+
+    async def slow(request: AgentRequest) -> AsyncIterator[str]:
+        yield "half"
+        await asyncio.Event().wait()
+
+    options = RuntimeOptions(stream=StreamPolicy(min_interval=0.01), replica="worker-1")
+    first = RobotRuntime(
+        name="bot", robot=AgentRobot(agent=slow), platform=platform, store=store, options=options
+    )
+    await first.start()
+    message = await platform.say("q")
+    await eventually(lambda: any("half" in c.text for c in platform.cards.values()))
+    assert first._watcher is not None
+    first._watcher.cancel()
+    for task in list(first._tasks):
+        task.remove_done_callback(first._task_done)
+    second = RobotRuntime(
+        name="bot",
+        robot=AgentRobot(agent=reply("x")),
+        platform=platform,
+        store=store,
+        options=options,
+    )
+    await second.start()  # the same replica name: its answers from before are closed at once
+    (card,) = answer_cards(platform, message)
+    assert card.status is CardStatus.INTERRUPTED and second.stats.recovered == 1
     await second.stop()
     await first.stop()
     await store.close()
@@ -536,3 +618,60 @@ async def test_a_call_under_several_limits_is_recorded_when_it_is_made() -> None
     await asyncio.gather(*(call("x") for _ in range(3)), *busy)
     gaps = [b - a for a, b in itertools.pairwise(made)]
     assert len(made) == 3 and all(gap >= 0.1 - 0.005 for gap in gaps), gaps
+
+
+@pytest.mark.parametrize("remedy", ["renew", "new_message", "keep_alive"])
+async def test_a_thinking_card_never_outlives_its_stream(
+    make_runtime: Factory, remedy: str
+) -> None:
+    """Review finding: an agent whose first text came after the stream lifetime left the
+    thinking card on "thinking" for ever (and keep-alive pushes blanked it)."""
+
+    async def slow(request: AgentRequest) -> AsyncIterator[str]:
+        await asyncio.sleep(1.0)  # longer than the 0.6 s lifetime: the model thinking
+        yield "at last"
+
+    platform, runtime = await make_runtime(
+        agent=slow,
+        stream_lifetime=0.6,
+        lifetime_remedy=remedy,
+        keep_alive=0.2,
+        stream=StreamPolicy(min_interval=0.05, lifetime_margin=0.2),
+        **FAST,
+    )
+    message = await platform.say("q")
+    await runtime.wait_idle(10)
+    cards = answer_cards(platform, message)
+    assert all(c.status is not None and c.status.is_terminal for c in cards), [
+        c.status for c in cards
+    ]
+    assert all(c.text.strip() for c in cards)  # never a blank card
+    assert cards[-1].status is CardStatus.FINAL and "at last" in cards[-1].text
+    assert not [c for c in platform.calls if c.error == "CardExpired"]
+
+
+async def test_renewals_that_fail_leave_no_card_streaming_and_no_text_twice(
+    make_runtime: Factory,
+) -> None:
+    """Review finding: failing renews used the whole margin; the card then expired on
+    "streaming" and the next card repeated its text."""
+    chunks = words(40)
+    platform, runtime = await make_runtime(
+        agent=streaming_agent(chunks, seconds=2.0),
+        stream_lifetime=0.6,
+        lifetime_remedy="renew",
+        failure_rate=0.25,
+        failure_kind="5xx",
+        seed=3,
+        stream=StreamPolicy(
+            min_interval=0.05, lifetime_margin=0.3, retry_backoff=0.02, max_backoff=0.05
+        ),
+        **FAST,
+    )
+    message = await platform.say("q")
+    await runtime.wait_idle(20)
+    cards = answer_cards(platform, message)
+    shown = "".join(c.text.replace(CONTINUED_NOTE, "") for c in cards)
+    for chunk in chunks:
+        assert shown.count(chunk) == 1, chunk  # every word once, none twice
+    assert cards[-1].status is CardStatus.FINAL
