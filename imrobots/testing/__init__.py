@@ -2,10 +2,16 @@
 
 ::
 
+    from imrobots.examples import SupportRobot
     from imrobots.testing import robot_chat
 
+
+    def answer(request):
+        return "You can ask for a refund within 30 days."
+
+
     async def test_support_answers_refunds():
-        async with robot_chat(SupportRobot(agent=my_agent), platform="dingtalk") as chat:
+        async with robot_chat(SupportRobot(agent=answer), platform="dingtalk") as chat:
             await chat.say("How do I get a refund?")
             await chat.expect_thinking()
             card = await chat.expect_final(contains="refund")
@@ -13,7 +19,8 @@
             await chat.expect_feedback("very_helpful")
 
 With the pytest plugin (installed with imrobots), the ``robot_chat`` fixture does
-the same and cleans up after the test.
+the same and cleans up after the test, and ``async def`` tests that use the kit run
+on pytest-asyncio with no settings (see ``docs/testing.md``).
 
 Platform plugins run the conformance suite, :class:`PlatformConformance` from
 :mod:`imrobots.testing.conformance`, against their own emulator (it imports

@@ -1,4 +1,9 @@
-"""The conversation DSL: say something, expect cards, press buttons, expect feedback."""
+"""The conversation DSL: say something, expect cards, press buttons, expect feedback.
+
+A :class:`Chat` watches two things: the emulator's views of what the platform shows
+(cards, messages), and the robot's runtime (which messages it took in or rejected), so
+that :meth:`Chat.expect_no_answer` waits until the robot really processed a message
+instead of passing before the message even arrived."""
 
 from __future__ import annotations
 
@@ -24,6 +29,24 @@ _conversations = itertools.count(1)
 
 class ChatExpectationError(AssertionError):
     """An expectation of the DSL was not met in time; the message says what was seen."""
+
+
+class _HookTap:
+    """Stands in for a runtime's ``hooks``: tells the chat about every hook the runtime
+    fires (which messages it took in, which it rejected and why), then calls the real ones."""
+
+    def __init__(self, inner: Any, observe: Callable[[str, dict[str, Any]], None]) -> None:
+        self.inner = inner
+        self._observe = observe
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        inner = getattr(self.inner, name, None) if self.inner is not None else None
+
+        def call(**kwargs: Any) -> Any:
+            self._observe(name, kwargs)
+            return inner(**kwargs) if inner is not None else []
+
+        return call
 
 
 def _card_text(card: View) -> str:
@@ -57,25 +80,52 @@ class Chat:
         self.timeout = timeout
         self.events: list[View] = []
         """Every event of this conversation's cards and messages, in order."""
+        self.outcomes: dict[str, str] = {}
+        """What the robot made of each message said in this chat, by message id:
+        ``"received"`` (it passed the policy and dedupe) or ``"rejected: REASON"``."""
         self._mark = 0
+        self._last_said: str | None = None
         self._queue = emulator.subscribe()
         self._changed = asyncio.Event()
+        self._tap = _HookTap(runtime.hooks, self._observe)
+        runtime.hooks = self._tap
         self._reader = asyncio.create_task(self._read())
+
+    def _observe(self, hook: str, kwargs: dict[str, Any]) -> None:
+        message = kwargs.get("message")
+        if message is None or not hasattr(message, "id"):
+            return
+        if hook == "message_received":
+            self.outcomes.setdefault(message.id, "received")
+        elif hook == "message_rejected":
+            self.outcomes.setdefault(message.id, f"rejected: {kwargs.get('reason', '')}")
+        else:
+            return
+        self._changed.set()
+
+    def _take(self, event: View) -> None:
+        view = event.get("card") or event.get("message")
+        if view is not None and view.get("conversation_id") != self.conversation_id:
+            return
+        self.events.append(event)
+        self._changed.set()
 
     async def _read(self) -> None:
         while True:
-            event = await self._queue.get()
-            view = event.get("card") or event.get("message")
-            if view is not None and view.get("conversation_id") != self.conversation_id:
-                continue
-            self.events.append(event)
-            self._changed.set()
+            self._take(await self._queue.get())
+
+    def _drain(self) -> None:
+        """Take the events the emulator already emitted and the reader has not seen yet."""
+        while not self._queue.empty():
+            self._take(self._queue.get_nowait())
 
     async def close(self) -> None:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
         self.emulator.unsubscribe(self._queue)
+        if self.runtime.hooks is self._tap:
+            self.runtime.hooks = self._tap.inner
 
     # ------------------------------------------------------------------ waiting
     async def _until(self, what: str, find: Callable[[], Any]) -> Any:
@@ -122,9 +172,13 @@ class Chat:
 
     # ------------------------------------------------------------------ the DSL
     async def say(self, text: str, *, mention: bool = True, user_id: str | None = None) -> str:
-        """Send ``text`` as a user; returns the platform's message id."""
+        """Send ``text`` as a user; returns the platform's message id.
+
+        In a group (the default), ``mention`` says whether the user @-mentions the robot;
+        in a direct chat (``robot_chat(..., group=False)``) the robot is always addressed."""
+        self._drain()
         self._mark = len(self.events)
-        return await self.emulator.say(
+        message_id = await self.emulator.say(
             text=text,
             conversation_id=self.conversation_id,
             group=self.group,
@@ -132,6 +186,8 @@ class Chat:
             user_name=self.user_name,
             mention=mention,
         )
+        self._last_said = message_id
+        return message_id
 
     async def expect_thinking(self) -> View:
         """A new card whose first state is "thinking"."""
@@ -146,16 +202,46 @@ class Chat:
         return result
 
     async def expect_update(self, contains: str = "") -> View:
-        """The card shows streamed text (containing ``contains``) before it is final."""
+        """The card shows answer text containing ``contains``: a streamed update, or the
+        final card itself when the answer came in one piece (an agent that returns a
+        string, or one that streams faster than the platform's update interval).
+
+        Use :meth:`expect_streamed` to require updates before the final card."""
 
         def find() -> View | None:
             for views in self.cards().values():
                 for view in views:
-                    if view["status"] == "streaming" and contains in _card_text(view):
+                    if view["status"] in ("streaming", "final") and contains in _card_text(view):
                         return view
             return None
 
-        result: View = await self._until(f"a streaming update containing {contains!r}", find)
+        result: View = await self._until(f"answer text containing {contains!r}", find)
+        return result
+
+    async def expect_streamed(self, contains: str = "", *, updates: int = 1) -> View:
+        """The answer streamed: at least ``updates`` distinct streamed states of the card
+        before it was final, the last of them containing ``contains``. Returns the last
+        streamed state. Fails for an answer that arrived in one piece."""
+
+        def find() -> View | None:
+            for views in self.cards().values():
+                streamed: list[View] = []
+                for view in views:
+                    text = _card_text(view)
+                    if (
+                        view["status"] == "streaming"
+                        and text
+                        and (not streamed or _card_text(streamed[-1]) != text)
+                    ):
+                        streamed.append(view)
+                if len(streamed) >= updates and contains in _card_text(streamed[-1]):
+                    return streamed[-1]
+            return None
+
+        result: View = await self._until(
+            f"{updates} streamed update{'s' if updates != 1 else ''} containing {contains!r}",
+            find,
+        )
         return result
 
     async def _expect_status(self, status: str, contains: str) -> View:
@@ -190,11 +276,36 @@ class Chat:
         result: View = await self._until(f"a message containing {contains!r}", find)
         return result
 
-    async def expect_no_answer(self) -> None:
-        """Nothing was sent for the last message (for example, rejected by the policy)."""
-        await self.runtime.wait_idle(timeout=self.timeout)
+    async def expect_no_answer(self) -> str:
+        """The robot processed the last message and sent nothing for it (for example, the
+        access policy rejected it: a group message without the @-mention).
+
+        Waits until the message reached the robot (taken in or rejected), then until the
+        robot is idle, so that an answer on its way counts. Returns what the robot made of
+        the message: ``"received"`` or ``"rejected: REASON"``."""
+        said = self._last_said
+        if said is None:
+            raise ChatExpectationError("expect_no_answer() needs a say() first")
+        try:
+            await self._until_outcome(said)
+            await self.runtime.wait_idle(timeout=self.timeout)
+        except TimeoutError:
+            raise ChatExpectationError(
+                f"expected the robot to process message {said} within {self.timeout}s; "
+                f"it did not (saw: {self.describe()})"
+            ) from None
+        self._drain()
         if self.cards() or self._messages():
-            raise ChatExpectationError(f"expected no answer; saw: {self.describe()}")
+            raise ChatExpectationError(
+                f"expected no answer ({self.outcomes[said]}); saw: {self.describe()}"
+            )
+        return self.outcomes[said]
+
+    async def _until_outcome(self, message_id: str) -> None:
+        async with asyncio.timeout(self.timeout):
+            while message_id not in self.outcomes:
+                self._changed.clear()
+                await self._changed.wait()
 
     async def press(self, label: str | FeedbackRating, *, user_id: str | None = None) -> None:
         """Press the button labelled ``label`` on the latest card that has it."""
