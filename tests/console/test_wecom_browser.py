@@ -1,0 +1,96 @@
+"""One WeCom conversation in the console, in real headless Chromium (Debian's chromium,
+driven by Playwright; never downloaded): ask the intelligent robot in a group, watch the
+stream reply go from thinking to streaming to final, press a feedback button.
+
+Skipped outside CI when chromium, playwright or the WeCom extra is missing; in CI it
+fails instead (see ``test_browser.py``)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from imrobots.demo import Demo
+from imrobots.plugins import PluginManager
+from tests.console.test_browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SlowAgent,
+    _require_browser,
+)
+
+FEEDBACK_LABELS = ["Very helpful", "Helpful", "Not much help", "No help"]
+
+
+@pytest.fixture
+async def console(manager: PluginManager) -> AsyncIterator[Demo]:
+    missing = [m for m in ("wechatpy", "cryptography") if importlib.util.find_spec(m) is None]
+    if missing:
+        reason = f'needs {", ".join(missing)} (pip install "imrobots[wecom]")'
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    manager.register(importlib.import_module("imrobots_wecom.plugin"), name="wecom")
+    demo = Demo(platforms=["wecom"], manager=manager, agent=SlowAgent())
+    await demo.start()
+    assert demo.skipped == {}, demo.skipped
+    yield demo
+    await demo.stop()
+
+
+@pytest.fixture
+async def page(console: Demo) -> AsyncIterator[Any]:
+    async_playwright = _require_browser()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            assert console.console is not None
+            await page.goto(console.console.url)
+            await page.wait_for_selector("#connection.ok")
+            yield page
+        finally:
+            await browser.close()
+
+
+async def test_ask_the_wecom_robot_watch_the_stream_and_give_feedback(page: Any) -> None:
+    await page.click("#platform-tabs button[data-platform='wecom']")
+    assert await page.inner_text("#platform-tabs button.active") == "WeCom"
+    await page.click("#conversations li[data-conversation='group-support']")
+    assert await page.is_checked("#mention")
+    await page.fill("#message-input", "How do I get a refund?")
+    await page.click("#send")
+    # the user's message as WeCom shows it, then the stream reply: thinking, streaming, final
+    await page.wait_for_selector(".bubble.user:has-text('@robot How do I get a refund?')")
+    await page.wait_for_selector(".card[data-status='thinking']", timeout=10_000)
+    await page.wait_for_selector(".card[data-status='streaming'] .md strong", timeout=10_000)
+    await page.wait_for_selector(".card[data-status='final']", timeout=20_000)
+    card = page.locator(".card[data-status='final']")
+    assert await card.count() == 1
+    assert "within 5 days" in await card.inner_text()
+    assert await card.locator(".card-buttons button").all_inner_texts() == FEEDBACK_LABELS
+    # every frame of the answer went over the long connection, none refused
+    await page.wait_for_selector("#calls td:has-text('WS aibot_respond_msg')")
+    statuses = await page.locator("#calls td:nth-child(3)").all_inner_texts()
+    assert statuses and all(s == "200" for s in statuses), statuses
+
+    await card.locator(".card-buttons button", has_text="Very helpful").click()
+    # WeCom's answer to the press (aibot_respond_update_msg within 5 s) replaces the buttons
+    await page.wait_for_selector(
+        ".card[data-status='final'] .note:has-text('Thanks for your feedback!')", timeout=10_000
+    )
+    assert await page.locator(".card[data-status='final'] .card-buttons button").count() == 0
+    await page.wait_for_selector("#calls td:has-text('WS aibot_respond_update_msg')")
+    await page.wait_for_selector(
+        "#feedback-list li:has-text('on wecom: Very helpful')", timeout=10_000
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "console-wecom.png"), full_page=True)
