@@ -1,4 +1,4 @@
-"""DingTalk plugin registration: cheap, imports no SDK."""
+"""DingTalk plugin registration: cheap, imports no SDK (nor does the platform it registers)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
             name="dingtalk",
             factory="imrobots_dingtalk.platform:DingTalkPlatform",
             settings="imrobots_dingtalk.platform:DingTalkSettings",
-            description="DingTalk stream mode (dingtalk-stream)",
-            requires=("dingtalk_stream",),
+            description="DingTalk stream mode",
+            # The platform speaks the Stream protocol and the OpenAPI itself (asyncio and
+            # aiohttp): it imports no SDK. Only imrobots_dingtalk.sdk.RobotHandler, for apps
+            # that keep their own dingtalk-stream client, imports dingtalk_stream; the
+            # "dingtalk" extra installs it.
+            requires=(),
             install='pip install "imrobots[dingtalk]"',
         )
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -451,7 +453,6 @@ def _write(tmp_path: Path, settings: str) -> Path:
     ],
 )
 def test_bad_settings_give_one_line(tmp_path: Path, extra: str, message: str) -> None:
-    pytest.importorskip("dingtalk_stream")  # the plugin manager checks the platform's SDK
     path = _write(tmp_path, extra)
     config = load_config(path)
     with pytest.raises(ConfigError) as info:
@@ -462,7 +463,6 @@ def test_bad_settings_give_one_line(tmp_path: Path, extra: str, message: str) ->
 
 
 def test_example_robots_toml() -> None:
-    pytest.importorskip("dingtalk_stream")
     env = {"DINGTALK_CLIENT_ID": "dingexample", "DINGTALK_CLIENT_SECRET": "example-secret"}
     config = load_config(EXAMPLE / "robots.toml", env=env)
     prepared = prepare_robot(config.robots["support"], source="robots.toml")
@@ -476,7 +476,6 @@ def test_example_robots_toml() -> None:
 
 
 def test_example_seed_config_json() -> None:
-    pytest.importorskip("dingtalk_stream")
     env = {"DINGTALK_CLIENT_ID": "dingexample", "DINGTALK_CLIENT_SECRET": "example-secret"}
     config = load_config(EXAMPLE / "config.json", env=env)
     robot = config.robots["support"]
@@ -496,3 +495,23 @@ def test_every_setting_is_documented() -> None:
     page = (Path(__file__).parents[2] / "docs" / "platforms" / "dingtalk.md").read_text("utf-8")
     missing = [f.name for f in attrs.fields(DingTalkSettings) if f"| `{f.name}` |" not in page]
     assert missing == []
+
+
+def test_the_platform_path_imports_no_sdk() -> None:
+    """``requires`` lists what each path imports: the platform (and its emulator and console
+    adapter) import no SDK, so the platform needs none; only ``imrobots_dingtalk.sdk`` (the
+    handler for apps that keep their own dingtalk-stream client) imports ``dingtalk_stream``."""
+    code = (
+        "import json, sys\n"
+        "import imrobots_dingtalk.plugin, imrobots_dingtalk.platform, imrobots_dingtalk.console\n"
+        "import imrobots_dingtalk.emulator\n"
+        "from imrobots.plugins import get_plugin_manager\n"
+        "spec = get_plugin_manager().platforms()['dingtalk']\n"
+        "print(json.dumps([spec.available, list(spec.spec.requires),"
+        " sorted(m for m in sys.modules if m.startswith('dingtalk_stream'))]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    available, requires, sdk_modules = json.loads(result.stdout.splitlines()[-1])
+    assert available is True and requires == [] and sdk_modules == []
