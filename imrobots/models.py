@@ -150,7 +150,7 @@ class Target:
     """Where to speak: the value every outbound call (reply, proactive send, answer to a
     button press) goes to. Inbound messages and card actions carry one (``.target``).
 
-    Make one for a proactive send with :meth:`user` or :meth:`group`.
+    Make one for a proactive send with :meth:`to_user` or :meth:`to_group`.
     """
 
     platform: str

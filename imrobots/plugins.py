@@ -211,32 +211,34 @@ class PluginManager:
             self._emulators = self._collect("register_emulators")
         return {name: factory for name, (factory, _) in self._emulators.items()}
 
-    def platform_spec(self, name: str) -> PlatformSpec:
+    def platform_spec(self, name: str, *, planned: bool = False) -> PlatformSpec:
         """The spec of an available platform, or a one-line error saying what to do.
 
-        Raises :class:`PluginError` for an unknown or a planned platform, and
-        :class:`PlatformUnavailable` (with the install command) when its SDK is missing.
+        Raises :class:`PluginError` for an unknown or (unless ``planned``: for a plugin's
+        own conformance tests) a planned platform, and :class:`PlatformUnavailable` (with
+        the install command) when its SDK is missing.
         """
         platforms = self.platforms()
         status = platforms.get(name)
         if status is None:
             known = ", ".join(platforms) or "none"
             raise PluginError(f"unknown platform {name!r}; choose one of: {known}")
-        if status.planned:
+        if status.planned and not planned:
             raise PluginError(
                 f"platform {name!r} is planned, not available in this version"
                 " (see imrobots platforms)"
             )
-        if not status.available:
+        if status.missing:
             hint = f": {status.spec.install}" if status.spec.install else ""
             raise PlatformUnavailable(
                 f"platform {name!r} needs {', '.join(status.missing)}, which is not installed{hint}"
             )
         return status.spec
 
-    def create_platform(self, name: str, settings: object) -> Platform:
-        """Build a connection to platform ``name``; refuses what :meth:`platform_spec` refuses."""
-        spec = self.platform_spec(name)
+    def create_platform(self, name: str, settings: object, *, planned: bool = False) -> Platform:
+        """Build a connection to platform ``name``; refuses what :meth:`platform_spec` refuses
+        (a planned platform too, unless ``planned``)."""
+        spec = self.platform_spec(name, planned=planned)
         factory: Callable[..., Platform] = resolve_object(spec.factory)
         return factory(settings)
 

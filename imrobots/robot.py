@@ -8,12 +8,17 @@ the runtime: a running robot talks to it through the :class:`Outbound` protocol.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import logging
 import mimetypes
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
+
+import attrs
 
 from .agents import Agent, AgentRequest, AnswerSource, as_agent
 from .cards import Card
@@ -60,12 +65,46 @@ class Outbound(Protocol):
     @property
     def history_ttl(self) -> float: ...
 
+    @property
+    def stopping(self) -> bool: ...
+
 
 def _new_key() -> str:
     return uuid.uuid4().hex
 
 
-def _upload(data: bytes | str | Path | Upload, name: str | None, mime_type: str | None) -> Upload:
+@attrs.define
+class HandlerTally:
+    """What every :class:`Reply` made while one message is handled did, together (the
+    runtime reads it to count the message answered or failed)."""
+
+    streams: int = 0
+    undelivered: int = 0
+
+
+_tally: contextvars.ContextVar[HandlerTally | None] = contextvars.ContextVar(
+    "imrobots_handler_tally", default=None
+)
+
+
+@contextlib.contextmanager
+def handler_tally() -> Iterator[HandlerTally]:
+    """Count what the replies made inside this block did (the runtime's, per message)."""
+    tally = HandlerTally()
+    token = _tally.set(tally)
+    try:
+        yield tally
+    finally:
+        _tally.reset(token)
+
+
+def current_tally() -> HandlerTally | None:
+    return _tally.get()
+
+
+async def _upload(
+    data: bytes | str | Path | Upload, name: str | None, mime_type: str | None
+) -> Upload:
     if isinstance(data, Upload):
         return data
     if isinstance(data, bytes):
@@ -74,7 +113,7 @@ def _upload(data: bytes | str | Path | Upload, name: str | None, mime_type: str 
         content = data
     else:
         path = Path(data)
-        content = path.read_bytes()
+        content = await asyncio.to_thread(path.read_bytes)  # never a blocking read on the loop
         name = name or path.name
     guessed = mimetypes.guess_type(name)[0]
     return Upload(name=name, data=content, mime_type=mime_type or guessed)
@@ -84,11 +123,21 @@ class Reply:
     """How a robot speaks to one :class:`Target`: text, markdown, cards, images, files
     and streamed answers. See the module docstring."""
 
-    def __init__(self, outbound: Outbound, target: Target, *, message: Message | None = None):
+    def __init__(
+        self,
+        outbound: Outbound,
+        target: Target,
+        *,
+        message: Message | None = None,
+        answering: bool | None = None,
+    ):
         self.outbound = outbound
         self.target = target
         self.message = message
         """The message being answered, when there is one."""
+        self.answering = message is not None if answering is None else answering
+        """Whether this answers something the user did (a message, a press, opening the
+        chat); otherwise the robot speaks first, which the platform must allow."""
         self.results: list[AnswerResult] = []
         """How each streamed answer ended."""
         self.undelivered = 0
@@ -102,7 +151,31 @@ class Reply:
         if not feature:
             raise NotSupported(f"platform {self.platform.name!r} cannot {what}")
 
+    def _check_target(self) -> None:
+        """Refuse, in one clear line, what the target asks and the platform cannot do."""
+        target, platform = self.target, self.platform
+        if self.outbound.stopping:
+            raise RuntimeError(f"robot {self.outbound.name!r} has stopped: nothing can be sent")
+        if target.platform != platform.name:
+            raise ValueError(
+                f"target is on platform {target.platform!r}, but this robot runs on "
+                f"{platform.name!r}"
+            )
+        if target.conversation is None and target.user is None:
+            raise ValueError("target has neither a conversation nor a user to send to")
+        caps = platform.capabilities
+        if not self.answering:
+            self._needs(caps.proactive, "send first (proactive messages)")
+        if target.mentions:
+            self._needs(caps.mentions, "@-mention users")
+        if target.thread is not None:
+            self._needs(caps.threads, "reply in threads")
+
     async def _send_text(self, text: str, markdown: bool) -> None:
+        if not text.strip():
+            log.info("not sending an empty message to %s", self.target.key)
+            return
+        self._check_target()
         caps = self.platform.capabilities
         for part in split_all(text, caps.max_message_text, caps.text_unit):
             key = _new_key()
@@ -133,6 +206,7 @@ class Reply:
         """Send a card; keep the returned ref to :meth:`update` it.
         Raises :class:`NotSupported` on a platform without cards."""
         self._needs(self.platform.capabilities.cards, "send cards")
+        self._check_target()
         key = _new_key()
         return await self.outbound.call(
             Op.SEND_CARD, self.target, lambda: self.platform.send_card(self.target, card, key=key)
@@ -151,7 +225,10 @@ class Reply:
         is larger than ``capabilities.max_image_bytes``."""
         caps = self.platform.capabilities
         self._needs(caps.images, "send images")
-        upload = _upload(image, name or ("image.png" if isinstance(image, bytes) else None), None)
+        self._check_target()
+        upload = await _upload(
+            image, name or ("image.png" if isinstance(image, bytes) else None), None
+        )
         if caps.max_image_bytes is not None and upload.size > caps.max_image_bytes:
             raise ValueError(
                 f"image {upload.name!r} is {upload.size} bytes; {self.platform.name} accepts "
@@ -169,7 +246,8 @@ class Reply:
         is larger than ``capabilities.max_file_bytes``."""
         caps = self.platform.capabilities
         self._needs(caps.files, "send files")
-        upload = _upload(file, name, None)
+        self._check_target()
+        upload = await _upload(file, name, None)
         if caps.max_file_bytes is not None and upload.size > caps.max_file_bytes:
             raise ValueError(
                 f"file {upload.name!r} is {upload.size} bytes; {self.platform.name} accepts "
@@ -198,6 +276,10 @@ class Reply:
         """
         if question is None:
             question = self.message.text if self.message is not None else ""
+        self._check_target()
+        tally = current_tally()
+        if tally is not None:
+            tally.streams += 1
         result = await self.outbound.stream_answer(
             self.target,
             source,
@@ -209,6 +291,8 @@ class Reply:
         self.results.append(result)
         if result.status is AnswerStatus.UNDELIVERED:
             self.undelivered += 1
+            if tally is not None:
+                tally.undelivered += 1
         return result
 
     @property
@@ -221,6 +305,8 @@ class Reply:
         Raises :class:`NotSupported` on a platform without threads."""
         self._needs(self.platform.capabilities.threads, "reply in threads")
         anchor = thread or self.target.thread or (self.message.id if self.message else None)
+        if anchor is None:
+            raise ValueError("no thread to answer in: give in_thread(thread=...) a thread id")
         target = Target(
             platform=self.target.platform,
             conversation=self.target.conversation,
@@ -231,7 +317,7 @@ class Reply:
             app=self.target.app,
             context=self.target.context,
         )
-        return Reply(self.outbound, target, message=self.message)
+        return Reply(self.outbound, target, message=self.message, answering=self.answering)
 
 
 class ActionReply(Reply):
@@ -239,7 +325,7 @@ class ActionReply(Reply):
     :meth:`replace` the pressed card (within ``capabilities.action_deadline``)."""
 
     def __init__(self, outbound: Outbound, action: CardAction) -> None:
-        super().__init__(outbound, action.target)
+        super().__init__(outbound, action.target, answering=True)
         self.action = action
 
     async def replace(self, card: Card) -> None:
@@ -345,7 +431,11 @@ class Robot:
 
     def to(self, target: Target) -> Reply:
         """A :class:`Reply` for a proactive send, e.g.
-        ``await robot.to(Target.to_user("dingtalk", "manager01")).markdown("Done")``."""
+        ``await robot.to(Target.to_user("dingtalk", "manager01")).markdown("Done")``.
+
+        Sends through it raise ``ValueError`` for a target on another platform or with
+        neither conversation nor user, :class:`NotSupported` for what the platform cannot
+        do (speak first, @-mention, threads), ``RuntimeError`` once the robot stopped."""
         return Reply(self.runtime, target)
 
     async def send(self, target: Target, content: str | Card, *, markdown: bool = True) -> None:

@@ -40,7 +40,7 @@ from .models import Attachment, CardAction, ChatEntered, Feedback, Message, Targ
 from .platform import Capabilities, Op, Platform, Scope, StreamHandle
 from .policy import AccessPolicy
 from .ratelimit import CallScope, RateLimiter
-from .robot import ActionReply, AgentAnswer, Reply, Robot
+from .robot import ActionReply, AgentAnswer, Reply, Robot, current_tally, handler_tally
 from .store import ClaimResult, MemoryStore, Store
 from .streaming import AnswerResult, AnswerStatus, AnswerStream, Degradation, StreamPolicy
 
@@ -211,6 +211,11 @@ class RobotRuntime:
     @property
     def history_ttl(self) -> float:
         return self.options.history_ttl
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping
 
     def _key(self, kind: str, ident: str) -> str:
         """A store key scoped by robot, platform and app."""
@@ -416,7 +421,7 @@ class RobotRuntime:
         reply = Reply(self, message.target, message=message)
         try:
             async with self._semaphore:
-                with use_executor(self.executor):
+                with use_executor(self.executor), handler_tally() as tally:
                     if message.has_text:
                         await self.robot.on_message(message, reply)
                     else:
@@ -429,7 +434,7 @@ class RobotRuntime:
             log.exception("robot %s failed to handle message %s", self.name, message.id)
             await self.store.release(key)
             return
-        if reply.undelivered:
+        if tally.undelivered:
             self.stats.failed += 1
             log.error(
                 "the answer to message %s reached the user by no means (counted failed)",
@@ -444,7 +449,7 @@ class RobotRuntime:
         if await self.store.claim(key, in_flight_ttl=60.0) is not ClaimResult.CLAIMED:
             return
         try:
-            await self.robot.on_enter_chat(event, Reply(self, event.target))
+            await self.robot.on_enter_chat(event, Reply(self, event.target, answering=True))
         except Exception:
             log.exception("robot %s failed to greet %s", self.name, event.sender.id)
         finally:
@@ -554,7 +559,14 @@ class RobotRuntime:
             clock=self.clock,
             degradation=self.degradation,
         )
-        answer_id = message.id if message is not None else stream.key
+        # Feedback ids: the message's id for its first answer, then "ID#2", "ID#3"... for
+        # more answers streamed while handling it, so that each card is rated on its own.
+        tally = current_tally()
+        count = tally.streams if tally is not None else 1
+        if message is None:
+            answer_id = stream.key
+        else:
+            answer_id = message.id if count <= 1 else f"{message.id}#{count}"
         record_key = self._key("open", stream.key)
 
         head = ""  # the record's JSON up to its text: encoded once per stream

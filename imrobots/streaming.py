@@ -212,6 +212,18 @@ def split_text(text: str, limit: int, unit: SizeUnit = SizeUnit.CHARACTERS) -> t
     return text[:size], text[size:]
 
 
+def body_text(card: Card) -> str:
+    """What a card says, as a message: its markdown and notes, without its title (the
+    user's own question), its buttons (which a message cannot carry) or the
+    "(continued below)" note between parts."""
+    parts = []
+    for element in card.elements:
+        text = element.text if isinstance(element, Markdown | Note) else ""
+        if text.strip() and text != CONTINUED_NOTE:
+            parts.append(text)
+    return "\n\n".join(parts)
+
+
 def split_all(text: str, limit: int | None, unit: SizeUnit) -> list[str]:
     """Every part of ``text`` cut with :func:`split_text`, in order (one part if no limit)."""
     if limit is None:
@@ -775,7 +787,7 @@ class AnswerStream:
                 log.warning(
                     "sending a card for %s failed (%s); sending markdown instead", self._what, exc
                 )
-        await self._send_text(card.plain_text())
+        await self._send_text(body_text(card))
         return Delivery.TEXT
 
     async def _send_text(self, text: str) -> None:
@@ -812,7 +824,12 @@ class AnswerStream:
         cards = self._final_cards(status, error)
         delivery = Delivery.NONE
         try:
-            for index, card in enumerate(cards):
+            if self._handle is None and (self.degraded or not self.capabilities.cards):
+                # No card to close and none to send: the whole end of the answer as one
+                # text, split only at the platform's message size (no card's pieces).
+                await self._send_text("\n\n".join(filter(None, map(body_text, cards))))
+                delivery = Delivery.TEXT
+            for index, card in enumerate(cards if delivery is Delivery.NONE else ()):
                 got = await self._deliver(card, use_handle=index == 0)
                 if index == len(cards) - 1:
                     delivery = got

@@ -326,10 +326,26 @@ class ConformanceRig:
 def default_platform(emulator: EmulatorAdapter) -> Platform:
     """The platform connection for a robot on ``emulator``: the adapter's
     :meth:`~EmulatorAdapter.create_platform`, else the registered platform built from its
-    :meth:`~EmulatorAdapter.robot_settings`."""
-    from ..demo import platform_for
+    :meth:`~EmulatorAdapter.robot_settings` (with the config's converter). A platform
+    registered as ``planned`` is built too: the suite is how it earns ``available``."""
+    from ..config import structure
+    from ..platform import resolve_object
 
-    return platform_for(emulator.platform, emulator, get_plugin_manager())
+    platform = emulator.create_platform()
+    if platform is not None:
+        return platform
+    manager = get_plugin_manager()
+    name = emulator.platform
+    spec = manager.platform_spec(name, planned=True)
+    settings: object = None
+    if spec.settings is not None:
+        settings = structure(
+            emulator.robot_settings(),
+            resolve_object(spec.settings),
+            path=f"{name} emulator settings",
+            source="conformance",
+        )
+    return manager.create_platform(name, settings, planned=True)
 
 
 @contextlib.asynccontextmanager

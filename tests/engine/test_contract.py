@@ -16,6 +16,7 @@ import pytest
 from imrobots.agents import AgentRequest
 from imrobots.cards import Actions, Button, Card, CardStatus, Markdown
 from imrobots.clock import FakeClock
+from imrobots.errors import NotSupported
 from imrobots.memory import MemoryPlatform, MemorySettings
 from imrobots.models import CardAction, Message, Target
 from imrobots.platform import Op, RateLimit, Scope, SizeUnit, measure
@@ -675,3 +676,93 @@ async def test_renewals_that_fail_leave_no_card_streaming_and_no_text_twice(
     for chunk in chunks:
         assert shown.count(chunk) == 1, chunk  # every word once, none twice
     assert cards[-1].status is CardStatus.FINAL
+
+
+# --- from the newcomer review -----------------------------------------------------------
+
+
+async def test_stats_count_streams_sent_through_any_reply(make_runtime: Factory) -> None:
+    """Review finding: an answer streamed through reply.in_thread() that reached nobody
+    was counted answered (answered 1, failed 0)."""
+
+    class Threaded(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            await reply.in_thread().stream("lost")
+
+    platform, runtime = await make_runtime(
+        robot=Threaded(),
+        failure_rate=1.0,
+        failure_kind="5xx",
+        stream=StreamPolicy(final_deadline=0.3, retry_backoff=0.01, max_backoff=0.02),
+        **FAST,
+    )
+    await platform.say("q")
+    await runtime.wait_idle(10)
+    assert (runtime.stats.answered, runtime.stats.failed) == (0, 1)
+
+
+async def test_two_answers_to_one_message_are_rated_apart(make_runtime: Factory) -> None:
+    """Review finding: both cards were signed with the message's id; rating the first
+    stored the second's answer and the second rating was dropped as a repeat."""
+
+    class Twice(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            await reply.stream("first answer")
+            await reply.stream("second answer: details")
+
+    platform, runtime = await make_runtime(robot=Twice(), **FAST)
+    message = await platform.say("q")
+    await runtime.wait_idle(10)
+    first, second = answer_cards(platform, message)
+    await platform.press(first.id, "No help")
+    await platform.press(second.id, "Helpful")
+    await runtime.wait_idle(10)
+    stored = {f.answer: f.rating.value for f in await runtime.store.list_feedback()}
+    assert stored == {"first answer": "no_help", "second answer: details": "helpful"}
+
+
+async def test_blank_texts_are_not_sent(make_runtime: Factory) -> None:
+    class Blank(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            await reply.text("")
+            await reply.markdown("   ")
+            await reply.text("real")
+
+    platform, runtime = await make_runtime(robot=Blank(), **FAST)
+    await platform.say("q")
+    await runtime.wait_idle(10)
+    assert [t for _, t in platform.texts] == ["real"]
+
+
+async def test_proactive_sends_are_checked_in_the_core(make_runtime: Factory) -> None:
+    robot = AgentRobot(agent=reply("x"))
+    platform, runtime = await make_runtime(robot=robot, **FAST)
+    with pytest.raises(ValueError, match="platform 'dingtalk'"):
+        await robot.send(Target.to_user("dingtalk", "x"), "wrong platform")
+    with pytest.raises(ValueError, match="neither a conversation nor a user"):
+        await robot.send(Target(platform="memory"), "nowhere")
+    with pytest.raises(ValueError, match="no thread"):
+        robot.to(Target.to_user("memory", "x")).in_thread()
+    platform.capabilities = attrs.evolve(platform.capabilities, proactive=False, mentions=False)
+    with pytest.raises(NotSupported, match="send first"):
+        await robot.send(Target.to_user("memory", "x"), "hello")
+    await runtime.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        await robot.send(Target.to_group("memory", "g"), "after the end")
+    assert platform.texts == []
+
+
+async def test_a_degraded_answer_is_the_answer_alone(make_runtime: Factory) -> None:
+    """Review finding: with cards refused, the text repeated the question, listed the
+    buttons as text, and sent "(continued below)" as a message of its own."""
+    answer = "\n".join(f"line {i} of the answer" for i in range(6))
+    platform, runtime = await make_runtime(
+        agent=reply(answer), refuse_cards=True, max_text=60, max_message_text=80, **FAST
+    )
+    await platform.say("the question")
+    await runtime.wait_idle(10)
+    texts = [t for _, t in platform.texts]
+    joined = "\n".join(texts)
+    assert "the question" not in joined and "Helpful" not in joined
+    assert CONTINUED_NOTE not in joined and all(len(t) <= 80 for t in texts)
+    assert joined.replace("\n", "") == answer.replace("\n", "")
