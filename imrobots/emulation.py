@@ -66,7 +66,7 @@ __all__ = ["FAULT_KINDS", "EmulatorAdapter", "MemoryEmulator", "card_view_blocks
 
 View = dict[str, Any]
 
-FAULT_KINDS: Final = ("drop", "errors", "rate_limit", "latency")
+FAULT_KINDS: Final = ("drop", "errors", "rate_limit", "latency", "lost_answers")
 """The fault kinds :meth:`EmulatorAdapter.fault` knows."""
 
 _GUIDE = "see 'The conformance suite' in docs/writing-plugins.md"
@@ -296,6 +296,11 @@ class EmulatorAdapter(abc.ABC):
         * ``rate_limit``: this share of the robot's API calls is refused with the
           platform's rate-limit error (these calls have ``rate_limited`` true).
         * ``latency``: seconds added to every API call.
+        * ``lost_answers``: this share of the robot's API calls take effect, then their
+          answer never comes (the client times out, or the connection drops): what a
+          client must answer by repeating the call with the same idempotency key, or by
+          not repeating it at all. Optional: the suite's idempotency check is skipped,
+          saying so, when an emulator raises ``NotImplementedError`` for it.
         """
         raise NotImplementedError(
             f"{self.platform} emulator has no fault {kind!r}; the conformance suite needs "
@@ -602,6 +607,8 @@ class MemoryEmulator(EmulatorAdapter):
             )
         elif kind == "latency":
             settings = attrs.evolve(settings, latency=float(value or 0.0))
+        elif kind == "lost_answers":
+            settings = attrs.evolve(settings, timeout_after_act=float(value or 0.0))
         elif kind == "drop":
             await self._drop()
             return

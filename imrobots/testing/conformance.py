@@ -1035,6 +1035,30 @@ class PlatformConformance:
             await rig.say("again", conversation_id=conversation)
             await rig.robot_message(conversation, "pong again")
 
+    async def test_lost_answers_never_show_twice(self, emulator_factory: EmulatorFactory) -> None:
+        """With a share of calls taking effect but their answers lost (a time-out after the
+        platform acted), every answer still ends in exactly one final card with the whole
+        text, and no text is posted twice: the plugin maps the core's idempotency key to
+        the platform's field, or declares the operation not idempotent."""
+        agent = _words_agent("lost", 4, pause=0.01)
+        async with self.rig(emulator_factory, Robot(agent=agent)) as rig:
+            _skip_without_cards(rig.capabilities)
+            try:
+                await rig.emulator.fault("lost_answers", 0.3)
+            except NotImplementedError as exc:
+                pytest.skip(f"the emulator cannot lose answers: {exc}")
+            conversations = [rig.conversation("lost") for _ in range(8)]
+            for conversation in conversations:
+                await rig.say("Still there?", conversation_id=conversation)
+            for conversation in conversations:
+                card = await rig.final_card(conversation, "lost003")
+                _in_order(card_text(card), "lost", numbered("lost", 4), f"card {card['id']}")
+            await rig.runtime.wait_idle(timeout=self.timeout)
+            await rig.emulator.fault("lost_answers", 0.0)
+            for conversation in conversations:
+                cards = rig.cards(conversation)
+                assert len(cards) == 1, rig.describe(conversation)
+
     @pytest.mark.parametrize("fault", ["errors", "rate_limit"])
     async def test_answers_survive_failing_calls(
         self, emulator_factory: EmulatorFactory, fault: str
