@@ -498,6 +498,61 @@ def emulate(
         _fail(exc)
 
 
+async def _config_console(
+    path: Path, names: list[str], host: str, port: int, stop: asyncio.Event | None = None
+) -> None:
+    from .demo import ConfigConsole
+
+    console = ConfigConsole(path, names=names or None, host=host, port=port)
+    try:
+        url = await console.start()
+        for line in console.warnings:
+            click.echo(f"warning: {line}", err=True)
+        for robot in console.robots:
+            runtime = robot.runtime
+            click.echo(
+                f"  robot {runtime.name} ({type(runtime.robot).__name__}) on {robot.platform}: "
+                f"emulator {robot.emulator.base_url or 'in-process'}, agent {robot.agent}"
+            )
+        for note in console.notes:
+            click.echo(f"  note: {note}")
+        click.echo(f"console: {url}")
+        click.echo("Open the console, pick a robot and talk to it. Press Ctrl-C to stop.")
+        await (stop.wait() if stop is not None else _wait_for_signal())
+        click.echo("stopping...")
+    finally:
+        await console.stop()
+    click.echo("stopped")
+
+
+@cli.command("console")
+@click.argument("names", nargs=-1)
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The robots' config file (TOML, or the seed's config.json).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")
+@click.option("--port", default=8300, show_default=True, help="Console port (0: any free port).")
+def console_command(names: tuple[str, ...], config_path: Path, host: str, port: int) -> None:
+    """Chat with the robots NAMES (default: all) of a config file in the web console.
+
+    Each robot runs as `imrobots run` would run it (its class, agent, policy and options),
+    connected to a local emulator of its platform instead of the real one: the emulator's
+    credentials and endpoints replace the config's, so no account is needed.
+    """
+    click.echo(f"imrobots console: the robots of {config_path}, each on a local emulator")
+    try:
+        asyncio.run(_config_console(config_path, list(names), host, port))
+    except OSError as exc:
+        _fail(ImrobotsError(f"cannot start the console on {host}:{port}: {exc}; try --port 0"))
+    except (ValueError, ImrobotsError) as exc:
+        _fail(exc)
+
+
 @cli.group()
 def feedback() -> None:
     """Read the feedback users gave."""

@@ -1,26 +1,35 @@
 """``imrobots demo``: every installed platform's emulator, the support robot on each, and
-the web console, all on 127.0.0.1 with no account."""
+the web console, all on 127.0.0.1 with no account; ``imrobots console --config FILE``:
+the same for the robots of a config file, each on an emulator of its platform."""
 
 from __future__ import annotations
 
 import inspect
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
 
-from .config import structure
-from .console import Console
+from .config import PLACEHOLDER, ConfigProblems, check_config, structure
+from .console import Console, ConsoleStore
 from .emulation import EmulatorAdapter, MemoryEmulator
 from .examples import SupportRobot
+from .memory import MemorySettings
 from .platform import Platform, resolve_object
 from .plugins import PluginManager, get_plugin_manager
 from .runtime import RobotRuntime, RuntimeOptions
-from .store import MemoryStore
 
-__all__ = ["Demo", "demo_agent", "emulator_takes", "make_emulator", "platform_for"]
+__all__ = [
+    "ConfigConsole",
+    "Demo",
+    "demo_agent",
+    "emulator_takes",
+    "make_emulator",
+    "platform_for",
+]
 
 log = logging.getLogger("imrobots.demo")
 
@@ -90,21 +99,32 @@ def _takes(factory: Callable[..., Any], name: str) -> bool:
         return False
 
 
-def platform_for(name: str, emulator: EmulatorAdapter, manager: PluginManager) -> Platform:
-    """A platform connection for a robot on ``emulator``, built from its robot settings."""
+def platform_for(
+    name: str,
+    emulator: EmulatorAdapter,
+    manager: PluginManager,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    path: str | None = None,
+    source: str = "demo",
+) -> Platform:
+    """A platform connection for a robot on ``emulator``, built from its robot settings.
+
+    ``settings`` (a robot's own ``[robots.NAME.settings]``) are kept where the emulator's
+    settings do not replace them (credentials and endpoints)."""
     platform = emulator.create_platform()
     if platform is not None:
         return platform
     spec = manager.platform_spec(name)
-    settings: object = None
+    structured: object = None
     if spec.settings is not None:
-        settings = structure(
-            emulator.robot_settings(),
+        structured = structure(
+            {**(settings or {}), **emulator.robot_settings()},
             resolve_object(spec.settings),
-            path=f"{name} emulator settings",
-            source="demo",
+            path=path or f"{name} emulator settings",
+            source=source,
         )
-    return manager.create_platform(name, settings)
+    return manager.create_platform(name, structured)
 
 
 @attrs.define
@@ -112,6 +132,8 @@ class DemoRobot:
     platform: str
     emulator: EmulatorAdapter
     runtime: RobotRuntime
+    agent: str = ""
+    """How the agent was configured (``use``), when it came from a config file."""
 
 
 class Demo:
@@ -159,7 +181,7 @@ class Demo:
                 name="support",
                 robot=SupportRobot(agent=self.agent),
                 platform=platform_for(name, emulator, self.manager),
-                store=MemoryStore(),
+                store=ConsoleStore(),
                 options=RuntimeOptions(stale_after=None),
                 hooks=self.manager.hook,
             )
@@ -180,3 +202,148 @@ class Demo:
         for robot in self.robots:
             await robot.runtime.stop(timeout=5)
             await robot.emulator.stop()
+
+
+class ConfigConsole:
+    """The robots of a config file, each on an emulator of its platform, and the console
+    (``imrobots console --config FILE``); :meth:`stop` takes them all down.
+
+    Each robot runs as ``imrobots run`` would run it (its class, agent, policy, options
+    and stream policy), with its platform settings except those the emulator replaces
+    (credentials, endpoints): their environment variables need not be set.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        names: list[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        manager: PluginManager | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.names = names
+        self.host = host
+        self.port = port
+        self.manager = manager or get_plugin_manager()
+        self.env = env
+        self.robots: list[DemoRobot] = []
+        self.notes: list[str] = []
+        """Settings whose environment variables are not set (the emulator's are used)."""
+        self.warnings: list[str] = []
+        self.console: Console | None = None
+
+    async def start(self) -> str:
+        """Check the config, start everything; return the console's URL.
+
+        :raises ConfigProblems: the config has errors (every one of them)."""
+        result = check_config(self.path, env=self.env, manager=self.manager, emulated=True)
+        if not result.ok:
+            raise ConfigProblems(result.errors)
+        self.warnings = list(result.warnings)
+        prepared = {item.config.name: item for item in result.robots}
+        names = self.names or list(prepared)
+        unknown = [n for n in names if n not in prepared]
+        if unknown:
+            raise ConfigProblems(
+                [
+                    f"{self.path}: no robot named {', '.join(map(repr, unknown))}; "
+                    f"the file defines: {', '.join(prepared)}"
+                ]
+            )
+        self.notes = [
+            f"{where}: its environment variable is not set; the emulator's value is used"
+            for where in result.unset
+        ]
+        titles: dict[str, str] = {}
+        try:
+            for name in names:
+                await self._start_robot(prepared[name], titles)
+        except BaseException:
+            await self.stop()
+            raise
+        self.console = Console(
+            {r.runtime.name: r.emulator for r in self.robots},
+            {r.runtime.name: r.runtime for r in self.robots},
+            host=self.host,
+            port=self.port,
+            titles=titles,
+        )
+        await self.console.start()
+        return self.console.url
+
+    async def _start_robot(self, item: Any, titles: dict[str, str]) -> None:
+        config = item.config
+        platform_name = config.platform
+        where = f"robots.{config.name}.settings"
+        emulator: EmulatorAdapter
+        if platform_name == "memory":
+            emulator = MemoryEmulator(
+                structure(dict(config.settings), MemorySettings, path=where, source=str(self.path))
+            )
+        else:
+            emulator = make_emulator(
+                platform_name,
+                self.manager,
+                **self._emulator_options(platform_name, config.settings),
+            )
+        await emulator.start()
+        try:
+            runtime = RobotRuntime(
+                name=config.name,
+                robot=item.robot_class(agent=item.agent),
+                platform=platform_for(
+                    platform_name,
+                    emulator,
+                    self.manager,
+                    config.settings,
+                    path=where,
+                    source=str(self.path),
+                ),
+                store=ConsoleStore(),
+                options=config.options,
+                policy=config.policy,
+                feedback_secret=config.feedback_secret.get() if config.feedback_secret else None,
+                hooks=self.manager.hook,
+                app_id=config.app_id,
+            )
+            await runtime.start()
+        except BaseException:
+            await emulator.stop()
+            raise
+        self.robots.append(
+            DemoRobot(
+                platform=platform_name,
+                emulator=emulator,
+                runtime=runtime,
+                agent=str(config.agent.get("use", "none")),
+            )
+        )
+        titles[config.name] = f"{config.name} · {emulator.title or platform_name}"
+
+    def _emulator_options(self, name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The robot's settings that its emulator's factory takes by name (a card mode,
+        say), so that the emulator behaves as the robot expects; never credentials, nor
+        values whose environment variable is not set."""
+        factories = self.manager.emulators()
+        if name not in factories:
+            return {}
+        factory = resolve_object(factories[name])
+        options = {}
+        for key, value in settings.items():
+            secret = any(word in key for word in ("secret", "password", "token"))
+            unset = isinstance(value, str) and PLACEHOLDER.search(value) is not None
+            if key != "port" and not secret and not unset and _takes(factory, key):
+                options[key] = value
+        return options
+
+    async def stop(self) -> None:
+        if self.console is not None:
+            await self.console.stop()
+            self.console = None
+        for robot in self.robots:
+            await robot.runtime.stop(timeout=5)
+            await robot.emulator.stop()
+        self.robots.clear()

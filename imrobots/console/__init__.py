@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .server import Console
+from .server import Console, ConsoleStore
 
-__all__ = ["Console"]
+__all__ = ["Console", "ConsoleStore"]

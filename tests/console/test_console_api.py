@@ -10,11 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from click.testing import CliRunner
 
+from imrobots.cli import cli
 from imrobots.demo import Demo
 from imrobots.demo_agent import DemoAgent
 from imrobots.plugins import PluginManager
@@ -174,3 +177,170 @@ def test_demo_command_serves_a_conversation_and_stops_on_sigint() -> None:
             process.kill()
     assert process.returncode == 0, err
     assert "stopped" in out
+
+
+async def test_outcomes_ratings_transcripts_and_clearing_over_http(demo: Demo) -> None:
+    assert demo.console is not None
+    base = demo.console.url.rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + "/favicon.ico") as response:
+            assert response.status == 200 and response.content_type == "image/svg+xml"
+        async with session.ws_connect(base + "/api/events") as ws:
+            said = await (
+                await session.post(
+                    base + "/api/memory/messages",
+                    json={
+                        "text": "not for you",
+                        "conversation_id": "group-support",
+                        "mention": False,
+                    },
+                )
+            ).json()
+            answered = await (
+                await session.post(
+                    base + "/api/memory/messages",
+                    json={"text": "How do I get a refund?", "conversation_id": "group-support"},
+                )
+            ).json()
+            outcomes: dict[str, Any] = {}
+            card: dict[str, Any] = {}
+            async with asyncio.timeout(20):
+                while outcomes.get(answered["view_id"], {}).get("status") != "answered" or (
+                    card.get("status") != "final"
+                ):
+                    event = await ws.receive_json()
+                    if event["type"] == "outcome":
+                        outcomes[event["outcome"]["message_id"]] = event["outcome"]
+                    elif event["type"] == "card":
+                        card = event["card"]
+            assert outcomes[said["view_id"]] | {"time": 0} == {
+                "message_id": said["view_id"],
+                "status": "rejected",
+                "reason": "robot not mentioned",
+                "time": 0,
+            }
+            # two ratings of one answer by one user: the first is recorded, the second refused
+            buttons = card["blocks"][-1]["buttons"]
+            for button in (buttons[0], buttons[3]):
+                response = await session.post(
+                    base + "/api/memory/press",
+                    json={"card_id": card["id"], "button_id": button["id"]},
+                )
+                assert response.status == 200
+            ratings = []
+            async with asyncio.timeout(10):
+                while len(ratings) < 2:
+                    event = await ws.receive_json()
+                    if event["type"] == "rating":
+                        ratings.append(event["rating"])
+        assert [(r["label"], r["recorded"], r["kept"]) for r in ratings] == [
+            ("Very helpful", True, None),
+            ("No help", False, "Very helpful"),
+        ]
+        state = await (await session.get(base + "/api/memory/state")).json()
+        assert state["outcomes"][said["view_id"]]["status"] == "rejected"
+        assert len(state["ratings"]) == 2
+        transcript = await (
+            await session.get(base + "/api/memory/transcript?conversation_id=group-support")
+        ).json()
+        assert transcript["imrobots_transcript"] == 1
+        assert [i["kind"] for i in transcript["items"]] == ["message", "message", "card"]
+        assert transcript["items"][0]["outcome"]["status"] == "rejected"
+        assert len(transcript["items"][2]["ratings"]) == 2
+        # redeliver: the platform pushes the message again (the robot drops the duplicate)
+        response = await session.post(
+            base + "/api/memory/redeliver", json={"message_id": answered["view_id"]}
+        )
+        assert (
+            response.status == 200
+            and (await response.json())["message_id"] == answered["message_id"]
+        )
+        # clear: a fresh conversation takes the old one's place
+        cleared = await (
+            await session.post(
+                base + "/api/memory/clear", json={"conversation_id": "group-support"}
+            )
+        ).json()
+        assert cleared["conversation"]["id"] == "group-support-2"
+        pages = await (await session.get(base + "/api/platforms")).json()
+        assert pages[0]["conversations"][0]["id"] == "group-support-2"
+        assert pages[0]["conversations"][0]["base"] == "group-support"
+        response = await session.post(
+            base + "/api/memory/messages",
+            json={"text": "fresh start", "conversation_id": "group-support"},
+        )
+        assert (await response.json())["conversation_id"] == "group-support-2"
+
+
+def test_console_command_serves_your_own_robots_and_stops_on_sigint() -> None:
+    """`imrobots console --config FILE`: the config's robots on emulators, in the console."""
+    root = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "imrobots",
+            "console",
+            "--config",
+            "examples/custom_robot/robots.toml",
+            "--port",
+            "0",
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        url, lines = None, []
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = re.match(r"console: (http://127\.0\.0\.1:\d+/)", line)
+            url = match.group(1) if match else None
+        assert url, "".join(lines)
+        assert any("robot helpdesk (HelpdeskRobot) on memory" in line for line in lines)
+
+        async def converse() -> dict[str, Any]:
+            async with aiohttp.ClientSession() as session:
+                [page] = await (await session.get(url + "api/platforms")).json()
+                assert page["name"] == "helpdesk" and page["title"] == "helpdesk · In-memory"
+                await session.post(
+                    url + "api/helpdesk/messages",
+                    json={"text": "/status", "conversation_id": "direct"},
+                )
+                return await poll(
+                    session,
+                    url + "api/helpdesk/state",
+                    lambda s: any(m["from_robot"] for m in s["messages"]),
+                )
+
+        state = asyncio.run(converse())
+        assert [m["text"] for m in state["messages"] if m["from_robot"]] == [
+            "All systems **operational**."
+        ]
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "stopped" in out
+
+
+def test_console_command_reports_every_error_of_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.a]\nplatform = "memory"\n[robots.a.stream]\nmin_interval = -1\n'
+        '[robots.b]\nplatform = "nowhere"\n[robots.b.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["console", "--config", str(config), "--port", "0"])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3, result.output  # a's range and missing agent, b's platform
