@@ -569,7 +569,7 @@ class PlatformConformance:
     """What the attachment check sends: ``(kind, name, content)``."""
     small_text: ClassVar[int] = 300
     """The card (and message) size limit the splitting checks configure, in ``text_unit``."""
-    short_lifetime: ClassVar[float] = 0.4
+    short_lifetime: ClassVar[float] = 1.0
     """The stream lifetime, in seconds, the lifetime check configures."""
 
     @pytest.fixture
