@@ -428,9 +428,11 @@ async def test_loop_lag_stays_low_during_50_answers(emu: DingTalkEmulator) -> No
         await runtime.wait_idle(10)
         stop.set()
         await watcher
+    # Catches a blocked loop (a blocking call shows as seconds), not a speed target (those
+    # are in bench/engine.py): a loaded CI machine may add tens of milliseconds.
     assert len(lags) > 20
-    assert max(lags) < 0.1, f"loop lag {max(lags) * 1000:.1f} ms"
-    assert all(p.ack.latency is not None and p.ack.latency < 0.1 for p in pushes)
+    assert max(lags) < 0.5, f"loop lag {max(lags) * 1000:.1f} ms"
+    assert all(p.ack.latency is not None and p.ack.latency < 1.0 for p in pushes)
     assert runtime.stats.answered == count
 
 
