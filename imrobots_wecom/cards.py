@@ -10,7 +10,9 @@
   card (the core's card id), so a press and its ``update_template_card`` address it.
   UNCONFIRMED: WeCom's length limits on ``sub_title_text`` and button ``key`` in
   robot template cards are not documented in our sources; long text goes in stream
-  replies, and a template card only carries what a stream cannot (buttons).
+  replies, and a template card answering a message only carries what a stream cannot
+  (title and buttons, ``with_text=False``). Only a proactive card (``aibot_send_msg``
+  has no stream: past a stream's lifetime, after a reconnect) carries its text here.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import attrs
+
 import imrobots
 from imrobots.platform import Platform, Secret
 
@@ -348,5 +350,18 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
             self.emulator.set_rate_limit_rate(float(value or 0.0))
         elif kind == "latency":
             self.emulator.set_latency(float(value or 0.0))
+        elif kind == "lost_answers":
+            share = float(value or 0.0)
+            self.emulator.set_lost_answer_rate(share)
+            # Each lost ack costs the robot its ack_timeout (WeCom's 5 s). With answers
+            # lost on purpose on loopback, the robots made here wait 1 s instead, so a
+            # few losses in a row stay within the engine's deadlines.
+            for platform in self._platforms:
+                connection = platform.connection
+                if connection is not None:
+                    timeout = 1.0 if share else platform.settings.ack_timeout
+                    connection.options = attrs.evolve(connection.options, ack_timeout=timeout)
         else:
-            raise ValueError(f"unknown fault {kind!r}; choose drop, errors, rate_limit or latency")
+            raise ValueError(
+                f"unknown fault {kind!r}; choose drop, errors, rate_limit, latency or lost_answers"
+            )

@@ -76,6 +76,7 @@ from imrobots.platform import (
     Note,
     NotSupported,
     Op,
+    OutcomeUnknown,
     Platform,
     RateLimit,
     RateLimited,
@@ -331,8 +332,8 @@ class WeComPlatform(Platform):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._received: collections.OrderedDict[str, float] = collections.OrderedDict()
         """req_id -> when its push arrived (monotonic), newest last."""
-        self._streamed = _Recent()
-        """req_ids a stream was opened on."""
+        self._streamed: collections.OrderedDict[str, str] = collections.OrderedDict()
+        """req_id -> the id of the stream opened on it (one per message)."""
         self._templated = _Recent()
         """req_ids a template card answered (one per message)."""
         self._welcomed = _Recent()
@@ -571,11 +572,16 @@ class WeComPlatform(Platform):
         if self.mode == "app":
             raise NotSupported("a WeCom app cannot stream")
         reply = self._reply_to(target.context)
-        if reply is None or reply[0] in self._streamed:
+        if reply is None:
             return ProactiveStream(self, target, ref)
         req_id, generation = reply
+        opened = self._streamed.get(req_id)
+        if opened is not None and opened != stream_id:
+            return ProactiveStream(self, target, ref)  # the message has its stream already
+        # A new stream, or the same one opened again (a retry after its ack was lost):
+        # the first frame again updates the same stream id.
         handle = WeComStream(self, target, ref, req_id=req_id, generation=generation)
-        self._streamed.add(req_id)
+        self._remember(self._streamed, req_id, stream_id)
         try:
             await self.stream_frame(handle, stream_text(card) or card.plain_text(), finish=False)
         except CardGone:
@@ -587,23 +593,47 @@ class WeComPlatform(Platform):
         connection = self._conn()
         if connection.generation != handle.generation:
             raise CardGone("the stream's req_id belongs to an earlier connection (846605)")
+        if finish and handle.final_body is not None:
+            body = handle.final_body  # a retry of the finish: the very same frame
+        else:
+            body = self._stream_body(handle, content, finish=finish)
+            if finish:
+                handle.final_body = body
+        try:
+            await self._request("aibot_respond_msg", body, req_id=handle.req_id)
+        except OutcomeUnknown:
+            handle.finish_unknown = handle.finish_unknown or finish
+            raise
+        except CardGone:
+            raise
+        except FatalPlatformError as exc:
+            if finish and handle.finish_unknown:
+                # The finish was sent before and its ack lost; WeCom refusing it again
+                # (the emulator: 40058 "stream already finished") means it landed.
+                # UNCONFIRMED: WeCom's answer to a repeated finish is not documented.
+                log.info("stream %s: the lost finish had landed (%s)", handle.ref.id, exc)
+                return
+            raise
+
+    def _stream_body(
+        self, handle: WeComStream, content: str | Card, *, finish: bool
+    ) -> dict[str, Any]:
         card = content if isinstance(content, Card) else None
         text = (
             content if isinstance(content, str) else (stream_text(content) or content.plain_text())
         )
         stream: dict[str, Any] = {"id": handle.ref.id, "finish": finish, "content": text}
-        body: dict[str, Any] = {"msgtype": "stream", "stream": stream}
-        if card is not None and card.buttons and handle.req_id not in self._templated:
-            body = {
-                "msgtype": "stream_with_template_card",
-                "stream": stream,
-                "template_card": template_card(card, handle.ref.id, with_text=False),
-            }
-            self._templated.add(handle.req_id)
-            self._remember_card(handle.ref.id, card)
-            if card.status.value == "final":
-                self._remember(self._feedback_cards, handle.ref.id, card)
-        await self._request("aibot_respond_msg", body, req_id=handle.req_id)
+        if card is None or not card.buttons or handle.req_id in self._templated:
+            return {"msgtype": "stream", "stream": stream}
+        self._templated.add(handle.req_id)
+        self._remember_card(handle.ref.id, card)
+        if card.status.value == "final":
+            self._remember(self._feedback_cards, handle.ref.id, card)
+        return {
+            "msgtype": "stream_with_template_card",
+            "stream": stream,
+            "template_card": template_card(card, handle.ref.id, with_text=False),
+        }
 
     async def send_template_card(self, target: Target, card: Card, *, task_id: str) -> None:
         """A template card sent proactively (``aibot_send_msg``)."""
@@ -632,12 +662,27 @@ class WeComPlatform(Platform):
             if await self._welcome(target, welcome):
                 return ref
         reply = self._reply_to(target.context)
-        if reply is not None and reply[0] not in self._templated:
-            self._templated.add(reply[0])
-            self._remember_card(task_id, card)
-            body = {"msgtype": "template_card", "template_card": template_card(card, task_id)}
+        if reply is not None and reply[0] not in self._streamed:
+            # A finished stream reply: its text is markdown of up to 20,480 bytes; a
+            # template card (a stream_with_template_card) carries only the title and
+            # buttons, which a stream cannot (template card text is meant to be short).
+            req_id = reply[0]
+            text = stream_text(card) or card.plain_text()
+            stream = {"id": task_id, "finish": True, "content": text}
+            body: dict[str, Any] = {"msgtype": "stream", "stream": stream}
+            if card.buttons and req_id not in self._templated:
+                body = {
+                    "msgtype": "stream_with_template_card",
+                    "stream": stream,
+                    "template_card": template_card(card, task_id, with_text=False),
+                }
+                self._templated.add(req_id)
+                self._remember_card(task_id, card)
+                if card.status.value == "final":
+                    self._remember(self._feedback_cards, task_id, card)
+            self._remember(self._streamed, req_id, task_id)
             try:
-                await self._request("aibot_respond_msg", body, req_id=reply[0])
+                await self._request("aibot_respond_msg", body, req_id=req_id)
                 return ref
             except CardGone:
                 pass  # the req_id died meanwhile: send it proactively

@@ -13,6 +13,9 @@ far and closes it once. Per-stream state lives here:
 - :meth:`close` sends ``finish: true`` with the last text; a final card with buttons
   goes as ``stream_with_template_card`` (the stream plus a ``button_interaction`` card
   whose ``task_id`` is the stream id, so a press names the answer card).
+- Retries with the same idempotency key are safe: an open sent again updates the same
+  stream id, a finish sent again is the very same frame, and a finish (or a proactive
+  card's ``task_id``) refused after its first ack was lost is taken as landed.
 - 846608 (expired, past WeCom's 6 minutes) and 846605 (invalid req_id, after a
   reconnect) raise :class:`CardGone`: the engine continues in a new message, which
   :meth:`WeComPlatform.open_stream` makes a :class:`ProactiveStream` (``aibot_send_msg``).
@@ -26,7 +29,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from imrobots.platform import Card, CardRef, StreamHandle, Target
+from imrobots.platform import (
+    Card,
+    CardGone,
+    CardRef,
+    FatalPlatformError,
+    OutcomeUnknown,
+    StreamHandle,
+    Target,
+)
 
 if TYPE_CHECKING:
     from .platform import WeComPlatform
@@ -47,6 +58,10 @@ class WeComStream(StreamHandle):
         self.generation = generation
         self.pushes = 0
         self.closed = False
+        self.final_body: dict[str, Any] | None = None
+        """The finish frame, once built: a retry sends the very same frame."""
+        self.finish_unknown = False
+        """A finish frame was sent and its ack lost (it may have landed)."""
 
     def __repr__(self) -> str:
         return f"WeComStream(stream={self.ref.id!r}, pushes={self.pushes})"
@@ -76,6 +91,8 @@ class ProactiveStream(StreamHandle):
         self.target = target
         self.ref = ref
         self.latest = ""
+        self.unknown = False
+        """The card was sent and the ack lost (it may have landed)."""
 
     def __repr__(self) -> str:
         return f"ProactiveStream(card={self.ref.id!r})"
@@ -84,7 +101,19 @@ class ProactiveStream(StreamHandle):
         self.latest = text
 
     async def close(self, card: Card) -> None:
-        await self.platform.send_template_card(self.target, card, task_id=self.ref.id)
+        try:
+            await self.platform.send_template_card(self.target, card, task_id=self.ref.id)
+        except OutcomeUnknown:
+            self.unknown = True
+            raise
+        except CardGone:
+            raise
+        except FatalPlatformError:
+            if self.unknown:
+                # Sent before with its ack lost; WeCom refusing the same task_id again
+                # (the emulator: 40058 "task_id already used") means it landed.
+                return
+            raise
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "proactive": True}

@@ -39,7 +39,9 @@ callbacks POSTed to the app's ``callback_url`` and retried (3 attempts in all) w
 answered 200 within ``callback_timeout`` (5 s); the URL check (``verify_url``).
 
 Faults: ``errors`` (a share of calls answered -1 "system busy"), ``rate_limit`` (45009),
-``latency`` and ``drop`` (sockets aborted; pushes are held until a new subscription).
+``latency``, ``drop`` (sockets aborted; pushes are held until a new subscription) and
+``lost_answers`` (a share of calls take effect and are never answered: no ack on the
+long connection, the HTTP connection aborted in app mode).
 Every robot call is recorded and reported to listeners (:meth:`WeComEmulator.on_change`).
 """
 
@@ -141,6 +143,8 @@ class Callback:
     conversation_id: str
     eventtype: str | None = None
     template_used: bool = False
+    answered: float | None = None
+    """When the first reply frame on this ``req_id`` was read (monotonic), for benches."""
 
 
 @attrs.define
@@ -265,6 +269,9 @@ class WeComEmulator:
         """Group chat ids seen in pushes (a send to any other chatid goes to a user)."""
         self.failure_rate = 0.0
         self.rate_limit_rate = 0.0
+        self.lost_answer_rate = 0.0
+        """Share of the robot's calls that take effect and are never answered (no ack on
+        the long connection; the HTTP connection aborted in app mode)."""
         self.latency = 0.0
         self._random = random.Random(seed)
         self._ids = itertools.count(1)
@@ -363,6 +370,13 @@ class WeComEmulator:
 
     def set_rate_limit_rate(self, share: float) -> None:
         self.rate_limit_rate = share
+
+    def set_lost_answer_rate(self, share: float) -> None:
+        self.lost_answer_rate = share
+
+    def _lose(self) -> bool:
+        """Whether this call's answer is lost (after it took effect)."""
+        return self.lost_answer_rate > 0 and self._random.random() < self.lost_answer_rate
 
     def set_latency(self, seconds: float) -> None:
         self.latency = seconds
@@ -508,6 +522,8 @@ class WeComEmulator:
             except _Refusal as exc:
                 errcode, errmsg = exc.code, exc.message
         self._record_call("WS", cmd, errcode, started, bot.bot_id)
+        if injected == 0 and cmd.startswith(("aibot_respond", "aibot_send")) and self._lose():
+            return  # it took effect; its ack never comes
         await self._ack(sock, req_id, errcode, errmsg, reply)
 
     async def _subscribe(self, sock: _Socket, req_id: str, body: dict[str, Any]) -> None:
@@ -671,6 +687,8 @@ class WeComEmulator:
         cb = bot.callbacks.get(req_id)
         if cb is None or cb.socket != sock.id:
             raise _Refusal(ERR_INVALID_REQ_ID, "invalid req_id")
+        if cb.answered is None:
+            cb.answered = time.monotonic()
         return cb
 
     def _command(
@@ -952,6 +970,8 @@ class WeComEmulator:
             self._record_call("POST", route, exc.code, started, who)
             return self._json(exc.code, exc.message)
         self._record_call("POST", route, 0, started, who)
+        if self._lose() and request.transport is not None:
+            request.transport.abort()  # it took effect; its answer never comes
         return self._json(0, **extra)
 
     def _text_of(self, body: dict[str, Any]) -> str | None:

@@ -11,6 +11,7 @@ import pytest
 
 from imrobots import Message, Reply, Robot
 from imrobots.agents import AgentRequest
+from imrobots.cards import Actions, Button, Card, Markdown
 from imrobots.emulation import EmulatorAdapter
 from imrobots.platform import FatalPlatformError, Platform, Secret, thinking_card
 from imrobots.testing.conformance import card_text, open_rig
@@ -223,3 +224,35 @@ async def test_stream_frames_are_one_at_a_time_per_req_id() -> None:
         await asyncio.gather(*(handle.push(f"text {i}") for i in range(10)))
         assert most == 1
         assert rig.emulator.emulator.cards["serial"].updates == 10
+
+
+async def test_a_card_answering_a_message_is_a_finished_stream_with_its_buttons() -> None:
+    """A card sent whole on a message (e.g. an answer complete before its first update)
+    is one finished stream reply: the text as markdown in the stream (up to 20,480
+    bytes), the title and buttons in its template card, which carries no text."""
+    text = ("Refunds take **five days**. " * 200).strip()  # 5,599 bytes: long for card text
+
+    class Carder(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            await reply.card(
+                Card(
+                    title="Refunds",
+                    elements=(
+                        Markdown(text=text),
+                        Actions(buttons=(Button(label="OK", value="ok"),)),
+                    ),
+                )
+            )
+
+    adapter = WeComConsoleAdapter()
+    async with open_rig(lambda: adapter, Carder(), make_platform=_platform) as rig:
+        await rig.say("refund?", conversation_id="g-card")
+        card = await rig.until("the card", lambda: next(iter(rig.cards("g-card")), None))
+        [record] = adapter.emulator.cards.values()
+        assert (record.kind, record.finished, record.content) == ("stream", True, text)
+        assert record.template is not None and "sub_title_text" not in record.template
+        assert record.template["main_title"] == {"title": "Refunds"}
+        assert [b["text"] for b in record.template["button_list"]] == ["OK"]
+        assert card["title"] == "Refunds" and card_text(card) == text
+        calls = [c["route"] for c in adapter.state()["calls"]]
+        assert calls == ["aibot_respond_msg"]
