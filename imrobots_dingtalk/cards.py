@@ -27,21 +27,44 @@ from imrobots.platform import Actions, Button, Card, CardStatus, Divider, Markdo
 
 __all__ = [
     "FLOW_STATUS",
+    "STOP_REASON_KEY",
     "ai_button_list",
     "ai_card_params",
     "ai_markdown",
     "sdk_button_list",
     "standard_card",
+    "stream_flags",
 ]
 
 FLOW_STATUS: dict[CardStatus, str] = {
     CardStatus.THINKING: "1",
     CardStatus.STREAMING: "2",
     CardStatus.FINAL: "3",
-    CardStatus.INTERRUPTED: "3",
+    CardStatus.INTERRUPTED: "5",
     CardStatus.ERROR: "5",
 }
-"""``flowStatus`` of each lifecycle state (values of the SDK's ``AICardStatus``)."""
+"""``flowStatus`` of each lifecycle state (values of the SDK's ``AICardStatus``). An
+interrupted answer did not finish: DingTalk shows it failed (with the text it had and
+the note saying it was interrupted), never finished."""
+
+STOP_REASON_KEY = "stopReason"
+"""The card param that says why a failed AI card stopped: ``interrupted`` (the robot
+stopped or crashed mid-answer) or ``error`` (the agent failed). DingTalk shows both as
+failed; a template may show the reason, and the console tells them apart by it."""
+
+_STOP_REASONS = {CardStatus.INTERRUPTED: "interrupted", CardStatus.ERROR: "error"}
+
+
+def stream_flags(status: CardStatus) -> tuple[bool, bool]:
+    """``(isFinalize, isError)`` of the ``card/streaming`` call that closes a card in
+    ``status``: a final card is finalized (DingTalk: finished); an error or interrupted
+    card ends with ``isError`` (DingTalk: failed); a card still open neither."""
+    if status is CardStatus.FINAL:
+        return True, False
+    if status in _STOP_REASONS:
+        return False, True
+    return False, False
+
 
 _BUTTON_STATUS = {"primary": "primary", "danger": "warning", "default": "normal"}
 """Core button style -> StandardCard button ``status``. GUESS: the value names."""
@@ -146,6 +169,9 @@ def ai_card_params(
             "flowStatus": FLOW_STATUS[card.status],
             "buttons": json.dumps(ai_button_list(card), ensure_ascii=False),
         }
+    reason = _STOP_REASONS.get(card.status)
+    if reason is not None:
+        params[STOP_REASON_KEY] = reason
     if content:
         params[content_key] = ai_markdown(card)
     return params

@@ -7,7 +7,15 @@ app whose robot is pointed at the emulator by :meth:`DingTalkConsoleAdapter.robo
 Views name conversations as the user's :meth:`~DingTalkConsoleAdapter.say` did: DingTalk
 addresses a 1:1 card or robot message to the user (the emulator files it under the
 robot's chat with that user), and the adapter maps it back to the conversation the
-user spoke in.
+user spoke in, so the console's direct chat shows the answer beside the question.
+
+An AI card's ``status`` comes from the wire, as DingTalk would show it: its ``state``
+(DingTalk's ``processing``, ``inputting``, ``finished`` or ``failed``: the streaming
+call's ``isFinalize`` / ``isError`` with the ``flowStatus`` param saying the same, else
+inputting once text came, else processing) maps to ``thinking``, ``streaming``,
+``final`` and ``error``, and a failed card whose ``stopReason`` param is ``interrupted`` is
+``interrupted``. Card views carry that ``state`` too (``None`` for StandardCards, which
+have no state on the wire).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any, Literal
 
 from imrobots.emulation import EmulatorAdapter
 
+from .cards import STOP_REASON_KEY
 from .emulator import DingTalkEmulator
 from .emulator.frames import conversation_id as direct_conversation_id
 
@@ -25,10 +34,21 @@ __all__ = ["DingTalkConsoleAdapter"]
 
 View = dict[str, Any]
 
-# The AI card's flowStatus param (SDK AICardStatus) as a lifecycle state. The card is
-# final when flowStatus says so (the plugin sets it with the buttons), not when the
-# streaming variable is finalized a moment before.
-_FLOW = {"1": "thinking", "2": "streaming", "3": "final", "4": "streaming", "5": "error"}
+# An AI card's state as DingTalk shows it, from the wire: the streaming call's isFinalize
+# (finished) or isError (failed) closes the card's streaming (PROTOCOLS 2.5), and the
+# card is finished (failed) once its flowStatus param, the template's state, says so too
+# (the plugin sets it with the buttons right after); before that it is inputting
+# (flowStatus 2, or text streamed) or processing. A card whose streaming was never closed
+# is never shown finished, whatever its flowStatus says. The core's lifecycle status
+# follows from the state; a failed card is "interrupted" when its stopReason param says
+# so (the plugin sets it when it closes the card), else "error". No status is read from
+# the card's text.
+_AI_STATUS = {
+    "processing": "thinking",
+    "inputting": "streaming",
+    "finished": "final",
+    "failed": "error",
+}
 
 _INTERRUPTED = "(answer interrupted)"
 _CONTINUED = "(continued below)"
@@ -47,8 +67,28 @@ CARD_DATA_ROOM = 4096
 """Bytes a StandardCard's JSON (title, ids, buttons) may add to its text."""
 
 
+def _ai_state(record: dict[str, Any]) -> tuple[str, str]:
+    """(DingTalk's state of an AI card, the core's status) from the wire."""
+    content = record.get("content") or {}
+    streaming = record.get("streaming_state")
+    flow = content.get("flowStatus")
+    if streaming == "failed" and flow == "5":
+        state = "failed"
+    elif streaming == "finished" and flow == "3":
+        state = "finished"
+    elif streaming == "inputing" or flow in ("2", "4"):
+        state = "inputting"
+    else:  # nothing streamed yet, or streaming closed before the card said inputting
+        state = "processing"
+    status = _AI_STATUS[state]
+    if state == "failed" and content.get(STOP_REASON_KEY) == "interrupted":
+        status = "interrupted"
+    return state, status
+
+
 def _standard_status(markdown: str, buttons: list[Any], updates: int) -> str:
-    """StandardCards carry no state, so read it off the core's lifecycle cards."""
+    """StandardCards carry no state on the wire (the API has none), so it is read off the
+    core's lifecycle cards: buttons, then the core's notes."""
     if buttons or _CONTINUED in markdown:
         return "final"
     if _INTERRUPTED in markdown:
@@ -205,12 +245,11 @@ class DingTalkConsoleAdapter(EmulatorAdapter):
         markdown = view.get("markdown") or ""
         buttons = view.get("buttons") or []
         updates = len(record.get("updates") or []) - 1
+        state: str | None = None
         if record.get("kind") == "standard":
             status = _standard_status(markdown, buttons, updates)
         else:
-            status = _FLOW.get(str(view.get("flow_status")), "thinking")
-            if status in ("final", "error") and _INTERRUPTED in markdown:
-                status = "interrupted"
+            state, status = _ai_state(record)
         blocks: list[View] = []
         if markdown:
             blocks.append({"type": "markdown", "text": markdown})
@@ -232,6 +271,7 @@ class DingTalkConsoleAdapter(EmulatorAdapter):
             "reply_to": None,
             "title": view.get("title"),
             "status": status,
+            "state": state,
             "blocks": blocks,
             "updates": max(updates, 0),
             "created": record.get("wall"),
@@ -374,5 +414,9 @@ class DingTalkConsoleAdapter(EmulatorAdapter):
             self.emulator.set_failure_rate(float(value or 0.0), kind="qps")
         elif kind == "latency":
             self.emulator.set_latency(float(value or 0.0))
+        elif kind == "lost_answers":
+            self.emulator.set_lost_rate(float(value or 0.0))
         else:
-            raise ValueError(f"unknown fault {kind!r}; choose drop, errors, rate_limit or latency")
+            raise ValueError(
+                f"unknown fault {kind!r}; choose drop, errors, rate_limit, latency or lost_answers"
+            )

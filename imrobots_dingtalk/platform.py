@@ -71,7 +71,7 @@ from imrobots.platform import (
 )
 
 from .api import DUPLICATE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, DingTalkApi
-from .cards import ai_card_params, ai_markdown, standard_card
+from .cards import ai_card_params, ai_markdown, standard_card, stream_flags
 from .connection import (
     ACK_OK,
     Ack,
@@ -643,15 +643,8 @@ class DingTalkPlatform(Platform):
         ref = self._ref(target, card_id)
         if self.settings.card_mode == "ai":
             await self._create_ai(target, card, card_id, content=False)
-            if card.status.is_terminal:
-                await self.stream_content(
-                    ref,
-                    ai_markdown(card),
-                    finalize=card.status is not CardStatus.ERROR,
-                    error=card.status is CardStatus.ERROR,
-                )
-            else:
-                await self.stream_content(ref, ai_markdown(card), finalize=False, error=False)
+            finalize, error = stream_flags(card.status)
+            await self.stream_content(ref, ai_markdown(card), finalize=finalize, error=error)
         else:
             await self._create(
                 "/v1.0/im/v1.0/robot/interactiveCards/send",
@@ -758,8 +751,9 @@ class DingTalkPlatform(Platform):
 
     async def update_card(self, ref: CardRef, card: Card) -> None:
         """Replace the card's content. StandardCard: ``PUT /v1.0/im/robots/interactiveCards``.
-        AI card: the markdown through ``card/streaming`` (finalizing a final, interrupted
-        or error card), then title, ``flowStatus`` and buttons through ``card/instances``."""
+        AI card: the markdown through ``card/streaming`` (finalizing a final card, failing
+        an error or interrupted one), then title, ``flowStatus`` and buttons through
+        ``card/instances``."""
         if self._mode(ref) != "ai":
             standard = {
                 "cardBizId": ref.id,
@@ -773,15 +767,13 @@ class DingTalkPlatform(Platform):
 
     async def finish_ai_card(self, ref: CardRef, card: Card) -> None:
         """Show ``card`` in an AI card: its markdown through ``card/streaming``
-        (``isFinalize`` for a final or interrupted card, ``isError`` for an error card),
-        then its title, ``flowStatus`` and buttons through ``card/instances``."""
-        terminal = card.status.is_terminal
-        await self.stream_content(
-            ref,
-            ai_markdown(card),
-            finalize=terminal and card.status is not CardStatus.ERROR,
-            error=card.status is CardStatus.ERROR,
-        )
+        (``isFinalize`` for a final card, ``isError`` for an error or interrupted one:
+        DingTalk shows an answer that did not finish as failed, with the text it had),
+        then its title, ``flowStatus``, stop reason and buttons through
+        ``card/instances``. The streaming call comes first, at the moment the limiter
+        granted the operation (the API it counts on)."""
+        finalize, error = stream_flags(card.status)
+        await self.stream_content(ref, ai_markdown(card), finalize=finalize, error=error)
         params = ai_card_params(
             card,
             content_key=self.settings.ai_content_key,

@@ -9,10 +9,10 @@ text) and how many pushes it had.
 - :meth:`push` streams the whole text: ``PUT /v1.0/card/streaming`` with
   ``isFull: true`` (required for a markdown variable, PROTOCOLS 2.5).
 - :meth:`close` finalizes: a ``card/streaming`` call with ``isFinalize: true`` (or
-  ``isError: true`` for an error card) carrying the last text, then the title,
-  ``flowStatus`` and buttons through ``PUT /v1.0/card/instances``. Every AI card the
-  plugin makes ends with such a streaming call, whatever path it took, so none stays
-  "inputing" (PROTOCOLS 2.8).
+  ``isError: true`` for an error or interrupted card) carrying the last text, then the
+  title, ``flowStatus``, stop reason and buttons through ``PUT /v1.0/card/instances``.
+  Every AI card the plugin makes is closed with such a streaming call, whatever path it
+  took, so none stays "inputing" (PROTOCOLS 2.8).
 - :meth:`state` / :meth:`DingTalkPlatform.restore_stream` rebuild the handle after
   a restart, so a card a crash left open is closed as interrupted.
 """

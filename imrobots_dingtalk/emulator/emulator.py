@@ -220,6 +220,8 @@ class DingTalkEmulator:
         self.latency = 0.0
         self.failure_rate = 0.0
         self.failure_kind: Literal["5xx", "qps"] = "5xx"
+        self.lost_rate = 0.0
+        """Share of successful calls whose answer is lost (see :meth:`set_lost_rate`)."""
         self._live: dict[str, _LiveConnection] = {}
         self._pending: dict[str, deque[_Push]] = {}
         self._pushes_by_id: dict[str, _Push] = {}
@@ -480,6 +482,15 @@ class DingTalkEmulator:
         self._fault("withhold", route=route, count=count, seconds=seconds, mode=mode)
         return rule
 
+    def set_lost_rate(self, rate: float) -> None:
+        """Lose the answer of this share (0..1) of successful calls (seeded dice): each
+        takes effect, then its connection is dropped before the answer goes out, as
+        :meth:`withhold_responses` with ``mode="disconnect"`` does for one call."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("rate must be between 0 and 1")
+        self.lost_rate = float(rate)
+        self._fault("lost_rate", rate=self.lost_rate)
+
     def take_withhold(self, route: str) -> Withhold | None:
         """The withhold rule that applies to this successful call of ``route``, if any."""
         for rule in self._withholds:
@@ -488,6 +499,8 @@ class DingTalkEmulator:
                 if rule.count == 0:
                     self._withholds.remove(rule)
                 return rule
+        if self.lost_rate > 0 and self._fault_rng.random() < self.lost_rate:
+            return Withhold(route=route, count=1, seconds=None, mode="disconnect")
         return None
 
     def stall_connections(self, *, stage: StallStage = "upgrade", count: int = 1) -> Stall:

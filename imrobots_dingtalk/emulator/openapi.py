@@ -559,7 +559,7 @@ def card_streaming(ctx: OpenApiContext) -> dict[str, Any]:
         return {"success": True, "result": True}
     card.stream_guids.add(guid)
     card.stream_key = key
-    if card.finalized or card.error:
+    if card.streaming_state in ("finished", "failed"):
         ctx.notes.append("streaming update after the card was finalized")
     if body.get("isFull"):
         card.content[key] = content

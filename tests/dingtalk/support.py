@@ -84,7 +84,10 @@ def cards_for(emu: DingTalkEmulator, pushed: PushedMessage) -> list[CardRecord]:
 
 
 def final(card: CardRecord) -> bool:
-    """The card shows the final answer with its four feedback buttons."""
+    """The card shows the final answer with its four feedback buttons (an AI card: and its
+    streaming was closed, the call that brings the final text)."""
+    if card.kind == "instance" and card.streaming_state not in ("finished", "failed"):
+        return False
     return len(card.view.get("buttons") or []) == 4
 
 

@@ -323,7 +323,15 @@ async def test_a_card_a_crash_left_open_is_closed_as_interrupted(
     markdown = card.view["markdown"] or ""
     assert "Refunds take" in markdown and "interrupted" in markdown
     if mode == "ai":
-        assert card.streaming_state == "finished" and card.content["flowStatus"] == "3"
+        # DingTalk shows an answer that did not finish as failed (isError), with its text
+        assert card.streaming_state == "failed" and card.content["flowStatus"] == "5"
+        assert card.content["stopReason"] == "interrupted"
+        streams = [
+            c.request
+            for c in emu.calls
+            if c.route == "card.streaming" and c.request.get("outTrackId") == card.card_id
+        ]
+        assert streams[-1]["isError"] is True and streams[-1]["isFinalize"] is False
 
 
 async def test_a_final_card_sent_as_a_new_message_is_finalized(emu: DingTalkEmulator) -> None:

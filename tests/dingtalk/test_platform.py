@@ -94,7 +94,8 @@ async def test_example_robot_answers_and_takes_feedback(
             assert routes.count("card.streaming") >= 2
             flow = [u.content.get("flowStatus") for u in card.updates]
             assert flow[0] == "1" and "2" in flow and flow[-1] == "3"  # thinking, inputing, done
-            assert routes[-1] == "card.instances.update"
+            # the streaming call that closes it, then the data (flowStatus, buttons)
+            assert routes[-2:] == ["card.streaming", "card.instances.update"]
             assert card.finalized and not card.error
             assert card.view["status"] == "finished"
             assert card.content["flowStatus"] == "3"
@@ -180,9 +181,14 @@ async def test_agent_error_ends_in_an_error_card(emu: DingTalkEmulator) -> None:
     async with running(emu, "ai", robot=SupportRobot(agent=broken)):
         await emu.push_message(APP, text="boom")
         await emu.wait_for(
-            lambda: any(c.content.get("flowStatus") == "5" for c in emu.cards.values()), 10
+            lambda: any(
+                c.streaming_state == "failed" and c.content.get("stopReason")
+                for c in emu.cards.values()
+            ),
+            10,
         )
         (card,) = emu.cards.values()
+        assert card.content["stopReason"] == "error"
         assert card.view["status"] == "failed"
         assert card.content["flowStatus"] == "5"
         assert "went wrong" in card.content["msgContent"]
