@@ -554,6 +554,95 @@ def console_command(names: tuple[str, ...], config_path: Path, host: str, port: 
 
 
 @cli.group()
+def new() -> None:
+    """Start a project: a robot application, or a platform plugin."""
+
+
+def _written(made: Any, steps: Sequence[str]) -> None:
+    click.echo(f"wrote {len(made.files)} files to {made.directory}:")
+    for path in made.files:
+        click.echo(f"  {path}")
+    click.echo("\nNext:\n")
+    click.echo(f"  cd {made.directory}")
+    for step in steps:
+        click.echo(f"  {step}")
+
+
+@new.command("robot")
+@click.argument("name")
+@click.option(
+    "--directory",
+    "-d",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write it (default: ./NAME); it must not exist or be empty.",
+)
+def new_robot(name: str, directory: Path | None) -> None:
+    """Write a robot application package NAME: a Robot subclass, an agent, the entry point
+    that registers the robot as NAME, a robots.toml and tests written with imrobots.testing.
+    """
+    from .scaffold import ScaffoldError, scaffold
+
+    try:
+        made = scaffold("robot", name, directory)
+    except ScaffoldError as exc:
+        _fail(exc)
+        return
+    _written(
+        made,
+        [
+            'pip install -e ".[test]"',
+            "python -m pytest",
+            "imrobots console --config robots.toml    # chat with it in the browser",
+        ],
+    )
+
+
+@new.command("platform")
+@click.argument("name")
+@click.option(
+    "--directory",
+    "-d",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write it (default: ./imrobots-NAME); it must not exist or be empty.",
+)
+def new_platform(name: str, directory: Path | None) -> None:
+    """Write a platform plugin NAME: the entry point, a Platform subclass with its
+    capabilities, an event converter, a card renderer, an emulator with its
+    EmulatorAdapter, and the platform conformance suite wired in.
+
+    The plugin registers the platform as planned: its skeleton passes the conformance
+    suite against its own emulator, whose protocol is made up until you make it the real
+    platform's.
+    """
+    from .plugins import get_plugin_manager
+    from .scaffold import ScaffoldError, scaffold
+
+    registered = get_plugin_manager().platforms()
+    if name in registered:
+        _fail(
+            ScaffoldError(
+                f"a platform named {name!r} is already registered (by "
+                f"{registered[name].source}); choose another name"
+            )
+        )
+    try:
+        made = scaffold("platform", name, directory)
+    except ScaffoldError as exc:
+        _fail(exc)
+        return
+    _written(
+        made,
+        [
+            'pip install -e ".[test]"',
+            "python -m pytest          # the conformance suite against the skeleton's emulator",
+            f"imrobots platforms        # lists {name} (planned)",
+        ],
+    )
+
+
+@cli.group()
 def feedback() -> None:
     """Read the feedback users gave."""
 
