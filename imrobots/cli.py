@@ -7,8 +7,10 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -258,6 +260,17 @@ async def _demo_conversation(questions: Sequence[str], delay: float) -> None:
 
     platform = MemoryPlatform(MemorySettings(update_interval=0.3))
     shown: dict[str, int] = {}
+    texts: dict[str, str] = {}
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
+
+    def echo_text(text: str) -> None:
+        """The text whole, each of its lines wrapped to the terminal (never cut)."""
+        for line in text.splitlines() or [""]:
+            wrapped = textwrap.wrap(
+                line, width=width - 4, break_long_words=False, break_on_hyphens=False
+            )
+            for part in wrapped or [""]:
+                click.echo(f"    {part}" if part else "")
 
     def show(op: str, card: Any) -> None:
         if card is None:
@@ -268,10 +281,14 @@ async def _demo_conversation(questions: Sequence[str], delay: float) -> None:
         shown[card.id] = version
         current = card.current
         status = getattr(current, "status", "streaming")
-        text = card.text.replace("\n", " ")
-        if len(text) > 90:
-            text = text[:87] + "..."
-        click.echo(f"  [{card.id} {status}] {text}")
+        text = card.text
+        before = texts.get(card.id, "")
+        texts[card.id] = text
+        if str(status) == "streaming" and before and text.startswith(before):
+            click.echo(f"  [{card.id} streaming] ...{text[len(before) :]}".rstrip())
+        else:
+            click.echo(f"  [{card.id} {status}]")
+            echo_text(text)
         if getattr(current, "buttons", ()):
             click.echo("  " + " ".join(f"[{b.label}]" for b in current.buttons))
 
@@ -663,16 +680,25 @@ def feedback() -> None:
     help="Write to this file instead of standard output.",
 )
 def feedback_export(config_path: Path, fmt: str, robot: str | None, output: Path | None) -> None:
-    """Export stored feedback as CSV or JSON (from the config's [store])."""
+    """Export stored feedback as CSV or JSON (from the config's [store]; the robots'
+    credentials need not be set)."""
     from .app import build_store
-    from .config import load_config
+    from .config import Config, load_store_config
     from .exporting import write_feedback
 
     try:
-        config = load_config(config_path)
+        config = Config(robots={}, store=load_store_config(config_path), path=config_path)
     except ImrobotsError as exc:
         _fail(exc)
         return
+    if config.store.backend == "memory":
+        click.echo(
+            f"warning: {config_path} keeps state in memory (no [store] table, or backend = "
+            '"memory"): feedback lives only in the running robot\'s process, so there is '
+            'nothing to export here. Add [store] with backend = "sqlite" (and a path) or '
+            '"redis" to keep it.',
+            err=True,
+        )
 
     async def read() -> list[Any]:
         store = build_store(config)

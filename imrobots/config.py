@@ -47,6 +47,7 @@ __all__ = [
     "StoreConfig",
     "check_config",
     "load_config",
+    "load_store_config",
     "make_converter",
     "structure",
 ]
@@ -574,6 +575,32 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     if problems.lines or config is None:
         raise ConfigProblems(problems.lines)
     return config
+
+
+def load_store_config(
+    path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+) -> StoreConfig:
+    """Only the ``[store]`` table of a config file (the default when there is none):
+    what ``imrobots feedback export`` needs, without the robots' credentials.
+
+    :raises ConfigError: the file cannot be read, or its ``[store]`` is wrong.
+    """
+    path = Path(path)
+    source = str(path)
+    data = _read(path)
+    raw = data.get("store", {}) if "robots" in data or path.suffix != ".json" else {}
+    missing: list[tuple[str, str]] = []
+    raw = substitute(
+        raw, path="store", source=source, env=os.environ if env is None else env, missing=missing
+    )
+    problems = _Collector(source)
+    for where, name in missing:
+        problems.add(where, f"uses {{{{{name}}}}} but the environment variable {name} is not set")
+    store, found = structure_problems(raw, StoreConfig, path="store")
+    problems.extend(found)
+    if problems.lines or store is None:
+        raise ConfigProblems(problems.lines)
+    return store
 
 
 @attrs.frozen(kw_only=True)

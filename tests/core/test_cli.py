@@ -145,3 +145,41 @@ def test_demo_runs_a_conversation() -> None:
     assert "thinking" in result.output and "final" in result.output
     assert "[Very helpful] [Helpful] [Not much help] [No help]" in result.output
     assert "feedback stored: very_helpful" in result.output
+
+
+def test_demo_in_the_terminal_prints_answers_whole() -> None:
+    result = CliRunner().invoke(
+        cli, ["demo", "--delay", "0", "-q", "How do I get a refund?"], env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    # the last sentence of the answer, far past 90 characters, is there in full
+    words = " ".join(result.output.split())
+    assert "Shipping costs are refunded too if the item was faulty." in words
+    assert "..." not in result.output.replace("please wait...", "")
+    # wrapped to the terminal, not cut
+    answer = [line for line in result.output.splitlines() if line.startswith("    ")]
+    assert answer and max(len(line) for line in answer) <= 80
+
+
+def test_feedback_export_warns_when_the_config_keeps_state_in_memory(tmp_path: Path) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.support]\nplatform = "dingtalk"\n[robots.support.settings]\n'
+        'client_id = "{{UNSET_ID}}"\nclient_secret = "{{UNSET_SECRET}}"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["feedback", "export", "--config", str(config)])
+    # the robots' credentials are not needed to read the store
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.output and "keeps state in memory" in result.output
+    assert 'Add [store] with backend = "sqlite"' in result.output
+    assert "exported 0 feedback records" in result.output
+    stored = tmp_path / "stored.toml"
+    stored.write_text(
+        config.read_text(encoding="utf-8")
+        + f'[store]\nbackend = "sqlite"\npath = "{tmp_path / "state.sqlite3"}"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["feedback", "export", "--config", str(stored)])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
