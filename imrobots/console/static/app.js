@@ -130,7 +130,8 @@ function buttonState(card, button) {
 function cardFeedback(card) {
   const lines = [];
   for (const r of ratingsOf(card.id)) {
-    const who = escapeHtml(r.user_name || userName(r.user_id));
+    const known = userName(r.user_id);
+    const who = escapeHtml(known !== r.user_id ? known : (r.user_name || r.user_id));
     if (r.recorded) lines.push(`<div class="recorded">✓ ${who} rated “${escapeHtml(r.label)}” (${clock(r.time)})</div>`);
     else lines.push(`<div class="refused">${who} pressed “${escapeHtml(r.label)}”: not recorded, already rated “${escapeHtml(r.kept || "?")}”</div>`);
   }
