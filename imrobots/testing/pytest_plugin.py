@@ -75,9 +75,7 @@ def pytest_pycollect_makeitem(
             continue
         if not HAS_PYTEST_ASYNCIO:
             item.add_marker(pytest.mark.usefixtures("_imrobots_needs_pytest_asyncio"))
-        elif (
-            _asyncio_mode(item.config) != "auto" and item.get_closest_marker("asyncio") is None
-        ):
+        elif _asyncio_mode(item.config) != "auto" and item.get_closest_marker("asyncio") is None:
             item.add_marker(pytest.mark.asyncio)
     return result
 

@@ -183,3 +183,20 @@ def test_feedback_export_warns_when_the_config_keeps_state_in_memory(tmp_path: P
     result = CliRunner().invoke(cli, ["feedback", "export", "--config", str(stored)])
     assert result.exit_code == 0, result.output
     assert "warning" not in result.output
+
+
+def test_every_command_is_in_the_command_line_page() -> None:
+    import click
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
+
+    def commands(group: click.Group, prefix: str) -> list[str]:
+        found = []
+        for name, command in group.commands.items():
+            found.append(f"{prefix} {name}")
+            if isinstance(command, click.Group):
+                found.extend(commands(command, f"{prefix} {name}"))
+        return found
+
+    missing = [c for c in commands(cli, "imrobots") if f"`{c}" not in page]
+    assert missing == [], f"docs/cli.md does not document {missing}"

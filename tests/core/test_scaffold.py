@@ -5,6 +5,7 @@ by `imrobots platforms` (as planned)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -115,3 +116,60 @@ def test_names_and_directories_are_checked(tmp_path: Path, manager: PluginManage
         scaffold("robot", "taken", tmp_path / "taken")
     result = CliRunner().invoke(cli, ["new", "platform", "memory", "-d", str(tmp_path / "m")])
     assert result.exit_code == 2 and "already registered" in result.output
+
+
+TUTORIAL = Path(__file__).resolve().parents[2] / "docs" / "tutorial.md"
+TUTORIAL_ENV = {
+    "DINGTALK_CLIENT_ID": "dingtutorial",
+    "DINGTALK_CLIENT_SECRET": "tutorial-secret",
+    "OPENAI_MODEL": "tutorial-model",
+    "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+    "OPENAI_API_KEY": "sk-tutorial",
+    "SUPPORT_DESK_FEEDBACK_SECRET": "0123456789abcdef",
+}
+
+
+def _tutorial_files() -> list[tuple[str, str]]:
+    """The tutorial's code blocks that are whole files: ``(path, text)``, the path from the
+    block's first line (``# support-desk/...``), in page order."""
+    text = TUTORIAL.read_text(encoding="utf-8")
+    found = []
+    for block in re.findall(r"```(?:python|toml)\n(.*?)```", text, flags=re.DOTALL):
+        first, _, rest = block.partition("\n")
+        match = re.fullmatch(r"# support-desk/(\S+)", first)
+        if match:
+            found.append((match.group(1), rest))
+    return found
+
+
+def test_the_tutorial_runs_as_written(venv: Path, tmp_path: Path) -> None:
+    pytest.importorskip("dingtalk_stream")
+    project = tmp_path / "support-desk"
+    assert (
+        CliRunner().invoke(cli, ["new", "robot", "support-desk", "-d", str(project)]).exit_code == 0
+    )
+    files = _tutorial_files()
+    paths = [path for path, _ in files]
+    assert paths == [
+        "support_desk/robot.py",
+        "robots.toml",
+        "robots.toml",
+        "tests/test_dingtalk.py",
+    ], paths
+    # what the tutorial shows of the scaffold is what the scaffold writes
+    assert files[0][1] == (project / "support_desk" / "robot.py").read_text(encoding="utf-8")
+    _install(venv, project)
+    env_before = dict(os.environ)
+    try:
+        os.environ.update(TUTORIAL_ENV)
+        for path, text in files[1:]:
+            (project / path).write_text(text, encoding="utf-8")
+            if path == "robots.toml":  # each version of the config checks clean
+                checked = _run([str(venv), "-m", "imrobots", "check", "robots.toml"], project)
+                assert checked.returncode == 0, checked.stdout + checked.stderr
+        tests = _run([str(venv), "-m", "pytest", "-q", "-p", "no:cacheprovider"], project)
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "6 passed" in tests.stdout, tests.stdout
