@@ -61,16 +61,20 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
         mode: Literal["robot", "app"] = "robot",
         bot_id: str = "wecom-emulator-bot",
         corp_id: str = "wwemulatorcorp",
+        client_secret: str | None = None,
         **emulator_options: Any,
     ) -> None:
+        """``client_secret`` is the robot's Secret (and the app's), so that a printed
+        config stays valid across restarts (``imrobots emulate wecom --client-secret``);
+        by default a new random one."""
         super().__init__()
         self.emulator = WeComEmulator(port=port, **emulator_options)
         self.mode = mode
         self.bot_id = bot_id
         self.corp_id = corp_id
-        self._secret = secrets.token_urlsafe(24)
+        self._secret = client_secret or secrets.token_urlsafe(24)
         self.emulator.add_bot(bot_id, self._secret)
-        self.app = self.emulator.add_app(corp_id, secrets.token_urlsafe(24))
+        self.app = self.emulator.add_app(corp_id, client_secret or secrets.token_urlsafe(24))
         self._limits: dict[str, Any] = {}
         self._cards: dict[str, View] = {}
         self._calls: list[View] = []

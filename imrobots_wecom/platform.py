@@ -61,6 +61,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 from aiohttp import web
+from cattrs.errors import AttributeValidationNote, ClassValidationError
 
 from imrobots.platform import (
     Attachment,
@@ -113,7 +114,7 @@ from .messages import (
 )
 from .streaming import ProactiveStream, WeComStream
 
-__all__ = ["WeComPlatform", "WeComSettings", "card_id_for"]
+__all__ = ["SettingsProblems", "WeComPlatform", "WeComSettings", "card_id_for"]
 
 log = logging.getLogger("imrobots.wecom")
 
@@ -139,9 +140,41 @@ def card_id_for(key: str) -> str:
     return key if _SAFE_ID.match(key) else hashlib.sha256(key.encode()).hexdigest()
 
 
-def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+_POSITIVE = (
+    "stream_lifetime",
+    "keep_alive",
+    "update_interval",
+    "max_text",
+    "max_message_text",
+    "app_rate",
+    "ping_interval",
+    "ack_timeout",
+    "connect_timeout",
+    "reconnect_initial",
+    "reconnect_max",
+    "max_download_bytes",
+    "request_timeout",
+)
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "robot": ("bot_id", "secret"),
+    "app": ("corp_id", "corp_secret", "agent_id", "token", "encoding_aes_key"),
+}
+
+
+class SettingsProblems(ClassValidationError):
+    """Every problem of a :class:`WeComSettings`, each naming its field: ``imrobots
+    check`` prints one line per problem (``robots.NAME.settings.FIELD: ...``)."""
+
+
+def _problems(problems: list[tuple[str, str]]) -> SettingsProblems:
+    errors: list[Exception] = []
+    for name, message in problems:
+        error = ValueError(message)
+        note = f"Structuring class WeComSettings @ attribute {name}"
+        error.__notes__ = [AttributeValidationNote(note, name, object)]
+        errors.append(error)
+    summary = "; ".join(f"{name}: {message}" for name, message in problems)
+    return SettingsProblems(f"invalid WeCom settings: {summary}", errors, WeComSettings)
 
 
 @attrs.frozen(kw_only=True)
@@ -160,27 +193,27 @@ class WeComSettings:
     robot_names: tuple[str, ...] = ()
     """The robot's display names: ``@name`` is removed from group messages (by default
     a leading ``@word``)."""
-    stream_lifetime: float = attrs.field(default=360.0, validator=_positive)
+    stream_lifetime: float = 360.0
     """Seconds after a message during which WeCom accepts stream updates (6 minutes)."""
-    keep_alive: float = attrs.field(default=120.0, validator=_positive)
+    keep_alive: float = 120.0
     """Most seconds between two updates of an open stream."""
-    update_interval: float = attrs.field(default=0.5, validator=_positive)
+    update_interval: float = 0.5
     """Minimum seconds between two stream updates."""
-    max_text: int = attrs.field(default=ROBOT_TEXT_BYTES, validator=_positive)
+    max_text: int = ROBOT_TEXT_BYTES
     """UTF-8 bytes one stream reply holds (WeCom truncates beyond 20,480)."""
-    max_message_text: int | None = attrs.field(default=None, validator=_positive)
+    max_message_text: int | None = None
     """UTF-8 bytes of one message; default 20,480 (robot) or 2,048 (app)."""
-    app_rate: float = attrs.field(default=50.0, validator=_positive)
+    app_rate: float = 50.0
     """Frames per second the robot sends in all (UNCONFIRMED: WeCom documents no QPS for
     the long connection; app mode: calls per second per API, 10,000/min documented)."""
-    ping_interval: float = attrs.field(default=30.0, validator=_positive)
-    ack_timeout: float = attrs.field(default=5.0, validator=_positive)
-    connect_timeout: float = attrs.field(default=30.0, validator=_positive)
-    reconnect_initial: float = attrs.field(default=1.0, validator=_positive)
-    reconnect_max: float = attrs.field(default=30.0, validator=_positive)
+    ping_interval: float = 30.0
+    ack_timeout: float = 5.0
+    connect_timeout: float = 30.0
+    reconnect_initial: float = 1.0
+    reconnect_max: float = 30.0
     download_hosts: tuple[str, ...] = ()
     """Extra hosts (``host`` or ``host:port``) attachments may be downloaded from."""
-    max_download_bytes: int = attrs.field(default=100 * 1024 * 1024, validator=_positive)
+    max_download_bytes: int = 100 * 1024 * 1024
     # --- app mode --------------------------------------------------------------
     corp_id: str | None = None
     """The CorpID (My Company > Company Information)."""
@@ -197,21 +230,37 @@ class WeComSettings:
     callback_port: int = 8080
     """Port of the callback endpoint; 0 picks a free one (tests)."""
     callback_path: str = "/wecom/callback"
-    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    request_timeout: float = 10.0
 
     def __attrs_post_init__(self) -> None:
-        if self.mode == "robot":
-            missing = [n for n in ("bot_id", "secret") if not getattr(self, n)]
-        else:
-            missing = [
-                n
-                for n in ("corp_id", "corp_secret", "agent_id", "token", "encoding_aes_key")
-                if not getattr(self, n)
-            ]
-        if missing:
-            raise ValueError(f"mode {self.mode!r} needs {', '.join(missing)}")
+        """Check the settings as a whole; every problem is reported, each on its field."""
+        problems = [
+            (name, f"required in mode {self.mode!r}")
+            for name in _REQUIRED.get(self.mode, ())
+            if not getattr(self, name)
+        ]
+        for name in _POSITIVE:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append((name, f"must be positive, got {value!r}"))
         if self.encoding_aes_key is not None and len(self.encoding_aes_key.get()) != 43:
-            raise ValueError("encoding_aes_key must be 43 characters")
+            problems.append(("encoding_aes_key", "must be 43 characters (WeCom's EncodingAESKey)"))
+        if self.keep_alive >= self.stream_lifetime:
+            problems.append(
+                ("keep_alive", f"must be less than stream_lifetime ({self.stream_lifetime:g} s)")
+            )
+        if not self.ws_url.startswith(("wss://", "ws://")):
+            problems.append(("ws_url", f"must start with wss:// or ws://, got {self.ws_url!r}"))
+        if not self.api_endpoint.startswith(("https://", "http://")):
+            problems.append(
+                ("api_endpoint", f"must start with https:// or http://, got {self.api_endpoint!r}")
+            )
+        if not 0 <= self.callback_port <= 65535:
+            problems.append(("callback_port", f"must be 0..65535, got {self.callback_port}"))
+        if not self.callback_path.startswith("/"):
+            problems.append(("callback_path", f"must start with /, got {self.callback_path!r}"))
+        if problems:
+            raise _problems(problems)
 
 
 def _robot_capabilities(s: WeComSettings) -> Capabilities:

@@ -35,6 +35,7 @@ def _read(path: Path) -> Any:
 @pytest.fixture
 def validator(manager: PluginManager) -> Any:
     manager.register(importlib.import_module("imrobots_dingtalk.plugin"), name="dingtalk")
+    manager.register(importlib.import_module("imrobots_wecom.plugin"), name="wecom")
     schema = config_schema(manager)
     jsonschema.Draft7Validator.check_schema(schema)
     return jsonschema.Draft7Validator(schema)

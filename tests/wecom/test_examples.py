@@ -1,0 +1,144 @@
+"""The example support robot on WeCom, by config alone, in both modes
+(``examples/wecom_support``): ``imrobots check`` validates each, with one line per
+settings error naming the field, and each answers on the emulator
+(``imrobots console --config``)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import imrobots_wecom.plugin
+from imrobots.cli import cli
+from imrobots.demo import ConfigConsole
+from imrobots.plugins import PluginManager
+from imrobots.testing.conformance import card_text
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "wecom_support"
+ENV = {
+    "WECOM_BOT_ID": "aibXXXXXXXX",
+    "WECOM_BOT_SECRET": "bot-secret-value",
+    "WECOM_CORP_ID": "ww0123456789abcdef",
+    "WECOM_APP_SECRET": "app-secret-value",
+    "WECOM_CALLBACK_TOKEN": "callback-token-value",
+    "WECOM_CALLBACK_AES_KEY": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+}
+
+
+@pytest.fixture
+def wecom(manager: PluginManager) -> PluginManager:
+    manager.register(imrobots_wecom.plugin, name="wecom")
+    return manager
+
+
+def _check(path: Path, env: dict[str, str]) -> tuple[int, list[str]]:
+    cleared = {key: None for key in ENV} | env  # none of the host's WECOM_* leak in
+    result = CliRunner().invoke(cli, ["check", str(path)], env=cleared)  # type: ignore[arg-type]
+    return result.exit_code, result.output.strip().splitlines()
+
+
+@pytest.mark.parametrize("name", ["robot.toml", "app.toml"])
+def test_check_accepts_each_mode(wecom: PluginManager, name: str) -> None:
+    code, lines = _check(EXAMPLE / name, ENV)
+    assert code == 0, lines
+    assert lines[0] == "ok: robot 'support' (SupportRobot) on wecom, agent demo"
+    assert not any(value in "\n".join(lines) for value in ENV.values())
+
+
+def test_check_names_each_unset_variable_on_its_own_line(wecom: PluginManager) -> None:
+    code, lines = _check(EXAMPLE / "app.toml", {})
+    assert code == 2
+    errors = [line for line in lines if line.startswith("error: ")]
+    fields = ["corp_id", "corp_secret", "token", "encoding_aes_key"]
+    assert len(errors) == len(fields), lines
+    for field, line in zip(fields, errors, strict=True):
+        assert f"robots.support.settings.{field} uses {{{{" in line
+
+
+BAD = """
+[robots.bare]
+platform = "wecom"
+[robots.bare.settings]
+mode = "robot"
+[robots.bare.agent]
+use = "demo"
+
+[robots.app]
+platform = "wecom"
+[robots.app.settings]
+mode = "app"
+corp_id = "ww1"
+corp_secret = "x"
+agent_id = 1000002
+token = "t"
+encoding_aes_key = "too-short"
+callback_port = 70000
+callback_path = "wecom"
+keep_alive = 0
+[robots.app.agent]
+use = "demo"
+
+[robots.typo]
+platform = "wecom"
+[robots.typo.settings]
+mode = "bot"
+[robots.typo.agent]
+use = "demo"
+"""
+
+
+def test_settings_errors_are_one_line_each_naming_the_field(
+    wecom: PluginManager, tmp_path: Path
+) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(BAD, encoding="utf-8")
+    code, lines = _check(config, {})
+    assert code == 2
+    prefix = f"error: {config}: robots."
+    assert lines[:-1] == [
+        f"{prefix}bare.settings.bot_id: required in mode 'robot'",
+        f"{prefix}bare.settings.secret: required in mode 'robot'",
+        f"{prefix}app.settings.keep_alive: must be positive, got 0.0",
+        f"{prefix}app.settings.encoding_aes_key: must be 43 characters (WeCom's EncodingAESKey)",
+        f"{prefix}app.settings.callback_port: must be 0..65535, got 70000",
+        f"{prefix}app.settings.callback_path: must start with /, got 'wecom'",
+        f"{prefix}typo.settings.mode: expected one of 'robot', 'app'",
+    ]
+    assert lines[-1] == f"{config}: 7 errors"
+
+
+@pytest.mark.parametrize(("name", "mode"), [("robot.toml", "robot"), ("app.toml", "app")])
+async def test_each_example_answers_on_the_emulator(
+    wecom: PluginManager, name: str, mode: str
+) -> None:
+    """``imrobots console --config`` runs the example on the WeCom emulator of its mode,
+    with no WeCom variable set (the emulator's credentials are used)."""
+    console = ConfigConsole(EXAMPLE / name, manager=wecom, env={})
+    await console.start()
+    try:
+        [robot] = console.robots
+        emulator = robot.emulator
+        assert getattr(emulator, "mode", None) == mode
+        await emulator.say(
+            text="How do I get a refund?",
+            conversation_id="direct",
+            group=False,
+            user_id="alice",
+            user_name="Alice",
+            mention=True,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            state = emulator.state()
+            answers = [card_text(c) for c in state["cards"] if c["status"] == "final"]
+            answers += [m["text"] for m in state["messages"] if m.get("from_robot")]
+            if any("refund" in a for a in answers):
+                break
+            assert loop.time() < deadline, f"no answer; the emulator shows {state}"
+            await asyncio.sleep(0.02)
+    finally:
+        await console.stop()
