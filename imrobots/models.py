@@ -312,13 +312,7 @@ class CardAction:
     @property
     def target(self) -> Target:
         """Where an answer to this press goes: the card's conversation (or the presser)."""
-        return Target(
-            platform=self.platform,
-            conversation=self.conversation,
-            user=self.sender,
-            app=self.app,
-            context=self.raw,
-        )
+        return _event_target(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -340,13 +334,19 @@ class ChatEntered:
     @property
     def target(self) -> Target:
         """Where a greeting goes: the chat that was opened (or the user)."""
-        return Target(
-            platform=self.platform,
-            conversation=self.conversation,
-            user=self.sender,
-            app=self.app,
-            context=self.raw,
-        )
+        return _event_target(self)
+
+
+def _event_target(event: CardAction | ChatEntered) -> Target:
+    """The target of an event a user caused outside a message: its conversation, or the
+    user, with the event's payload as context."""
+    return Target(
+        platform=event.platform,
+        conversation=event.conversation,
+        user=event.sender,
+        app=event.app,
+        context=event.raw,
+    )
 
 
 @attrs.frozen(kw_only=True)
