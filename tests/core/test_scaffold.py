@@ -33,16 +33,26 @@ def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complet
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh virtual environment that sees this one's packages (imrobots, pytest...) but
-    installs into itself: what a scaffold installs never reaches the environment of the
-    test suite."""
+    """A fresh virtual environment that sees this one's packages (imrobots, pytest...)
+    but installs into itself: what a scaffold installs never reaches the environment of
+    the test suite. (Not ``--system-site-packages``: when the suite itself runs in a
+    virtual environment, as in CI, that would show the base interpreter's packages.)"""
     path = tmp_path_factory.mktemp("venv") / "env"
-    made = _run(
-        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(path)],
+    made = _run([sys.executable, "-m", "venv", "--without-pip", str(path)], cwd=path.parent)
+    assert made.returncode == 0, made.stderr
+    python = path / "bin" / "python"
+    purelib = _run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         cwd=path.parent,
     )
-    assert made.returncode == 0, made.stderr
-    yield path / "bin" / "python"
+    ours = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    lines = "; ".join(f"site.addsitedir({p!r})" for p in ours if Path(p).is_dir())
+    # a .pth line starting with "import" runs: the directories' own .pth files (editable
+    # installs) are processed too
+    Path(purelib.stdout.strip(), "_suite_packages.pth").write_text(
+        f"import site; {lines}\n", encoding="utf-8"
+    )
+    yield python
 
 
 def _install(python: Path, project: Path) -> None:
