@@ -51,7 +51,7 @@ def _stop(process: subprocess.Popen[str]) -> str:
     return out
 
 
-async def _ask_through_the_console(config: Path, console: str) -> dict[str, Any]:
+async def _ask_through_the_console(config: Path, console: str, platform: str) -> dict[str, Any]:
     """Run the printed config's robot here; send a message through the emulate console's API;
     return the final card, read from the console's event stream."""
     result = check_config(config)
@@ -65,7 +65,7 @@ async def _ask_through_the_console(config: Path, console: str) -> dict[str, Any]
             session.ws_connect(console + "api/events") as events,
         ):
             response = await session.post(
-                console + "api/dingtalk/messages",
+                console + f"api/{platform}/messages",
                 json={
                     "text": "How do I get a refund?",
                     "conversation_id": "group-support",
@@ -84,47 +84,91 @@ async def _ask_through_the_console(config: Path, console: str) -> dict[str, Any]
     raise AssertionError("the console's event stream ended")
 
 
-def test_emulate_prints_a_working_config_and_how_to_talk_to_it(tmp_path: Path) -> None:
-    pytest.importorskip("dingtalk_stream")
-    process, text = _start_emulate("dingtalk")
+def _available(platform: str) -> None:
+    from imrobots.plugins import get_plugin_manager
+
+    status = get_plugin_manager().platforms().get(platform)
+    if status is None or not status.available:
+        pytest.skip(f"the {platform} platform is not available here")
+
+
+def _config(text: str) -> str:
+    return text[text.index("[robots.support]") : text.index("2. In another terminal")]
+
+
+@pytest.mark.parametrize("platform", ["dingtalk", "wecom"])
+def test_emulate_prints_a_working_config_and_how_to_talk_to_it(
+    tmp_path: Path, platform: str
+) -> None:
+    _available(platform)
+    process, text = _start_emulate(platform)
     try:
         base_url = re.search(r"listening at (http://127\.0\.0\.1:\d+)", text)
         console = re.search(r"console: (http://127\.0\.0\.1:\d+/)", text)
         assert base_url and console, text
-        snippet = text[text.index("[robots.support]") : text.index("2. In another terminal")]
+        snippet = _config(text)
         robot = tomllib.loads(snippet)["robots"]["support"]
         assert robot["agent"] == {"use": "demo"}  # a complete config: it answers
-        assert robot["settings"]["openapi_endpoint"] == base_url.group(1)
-        assert f"export DINGTALK_OPENAPI_ENDPOINT={base_url.group(1)}" in text
-        assert f"curl -s {console.group(1)}api/dingtalk/messages" in text
+        assert base_url.group(1).split("//", 1)[1] in snippet  # the emulator's host and port
+        assert f"curl -s {console.group(1)}api/{platform}/messages" in text
+        if platform == "dingtalk":
+            assert f"export DINGTALK_OPENAPI_ENDPOINT={base_url.group(1)}" in text
         config = tmp_path / "robots.toml"
         config.write_text(snippet, encoding="utf-8")
-        card = asyncio.run(_ask_through_the_console(config, console.group(1)))
-        assert "refund" in card["blocks"][0]["text"].lower()
+        card = asyncio.run(_ask_through_the_console(config, console.group(1), platform))
+        assert "refund" in card_text(card).lower()
         assert "stopped" in _stop(process)
     finally:
         if process.poll() is None:
             process.kill()
 
 
-def test_client_secret_keeps_the_config_valid_or_is_refused_in_one_line() -> None:
-    pytest.importorskip("dingtalk_stream")
+def card_text(card: dict[str, Any]) -> str:
+    return " ".join(str(b.get("text", "")) for b in card.get("blocks", ()))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize("platform", ["dingtalk", "wecom"])
+def test_client_secret_keeps_a_saved_config_valid_or_is_refused_in_one_line(
+    tmp_path: Path, platform: str
+) -> None:
+    _available(platform)
     from imrobots.demo import emulator_takes
     from imrobots.plugins import get_plugin_manager
 
-    if not emulator_takes("dingtalk", get_plugin_manager(), "client_secret"):
-        result = CliRunner().invoke(cli, ["emulate", "dingtalk", "--client-secret", "s3cret"])
+    if not emulator_takes(platform, get_plugin_manager(), "client_secret"):
+        result = CliRunner().invoke(cli, ["emulate", platform, "--client-secret", "s3cret"])
         assert result.exit_code == 2
-        assert "the dingtalk emulator cannot keep a fixed client secret" in result.output
+        assert f"the {platform} emulator cannot keep a fixed client secret" in result.output
         return
-    for _ in range(2):  # the same secret on every start
-        process, text = _start_emulate("dingtalk", "--client-secret", "s3cret")
-        try:
-            assert 'client_secret = "s3cret"' in text
-            _stop(process)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    args = [platform, "--client-secret", "s3cret-s3cret", "--port", str(_free_port())]
+    config = tmp_path / "robots.toml"
+    process, text = _start_emulate(*args, "-o", str(config))
+    try:
+        assert "s3cret-s3cret" in config.read_text(encoding="utf-8")
+        _stop(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # a restart with the same options: the saved config still connects and answers
+    process, text = _start_emulate(*args)
+    try:
+        console = re.search(r"console: (http://127\.0\.0\.1:\d+/)", text)
+        assert console, text
+        card = asyncio.run(_ask_through_the_console(config, console.group(1), platform))
+        assert "refund" in card_text(card).lower()
+        _stop(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 def test_emulate_unknown_or_in_process_platform_is_a_clear_error() -> None:
