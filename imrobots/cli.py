@@ -313,15 +313,12 @@ async def _demo_conversation(questions: Sequence[str], delay: float) -> None:
         await runtime.stop()
 
 
-async def _wait_for_signal() -> None:
-    await _stop_on_signals().wait()
-
-
 async def _demo_console(host: str, port: int, platforms: list[str] | None) -> None:
     from .demo import Demo, demo_agent
 
     agent, agent_description = demo_agent()
     demo = Demo(host=host, port=port, platforms=platforms, agent=agent)
+    stop = _stop_on_signals()  # before "Press Ctrl-C" is printed: a press right after it counts
     try:
         url = await demo.start()
         for robot in demo.robots:
@@ -335,7 +332,7 @@ async def _demo_console(host: str, port: int, platforms: list[str] | None) -> No
         click.echo(f"  agent: {agent_description}")
         click.echo(f"console: {url}")
         click.echo("Open the console, pick a chat and @-mention the robot. Press Ctrl-C to stop.")
-        await _wait_for_signal()
+        await stop.wait()
         click.echo("stopping...")
     finally:
         await demo.stop()
@@ -422,6 +419,7 @@ async def _emulate(
     from .demo import emulator_takes, make_emulator
     from .plugins import get_plugin_manager
 
+    stop = stop or _stop_on_signals()  # before "Press Ctrl-C" is printed
     manager = get_plugin_manager()
     options: dict[str, Any] = {"port": port}
     if client_secret is not None:
@@ -460,7 +458,7 @@ async def _emulate(
                 "\nThe secret and port change on every start; --client-secret and --port keep them."
             )
         click.echo("\nPress Ctrl-C to stop.")
-        await (stop.wait() if stop is not None else _wait_for_signal())
+        await stop.wait()
     finally:
         await console.stop()
         await emulator.stop()
@@ -521,6 +519,7 @@ async def _config_console(
     from .demo import ConfigConsole
 
     console = ConfigConsole(path, names=names or None, host=host, port=port)
+    stop = stop or _stop_on_signals()  # before "Press Ctrl-C" is printed
     try:
         url = await console.start()
         for line in console.warnings:
@@ -535,7 +534,7 @@ async def _config_console(
             click.echo(f"  note: {note}")
         click.echo(f"console: {url}")
         click.echo("Open the console, pick a robot and talk to it. Press Ctrl-C to stop.")
-        await (stop.wait() if stop is not None else _wait_for_signal())
+        await stop.wait()
         click.echo("stopping...")
     finally:
         await console.stop()
