@@ -41,6 +41,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -247,6 +249,21 @@ class RobotHandler(dingtalk_stream.ChatbotHandler):  # type: ignore[misc]
         if pump is not None:
             pump.cancel()
         await self.runtime.stop(timeout=self._stop_timeout)
+
+    def stop_on_signals(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """On these signals, stop the robot (running answers end in an interrupted card),
+        then end the process. Call it from the main thread before ``client.start_forever()``:
+        the SDK's loop retries on any error and would not end otherwise, and without a stop
+        a card being answered would stay "inputting" after the process is gone."""
+
+        def on_signal(signum: int, frame: object) -> None:
+            log.info("robot %s: signal %s, closing running answers", self._name, signum)
+            self.stop()
+            logging.shutdown()
+            os._exit(0)  # the SDK's start_forever swallows exceptions: leave at once
+
+        for number in signals:
+            signal.signal(number, on_signal)
 
     def __enter__(self) -> RobotHandler:
         self.start()

@@ -43,6 +43,7 @@ def main() -> None:
     client.register_callback_handler(dingtalk_stream.ChatbotMessage.TOPIC, handler)
     # and, for the feedback buttons, the card callback topic
     client.register_callback_handler(dingtalk_stream.Card_Callback_Router_Topic, handler)
+    handler.stop_on_signals()  # SIGTERM: running answers end interrupted, then the process
     asyncio.run(client.start())
 
 

@@ -7,6 +7,7 @@ dedupe and feedback. The official client runs unchanged, in a subprocess
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -122,3 +123,20 @@ async def test_a_seed_style_app_answers_with_the_robots_streaming_card(
     assert pressed.ack.code == 200 and pressed.ack.response == {}
     await app.wait_output(f"FEEDBACK very_helpful {QUESTION}", 10)
     assert "Traceback" not in app.output()
+
+
+async def test_sigterm_closes_a_running_answer_as_interrupted(
+    emu: DingTalkEmulator, app: App
+) -> None:
+    """Review finding: SIGTERM to a seed-style app left the card "inputting" for ever."""
+    pushed = await emu.push_message(APP, text=QUESTION, sender_staff_id="staff3")
+    await emu.wait_for(
+        lambda: any(u.route == "card.streaming" for c in cards_for(emu, pushed) for u in c.updates),
+        20,
+        what="the answer streaming",
+    )
+    app.proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(app.proc.wait(), 20)
+    (card,) = cards_for(emu, pushed)
+    assert card.streaming_state == "failed", app.output()[-2000:]
+    assert card.content.get("stopReason") == "interrupted"
