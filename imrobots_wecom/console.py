@@ -48,6 +48,15 @@ def _status(card: dict[str, Any]) -> str:
     return "final"
 
 
+_MEMBER_LIMITS: dict[str, float] = {
+    "member_per_minute": 30,
+    "member_per_hour": 1000,
+    "member_minute": 60.0,
+    "member_hour": 3600.0,
+}
+"""WeCom's per-member limits in app mode, as the emulator and the settings default them."""
+
+
 class WeComConsoleAdapter(imrobots.EmulatorAdapter):
     """One WeCom emulator hosting one robot, for the console and tests."""
 
@@ -124,6 +133,11 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
                 **self._limits,
             }
         limits = {k: v for k, v in self._limits.items() if k == "max_message_text"}
+        # The emulator's per-member limits, when a test changed them (WeCom's by default).
+        for name, default in _MEMBER_LIMITS.items():
+            value = getattr(self.emulator, name)
+            if value != default:
+                limits[name] = value
         return {
             "mode": "app",
             "corp_id": self.corp_id,

@@ -154,6 +154,10 @@ _POSITIVE = (
     "reconnect_max",
     "max_download_bytes",
     "request_timeout",
+    "member_per_minute",
+    "member_per_hour",
+    "member_minute",
+    "member_hour",
 )
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "robot": ("bot_id", "secret"),
@@ -231,6 +235,14 @@ class WeComSettings:
     """Port of the callback endpoint; 0 picks a free one (tests)."""
     callback_path: str = "/wecom/callback"
     request_timeout: float = 10.0
+    member_per_minute: int = 30
+    """Messages WeCom lets the app send one member per minute (30)."""
+    member_per_hour: int = 1000
+    """Messages WeCom lets the app send one member per hour (1,000)."""
+    member_minute: float = 60.0
+    """Seconds ``member_per_minute`` is counted over (60; the emulator's tests shorten it)."""
+    member_hour: float = 3600.0
+    """Seconds ``member_per_hour`` is counted over (3,600; tests shorten it)."""
 
     def __attrs_post_init__(self) -> None:
         """Check the settings as a whole; every problem is reported, each on its field."""
@@ -297,8 +309,18 @@ def _app_capabilities(s: WeComSettings) -> Capabilities:
         streaming=StreamingMode.BUFFERED,
         rate_limits=(
             # Messages to one member: 30 per minute and 1,000 per hour (PROTOCOLS 4e).
-            RateLimit(scope=Scope.MEMBER, rate=30 / 60, window=60.0, ops=member_ops),
-            RateLimit(scope=Scope.MEMBER, rate=1000 / 3600, window=3600.0, ops=member_ops),
+            RateLimit(
+                scope=Scope.MEMBER,
+                rate=s.member_per_minute / s.member_minute,
+                window=s.member_minute,
+                ops=member_ops,
+            ),
+            RateLimit(
+                scope=Scope.MEMBER,
+                rate=s.member_per_hour / s.member_hour,
+                window=s.member_hour,
+                ops=member_ops,
+            ),
             # Per corp per API: 10,000 per minute (PROTOCOLS 4e).
             RateLimit(scope=Scope.API, rate=min(s.app_rate, 10000 / 60)),
         ),

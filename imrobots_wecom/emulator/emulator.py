@@ -234,6 +234,8 @@ class WeComEmulator:
         member_limit_mode: Literal["error", "drop"] = "error",
         member_per_minute: int = 30,
         member_per_hour: int = 1000,
+        member_minute: float = 60.0,
+        member_hour: float = 3600.0,
         seed: int | None = None,
     ) -> None:
         self.host = host
@@ -250,6 +252,10 @@ class WeComEmulator:
         self.member_limit_mode = member_limit_mode
         self.member_per_minute = member_per_minute
         self.member_per_hour = member_per_hour
+        self.member_minute = member_minute
+        """Seconds ``member_per_minute`` is counted over (60; tests shorten it)."""
+        self.member_hour = member_hour
+        """Seconds ``member_per_hour`` is counted over (3,600; tests shorten it)."""
         self.bots: dict[str, WeComBot] = {}
         self.apps: dict[str, WeComApp] = {}
         self.cards: dict[str, CardRecord] = {}
@@ -1045,9 +1051,9 @@ class WeComEmulator:
             allowed = []
             for user in users:
                 sends = app.member_sends.setdefault(user, deque())
-                while sends and now - sends[0] > 3600:
+                while sends and now - sends[0] > self.member_hour:
                     sends.popleft()
-                minute = sum(1 for t in sends if now - t <= 60)
+                minute = sum(1 for t in sends if now - t <= self.member_minute)
                 if minute >= self.member_per_minute or len(sends) >= self.member_per_hour:
                     if self.member_limit_mode == "error":
                         raise _Refusal(ERR_RATE_LIMITED, "api freq out of limit (member)")
