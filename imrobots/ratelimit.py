@@ -33,6 +33,8 @@ __all__ = ["CallScope", "RateLimiter", "RateLimiterStats"]
 _NARROW = (Scope.CONVERSATION, Scope.CARD, Scope.MEMBER)
 BURST_PARTS = 10
 """Each window's calls are spread over its tenths (see :meth:`RateLimiter._windows`)."""
+SPREAD_UP_TO = 2.0
+"""Seconds: only windows this short or shorter are spread over their tenths."""
 
 
 @attrs.define
@@ -135,7 +137,10 @@ class RateLimiter:
         A call still goes at once while both have room."""
         allowed = limit.allowed(self.headroom)
         burst = max(1, -(-allowed // BURST_PARTS))
-        if burst >= allowed:
+        if burst >= allowed or limit.window > SPREAD_UP_TO:
+            # a long window (30 a minute to one member) is not spread: a lateness of a
+            # fraction of a second is nothing to it, and spreading would delay a split
+            # answer's parts by seconds
             return [(key, allowed, limit.window)]
         return [(key, allowed, limit.window), (key + "~", burst, limit.window / BURST_PARTS)]
 
