@@ -114,8 +114,11 @@ class DingTalkConsoleAdapter(EmulatorAdapter):
         ai_template_id: str | None = None,
         qps_limit: int = 20,
         client_id: str = "dingemulatorapp",
+        client_secret: str | None = None,
         **emulator_options: Any,
     ) -> None:
+        """``client_secret`` fixes the emulated app's secret (``imrobots emulate
+        --client-secret``), so that a saved config keeps working; default: a random one."""
         super().__init__()
         self.emulator = DingTalkEmulator(port=port, qps_limit=qps_limit, **emulator_options)
         self.card_mode = card_mode
@@ -123,7 +126,7 @@ class DingTalkConsoleAdapter(EmulatorAdapter):
         """An AI card template of one's own; ``None``: DingTalk's built-in one (the
         default a new app gets)."""
         self.client_id = client_id
-        self._secret = secrets.token_urlsafe(24)
+        self._secret = client_secret or secrets.token_urlsafe(24)
         self.emulator.add_app(client_id, self._secret)
         self._cards: dict[str, View] = {}
         self._calls: list[View] = []
@@ -203,6 +206,9 @@ class DingTalkConsoleAdapter(EmulatorAdapter):
                 "rate_limited": "QpsLimit" in str(record.get("error_code") or "")
                 or record.get("status") == 429,
                 "latency_ms": round(1000 * float(record.get("latency") or 0.0), 1),
+                # for the console's call inspector (the emulator redacts secrets in them)
+                "request": record.get("request"),
+                "response": record.get("response"),
             }
             self._calls.append(view)
             self.emit({"type": "call", "call": view})

@@ -117,3 +117,20 @@ async def test_an_agent_error_is_failed_and_error() -> None:
         await chat.say("boom")
         card = await chat.expect_error()
         assert card["state"] == "failed"
+
+
+async def test_the_call_inspector_gets_each_calls_request_and_response() -> None:
+    """The console's call inspector shows request and response JSON for DingTalk calls too
+    (secrets redacted by the emulator)."""
+    async with robot_chat(
+        SupportRobot(agent=DemoAgent(delay=0)), platform="dingtalk", emulator_options=AI
+    ) as chat:
+        await chat.say("How do I get a refund?")
+        await chat.expect_final("refund")
+        calls = chat.emulator.state()["calls"]
+        creates = [c for c in calls if c["route"].endswith("/createAndDeliver")]
+        assert creates and isinstance(creates[0]["request"], dict)
+        assert creates[0]["request"].get("outTrackId") and creates[0]["response"] is not None
+        tokens = [c for c in calls if "accessToken" in c["route"]]
+        assert all("appSecret" not in str(c.get("request")) or "***" in str(c["request"])
+                   for c in tokens)  # fmt: skip
