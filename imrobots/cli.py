@@ -455,7 +455,8 @@ async def _emulate(
                 click.echo(f"export {key}={value}")
         if client_secret is None and emulator_takes(platform, manager, "client_secret"):
             click.echo(
-                "\nThe secret and port change on every start; --client-secret and --port keep them."
+                "\nThe secret and ports change on every start; --client-secret, --port and "
+                "--console-port keep them."
             )
         click.echo("\nPress Ctrl-C to stop.")
         await stop.wait()
