@@ -29,10 +29,6 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
-    async def wait(self, event: asyncio.Event, timeout: float | None) -> bool:
-        """Wait until ``event`` is set (True) or ``timeout`` seconds pass (False)."""
-        ...
-
     def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
         """Run ``callback`` on the loop after ``delay`` seconds."""
         ...
@@ -46,19 +42,6 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
-
-    async def wait(self, event: asyncio.Event, timeout: float | None) -> bool:
-        if event.is_set():
-            return True
-        if timeout is None:
-            await event.wait()
-            return True
-        try:
-            async with asyncio.timeout(max(0.0, timeout)):
-                await event.wait()
-        except TimeoutError:
-            return event.is_set()
-        return True
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
         return asyncio.get_running_loop().call_later(max(0.0, delay), callback)
@@ -107,29 +90,6 @@ class FakeClock:
             await future
         finally:
             timer.cancel()
-
-    async def wait(self, event: asyncio.Event, timeout: float | None) -> bool:
-        if event.is_set():
-            return True
-        waiter = asyncio.ensure_future(event.wait())
-        timer = (
-            self.call_later(timeout, lambda: waiter.done() or waiter.cancel())
-            if timeout is not None
-            else None
-        )
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if event.is_set() or not waiter.cancelled():
-                raise
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-            return False
-        finally:
-            if timer is not None:
-                timer.cancel()
-        return True
 
     @property
     def next_timer(self) -> float | None:

@@ -106,8 +106,6 @@ class RateLimiter:
         self._op_limits: dict[Op, list[tuple[RateLimit, str]]] = {}
         self.clock: Clock = clock or SystemClock()
         self.stats = RateLimiterStats()
-        app = [lim for lim in self.limits if lim.scope is Scope.APP]
-        self.rate = app[0].rate * headroom if app else min(lim.rate for lim in self.limits)
 
     @classmethod
     def for_capabilities(

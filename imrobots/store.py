@@ -227,16 +227,6 @@ def window_earliest(w: _Window, now: float, limit: int, window: float) -> float:
     return at
 
 
-def window_reserve(w: _Window, now: float, limit: int, window: float) -> float:
-    """Sliding-window reservation on a window record; shared by the in-process backends.
-
-    Returns the seconds from ``now`` until the granted time.
-    """
-    at = window_earliest(w, now, limit, window)
-    w.times.append(at)
-    return at - now
-
-
 def windows_reserve(records: Sequence[tuple[_Window, int, float]], now: float) -> float:
     """Reserve one call in every window at one time, the earliest all have room."""
     at = max((window_earliest(w, now, limit, window) for w, limit, window in records), default=now)
