@@ -78,6 +78,19 @@ def test_secrets_never_appear_in_reprs(tmp_path: Path) -> None:
     assert "s3cr3t-value" not in str(config.robots["support"].feedback_secret)
 
 
+def test_secrets_stay_wrapped_when_config_is_turned_into_data(tmp_path: Path) -> None:
+    """attrs.asdict / cattrs unstructure / f-strings must not copy a secret's value out."""
+    import attrs
+    import cattrs
+
+    config = load_config(write(tmp_path, GOOD), env=ENV)
+    robot = config.robots["support"]
+    for data in (attrs.asdict(robot), cattrs.Converter().unstructure(robot)):
+        assert "s3cr3t-value" not in repr(data)
+    assert "s3cr3t-value" not in f"{robot.feedback_secret}"
+    assert robot.feedback_secret == type(robot.feedback_secret)("s3cr3t-value")
+
+
 def test_missing_environment_variable_names_it_and_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     with pytest.raises(ConfigError) as info:
