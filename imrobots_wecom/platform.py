@@ -495,6 +495,7 @@ class WeComPlatform(Platform):
         self._runner: web.AppRunner | None = None
         self.callback_url: str | None = None
         self.forged = 0
+        self._closing = False
 
     def __repr__(self) -> str:
         s = self.settings
@@ -547,6 +548,14 @@ class WeComPlatform(Platform):
         await self.connection.start()
 
     async def close(self) -> None:
+        """Stop taking pushes and callbacks, give the work they started (answers to
+        presses, a sink's own calls) up to ``ack_timeout`` seconds to get WeCom's
+        answers, then disconnect and cancel what is left. A call still in flight then
+        fails with :class:`OutcomeUnknown` saying the connection was closed (not lost)."""
+        self._closing = True
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.ack_timeout)
         connection, self.connection = self.connection, None
         if connection is not None:
             await connection.close()
@@ -562,6 +571,7 @@ class WeComPlatform(Platform):
         if session is not None and not session.closed:
             await session.close()
         self._sink = None
+        self._closing = False
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
@@ -577,6 +587,8 @@ class WeComPlatform(Platform):
 
     def _on_push(self, cmd: str, req_id: str, body: dict[str, Any], generation: int) -> None:
         """Convert a push and queue it for the core (never waits for an answer)."""
+        if self._closing:
+            return  # closing: WeCom redelivers nothing, but the work would be cut short
         self._remember(self._received, req_id, time.monotonic())
         sink = self._sink
         event: Message | CardAction
@@ -1043,6 +1055,10 @@ class WeComPlatform(Platform):
     async def _callback(self, request: web.Request) -> web.Response:
         """Check, decrypt and queue a callback; answer an empty 200 at once."""
         assert self._crypto is not None
+        if self._closing:
+            # Not answered 200: WeCom retries it (3 attempts in all), maybe to a
+            # process that is up again, instead of it being dropped here.
+            return web.Response(status=503)
         q = request.query
         body = await request.text()
         try:

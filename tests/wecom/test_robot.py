@@ -256,3 +256,51 @@ async def test_a_card_answering_a_message_is_a_finished_stream_with_its_buttons(
         assert card["title"] == "Refunds" and card_text(card) == text
         calls = [c["route"] for c in adapter.state()["calls"]]
         assert calls == ["aibot_respond_msg"]
+
+
+async def test_close_lets_frames_in_flight_get_their_acks() -> None:
+    """Closing while stream frames wait for their acks (the bench's shutdown) lets them
+    land instead of failing them as a lost connection (OutcomeUnknown); pushes that
+    arrive while closing are not started."""
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    platform = adapter.create_platform()
+    assert isinstance(platform, WeComPlatform)
+    started = asyncio.Event()
+    done: list[str] = []
+    failed: list[BaseException] = []
+
+    async def sink(event: object) -> None:
+        if not isinstance(event, Message):
+            return
+        started.set()
+        try:
+            handle = await platform.open_stream(
+                event.target, thinking_card("q"), key=f"close-{event.id}"
+            )
+            await handle.close(Card(elements=(Markdown(text="landed"),)))
+            done.append(event.id)
+        except BaseException as exc:
+            failed.append(exc)
+            raise
+
+    try:
+        await platform.start(sink)
+        adapter.emulator.set_latency(0.2)  # every frame's ack takes 0.2 s
+        await adapter.say(
+            text="hi",
+            conversation_id="g-close",
+            group=True,
+            user_id="u",
+            user_name="U",
+            mention=True,
+        )
+        async with asyncio.timeout(5):
+            await started.wait()
+        await platform.close()
+        assert failed == [] and len(done) == 1
+        card = next(iter(adapter.emulator.cards.values()))
+        assert card.finished and card.content == "landed"
+    finally:
+        await platform.close()
+        await adapter.stop()
