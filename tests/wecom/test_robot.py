@@ -304,3 +304,75 @@ async def test_close_lets_frames_in_flight_get_their_acks() -> None:
     finally:
         await platform.close()
         await adapter.stop()
+
+
+_SECOND_PROCESS = """
+import asyncio, sys
+from imrobots.platform import Secret
+from imrobots_wecom.platform import WeComPlatform, WeComSettings
+
+async def main() -> None:
+    settings = WeComSettings(bot_id=sys.argv[1], secret=Secret(sys.argv[2]), ws_url=sys.argv[3])
+    platform = WeComPlatform(settings)
+    async def sink(event: object) -> None:
+        return None
+    await platform.start(sink)
+    print("connected", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await platform.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_second_process_takes_over_and_the_first_stops_for_good() -> None:
+    """A second process subscribing the same bot: exactly one connection stays live (the
+    newer one), and the first process's connection loop has ended (it cannot reconnect,
+    so there is no storm), its reconnect count 0."""
+    import os
+    import sys
+    from pathlib import Path
+
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    first = adapter.create_platform()
+    assert isinstance(first, WeComPlatform)
+    root = str(Path(__file__).parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        await first.start(lambda event: asyncio.sleep(0))
+        settings = adapter.robot_settings()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _SECOND_PROCESS,
+            settings["bot_id"],
+            settings["secret"],
+            settings["ws_url"],
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            assert (await proc.stdout.readline()).strip() == b"connected"
+        connection = first.connection
+        assert connection is not None
+        await _poll(lambda: connection.taken_over)
+        runner = connection._runner
+        assert runner is not None
+        async with asyncio.timeout(5):
+            await asyncio.shield(runner)  # the loop ends: nothing left to reconnect
+        assert connection.reconnects == 0 and not connection.connected
+        assert adapter.emulator.live_sockets(adapter.bot_id) == 1
+        assert adapter.emulator.bots[adapter.bot_id].subscriptions == 2
+        assert proc.returncode is None  # the newer process stays connected
+    finally:
+        if proc is not None and proc.returncode is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            async with asyncio.timeout(20):
+                await proc.wait()
+        await first.close()
+        await adapter.stop()
