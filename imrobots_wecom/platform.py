@@ -787,7 +787,7 @@ class WeComPlatform(Platform):
             return {"msgtype": "stream", "stream": stream}
         self._templated.add(handle.req_id)
         self._remember_card(handle.ref.id, card)
-        if card.status.value == "final":
+        if _is_feedback(card):
             self._remember(self._feedback_cards, handle.ref.id, card)
         return {
             "msgtype": "stream_with_template_card",
@@ -838,7 +838,7 @@ class WeComPlatform(Platform):
                 }
                 self._templated.add(req_id)
                 self._remember_card(task_id, card)
-                if card.status.value == "final":
+                if _is_feedback(card):
                     self._remember(self._feedback_cards, task_id, card)
             self._remember(self._streamed, req_id, task_id)
             try:

@@ -376,3 +376,37 @@ async def test_a_second_process_takes_over_and_the_first_stops_for_good() -> Non
                 await proc.wait()
         await first.close()
         await adapter.stop()
+
+
+async def test_a_press_on_a_card_that_is_no_feedback_is_answered_once_by_the_robot() -> None:
+    """Only the four feedback buttons are thanked by the plugin; any other press is the
+    robot's to answer (one aibot_respond_update_msg, its own card)."""
+
+    class Approver(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            buttons = (Button(label="Approve", value="approve"),)
+            await reply.card(
+                Card(title="Approval", elements=(Markdown(text="ok?"), Actions(buttons=buttons)))
+            )
+
+        async def on_action(self, action: Any, reply: Any) -> None:
+            await reply.replace(Card(title="Approved", elements=(Markdown(text="approved"),)))
+
+    adapter = WeComConsoleAdapter()
+    async with open_rig(lambda: adapter, Approver(), make_platform=_platform) as rig:
+        await rig.say("ok?", conversation_id="g-approve")
+        card = await rig.until(
+            "the approval card",
+            lambda: next(
+                (c for c in rig.cards("g-approve") if c["blocks"][-1]["type"] == "buttons"), None
+            ),
+        )
+        await rig.press(card, "Approve")
+        await rig.until(
+            "the card replaced",
+            lambda: any("approved" in card_text(c) for c in rig.cards("g-approve")),
+        )
+        await rig.runtime.wait_idle(timeout=5)
+        updates = [c for c in adapter.state()["calls"] if c["route"] == "aibot_respond_update_msg"]
+        assert [c["status"] for c in updates] == [200]
+        assert "Thanks for your feedback" not in card_text(rig.cards("g-approve")[0])
