@@ -134,6 +134,9 @@ ERR_INVALID_REQ_ID = 846605
 WELCOME_WINDOW = 5.0
 """Seconds after ``enter_chat`` within which WeCom takes a welcome reply (PROTOCOLS 4c)."""
 FEEDBACK_THANKS = "Thanks for your feedback!"
+REPLACE_NAME_CHARS = 30
+"""Characters kept of an app card's ``button.replace_name`` (UNCONFIRMED: WeCom documents
+no length; it replaces a button's label)."""
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _WECOM_DOMAINS = ("qq.com", "qpic.cn")
 """https domains (and their subdomains) attachments may come from."""
@@ -629,7 +632,15 @@ class WeComPlatform(Platform):
             self._spawn(sink(event))
 
     async def _thank(self, action: CardAction, card: Card) -> None:
-        """Answer a feedback press within WeCom's 5 s: the card without its buttons."""
+        """Answer a feedback press: robot mode within WeCom's 5 s, the card without its
+        buttons; app mode, the answer card kept and its buttons greyed out with the
+        thanks (``button.replace_name``)."""
+        if self.mode == "app":
+            try:
+                await self._app_update_card(action, None, replace_name=FEEDBACK_THANKS)
+            except Exception as exc:
+                log.warning("could not update the feedback card %s: %s", action.card_id, exc)
+            return
         thanked = Card(
             title=card.title,
             elements=(Note(text=FEEDBACK_THANKS),),
@@ -1129,11 +1140,13 @@ class WeComPlatform(Platform):
             self._remember(self._response_codes, task_id, code)
         return ref
 
-    async def _app_update_card(self, action: CardAction, card: Card) -> None:
-        """Replace the pressed card with ``message/update_template_card`` and the press's
-        ``ResponseCode`` (once; WeCom doc path/94888): the new card when it can be a
-        template card, else the buttons greyed out with the card's first line
-        (``button.replace_name``)."""
+    async def _app_update_card(
+        self, action: CardAction, card: Card | None, *, replace_name: str | None = None
+    ) -> None:
+        """Update the pressed card with ``message/update_template_card`` and the press's
+        ``ResponseCode`` (once; WeCom doc path/94888): ``card`` when it can be a
+        template card, else the card kept with its buttons greyed out and labelled
+        ``replace_name`` (default: the card's first line; ``button.replace_name``)."""
         s = self.settings
         assert s.agent_id is not None and self._api is not None
         code = str(action.raw.get("ResponseCode") or "")
@@ -1144,14 +1157,19 @@ class WeComPlatform(Platform):
             "agentid": s.agent_id,
             "response_code": code,
         }
-        template = app_template_card(card, action.card_id, card_url=s.card_url)
+        template = None
+        if card is not None:
+            template = app_template_card(card, action.card_id, card_url=s.card_url)
+            self._remember_card(action.card_id, card)
         if template is not None:
             body["template_card"] = template
         else:
-            line = (card.title or card.plain_text()).strip().splitlines()
-            # UNCONFIRMED: WeCom documents no length for replace_name; kept short.
-            body["button"] = {"replace_name": (line[0] if line else "OK")[:20]}
-        self._remember_card(action.card_id, card)
+            if replace_name is None:
+                assert card is not None
+                lines = (card.title or card.plain_text()).strip().splitlines()
+                replace_name = lines[0] if lines else "OK"
+            # UNCONFIRMED: WeCom documents no length for replace_name (it labels a button).
+            body["button"] = {"replace_name": replace_name[:REPLACE_NAME_CHARS]}
         await self._api.post("/cgi-bin/message/update_template_card", body)
 
     async def _app_deliver(
