@@ -18,13 +18,14 @@ Printed:
   and the retries WeCom would have made;
 - **pushed rate**: callbacks POSTed per second (the emulator's pacing, to check the
   rate was reached);
-- the answers: ``message/send`` markdown messages that reached the members (one per
-  callback), how long after its callback the last one arrived (p50/p99), refusals
-  (45009 and other errors) and what the runtime counted. Answers are paced by the
-  plugin's client budget (``app_rate``, default 50 calls/s per API, x 0.9), under
-  WeCom's documented 10,000/min per corp per API (shared by the corp's apps), so at 200
-  callbacks/s the answers trail behind the callbacks; that is the budget, not the
-  endpoint (``--app-rate 166`` uses the documented rate).
+- the answers: ``message/send`` template cards with the feedback buttons (or markdown
+  messages) that reached the members (one per callback), how long after its callback
+  the last one arrived (p50/p99), refusals (45009 and other errors) and what the
+  runtime counted. Answers are paced by the plugin's client budget (``app_rate``,
+  default 50 calls/s per API, x 0.9), under WeCom's documented 10,000/min per corp per
+  API (shared by the corp's apps), so at 200 callbacks/s the answers trail behind the
+  callbacks; that is the budget, not the endpoint (``--app-rate 166`` uses the
+  documented rate).
 """
 
 from __future__ import annotations
@@ -117,6 +118,17 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> bool:
     return True
 
 
+def answered_members(emu: Any) -> dict[str, float]:
+    """member -> when the last part of their answer arrived (wall clock): template cards
+    (the answer with its buttons) and markdown messages."""
+    seen: dict[str, float] = {}
+    arrivals = [(m["conversation_id"], m["time"]) for m in emu.messages]
+    arrivals += [(c.conversation_id, c.created) for c in emu.cards.values()]
+    for user, at in arrivals:
+        seen[user] = max(seen.get(user, 0.0), at)
+    return seen
+
+
 async def main(args: argparse.Namespace) -> None:
     from imrobots_wecom.emulator import WeComEmulator
 
@@ -179,11 +191,7 @@ async def main(args: argparse.Namespace) -> None:
             60,
             "callbacks answered",
         )
-        await wait_for(
-            lambda: len({m["conversation_id"] for m in emu.messages}) >= total,
-            args.timeout,
-            "answers",
-        )
+        await wait_for(lambda: len(answered_members(emu)) >= total, args.timeout, "answers")
     finally:
         gc.enable()
         proc.send_signal(signal.SIGTERM)
@@ -195,10 +203,9 @@ async def main(args: argparse.Namespace) -> None:
     answered_ids = {d.msg_id for d in emu.deliveries if d.status == 200}
     retries = sum(1 for d in emu.deliveries if d.attempt > 1)
     answers: dict[str, float] = {}
-    for message in emu.messages:
-        user = message["conversation_id"]
+    for user, at in answered_members(emu).items():
         if user in pushed_at:
-            answers[user] = max(answers.get(user, 0.0), message["time"] - pushed_at[user])
+            answers[user] = at - pushed_at[user]
     sends = [c for c in emu.calls if c["route"] == "/cgi-bin/message/send"]
     refused = [c for c in sends if c["status"] >= 400]
     latencies = [d.latency for d in first if d.status == 200]

@@ -685,6 +685,12 @@ def check_config(
                 )
                 # a value that is still a placeholder was reported as a missing variable
                 problems.extend((w, m) for w, m in found if w not in missing)
+                warn = getattr(settings, "config_warnings", None)
+                if not found and callable(warn):
+                    warnings.extend(
+                        f"{source}: {where}.settings.{field}: {message}"
+                        for field, message in warn()
+                    )
         robot_class: type[Any] | None = None
         agent: object | None = None
         try:

@@ -84,6 +84,10 @@ class EmulatorAdapter(abc.ABC):
     """The platform name (``dingtalk``, ``memory``...)."""
     title: str = ""
     """What the console calls it."""
+    one_chat_per_user: bool = False
+    """True where a user has a single chat with the robot, whatever conversation they
+    speak in (an app that gets no group messages): the conformance checks that talk in
+    several conversations at once then give each conversation a user of its own."""
 
     def __init__(self) -> None:
         self._subscribers: list[asyncio.Queue[View]] = []

@@ -5,6 +5,9 @@
   on a call drop it and the call is retried once with a fresh one.
 - ``POST /cgi-bin/media/upload?type=`` (multipart field ``media``) -> ``media_id``, for
   image and file messages.
+- ``GET /cgi-bin/media/get?media_id=`` -> the bytes of an inbound image, voice, video or
+  file (WeCom doc path/90254: the content, or a JSON error), from ``endpoint`` only.
+- ``POST /cgi-bin/message/update_template_card`` with a ``response_code`` (path/94888).
 - Errors are ``{"errcode", "errmsg"}`` with HTTP 200 and become the core's classes:
   45009 (rate limit) and 45033 (concurrency) :class:`RateLimited`, -1 (busy) and 5xx
   :class:`RetryableError`, the rest :class:`FatalPlatformError`. A request sent without
@@ -17,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -128,6 +132,52 @@ class WeComApi:
         if not isinstance(media_id, str) or not media_id:
             raise FatalPlatformError("WeCom /cgi-bin/media/upload: no media_id in the answer")
         return media_id
+
+    async def media(self, media_id: str, *, limit: int) -> tuple[bytes, str | None]:
+        """Download temporary media (``GET /cgi-bin/media/get``); returns the bytes and
+        the file name WeCom gives (``Content-Disposition``), if any. WeCom answers a
+        JSON ``{"errcode"}`` instead of the content on errors (path/90254). Raises
+        :class:`FatalPlatformError` beyond ``limit`` bytes."""
+        route = "/cgi-bin/media/get"
+        for attempt in (1, 2):
+            token = await self.access_token(refresh=attempt == 2)
+            try:
+                async with self.session.get(
+                    self.endpoint + route,
+                    params={"access_token": token, "media_id": media_id},
+                    timeout=aiohttp.ClientTimeout(total=self.timeout * 6),
+                ) as response:
+                    if response.status >= 500:
+                        raise RetryableError(f"WeCom {route}: HTTP {response.status}")
+                    if response.status != 200:
+                        raise FatalPlatformError(f"WeCom {route}: HTTP {response.status}")
+                    if (response.content_length or 0) > limit:
+                        raise FatalPlatformError(f"attachment larger than {limit} bytes")
+                    kind = response.content_type
+                    buffer = bytearray()
+                    async for block in response.content.iter_chunked(64 * 1024):
+                        buffer += block
+                        if len(buffer) > limit:
+                            raise FatalPlatformError(f"attachment larger than {limit} bytes")
+                    name = (
+                        response.content_disposition.filename
+                        if (response.content_disposition is not None)
+                        else None
+                    )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise RetryableError(f"WeCom {route}: {type(exc).__name__}") from None
+            if kind in ("application/json", "text/plain") and buffer[:1] == b"{":
+                try:
+                    data = json.loads(bytes(buffer))
+                except ValueError:
+                    data = None
+                if isinstance(data, dict) and data.get("errcode"):
+                    errcode = int(data["errcode"])
+                    if str(errcode) in TOKEN_CODES and attempt == 1:
+                        continue
+                    raise_for(route, errcode, str(data.get("errmsg", "")))
+            return bytes(buffer), name
+        raise AssertionError("unreachable")
 
     async def _call(
         self, route: str, params: dict[str, str], payload: Callable[[], dict[str, Any]]

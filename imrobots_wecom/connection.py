@@ -202,7 +202,13 @@ class AibotConnection:
             finally:
                 self._ready.clear()
                 self._ws = None
-                self._fail_pending(OutcomeUnknown("the WeCom connection was lost"))
+                self._fail_pending(
+                    OutcomeUnknown(
+                        "the WeCom connection was closed (close()) before the ack came"
+                        if self._closing
+                        else "the WeCom connection was lost"
+                    )
+                )
             if self._stopped():
                 break
             attempt += 1

@@ -9,8 +9,15 @@ emulator learns its callback endpoint once it listens).
 
 Card views: a stream reply is a card (``thinking`` until its first update, then
 ``streaming``, and once finished ``final``, or ``error``/``interrupted`` by the core's
-wording); a template card is a card showing its ``sub_title_text`` and buttons. Markdown
-sends are messages.
+wording); a template card is a card showing its ``sub_title_text`` and buttons (in app
+mode, once pressed and answered with ``button.replace_name``, the replacement text as a
+note and no buttons). Markdown sends are messages.
+
+App mode: a self-built app has one chat per member (it gets no group messages), so what a
+user says in any console conversation reaches the app as that member's message, and what
+the app sends the member shows in the conversation the member spoke in last
+(:attr:`one_chat_per_user`). Attachments go in as image/voice/video/file callbacks whose
+``MediaId`` the robot fetches with ``media/get``.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
         self._platforms: list[Any] = []
         self._direct: dict[str, str] = {}
         """user id -> the name the caller gave that user's one-to-one chat."""
+        self.one_chat_per_user = mode == "app"
         self.emulator.on_change(self._on_event)
 
     # ---------------------------------------------------------------- lifecycle
@@ -132,7 +140,7 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
                 "download_hosts": [f"127.0.0.1:{self.emulator.port}"],
                 **self._limits,
             }
-        limits = {k: v for k, v in self._limits.items() if k == "max_message_text"}
+        limits = {k: v for k, v in self._limits.items() if k in ("max_text", "max_message_text")}
         # The emulator's per-member limits, when a test changed them (WeCom's by default).
         for name, default in _MEMBER_LIMITS.items():
             value = getattr(self.emulator, name)
@@ -147,16 +155,21 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
             "encoding_aes_key": self.app.encoding_aes_key,
             "api_endpoint": self.emulator.base_url,
             "callback_port": 0,
+            # A card without buttons is a text_notice, which WeCom requires to link
+            # somewhere (card_url); the emulator's address stands in for the company's.
+            "card_url": f"{self.emulator.base_url}/",
             **limits,
         }
 
-    def create_platform(self) -> Platform | None:
+    def create_platform(self, **overrides: Any) -> Platform | None:
+        """The robot's platform on this emulator; ``overrides`` change settings (tests:
+        e.g. ``card_url=None``)."""
         from .platform import WeComPlatform, WeComSettings
 
         secrets_ = ("secret", "corp_secret", "token", "encoding_aes_key")
         values: dict[str, Any] = {
             k: Secret(v) if k in secrets_ else tuple(v) if isinstance(v, list) else v
-            for k, v in self.robot_settings().items()
+            for k, v in {**self.robot_settings(), **overrides}.items()
         }
         platform = WeComPlatform(WeComSettings(**values))
         self._platforms.append(platform)
@@ -207,13 +220,15 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
     def _card_view(self, card: dict[str, Any]) -> View:
         template = card.get("template") or {}
         text = str(card.get("content") or "") or str(template.get("sub_title_text") or "")
-        buttons = template.get("button_list") or []
+        buttons = [] if card.get("replaced") else template.get("button_list") or []
         blocks: list[View] = []
         if text:
             blocks.append({"type": "markdown", "text": text})
         extra = str(template.get("sub_title_text") or "")
         if card.get("content") and extra:
             blocks.append({"type": "note", "text": extra})
+        if card.get("replaced"):
+            blocks.append({"type": "note", "text": str(card["replaced"])})
         if buttons:
             blocks.append({"type": "divider"})
             blocks.append(
@@ -289,7 +304,17 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
         if self.mode == "app":
             self.record_message(conversation_id, user_id, user_name, shown, from_robot=False)
             self._callback_url()
-            return await self.emulator.push_app_message(self.corp_id, user_id=user_id, content=text)
+            msg_id = ""
+            if text or not attachments:
+                msg_id = await self.emulator.push_app_message(
+                    self.corp_id, user_id=user_id, content=text
+                )
+            for kind, name, data in attachments:
+                msgtype, extra = self._app_media(kind, name, data)
+                msg_id = await self.emulator.push_app_message(
+                    self.corp_id, user_id=user_id, msgtype=msgtype, extra=extra
+                )
+            return msg_id
         self.record_message(conversation_id, user_id, user_name, shown, from_robot=False)
         if group and not mention:
             # WeCom pushes a group message to the robot only when it is @-mentioned.
@@ -325,6 +350,21 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
         )
         return msgid
 
+    def _app_media(self, kind: str, name: str, data: bytes) -> tuple[str, dict[str, str]]:
+        """The msgtype and fields of an app callback carrying ``data`` (path/90239)."""
+        msgtype = {"image": "image", "audio": "voice", "video": "video"}.get(kind, "file")
+        media_id = self.emulator.store_media(data, msgtype, name)
+        extra = {"MediaId": media_id}
+        if msgtype == "image":
+            extra["PicUrl"] = f"{self.emulator.base_url}/_emulator/pic/{media_id}"
+        elif msgtype == "voice":
+            extra["Format"] = "amr"
+        elif msgtype == "video":
+            extra["ThumbMediaId"] = media_id
+        else:
+            extra["FileName"] = name
+        return msgtype, extra
+
     async def enter(self, *, user_id: str, conversation_id: str | None = None) -> str | None:
         """The user opens the robot's one-to-one chat: an ``enter_chat`` event (robot mode;
         WeCom sends it on the first entry of the day). What the robot answers shows in
@@ -343,7 +383,13 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
     async def press(self, *, card_id: str, button_id: str, user_id: str) -> None:
         if card_id not in self._cards:
             raise ValueError(f"no card {card_id!r}")
-        await self.emulator.press(self.bot_id, card_id=card_id, key=button_id, user_id=user_id)
+        if self.mode == "app":
+            self._callback_url()
+            await self.emulator.press_app(
+                self.corp_id, card_id=card_id, key=button_id, user_id=user_id
+            )
+        else:
+            await self.emulator.press(self.bot_id, card_id=card_id, key=button_id, user_id=user_id)
         self.emit({"type": "feedback", "feedback": {"card_id": card_id, "button_id": button_id}})
 
     # ---------------------------------------------------------------- inspection

@@ -17,7 +17,10 @@
   one-to-one chat.
 - App mode (PROTOCOLS 4a): the decrypted XML (``ToUserName``, ``FromUserName``,
   ``CreateTime``, ``MsgType``, ``Content``, ``MsgId``, ``AgentID``) -> a direct
-  :class:`Message` (app callbacks are one-to-one).
+  :class:`Message` (app callbacks are one-to-one). Images, voice, video and files carry a
+  ``MediaId``: attachments downloaded with ``media/get`` (``extra["media_id"]``). A
+  ``template_card_event`` -> :class:`CardAction` (``TaskId``, ``EventKey``,
+  ``ResponseCode``).
 
 ``Message.raw`` (and so ``Target.context``) carries ``req_id`` and the connection
 ``generation`` the push came on, so replies go back on the right ``req_id``.
@@ -46,6 +49,7 @@ from imrobots.platform import (
 __all__ = [
     "MalformedPayload",
     "parse_xml",
+    "to_app_card_action",
     "to_app_message",
     "to_card_action",
     "to_chat_entered",
@@ -239,6 +243,33 @@ def parse_xml(xml: str) -> dict[str, str]:
     return {child.tag: (child.text or "") for child in root}
 
 
+def to_app_card_action(fields: Mapping[str, str], *, button_ids: Mapping[str, str]) -> CardAction:
+    """The core action of an app-mode ``template_card_event`` (WeCom doc path/90240):
+    ``FromUserName``, ``EventKey`` (the pressed button's ``key``), ``TaskId`` (the card),
+    ``CardType`` and ``ResponseCode`` (what ``update_template_card`` takes, once, for 72
+    hours). Its id is the ``ResponseCode`` (one per press), so a retried callback is
+    the same action."""
+    user = fields.get("FromUserName", "")
+    task_id = fields.get("TaskId", "")
+    if not user or not task_id:
+        raise MalformedPayload("FromUserName or TaskId missing in a template_card_event")
+    key = fields.get("EventKey", "")
+    created = fields.get("CreateTime", "")
+    when = datetime.fromtimestamp(int(created), UTC) if created.isdigit() else datetime.now(UTC)
+    return CardAction(
+        id=fields.get("ResponseCode") or f"{user}-{created}-{task_id}-{key}",
+        platform=PLATFORM,
+        card_id=task_id,
+        action_id=button_ids.get(key, key),
+        value=key,
+        sender=Sender(id=user),
+        conversation=Conversation(id=user, kind=ConversationKind.DIRECT),
+        time=when,
+        raw={"mode": "app", **dict(fields)},
+        app=fields.get("AgentID") or None,
+    )
+
+
 def to_app_message(fields: Mapping[str, str]) -> Message:
     """The core message of an app-mode callback's fields (PROTOCOLS 4a)."""
     user = fields.get("FromUserName", "")
@@ -248,17 +279,29 @@ def to_app_message(fields: Mapping[str, str]) -> Message:
     msg_id = fields.get("MsgId") or f"{user}-{fields.get('CreateTime', '')}"
     kind, text = MessageKind.UNSUPPORTED, ""
     attachments: list[Attachment] = []
+    media_id = fields.get("MediaId") or None
+    extra = {"media_id": media_id} if media_id else {}
     if msgtype == "text":
         kind, text = MessageKind.TEXT, fields.get("Content", "")
     elif msgtype == "voice":
         text = fields.get("Recognition", "")
         kind = MessageKind.AUDIO
-        attachments.append(Attachment(kind="audio", id=fields.get("MediaId"), text=text or None))
+        attachments.append(
+            Attachment(kind="audio", id=media_id, text=text or None, extra=dict(extra))
+        )
     elif msgtype == "image":
         kind = MessageKind.IMAGE
         attachments.append(
-            Attachment(kind="image", id=fields.get("MediaId"), url=fields.get("PicUrl"))
+            Attachment(kind="image", id=media_id, url=fields.get("PicUrl"), extra=dict(extra))
         )
+    elif msgtype == "video":
+        kind = MessageKind.VIDEO
+        attachments.append(Attachment(kind="video", id=media_id, extra=dict(extra)))
+    elif msgtype == "file":
+        # UNCONFIRMED: path/90239 lists no file message for apps; read as a media message.
+        kind = MessageKind.FILE
+        name = fields.get("FileName") or fields.get("Title") or None
+        attachments.append(Attachment(kind="file", id=media_id, name=name, extra=dict(extra)))
     created = fields.get("CreateTime", "")
     when = datetime.fromtimestamp(int(created), UTC) if created.isdigit() else datetime.now(UTC)
     return Message(

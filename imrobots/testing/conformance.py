@@ -146,6 +146,14 @@ class ConformanceRig:
     def close(self) -> None:
         self.emulator.unsubscribe(self._queue)
 
+    def user_for(self, conversation_id: str) -> str:
+        """Who speaks in ``conversation_id`` in the checks that talk in several
+        conversations at once: :data:`USER`, or where the emulator has one chat per user
+        (:attr:`EmulatorAdapter.one_chat_per_user`) a user of that conversation's own."""
+        if getattr(self.emulator, "one_chat_per_user", False):
+            return f"{USER}-{conversation_id}"
+        return USER
+
     # ------------------------------------------------------------------ users
     async def say(
         self,
@@ -952,7 +960,10 @@ class PlatformConformance:
             _skip_without_cards(rig.capabilities)
             conversations = [rig.conversation("many") for _ in range(count)]
             await asyncio.gather(
-                *(rig.say("Hi all", conversation_id=c, group=True) for c in conversations)
+                *(
+                    rig.say("Hi all", conversation_id=c, group=True, user_id=rig.user_for(c))
+                    for c in conversations
+                )
             )
             wanted = set(conversations)
 
@@ -1049,7 +1060,11 @@ class PlatformConformance:
                 pytest.skip(f"the emulator cannot lose answers: {exc}")
             conversations = [rig.conversation("lost") for _ in range(8)]
             for conversation in conversations:
-                await rig.say("Still there?", conversation_id=conversation)
+                await rig.say(
+                    "Still there?",
+                    conversation_id=conversation,
+                    user_id=rig.user_for(conversation),
+                )
             for conversation in conversations:
                 card = await rig.final_card(conversation, "lost003")
                 _in_order(card_text(card), "lost", numbered("lost", 4), f"card {card['id']}")
@@ -1076,7 +1091,11 @@ class PlatformConformance:
             for _ in range(6):  # batches of 5 answers, until the fault made calls fail
                 conversations = [rig.conversation(fault) for _ in range(5)]
                 for conversation in conversations:
-                    await rig.say("Still there?", conversation_id=conversation)
+                    await rig.say(
+                        "Still there?",
+                        conversation_id=conversation,
+                        user_id=rig.user_for(conversation),
+                    )
                 for conversation in conversations:
                     card = await rig.final_card(conversation, "ok003")
                     _in_order(card_text(card), "ok", numbered("ok", 4), f"card {card['id']}")

@@ -37,6 +37,18 @@ or silently dropped as WeCom documents, with ``member_limit_mode="drop"``),
 ``POST /cgi-bin/media/upload`` (multipart ``media``, the same size caps); encrypted XML
 callbacks POSTed to the app's ``callback_url`` and retried (3 attempts in all) when not
 answered 200 within ``callback_timeout`` (5 s); the URL check (``verify_url``).
+``message/send`` also takes ``template_card`` (``button_interaction`` with 1-6 buttons,
+``text_notice`` with its required ``card_action`` link, the other types stored as sent;
+``task_id`` of ``[A-Za-z0-9_@-]``, at most 128, unique per app; path/90236) and answers
+a ``response_code``. A press (:meth:`WeComEmulator.press_app`) POSTs an encrypted
+``template_card_event`` (``EventKey``, ``TaskId``, ``CardType``, ``ResponseCode``;
+path/90240) to the callback URL, retried like messages. ``POST
+/cgi-bin/message/update_template_card`` takes a ``response_code`` once, within
+``response_code_ttl`` (72 hours; path/94888), and replaces the card (``template_card``)
+or greys its buttons out (``button.replace_name``); an unknown, used or expired code is
+refused 40058 (UNCONFIRMED: WeCom's code is not documented in our sources).
+``GET /cgi-bin/media/get`` serves media by ``media_id`` (uploaded, or sent by a user in
+an app callback: :meth:`WeComEmulator.store_media`), 40007 for an unknown one (path/90254).
 
 Faults: ``errors`` (a share of calls answered -1 "system busy"), ``rate_limit`` (45009),
 ``latency``, ``drop`` (sockets aborted; pushes are held until a new subscription) and
@@ -161,6 +173,8 @@ class CardRecord:
     updates: int = 0
     truncated: bool = False
     reply_to: str | None = None
+    replaced: str | None = None
+    """App mode: the text the buttons were greyed out with (``button.replace_name``)."""
     created: float = attrs.field(factory=time.time)
     updated: float = attrs.field(factory=time.time)
 
@@ -197,10 +211,23 @@ class WeComApp:
     member_sends: dict[str, deque[float]] = attrs.field(factory=dict)
     sent: dict[str, str] = attrs.field(factory=dict)
     """MsgId -> plaintext XML, for redelivery."""
+    task_ids: set[str] = attrs.field(factory=set)
+    """task_ids of the template cards the app sent (unique per app)."""
+    response_codes: dict[str, ResponseCode] = attrs.field(factory=dict, repr=False)
 
     @property
     def crypto(self) -> CallbackCrypto:
         return CallbackCrypto(self.token, self.encoding_aes_key, self.corp_id)
+
+
+@attrs.define
+class ResponseCode:
+    """A ``response_code``: one ``update_template_card`` of card ``task_id``."""
+
+    task_id: str
+    expires: float
+    """monotonic"""
+    used: bool = False
 
 
 @attrs.define
@@ -236,6 +263,7 @@ class WeComEmulator:
         member_per_hour: int = 1000,
         member_minute: float = 60.0,
         member_hour: float = 3600.0,
+        response_code_ttl: float = 72 * 3600.0,
         seed: int | None = None,
     ) -> None:
         self.host = host
@@ -256,6 +284,8 @@ class WeComEmulator:
         """Seconds ``member_per_minute`` is counted over (60; tests shorten it)."""
         self.member_hour = member_hour
         """Seconds ``member_per_hour`` is counted over (3,600; tests shorten it)."""
+        self.response_code_ttl = response_code_ttl
+        """Seconds a response_code can be used (72 hours; tests shorten it)."""
         self.bots: dict[str, WeComBot] = {}
         self.apps: dict[str, WeComApp] = {}
         self.cards: dict[str, CardRecord] = {}
@@ -304,6 +334,8 @@ class WeComEmulator:
         app.router.add_post("/cgi-bin/message/send", self._message_send)
         app.router.add_post("/cgi-bin/appchat/send", self._appchat_send)
         app.router.add_post("/cgi-bin/media/upload", self._media_upload)
+        app.router.add_get("/cgi-bin/media/get", self._media_get)
+        app.router.add_post("/cgi-bin/message/update_template_card", self._update_template_card)
         app.router.add_get("/_emulator/files/{token}", self._file)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -981,11 +1013,15 @@ class WeComEmulator:
         return self._json(0, **extra)
 
     def _text_of(self, body: dict[str, Any]) -> str | None:
-        """The text of a markdown/text message, ``None`` for a media message (checked)."""
+        """The text of a markdown/text message, ``None`` for a media message or a template
+        card (checked)."""
         msgtype = str(body.get("msgtype") or "")
         part = body.get(msgtype)
         if msgtype in ("image", "file", "voice", "video"):
             self._media_of(body)
+            return None
+        if msgtype == "template_card":
+            _check_app_template(part)
             return None
         if msgtype not in ("markdown", "text") or not isinstance(part, dict):
             raise _Refusal(ERR_BAD_REQUEST, f"unsupported msgtype {msgtype!r}")
@@ -1003,7 +1039,22 @@ class WeComEmulator:
         who: str,
         receivers: list[str] | None = None,
     ) -> None:
-        if text is None:
+        if body.get("msgtype") == "template_card":
+            template = dict(body["template_card"])
+            card_id = str(template["task_id"])
+            if card_id in self.cards:  # the same task_id to several receivers
+                card_id = f"{card_id}@{conversation_id}"
+            card = CardRecord(
+                id=card_id,
+                bot_id=who,
+                conversation_id=conversation_id,
+                kind="template_card",
+                template=template,
+                finished=True,
+            )
+            self.cards[card_id] = card
+            self._card_changed(card)
+        elif text is None:
             self._show_media(conversation_id, body, who=who)
         else:
             self._record_message(conversation_id, text, who=who, receivers=receivers)
@@ -1047,6 +1098,12 @@ class WeComEmulator:
             tags = [t for t in str(body.get("totag") or "").split("|") if t]
             if not users and not parties and not tags:
                 raise _Refusal(40031, "invalid user list")
+            task_id = ""
+            if body.get("msgtype") == "template_card":
+                task_id = str(body["template_card"].get("task_id") or "")
+                if task_id in app.task_ids:
+                    # UNCONFIRMED code: WeCom says task_ids must not repeat (path/90236).
+                    raise _Refusal(ERR_BAD_REQUEST, "task_id already used")
             now = time.monotonic()
             allowed = []
             for user in users:
@@ -1066,7 +1123,11 @@ class WeComEmulator:
                 self._app_show(f"party:{party}", text, body, who=app.corp_id)
             for tag in tags:
                 self._app_show(f"tag:{tag}", text, body, who=app.corp_id)
-            return {"invaliduser": "", "msgid": uuid.uuid4().hex}
+            answer: dict[str, Any] = {"invaliduser": "", "msgid": uuid.uuid4().hex}
+            if task_id:
+                app.task_ids.add(task_id)
+                answer["response_code"] = self._new_response_code(app, task_id)
+            return answer
 
         return await self._app_call(request, "/cgi-bin/message/send", handle)
 
@@ -1078,6 +1139,84 @@ class WeComEmulator:
             self._app_show(chatid, self._text_of(body), body, who=app.corp_id)
 
         return await self._app_call(request, "/cgi-bin/appchat/send", handle)
+
+    def _new_response_code(self, app: WeComApp, task_id: str) -> str:
+        code = secrets.token_urlsafe(24)
+        app.response_codes[code] = ResponseCode(
+            task_id=task_id, expires=time.monotonic() + self.response_code_ttl
+        )
+        return code
+
+    def _app_card(self, task_id: str, user: str) -> CardRecord | None:
+        card = self.cards.get(f"{task_id}@{user}") or self.cards.get(task_id)
+        return card if card is not None and card.kind == "template_card" else None
+
+    async def _update_template_card(self, request: web.Request) -> web.Response:
+        """``message/update_template_card``: one update per ``response_code``."""
+
+        def handle(app: WeComApp, body: dict[str, Any]) -> dict[str, Any]:
+            if int(body.get("agentid") or 0) != app.agent_id:
+                raise _Refusal(40056, "invalid agentid")
+            code = app.response_codes.get(str(body.get("response_code") or ""))
+            if code is None or code.used or code.expires < time.monotonic():
+                raise _Refusal(ERR_BAD_REQUEST, "invalid response_code (unknown, used or expired)")
+            users = [str(u) for u in body.get("userids") or ()]
+            if not users and not body.get("atall"):
+                raise _Refusal(40031, "invalid user list")
+            template = body.get("template_card")
+            button = body.get("button")
+            if isinstance(template, dict):
+                _check_app_template(template, need_task_id=False)
+            elif not isinstance(button, dict) or not button.get("replace_name"):
+                raise _Refusal(ERR_BAD_REQUEST, "template_card or button.replace_name missing")
+            code.used = True
+            for user in users:
+                card = self._app_card(code.task_id, user)
+                if card is None:
+                    continue
+                if isinstance(template, dict):
+                    card.template = {**template, "task_id": code.task_id}
+                    card.replaced = None
+                else:
+                    assert isinstance(button, dict)
+                    card.replaced = str(button["replace_name"])
+                card.updates += 1
+                self._card_changed(card)
+            return {"invaliduser": ""}
+
+        return await self._app_call(request, "/cgi-bin/message/update_template_card", handle)
+
+    def store_media(self, data: bytes, media_type: str, filename: str) -> str:
+        """Keep media a user sends in an app callback; returns its ``media_id``."""
+        media_id = f"media_{uuid.uuid4().hex}"
+        self.media[media_id] = (media_type, data, filename)
+        return media_id
+
+    async def _media_get(self, request: web.Request) -> web.StreamResponse:
+        """``GET /cgi-bin/media/get?access_token&media_id``: the content, or JSON errors."""
+        started = time.monotonic()
+        route = "/cgi-bin/media/get"
+        who = "?"
+        try:
+            app = self._app_for_token(request.query.get("access_token", ""))
+            who = app.corp_id
+            media = self.media.get(request.query.get("media_id", ""))
+            if media is None:
+                raise _Refusal(ERR_MEDIA_ID, "invalid media_id")
+            injected = self._fault()
+            if injected:
+                raise _Refusal(injected, "system busy" if injected < 0 else "api freq out of limit")
+        except _Refusal as exc:
+            self._record_call("GET", route, exc.code, started, who)
+            return self._json(exc.code, exc.message)
+        media_type, data, filename = media
+        self._record_call("GET", route, 0, started, who)
+        kind = {"image": "image/png", "voice": "audio/amr", "video": "video/mp4"}
+        return web.Response(
+            body=data,
+            content_type=kind.get(media_type, "application/octet-stream"),
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
 
     # ------------------------------------------------------------------ app mode: callbacks
     def _client(self) -> aiohttp.ClientSession:
@@ -1108,11 +1247,7 @@ class WeComEmulator:
         fields.update(extra or {})
         fields["MsgId"] = msg_id
         fields["AgentID"] = str(app.agent_id)
-        inner = "".join(
-            f"<{k}>{v}</{k}>" if v.isdigit() else f"<{k}><![CDATA[{v}]]></{k}>"
-            for k, v in fields.items()
-        )
-        return f"<xml>{inner}</xml>", msg_id
+        return _xml(fields), msg_id
 
     def encrypt_callback(self, app: WeComApp, xml: str) -> tuple[dict[str, str], str]:
         """The query (msg_signature, timestamp, nonce) and body of an encrypted callback."""
@@ -1156,6 +1291,38 @@ class WeComEmulator:
         if wait:
             await task
         return msg_id
+
+    async def press_app(
+        self, corp_id: str, *, card_id: str, key: str, user_id: str, wait: bool = False
+    ) -> str:
+        """A member presses button ``key`` of the app's template card ``card_id``: an
+        encrypted ``template_card_event`` POSTed to the callback URL (retried as
+        messages are); returns its ``ResponseCode``."""
+        app = self.apps[corp_id]
+        card = self.cards.get(card_id)
+        if card is None or card.kind != "template_card" or card.template is None:
+            raise ValueError(f"no template card {card_id!r}")
+        keys = [str(b.get("key")) for b in card.template.get("button_list") or ()]
+        if card.replaced is not None or key not in keys:
+            raise ValueError(f"card {card_id!r} has no pressable button {key!r}")
+        task_id = str(card.template.get("task_id") or card_id)
+        code = self._new_response_code(app, task_id)
+        fields = {
+            "ToUserName": app.corp_id,
+            "FromUserName": user_id,
+            "CreateTime": str(int(time.time())),
+            "MsgType": "event",
+            "Event": "template_card_event",
+            "EventKey": key,
+            "TaskId": task_id,
+            "CardType": str(card.template.get("card_type") or "button_interaction"),
+            "ResponseCode": code,
+            "AgentID": str(app.agent_id),
+        }
+        task = self._spawn(self._deliver(app, code, _xml(fields)))
+        if wait:
+            await task
+        return code
 
     async def _deliver(self, app: WeComApp, msg_id: str, xml: str) -> None:
         for attempt in range(1, self.callback_attempts + 1):
@@ -1206,6 +1373,55 @@ class WeComEmulator:
                     return response.status == 200 and (await response.text()) == plain
         except (TimeoutError, aiohttp.ClientError):
             return False
+
+
+def _xml(fields: dict[str, str]) -> str:
+    """A flat callback XML (digits bare, the rest in CDATA, as WeCom writes them)."""
+    inner = "".join(
+        f"<{k}>{v}</{k}>" if v.isdigit() else f"<{k}><![CDATA[{v}]]></{k}>"
+        for k, v in fields.items()
+    )
+    return f"<xml>{inner}</xml>"
+
+
+_CARD_TYPES = (
+    "text_notice",
+    "news_notice",
+    "button_interaction",
+    "vote_interaction",
+    "multiple_interaction",
+)
+
+
+def _check_app_template(template: Any, *, need_task_id: bool = True) -> None:
+    """Refuse a ``template_card`` WeCom would refuse (path/90236; the codes are WeCom's
+    global "invalid parameter", UNCONFIRMED for each case)."""
+    import re
+
+    if not isinstance(template, dict):
+        raise _Refusal(ERR_BAD_REQUEST, "template_card missing")
+    card_type = template.get("card_type")
+    if card_type not in _CARD_TYPES:
+        raise _Refusal(ERR_BAD_REQUEST, f"invalid card_type {card_type!r}")
+    task_id = template.get("task_id")
+    interactive = card_type in ("button_interaction", "vote_interaction", "multiple_interaction")
+    checked = task_id is not None or (interactive and need_task_id)
+    if checked and not (isinstance(task_id, str) and re.match(r"^[A-Za-z0-9_@-]{1,128}$", task_id)):
+        raise _Refusal(ERR_BAD_REQUEST, "invalid task_id")
+    if card_type == "button_interaction":
+        buttons = template.get("button_list")
+        if not isinstance(buttons, list) or not 1 <= len(buttons) <= 6:
+            raise _Refusal(ERR_BAD_REQUEST, "button_list must have 1 to 6 buttons")
+        for button in buttons:
+            key = str(button.get("key") or "") if isinstance(button, dict) else ""
+            if not key or len(key.encode("utf-8")) > 1024 or not button.get("text"):
+                raise _Refusal(ERR_BAD_REQUEST, "each button needs text and a key of <= 1024 bytes")
+    if card_type in ("text_notice", "news_notice"):
+        action = template.get("card_action")
+        action = action if isinstance(action, dict) else {}
+        kind = action.get("type")
+        if kind not in (1, 2) or (kind == 1 and not str(action.get("url") or "")):
+            raise _Refusal(ERR_BAD_REQUEST, "card_action of type 1 (url) or 2 required")
 
 
 def _bind(host: str, port: int) -> socket.socket:

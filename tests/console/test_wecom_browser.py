@@ -94,3 +94,65 @@ async def test_ask_the_wecom_robot_watch_the_stream_and_give_feedback(page: Any)
     )
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "console-wecom.png"), full_page=True)
+
+
+@pytest.fixture
+async def app_page(manager: PluginManager) -> AsyncIterator[Any]:
+    """The example support robot in app mode (``imrobots console --config app.toml``)."""
+    missing = [m for m in ("wechatpy", "cryptography") if importlib.util.find_spec(m) is None]
+    if missing:
+        reason = f'needs {", ".join(missing)} (pip install "imrobots[wecom]")'
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from pathlib import Path
+
+    from imrobots.demo import ConfigConsole
+
+    manager.register(importlib.import_module("imrobots_wecom.plugin"), name="wecom")
+    example = Path(__file__).parents[2] / "examples" / "wecom_support" / "app.toml"
+    console = ConfigConsole(example, manager=manager, env={})
+    url = await console.start()
+    async_playwright = _require_browser()
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1400, "height": 900})
+                await page.goto(url)
+                await page.wait_for_selector("#connection.ok")
+                yield page
+            finally:
+                await browser.close()
+    finally:
+        await console.stop()
+
+
+async def test_app_mode_answer_is_a_template_card_whose_feedback_updates_it(app_page: Any) -> None:
+    page = app_page
+    await page.click("#conversations li[data-conversation='direct']")
+    await page.fill("#message-input", "How do I get a refund?")
+    await page.click("#send")
+    # a self-built app answers once, when done: a template card with the feedback buttons
+    card = page.locator(".card[data-status='final']")
+    await page.wait_for_selector(".card[data-status='final'] .card-buttons button", timeout=20_000)
+    assert await card.count() == 1
+    assert await card.locator(".card-buttons button").all_inner_texts() == FEEDBACK_LABELS
+    assert "within 30 days of delivery" in await card.inner_text()
+    await page.wait_for_selector("#calls td:has-text('/cgi-bin/message/send')")
+
+    await card.get_by_role("button", name="Helpful", exact=True).click()
+    # the press comes back as an encrypted template_card_event; the card is replaced with
+    # update_template_card and the press's ResponseCode
+    await page.wait_for_selector(
+        ".card[data-status='final']:has-text('Thanks for your feedback!')", timeout=10_000
+    )
+    assert await page.locator(".card[data-status='final'] .card-buttons button").count() == 0
+    await page.wait_for_selector("#calls td:has-text('/cgi-bin/message/update_template_card')")
+    statuses = await page.locator("#calls td:nth-child(3)").all_inner_texts()
+    assert statuses and all(s == "200" for s in statuses), statuses
+    await page.wait_for_selector("#feedback-list li:has-text('Helpful')", timeout=10_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "console-wecom-app.png"), full_page=True)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import os
+import struct
+import xml.etree.ElementTree as ET
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from imrobots.platform import Message
 from imrobots_wecom.console import WeComConsoleAdapter
@@ -157,3 +163,108 @@ async def test_an_unanswered_callback_is_retried_three_times_in_all() -> None:
     finally:
         await runner.cleanup()
         await adapter.stop()
+
+
+# The URL check of the same published sample (WXBizMsgCrypt "Sample", path/90968).
+SAMPLE_URL_QUERY = {
+    "msg_signature": "5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3",
+    "timestamp": "1409659589",
+    "nonce": "263014780",
+    "echostr": (
+        "P9nAzCzyDtyTWESHep1vC5X9xho/qYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp+4RPcs8TgAE7OaBO+FZXvnaqQ=="
+    ),
+}
+SAMPLE_ECHO = "1616140317555161061"
+
+
+async def test_the_published_url_check_sample_is_answered_by_the_endpoint() -> None:
+    crypto = CallbackCrypto(SAMPLE_TOKEN, SAMPLE_KEY, SAMPLE_CORP_ID)
+    assert crypto.verify_url(*SAMPLE_URL_QUERY.values()) == SAMPLE_ECHO
+    adapter = WeComConsoleAdapter(mode="app", corp_id=SAMPLE_CORP_ID)
+    adapter.app.token, adapter.app.encoding_aes_key = SAMPLE_TOKEN, SAMPLE_KEY
+    await adapter.start()
+    platform = adapter.create_platform()
+    assert isinstance(platform, WeComPlatform)
+    try:
+        await platform.start(lambda event: asyncio.sleep(0))
+        assert platform.callback_url is not None
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(platform.callback_url, params=SAMPLE_URL_QUERY) as response,
+        ):
+            assert response.status == 200
+            assert await response.text() == SAMPLE_ECHO
+    finally:
+        await platform.close()
+        await adapter.stop()
+
+
+def _aes_key(encoding_aes_key: str) -> bytes:
+    return base64.b64decode(encoding_aes_key + "=")
+
+
+def _sign(*parts: str) -> str:
+    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
+
+
+def _open(encrypted: str, encoding_aes_key: str) -> tuple[str, str]:
+    """WeCom's callback cipher written from its documentation (path/90968), without
+    wechatpy: AES-256-CBC, IV = the key's first 16 bytes, PKCS#7 to 32 bytes; plaintext
+    = 16 random bytes + 4-byte big-endian length + message + receiveid."""
+    key = _aes_key(encoding_aes_key)
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(key[:16])).decryptor()
+    plain = decryptor.update(base64.b64decode(encrypted)) + decryptor.finalize()
+    plain = plain[: -plain[-1]]
+    length = struct.unpack(">I", plain[16:20])[0]
+    return plain[20 : 20 + length].decode(), plain[20 + length :].decode()
+
+
+def _seal(message: str, receive_id: str, encoding_aes_key: str) -> str:
+    key = _aes_key(encoding_aes_key)
+    raw = os.urandom(16) + struct.pack(">I", len(message.encode())) + message.encode()
+    raw += receive_id.encode()
+    pad = 32 - len(raw) % 32
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(key[:16])).encryptor()
+    return base64.b64encode(
+        encryptor.update(raw + bytes([pad]) * pad) + encryptor.finalize()
+    ).decode()
+
+
+async def test_callbacks_follow_the_documented_cipher_both_ways() -> None:
+    """The emulator's callbacks open with the documented algorithm written here without
+    wechatpy (signature and cipher), and a callback sealed that way is taken by the
+    robot's endpoint (wechatpy's WeChatCrypto): the two sides agree with WeCom's
+    documentation, not only with each other."""
+    async with _Rig() as rig:
+        app = rig.adapter.app
+        xml, _ = rig.adapter.emulator.app_message_xml(app, user_id="dan", content="密文")
+        query, body = rig.adapter.emulator.encrypt_callback(app, xml)
+        encrypted = ET.fromstring(body).findtext("Encrypt") or ""
+        assert query["msg_signature"] == _sign(
+            app.token, query["timestamp"], query["nonce"], encrypted
+        )
+        assert _open(encrypted, app.encoding_aes_key) == (xml, app.corp_id)
+
+        own_xml, own_id = rig.adapter.emulator.app_message_xml(
+            app, user_id="erin", content="sealed"
+        )
+        sealed = _seal(own_xml, app.corp_id, app.encoding_aes_key)
+        timestamp, nonce = "1700000000", "424242"
+        params = {
+            "msg_signature": _sign(app.token, timestamp, nonce, sealed),
+            "timestamp": timestamp,
+            "nonce": nonce,
+        }
+        envelope = (
+            f"<xml><ToUserName><![CDATA[{app.corp_id}]]></ToUserName>"
+            f"<Encrypt><![CDATA[{sealed}]]></Encrypt></xml>"
+        )
+        assert rig.platform is not None and rig.platform.callback_url is not None
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(rig.platform.callback_url, params=params, data=envelope) as response,
+        ):
+            assert response.status == 200
+        async with asyncio.timeout(5):
+            await rig.got.wait()
+        assert [(m.id, m.text, m.sender.id) for m in rig.received] == [(own_id, "sealed", "erin")]

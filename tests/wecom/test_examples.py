@@ -142,3 +142,48 @@ async def test_each_example_answers_on_the_emulator(
             await asyncio.sleep(0.02)
     finally:
         await console.stop()
+
+
+MIXED = """
+[robots.app]
+platform = "wecom"
+[robots.app.settings]
+mode = "app"
+corp_id = "ww1"
+corp_secret = "x"
+agent_id = 1000002
+token = "t"
+encoding_aes_key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+bot_id = "aib1"
+secret = "bot-secret-xyz"
+[robots.app.agent]
+use = "demo"
+
+[robots.bot]
+platform = "wecom"
+[robots.bot.settings]
+bot_id = "aib1"
+secret = "s"
+corp_id = "ww1"
+callback_port = 9000
+[robots.bot.agent]
+use = "demo"
+"""
+
+
+def test_keys_of_the_other_mode_are_warned_about_not_refused(
+    wecom: PluginManager, tmp_path: Path
+) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(MIXED, encoding="utf-8")
+    code, lines = _check(config, {})
+    assert code == 0, lines
+    prefix = f"warning: {config}: robots."
+    assert [line for line in lines if line.startswith("warning:")] == [
+        f"{prefix}app.settings.bot_id: belongs to mode 'robot'; ignored in mode 'app'",
+        f"{prefix}app.settings.secret: belongs to mode 'robot'; ignored in mode 'app'",
+        f"{prefix}bot.settings.corp_id: belongs to mode 'app'; ignored in mode 'robot'",
+        f"{prefix}bot.settings.callback_port: belongs to mode 'app'; ignored in mode 'robot'",
+    ]
+    assert "ok: robot 'app'" in "\n".join(lines) and "ok: robot 'bot'" in "\n".join(lines)
+    assert "bot-secret-xyz" not in "\n".join(lines)

@@ -256,3 +256,157 @@ async def test_a_card_answering_a_message_is_a_finished_stream_with_its_buttons(
         assert card["title"] == "Refunds" and card_text(card) == text
         calls = [c["route"] for c in adapter.state()["calls"]]
         assert calls == ["aibot_respond_msg"]
+
+
+async def test_close_lets_frames_in_flight_get_their_acks() -> None:
+    """Closing while stream frames wait for their acks (the bench's shutdown) lets them
+    land instead of failing them as a lost connection (OutcomeUnknown); pushes that
+    arrive while closing are not started."""
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    platform = adapter.create_platform()
+    assert isinstance(platform, WeComPlatform)
+    started = asyncio.Event()
+    done: list[str] = []
+    failed: list[BaseException] = []
+
+    async def sink(event: object) -> None:
+        if not isinstance(event, Message):
+            return
+        started.set()
+        try:
+            handle = await platform.open_stream(
+                event.target, thinking_card("q"), key=f"close-{event.id}"
+            )
+            await handle.close(Card(elements=(Markdown(text="landed"),)))
+            done.append(event.id)
+        except BaseException as exc:
+            failed.append(exc)
+            raise
+
+    try:
+        await platform.start(sink)
+        adapter.emulator.set_latency(0.2)  # every frame's ack takes 0.2 s
+        await adapter.say(
+            text="hi",
+            conversation_id="g-close",
+            group=True,
+            user_id="u",
+            user_name="U",
+            mention=True,
+        )
+        async with asyncio.timeout(5):
+            await started.wait()
+        await platform.close()
+        assert failed == [] and len(done) == 1
+        card = next(iter(adapter.emulator.cards.values()))
+        assert card.finished and card.content == "landed"
+    finally:
+        await platform.close()
+        await adapter.stop()
+
+
+_SECOND_PROCESS = """
+import asyncio, sys
+from imrobots.platform import Secret
+from imrobots_wecom.platform import WeComPlatform, WeComSettings
+
+async def main() -> None:
+    settings = WeComSettings(bot_id=sys.argv[1], secret=Secret(sys.argv[2]), ws_url=sys.argv[3])
+    platform = WeComPlatform(settings)
+    async def sink(event: object) -> None:
+        return None
+    await platform.start(sink)
+    print("connected", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await platform.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_second_process_takes_over_and_the_first_stops_for_good() -> None:
+    """A second process subscribing the same bot: exactly one connection stays live (the
+    newer one), and the first process's connection loop has ended (it cannot reconnect,
+    so there is no storm), its reconnect count 0."""
+    import os
+    import sys
+    from pathlib import Path
+
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    first = adapter.create_platform()
+    assert isinstance(first, WeComPlatform)
+    root = str(Path(__file__).parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        await first.start(lambda event: asyncio.sleep(0))
+        settings = adapter.robot_settings()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _SECOND_PROCESS,
+            settings["bot_id"],
+            settings["secret"],
+            settings["ws_url"],
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            assert (await proc.stdout.readline()).strip() == b"connected"
+        connection = first.connection
+        assert connection is not None
+        await _poll(lambda: connection.taken_over)
+        runner = connection._runner
+        assert runner is not None
+        async with asyncio.timeout(5):
+            await asyncio.shield(runner)  # the loop ends: nothing left to reconnect
+        assert connection.reconnects == 0 and not connection.connected
+        assert adapter.emulator.live_sockets(adapter.bot_id) == 1
+        assert adapter.emulator.bots[adapter.bot_id].subscriptions == 2
+        assert proc.returncode is None  # the newer process stays connected
+    finally:
+        if proc is not None and proc.returncode is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            async with asyncio.timeout(20):
+                await proc.wait()
+        await first.close()
+        await adapter.stop()
+
+
+async def test_a_press_on_a_card_that_is_no_feedback_is_answered_once_by_the_robot() -> None:
+    """Only the four feedback buttons are thanked by the plugin; any other press is the
+    robot's to answer (one aibot_respond_update_msg, its own card)."""
+
+    class Approver(Robot):
+        async def on_message(self, message: Message, reply: Reply) -> None:
+            buttons = (Button(label="Approve", value="approve"),)
+            await reply.card(
+                Card(title="Approval", elements=(Markdown(text="ok?"), Actions(buttons=buttons)))
+            )
+
+        async def on_action(self, action: Any, reply: Any) -> None:
+            await reply.replace(Card(title="Approved", elements=(Markdown(text="approved"),)))
+
+    adapter = WeComConsoleAdapter()
+    async with open_rig(lambda: adapter, Approver(), make_platform=_platform) as rig:
+        await rig.say("ok?", conversation_id="g-approve")
+        card = await rig.until(
+            "the approval card",
+            lambda: next(
+                (c for c in rig.cards("g-approve") if c["blocks"][-1]["type"] == "buttons"), None
+            ),
+        )
+        await rig.press(card, "Approve")
+        await rig.until(
+            "the card replaced",
+            lambda: any("approved" in card_text(c) for c in rig.cards("g-approve")),
+        )
+        await rig.runtime.wait_idle(timeout=5)
+        updates = [c for c in adapter.state()["calls"] if c["route"] == "aibot_respond_update_msg"]
+        assert [c["status"] for c in updates] == [200]
+        assert "Thanks for your feedback" not in card_text(rig.cards("g-approve")[0])
