@@ -359,7 +359,9 @@ async def _demo_console(
     public_hosts: Sequence[str] = (),
 ) -> None:
     from .demo import Demo, demo_agent
+    from .proxies import exempt_loopback
 
+    exempt_loopback()  # the robots here talk to emulators on 127.0.0.1
     agent, agent_description = demo_agent()
     demo = Demo(
         host=host,
@@ -477,6 +479,9 @@ async def _emulate(
     from .console import Console
     from .demo import emulator_takes, make_emulator
     from .plugins import get_plugin_manager
+    from .proxies import exempt_loopback
+
+    exempt_loopback()  # the robots here talk to emulators on 127.0.0.1
 
     stop = stop or _stop_on_signals()  # before "Press Ctrl-C" is printed
     manager = get_plugin_manager()
@@ -583,6 +588,9 @@ async def _config_console(
     public_hosts: Sequence[str] = (),
 ) -> None:
     from .demo import ConfigConsole
+    from .proxies import exempt_loopback
+
+    exempt_loopback()  # the robots here talk to emulators on 127.0.0.1
 
     console = ConfigConsole(
         path,

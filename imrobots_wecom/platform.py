@@ -89,6 +89,7 @@ from imrobots.platform import (
     StreamingMode,
     Target,
     Upload,
+    client_session,
 )
 
 from .cards import stream_text, template_card
@@ -436,7 +437,7 @@ class WeComPlatform(Platform):
     # ------------------------------------------------------------------ lifecycle
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": "imrobots-wecom/0.1"})
+            self._session = client_session(headers={"User-Agent": "imrobots-wecom/0.1"})
         return self._session
 
     async def start(self, sink: EventSink) -> None:
