@@ -12,7 +12,7 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -313,11 +313,64 @@ async def _demo_conversation(questions: Sequence[str], delay: float) -> None:
         await runtime.stop()
 
 
-async def _demo_console(host: str, port: int, platforms: list[str] | None) -> None:
-    from .demo import Demo, demo_agent
+_TOKEN_HELP = (
+    "The token browsers and clients must present (required with a --host beyond loopback; "
+    "default: a new random one per start). Prefer the environment variable: a command "
+    "line is visible to other users."
+)
 
+
+def _token_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--public-host",
+        "public_hosts",
+        multiple=True,
+        help="A host name the console is reached by besides IP addresses and localhost "
+        "(a reverse proxy's; repeatable).",
+    )(fn)
+    return click.option("--token", envvar="IMROBOTS_CONSOLE_TOKEN", default=None, help=_TOKEN_HELP)(
+        fn
+    )
+
+
+def _check_binding(host: str, token: str | None) -> None:
+    from .console.server import check_binding
+
+    try:
+        check_binding(host, token)
+    except ValueError as exc:
+        _fail(exc)
+
+
+def _console_url(url: str, host: str) -> str:
+    """The console's URL as printed. Beyond loopback a browser opens it once with
+    ``?token=`` (the token the operator gave; not printed); on loopback the page itself
+    hands its browser the token."""
+    from .webguard import is_loopback
+
+    return url if is_loopback(host) else f"{url}?token=<your token>"
+
+
+async def _demo_console(
+    host: str,
+    port: int,
+    platforms: list[str] | None,
+    token: str | None = None,
+    public_hosts: Sequence[str] = (),
+) -> None:
+    from .demo import Demo, demo_agent
+    from .proxies import exempt_loopback
+
+    exempt_loopback()  # the robots here talk to emulators on 127.0.0.1
     agent, agent_description = demo_agent()
-    demo = Demo(host=host, port=port, platforms=platforms, agent=agent)
+    demo = Demo(
+        host=host,
+        port=port,
+        platforms=platforms,
+        agent=agent,
+        token=token,
+        public_hosts=public_hosts,
+    )
     stop = _stop_on_signals()  # before "Press Ctrl-C" is printed: a press right after it counts
     try:
         url = await demo.start()
@@ -330,7 +383,7 @@ async def _demo_console(host: str, port: int, platforms: list[str] | None) -> No
         for name, reason in demo.skipped.items():
             click.echo(f"  {name}: skipped ({reason})")
         click.echo(f"  agent: {agent_description}")
-        click.echo(f"console: {url}")
+        click.echo(f"console: {_console_url(url, host)}")
         click.echo("Open the console, pick a chat and @-mention the robot. Press Ctrl-C to stop.")
         await stop.wait()
         click.echo("stopping...")
@@ -353,8 +406,15 @@ async def _demo_console(host: str, port: int, platforms: list[str] | None) -> No
 @click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")
 @click.option("--port", default=8300, show_default=True, help="Console port (0: any free port).")
 @click.option("--platform", "platforms", multiple=True, help="Only these platforms (repeatable).")
+@_token_option
 def demo(
-    questions: tuple[str, ...], delay: float, host: str, port: int, platforms: tuple[str, ...]
+    questions: tuple[str, ...],
+    delay: float,
+    host: str,
+    port: int,
+    platforms: tuple[str, ...],
+    token: str | None,
+    public_hosts: tuple[str, ...],
 ) -> None:
     """Try robots with no account: each installed platform's emulator, the support robot on
     each, and a web console to chat with them."""
@@ -366,9 +426,10 @@ def demo(
         asyncio.run(_demo_conversation(list(questions), delay))
         click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
         return
+    _check_binding(host, token)
     click.echo("imrobots demo: starting emulators, robots and the console (no account needed)")
     try:
-        asyncio.run(_demo_console(host, port, list(platforms) or None))
+        asyncio.run(_demo_console(host, port, list(platforms) or None, token, public_hosts))
     except OSError as exc:
         _fail(ImrobotsError(f"cannot start the console on {host}:{port}: {exc}; try --port 0"))
     except (ValueError, ImrobotsError) as exc:
@@ -418,6 +479,9 @@ async def _emulate(
     from .console import Console
     from .demo import emulator_takes, make_emulator
     from .plugins import get_plugin_manager
+    from .proxies import exempt_loopback
+
+    exempt_loopback()  # the robots here talk to emulators on 127.0.0.1
 
     stop = stop or _stop_on_signals()  # before "Press Ctrl-C" is printed
     manager = get_plugin_manager()
@@ -446,7 +510,7 @@ async def _emulate(
         )
         click.echo("3. Talk to it: open the console, or send a message as a user:\n")
         click.echo(f"curl -s {api}/api/{platform}/messages -H 'content-type: application/json' \\")
-        click.echo(f"  -d '{body}'")
+        click.echo(f"  -H 'X-Imrobots-Token: {console.token}' -d '{body}'")
         click.echo(f"curl -s {api}/api/{platform}/state   # its cards, messages and API calls")
         environment = getattr(emulator, "environment", None)
         if callable(environment):
@@ -515,11 +579,27 @@ def emulate(
 
 
 async def _config_console(
-    path: Path, names: list[str], host: str, port: int, stop: asyncio.Event | None = None
+    path: Path,
+    names: list[str],
+    host: str,
+    port: int,
+    stop: asyncio.Event | None = None,
+    token: str | None = None,
+    public_hosts: Sequence[str] = (),
 ) -> None:
     from .demo import ConfigConsole
+    from .proxies import exempt_loopback
 
-    console = ConfigConsole(path, names=names or None, host=host, port=port)
+    exempt_loopback()  # the robots here talk to emulators on 127.0.0.1
+
+    console = ConfigConsole(
+        path,
+        names=names or None,
+        host=host,
+        port=port,
+        token=token,
+        public_hosts=public_hosts,
+    )
     stop = stop or _stop_on_signals()  # before "Press Ctrl-C" is printed
     try:
         url = await console.start()
@@ -533,7 +613,7 @@ async def _config_console(
             )
         for note in console.notes:
             click.echo(f"  note: {note}")
-        click.echo(f"console: {url}")
+        click.echo(f"console: {_console_url(url, host)}")
         click.echo("Open the console, pick a robot and talk to it. Press Ctrl-C to stop.")
         await stop.wait()
         click.echo("stopping...")
@@ -554,16 +634,29 @@ async def _config_console(
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")
 @click.option("--port", default=8300, show_default=True, help="Console port (0: any free port).")
-def console_command(names: tuple[str, ...], config_path: Path, host: str, port: int) -> None:
+@_token_option
+def console_command(
+    names: tuple[str, ...],
+    config_path: Path,
+    host: str,
+    port: int,
+    token: str | None,
+    public_hosts: tuple[str, ...],
+) -> None:
     """Chat with the robots NAMES (default: all) of a config file in the web console.
 
     Each robot runs as `imrobots run` would run it (its class, agent, policy and options),
     connected to a local emulator of its platform instead of the real one: the emulator's
     credentials and endpoints replace the config's, so no account is needed.
     """
+    _check_binding(host, token)
     click.echo(f"imrobots console: the robots of {config_path}, each on a local emulator")
     try:
-        asyncio.run(_config_console(config_path, list(names), host, port))
+        asyncio.run(
+            _config_console(
+                config_path, list(names), host, port, token=token, public_hosts=public_hosts
+            )
+        )
     except OSError as exc:
         _fail(ImrobotsError(f"cannot start the console on {host}:{port}: {exc}; try --port 0"))
     except (ValueError, ImrobotsError) as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import attrs
 
 from .config import PLACEHOLDER, ConfigProblems, check_config, structure
 from .console import Console, ConsoleStore
+from .console.server import check_binding
 from .emulation import EmulatorAdapter, MemoryEmulator
 from .examples import SupportRobot
 from .memory import MemorySettings
@@ -147,7 +148,12 @@ class Demo:
         platforms: list[str] | None = None,
         manager: PluginManager | None = None,
         agent: object | None = None,
+        token: str | None = None,
+        public_hosts: Sequence[str] = (),
     ) -> None:
+        check_binding(host, token)
+        self.token = token
+        self.public_hosts = tuple(public_hosts)
         self.manager = manager or get_plugin_manager()
         self.host = host
         self.port = port
@@ -192,6 +198,8 @@ class Demo:
             {r.platform: r.runtime for r in self.robots},
             host=self.host,
             port=self.port,
+            token=self.token,
+            public_hosts=self.public_hosts,
         )
         await self.console.start()
         return self.console.url
@@ -222,7 +230,12 @@ class ConfigConsole:
         port: int = 0,
         manager: PluginManager | None = None,
         env: Mapping[str, str] | None = None,
+        token: str | None = None,
+        public_hosts: Sequence[str] = (),
     ) -> None:
+        check_binding(host, token)
+        self.token = token
+        self.public_hosts = tuple(public_hosts)
         self.path = Path(path)
         self.names = names
         self.host = host
@@ -270,6 +283,8 @@ class ConfigConsole:
             host=self.host,
             port=self.port,
             titles=titles,
+            token=self.token,
+            public_hosts=self.public_hosts,
         )
         await self.console.start()
         return self.console.url

@@ -16,6 +16,9 @@ core adapts instead of special-casing platforms.
 Errors are raised as :mod:`imrobots.errors` classes: :class:`RateLimited` (with
 the reset hint), :class:`RetryableError`, :class:`OutcomeUnknown` (sent, no
 answer), :class:`CardGone`, :class:`Refused` (degrade), :class:`FatalPlatformError`.
+
+Make outbound calls (and open the long connection) with a session from
+:func:`client_session`: it honours ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY``.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from .models import (
     Sender,
     Target,
 )
+from .proxies import client_session
 from .secret import Secret
 
 __all__ = [
@@ -122,6 +126,7 @@ __all__ = [
     "StreamingMode",
     "Target",
     "Upload",
+    "client_session",
     "error_card",
     "final_card",
     "interrupted_card",

@@ -68,6 +68,7 @@ from imrobots.platform import (
     StreamingMode,
     Target,
     Upload,
+    client_session,
 )
 
 from .api import DUPLICATE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, DingTalkApi
@@ -442,9 +443,8 @@ class DingTalkPlatform(Platform):
     # ------------------------------------------------------------------ lifecycle
     def _http(self) -> tuple[aiohttp.ClientSession, DingTalkApi]:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
-                headers={"User-Agent": "imrobots-dingtalk/0.1"},
+            self._session = client_session(
+                limit=100, ttl_dns_cache=300, headers={"User-Agent": "imrobots-dingtalk/0.1"}
             )
             self._api = DingTalkApi(
                 self._session,

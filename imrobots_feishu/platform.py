@@ -87,6 +87,7 @@ from imrobots.platform import (
     StreamingMode,
     Target,
     Upload,
+    client_session,
     streaming_card,
 )
 
@@ -318,7 +319,7 @@ class FeishuPlatform(Platform):
     # ------------------------------------------------------------------ lifecycle
     async def start(self, sink: EventSink) -> None:
         self._sink = sink
-        self._session = aiohttp.ClientSession()
+        self._session = client_session()
         try:
             self.bot_open_id = await self.api.bot_open_id()
         except Exception as exc:

@@ -97,6 +97,7 @@ from imrobots.platform import (
     StreamingMode,
     Target,
     Upload,
+    client_session,
 )
 
 from .cards import APP_TASK_ID, app_template_card, stream_text, template_card
@@ -517,7 +518,7 @@ class WeComPlatform(Platform):
     # ------------------------------------------------------------------ lifecycle
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": "imrobots-wecom/0.1"})
+            self._session = client_session(headers={"User-Agent": "imrobots-wecom/0.1"})
         return self._session
 
     async def start(self, sink: EventSink) -> None:

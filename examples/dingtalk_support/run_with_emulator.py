@@ -95,7 +95,10 @@ async def main(mode: str, port: int, serve: bool) -> None:
             for feedback in await runtime.store.list_feedback():
                 print(f"\nfeedback: {feedback.rating.label!r} on {feedback.question!r}")
             if serve:
-                print(f"\nserving; push messages with POST {emu.base_url}/_emulator/messages")
+                print(
+                    f"\nserving; push messages with POST {emu.base_url}/_emulator/messages "
+                    f"(header X-Imrobots-Token: {emu.control_token})"
+                )
                 await asyncio.Event().wait()
         finally:
             await runtime.stop()

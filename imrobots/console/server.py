@@ -18,6 +18,12 @@ in ``imrobots console --config``). Routes (JSON):
 * ``GET /api/events``: a websocket of every event, each tagged with its ``platform`` (the
   page): the emulators' events, and the console's own ``outcome`` and ``rating`` events.
 
+Every route is behind a :class:`~imrobots.webguard.WebGuard` (see docs/console.md): the
+``Host`` must be an IP address, ``localhost`` or a ``public_hosts`` name; a ``POST`` or a
+websocket with a foreign ``Origin`` is refused; a ``POST`` needs :attr:`Console.token`
+(the ``X-Imrobots-Token`` header, or the cookie the page ``/`` sets). Bound beyond
+loopback, the console needs an explicit token and every route needs it.
+
 The console learns what a robot made of a message (received, rejected and why, answered)
 by tapping its runtime's hooks, and which ratings were recorded or refused (a second
 rating of one answer by one user) from a :class:`ConsoleStore`, when the robot uses one.
@@ -30,7 +36,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -41,8 +47,9 @@ from ..emulation import EmulatorAdapter
 from ..models import Feedback
 from ..runtime import RobotRuntime
 from ..store import MemoryStore
+from ..webguard import WebGuard, is_loopback, new_token
 
-__all__ = ["DEFAULT_CONVERSATIONS", "DEFAULT_USERS", "Console", "ConsoleStore"]
+__all__ = ["DEFAULT_CONVERSATIONS", "DEFAULT_USERS", "Console", "ConsoleStore", "check_binding"]
 
 log = logging.getLogger("imrobots.console")
 
@@ -66,6 +73,16 @@ _STATIC_TYPES = {
     ".css": "text/css",
     ".svg": "image/svg+xml",
 }
+
+
+def check_binding(host: str, token: str | None) -> None:
+    """Raise :class:`ValueError` if a console on ``host`` would listen beyond loopback
+    with no explicit ``token``."""
+    if not token and not is_loopback(host):
+        raise ValueError(
+            f"the console would listen on {host}, beyond loopback: give it a token "
+            "(--token or IMROBOTS_CONSOLE_TOKEN) that every browser and client must present"
+        )
 
 
 class ConsoleError(web.HTTPBadRequest):
@@ -149,6 +166,13 @@ class Console:
 
     ``emulators`` and ``robots`` are keyed by page name (a robot is shown on the page of
     the same name); ``titles`` names the pages' tabs (default: the emulator's title).
+
+    ``token``: what state-changing requests must carry (default: a new random one per
+    start, loopback only); binding ``host`` beyond loopback raises :class:`ValueError`
+    unless a token is given. ``public_hosts``: host names (besides IP addresses and
+    ``localhost``) the console may be reached by, e.g. behind a reverse proxy.
+    ``guard_reads``: require the token on every route (default: when bound beyond
+    loopback).
     """
 
     def __init__(
@@ -159,7 +183,18 @@ class Console:
         host: str = "127.0.0.1",
         port: int = 0,
         titles: Mapping[str, str] | None = None,
+        token: str | None = None,
+        public_hosts: Sequence[str] = (),
+        guard_reads: bool | None = None,
     ) -> None:
+        check_binding(host, token)
+        self.guard = WebGuard(
+            token=token or new_token(),
+            public_hosts=frozenset(public_hosts),
+            token_for_reads=not is_loopback(host) if guard_reads is None else guard_reads,
+            cookie=True,
+            entry="/",
+        )
         self.emulators = dict(emulators)
         self.robots = dict(robots)
         self.host = host
@@ -181,9 +216,14 @@ class Console:
         self._stores: list[tuple[ConsoleStore, Callable[[Feedback, bool], None]]] = []
         self.url = ""
 
+    @property
+    def token(self) -> str:
+        """The token state-changing requests must carry (``X-Imrobots-Token``)."""
+        return self.guard.token
+
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[self.guard.middleware])
         app.add_routes(
             [
                 web.get("/", self._index),
@@ -362,7 +402,16 @@ class Console:
 
     # ---------------------------------------------------------------- routes
     async def _index(self, request: web.Request) -> web.StreamResponse:
-        return await self._static_file("index.html")
+        if "token" in request.query:  # the guard checked it: keep it in a cookie, not the URL
+            response: web.StreamResponse = web.Response(status=303, headers={"Location": "/"})
+        else:
+            response = await self._static_file("index.html")
+        # The page's own fetch() and websocket send it back; other sites' requests do not
+        # (SameSite=Strict), and no script reads it (HttpOnly).
+        response.set_cookie(
+            self.guard.cookie_name, self.guard.token, httponly=True, samesite="Strict", path="/"
+        )
+        return response
 
     async def _favicon(self, request: web.Request) -> web.StreamResponse:
         return await self._static_file("favicon.svg")

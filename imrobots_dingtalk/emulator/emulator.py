@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from imrobots.webguard import new_token
+
 from . import errors, frames
 from .errors import ApiError
 from .openapi import apply_callback_response
@@ -189,6 +191,8 @@ class DingTalkEmulator:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the emulator only binds a loopback address")
         self.host = host
+        self.control_token = new_token()
+        """What the control API's ``POST`` routes need (``X-Imrobots-Token``)."""
         self.requested_port = port
         self.qps_limit = qps_limit
         self.ping_interval = ping_interval

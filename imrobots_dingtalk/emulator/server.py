@@ -7,7 +7,8 @@
 - sessionWebhook: ``POST /robot/sendBySession?session=...``.
 - Control API under ``/_emulator/`` (JSON) and the ``/_emulator/events`` WebSocket;
   ``GET /_emulator/files/{token}`` serves the temporary download URLs that
-  ``messageFiles/download`` hands out.
+  ``messageFiles/download`` hands out. Behind :func:`imrobots.webguard.control_guard`:
+  Host and Origin checks, and ``control_token`` for its ``POST`` routes.
 
 Every non-control HTTP call is recorded as an :class:`~.state.ApiCall`.
 """
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
+
+from imrobots.webguard import control_guard
 
 from . import errors, frames
 from .errors import ApiError
@@ -51,7 +54,9 @@ def build_app(emu: DingTalkEmulator) -> web.Application:
     """The aiohttp application serving every emulated surface."""
     surface = _Surface(emu)
     control = _Control(emu)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(
+        client_max_size=64 * 1024 * 1024, middlewares=[control_guard(emu.control_token)]
+    )
     router = app.router
     router.add_post("/v1.0/gateway/connections/open", surface.gateway_open)
     router.add_get("/connect", surface.stream_connect)

@@ -39,6 +39,8 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from imrobots.webguard import new_token
+
 from .errors import ApiError
 from .frames import DATA, Frame, card_action_event, encode_frame, message_event, new_id
 from .state import (
@@ -129,6 +131,8 @@ class FeishuEmulator:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the emulator binds loopback addresses only")
         self.host = host
+        self.control_token = new_token()
+        """What the control API's ``POST`` routes need (``X-Imrobots-Token``)."""
         self.port = port
         self.response_timeout = response_timeout
         self.redelivery = tuple(redelivery)

@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from imrobots.webguard import control_guard
+
 from .errors import ApiError
 from .frames import CONTROL, DATA, FrameError, decode_frame, encode_frame
 
@@ -55,7 +57,9 @@ def _json(
 
 
 def make_app(emu: FeishuEmulator) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(
+        client_max_size=64 * 1024 * 1024, middlewares=[control_guard(emu.control_token)]
+    )
     app[EMULATOR] = emu
 
     def api(

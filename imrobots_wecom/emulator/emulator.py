@@ -79,6 +79,8 @@ import aiohttp
 import attrs
 from aiohttp import web
 
+from imrobots.webguard import control_guard, new_token
+
 from ..crypto import CallbackCrypto, encrypt_media, new_media_key
 
 __all__ = [
@@ -267,6 +269,8 @@ class WeComEmulator:
         seed: int | None = None,
     ) -> None:
         self.host = host
+        self.control_token = new_token()
+        """What the control API's ``POST`` routes need (``X-Imrobots-Token``)."""
         self.port = port
         self.stream_lifetime = stream_lifetime
         self.max_stream_bytes = max_stream_bytes
@@ -328,7 +332,9 @@ class WeComEmulator:
         return f"ws://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(
+            client_max_size=64 * 1024 * 1024, middlewares=[control_guard(self.control_token)]
+        )
         app.router.add_get("/", self._websocket)
         app.router.add_get("/cgi-bin/gettoken", self._gettoken)
         app.router.add_post("/cgi-bin/message/send", self._message_send)

@@ -21,6 +21,9 @@ from imrobots.cli import cli
 from imrobots.demo import Demo
 from imrobots.demo_agent import DemoAgent
 from imrobots.plugins import PluginManager
+from imrobots.webguard import TOKEN_HEADER
+
+TOKEN = "console-test-token"
 
 
 @pytest.fixture
@@ -46,7 +49,7 @@ async def poll(session: aiohttp.ClientSession, url: str, check: Any, timeout: fl
 async def test_console_conversation_over_http_and_websocket(demo: Demo) -> None:
     assert demo.console is not None
     base = demo.console.url.rstrip("/")
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=demo.console.guard.headers()) as session:
         async with session.get(base + "/") as response:
             assert response.status == 200 and "imrobots console" in await response.text()
         async with session.get(base + "/static/app.js") as response:
@@ -83,7 +86,7 @@ async def test_console_conversation_over_http_and_websocket(demo: Demo) -> None:
 async def test_console_rejects_bad_requests(demo: Demo) -> None:
     assert demo.console is not None
     base = demo.console.url.rstrip("/")
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=demo.console.guard.headers()) as session:
         response = await session.post(base + "/api/memory/messages", json={"text": ""})
         assert response.status == 400 and "non-empty" in (await response.json())["error"]
         response = await session.post(base + "/api/memory/messages", data="not json")
@@ -103,7 +106,7 @@ async def test_console_rejects_bad_requests(demo: Demo) -> None:
 async def test_injected_errors_show_in_the_call_panel_data(demo: Demo) -> None:
     assert demo.console is not None
     base = demo.console.url.rstrip("/")
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=demo.console.guard.headers()) as session:
         response = await session.post(
             base + "/api/memory/faults", json={"kind": "errors", "value": 1}
         )
@@ -131,7 +134,13 @@ def test_demo_command_serves_a_conversation_and_stops_on_sigint() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "OPENAI_BASE_URL": "", "OPENAI_API_KEY": ""},
+        env={
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "IMROBOTS_CONSOLE_TOKEN": TOKEN,
+            "OPENAI_BASE_URL": "",
+            "OPENAI_API_KEY": "",
+        },
     )
     try:
         assert process.stdout is not None
@@ -149,7 +158,7 @@ def test_demo_command_serves_a_conversation_and_stops_on_sigint() -> None:
         assert url, "".join(lines)
 
         async def converse() -> dict[str, Any]:
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession(headers={TOKEN_HEADER: TOKEN}) as session:
                 platforms = await (await session.get(url + "api/platforms")).json()
                 name = platforms[-1]["name"]
                 await session.post(
@@ -182,7 +191,7 @@ def test_demo_command_serves_a_conversation_and_stops_on_sigint() -> None:
 async def test_outcomes_ratings_transcripts_and_clearing_over_http(demo: Demo) -> None:
     assert demo.console is not None
     base = demo.console.url.rstrip("/")
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=demo.console.guard.headers()) as session:
         async with session.get(base + "/favicon.ico") as response:
             assert response.status == 200 and response.content_type == "image/svg+xml"
         async with session.ws_connect(base + "/api/events") as ws:
@@ -290,7 +299,7 @@ def test_console_command_serves_your_own_robots_and_stops_on_sigint() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "IMROBOTS_CONSOLE_TOKEN": TOKEN},
     )
     try:
         assert process.stdout is not None
@@ -307,7 +316,7 @@ def test_console_command_serves_your_own_robots_and_stops_on_sigint() -> None:
         assert any("robot helpdesk (HelpdeskRobot) on memory" in line for line in lines)
 
         async def converse() -> dict[str, Any]:
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession(headers={TOKEN_HEADER: TOKEN}) as session:
                 [page] = await (await session.get(url + "api/platforms")).json()
                 assert page["name"] == "helpdesk" and page["title"] == "helpdesk · In-memory"
                 await session.post(

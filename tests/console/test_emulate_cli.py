@@ -51,9 +51,12 @@ def _stop(process: subprocess.Popen[str]) -> str:
     return out
 
 
-async def _ask_through_the_console(config: Path, console: str, platform: str) -> dict[str, Any]:
-    """Run the printed config's robot here; send a message through the emulate console's API;
-    return the final card, read from the console's event stream."""
+async def _ask_through_the_console(
+    config: Path, console: str, platform: str, token: str
+) -> dict[str, Any]:
+    """Run the printed config's robot here; send a message through the emulate console's API
+    (with the token its curl line shows); return the final card, read from the console's
+    event stream."""
     result = check_config(config)
     assert result.ok, result.errors
     assert result.config is not None
@@ -61,7 +64,7 @@ async def _ask_through_the_console(config: Path, console: str, platform: str) ->
     await runtime.start()
     try:
         async with (
-            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession(headers={"X-Imrobots-Token": token}) as session,
             session.ws_connect(console + "api/events") as events,
         ):
             response = await session.post(
@@ -111,11 +114,15 @@ def test_emulate_prints_a_working_config_and_how_to_talk_to_it(
         assert robot["agent"] == {"use": "demo"}  # a complete config: it answers
         assert base_url.group(1).split("//", 1)[1] in snippet  # the emulator's host and port
         assert f"curl -s {console.group(1)}api/{platform}/messages" in text
+        token = re.search(r"-H 'X-Imrobots-Token: ([\w-]+)'", text)
+        assert token, text
         if platform == "dingtalk":
             assert f"export DINGTALK_OPENAPI_ENDPOINT={base_url.group(1)}" in text
         config = tmp_path / "robots.toml"
         config.write_text(snippet, encoding="utf-8")
-        card = asyncio.run(_ask_through_the_console(config, console.group(1), platform))
+        card = asyncio.run(
+            _ask_through_the_console(config, console.group(1), platform, token.group(1))
+        )
         assert "refund" in card_text(card).lower()
         assert "stopped" in _stop(process)
     finally:
@@ -162,8 +169,11 @@ def test_client_secret_keeps_a_saved_config_valid_or_is_refused_in_one_line(
     process, text = _start_emulate(*args)
     try:
         console = re.search(r"console: (http://127\.0\.0\.1:\d+/)", text)
-        assert console, text
-        card = asyncio.run(_ask_through_the_console(config, console.group(1), platform))
+        token = re.search(r"-H 'X-Imrobots-Token: ([\w-]+)'", text)
+        assert console and token, text
+        card = asyncio.run(
+            _ask_through_the_console(config, console.group(1), platform, token.group(1))
+        )
         assert "refund" in card_text(card).lower()
         _stop(process)
     finally:

@@ -756,6 +756,7 @@ async def test_press_button_applies_callback_response(
 
 async def test_control_api_over_http(http: aiohttp.ClientSession, emu: DingTalkEmulator) -> None:
     base = f"{emu.base_url}/_emulator"
+    http.headers["X-Imrobots-Token"] = emu.control_token  # the control API's POSTs need it
     async with http.post(f"{base}/apps", json={"client_id": "app2", "client_secret": "s2"}) as r:
         assert r.status == 200
         app = await r.json()

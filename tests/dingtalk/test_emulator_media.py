@@ -129,6 +129,7 @@ async def test_control_api_sets_faults_and_permissions(
     http: aiohttp.ClientSession, emu: DingTalkEmulator
 ) -> None:
     faults = f"{emu.base_url}/_emulator/faults"
+    http.headers["X-Imrobots-Token"] = emu.control_token
     async with http.post(faults, json={"action": "withhold", "route": "sessionWebhook"}) as r:
         assert r.status == 200 and "sessionWebhook" in (await r.json())["withhold"]
     body = {"action": "permission", "client_id": APP, "scope": "X.Y", "granted": False}
@@ -203,6 +204,7 @@ async def test_control_api_stores_a_file(
 ) -> None:
     data = base64.b64encode(b"\x89PNG....").decode()
     body = {"client_id": APP, "kind": "picture", "data_base64": data, "name": "p.png"}
+    http.headers["X-Imrobots-Token"] = emu.control_token
     async with http.post(f"{emu.base_url}/_emulator/files", json=body) as response:
         stored = await response.json()
     assert stored["size"] == 8 and "data" not in stored
