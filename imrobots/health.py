@@ -4,9 +4,10 @@ Three parts:
 
 * :class:`ConnectionStatus`: the public API a platform plugin reports its long
   connection through (``platform.connection_status``, see
-  :attr:`Platform.connection_status <imrobots.platform.Platform.connection_status>`): ``connecting()``,
-  ``connected()``, ``disconnected(reason)``, ``frame_received()``. A plugin that reports
-  nothing is taken as connected once its ``start()`` returned, until it is closed.
+  :attr:`Platform.connection_status <imrobots.platform.Platform.connection_status>`):
+  ``connecting()``, ``connected()``, ``disconnected(reason)``, ``frame_received()``.
+  A plugin that reports nothing is taken as connected once its ``start()`` returned,
+  until it is closed.
 * call observation: every platform call the core makes goes through
   :func:`~imrobots.retry.retry_call`, which tells the running robot's
   :class:`CallObserver` about rate-limited answers, retries and failed attempts.

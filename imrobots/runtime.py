@@ -339,7 +339,8 @@ class RobotRuntime:
         s = self.stats
         return (
             f"{s.received} received, {s.answered} answered, {s.failed} failed, "
-            f"{s.unanswered} unanswered, {s.rejected} rejected, {s.duplicates} deduplicated, {s.feedback} feedback "
+            f"{s.unanswered} unanswered, {s.rejected} rejected, {s.duplicates} deduplicated, "
+            f"{s.feedback} feedback "
             f"({s.forged} rejected), {s.handler_timeouts} handler timeouts; platform faults: "
             f"{s.rate_limited} rate-limited responses, {s.retries} retries, "
             f"{s.call_errors} failed calls, {self.platform.connection_status.reconnects} reconnects"

@@ -5,6 +5,7 @@ stopping robot logs (item 10)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -209,7 +210,7 @@ async def test_a_press_claiming_the_right_card_from_another_chat_is_rejected(
     make_runtime: Factory,
 ) -> None:
     """A forged callback naming card A but coming from Bob's conversation."""
-    platform, runtime, robot, card_a, _, _ = await _two_answers(make_runtime)
+    platform, runtime, _, card_a, _, _ = await _two_answers(make_runtime)
     await runtime.handle(
         CardAction(
             id="forged-1",
@@ -226,7 +227,7 @@ async def test_a_press_claiming_the_right_card_from_another_chat_is_rejected(
 
 
 async def test_genuine_presses_on_each_card_are_stored(make_runtime: Factory) -> None:
-    platform, runtime, robot, card_a, card_b, card_c = await _two_answers(make_runtime)
+    platform, runtime, _, card_a, card_b, card_c = await _two_answers(make_runtime)
     await platform.press(card_a.id, FeedbackRating.HELPFUL, sender="alice")
     await platform.press(card_b.id, FeedbackRating.NO_HELP, sender="alice")
     await platform.press(card_c.id, FeedbackRating.VERY_HELPFUL, sender="bob")
@@ -245,10 +246,8 @@ async def test_genuine_presses_on_each_card_are_stored(make_runtime: Factory) ->
 
 class Silent(Robot):
     async def on_message(self, message: Message, reply: Reply) -> None:
-        try:
+        with contextlib.suppress(Exception):  # a robot that swallows its send errors
             await reply.card(Card(title="answer", elements=()))
-        except Exception:  # a robot that swallows its send errors
-            pass
 
 
 async def test_answered_counts_only_answers_that_reached_the_user(make_runtime: Factory) -> None:
