@@ -488,7 +488,7 @@ async def _demo_console(host: str, port: int, platforms: list[str] | None) -> No
             where = robot.emulator.base_url or "in-process"
             click.echo(
                 f"  {robot.platform}: emulator {where}, support robot "
-                f"connected to {robot.runtime.platform.describe()}"
+                f"connected to {robot.runtime.describe()}"
             )
         for name, reason in demo.skipped.items():
             click.echo(f"  {name}: skipped ({reason})")

@@ -84,7 +84,13 @@ def redact_text(text: str) -> str:
     error messages and descriptions that may quote an endpoint)."""
     if "://" not in text:
         return text
-    return _URL.sub(lambda m: redact_url(m.group(0)), text)
+    return _URL.sub(_redact_match, text)
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    url = match.group(0)
+    core = url.rstrip(".,;:!?)]}")  # punctuation after a URL in prose is not part of it
+    return redact_url(core) + url[len(core) :]
 
 
 class RedactingFilter(logging.Filter):
