@@ -34,6 +34,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import queue
 import threading
 from collections.abc import (
     AsyncGenerator,
@@ -44,7 +45,7 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any, Literal, TypeVar
 
 import attrs
@@ -55,6 +56,7 @@ from .store import Turn
 __all__ = [
     "AccumulatedText",
     "Agent",
+    "AgentExecutor",
     "AgentRequest",
     "AnswerSource",
     "ChunkMode",
@@ -101,26 +103,118 @@ class AccumulatedText(str):
 
 # --- the executor blocking agent code runs on -----------------------------------------------
 
-_executor: contextvars.ContextVar[ThreadPoolExecutor | None] = contextvars.ContextVar(
+_executor: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
     "imrobots_agent_executor", default=None
 )
 
 
-def agent_executor(max_workers: int) -> ThreadPoolExecutor:
-    """A thread pool for blocking agents: ``max_workers`` threads named ``imrobots-agent-N``.
+class AgentExecutor(Executor):
+    """A bounded pool of **daemon** threads for blocking agent code.
+
+    Unlike :class:`~concurrent.futures.ThreadPoolExecutor`, whose threads the
+    interpreter joins at exit, a thread stuck in user code (a model call without a
+    timeout, ``input()``...) never keeps the process alive: ``imrobots run`` exits
+    within its grace period on SIGTERM whatever the agent is doing. Threads start on
+    demand, up to ``max_workers``, and are named ``{thread_name_prefix}-N``; idle ones
+    are reused. :meth:`shutdown` never waits for a task that is already running unless
+    ``wait`` is true.
+    """
+
+    def __init__(self, max_workers: int, *, thread_name_prefix: str = "imrobots-agent") -> None:
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._max_workers = max_workers
+        self._prefix = thread_name_prefix
+        self._work: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
+        self._threads: set[threading.Thread] = set()
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._shut = False
+
+    @property
+    def max_workers(self) -> int:
+        return self._max_workers
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        """Run ``fn(*args, **kwargs)`` in a pool thread. Raises ``RuntimeError`` after
+        :meth:`shutdown`."""
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("cannot run agent code: the agent executor was shut down")
+            future: Future[_T] = Future()
+            self._work.put(_WorkItem(future, functools.partial(fn, *args, **kwargs)))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
+                thread = threading.Thread(
+                    target=self._run,
+                    name=f"{self._prefix}-{len(self._threads)}",
+                    daemon=True,
+                )
+                self._threads.add(thread)
+                thread.start()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            item.run()
+            del item  # drop the result before waiting for more work
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more work; with ``cancel_futures``, cancel what has not started. With
+        ``wait``, join the threads (which then finish what runs); without, return at once."""
+        with self._lock:
+            self._shut = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._work.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item.future.cancel()
+            for _ in self._threads:
+                self._work.put(None)
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+
+@attrs.define
+class _WorkItem:
+    future: Future[Any]
+    call: Callable[[], Any]
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            result = self.call()
+        except BaseException as exc:  # handed to whoever waits on the future
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(result)
+
+
+def agent_executor(max_workers: int) -> AgentExecutor:
+    """A thread pool for blocking agents: at most ``max_workers`` daemon threads named
+    ``imrobots-agent-N`` (:class:`AgentExecutor`).
 
     Whoever makes it shuts it down (``executor.shutdown()``) when done with it.
     """
-    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="imrobots-agent")
+    return AgentExecutor(max_workers, thread_name_prefix="imrobots-agent")
 
 
-def current_executor() -> ThreadPoolExecutor | None:
+def current_executor() -> Executor | None:
     """The executor set by :func:`use_executor` here, or ``None`` (the loop's default one)."""
     return _executor.get()
 
 
 @contextlib.contextmanager
-def use_executor(executor: ThreadPoolExecutor | None) -> Iterator[ThreadPoolExecutor | None]:
+def use_executor(executor: Executor | None) -> Iterator[Executor | None]:
     """Run blocking agent code started inside this block on ``executor``.
 
     The choice is a :mod:`contextvars` variable: it holds in this task and in the

@@ -11,8 +11,9 @@ import shutil
 import signal
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,27 @@ import click
 
 from . import __version__
 from .errors import ImrobotsError
+from .secret import RedactingFilter, redact_text
 
 log = logging.getLogger("imrobots.cli")
+
+
+_output = {"format": "text"}
+"""How ``imrobots`` prints what it says itself (``--log-format``): ``text`` lines on
+standard error, or (``json``) log records, so that every line is JSON."""
+
+
+def _json_output() -> bool:
+    return _output["format"] == "json"
+
+
+def _say(text: str, *, level: int = logging.INFO) -> None:
+    """One line of the CLI's own (start, stop, warnings): a log record under
+    ``--log-format json``, a plain line on standard error otherwise."""
+    if _json_output():
+        log.log(level, "%s", text)
+    else:
+        click.echo(text, err=True)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -38,7 +58,10 @@ class _JsonFormatter(logging.Formatter):
 
 
 def _setup_logging(level: str, fmt: str) -> None:
+    _output["format"] = fmt
     handler = logging.StreamHandler(sys.stderr)
+    # Secrets in URLs (tokens in webhook URLs, passwords in proxy URLs) never reach a log line.
+    handler.addFilter(RedactingFilter())
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
@@ -48,6 +71,13 @@ def _setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Python warnings become log records (JSON too)
+    if fmt == "json":
+        sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    logging.getLogger("imrobots").critical("uncaught error", exc_info=(kind, exc, tb))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,20 +108,20 @@ def _fail(exc: BaseException) -> None:
     """Print every line of ``exc`` as an ``error:`` line and exit with status 2."""
     lines = getattr(exc, "problems", None) or str(exc).splitlines() or [type(exc).__name__]
     for line in lines:
-        click.echo(f"error: {line}", err=True)
+        _say(f"error: {redact_text(str(line))}", level=logging.ERROR)
     raise SystemExit(2)
 
 
 def _report(errors: Sequence[str], warnings: Sequence[str], source: object) -> None:
     """Print warnings, then errors (exit 2 if there are any), each on its own line."""
     for line in warnings:
-        click.echo(f"warning: {line}", err=True)
+        _say(f"warning: {redact_text(line)}", level=logging.WARNING)
     if not errors:
         return
     for line in errors:
-        click.echo(f"error: {line}", err=True)
+        _say(f"error: {redact_text(line)}", level=logging.ERROR)
     if len(errors) > 1:
-        click.echo(f"{source}: {len(errors)} errors", err=True)
+        _say(f"{source}: {len(errors)} errors", level=logging.ERROR)
     raise SystemExit(2)
 
 
@@ -191,18 +221,74 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _serve(runtimes: Sequence[Any], *, status: bool) -> None:
-    stop = _stop_on_signals()
-    started = []
+DEFAULT_GRACE = 10.0
+"""Seconds ``imrobots run`` takes to stop after SIGTERM or Ctrl-C (``--grace``)."""
+
+
+def _run_to_exit(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` like :func:`asyncio.run`, but never wait for threads user code left
+    blocked (``asyncio.to_thread`` in a handler, say): ``asyncio.run`` waits for the
+    loop's default executor without a limit. What still runs after ``main`` returned is
+    given a moment, then the process exits (status 0) without it."""
+    loop = asyncio.new_event_loop()
     try:
+        loop.run_until_complete(main)
+        leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=1.0))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()  # shuts the default executor down without waiting
+    deadline = time.monotonic() + 1.0
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
+    if lingering:
+        log.warning(
+            "exiting while %d thread(s) still run user code: %s",
+            len(lingering),
+            ", ".join(lingering),
+        )
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+async def _serve(
+    runtimes: Sequence[Any],
+    *,
+    status: bool,
+    grace: float = DEFAULT_GRACE,
+    health: tuple[str, int] | None = None,
+) -> None:
+    stop = _stop_on_signals()
+    started: list[Any] = []
+    server = None
+    try:
+        if health is not None:
+            from .health import HealthServer
+
+            server = HealthServer(runtimes, host=health[0], port=health[1])
+            try:
+                url = await server.start()
+            except OSError as exc:
+                raise ImrobotsError(
+                    f"cannot serve health and metrics on {health[0]}:{health[1]}: {exc}"
+                ) from None
+            _say(f"health: {url}/healthz, metrics: {url}/metrics")
         for runtime in runtimes:
             await runtime.start()
             started.append(runtime)
-            click.echo(
-                f"robot {runtime.name}: connected to {runtime.platform.describe()}", err=True
-            )
-        click.echo("running; press Ctrl-C to stop", err=True)
-        tty = sys.stderr.isatty() and status
+            _say(f"robot {runtime.name}: connected to {runtime.describe()}")
+        _say("running; press Ctrl-C to stop")
+        tty = sys.stderr.isatty() and status and not _json_output()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0 if tty else 60.0):
@@ -217,12 +303,47 @@ async def _serve(runtimes: Sequence[Any], *, status: bool) -> None:
             elif not stop.is_set():
                 log.info("status: %s", line)
     finally:
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and not _json_output():
             click.echo("", err=True)
-        click.echo("stopping...", err=True)
-        for runtime in started:
-            await runtime.stop()
-        click.echo("stopped", err=True)
+        _say("stopping...")
+        clean = await _stop_all(started, grace)
+        if server is not None:
+            await server.stop()
+        for store in {id(r.store): r.store for r in runtimes}.values():
+            try:
+                await store.close()
+            except Exception as exc:
+                log.warning("closing the store failed: %s", redact_text(str(exc)))
+        _say("stopped")
+        if not clean:
+            # Tasks of user code that swallow cancellation would keep asyncio.run waiting.
+            logging.shutdown()
+            os._exit(0)
+
+
+async def _stop_all(runtimes: Sequence[Any], grace: float) -> bool:
+    """Stop the robots together within ``grace`` seconds: their answers end interrupted;
+    what is still running after that (user code that ignores cancellation) is left behind,
+    and the process exits anyway (agent threads are daemon threads). Returns whether
+    everything stopped in time."""
+    if not runtimes:
+        return True
+    # most of the grace period for answers to close their cards, the rest for disconnecting
+    stopping = [asyncio.ensure_future(r.stop(timeout=grace * 0.7)) for r in runtimes]
+    done, pending = await asyncio.wait(stopping, timeout=grace)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stopping a robot failed", exc_info=task.exception())
+    if pending:
+        log.warning(
+            "%d robot(s) did not finish stopping within the %.0fs grace period; exiting anyway",
+            len(pending),
+            grace,
+        )
+        for task in pending:
+            task.cancel()
+        return False
+    return True
 
 
 @cli.command()
@@ -236,17 +357,59 @@ async def _serve(runtimes: Sequence[Any], *, status: bool) -> None:
     help="The robots' config file (TOML, or the seed's config.json).",
 )
 @click.option("--no-status", is_flag=True, help="Do not print the live status line.")
-def run(names: tuple[str, ...], config_path: Path, no_status: bool) -> None:
-    """Run the robots NAMES (default: all) of a config file until Ctrl-C or SIGTERM."""
+@click.option(
+    "--grace",
+    default=DEFAULT_GRACE,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to stop in after SIGTERM or Ctrl-C; running answers end interrupted.",
+)
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /healthz and /metrics on this port (0: any free port).",
+)
+@click.option(
+    "--health-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of --health-port.",
+)
+def run(
+    names: tuple[str, ...],
+    config_path: Path,
+    no_status: bool,
+    grace: float,
+    health_port: int | None,
+    health_host: str,
+) -> None:
+    """Run the robots NAMES (default: all) of a config file until Ctrl-C or SIGTERM.
+
+    On SIGTERM or Ctrl-C the robots stop taking messages, running answers end in an
+    interrupted card, and the process exits with status 0 within --grace seconds, whatever
+    the robots' code is doing.
+    """
     from .app import build_runtimes
     from .config import check_config
 
     result = check_config(config_path)
     _report(result.errors, result.warnings, config_path)
     assert result.config is not None
+    health = None if health_port is None else (health_host, health_port)
+    if health is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            _fail(
+                ImrobotsError(
+                    "--health-port serves /metrics with prometheus-client, which is not "
+                    'installed: pip install "imrobots[metrics]"'
+                )
+            )
     try:
         runtimes = build_runtimes(result.config, list(names) or None)
-        asyncio.run(_serve(runtimes, status=not no_status))
+        _run_to_exit(_serve(runtimes, status=not no_status, grace=grace, health=health))
     except ImrobotsError as exc:
         _fail(exc)
 
@@ -378,7 +541,7 @@ async def _demo_console(
             where = robot.emulator.base_url or "in-process"
             click.echo(
                 f"  {robot.platform}: emulator {where}, support robot "
-                f"connected to {robot.runtime.platform.describe()}"
+                f"connected to {robot.runtime.describe()}"
             )
         for name, reason in demo.skipped.items():
             click.echo(f"  {name}: skipped ({reason})")

@@ -135,6 +135,7 @@ BOUNDS: dict[type, dict[str, Bound]] = {
         "stale_after": Bound(">", 0),
         "dedupe_ttl": Bound(">", 0),
         "in_flight_ttl": Bound(">", 0),
+        "handler_timeout": Bound(">", 0),
         "history_limit": Bound(">=", 0),
         "history_ttl": Bound(">", 0),
         "answer_ttl": Bound(">", 0),

@@ -1,9 +1,13 @@
 """Signed feedback button values.
 
 Each feedback button carries ``v1.<payload>.<signature>``: the payload names
-the robot, the answered message and the rating; the signature is an HMAC-SHA256
-with the robot's secret. A press whose value does not verify is rejected and
-logged, so nobody can forge or alter feedback by crafting a callback.
+the robot, the answered message, the rating, the conversation the answer went to
+(in a direct chat also its user) and the card the buttons were put on; the
+signature is an HMAC-SHA256 with the robot's secret. A press whose value does not
+verify is rejected and logged, so nobody can forge or alter feedback by crafting a
+callback; the runtime also rejects a valid value pressed on another card or in
+another conversation (a replay), see ``RobotRuntime._handle_feedback``. Values
+signed before conversations were bound (no ``c`` in the payload) are rejected.
 
 Where the key comes from (:meth:`FeedbackSigner.for_robot`): the robot's
 configured ``feedback_secret`` if it has one; otherwise a random 32-byte key
@@ -51,6 +55,13 @@ class FeedbackToken:
     robot: str
     message_id: str
     rating: FeedbackRating
+    conversation: str | None = None
+    """The conversation the answer went to."""
+    user: str | None = None
+    """In a direct chat, the user it was with (platforms name direct chats differently
+    in messages and in button presses)."""
+    card: str | None = None
+    """The card the buttons were put on, when known at signing."""
 
 
 def _b64(data: bytes) -> str:
@@ -113,18 +124,40 @@ class FeedbackSigner:
         return _b64(digest[:16])
 
     def sign(self, token: FeedbackToken) -> str:
-        body = json.dumps(
-            {"r": token.robot, "m": token.message_id, "t": token.rating.value},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        fields: dict[str, str] = {
+            "r": token.robot,
+            "m": token.message_id,
+            "t": token.rating.value,
+        }
+        for key, value in (("c", token.conversation), ("u", token.user), ("k", token.card)):
+            if value is not None:
+                fields[key] = value
+        body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
         payload = _b64(body.encode("utf-8"))
         return f"{_PREFIX}.{payload}.{self._mac(payload)}"
 
-    def values(self, robot: str, message_id: str) -> dict[FeedbackRating, str]:
-        """The signed value of each of the four buttons of one answer."""
+    def values(
+        self,
+        robot: str,
+        message_id: str,
+        *,
+        conversation: str | None = None,
+        user: str | None = None,
+        card: str | None = None,
+    ) -> dict[FeedbackRating, str]:
+        """The signed value of each of the four buttons of one answer, bound to its
+        ``conversation`` (and ``user`` in a direct chat) and ``card``."""
         return {
-            rating: self.sign(FeedbackToken(robot=robot, message_id=message_id, rating=rating))
+            rating: self.sign(
+                FeedbackToken(
+                    robot=robot,
+                    message_id=message_id,
+                    rating=rating,
+                    conversation=conversation,
+                    user=user,
+                    card=card,
+                )
+            )
             for rating in FeedbackRating
         }
 
@@ -138,12 +171,24 @@ class FeedbackSigner:
         if len(parts) != 3 or parts[0] != _PREFIX:
             raise InvalidFeedback("not a feedback value")
         _, payload, mac = parts
+        if not (payload.isascii() and mac.isascii()):
+            raise InvalidFeedback("malformed value")
         if not hmac.compare_digest(mac, self._mac(payload)):
             raise InvalidFeedback("bad signature")
         try:
             data = json.loads(_unb64(payload))
             return FeedbackToken(
-                robot=str(data["r"]), message_id=str(data["m"]), rating=FeedbackRating(data["t"])
+                robot=str(data["r"]),
+                message_id=str(data["m"]),
+                rating=FeedbackRating(data["t"]),
+                conversation=_optional(data, "c"),
+                user=_optional(data, "u"),
+                card=_optional(data, "k"),
             )
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise InvalidFeedback("malformed payload") from exc
+
+
+def _optional(data: dict[str, object], key: str) -> str | None:
+    value = data.get(key)
+    return None if value is None else str(value)

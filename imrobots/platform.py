@@ -61,6 +61,7 @@ from .errors import (
     Refused,
     RetryableError,
 )
+from .health import ConnectionState, ConnectionStatus
 from .models import (
     Attachment,
     CardAction,
@@ -91,6 +92,8 @@ __all__ = [
     "CardStream",
     "ChatEntered",
     "ConfigError",
+    "ConnectionState",
+    "ConnectionStatus",
     "Conversation",
     "ConversationKind",
     "Divider",
@@ -538,8 +541,23 @@ class Platform(abc.ABC):
         await self.update_card(ref, card)
 
     def describe(self) -> str:
-        """One line saying what this connection talks to, for logs and the CLI."""
+        """One line saying what this connection talks to, for logs and the CLI (the core
+        redacts secrets in any URL it shows: :func:`~imrobots.redact.redact_text`)."""
         return self.name
+
+    @property
+    def connection_status(self) -> ConnectionStatus:
+        """The state of this platform's long connection, for ``/healthz`` and ``/metrics``.
+
+        Plugins report through it: ``connection_status.connecting()`` when a (re)connect starts,
+        ``connected()`` once a connection completed its handshake, ``disconnected(reason)``
+        when it is lost, ``frame_received()`` for every inbound frame (pings included). A
+        plugin that reports nothing is taken as connected once :meth:`start` returned.
+        """
+        status: ConnectionStatus | None = self.__dict__.get("_imrobots_connection")
+        if status is None:
+            status = self.__dict__["_imrobots_connection"] = ConnectionStatus()
+        return status
 
 
 def resolve_object(ref: object) -> Any:

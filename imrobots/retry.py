@@ -17,6 +17,7 @@ import attrs
 
 from .clock import Clock, SystemClock
 from .errors import OutcomeUnknown, RateLimited, RetryableError
+from .health import call_observer
 
 __all__ = ["RetryPolicy", "retry_call"]
 
@@ -72,27 +73,41 @@ async def retry_call(
     """
     clock = clock or SystemClock()
     end = clock.now() + (policy.deadline if deadline is None else deadline)
+    observer = call_observer()
     attempt = 0
     while True:
         if take_turn is not None:
             await take_turn()
         attempt += 1
+        if attempt > 1 and observer is not None:
+            observer.call_retried()
         try:
             return await func()
         except RateLimited as exc:
+            if observer is not None:
+                observer.call_rate_limited()
+                observer.call_failed()
             last: RetryableError = exc
             if on_rate_limited is not None:
                 await on_rate_limited(exc)
             elif exc.retry_after:
                 await clock.sleep(exc.retry_after)
         except OutcomeUnknown as exc:
+            if observer is not None:
+                observer.call_failed()
             if not idempotent:
                 raise
             last = exc
             await clock.sleep(policy.delay(attempt))
         except RetryableError as exc:
+            if observer is not None:
+                observer.call_failed()
             last = exc
             await clock.sleep(exc.retry_after or policy.delay(attempt))
+        except Exception:
+            if observer is not None:
+                observer.call_failed()
+            raise
         # After an outcome-unknown attempt the call may have taken effect: it is repeated
         # (same key) until it answers, whatever give_up says, so nothing is left behind.
         gave_up = give_up is not None and not isinstance(last, OutcomeUnknown) and give_up()

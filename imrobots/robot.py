@@ -80,6 +80,14 @@ class HandlerTally:
 
     streams: int = 0
     undelivered: int = 0
+    sent: int = 0
+    """Messages and cards (not streams) that reached the platform."""
+
+
+def _count_sent() -> None:
+    tally = _tally.get()
+    if tally is not None:
+        tally.sent += 1
 
 
 _tally: contextvars.ContextVar[HandlerTally | None] = contextvars.ContextVar(
@@ -193,6 +201,7 @@ class Reply:
             await self.outbound.call(op, self.target, func)
         except OutcomeUnknown as exc:
             log.warning("%s to %s: no answer (%s); taken as delivered", op, self.target.key, exc)
+        _count_sent()
 
     async def text(self, text: str) -> None:
         """Send plain text (split at the platform's message size limit, in order)."""
@@ -208,15 +217,18 @@ class Reply:
         self._needs(self.platform.capabilities.cards, "send cards")
         self._check_target()
         key = _new_key()
-        return await self.outbound.call(
+        ref = await self.outbound.call(
             Op.SEND_CARD, self.target, lambda: self.platform.send_card(self.target, card, key=key)
         )
+        _count_sent()
+        return ref
 
     async def update(self, ref: CardRef, card: Card) -> None:
         """Replace a card sent with :meth:`card`."""
         await self.outbound.call(
             Op.UPDATE_CARD, self.target, lambda: self.platform.update_card(ref, card), card=ref.id
         )
+        _count_sent()
 
     async def image(self, image: bytes | str | Path | Upload, *, name: str | None = None) -> None:
         """Send an image: bytes (with ``name``), a file path, or an :class:`Upload`.
@@ -337,6 +349,7 @@ class ActionReply(Reply):
             lambda: self.platform.answer_action(self.action, card, key=key),
             card=self.action.card_id,
         )
+        _count_sent()
 
 
 class AgentAnswer(AsyncIterator[str]):

@@ -24,7 +24,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -32,17 +32,43 @@ import attrs
 import cattrs
 
 from .agents import AnswerSource, accumulate, agent_executor, use_executor
-from .cards import interrupted_card
+from .cards import error_card, interrupted_card
 from .clock import Clock, SystemClock
 from .errors import PlatformError
 from .feedback import FeedbackSigner, InvalidFeedback
-from .models import Attachment, CardAction, ChatEntered, Feedback, Message, Target
+from .health import Histogram, observing_calls
+from .models import (
+    Attachment,
+    CardAction,
+    ChatEntered,
+    ConversationKind,
+    Feedback,
+    FeedbackRating,
+    Message,
+    Target,
+)
 from .platform import Capabilities, Op, Platform, Scope, StreamHandle
 from .policy import AccessPolicy
 from .ratelimit import CallScope, RateLimiter
-from .robot import ActionReply, AgentAnswer, Reply, Robot, current_tally, handler_tally
+from .robot import (
+    ActionReply,
+    AgentAnswer,
+    HandlerTally,
+    Reply,
+    Robot,
+    current_tally,
+    handler_tally,
+)
+from .secret import redact_text
 from .store import ClaimResult, MemoryStore, Store
-from .streaming import AnswerResult, AnswerStatus, AnswerStream, Degradation, StreamPolicy
+from .streaming import (
+    AnswerResult,
+    AnswerStatus,
+    AnswerStream,
+    Degradation,
+    StreamPolicy,
+    body_text,
+)
 
 _targets = cattrs.Converter()
 
@@ -82,6 +108,11 @@ class RuntimeOptions:
     """Drop messages older than this many seconds (replays after a reconnect)."""
     dedupe_ttl: float = 86_400.0
     in_flight_ttl: float = 900.0
+    handler_timeout: float | None = 600.0
+    """Seconds one handler (``on_message``, ``on_action``, ``on_enter_chat``) may run
+    before it is cut: its answer ends as interrupted (or an error card is shown when it
+    had sent nothing), the message counts failed, and the conversation's next message is
+    answered. ``None``: no limit. Keep it above the stream's ``agent_timeout`` (300 s)."""
     history_limit: int = 20
     """Turns of conversation history kept per conversation for the agent."""
     history_ttl: float = 86_400.0
@@ -120,19 +151,49 @@ class _Lane:
 
 @attrs.define
 class RuntimeStats:
+    """What one robot did since it started (``/metrics`` serves these; the runtime logs a
+    summary when it stops). It is also the robot's :class:`~imrobots.health.CallObserver`."""
+
     received: int = 0
     duplicates: int = 0
     rejected: int = 0
     answered: int = 0
     """Messages whose answer reached the user."""
     failed: int = 0
-    """Messages whose handling raised, or whose answer reached the user by no means."""
+    """Messages whose handling raised or timed out, or whose answer reached the user by
+    no means."""
+    handler_timeouts: int = 0
+    """Handlers cut by ``handler_timeout``."""
+    unanswered: int = 0
+    """Messages whose handler returned without sending anything (not counted answered)."""
     degraded: int = 0
     """Answers delivered by a lesser means (a text message instead of a card)."""
     recovered: int = 0
     """Answers a crash left open, closed as interrupted at start."""
     feedback: int = 0
     forged: int = 0
+    """Feedback presses rejected: forged, altered, or replayed on another card or chat."""
+    card_updates: int = 0
+    """Card updates sent while streaming answers."""
+    rate_limited: int = 0
+    """Platform calls the platform answered "rate limited"."""
+    retries: int = 0
+    """Platform call attempts that repeated a failed one."""
+    call_errors: int = 0
+    """Platform call attempts that failed (rate-limited ones included)."""
+    answer_latency: Histogram = attrs.field(factory=Histogram)
+    """Seconds from a message's arrival to the end of its handling, for answered ones."""
+    first_update_latency: Histogram = attrs.field(factory=Histogram)
+    """Seconds from an agent's first text to the first card update showing it."""
+
+    def call_rate_limited(self) -> None:
+        self.rate_limited += 1
+
+    def call_failed(self) -> None:
+        self.call_errors += 1
+
+    def call_retried(self) -> None:
+        self.retries += 1
 
 
 async def _maybe_await(value: object) -> None:
@@ -199,6 +260,8 @@ class RobotRuntime:
         self._accepted = 0  # messages accepted and not finished (queued or being answered)
         self._idle = asyncio.Event()
         self._idle.set()
+        self._arrivals: dict[str, float] = {}
+        """When each accepted message arrived (monotonic), for the answer latency."""
         self._started = False
         self._stopping = False
         robot.bind(self)
@@ -227,11 +290,22 @@ class RobotRuntime:
         await self.robot.startup()
         self._started = True
         await self.platform.start(self.handle)
+        connection = self.platform.connection_status
+        if not connection.reported:  # a plugin that does not report: up once started
+            connection.connected()
         tune_gc()
-        log.info("robot %s is up on %s", self.name, self.platform.describe())
+        log.info("robot %s is up on %s", self.name, self.describe())
         await self._keep_alive()
-        await self.recover_open_answers()
-        self._watcher = asyncio.create_task(self._watch(), name=f"imrobots-watch-{self.name}")
+        await asyncio.get_running_loop().create_task(
+            self.recover_open_answers(), context=observing_calls(self.stats)
+        )
+        self._watcher = asyncio.get_running_loop().create_task(
+            self._watch(), name=f"imrobots-watch-{self.name}", context=observing_calls(self.stats)
+        )
+
+    def describe(self) -> str:
+        """The platform's description with secrets in any URL redacted (for logs)."""
+        return redact_text(self.platform.describe())
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Stop taking messages, interrupt running answers (they end in an interrupted card),
@@ -248,15 +322,29 @@ class RobotRuntime:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        # Threads still running blocking agent code are not waited for (they are daemon
+        # threads: the process may exit while they block).
+        self.executor.shutdown(wait=False, cancel_futures=True)
         await self.platform.close()
+        self.platform.connection_status.closed()
         if self._started:
             await self.robot.shutdown()
         if self.robot.agent is not None:
             await self.robot.agent.aclose()
         await self.store.release_lock(self._alive_key(self.owner), self.owner)
-        # Threads still running blocking agent code are not waited for: the process may exit.
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        log.info("robot %s stopped", self.name)
+        log.info("robot %s stopped: %s", self.name, self.summary())
+
+    def summary(self) -> str:
+        """One line of what this robot did, the faults it met included (logged at stop)."""
+        s = self.stats
+        return (
+            f"{s.received} received, {s.answered} answered, {s.failed} failed, "
+            f"{s.unanswered} unanswered, {s.rejected} rejected, {s.duplicates} deduplicated, "
+            f"{s.feedback} feedback "
+            f"({s.forged} rejected), {s.handler_timeouts} handler timeouts; platform faults: "
+            f"{s.rate_limited} rate-limited responses, {s.retries} retries, "
+            f"{s.call_errors} failed calls, {self.platform.connection_status.reconnects} reconnects"
+        )
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until every accepted message and button press has been handled."""
@@ -277,8 +365,9 @@ class RobotRuntime:
             log.exception("a %s hook failed", hook)
 
     # ----------------------------------------------------------------- inbound
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        # Each task runs in a context where this robot observes its platform calls.
+        task = asyncio.get_running_loop().create_task(coro, context=observing_calls(self.stats))
         self._tasks.add(task)
         self._pending += 1
         self._idle.clear()
@@ -320,12 +409,14 @@ class RobotRuntime:
 
     def _reject(self, message: Message, reason: str) -> None:
         self.stats.rejected += 1
+        self._arrivals.pop(message.id, None)
         log.info("rejected message %s from %s: %s", message.id, message.sender.id, reason)
         self._spawn(self.fire("message_rejected", robot=self.name, message=message, reason=reason))
 
     def submit(self, message: Message) -> None:
         """Route a message to its conversation lane (synchronously, so arrival order holds)."""
         self.stats.received += 1
+        self._arrivals.setdefault(message.id, time.monotonic())
         opts = self.options
         if opts.stale_after is not None:
             age = (datetime.now(UTC) - message.time).total_seconds()
@@ -411,6 +502,7 @@ class RobotRuntime:
         self._accepted -= 1
 
     async def _process(self, message: Message) -> None:
+        arrived = self._arrivals.pop(message.id, None)
         key = self._key("dedupe", message.id)
         claim = await self.store.claim(key, in_flight_ttl=self.options.in_flight_ttl)
         if claim is not ClaimResult.CLAIMED:
@@ -422,17 +514,33 @@ class RobotRuntime:
         try:
             async with self._semaphore:
                 with use_executor(self.executor), handler_tally() as tally:
-                    if message.has_text:
-                        await self.robot.on_message(message, reply)
-                    else:
-                        await self.robot.on_empty_message(message, reply)
+                    async with self._handler_deadline() as deadline:
+                        if message.has_text:
+                            await self.robot.on_message(message, reply)
+                        else:
+                            await self.robot.on_empty_message(message, reply)
         except asyncio.CancelledError:
             await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
             raise
-        except Exception:
+        except Exception as exc:
             self.stats.failed += 1
-            log.exception("robot %s failed to handle message %s", self.name, message.id)
-            await self.store.release(key)
+            timed_out = isinstance(exc, TimeoutError) and deadline.expired()
+            if timed_out:
+                self.stats.handler_timeouts += 1
+                log.error(
+                    "robot %s: the handler of message %s ran past handler_timeout (%ss) "
+                    "and was cut",
+                    self.name,
+                    message.id,
+                    self.options.handler_timeout,
+                )
+            else:
+                log.exception("robot %s failed to handle message %s", self.name, message.id)
+            await self._show_failure(message, tally, timed_out=timed_out)
+            if timed_out:  # never run a hanging handler again for a redelivery
+                await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
+            else:
+                await self.store.release(key)
             return
         if tally.undelivered:
             self.stats.failed += 1
@@ -440,16 +548,59 @@ class RobotRuntime:
                 "the answer to message %s reached the user by no means (counted failed)",
                 message.id,
             )
+        elif not (tally.streams or tally.sent):
+            self.stats.unanswered += 1
+            log.info("robot %s sent nothing for message %s", self.name, message.id)
         else:
             self.stats.answered += 1
+            if arrived is not None:
+                self.stats.answer_latency.observe(time.monotonic() - arrived)
         await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
+
+    def _handler_deadline(self) -> asyncio.Timeout:
+        """The handler's time limit (``options.handler_timeout``)."""
+        limit = self.options.handler_timeout
+        return asyncio.timeout(None if limit is None else limit)
+
+    async def _show_failure(
+        self, message: Message, tally: HandlerTally, *, timed_out: bool
+    ) -> None:
+        """Tell the user a handler failed, when nothing it sent already did: an error card
+        (or a markdown message where cards cannot be sent). A stream the handler had open
+        ended on its own (error or interrupted card), so nothing more is sent then."""
+        if tally.streams or tally.sent:
+            return
+        reason = (
+            "Sorry, the answer took too long and was stopped."
+            if timed_out
+            else "Sorry, something went wrong while answering. Please try again."
+        )
+        card = error_card(message.text, reason=reason)
+        reply = Reply(self, message.target, message=message)
+        try:
+            async with asyncio.timeout(self._final_deadline()):
+                if self.platform.capabilities.cards and not self.degradation.cards_refused():
+                    await reply.card(card)
+                else:
+                    await reply.markdown(body_text(card))
+        except Exception as exc:
+            log.warning(
+                "could not show the error of message %s to its sender: %s",
+                message.id,
+                redact_text(str(exc)),
+            )
+
+    def _final_deadline(self) -> float:
+        return (self.options.stream or StreamPolicy()).final_deadline
 
     async def _handle_entered(self, event: ChatEntered) -> None:
         key = self._key("entered", event.id)
         if await self.store.claim(key, in_flight_ttl=60.0) is not ClaimResult.CLAIMED:
             return
         try:
-            await self.robot.on_enter_chat(event, Reply(self, event.target, answering=True))
+            with use_executor(self.executor):
+                async with self._handler_deadline():
+                    await self.robot.on_enter_chat(event, Reply(self, event.target, answering=True))
         except Exception:
             log.exception("robot %s failed to greet %s", self.name, event.sender.id)
         finally:
@@ -466,10 +617,12 @@ class RobotRuntime:
             else:
                 started = self.clock.now()
                 handler: Any = self.robot.on_action
-                if _positional_arity(handler) >= 2:
-                    await handler(action, ActionReply(self, action))
-                else:  # an on_action(action) written before replies to presses existed
-                    await handler(action)
+                with use_executor(self.executor):
+                    async with self._handler_deadline():
+                        if _positional_arity(handler) >= 2:
+                            await handler(action, ActionReply(self, action))
+                        else:  # an on_action(action) written before replies to presses existed
+                            await handler(action)
                 deadline = self.platform.capabilities.action_deadline
                 if deadline is not None and self.clock.now() - started > deadline:
                     log.warning(
@@ -479,26 +632,60 @@ class RobotRuntime:
                         self.platform.name,
                         deadline,
                     )
+        except TimeoutError:
+            self.stats.handler_timeouts += 1
+            log.error(
+                "robot %s: on_action for press %s ran past handler_timeout (%ss) and was cut",
+                self.name,
+                action.id,
+                self.options.handler_timeout,
+            )
         finally:
             await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
 
+    def _reject_feedback(self, action: CardAction, why: str) -> None:
+        self.stats.forged += 1
+        log.warning(
+            "rejected feedback on card %s from %s: %s", action.card_id, action.sender.id, why
+        )
+
     async def _handle_feedback(self, action: CardAction) -> None:
+        """Verify a feedback press and store it. The signed value names the robot, the
+        answer, the rating, the conversation (and in direct chats the user) and the card it
+        was put on; a press is stored only on that card (or a card its answer was moved to),
+        in that conversation. Anything else is rejected and logged, nothing is stored."""
         try:
             token = self.signer.verify(action.value)
         except InvalidFeedback as exc:
-            self.stats.forged += 1
-            log.warning(
-                "rejected feedback on card %s from %s: %s", action.card_id, action.sender.id, exc
-            )
+            self._reject_feedback(action, str(exc))
             return
         if token.robot != self.name:
-            self.stats.forged += 1
-            log.warning("rejected feedback for robot %r sent to %r", token.robot, self.name)
+            self._reject_feedback(action, f"signed for robot {token.robot!r}, not {self.name!r}")
+            return
+        if token.conversation is None:
+            self._reject_feedback(action, "the value binds no conversation (an old format)")
             return
         record: dict[str, Any] = {}
         raw = await self.store.get_value(self._key("answer", token.message_id))
         if raw is not None:
-            record = json.loads(raw)
+            with contextlib.suppress(ValueError):
+                loaded = json.loads(raw)
+                record = loaded if isinstance(loaded, dict) else {}
+        cards = record.get("cards")
+        known_cards = {str(c) for c in cards} if isinstance(cards, list) else set()
+        if action.card_id != token.card and action.card_id not in known_cards:
+            self._reject_feedback(
+                action, f"the value belongs to another card (answer {token.message_id})"
+            )
+            return
+        in_conversation = (
+            action.conversation is not None and action.conversation.id == token.conversation
+        ) or (token.user is not None and action.sender.id == token.user)
+        if not in_conversation:
+            self._reject_feedback(
+                action, f"the value belongs to another conversation (answer {token.message_id})"
+            )
+            return
         feedback = Feedback(
             robot=self.name,
             platform=action.platform,
@@ -507,8 +694,7 @@ class RobotRuntime:
             sender=action.sender,
             question=record.get("question", ""),
             answer=record.get("answer", ""),
-            conversation_id=record.get("conversation_id")
-            or (action.conversation.id if action.conversation else None),
+            conversation_id=record.get("conversation_id") or token.conversation,
             card_id=action.card_id,
             time=action.time,
         )
@@ -596,13 +782,20 @@ class RobotRuntime:
         async def on_final(result: AnswerResult, handle: StreamHandle | None) -> None:
             self._open.pop(record_key, None)
             await self.store.delete_value(record_key)
+            self.stats.card_updates += result.updates
+            if result.first_update_latency is not None:
+                self.stats.first_update_latency.observe(result.first_update_latency)
             if result.degraded:
                 self.stats.degraded += 1
             if result.status is AnswerStatus.FINAL:
+                cards = [c for c in (signed_card, stream.final_card_id) if c is not None]
+                if handle is not None:
+                    cards.append(handle.ref.id)
                 record = {
                     "question": question,
                     "answer": result.text,
                     "conversation_id": target.conversation.id if target.conversation else None,
+                    "cards": sorted(set(cards)),
                 }
                 await self.store.put_value(
                     self._key("answer", answer_id),
@@ -614,8 +807,26 @@ class RobotRuntime:
         stream.on_open = on_open
         stream.on_push = on_push
         stream.on_final = on_final
+        signed_card: str | None = None
+
+        def feedback_values() -> dict[FeedbackRating, str]:
+            # Bound to the card the final text goes to (the stream's, when it has one), and
+            # to the conversation; presses elsewhere are rejected (_handle_feedback).
+            nonlocal signed_card
+            handle = stream.handle
+            signed_card = handle.ref.id if handle is not None else None
+            conversation = target.conversation
+            direct = conversation is None or conversation.kind is ConversationKind.DIRECT
+            return self.signer.values(
+                self.name,
+                answer_id,
+                conversation=conversation.id if conversation is not None else "",
+                user=target.user.id if direct and target.user is not None else None,
+                card=signed_card,
+            )
+
         if feedback:
-            stream.feedback = lambda: self.signer.values(self.name, answer_id)
+            stream.feedback = feedback_values
         # The robot's own agent answer is already accumulated text: streamed as it is.
         chunks = source if isinstance(source, AgentAnswer) else accumulate(source)
         return await stream.run(chunks)

@@ -331,6 +331,8 @@ class AnswerStream:
         self.cards = 0
         self.first_update_latency: float | None = None
         self.max_update_gap = 0.0
+        self.final_card_id: str | None = None
+        """The id of the last card :meth:`_deliver` sent anew (the stream's card was gone)."""
 
     # ------------------------------------------------------------------ public
     @property
@@ -774,9 +776,10 @@ class AnswerStream:
         if self.capabilities.cards and not self.degraded:
             key = self._next_key("card")
             try:
-                await self._retrying(
+                ref = await self._retrying(
                     Op.SEND_CARD, lambda: self.platform.send_card(self.target, card, key=key)
                 )
+                self.final_card_id = ref.id
                 self.cards += 1
                 return Delivery.CARD
             except OutcomeUnknown:

@@ -44,7 +44,13 @@ from urllib.parse import quote_plus, urlsplit
 import aiohttp
 import attrs
 
-from imrobots.platform import FatalPlatformError, PlatformError, RetryableError, Secret
+from imrobots.platform import (
+    ConnectionStatus,
+    FatalPlatformError,
+    PlatformError,
+    RetryableError,
+    Secret,
+)
 
 from .api import classify
 
@@ -189,8 +195,11 @@ class StreamConnection:
         subscriptions: Sequence[Subscription],
         handler: FrameHandler,
         options: ConnectionOptions | None = None,
+        status: ConnectionStatus | None = None,
     ) -> None:
         self.session = session
+        self.status = status or ConnectionStatus()
+        """Where connection state and inbound frames are reported (the core's health)."""
         self.gateway = gateway.rstrip("/")
         self.client_id = client_id
         self._secret = client_secret
@@ -279,6 +288,7 @@ class StreamConnection:
         attempt = 0
         quick = 0  # disconnects in a row of connections that lived under a second
         while not self._closing:
+            self.status.connecting()
             try:
                 live = await self._connect()
             except FatalPlatformError as exc:
@@ -302,11 +312,13 @@ class StreamConnection:
                 )
                 await asyncio.sleep(delay)
                 continue
+            self.status.connected()
             if self._started is not None and not self._started.done():
                 self._started.set_result(None)
             reason = await asyncio.shield(live.ended)
             if self.closing:
                 return
+            self.status.disconnected(reason)
             lived = time.monotonic() - live.opened_at
             if reason == "disconnect":
                 # Warm: reconnect at once, unless the server keeps doing it right away.
@@ -550,6 +562,7 @@ class StreamConnection:
 
     async def _on_text(self, live: _Live, text: str) -> None:
         self.stats.frames += 1
+        self.status.frame_received()
         try:
             frame = _parse_frame(text)
         except ValueError as exc:

@@ -494,6 +494,7 @@ class DingTalkPlatform(Platform):
                     reconnect_max=s.reconnect_max,
                     local_ip=s.local_ip,
                 ),
+                status=self.connection_status,
             )
             await self.connection.start()
         except BaseException:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import pytest
 
 from imrobots.agents import (
+    AgentExecutor,
     AgentRequest,
     accumulate,
     agent_executor,
@@ -162,14 +164,14 @@ async def test_an_agent_error_is_raised_to_the_consumer() -> None:
 
 
 @pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
+def executor() -> Iterator[AgentExecutor]:
     pool = agent_executor(4)
     yield pool
     pool.shutdown(wait=True)
 
 
 async def test_use_executor_sets_and_restores_the_current_executor(
-    executor: ThreadPoolExecutor,
+    executor: AgentExecutor,
 ) -> None:
     assert current_executor() is None
     with use_executor(executor) as chosen:
@@ -180,7 +182,7 @@ async def test_use_executor_sets_and_restores_the_current_executor(
     assert current_executor() is None
 
 
-async def test_every_blocking_shape_runs_on_the_executor(executor: ThreadPoolExecutor) -> None:
+async def test_every_blocking_shape_runs_on_the_executor(executor: AgentExecutor) -> None:
     def sync_agent(request: AgentRequest) -> str:
         return threading.current_thread().name
 
@@ -199,7 +201,7 @@ async def test_every_blocking_shape_runs_on_the_executor(executor: ThreadPoolExe
     assert not any(name.startswith("imrobots-agent") for name in names), names
 
 
-async def test_context_variables_reach_the_agent_thread(executor: ThreadPoolExecutor) -> None:
+async def test_context_variables_reach_the_agent_thread(executor: AgentExecutor) -> None:
     variable: contextvars.ContextVar[str] = contextvars.ContextVar("tenant")
     variable.set("acme")
 
@@ -211,7 +213,7 @@ async def test_context_variables_reach_the_agent_thread(executor: ThreadPoolExec
 
 
 async def test_a_generator_left_early_is_closed_in_its_thread(
-    executor: ThreadPoolExecutor,
+    executor: AgentExecutor,
 ) -> None:
     closed = threading.Event()
     more = threading.Event()
@@ -252,3 +254,38 @@ async def test_concurrent_sync_agents_are_bounded_by_the_executor_not_the_defaul
         pool.shutdown(wait=True)
     assert results == [["done"]] * 24
     assert elapsed < 3.5, f"24 blocking agents took {elapsed:.1f} s"
+
+
+def test_a_thread_stuck_in_agent_code_does_not_keep_the_process_alive() -> None:
+    """Issue 12, item 5: a ThreadPoolExecutor's threads are joined at interpreter exit, so
+    a blocked sync agent kept `imrobots run` alive forever after SIGTERM."""
+    code = (
+        "import threading, time\n"
+        "from imrobots.agents import agent_executor\n"
+        "pool = agent_executor(2)\n"
+        "started = threading.Event()\n"
+        "pool.submit(lambda: (started.set(), threading.Event().wait()))\n"
+        "assert started.wait(5)\n"
+        "pool.shutdown(wait=False, cancel_futures=True)\n"
+        "print('leaving')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "leaving", done.stderr
+
+
+def test_the_executor_reuses_idle_threads_and_caps_them() -> None:
+    pool = agent_executor(3)
+    try:
+        names = {pool.submit(lambda: threading.current_thread().name).result(5) for _ in range(20)}
+        assert len(names) <= 3
+        gate = threading.Event()
+        futures = [pool.submit(gate.wait, 5) for _ in range(6)]
+        gate.set()
+        assert all(f.result(5) for f in futures)
+        assert len(pool._threads) <= 3
+    finally:
+        pool.shutdown(wait=True)
+    with pytest.raises(RuntimeError):
+        pool.submit(print)

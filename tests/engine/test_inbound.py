@@ -136,12 +136,13 @@ async def test_a_redelivery_after_a_failed_handling_is_handled(make_runtime: Fac
     message = await platform.say("hello", message_id="m-1")
     await runtime.wait_idle(timeout=5)
     assert runtime.stats.failed == 1
-    assert answer_cards(platform, message) == []
+    [error] = answer_cards(platform, message)  # the user is told (issue 12, item 6)
+    assert error.status is CardStatus.ERROR
 
     await platform.say("hello", message_id="m-1")  # the platform redelivers
     await runtime.wait_idle(timeout=5)
     assert robot.attempts == ["m-1", "m-1"]
-    [card] = answer_cards(platform, message)
+    [_, card] = answer_cards(platform, message)
     assert card.status is CardStatus.FINAL and card.text == "answer to hello"
     assert runtime.stats.answered == 1 and runtime.stats.duplicates == 0
 

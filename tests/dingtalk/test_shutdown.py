@@ -1,0 +1,123 @@
+"""Issue 12, item 5: SIGTERM while a sync agent blocks forever.
+
+Before: the cards were marked interrupted, but the process never exited (the interpreter
+waited for the agent's worker thread at exit) and had to be killed. Now ``imrobots run``
+exits within its grace period with exit code 0, whatever user code is doing, and the card
+ends interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from imrobots_dingtalk.emulator import DingTalkEmulator
+
+from .support import APP, SECRET
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
+
+GRACE = 3.0
+GRACE_ARGS = ["--grace", str(GRACE)]
+
+AGENT = '''
+import threading
+
+started = threading.Event()
+
+
+def agent(request):
+    """A sync agent that blocks forever (a hung model call without a timeout)."""
+    threading.Event().wait()
+    return "never"
+'''
+
+
+def write_config(
+    emu: DingTalkEmulator, directory: Path, agent: str, extra: str = "", module: str = ""
+) -> Path:
+    """A config of the tests' app on ``emu`` with ``agent`` (``module:callable``); with
+    ``module``, the agent's module is written next to it first."""
+    if module:
+        (directory / f"{agent.partition(':')[0]}.py").write_text(module, encoding="utf-8")
+    host = emu.base_url.split("//", 1)[1]
+    path = directory / "robots.toml"
+    path.write_text(
+        f"""
+[robots.support]
+platform = "dingtalk"
+feedback_secret = "feedback-secret-not-in-logs-0001"
+
+[robots.support.settings]
+client_id = "{APP}"
+client_secret = "{SECRET}"
+openapi_endpoint = "{emu.base_url}"
+oapi_endpoint = "{emu.base_url}"
+webhook_hosts = ["{host}"]
+download_hosts = ["{host}"]
+update_interval = 0.1
+reconnect_initial = 0.05
+
+[robots.support.agent]
+use = "{agent}"
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+async def test_sigterm_exits_within_the_grace_period_while_a_sync_agent_blocks(
+    emu: DingTalkEmulator,
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as log:
+        config = write_config(emu, Path(tmp), "blocking_agent:agent", module=AGENT)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "imrobots",
+            "run",
+            "--config",
+            str(config),
+            *GRACE_ARGS,
+            cwd=tmp,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.getcwd()},
+        )
+        try:
+            await emu.wait_for(lambda: bool(emu.live_connections(APP)), 20, what="robot up")
+            pushed = await emu.push_message(APP, text="hello?")
+            await emu.wait_for(
+                lambda: any(
+                    c.conversation_id == pushed.conversation_id for c in emu.cards.values()
+                ),
+                20,
+                what="the thinking card",
+            )
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(GRACE + 10):
+                code = await proc.wait()
+            took = time.monotonic() - started
+        except BaseException:
+            log.seek(0)
+            print(log.read().decode("utf-8", errors="replace")[-4000:])
+            raise
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        log.seek(0)
+        output = log.read().decode("utf-8", errors="replace")
+    assert code == 0, output[-3000:]
+    assert took < GRACE + 3.0, output[-3000:]  # the grace period plus interpreter exit
+    (card,) = emu.cards.values()
+    assert "interrupted" in json.dumps(card.content), card.content  # stopReason or note
