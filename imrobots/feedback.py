@@ -57,6 +57,10 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_json_string = json.encoder.encode_basestring
+"""A str as a JSON string, non-ASCII kept (as ``json.dumps(..., ensure_ascii=False)``)."""
+
+
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -109,15 +113,24 @@ class FeedbackSigner:
         return "FeedbackSigner(secret=***)"
 
     def _mac(self, payload: str) -> str:
-        digest = hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).digest()
+        digest = hmac.digest(self._secret, payload.encode("ascii"), hashlib.sha256)
         return _b64(digest[:16])
 
     def sign(self, token: FeedbackToken) -> str:
-        body = json.dumps(
-            {"r": token.robot, "m": token.message_id, "t": token.rating.value},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        robot, message_id, rating = token.robot, token.message_id, token.rating.value
+        if type(robot) is str and type(message_id) is str and type(rating) is str:
+            # what json.dumps(..., separators=(",", ":"), ensure_ascii=False) writes, without
+            # setting up an encoder (four buttons for every answer)
+            body = (
+                '{"r":' + _json_string(robot) + ',"m":' + _json_string(message_id)
+                + ',"t":' + _json_string(rating) + "}"
+            )  # fmt: skip
+        else:
+            body = json.dumps(
+                {"r": robot, "m": message_id, "t": rating},
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
         payload = _b64(body.encode("utf-8"))
         return f"{_PREFIX}.{payload}.{self._mac(payload)}"
 
