@@ -5,12 +5,13 @@
     python bench/engine.py --rows 1,4 # only some rows
 
 The DingTalk emulator runs in this process; each client (the robot on
-``imrobots`` with its DingTalk plugin in StandardCard mode, or the seed's
-handler on the official ``dingtalk-stream`` SDK, or the bare SDK) runs in a
-subprocess of its own, so the CPU, memory and event-loop figures are the
-client's alone. The robot's process reports its own loop stalls (a 10 ms
-ticker), its answers' first-update latencies (``AnswerResult``) and its
-resident memory; CPU is its user+system time from ``/proc``.
+``imrobots`` with its DingTalk plugin in StandardCard mode as the issue measures it,
+``--card-mode ai`` for AI cards; or the seed's handler on the official
+``dingtalk-stream`` SDK; or the bare SDK) runs in a subprocess of its own, so the
+CPU, memory and event-loop figures are the client's alone. The robot's process
+reports its own loop stalls (a 10 ms ticker; also in CPU time, which a busy machine
+does not inflate), its collector's pauses, its answers' first-update latencies
+(``AnswerResult``) and its resident memory; CPU is its user+system time from ``/proc``.
 
 Rows (the anchor is the seed's handler, or the bare SDK for intake):
 
@@ -100,6 +101,7 @@ async def robot_child(args: argparse.Namespace) -> None:
             client_secret=Secret(SECRET),
             openapi_endpoint=args.url,
             app_rate=args.app_rate,
+            card_mode=os.environ.get("BENCH_CARD_MODE", "standard"),  # type: ignore[arg-type]
         )
     )
     robot: Robot = Silent() if args.silent else SupportRobot(agent=model)
@@ -108,13 +110,34 @@ async def robot_child(args: argparse.Namespace) -> None:
     )
     await runtime.start()
     stall = 0.0
+    stalls: list[tuple[float, float, float]] = []  # (since reset, stall, its CPU) if > 20 ms
+    since = time.monotonic()
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}  # collector pauses by generation
+    gc_started = 0.0
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        nonlocal gc_started
+        if phase == "start":
+            gc_started = time.perf_counter()
+        else:
+            pauses[info["generation"]].append(time.perf_counter() - gc_started)
+
+    gc.callbacks.append(on_gc)
+
+    cpu_stall = 0.0  # the longest stall in CPU time: on a busy machine the wall-clock
+    # stall includes the time the process waited for a core, this one does not
 
     async def ticker() -> None:
-        nonlocal stall
+        nonlocal stall, cpu_stall
         while True:
-            before = time.monotonic()
+            before, cpu = time.monotonic(), time.thread_time()
             await asyncio.sleep(0.01)
-            stall = max(stall, time.monotonic() - before - 0.01)
+            late = time.monotonic() - before - 0.01
+            stall = max(stall, late)
+            used = time.thread_time() - cpu
+            cpu_stall = max(cpu_stall, used)
+            if late > 0.02:
+                stalls.append((round(before - since, 3), round(late, 3), round(used, 3)))
 
     watcher = asyncio.create_task(ticker())
     reader = asyncio.StreamReader()
@@ -123,13 +146,24 @@ async def robot_child(args: argparse.Namespace) -> None:
     print(json.dumps({"ready": True}), flush=True)
     while line := (await reader.readline()).decode().strip():
         if line == "reset":
-            stall = 0.0
+            stall = cpu_stall = 0.0
+            since = time.monotonic()
+            stalls.clear()
+            for paused in pauses.values():
+                paused.clear()
             latencies.clear()
             print(json.dumps({"ok": True}), flush=True)
         elif line == "report":
+            collector = {
+                f"gen{g}": {"count": len(p), "max_ms": max(p, default=0) * 1000}
+                for g, p in pauses.items()
+            }
+            longest = sorted(stalls, key=lambda s: -s[2])[:5]
             gc.collect()
             rss = _rss_kb(os.getpid())
-            print(json.dumps({"stall": stall, "latencies": latencies, "rss_kb": rss}), flush=True)
+            report = {"stall": stall, "cpu_stall": cpu_stall, "latencies": latencies, "rss_kb": rss}
+            report |= {"gc": collector, "stalls": longest}
+            print(json.dumps(report), flush=True)
         else:
             break
     watcher.cancel()
@@ -284,7 +318,10 @@ async def answers_run(count: int, seconds: float, chunks: int) -> dict[str, floa
         "ratio": wall / seconds,
         "cpu_per_1000": cpu / count * 1000,
         "stall_ms": report["stall"] * 1000,
+        "cpu_stall_ms": report["cpu_stall"] * 1000,
         "refused": refused(emu),
+        "gc": report["gc"],
+        "stalls": report["stalls"],
     }
 
 
@@ -540,6 +577,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one run per figure, lighter loads")
     parser.add_argument("--rows", help="comma-separated row numbers (default: all)")
+    parser.add_argument(
+        "--card-mode",
+        choices=("standard", "ai"),
+        default="standard",
+        help="the robot's DingTalk card mode (the issue's table: standard, as the seed's)",
+    )
     parser.add_argument("--seed-answers", type=int, default=2, help="answers the seed runs")
     parser.add_argument("--child", choices=("robot",), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -552,8 +595,13 @@ if __name__ == "__main__":
         if os.environ.get("BENCH_PROFILE"):  # a cProfile of the robot process, for development
             import cProfile
 
-            cProfile.run("asyncio.run(robot_child(arguments))", os.environ["BENCH_PROFILE"])
+            # CPU time, not wall time: on a shared machine a call that waits for the CPU
+            # would otherwise look expensive
+            profile = cProfile.Profile(time.process_time)
+            profile.runcall(asyncio.run, robot_child(arguments))
+            profile.dump_stats(os.environ["BENCH_PROFILE"])
         else:
             asyncio.run(robot_child(arguments))
     else:
+        os.environ["BENCH_CARD_MODE"] = arguments.card_mode  # the robot children read it
         asyncio.run(main(arguments))

@@ -68,6 +68,10 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_json_string = json.encoder.encode_basestring
+"""A str as a JSON string, non-ASCII kept (as ``json.dumps(..., ensure_ascii=False)``)."""
+
+
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -120,7 +124,7 @@ class FeedbackSigner:
         return "FeedbackSigner(secret=***)"
 
     def _mac(self, payload: str) -> str:
-        digest = hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).digest()
+        digest = hmac.digest(self._secret, payload.encode("ascii"), hashlib.sha256)
         return _b64(digest[:16])
 
     def sign(self, token: FeedbackToken) -> str:
@@ -132,7 +136,12 @@ class FeedbackSigner:
         for key, value in (("c", token.conversation), ("u", token.user), ("k", token.card)):
             if value is not None:
                 fields[key] = value
-        body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+        if all(type(value) is str for value in fields.values()):
+            # what json.dumps(fields, separators=(",", ":"), ensure_ascii=False) writes,
+            # without setting up an encoder (four buttons for every answer)
+            body = "{" + ",".join(f'"{k}":{_json_string(v)}' for k, v in fields.items()) + "}"
+        else:
+            body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
         payload = _b64(body.encode("utf-8"))
         return f"{_PREFIX}.{payload}.{self._mac(payload)}"
 

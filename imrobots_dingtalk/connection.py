@@ -111,6 +111,11 @@ class Ack:
 
 ACK_OK = Ack()
 
+READ_SLICE = 0.005
+"""Seconds of frames read in a row (a burst of pushes) before the reader lets the event
+loop run other work: a burst of a thousand pushes would otherwise stall it for as long
+as they all take to read, convert and start."""
+
 FollowUp = Callable[[], Awaitable[None]]
 FrameHandler = Callable[[Frame], tuple[Ack, FollowUp | None]]
 """Called for each CALLBACK frame: return the ack at once and, optionally, a
@@ -474,6 +479,7 @@ class StreamConnection:
     async def _read(self, live: _Live) -> None:
         ws = live.ws
         reason = "closed by the server"
+        slice_started = time.monotonic()
         try:
             while True:
                 msg = await ws.receive()
@@ -483,6 +489,11 @@ class StreamConnection:
                     live.alive.set()
                 if kind is aiohttp.WSMsgType.TEXT:
                     await self._on_text(live, msg.data)
+                    if live.last_seen - slice_started >= READ_SLICE:
+                        # A burst of buffered frames is read without the loop running
+                        # anything else: let it run the answers just started (and timers)
+                        await asyncio.sleep(0)
+                        slice_started = time.monotonic()
                 elif kind is aiohttp.WSMsgType.PING:
                     await ws.pong(msg.data)
                 elif kind is aiohttp.WSMsgType.PONG:
@@ -547,14 +558,8 @@ class StreamConnection:
 
     # ------------------------------------------------------------------ frames
     async def _send_ack(self, live: _Live, message_id: str, ack: Ack) -> None:
-        frame = {
-            "code": ack.code,
-            "headers": {"contentType": "application/json", "messageId": message_id},
-            "message": ack.message,
-            "data": ack.data,
-        }
         try:
-            await live.ws.send_str(json.dumps(frame, ensure_ascii=False))
+            await live.ws.send_str(ack_text(message_id, ack))
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             log.warning("could not acknowledge frame %s: %s", message_id, _describe(exc))
             return
@@ -641,6 +646,21 @@ _SIGNS_OF_LIFE = frozenset(
         aiohttp.WSMsgType.PONG,
     }
 )
+
+
+_json_string = json.encoder.encode_basestring
+"""A str as a JSON string, non-ASCII kept (what ``json.dumps(..., ensure_ascii=False)`` writes)."""
+
+
+def ack_text(message_id: str, ack: Ack) -> str:
+    """The JSON of the frame that acknowledges ``message_id`` with ``ack``: exactly
+    ``json.dumps({"code", "headers": {"contentType", "messageId"}, "message", "data"},
+    ensure_ascii=False)``, written without building the dicts (one ack per push)."""
+    return (
+        f'{{"code": {int(ack.code)}, "headers": {{"contentType": "application/json", '
+        f'"messageId": {_json_string(message_id)}}}, "message": {_json_string(ack.message)}, '
+        f'"data": {_json_string(ack.data)}}}'
+    )
 
 
 def _parse_frame(text: str) -> Frame:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 from pathlib import Path
 
 import pytest
@@ -90,3 +94,21 @@ async def test_a_corrupt_stored_key_is_an_error_that_does_not_show_it() -> None:
     with pytest.raises(ValueError, match="feedback-key:support") as info:
         await FeedbackSigner.for_robot(store, "support", None)
     assert "not-hex-secretish" not in str(info.value)
+
+
+@pytest.mark.parametrize("message_id", ["msgAMVBzPulTJGBbGXvR5v4sQ==", 'a"b\\c\n€#2', "提问 ünï"])
+def test_signed_values_are_unchanged_and_verify(message_id: str) -> None:
+    """The values are byte for byte what the signer wrote before it skipped json.dumps
+    (open cards keep working across the upgrade), and each verifies to its rating."""
+    signer = FeedbackSigner.from_secret("k")
+    for rating, value in signer.values("support", message_id).items():
+        body = json.dumps(
+            {"r": "support", "m": message_id, "t": rating.value},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        payload = base64.urlsafe_b64encode(body.encode()).rstrip(b"=").decode()
+        mac = hmac.new(b"k", payload.encode(), hashlib.sha256).digest()[:16]
+        assert value == f"v1.{payload}." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+        token = signer.verify(value)
+        assert (token.robot, token.message_id, token.rating) == ("support", message_id, rating)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imrobots import ConversationKind, MessageKind
 from imrobots_dingtalk.convert import (
@@ -20,6 +22,8 @@ from imrobots_dingtalk.convert import (
     MalformedPayload,
     TextContent,
     UnknownContent,
+    _fast_bot_message,
+    _structure,
     make_converter,
     parse_bot_message,
     to_card_action,
@@ -151,3 +155,64 @@ def test_reprs_hide_download_codes_and_webhooks() -> None:
     assert "sendBySession" not in repr(bot)
     message = to_message(data)
     assert "sendBySession" not in repr(message)
+
+
+# --- the fast path: the same BotMessage as the converter, or the converter's own error -----
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.lists(st.none() | st.integers() | st.text(max_size=4), max_size=2),
+    st.dictionaries(st.sampled_from(["content", "dingtalkId", "x"]), st.text(max_size=4)),
+)
+_KEYS = [
+    "msgId", "msgtype", "conversationId", "conversationType", "createAt", "conversationTitle",
+    "senderId", "senderStaffId", "senderNick", "isAdmin", "chatbotUserId", "robotCode",
+    "isInAtList", "atUsers", "sessionWebhook", "errCode", "content", "text",
+]  # fmt: skip
+
+
+def _both(data: Any) -> tuple[Any, Any]:
+    """(fast path's result or None, converter's result or its error text)."""
+    fast = _fast_bot_message(data)
+    try:
+        slow: Any = _structure(data, BotMessage)
+    except MalformedPayload as exc:
+        slow = f"error: {exc}"
+    return fast, slow
+
+
+@pytest.mark.parametrize("case", _cases("bot"))
+def test_fast_path_builds_what_the_converter_builds(case: dict[str, Any]) -> None:
+    data = case["data"]
+    if not isinstance(data, dict):
+        return
+    fast, slow = _both(data)
+    if "error" in case["expect"]:
+        assert fast is None  # errors are the converter's to word
+    elif "richText" not in json.dumps(data) or isinstance(data.get("content"), dict):
+        assert fast is not None, "a well-typed push took the slow path"
+    if fast is not None:
+        assert fast == slow
+        assert repr(fast) == repr(slow)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    base=st.sampled_from(sorted(PAYLOADS.glob("bot-*.json"))),
+    changes=st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=4),
+    dropped=st.sets(st.sampled_from(_KEYS), max_size=3),
+)
+def test_fast_path_agrees_on_any_shape(
+    base: Path, changes: dict[str, Any], dropped: set[str]
+) -> None:
+    data = json.loads(base.read_text("utf-8"))["data"]
+    if not isinstance(data, dict):
+        return
+    data = {k: v for k, v in {**data, **changes}.items() if k not in dropped}
+    fast, slow = _both(data)
+    if fast is not None:
+        assert fast == slow

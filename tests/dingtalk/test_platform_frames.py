@@ -354,3 +354,46 @@ async def test_backoff_when_the_gateway_is_down(caplog: pytest.LogCaptureFixture
     retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
     assert len(retries) >= 2
     await platform.close()
+
+
+async def test_a_burst_of_frames_lets_the_loop_run_between_them(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames already buffered are read in slices (``READ_SLICE``), not all in one go
+    with nothing else running: other tasks (answers just started, timers) get turns
+    during a burst. Order and acks are unchanged."""
+    monkeypatch.setattr("imrobots_dingtalk.connection.READ_SLICE", 0.0)
+    platform = DingTalkPlatform(settings(gateway.url))
+    release = asyncio.Event()
+    turns = 0
+    seen: list[tuple[str, int]] = []
+
+    async def sink(event: Message | CardAction) -> None:
+        seen.append((event.id, turns))
+        if len(seen) == 1:
+            await release.wait()  # hold the reader while the rest of the burst arrives
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    await platform.start(sink)
+    spinner = asyncio.create_task(other())
+    try:
+        count = 30
+        for i in range(count):
+            await gateway.send(frame(f"m-{i}", bot_data(f"msg-{i}", f"q{i}")))
+        await gateway.wait_for(lambda: len(seen) == 1)
+        for _ in range(50):  # let the client's socket take in the whole burst
+            await asyncio.sleep(0)
+        release.set()
+        await gateway.wait_for(lambda: len(gateway.acks) == count)
+    finally:
+        spinner.cancel()
+        await platform.close()
+    assert [event_id for event_id, _ in seen] == [f"msg-{i}" for i in range(count)]
+    assert [a["headers"]["messageId"] for a in gateway.acks] == [f"m-{i}" for i in range(count)]
+    burst = [t for _, t in seen[1:]]
+    assert burst[-1] - burst[0] >= count - 2, "the reader read the burst without yielding"

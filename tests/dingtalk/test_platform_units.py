@@ -36,6 +36,7 @@ from imrobots.config import load_config
 from imrobots.platform import Op, OutcomeUnknown, RateLimit, Refused, Scope, SizeUnit
 from imrobots_dingtalk.api import DingTalkApi, classify
 from imrobots_dingtalk.cards import ai_card_params, standard_card
+from imrobots_dingtalk.connection import Ack, ack_text
 from imrobots_dingtalk.emulator import DingTalkEmulator
 from imrobots_dingtalk.messages import fit_param, split_bytes
 from imrobots_dingtalk.platform import (
@@ -515,3 +516,23 @@ def test_the_platform_path_imports_no_sdk() -> None:
     )
     available, requires, sdk_modules = json.loads(result.stdout.splitlines()[-1])
     assert available is True and requires == [] and sdk_modules == []
+
+
+@pytest.mark.parametrize(
+    ("message_id", "ack"),
+    [
+        ("213d841d_972_1898bb26334_70a7", Ack()),
+        ('a"b\\c\n€', Ack(code=400, message='bad data: "ünï" \u2028', data='{"response":{}}')),
+    ],
+)
+def test_ack_frames_are_what_json_dumps_writes(message_id: str, ack: Ack) -> None:
+    expected = json.dumps(
+        {
+            "code": ack.code,
+            "headers": {"contentType": "application/json", "messageId": message_id},
+            "message": ack.message,
+            "data": ack.data,
+        },
+        ensure_ascii=False,
+    )
+    assert ack_text(message_id, ack) == expected
