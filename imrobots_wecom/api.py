@@ -166,7 +166,8 @@ class WeComApi:
                     )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise RetryableError(f"WeCom {route}: {type(exc).__name__}") from None
-            if kind in ("application/json", "text/plain") and buffer[:1] == b"{":
+            # The content comes as a download (Content-Disposition); an error as JSON.
+            if buffer[:1] == b"{" and (name is None or kind in ("application/json", "text/plain")):
                 try:
                     data = json.loads(bytes(buffer))
                 except ValueError:

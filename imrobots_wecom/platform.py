@@ -491,8 +491,11 @@ class WeComPlatform(Platform):
         """task_id -> a final answer card with feedback buttons, thanked when pressed."""
         self._app_texts: collections.OrderedDict[str, bool] = collections.OrderedDict()
         """App mode: idempotency keys whose card text went out as markdown already."""
-        self._response_codes: collections.OrderedDict[str, str] = collections.OrderedDict()
-        """App mode: task_id -> the response_code message/send answered (one update)."""
+        self._response_codes: collections.OrderedDict[str, tuple[str, str]] = (
+            collections.OrderedDict()
+        )
+        """App mode: task_id -> (the response_code message/send answered, the member):
+        one update of a card sent to one member."""
         # app mode
         self._api: Any = None
         self._crypto: CallbackCrypto | None = None
@@ -862,6 +865,17 @@ class WeComPlatform(Platform):
         return ref
 
     async def update_card(self, ref: CardRef, card: Card) -> None:
+        """Robot mode: never (:class:`CardGone`; WeCom edits a card only to answer a press,
+        within 5 s). App mode: once per sent template card, with the ``response_code``
+        ``message/send`` answered (``update_template_card``, within 72 hours,
+        path/94888); :class:`CardGone` after that."""
+        if self.mode == "app":
+            sent = self._response_codes.pop(ref.id, None)
+            if sent is None:
+                raise CardGone("this WeCom app card was updated already or is not known")
+            code, user = sent
+            await self._app_update(ref.id, code, user, card)
+            return
         raise CardGone("WeCom cannot edit a sent message (only a pressed card, within 5 s)")
 
     async def answer_action(self, action: CardAction, card: Card, *, key: str) -> None:
@@ -1137,8 +1151,12 @@ class WeComPlatform(Platform):
             self._remember(self._feedback_cards, task_id, card)
         answer = await self._app_deliver(target, "template_card", template)
         code = answer.get("response_code")
-        if isinstance(code, str) and code:
-            self._remember(self._response_codes, task_id, code)
+        conversation = target.conversation
+        user = target.user.id if target.user is not None else None
+        if user is None and conversation is not None and not conversation.is_group:
+            user = conversation.id
+        if isinstance(code, str) and code and user:
+            self._remember(self._response_codes, task_id, (code, user))
         return ref
 
     async def _app_update_card(
@@ -1148,20 +1166,31 @@ class WeComPlatform(Platform):
         ``ResponseCode`` (once; WeCom doc path/94888): ``card`` when it can be a
         template card, else the card kept with its buttons greyed out and labelled
         ``replace_name`` (default: the card's first line; ``button.replace_name``)."""
-        s = self.settings
-        assert s.agent_id is not None and self._api is not None
         code = str(action.raw.get("ResponseCode") or "")
         if not code:
             raise CardGone("this press carries no ResponseCode to update its card with")
-        body: dict[str, Any] = {
-            "userids": [action.sender.id],
-            "agentid": s.agent_id,
-            "response_code": code,
-        }
+        await self._app_update(
+            action.card_id, code, action.sender.id, card, replace_name=replace_name
+        )
+
+    async def _app_update(
+        self,
+        task_id: str,
+        code: str,
+        user: str,
+        card: Card | None,
+        *,
+        replace_name: str | None = None,
+    ) -> None:
+        """``message/update_template_card`` of card ``task_id`` for ``user`` with
+        ``code`` (see :meth:`_app_update_card`)."""
+        s = self.settings
+        assert s.agent_id is not None and self._api is not None
+        body: dict[str, Any] = {"userids": [user], "agentid": s.agent_id, "response_code": code}
         template = None
         if card is not None:
-            template = app_template_card(card, action.card_id, card_url=s.card_url)
-            self._remember_card(action.card_id, card)
+            template = app_template_card(card, task_id, card_url=s.card_url)
+            self._remember_card(task_id, card)
         if template is not None:
             body["template_card"] = template
         else:

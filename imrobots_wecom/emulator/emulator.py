@@ -288,6 +288,8 @@ class WeComEmulator:
         """Seconds ``member_per_minute`` is counted over (60; tests shorten it)."""
         self.member_hour = member_hour
         """Seconds ``member_per_hour`` is counted over (3,600; tests shorten it)."""
+        self.pic_fetches = 0
+        """Requests for an image callback's ``PicUrl`` (see :meth:`_pic`)."""
         self.response_code_ttl = response_code_ttl
         """Seconds a response_code can be used (72 hours; tests shorten it)."""
         self.bots: dict[str, WeComBot] = {}
@@ -341,6 +343,7 @@ class WeComEmulator:
         app.router.add_post("/cgi-bin/appchat/send", self._appchat_send)
         app.router.add_post("/cgi-bin/media/upload", self._media_upload)
         app.router.add_get("/cgi-bin/media/get", self._media_get)
+        app.router.add_get("/_emulator/pic/{media_id}", self._pic)
         app.router.add_post("/cgi-bin/message/update_template_card", self._update_template_card)
         app.router.add_get("/_emulator/files/{token}", self._file)
         self._runner = web.AppRunner(app, access_log=None)
@@ -1197,6 +1200,15 @@ class WeComEmulator:
         media_id = f"media_{uuid.uuid4().hex}"
         self.media[media_id] = (media_type, data, filename)
         return media_id
+
+    async def _pic(self, request: web.Request) -> web.StreamResponse:
+        """An image callback's ``PicUrl`` (WeCom's CDN link; counted in ``pic_fetches``,
+        which a robot downloading from the API host only leaves at 0)."""
+        self.pic_fetches += 1
+        media = self.media.get(request.match_info["media_id"])
+        if media is None:
+            return web.Response(status=404)
+        return web.Response(body=media[1], content_type="image/png")
 
     async def _media_get(self, request: web.Request) -> web.StreamResponse:
         """``GET /cgi-bin/media/get?access_token&media_id``: the content, or JSON errors."""

@@ -9,6 +9,7 @@ import logging
 import os
 import struct
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import aiohttp
 import pytest
@@ -268,3 +269,50 @@ async def test_callbacks_follow_the_documented_cipher_both_ways() -> None:
         async with asyncio.timeout(5):
             await rig.got.wait()
         assert [(m.id, m.text, m.sender.id) for m in rig.received] == [(own_id, "sealed", "erin")]
+
+
+async def test_callbacks_while_closing_are_left_for_wecom_to_retry() -> None:
+    """While the platform closes (work under way gets its grace), a new callback is
+    answered 503, not 200: WeCom retries it instead of it being dropped here."""
+    adapter = WeComConsoleAdapter(mode="app")
+    await adapter.start()
+    platform = adapter.create_platform(ack_timeout=2.0)
+    assert isinstance(platform, WeComPlatform)
+    busy, release = asyncio.Event(), asyncio.Event()
+
+    async def sink(event: object) -> None:
+        busy.set()
+        await release.wait()
+
+    try:
+        await platform.start(sink)
+        adapter._callback_url()
+        await adapter.emulator.push_app_message(adapter.corp_id, user_id="fay", content="1")
+        async with asyncio.timeout(5):
+            await busy.wait()
+        closing = asyncio.create_task(platform.close())
+        await _until(lambda: platform._closing)
+        app = adapter.app
+        xml, _ = adapter.emulator.app_message_xml(app, user_id="gus", content="late")
+        query, body = adapter.emulator.encrypt_callback(app, xml)
+        assert app.callback_url is not None
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(app.callback_url, params=query, data=body) as response,
+        ):
+            assert response.status == 503
+        release.set()
+        async with asyncio.timeout(5):
+            await closing
+    finally:
+        release.set()
+        await platform.close()
+        await adapter.stop()
+
+
+async def _until(predicate: Any, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)

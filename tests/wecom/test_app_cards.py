@@ -16,7 +16,7 @@ from imrobots.agents import AgentRequest
 from imrobots.cards import Actions, Button, Card, Markdown
 from imrobots.emulation import EmulatorAdapter
 from imrobots.models import FeedbackRating
-from imrobots.platform import FatalPlatformError, Platform, Target
+from imrobots.platform import CardGone, FatalPlatformError, Platform, Target
 from imrobots.testing.conformance import USER, card_buttons, card_text, open_rig
 from imrobots_wecom.api import WeComApi
 from imrobots_wecom.console import WeComConsoleAdapter
@@ -269,3 +269,26 @@ async def test_a_forged_card_event_is_rejected_and_nothing_is_pressed() -> None:
         await rig.runtime.wait_idle(timeout=5)
         assert robot.actions == []
         assert not _calls(adapter, "/cgi-bin/message/update_template_card")
+
+
+async def test_a_sent_card_can_be_updated_once_with_its_response_code() -> None:
+    adapter = WeComConsoleAdapter(mode="app")
+    await adapter.start()
+    platform = adapter.create_platform()
+    assert isinstance(platform, WeComPlatform)
+    try:
+        await platform.start(lambda event: asyncio.sleep(0))
+        target = Target.to_user("r", "bob")
+        buttons = Actions(buttons=(Button(label="Go", value="go"),))
+        ref = await platform.send_card(
+            target, Card(title="Job", elements=(Markdown(text="running"), buttons)), key="job-1"
+        )
+        await platform.update_card(ref, Card(title="Job", elements=(Markdown(text="done"),)))
+        record = adapter.emulator.cards[ref.id]
+        assert record.template is not None and record.template["sub_title_text"] == "done"
+        assert record.template["card_type"] == "text_notice"  # no buttons: a linked notice
+        with pytest.raises(CardGone):  # WeCom's response_code is single use
+            await platform.update_card(ref, Card(title="Job", elements=(Markdown(text="x"),)))
+    finally:
+        await platform.close()
+        await adapter.stop()

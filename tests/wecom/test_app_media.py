@@ -71,6 +71,7 @@ async def test_inbound_media_is_read_through_media_get(kind: str, name: str, dat
         assert attachment.kind == kind and attachment.extra["media_id"]
         gets = [c for c in adapter.state()["calls"] if c["route"] == "/cgi-bin/media/get"]
         assert [c["status"] for c in gets] == [200]
+        assert adapter.emulator.pic_fetches == 0  # never the callback's PicUrl
 
 
 async def test_save_writes_the_file_and_a_revoked_token_is_renewed(tmp_path: Path) -> None:
