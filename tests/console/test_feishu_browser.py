@@ -9,6 +9,7 @@ fails instead (see ``browser.py``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -67,8 +68,16 @@ async def test_ask_the_feishu_robot_watch_the_cardkit_card_and_give_feedback(
     await page.wait_for_selector(
         "#feedback-list li:has-text('on feishu: Very helpful')", timeout=10_000
     )
-    # stored by the robot, for the answer the card showed
+    # the press reached the robot as Feishu sends it: card.action.trigger, answered
     (robot,) = console.robots
+    emulator = robot.emulator.emulator
+    presses = [
+        d
+        for d in emulator.deliveries.values()
+        if json.loads(d.payload)["header"]["event_type"] == "card.action.trigger"
+    ]
+    assert len(presses) == 1 and presses[0].done.done()
+    # stored by the robot, for the answer the card showed
     (feedback,) = await robot.runtime.store.list_feedback()
     assert feedback.platform == "feishu" and feedback.rating is FeedbackRating.VERY_HELPFUL
     assert feedback.conversation_id == "group-support"
