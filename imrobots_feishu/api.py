@@ -12,6 +12,13 @@ emulator's 127.0.0.1 origin). Two things are done here instead of by lark-oapi:
   while others wait, 30 minutes before it ends (when Feishu issues the next one,
   PROTOCOLS 3.8) or at half its life if shorter, and drops it on 99991661/99991663
   (the call is then retried once with a fresh one).
+- **The transport.** lark-oapi's async methods open a new ``httpx.AsyncClient`` for
+  every request (its ``Transport.aexecute``): a new TCP (and TLS) connection per call,
+  and a TLS context built on the event loop each time (loading the CA bundle: tens of
+  milliseconds of blocked loop per call, measured with ``bench/feishu_answers.py``).
+  :meth:`FeishuApi.execute` sends lark-oapi's request objects itself, over one
+  ``httpx.AsyncClient`` per app that keeps its connections, and reads the answer into
+  the typed response the lark-oapi method declares; :meth:`FeishuApi.close` closes it.
 - **Errors** become the core's classes (:func:`classify`): HTTP 429 / 99991400 is
   :class:`RateLimited` honouring ``x-ogw-ratelimit-reset``; 230020 (per chat, per
   message) is :class:`RateLimited` for one second; 5xx is :class:`RetryableError`;
@@ -33,13 +40,22 @@ import io
 import json
 import logging
 import time
+import typing
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
 import lark_oapi as lark  # type: ignore[import-untyped]
 from lark_oapi.core.enum import AccessTokenType, HttpMethod  # type: ignore[import-untyped]
-from lark_oapi.core.model import BaseRequest, RequestOption  # type: ignore[import-untyped]
+from lark_oapi.core.json import JSON  # type: ignore[import-untyped]
+from lark_oapi.core.model import (  # type: ignore[import-untyped]
+    BaseRequest,
+    BaseResponse,
+    RawResponse,
+    RequestOption,
+)
+from lark_oapi.core.utils import Files, build_user_agent  # type: ignore[import-untyped]
 
 from imrobots.platform import (
     CardGone,
@@ -119,6 +135,9 @@ class FeishuApi:
             .log_level(lark.LogLevel.ERROR)
             .build()
         )
+        self.timeout = timeout
+        self._http: httpx.AsyncClient | None = None
+        self._user_agent = build_user_agent()
         self._token: str | None = None
         self._token_refresh_at = 0.0
         self._token_lock = asyncio.Lock()
@@ -126,6 +145,72 @@ class FeishuApi:
 
     def __repr__(self) -> str:
         return f"FeishuApi(app_id={self.app_id!r}, domain={self.domain!r})"
+
+    # ------------------------------------------------------------------ transport
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=self.timeout,
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+            )
+        return self._http
+
+    async def close(self) -> None:
+        """Close the connections (idempotent; the next call opens new ones)."""
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+
+    async def execute(
+        self, request: BaseRequest, option: RequestOption | None = None
+    ) -> RawResponse:
+        """Send one lark-oapi request over the shared client: the URL, headers and JSON or
+        multipart body lark-oapi's transport would send. Raises httpx's errors."""
+        option = option or RequestOption()
+        uri = str(request.uri)
+        for key, value in (request.paths or {}).items():
+            quoted = urllib.parse.quote("" if value is None else str(value), safe="")
+            uri = uri.replace(":" + key, quoted)
+        url = uri if uri.startswith(("http://", "https://")) else self.domain + uri
+        headers = {**(request.headers or {}), "User-Agent": self._user_agent}
+        headers.update(option.headers or {})
+        if AccessTokenType.TENANT in (request.token_types or ()):
+            headers["Authorization"] = f"Bearer {option.tenant_access_token}"
+        files = Files.extract_files(request.body) or None
+        body = None if request.body is None else json.loads(JSON.marshal(request.body))
+        answer = await self._client().request(
+            str(request.http_method.name),
+            url,
+            headers=headers,
+            params=request.queries or None,
+            json=None if files else body,
+            data=body if files else None,
+            files=files,
+        )
+        raw = RawResponse()
+        raw.status_code = answer.status_code
+        raw.headers = dict(answer.headers)
+        raw.content = answer.content
+        return raw
+
+    async def _typed(
+        self, method: Callable[..., Any], request: BaseRequest, option: RequestOption
+    ) -> Any:
+        """What lark-oapi's ``method`` returns for ``request`` (its declared response
+        type), the request sent by :meth:`execute`."""
+        kind, download = _response_type(method)
+        raw = await self.execute(request, option)
+        binary = not raw.headers.get("content-type", "").startswith("application/json")
+        if download and binary:  # the bytes, not JSON
+            response = kind()
+            if 200 <= raw.status_code < 300:
+                response.code = 0
+                response.file = io.BytesIO(raw.content)
+                response.file_name = Files.parse_file_name(httpx.Headers(raw.headers))
+        else:
+            response = JSON.unmarshal(raw.content.decode(), kind)
+        response.raw = raw
+        return response
 
     # ------------------------------------------------------------------ token
     def _secret_value(self) -> str:
@@ -146,7 +231,7 @@ class FeishuApi:
                 .build()
             )
             raw = await self._send(
-                "auth.tenant_access_token", lambda: self.client.arequest(request)
+                "auth.tenant_access_token", lambda: self._typed(_plain, request, RequestOption())
             )
             body = _json(raw.raw)
             code = body.get("code")
@@ -191,7 +276,9 @@ class FeishuApi:
         for attempt in range(2):
             token = await self.token()
             option = RequestOption.builder().tenant_access_token(token).build()
-            response = await self._send(where, functools.partial(method, request, option))
+            response = await self._send(
+                where, functools.partial(self._typed, method, request, option)
+            )
             code = getattr(response, "code", None)
             if code == 0:
                 return response
@@ -220,7 +307,7 @@ class FeishuApi:
             request = builder.build()
             option = RequestOption.builder().tenant_access_token(await self.token()).build()
             response = await self._send(
-                where, functools.partial(self.client.arequest, request, option)
+                where, functools.partial(self._typed, _plain, request, option)
             )
             answer = _json(response.raw)
             code = answer.get("code")
@@ -248,6 +335,25 @@ class FeishuApi:
     @staticmethod
     def file(data: bytes) -> io.BytesIO:
         return io.BytesIO(data)
+
+
+def _plain(request: BaseRequest, option: RequestOption | None = None) -> BaseResponse:
+    """Stands for lark-oapi's untyped ``Client.arequest``: its answer is a ``BaseResponse``."""
+    raise NotImplementedError  # only its return type is read (by _response_type)
+
+
+def _response_type(method: Callable[..., Any]) -> tuple[Any, bool]:
+    """The response class lark-oapi's ``method`` declares, and whether it is a download
+    (a response with a ``file``)."""
+    return _declared(getattr(method, "__func__", method))
+
+
+@functools.cache
+def _declared(function: Callable[..., Any]) -> tuple[Any, bool]:
+    kind = typing.get_type_hints(function).get("return")
+    if not isinstance(kind, type):
+        raise TypeError(f"{function!r} does not declare a lark-oapi response type")
+    return kind, hasattr(kind(), "file")
 
 
 def _json(raw: Any) -> dict[str, Any]:

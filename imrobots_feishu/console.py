@@ -22,7 +22,7 @@ import imrobots
 from .emulator import FeishuEmulator
 from .emulator.emulator import message_text
 
-__all__ = ["FeishuConsoleAdapter"]
+__all__ = ["FIXED_APP_ID", "FeishuConsoleAdapter"]
 
 View = dict[str, Any]
 _STATUS = {
@@ -33,6 +33,8 @@ _STATUS = {
     "Interrupted": "interrupted",
 }
 _apps = itertools.count(1)
+FIXED_APP_ID = "cli_emulatorapp"
+"""The emulated app's App ID when its secret is fixed (``client_secret``)."""
 _KINDS = {"image": "image", "file": "file", "audio": "audio", "video": "media"}
 
 
@@ -48,13 +50,20 @@ class FeishuConsoleAdapter(imrobots.EmulatorAdapter):
         port: int = 0,
         card_mode: Literal["cardkit", "patch"] = "cardkit",
         app_id: str | None = None,
+        client_secret: str | None = None,
         **emulator_options: Any,
     ) -> None:
+        """``client_secret`` is the emulated app's App Secret, so that a printed config
+        stays valid across restarts (``imrobots emulate feishu --client-secret``); the App
+        ID is then :data:`FIXED_APP_ID` unless ``app_id`` is given. By default both are
+        new and random (each adapter in a process is its own app)."""
         super().__init__()
         self.emulator = FeishuEmulator(port=port, **emulator_options)
         self.card_mode = card_mode
+        if app_id is None and client_secret is not None:
+            app_id = FIXED_APP_ID
         self.app_id = app_id or f"cli_emu{secrets.token_hex(4)}{next(_apps)}"
-        self._secret = secrets.token_urlsafe(24)
+        self._secret = client_secret or secrets.token_urlsafe(24)
         self.app = self.emulator.add_app(self.app_id, self._secret)
         self._limits: dict[str, Any] = {}
         self._cards: dict[str, View] = {}

@@ -352,6 +352,7 @@ class FeishuPlatform(Platform):
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self.api.close()
 
     # ------------------------------------------------------------------ inbound
     def _on_frame(self, kind: str, payload: bytes) -> Answer:

@@ -1,9 +1,12 @@
 """Feishu/Lark plugin registration: cheap, imports no SDK.
 
-The platform stays ``planned`` until it passes the core conformance suite in every
-mode (see ``tests/feishu/test_conformance.py``); then it gets its description,
-``requires=("lark_oapi",)`` and install command, and its emulator is registered for the
-console and ``imrobots demo`` only then (they refuse planned platforms)."""
+The platform passes the core conformance suite in CardKit and PATCH mode
+(``tests/feishu/test_conformance.py``). ``requires`` names exactly what the running
+platform imports beyond the core: ``lark_oapi`` (its typed OpenAPI client and the
+long connection's protobuf frame) and ``httpx`` (whose transport errors
+:mod:`imrobots_feishu.api` classifies; lark-oapi's async client is built on it);
+``pip install "imrobots[feishu]"`` installs both.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,13 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
             name="feishu",
             factory="imrobots_feishu.platform:FeishuPlatform",
             settings="imrobots_feishu.platform:FeishuSettings",
-            description="Feishu/Lark (planned)",
-            status="planned",
+            description="Feishu/Lark long connection, CardKit streaming or PATCHed cards",
+            requires=("lark_oapi", "httpx"),
+            install='pip install "imrobots[feishu]"',
         )
     )
+
+
+@imrobots.hookimpl
+def register_emulators(register: Callable[..., None]) -> None:
+    register("feishu", "imrobots_feishu.console:FeishuConsoleAdapter")

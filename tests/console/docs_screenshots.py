@@ -20,7 +20,7 @@ from playwright.async_api import async_playwright
 
 from imrobots.demo import ConfigConsole
 from imrobots.scaffold import scaffold
-from tests.console.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.console.browser import CHROMIUM, CHROMIUM_ARGS
 
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 

@@ -1,7 +1,8 @@
 """The console in real headless Chromium (Debian's chromium, driven by Playwright).
 
 CI installs chromium with apt; the browser is never downloaded. Outside CI the
-test is skipped when chromium or playwright is missing; in CI it fails instead.
+test is skipped when chromium or playwright is missing; in CI it fails instead
+(``tests/console/browser.py``).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import asyncio
 import importlib
 import importlib.util
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,52 +20,10 @@ import pytest
 from imrobots.agents import AgentRequest
 from imrobots.demo import ConfigConsole, Demo
 from imrobots.plugins import PluginManager
+from tests.console.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, SlowAgent, require_browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
 VIEWPORTS = {"desktop": (1280, 800), "phone": (390, 844)}
-
-
-def _require_browser() -> Any:
-    missing = []
-    if not shutil.which(CHROMIUM):
-        missing.append("chromium (apt-get install chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        missing.append("playwright (pip install playwright)")
-        async_playwright = None
-    if missing:
-        reason = "needs " + " and ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return async_playwright
-
-
-class SlowAgent:
-    """Thinks for a moment, then streams word by word, so every card state is visible."""
-
-    stream_mode = "delta"
-
-    async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
-        await asyncio.sleep(1.0)
-        for (
-            word
-        ) in f"Refunds are paid **within 5 days** of your request about: {request.text}".split():
-            await asyncio.sleep(0.12)
-            yield word + " "
 
 
 class QuickAgent:
@@ -109,7 +66,7 @@ async def console(manager: PluginManager) -> AsyncIterator[Demo]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    async_playwright = _require_browser()
+    async_playwright = require_browser()
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS

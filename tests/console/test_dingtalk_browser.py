@@ -9,11 +9,10 @@ shows (the card failed, closed with ``isError``, its ``stopReason`` interrupted)
 the text it had.
 
 Skipped outside CI when chromium or playwright is missing; in CI it fails instead (see
-``test_browser.py``)."""
+``browser.py``)."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,42 +20,24 @@ import pytest
 
 from imrobots.demo import Demo
 from imrobots.plugins import PluginManager
-from tests.console.test_browser import (
+from tests.console.browser import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    SlowAgent,
-    _require_browser,
+    FEEDBACK_LABELS,
+    console_page,
+    platform_console,
 )
-
-FEEDBACK_LABELS = ["Very helpful", "Helpful", "Not much help", "No help"]
 
 
 @pytest.fixture
 async def console(manager: PluginManager) -> AsyncIterator[Demo]:
-    manager.register(importlib.import_module("imrobots_dingtalk.plugin"), name="dingtalk")
-    demo = Demo(platforms=["dingtalk"], manager=manager, agent=SlowAgent())
-    await demo.start()
-    assert demo.skipped == {}, demo.skipped
-    yield demo
-    await demo.stop()
+    async with platform_console(manager, "dingtalk") as demo:
+        yield demo
 
 
 @pytest.fixture
 async def page(console: Demo) -> AsyncIterator[Any]:
-    async_playwright = _require_browser()
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 900})
-            assert console.console is not None
-            await page.goto(console.console.url)
-            await page.wait_for_selector("#connection.ok")
-            yield page
-        finally:
-            await browser.close()
+    async with console_page(console) as page:
+        yield page
 
 
 async def test_the_dingtalk_direct_chat_shows_the_answer_and_an_interrupted_one(

@@ -99,7 +99,7 @@ def _config(text: str) -> str:
     return text[text.index("[robots.support]") : text.index("2. In another terminal")]
 
 
-@pytest.mark.parametrize("platform", ["dingtalk", "wecom"])
+@pytest.mark.parametrize("platform", ["dingtalk", "feishu", "wecom"])
 def test_emulate_prints_a_working_config_and_how_to_talk_to_it(
     tmp_path: Path, platform: str
 ) -> None:
@@ -143,7 +143,7 @@ def _free_port() -> int:
         return port
 
 
-@pytest.mark.parametrize("platform", ["dingtalk", "wecom"])
+@pytest.mark.parametrize("platform", ["dingtalk", "feishu", "wecom"])
 def test_client_secret_keeps_a_saved_config_valid_or_is_refused_in_one_line(
     tmp_path: Path, platform: str
 ) -> None:

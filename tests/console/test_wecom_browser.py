@@ -3,13 +3,10 @@ driven by Playwright; never downloaded): ask the intelligent robot in a group, w
 stream reply go from thinking to streaming to final, press a feedback button.
 
 Skipped outside CI when chromium, playwright or the WeCom extra is missing; in CI it
-fails instead (see ``test_browser.py``)."""
+fails instead (see ``browser.py``)."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,48 +14,26 @@ import pytest
 
 from imrobots.demo import Demo
 from imrobots.plugins import PluginManager
-from tests.console.test_browser import (
+from tests.console.browser import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    SlowAgent,
-    _require_browser,
+    FEEDBACK_LABELS,
+    console_page,
+    platform_console,
+    require_modules,
 )
-
-FEEDBACK_LABELS = ["Very helpful", "Helpful", "Not much help", "No help"]
 
 
 @pytest.fixture
 async def console(manager: PluginManager) -> AsyncIterator[Demo]:
-    missing = [m for m in ("wechatpy", "cryptography") if importlib.util.find_spec(m) is None]
-    if missing:
-        reason = f'needs {", ".join(missing)} (pip install "imrobots[wecom]")'
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    manager.register(importlib.import_module("imrobots_wecom.plugin"), name="wecom")
-    demo = Demo(platforms=["wecom"], manager=manager, agent=SlowAgent())
-    await demo.start()
-    assert demo.skipped == {}, demo.skipped
-    yield demo
-    await demo.stop()
+    require_modules(("wechatpy", "cryptography"), 'pip install "imrobots[wecom]"')
+    async with platform_console(manager, "wecom") as demo:
+        yield demo
 
 
 @pytest.fixture
 async def page(console: Demo) -> AsyncIterator[Any]:
-    async_playwright = _require_browser()
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 900})
-            assert console.console is not None
-            await page.goto(console.console.url)
-            await page.wait_for_selector("#connection.ok")
-            yield page
-        finally:
-            await browser.close()
+    async with console_page(console) as page:
+        yield page
 
 
 async def test_ask_the_wecom_robot_watch_the_stream_and_give_feedback(page: Any) -> None:

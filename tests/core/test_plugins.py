@@ -231,18 +231,21 @@ def test_planned_platform_is_listed_but_refused(manager: PluginManager) -> None:
         manager.create_platform("later", None)
 
 
-def test_feishu_registers_as_planned_and_wecom_as_available(manager: PluginManager) -> None:
+def test_feishu_and_wecom_register_as_available_with_their_requirements(
+    manager: PluginManager,
+) -> None:
     import imrobots_feishu.plugin
     import imrobots_wecom.plugin
 
     manager.register(imrobots_feishu.plugin, name="feishu")
     manager.register(imrobots_wecom.plugin, name="wecom")
-    for name in ("feishu",):
+    for name, requires in (
+        ("feishu", ("lark_oapi", "httpx")),
+        ("wecom", ("cryptography", "wechatpy")),
+    ):
         status = manager.platforms()[name]
-        assert status.planned and status.spec.requires == ()
-        assert "planned" in status.spec.description
-    wecom = manager.platforms()["wecom"]
-    assert not wecom.planned and wecom.spec.requires == ("cryptography", "wechatpy")
-    assert wecom.spec.install == 'pip install "imrobots[wecom]"'
-    installed = all(importlib.util.find_spec(m) for m in wecom.spec.requires)
-    assert wecom.available is installed
+        assert not status.planned and status.spec.requires == requires
+        assert status.spec.install == f'pip install "imrobots[{name}]"'
+        installed = all(importlib.util.find_spec(m) for m in requires)
+        assert status.available is installed
+        assert name in manager.emulators()
