@@ -61,8 +61,16 @@ import attrs
 from .cards import Actions, Card, CardStatus, Divider, Markdown, Note
 from .memory import MemoryCard, MemoryPlatform, MemorySettings
 from .platform import Platform
+from .webguard import control_guard, new_token
 
-__all__ = ["FAULT_KINDS", "EmulatorAdapter", "MemoryEmulator", "card_view_blocks"]
+__all__ = [
+    "FAULT_KINDS",
+    "EmulatorAdapter",
+    "MemoryEmulator",
+    "card_view_blocks",
+    "control_guard",
+    "new_token",
+]
 
 View = dict[str, Any]
 

@@ -7,7 +7,7 @@
 - sessionWebhook: ``POST /robot/sendBySession?session=...``.
 - Control API under ``/_emulator/`` (JSON) and the ``/_emulator/events`` WebSocket;
   ``GET /_emulator/files/{token}`` serves the temporary download URLs that
-  ``messageFiles/download`` hands out. Behind :func:`imrobots.webguard.control_guard`:
+  ``messageFiles/download`` hands out. Behind :func:`imrobots.emulation.control_guard`:
   Host and Origin checks, and ``control_token`` for its ``POST`` routes.
 
 Every non-control HTTP call is recorded as an :class:`~.state.ApiCall`.
@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
-from imrobots.webguard import control_guard
+from imrobots.emulation import control_guard
 
 from . import errors, frames
 from .errors import ApiError
