@@ -471,6 +471,7 @@ class FeishuPlatform(Platform):
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self.api.aclose()
 
     # ------------------------------------------------------------------ inbound
     def _on_frame(self, kind: str, payload: bytes) -> Answer:
