@@ -291,6 +291,18 @@ class FeishuSettings:
         if problems:
             raise _problems(problems)
 
+    def warnings(self) -> list[tuple[str, str]]:
+        """Advice ``imrobots check`` prints: ``(field, message)`` pairs."""
+        if self.mode == "callback" and self.encrypt_key is None:
+            return [
+                (
+                    "encrypt_key",
+                    "not set: callbacks come unsigned and are checked by the verification "
+                    "token only; set the Encrypt Key (Events & Callbacks > Encryption Strategy)",
+                )
+            ]
+        return []
+
     @property
     def interval(self) -> float:
         if self.update_interval is not None:

@@ -98,6 +98,17 @@ def test_check_accepts_callback_mode(feishu: PluginManager, tmp_path: Path) -> N
     code, lines = _check(config, ENV)
     assert code == 0, lines
     assert not any(value in "\n".join(lines) for value in ENV.values())
+    assert not [line for line in lines if line.startswith("warning: ")], lines
+
+
+def test_check_warns_without_an_encrypt_key(feishu: PluginManager, tmp_path: Path) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(GOOD.replace('encrypt_key = "{{FEISHU_ENCRYPT_KEY}}"\n', ""), "utf-8")
+    code, lines = _check(config, ENV)
+    assert code == 0, lines
+    assert f"warning: {config}: robots.cb.settings.encrypt_key: not set: callbacks come " in (
+        "\n".join(lines)
+    )
 
 
 def test_check_names_each_callback_problem(feishu: PluginManager, tmp_path: Path) -> None:
