@@ -308,3 +308,53 @@ async def test_emulator_redelivers_late_missing_and_failed_callbacks() -> None:
     finally:
         await emu.stop()
         await runner.cleanup()
+
+
+async def test_lark_oapi_dispatcher_accepts_the_emulators_callbacks() -> None:
+    """lark-oapi's own ``EventDispatcherHandler`` (its decryption, signature and token
+    checks) answers the emulator's challenge and takes its encrypted, signed events."""
+    import lark_oapi as lark
+
+    emu = FeishuEmulator()
+    app = emu.add_app("cli_lark_dispatch", "secret", encrypt_key="dispatch-key")
+    received: list[str] = []
+
+    def on_message(data: Any) -> None:
+        received.append(data.event.message.message_id)
+
+    dispatcher = (
+        lark.EventDispatcherHandler.builder("dispatch-key", app.verification_token)
+        .register_p2_im_message_receive_v1(on_message)
+        .build()
+    )
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raw = lark.RawRequest()
+        raw.uri = request.path
+        raw.body = await request.read()
+        raw.headers = dict(request.headers.items())
+        answer = dispatcher.do(raw)
+        return web.Response(body=answer.content, status=answer.status_code)
+
+    server = web.Application()
+    server.router.add_post("/lark", handler)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await emu.start()
+    try:
+        await emu.set_callback_url(app.app_id, f"http://127.0.0.1:{runner.addresses[0][1]}/lark")
+        record, delivery = emu.push_message(
+            app.app_id,
+            chat_id="oc_1",
+            chat_type="p2p",
+            sender="ou_1",
+            message_type="text",
+            content={"text": "hi"},
+        )
+        assert delivery.done is not None
+        assert (await asyncio.wait_for(delivery.done, 3.0))["code"] == 200
+        assert received == [record.message_id]
+    finally:
+        await emu.stop()
+        await runner.cleanup()
