@@ -106,6 +106,8 @@ class Delivery:
     attempts: int = 0
     done: asyncio.Future[dict[str, Any]] | None = attrs.field(default=None, repr=False)
     latencies: list[float] = attrs.field(factory=list)
+    sending: bool = False
+    """An attempt is in flight (a scheduled redelivery then waits for the next step)."""
 
 
 class FeishuEmulator:
@@ -486,6 +488,11 @@ class FeishuEmulator:
         for index, delay in enumerate(schedule):
             if delay:
                 await asyncio.sleep(delay)
+            done = delivery.done
+            if done is not None and done.done() and done.result().get("code") == 200:
+                return  # a held attempt, pushed once the app could be reached, was answered
+            if delivery.sending or any(d is delivery for d in self._held.get(delivery.app_id, ())):
+                continue  # in flight, or held until the app can be reached
             answer = await self._attempt(delivery)
             if answer is not None and answer.get("code") == 200:
                 return
@@ -494,6 +501,13 @@ class FeishuEmulator:
 
     async def _attempt(self, delivery: Delivery) -> dict[str, Any] | None:
         """One delivery attempt: push the frame(s), wait for the response frame."""
+        delivery.sending = True
+        try:
+            return await self._attempt_once(delivery)
+        finally:
+            delivery.sending = False
+
+    async def _attempt_once(self, delivery: Delivery) -> dict[str, Any] | None:
         app = self.apps[delivery.app_id]
         if app.callback_url:
             from .server import post_callback
@@ -503,7 +517,9 @@ class FeishuEmulator:
             return answer
         conns = self.live(delivery.app_id)
         if not conns:
-            self._held.setdefault(delivery.app_id, []).append(delivery)
+            held = self._held.setdefault(delivery.app_id, [])
+            if not any(d is delivery for d in held):
+                held.append(delivery)
             return None
         conn = self.random.choice(conns)
         delivery.attempts += 1

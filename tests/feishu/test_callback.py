@@ -358,3 +358,43 @@ async def test_lark_oapi_dispatcher_accepts_the_emulators_callbacks() -> None:
     finally:
         await emu.stop()
         await runner.cleanup()
+
+
+async def test_held_event_is_pushed_once_the_url_is_set_and_not_again() -> None:
+    """An event raised before the app had a callback URL is held, POSTed once the URL is
+    configured, and, answered, not delivered again when its redelivery time comes."""
+    emu = FeishuEmulator(redelivery=(0.05, 0.05))
+    app = emu.add_app("cli_held", "secret")
+    posts: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("type") == "url_verification":
+            return web.json_response({"challenge": body["challenge"]})
+        posts.append(body)
+        return web.json_response({})
+
+    server = web.Application()
+    server.router.add_post("/cb", handler)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await emu.start()
+    try:
+        _, delivery = emu.push_message(
+            app.app_id,
+            chat_id="oc_1",
+            chat_type="p2p",
+            sender="ou_1",
+            message_type="text",
+            content={"text": "early"},
+        )
+        await emu.wait_for(lambda: delivery.attempts == 0 and bool(emu._held))
+        await emu.set_callback_url(app.app_id, f"http://127.0.0.1:{runner.addresses[0][1]}/cb")
+        assert delivery.done is not None
+        assert (await asyncio.wait_for(delivery.done, 3.0))["code"] == 200
+        await emu.wait_for(lambda: not emu._tasks, timeout=3.0)  # the schedule ran out
+        assert delivery.attempts == 1 and len(posts) == 1
+    finally:
+        await emu.stop()
+        await runner.cleanup()
