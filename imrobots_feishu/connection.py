@@ -386,6 +386,11 @@ class CallbackEndpoint:
     def __repr__(self) -> str:
         return f"CallbackEndpoint(url={self.url!r})"
 
+    @property
+    def pending(self) -> int:
+        """Accepted events whose follow-up (delivery to the robot) is still running."""
+        return len(self._follow_ups)
+
     async def start(self) -> None:
         """Listen; raise :class:`FatalPlatformError` if the address cannot be bound."""
         app = web.Application(client_max_size=self.max_body)

@@ -154,10 +154,10 @@ async def test_events_arrive_and_card_action_answer_is_the_response(robot: Robot
         assert again.done is not None
         answers.append(await asyncio.wait_for(again.done, 3.0))
     assert answers[0] == answers[1] == {"code": 200, "data": {}}
-    await emu.wait_for(lambda: len(robot.seen) == 2)
-    await asyncio.sleep(0)  # let a second follow-up (if there were one) run
+    endpoint = robot.platform.endpoint
+    assert endpoint is not None
+    await emu.wait_for(lambda: len(robot.seen) == 2 and endpoint.pending == 0)
     assert [type(e) for e in robot.seen] == [Message, CardAction]
-    assert robot.platform.endpoint is not None
     assert robot.platform.endpoint.events == 3 and robot.platform.endpoint.forged == 0
 
 
@@ -216,10 +216,10 @@ async def test_forged_callbacks_are_rejected_and_nothing_processed(
         caplog.clear()
         status, _ = await robot.post(genuine, genuine_headers)
         assert status == 401 and "nonce was seen" in caplog.text
-    await robot.adapter.emulator.wait_for(lambda: len(robot.seen) >= 1)
-    await asyncio.sleep(0.05)  # any follow-up of a forged request would have run by now
+    endpoint = robot.platform.endpoint
+    assert endpoint is not None
+    await robot.adapter.emulator.wait_for(lambda: len(robot.seen) >= 1 and endpoint.pending == 0)
     assert [e.text for e in robot.seen if isinstance(e, Message)] == ["genuine"]
-    assert robot.platform.endpoint is not None
     assert robot.platform.endpoint.forged == len(forged) + (1 if encrypted else 0)
     assert robot.platform.endpoint.events == 1
 
