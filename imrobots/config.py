@@ -332,6 +332,17 @@ def structure_problems(
     return (None, problems) if problems else (value, [])
 
 
+def settings_warnings(settings: object) -> list[tuple[str, str]]:
+    """Advice on a platform's converted settings that ``imrobots check`` prints as
+    warnings without failing: ``(field, message)`` pairs from the settings object's
+    ``config_warnings()`` method, if it has one (e.g. a callback mode without signatures,
+    keys of another mode)."""
+    method = getattr(settings, "config_warnings", None)
+    if settings is None or not callable(method):
+        return []
+    return [(str(field), str(message)) for field, message in method()]
+
+
 def structure(data: Any, cls: type[T], *, path: str, source: str | None = None) -> T:
     """Convert ``data`` to ``cls`` with the strict converter.
 
@@ -686,11 +697,10 @@ def check_config(
                 )
                 # a value that is still a placeholder was reported as a missing variable
                 problems.extend((w, m) for w, m in found if w not in missing)
-                warn = getattr(settings, "config_warnings", None)
-                if not found and callable(warn):
+                if not found:
                     warnings.extend(
                         f"{source}: {where}.settings.{field}: {message}"
-                        for field, message in warn()
+                        for field, message in settings_warnings(settings)
                     )
         robot_class: type[Any] | None = None
         agent: object | None = None

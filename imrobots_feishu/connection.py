@@ -21,6 +21,15 @@ protocol and reuses lark-oapi's protobuf ``pbbp2.Frame`` for the wire format:
    ``reconnect_max``; an idle watchdog closes a socket on which nothing (no frame, no
    pong) arrived for ``idle_timeout`` seconds. A handshake refused with 514/1000040350
    (over 50 connections) or 403 is fatal, as in lark-oapi.
+
+:class:`CallbackEndpoint` is the other inbound mode, event callbacks over HTTP: an
+aiohttp server on ``host:port`` whose ``path`` takes Feishu's POSTs. Each is checked
+and opened by :class:`~imrobots_feishu.crypto.CallbackCrypto` (signature, freshness,
+decryption, verification token); a forged one is answered 401 and logged with the
+reason, and nothing else happens. The URL-verification challenge is echoed. Events go
+to the same frame handler as long-connection frames: its :class:`Answer` ``data`` is the
+HTTP response body (a card action's answer, ``{}`` otherwise), written before the
+handler's follow-up runs, well within Feishu's 3 s.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
@@ -38,11 +48,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import attrs
+from aiohttp import web
 from lark_oapi.ws.pb.pbbp2_pb2 import Frame  # type: ignore[import-untyped]
 
 from imrobots.platform import FatalPlatformError, PlatformUnavailable, RetryableError
 
-__all__ = ["Answer", "ConnectionOptions", "FrameHandler", "LongConnection"]
+from .crypto import URL_VERIFICATION, CallbackCrypto, ForgedCallback
+
+__all__ = [
+    "Answer",
+    "CallbackEndpoint",
+    "ConnectionOptions",
+    "EventHandler",
+    "FrameHandler",
+    "LongConnection",
+]
 
 log = logging.getLogger("imrobots_feishu.connection")
 
@@ -64,6 +84,8 @@ class Answer:
 
 FrameHandler = Callable[[str, bytes], Answer]
 """``handler(frame type, payload) -> Answer``; must not block (it only converts)."""
+EventHandler = Callable[[dict[str, Any]], Answer]
+"""``handler(event envelope) -> Answer`` for callbacks; must not block."""
 
 
 @attrs.frozen(kw_only=True)
@@ -331,3 +353,101 @@ class LongConnection:
             return None
         del self._fragments[key]
         return b"".join(p for p in parts if p is not None)
+
+
+class CallbackEndpoint:
+    """The HTTP event-callback endpoint of one app. See the module docstring.
+
+    ``port`` 0 picks a free port; :attr:`url` says where it listens once started.
+    :attr:`forged` counts rejected requests, :attr:`events` accepted events."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        path: str,
+        crypto: CallbackCrypto,
+        handler: EventHandler,
+        max_body: int = 1024 * 1024,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.path = path
+        self.crypto = crypto
+        self.handler = handler
+        self.max_body = max_body
+        self.url: str | None = None
+        self.forged = 0
+        self.events = 0
+        self._runner: web.AppRunner | None = None
+        self._follow_ups: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"CallbackEndpoint(url={self.url!r})"
+
+    @property
+    def pending(self) -> int:
+        """Accepted events whose follow-up (delivery to the robot) is still running."""
+        return len(self._follow_ups)
+
+    async def start(self) -> None:
+        """Listen; raise :class:`FatalPlatformError` if the address cannot be bound."""
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_post(self.path, self._post)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            await self._runner.cleanup()
+            self._runner = None
+            raise FatalPlatformError(
+                f"cannot listen for Feishu callbacks on {self.host}:{self.port}: {exc.strerror}",
+                code="callback_port",
+            ) from None
+        sock.setblocking(False)
+        port = int(sock.getsockname()[1])
+        await web.SockSite(self._runner, sock).start()
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{port}{self.path}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for task in list(self._follow_ups):
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(task), 5.0)
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        try:
+            plain = self.crypto.open(body, request.headers)
+        except ForgedCallback as exc:
+            self.forged += 1
+            log.warning("rejected a Feishu callback from %s: %s", request.remote, exc)
+            return web.json_response({"msg": "forbidden"}, status=401)
+        if plain.get("type") == URL_VERIFICATION:
+            log.info("answered Feishu's URL verification challenge")
+            return web.json_response({"challenge": plain.get("challenge")})
+        self.events += 1
+        try:
+            answer = self.handler(plain)
+        except Exception:
+            log.exception("Feishu callback handler failed")
+            return web.json_response({"msg": "error"}, status=500)
+        if answer.code != 200:
+            return web.json_response({"msg": "error"}, status=500)
+        response = web.json_response(answer.data if answer.data is not None else {})
+        await response.prepare(request)
+        await response.write_eof()
+        if answer.follow_up is not None:
+            task = asyncio.create_task(answer.follow_up())
+            self._follow_ups.add(task)
+            task.add_done_callback(self._follow_ups.discard)
+        return response

@@ -1,12 +1,21 @@
-"""The Feishu/Lark platform: the long connection in, CardKit or PATCHed cards out.
+"""The Feishu/Lark platform: the long connection or HTTP callbacks in, CardKit or PATCHed
+cards out.
 
 :class:`FeishuSettings` is the ``[robots.NAME.settings]`` table of a robot on
 ``platform = "feishu"``; :class:`FeishuPlatform` implements the core's
 :class:`~imrobots.platform.Platform` on top of :mod:`.connection` (the long
-connection, responses first), :mod:`.convert` (events -> core events), :mod:`.cards`
+connection, responses first, or the HTTP callback endpoint), :mod:`.crypto` (callback
+signature, decryption and token checks), :mod:`.convert` (events -> core events), :mod:`.cards`
 (core cards -> card JSON 2.0), :mod:`.messages` (message contents, byte limits,
 ``uuid``), :mod:`.streaming` (the CardKit stream handle) and :mod:`.api` (lark-oapi's
 typed client with our token cache and error classes). See ``docs/platforms/feishu.md``.
+
+Inbound (``mode``): ``long_connection`` opens Feishu's WebSocket; ``callback`` serves
+``http://callback_host:callback_port/callback_path`` for Feishu's event POSTs (the
+robot's public URL, behind a reverse proxy that terminates TLS, is what the developer
+console is given). Both feed the same conversion; an ``event_id`` seen before (Feishu
+redelivers at least once, PROTOCOLS 3.4) is answered as the first time and not
+processed again.
 
 Where things go:
 
@@ -38,6 +47,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
+from cattrs.errors import AttributeValidationNote, ClassValidationError
 from lark_oapi.api.cardkit.v1 import (  # type: ignore[import-untyped]
     ContentCardElementRequest,
     ContentCardElementRequestBody,
@@ -80,6 +90,7 @@ from imrobots.platform import (
     Quote,
     RateLimit,
     Refused,
+    RetryableError,
     Scope,
     Secret,
     SizeUnit,
@@ -93,7 +104,7 @@ from imrobots.platform import (
 
 from .api import CARD_GONE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, FeishuApi
 from .cards import card_json, dumps
-from .connection import Answer, ConnectionOptions, LongConnection
+from .connection import Answer, CallbackEndpoint, ConnectionOptions, LongConnection
 from .convert import (
     CARD_ACTION_EVENT,
     MESSAGE_EVENT,
@@ -103,6 +114,7 @@ from .convert import (
     to_card_action,
     to_message,
 )
+from .crypto import CallbackCrypto
 from .messages import (
     CONTENT_BYTES,
     POST_BYTES,
@@ -141,24 +153,54 @@ CardMode = Literal["cardkit", "patch"]
 InboundMode = Literal["long_connection", "callback"]
 _PROGRESS_KEYS = 2048
 _SEQUENCES = 4096
+_EVENT_IDS = 10_000
 _SEND_OPS = frozenset({Op.OPEN, Op.SEND_CARD, Op.SEND_TEXT, Op.SEND_IMAGE, Op.SEND_FILE})
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"expected {attribute.name} > 0, got {value}")
+_POSITIVE = (
+    "callback_max_age",
+    "app_rate",
+    "app_rate_minute",
+    "chat_rate",
+    "update_interval",
+    "max_updates",
+    "max_text",
+    "max_message_text",
+    "stream_lifetime",
+    "max_download_bytes",
+    "request_timeout",
+    "connect_timeout",
+    "idle_timeout",
+    "reconnect_initial",
+    "reconnect_max",
+)
+"""Settings that must be positive when set."""
 
 
-def _domain(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+def _domain_problem(value: str) -> str | None:
     parts = urlsplit(value)
     loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise ValueError(
-            f"expected {attribute.name} to be an https origin (http only for 127.0.0.1), "
-            f"got {value!r}"
-        )
+        return f"must be an https origin (http only for 127.0.0.1), got {value!r}"
     if not parts.netloc or parts.path.strip("/") or parts.query:
-        raise ValueError(f"expected {attribute.name} to be an origin like {FEISHU_DOMAIN!r}")
+        return f"must be an origin like {FEISHU_DOMAIN!r}, got {value!r}"
+    return None
+
+
+class SettingsProblems(ClassValidationError):
+    """Every problem of a :class:`FeishuSettings`, each naming its field: ``imrobots
+    check`` prints one line per problem (``robots.NAME.settings.FIELD: ...``)."""
+
+
+def _problems(problems: list[tuple[str, str]]) -> SettingsProblems:
+    errors: list[Exception] = []
+    for name, message in problems:
+        error = ValueError(message)
+        note = f"Structuring class FeishuSettings @ attribute {name}"
+        error.__notes__ = [AttributeValidationNote(note, name, object)]
+        errors.append(error)
+    summary = "; ".join(f"{name}: {message}" for name, message in problems)
+    return SettingsProblems(f"invalid Feishu settings: {summary}", errors, FeishuSettings)
 
 
 @attrs.frozen(kw_only=True)
@@ -169,47 +211,98 @@ class FeishuSettings:
     """The app's App ID (``cli_...``), from the developer console's credentials page."""
     app_secret: Secret = attrs.field(repr=False)
     """The app's App Secret. Never logged or shown."""
-    domain: str = attrs.field(default=FEISHU_DOMAIN, validator=_domain)
+    domain: str = FEISHU_DOMAIN
     """``https://open.feishu.cn`` (Feishu), ``https://open.larksuite.com`` (Lark), or an
     emulator's ``http://127.0.0.1:PORT``."""
     mode: InboundMode = "long_connection"
     """How events arrive: ``long_connection`` (the WebSocket; self-built apps) or
-    ``callback`` (HTTP event callbacks; not in this version)."""
+    ``callback`` (Feishu POSTs them to the robot's URL; see ``callback_*``)."""
     card_mode: CardMode = "cardkit"
     """``cardkit``: answers stream natively into a card entity. ``patch``: a card message
     is edited (5 updates/s per message), for apps that cannot use CardKit."""
     verification_token: Secret | None = attrs.field(default=None, repr=False)
-    """The event subscription's Verification Token (callback mode)."""
+    """The event subscription's Verification Token (Events & Callbacks > Encryption
+    Strategy); required in callback mode: every callback must carry it."""
     encrypt_key: Secret | None = attrs.field(default=None, repr=False)
-    """The event subscription's Encrypt Key (callback mode)."""
-    app_rate: float = attrs.field(default=50.0, validator=_positive)
+    """The event subscription's Encrypt Key (same page). With it, callbacks must come
+    encrypted and signed (``X-Lark-Signature``); without it they are checked by the
+    verification token only (a warning at start)."""
+    callback_host: str = "127.0.0.1"
+    """Address the callback endpoint listens on (callback mode); ``0.0.0.0`` for all."""
+    callback_port: int = 8080
+    """Port of the callback endpoint; 0 picks a free one (tests)."""
+    callback_path: str = "/feishu/callback"
+    """Path of the callback endpoint; the request URL in the developer console ends so."""
+    callback_max_age: float = 300.0
+    """Seconds a signed callback's ``X-Lark-Request-Timestamp`` may be off from now; an
+    older one (or a nonce seen within that time) is rejected as a replay."""
+    app_rate: float = 50.0
     """Calls per second the app may make to each API (PROTOCOLS 3.9: 50)."""
-    app_rate_minute: float = attrs.field(default=1000.0, validator=_positive)
+    app_rate_minute: float = 1000.0
     """Calls per minute the app may make to each API (PROTOCOLS 3.9: 1000)."""
-    chat_rate: float = attrs.field(default=5.0, validator=_positive)
+    chat_rate: float = 5.0
     """Messages per second into one chat or to one user (PROTOCOLS 3.8: 5)."""
-    update_interval: float | None = attrs.field(default=None, validator=_positive)
+    update_interval: float | None = None
     """Minimum seconds between two updates of one card; default 0.3 (CardKit) or 0.5
     (PATCH: 5/s per message, and every edit shows)."""
-    max_updates: int | None = attrs.field(default=None, validator=_positive)
+    max_updates: int | None = None
     """Cap on updates per card (the final one included); ``None``: no cap."""
-    max_text: int = attrs.field(default=CARD_TEXT_BYTES, validator=_positive)
+    max_text: int = CARD_TEXT_BYTES
     """UTF-8 bytes of answer text per card before the answer continues in a new card."""
-    max_message_text: int = attrs.field(default=CONTENT_BYTES, validator=_positive)
+    max_message_text: int = CONTENT_BYTES
     """UTF-8 bytes of text per message before it continues in the next message."""
-    stream_lifetime: float = attrs.field(default=STREAM_LIFETIME, validator=_positive)
+    stream_lifetime: float = STREAM_LIFETIME
     """Seconds a CardKit stream stays open; the engine renews it before then."""
     tables: bool = True
     """Send markdown tables as tables; ``False`` draws them as code blocks (cards with
     many tables are refused, 230099)."""
-    max_download_bytes: int = attrs.field(default=100 * 1024 * 1024, validator=_positive)
-    request_timeout: float = attrs.field(default=10.0, validator=_positive)
-    connect_timeout: float = attrs.field(default=30.0, validator=_positive)
-    idle_timeout: float | None = attrs.field(default=None, validator=_positive)
+    max_download_bytes: int = 100 * 1024 * 1024
+    request_timeout: float = 10.0
+    connect_timeout: float = 30.0
+    idle_timeout: float | None = None
     """Seconds without any frame before the long connection is presumed dead (default:
     three ping intervals of the server's ClientConfig)."""
-    reconnect_initial: float = attrs.field(default=0.5, validator=_positive)
-    reconnect_max: float = attrs.field(default=30.0, validator=_positive)
+    reconnect_initial: float = 0.5
+    reconnect_max: float = 30.0
+
+    def __attrs_post_init__(self) -> None:
+        """Check the settings as a whole; every problem is reported, each on its field."""
+        problems: list[tuple[str, str]] = []
+        domain = _domain_problem(self.domain)
+        if domain is not None:
+            problems.append(("domain", domain))
+        for name in _POSITIVE:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append((name, f"must be positive, got {value!r}"))
+        if self.mode == "callback" and not self.verification_token:
+            problems.append(
+                (
+                    "verification_token",
+                    "required in mode 'callback' (the developer console's Verification "
+                    "Token, under Events & Callbacks > Encryption Strategy)",
+                )
+            )
+        if self.encrypt_key is not None and not self.encrypt_key:
+            problems.append(("encrypt_key", "is empty; set the Encrypt Key or leave it out"))
+        if not 0 <= self.callback_port <= 65535:
+            problems.append(("callback_port", f"must be 0..65535, got {self.callback_port}"))
+        if not self.callback_path.startswith("/"):
+            problems.append(("callback_path", f"must start with /, got {self.callback_path!r}"))
+        if problems:
+            raise _problems(problems)
+
+    def config_warnings(self) -> list[tuple[str, str]]:
+        """Advice ``imrobots check`` prints: ``(field, message)`` pairs."""
+        if self.mode == "callback" and self.encrypt_key is None:
+            return [
+                (
+                    "encrypt_key",
+                    "not set: callbacks come unsigned and are checked by the verification "
+                    "token only; set the Encrypt Key (Events & Callbacks > Encryption Strategy)",
+                )
+            ]
+        return []
 
     @property
     def interval(self) -> float:
@@ -265,12 +358,6 @@ class FeishuPlatform(Platform):
     name = "feishu"
 
     def __init__(self, settings: FeishuSettings) -> None:
-        if settings.mode != "long_connection":
-            raise FatalPlatformError(
-                "Feishu mode 'callback' is not available in this version; use "
-                "mode = 'long_connection'",
-                code="mode",
-            )
         self.settings = s = settings
         cardkit = s.card_mode == "cardkit"
         self.capabilities = Capabilities(
@@ -304,6 +391,11 @@ class FeishuPlatform(Platform):
         )
         self.bot_open_id: str | None = None
         self.connection: LongConnection | None = None
+        self.endpoint: CallbackEndpoint | None = None
+        self.callback_url: str | None = None
+        """Where the callback endpoint listens (callback mode, once started)."""
+        self._events: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        """Event ids handled -> the answer they got (redeliveries get it again)."""
         self._session: aiohttp.ClientSession | None = None
         self._sink: EventSink | None = None
         self._progress: collections.OrderedDict[str, Any] = collections.OrderedDict()
@@ -314,7 +406,8 @@ class FeishuPlatform(Platform):
 
     def describe(self) -> str:
         s = self.settings
-        return f"feishu app {s.app_id} at {s.domain} ({s.mode}, {self.card_mode} cards)"
+        where = f", callbacks at {self.callback_url or '?'}" if s.mode == "callback" else ""
+        return f"feishu app {s.app_id} at {s.domain} ({s.mode}{where}, {self.card_mode} cards)"
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, sink: EventSink) -> None:
@@ -325,6 +418,13 @@ class FeishuPlatform(Platform):
         except Exception as exc:
             log.warning("could not fetch the robot's open_id (%s); mentions are guessed", exc)
         s = self.settings
+        if s.mode == "callback":
+            try:
+                await self._start_callbacks()
+            except BaseException:
+                await self.close()
+                raise
+            return
         self.connection = LongConnection(
             self._session,
             domain=s.domain,
@@ -345,7 +445,39 @@ class FeishuPlatform(Platform):
             await self.close()
             raise
 
+    async def _start_callbacks(self) -> None:
+        s = self.settings
+        assert s.verification_token is not None
+        try:
+            await self.api.token()  # bad credentials show now, not at the first answer
+        except RetryableError as exc:
+            log.warning("could not fetch a Feishu tenant token yet: %s", exc)
+        if s.encrypt_key is None:
+            log.warning(
+                "Feishu app %s takes callbacks without an encrypt_key: they are checked by "
+                "the verification token only; set the Encrypt Key so they are signed",
+                s.app_id,
+            )
+        crypto = CallbackCrypto(
+            verification_token=s.verification_token.get(),
+            encrypt_key=s.encrypt_key.get() if s.encrypt_key is not None else None,
+            max_age=s.callback_max_age,
+        )
+        self.endpoint = CallbackEndpoint(
+            host=s.callback_host,
+            port=s.callback_port,
+            path=s.callback_path,
+            crypto=crypto,
+            handler=self._on_event,
+        )
+        await self.endpoint.start()
+        self.callback_url = self.endpoint.url
+        log.info("Feishu app %s: callbacks at %s", s.app_id, self.callback_url)
+
     async def close(self) -> None:
+        if self.endpoint is not None:
+            await self.endpoint.close()
+            self.endpoint = None
         if self.connection is not None:
             await self.connection.close()
             self.connection = None
@@ -356,17 +488,41 @@ class FeishuPlatform(Platform):
 
     # ------------------------------------------------------------------ inbound
     def _on_frame(self, kind: str, payload: bytes) -> Answer:
-        """Convert one event; the response frame goes out before the sink runs."""
+        """Convert one long-connection event; the response frame goes out before the
+        sink runs."""
         try:
             envelope = json.loads(payload)
+        except ValueError as exc:
+            log.warning("dropped a Feishu event that cannot be read: %s", exc)
+            return Answer()
+        if not isinstance(envelope, dict):
+            log.warning("dropped a Feishu event that is not a JSON object")
+            return Answer()
+        return self._on_event(envelope)
+
+    def _on_event(self, envelope: dict[str, Any]) -> Answer:
+        """Convert one event (either inbound mode); the answer (the response frame, or
+        the HTTP response) goes out before the sink runs. A redelivered ``event_id``
+        gets its first answer again and nothing else."""
+        try:
             header = envelope.get("header") or {}
+            event_id = header.get("event_id")
+            if isinstance(event_id, str) and event_id in self._events:
+                log.debug("Feishu redelivered event %s; answered once already", event_id)
+                return Answer(data=self._events[event_id])
             event_type = header.get("event_type")
+            answer = Answer()
             if event_type == MESSAGE_EVENT:
                 message = to_message(envelope, bot_open_id=self.bot_open_id)
-                return Answer(follow_up=lambda: self._deliver_message(message))
-            if event_type == CARD_ACTION_EVENT:
+                answer = Answer(follow_up=lambda: self._deliver_message(message))
+            elif event_type == CARD_ACTION_EVENT:
                 action = to_card_action(envelope)
-                return Answer(data={}, follow_up=lambda: self._deliver(action))
+                answer = Answer(data={}, follow_up=lambda: self._deliver(action))
+            if isinstance(event_id, str) and event_id:
+                self._events[event_id] = answer.data
+                while len(self._events) > _EVENT_IDS:
+                    self._events.popitem(last=False)
+            return answer
         except (ValueError, AttributeError, MalformedPayload) as exc:
             log.warning("dropped a Feishu event that cannot be read: %s", exc)
         return Answer()

@@ -15,7 +15,15 @@ send/reply and 5/s per message for PATCH (230020), 10/s per card entity outside
 streaming mode, strictly increasing ``sequence`` (300317), streaming mode closing
 itself ``stream_lifetime`` seconds after it was enabled (200850), 30 KB cards
 (200860/230025). Faults: dropped connections, a share of failing or rate-limited
-calls, latency.
+calls, latency, and lost answers (a share of calls take effect, then their connection
+is cut before the answer goes out: :meth:`FeishuEmulator.set_lost_answer_rate`).
+
+HTTP callback mode (:meth:`FeishuEmulator.set_callback_url`): the URL is checked with
+the ``url_verification`` challenge when it is configured, as the developer console
+does; events are then POSTed to it (encrypted and signed when the app has an encrypt
+key), a card action's answer is the HTTP response body, and a POST answered late
+(after ``response_timeout``), not at all or with a status other than 200 is delivered
+again on the ``redelivery`` schedule.
 
 Listeners registered with :meth:`FeishuEmulator.on_change` get ``{"kind": ...}``
 events: ``call``, ``message``, ``card``, ``upload``, ``connection``, ``delivery``.
@@ -36,6 +44,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import aiohttp
 import attrs
 from aiohttp import web
 
@@ -99,6 +108,8 @@ class Delivery:
     attempts: int = 0
     done: asyncio.Future[dict[str, Any]] | None = attrs.field(default=None, repr=False)
     latencies: list[float] = attrs.field(factory=list)
+    sending: bool = False
+    """An attempt is in flight (a scheduled redelivery then waits for the next step)."""
 
 
 class FeishuEmulator:
@@ -173,6 +184,11 @@ class FeishuEmulator:
         self.failure_rate = 0.0
         self.rate_limit_rate = 0.0
         self.latency = 0.0
+        self.lost_answer_rate = 0.0
+        """Share of successful OpenAPI calls whose answer is lost (after they acted)."""
+        self.lost_answers = 0
+        self._http: aiohttp.ClientSession | None = None
+        """The session callback POSTs go out on (callback mode)."""
         self._listeners: list[Listener] = []
         self._held: dict[str, list[Delivery]] = {}
         self._pending: dict[str, Delivery] = {}
@@ -205,6 +221,9 @@ class FeishuEmulator:
         for conn in list(self.connections.values()):
             with contextlib.suppress(Exception):
                 await conn.ws.close()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -342,6 +361,42 @@ class FeishuEmulator:
     def set_latency(self, seconds: float) -> None:
         self.latency = seconds
 
+    def set_lost_answer_rate(self, share: float) -> None:
+        """Lose the answer of this share (0..1) of successful OpenAPI calls: each takes
+        effect (a message is sent, a card updated), then its connection is cut before
+        the answer goes out, as when a reply times out after Feishu acted."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError("share must be between 0 and 1")
+        self.lost_answer_rate = share
+
+    def lose_answer(self) -> bool:
+        """Whether the answer of this successful call is to be lost."""
+        lost = self.lost_answer_rate > 0 and self.random.random() < self.lost_answer_rate
+        self.lost_answers += lost
+        return lost
+
+    # ------------------------------------------------------------------ callback mode
+    def callback_session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def set_callback_url(self, app_id: str, url: str | None) -> None:
+        """Switch the app to HTTP callback delivery at ``url`` (``None``: back to the long
+        connection). The URL must answer the ``url_verification`` challenge first, as
+        Feishu's developer console requires; :class:`ValueError` if it does not. Events
+        held while the app had no delivery route are then POSTed."""
+        from .server import verify_url
+
+        app = self.apps[app_id]
+        if url is not None and not await verify_url(self, app_id, url):
+            raise ValueError(f"{url} did not answer Feishu's URL verification challenge")
+        app.callback_url = url
+        self.notify("callback", app_id=app_id, url=url)
+        if url is not None:
+            for delivery in self._held.pop(app_id, []):
+                self._spawn(self._attempt(delivery))
+
     # ------------------------------------------------------------------ connections
     def endpoint(self, app: App) -> dict[str, Any]:
         """``data`` of ``POST /callback/ws/endpoint`` (PROTOCOLS 3.1)."""
@@ -368,8 +423,12 @@ class FeishuEmulator:
             self.notify("connection", event="close", app_id=conn.app_id, connection=conn.id)
 
     async def drop_connections(self, app_id: str | None = None) -> int:
-        """Abort the TCP of live connections (no close handshake); returns how many."""
+        """Abort the TCP of live connections (no close handshake); returns how many. In
+        callback mode this closes the connections callbacks were POSTed on."""
         dropped = 0
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         for conn in list(self.connections.values()):
             if app_id is not None and conn.app_id != app_id:
                 continue
@@ -433,6 +492,11 @@ class FeishuEmulator:
         for index, delay in enumerate(schedule):
             if delay:
                 await asyncio.sleep(delay)
+            done = delivery.done
+            if done is not None and done.done() and done.result().get("code") == 200:
+                return  # a held attempt, pushed once the app could be reached, was answered
+            if delivery.sending or any(d is delivery for d in self._held.get(delivery.app_id, ())):
+                continue  # in flight, or held until the app can be reached
             answer = await self._attempt(delivery)
             if answer is not None and answer.get("code") == 200:
                 return
@@ -441,6 +505,13 @@ class FeishuEmulator:
 
     async def _attempt(self, delivery: Delivery) -> dict[str, Any] | None:
         """One delivery attempt: push the frame(s), wait for the response frame."""
+        delivery.sending = True
+        try:
+            return await self._attempt_once(delivery)
+        finally:
+            delivery.sending = False
+
+    async def _attempt_once(self, delivery: Delivery) -> dict[str, Any] | None:
         app = self.apps[delivery.app_id]
         if app.callback_url:
             from .server import post_callback
@@ -450,7 +521,9 @@ class FeishuEmulator:
             return answer
         conns = self.live(delivery.app_id)
         if not conns:
-            self._held.setdefault(delivery.app_id, []).append(delivery)
+            held = self._held.setdefault(delivery.app_id, [])
+            if not any(d is delivery for d in held):
+                held.append(delivery)
             return None
         conn = self.random.choice(conns)
         delivery.attempts += 1

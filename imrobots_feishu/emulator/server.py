@@ -13,8 +13,12 @@
 - HTTP callback mode: :func:`post_callback` POSTs events to an app's callback URL,
   encrypted with its ``encrypt_key`` (AES-256-CBC, key SHA-256 of the encrypt key, IV
   first, base64) and signed (``X-Lark-Signature`` = SHA-256 of timestamp + nonce +
-  encrypt key + body); :func:`verify_url` sends the ``url_verification`` challenge.
-  UNCONFIRMED beyond what lark-oapi's ``EventDispatcherHandler`` checks.
+  encrypt key + body); :func:`verify_url` sends the ``url_verification`` challenge
+  (encrypted like events, unsigned: UNCONFIRMED whether Feishu signs it).
+  UNCONFIRMED beyond what lark-oapi's ``EventDispatcherHandler`` checks. The
+  encryption here is written against pycryptodome directly, not lark-oapi, so that
+  the robot's decryption (lark-oapi's ``AESCipher``) is checked against an
+  independent implementation.
 
 Every OpenAPI call is recorded (:meth:`FeishuEmulator.record_call`).
 """
@@ -74,10 +78,14 @@ def make_app(emu: FeishuEmulator) -> web.Application:
                 app_ = emu.app_for_token(request.headers.get("Authorization"))
                 emu.check_limits(app_, name)
                 result = await func(emu, app_, request)
-                if isinstance(result, web.StreamResponse):
-                    return result
-                body: dict[str, Any] = {"code": 0, "msg": "success", "data": result or {}}
-                return _json(body)
+                response = (
+                    result
+                    if isinstance(result, web.StreamResponse)
+                    else _json({"code": 0, "msg": "success", "data": result or {}})
+                )
+                if emu.lose_answer() and request.transport is not None:
+                    request.transport.abort()  # it acted; the answer never arrives
+                return response
             except ApiError as exc:
                 status, code = exc.status, exc.code
                 return _json(exc.body(), exc.status, exc.headers)
@@ -318,11 +326,15 @@ def sign(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
     return hashlib.sha256((timestamp + nonce + encrypt_key).encode() + body).hexdigest()
 
 
-def _callback_body(app: App, payload: bytes) -> tuple[bytes, dict[str, str]]:
+def _callback_body(
+    app: App, payload: bytes, *, signed: bool = True
+) -> tuple[bytes, dict[str, str]]:
     headers = {"Content-Type": "application/json"}
     if not app.encrypt_key:
         return payload, headers
     body = json.dumps({"encrypt": encrypt(app.encrypt_key, payload)}).encode()
+    if not signed:
+        return body, headers
     timestamp, nonce = str(int(time.time())), secrets.token_hex(8)
     headers.update(
         {
@@ -350,17 +362,14 @@ async def post_callback(emu: FeishuEmulator, app: App, delivery: Delivery) -> di
     started = time.monotonic()
     try:
         timeout = aiohttp.ClientTimeout(total=emu.response_timeout)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(
-                app.callback_url, data=body, headers=headers, allow_redirects=False
-            ) as response,
-        ):
+        async with emu.callback_session().post(
+            app.callback_url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+        ) as response:
             text = await response.read()
             if response.status != 200:
                 return None
-    except (aiohttp.ClientError, TimeoutError):
-        return None
+    except (aiohttp.ClientError, TimeoutError, RuntimeError):
+        return None  # RuntimeError: the session was closed by a drop
     delivery.latencies.append(time.monotonic() - started)
     try:
         answer = json.loads(text) if text else {}
@@ -369,22 +378,26 @@ async def post_callback(emu: FeishuEmulator, app: App, delivery: Delivery) -> di
     return {"code": 200, "data": answer}
 
 
-async def verify_url(emu: FeishuEmulator, app_id: str) -> bool:
-    """Send the ``url_verification`` challenge to the app's callback URL; True if the
-    app echoed it."""
+async def verify_url(emu: FeishuEmulator, app_id: str, url: str | None = None) -> bool:
+    """Send the ``url_verification`` challenge to ``url`` (default: the app's callback
+    URL); True if it echoed the challenge within ``response_timeout``."""
     app = emu.apps[app_id]
-    assert app.callback_url is not None
-    _loopback(app.callback_url)
+    url = url or app.callback_url
+    assert url is not None
+    _loopback(url)
     challenge = secrets.token_hex(8)
     payload = json.dumps(
         {"challenge": challenge, "token": app.verification_token, "type": "url_verification"}
     ).encode()
-    body, headers = _callback_body(app, payload)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(app.callback_url, data=body, headers=headers) as response,
-    ):
-        if response.status != 200:
-            return False
-        answer = await response.json(content_type=None)
+    body, headers = _callback_body(app, payload, signed=False)
+    timeout = aiohttp.ClientTimeout(total=emu.response_timeout)
+    try:
+        async with emu.callback_session().post(
+            url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+        ) as response:
+            if response.status != 200:
+                return False
+            answer = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
     return isinstance(answer, dict) and answer.get("challenge") == challenge

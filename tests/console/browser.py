@@ -114,6 +114,14 @@ async def platform_console(
 @contextlib.asynccontextmanager
 async def console_page(demo: Demo, viewport: tuple[int, int] = (1400, 900)) -> AsyncIterator[Any]:
     """A headless chromium page on ``demo``'s console, once its event stream is open."""
+    assert demo.console is not None
+    async with open_console(demo.console.url, viewport) as page:
+        yield page
+
+
+@contextlib.asynccontextmanager
+async def open_console(url: str, viewport: tuple[int, int] = (1400, 900)) -> AsyncIterator[Any]:
+    """A headless chromium page on the console at ``url``, once its event stream is open."""
     async_playwright = require_browser()
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
@@ -121,8 +129,7 @@ async def console_page(demo: Demo, viewport: tuple[int, int] = (1400, 900)) -> A
         )
         try:
             page = await browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
-            assert demo.console is not None
-            await page.goto(demo.console.url)
+            await page.goto(url)
             await page.wait_for_selector("#connection.ok")
             yield page
         finally:

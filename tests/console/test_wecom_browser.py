@@ -7,17 +7,20 @@ fails instead (see ``browser.py``)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from imrobots.demo import Demo
+from imrobots.demo import ConfigConsole, Demo
 from imrobots.plugins import PluginManager
 from tests.console.browser import (
     ARTIFACTS,
     FEEDBACK_LABELS,
     console_page,
+    open_console,
     platform_console,
     require_modules,
 )
@@ -74,33 +77,14 @@ async def test_ask_the_wecom_robot_watch_the_stream_and_give_feedback(page: Any)
 @pytest.fixture
 async def app_page(manager: PluginManager) -> AsyncIterator[Any]:
     """The example support robot in app mode (``imrobots console --config app.toml``)."""
-    missing = [m for m in ("wechatpy", "cryptography") if importlib.util.find_spec(m) is None]
-    if missing:
-        reason = f'needs {", ".join(missing)} (pip install "imrobots[wecom]")'
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    from pathlib import Path
-
-    from imrobots.demo import ConfigConsole
-
+    require_modules(("wechatpy", "cryptography"), 'pip install "imrobots[wecom]"')
     manager.register(importlib.import_module("imrobots_wecom.plugin"), name="wecom")
     example = Path(__file__).parents[2] / "examples" / "wecom_support" / "app.toml"
     console = ConfigConsole(example, manager=manager, env={})
     url = await console.start()
-    async_playwright = _require_browser()
     try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-            )
-            try:
-                page = await browser.new_page(viewport={"width": 1400, "height": 900})
-                await page.goto(url)
-                await page.wait_for_selector("#connection.ok")
-                yield page
-            finally:
-                await browser.close()
+        async with open_console(url) as page:
+            yield page
     finally:
         await console.stop()
 

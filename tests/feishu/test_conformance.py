@@ -1,31 +1,36 @@
 """The Feishu platform passes the core conformance suite on its emulator, with answers
-streamed through CardKit and through PATCHed card messages, over the long connection.
-
-(The HTTP event-callback inbound mode is not in this version; see
-``docs/platforms/feishu.md``.)
+streamed through CardKit and through PATCHed card messages, with events arriving over
+the long connection and as HTTP callbacks (encrypted and signed).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from imrobots.config import structure
 from imrobots.emulation import EmulatorAdapter
 from imrobots.platform import Platform
 from imrobots.testing.conformance import EmulatorFactory, PlatformConformance
 
 pytest.importorskip("lark_oapi")
 
-from imrobots_feishu.console import FeishuConsoleAdapter
-from imrobots_feishu.platform import FeishuPlatform, FeishuSettings
+from ._adapter import FeishuModeAdapter
 
 
 class TestFeishuConformance(PlatformConformance):
-    @pytest.fixture(params=["cardkit", "patch"])
+    @pytest.fixture(
+        params=[
+            ("cardkit", "long_connection"),
+            ("patch", "long_connection"),
+            ("cardkit", "callback"),
+            ("patch", "callback"),
+        ],
+        ids=lambda p: "-".join(p),
+    )
     def emulator_factory(self, request: pytest.FixtureRequest) -> EmulatorFactory:
-        mode = request.param
-        return lambda: FeishuConsoleAdapter(card_mode=mode)
+        card_mode, mode = request.param
+        return lambda: FeishuModeAdapter(card_mode=card_mode, mode=mode)
 
     def make_platform(self, emulator: EmulatorAdapter) -> Platform:
-        settings = structure(emulator.robot_settings(), FeishuSettings, path="feishu emulator")
-        return FeishuPlatform(settings)
+        platform = emulator.create_platform()
+        assert platform is not None
+        return platform

@@ -1,0 +1,132 @@
+"""``imrobots check`` validates Feishu settings, callback mode's included, one line per
+problem naming its field, and never prints a secret.
+
+The platform is registered here as available (its own plugin still says planned until
+the status change lands), with the plugin's factory and settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import imrobots
+from imrobots.cli import cli
+from imrobots.plugins import PluginManager
+
+pytest.importorskip("lark_oapi")
+
+
+class _Available:
+    @imrobots.hookimpl
+    def register_platforms(self, register: Callable[[imrobots.PlatformSpec], None]) -> None:
+        register(
+            imrobots.PlatformSpec(
+                name="feishu",
+                factory="imrobots_feishu.platform:FeishuPlatform",
+                settings="imrobots_feishu.platform:FeishuSettings",
+                requires=("lark_oapi",),
+            )
+        )
+
+
+@pytest.fixture
+def feishu(manager: PluginManager) -> PluginManager:
+    manager.register(_Available(), name="feishu-test")
+    return manager
+
+
+GOOD = """
+[robots.cb]
+platform = "feishu"
+[robots.cb.settings]
+app_id = "cli_a1"
+app_secret = "{{FEISHU_APP_SECRET}}"
+mode = "callback"
+verification_token = "{{FEISHU_VERIFICATION_TOKEN}}"
+encrypt_key = "{{FEISHU_ENCRYPT_KEY}}"
+callback_host = "0.0.0.0"
+callback_port = 9000
+callback_path = "/feishu/events"
+[robots.cb.agent]
+use = "demo"
+"""
+
+BAD = """
+[robots.cb]
+platform = "feishu"
+[robots.cb.settings]
+app_id = "cli_a1"
+app_secret = "s3cr3t-value"
+mode = "callback"
+encrypt_key = ""
+callback_port = 70000
+callback_path = "feishu"
+callback_max_age = 0
+domain = "http://open.feishu.cn"
+[robots.cb.agent]
+use = "demo"
+
+[robots.typo]
+platform = "feishu"
+[robots.typo.settings]
+app_id = "cli_a2"
+app_secret = "x"
+mode = "webhook"
+[robots.typo.agent]
+use = "demo"
+"""
+
+ENV = {
+    "FEISHU_APP_SECRET": "app-secret-value",
+    "FEISHU_VERIFICATION_TOKEN": "verification-token-value",
+    "FEISHU_ENCRYPT_KEY": "encrypt-key-value",
+}
+
+
+def _check(path: Path, env: dict[str, str]) -> tuple[int, list[str]]:
+    cleared = {key: None for key in ENV} | env
+    result = CliRunner().invoke(cli, ["check", str(path)], env=cleared)  # type: ignore[arg-type]
+    return result.exit_code, result.output.strip().splitlines()
+
+
+def test_check_accepts_callback_mode(feishu: PluginManager, tmp_path: Path) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(GOOD, encoding="utf-8")
+    code, lines = _check(config, ENV)
+    assert code == 0, lines
+    assert not any(value in "\n".join(lines) for value in ENV.values())
+    assert not [line for line in lines if line.startswith("warning: ")], lines
+
+
+def test_check_warns_without_an_encrypt_key(feishu: PluginManager, tmp_path: Path) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(GOOD.replace('encrypt_key = "{{FEISHU_ENCRYPT_KEY}}"\n', ""), "utf-8")
+    code, lines = _check(config, ENV)
+    assert code == 0, lines
+    assert f"warning: {config}: robots.cb.settings.encrypt_key: not set: callbacks come " in (
+        "\n".join(lines)
+    )
+
+
+def test_check_names_each_callback_problem(feishu: PluginManager, tmp_path: Path) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(BAD, encoding="utf-8")
+    code, lines = _check(config, {})
+    assert code == 2, lines
+    prefix = f"error: {config}: robots."
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == [
+        f"{prefix}cb.settings.domain: must be an https origin (http only for 127.0.0.1), "
+        "got 'http://open.feishu.cn'",
+        f"{prefix}cb.settings.callback_max_age: must be positive, got 0.0",
+        f"{prefix}cb.settings.verification_token: required in mode 'callback' (the developer "
+        "console's Verification Token, under Events & Callbacks > Encryption Strategy)",
+        f"{prefix}cb.settings.encrypt_key: is empty; set the Encrypt Key or leave it out",
+        f"{prefix}cb.settings.callback_port: must be 0..65535, got 70000",
+        f"{prefix}cb.settings.callback_path: must start with /, got 'feishu'",
+        f"{prefix}typo.settings.mode: expected one of 'long_connection', 'callback'",
+    ], lines
+    assert "s3cr3t-value" not in "\n".join(lines)
