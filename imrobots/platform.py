@@ -27,7 +27,7 @@ import abc
 import enum
 import importlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import attrs
 
@@ -78,6 +78,8 @@ from .models import (
 )
 from .proxies import client_session
 from .secret import Secret
+
+T = TypeVar("T")
 
 __all__ = [
     "Actions",
@@ -133,6 +135,7 @@ __all__ = [
     "error_card",
     "final_card",
     "interrupted_card",
+    "structure_settings",
     "measure",
     "new_id",
     "resolve_object",
@@ -571,6 +574,18 @@ def resolve_object(ref: object) -> Any:
     for part in attribute.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def structure_settings(data: Mapping[str, Any], cls: type[T], *, path: str) -> T:
+    """Convert a settings table to the plugin's settings class ``cls`` the way ``imrobots
+    run`` does (strict: unknown keys and wrong types are errors; ``Secret`` fields wrapped).
+
+    For an emulator adapter or a test that builds its platform itself. Raises
+    :class:`ConfigError` with one line naming ``path.of.field`` for each problem.
+    """
+    from .config import structure  # config imports the runtime, which imports this module
+
+    return structure(dict(data), cls, path=path)
 
 
 @attrs.frozen(kw_only=True)

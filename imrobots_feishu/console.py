@@ -18,9 +18,11 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import imrobots
+from imrobots.platform import Platform, structure_settings
 
 from .emulator import FeishuEmulator
 from .emulator.emulator import message_text
+from .platform import FeishuPlatform, FeishuSettings
 
 __all__ = ["FIXED_APP_ID", "FeishuConsoleAdapter"]
 
@@ -49,6 +51,8 @@ class FeishuConsoleAdapter(imrobots.EmulatorAdapter):
         *,
         port: int = 0,
         card_mode: Literal["cardkit", "patch"] = "cardkit",
+        mode: Literal["long_connection", "callback"] = "long_connection",
+        encrypt: bool = True,
         app_id: str | None = None,
         client_secret: str | None = None,
         **emulator_options: Any,
@@ -56,15 +60,26 @@ class FeishuConsoleAdapter(imrobots.EmulatorAdapter):
         """``client_secret`` is the emulated app's App Secret, so that a printed config
         stays valid across restarts (``imrobots emulate feishu --client-secret``); the App
         ID is then :data:`FIXED_APP_ID` unless ``app_id`` is given. By default both are
-        new and random (each adapter in a process is its own app)."""
+        new and random (each adapter in a process is its own app).
+
+        ``mode`` is how events reach the robot: over the long connection, or (``callback``)
+        as HTTP POSTs to the robot's callback endpoint, encrypted with a new Encrypt Key
+        and signed unless ``encrypt=False``. In callback mode the robot's URL is set on the
+        emulator (with its URL-verification challenge) once the robot listens, before the
+        first event; that needs the platform object, so the adapter builds it
+        (:meth:`create_platform`)."""
         super().__init__()
         self.emulator = FeishuEmulator(port=port, **emulator_options)
         self.card_mode = card_mode
+        self.mode = mode
         if app_id is None and client_secret is not None:
             app_id = FIXED_APP_ID
         self.app_id = app_id or f"cli_emu{secrets.token_hex(4)}{next(_apps)}"
         self._secret = client_secret or secrets.token_urlsafe(24)
         self.app = self.emulator.add_app(self.app_id, self._secret)
+        if mode == "callback" and encrypt:
+            self.app.encrypt_key = secrets.token_urlsafe(24)
+        self.platforms: list[FeishuPlatform] = []
         self._limits: dict[str, Any] = {}
         self._cards: dict[str, View] = {}
         self._values: dict[str, dict[str, Any]] = {}
@@ -85,7 +100,7 @@ class FeishuConsoleAdapter(imrobots.EmulatorAdapter):
         return self.emulator.base_url
 
     def robot_settings(self) -> dict[str, Any]:
-        return {
+        settings: dict[str, Any] = {
             "app_id": self.app_id,
             "app_secret": self._secret,
             "domain": self.emulator.base_url,
@@ -94,6 +109,37 @@ class FeishuConsoleAdapter(imrobots.EmulatorAdapter):
             "reconnect_max": 1.0,
             **self._limits,
         }
+        if self.mode == "callback":
+            settings.update(
+                mode="callback",
+                verification_token=self.app.verification_token,
+                callback_port=0,
+            )
+            if self.app.encrypt_key:
+                settings["encrypt_key"] = self.app.encrypt_key
+        return settings
+
+    def create_platform(self) -> Platform | None:
+        """In callback mode, the robot's platform (the adapter needs its callback URL,
+        known once it listens); ``None`` otherwise (the robot is built from
+        :meth:`robot_settings` as usual)."""
+        if self.mode != "callback":
+            return None
+        settings = structure_settings(self.robot_settings(), FeishuSettings, path="feishu emulator")
+        platform = FeishuPlatform(settings)
+        self.platforms.append(platform)
+        return platform
+
+    async def _route(self) -> None:
+        """Point the app's callbacks at the newest listening robot (callback mode)."""
+        if self.mode != "callback":
+            return
+        for platform in reversed(self.platforms):
+            url = platform.callback_url
+            if url and platform.endpoint is not None:
+                if url != self.app.callback_url:
+                    await self.emulator.set_callback_url(self.app_id, url)
+                return
 
     def configure(
         self,
@@ -199,6 +245,7 @@ class FeishuConsoleAdapter(imrobots.EmulatorAdapter):
         user_name: str,
         mention: bool,
     ) -> str:
+        await self._route()
         shown = f"@{self.app.bot_name} {text}" if group and mention else text
         self.record_message(conversation_id, user_id, user_name, shown, from_robot=False)
         mentions = [self.emulator.bot_mention(self.app)] if group and mention else []
@@ -226,6 +273,7 @@ class FeishuConsoleAdapter(imrobots.EmulatorAdapter):
         user_name: str,
         mention: bool,
     ) -> str:
+        await self._route()
         shown = f"@{self.app.bot_name} {text}".strip() if group and mention else text
         for kind, name, _ in attachments:
             shown = f"{shown} [{kind}: {name}]".strip()
@@ -269,12 +317,14 @@ class FeishuConsoleAdapter(imrobots.EmulatorAdapter):
         return record.message_id
 
     async def redeliver(self, message_id: str) -> None:
+        await self._route()
         event_id = self._said.get(message_id)
         if event_id is None:
             raise ValueError(f"no message {message_id!r} was said on this emulator")
         await self.emulator.redeliver(event_id)
 
     async def press(self, *, card_id: str, button_id: str, user_id: str) -> None:
+        await self._route()
         values = self._values.get(card_id)
         if values is None:
             raise ValueError(f"no card {card_id!r}")
@@ -305,5 +355,9 @@ class FeishuConsoleAdapter(imrobots.EmulatorAdapter):
             self.emulator.set_rate_limit_rate(float(value or 0.0))
         elif kind == "latency":
             self.emulator.set_latency(float(value or 0.0))
+        elif kind == "lost_answers":
+            self.emulator.set_lost_answer_rate(float(value or 0.0))
         else:
-            raise ValueError(f"unknown fault {kind!r}; choose drop, errors, rate_limit or latency")
+            raise ValueError(
+                f"unknown fault {kind!r}; choose drop, errors, rate_limit, latency or lost_answers"
+            )

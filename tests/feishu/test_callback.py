@@ -19,13 +19,12 @@ from aiohttp import web
 pytest.importorskip("lark_oapi")
 
 from imrobots.platform import CardAction, FatalPlatformError, Message
+from imrobots_feishu.console import FeishuConsoleAdapter
 from imrobots_feishu.crypto import CallbackCrypto, ForgedCallback
 from imrobots_feishu.emulator import FeishuEmulator
 from imrobots_feishu.emulator.frames import card_action_event, message_event
 from imrobots_feishu.emulator.server import encrypt, sign
 from imrobots_feishu.platform import FeishuPlatform
-
-from ._adapter import FeishuModeAdapter
 
 Event = Message | CardAction
 
@@ -33,7 +32,7 @@ Event = Message | CardAction
 class Robot:
     """A Feishu platform in callback mode on an emulator, its sink recording events."""
 
-    def __init__(self, adapter: FeishuModeAdapter, platform: FeishuPlatform) -> None:
+    def __init__(self, adapter: FeishuConsoleAdapter, platform: FeishuPlatform) -> None:
         self.adapter = adapter
         self.platform = platform
         self.seen: list[Event] = []
@@ -93,7 +92,7 @@ class Robot:
 
 @pytest.fixture(params=[True, False], ids=["encrypted", "plain"])
 async def robot(request: pytest.FixtureRequest) -> AsyncIterator[Robot]:
-    adapter = FeishuModeAdapter(mode="callback", encrypt=request.param)
+    adapter = FeishuConsoleAdapter(mode="callback", encrypt=request.param)
     await adapter.start()
     platform = adapter.create_platform()
     assert isinstance(platform, FeishuPlatform)
@@ -241,7 +240,7 @@ def test_crypto_opens_what_the_emulator_seals() -> None:
 
 
 async def test_bad_credentials_fail_at_start() -> None:
-    adapter = FeishuModeAdapter(mode="callback")
+    adapter = FeishuConsoleAdapter(mode="callback")
     await adapter.start()
     adapter.emulator.apps[adapter.app_id].app_secret = "changed"
     platform = adapter.create_platform()

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from imrobots.emulation import EmulatorAdapter
-from imrobots.platform import Platform
 from imrobots.testing.conformance import EmulatorFactory, PlatformConformance
 
 pytest.importorskip("lark_oapi")
 
-from ._adapter import FeishuModeAdapter
+from imrobots_feishu.console import FeishuConsoleAdapter
 
 
 class TestFeishuConformance(PlatformConformance):
@@ -28,9 +26,4 @@ class TestFeishuConformance(PlatformConformance):
     )
     def emulator_factory(self, request: pytest.FixtureRequest) -> EmulatorFactory:
         card_mode, mode = request.param
-        return lambda: FeishuModeAdapter(card_mode=card_mode, mode=mode)
-
-    def make_platform(self, emulator: EmulatorAdapter) -> Platform:
-        platform = emulator.create_platform()
-        assert platform is not None
-        return platform
+        return lambda: FeishuConsoleAdapter(card_mode=card_mode, mode=mode)
