@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from imrobots.webguard import new_token
+from imrobots.emulation import new_token
 
 from . import errors, frames
 from .errors import ApiError

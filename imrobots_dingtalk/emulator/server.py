@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
-from imrobots.webguard import control_guard
+from imrobots.emulation import control_guard
 
 from . import errors, frames
 from .errors import ApiError

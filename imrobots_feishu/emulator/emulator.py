@@ -39,7 +39,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 
-from imrobots.webguard import new_token
+from imrobots.emulation import new_token
 
 from .errors import ApiError
 from .frames import DATA, Frame, card_action_event, encode_frame, message_event, new_id

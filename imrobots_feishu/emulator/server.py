@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from imrobots.webguard import control_guard
+from imrobots.emulation import control_guard
 
 from .errors import ApiError
 from .frames import CONTROL, DATA, FrameError, decode_frame, encode_frame

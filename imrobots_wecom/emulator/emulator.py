@@ -67,7 +67,7 @@ import aiohttp
 import attrs
 from aiohttp import web
 
-from imrobots.webguard import control_guard, new_token
+from imrobots.emulation import control_guard, new_token
 
 from ..crypto import CallbackCrypto, encrypt_media, new_media_key
 
