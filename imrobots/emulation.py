@@ -43,6 +43,10 @@ Events from :meth:`EmulatorAdapter.subscribe` are ``{"type": "card" | "message" 
 "call" | "upload" | "connection" | "feedback", ...}`` with the view under the
 type's name (a connection event is ``{"type": "connection", "connection": {"event":
 "open" | "close"}}``).
+
+An emulator that serves HTTP guards its control routes (``/_emulator/...``) with
+:func:`control_guard` and a :func:`new_token` per start (Host and Origin checks, the
+token for state-changing calls; see :mod:`imrobots.webguard`).
 """
 
 from __future__ import annotations
@@ -61,10 +65,11 @@ import attrs
 from .cards import Actions, Card, CardStatus, Divider, Markdown, Note
 from .memory import MemoryCard, MemoryPlatform, MemorySettings
 from .platform import Platform
-from .webguard import control_guard, new_token
+from .webguard import TOKEN_HEADER, control_guard, new_token
 
 __all__ = [
     "FAULT_KINDS",
+    "TOKEN_HEADER",
     "EmulatorAdapter",
     "MemoryEmulator",
     "card_view_blocks",

@@ -249,3 +249,18 @@ async def test_feishu_and_wecom_control_routes_refuse_a_rebound_host(
             assert r.status != 403
     finally:
         await wecom.stop()
+
+
+async def test_a_refusal_is_logged_without_the_token(
+    demo: Demo, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert demo.console is not None
+    base = demo.console.url.rstrip("/")
+    caplog.set_level("WARNING", logger="imrobots.security")
+    headers = {"Origin": EVIL, TOKEN_HEADER: demo.console.token}
+    async with http.post(f"{base}/api/memory/faults", json={"kind": "drop"}, headers=headers) as r:
+        assert r.status == 403
+        assert demo.console.token not in await r.text()
+    [record] = [r for r in caplog.records if r.name == "imrobots.security"]
+    assert "refused POST /api/memory/faults" in record.getMessage()
+    assert EVIL in record.getMessage() and demo.console.token not in caplog.text
