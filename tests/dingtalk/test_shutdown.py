@@ -117,6 +117,7 @@ async def test_sigterm_exits_within_the_grace_period_while_a_sync_agent_blocks(
                 await proc.wait()
         log.seek(0)
         output = log.read().decode("utf-8", errors="replace")
+    print(f"SIGTERM to exit: {took:.2f} s (grace {GRACE} s), exit code {code}")
     assert code == 0, output[-3000:]
     assert took < GRACE + 3.0, output[-3000:]  # the grace period plus interpreter exit
     (card,) = emu.cards.values()
