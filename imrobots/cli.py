@@ -52,8 +52,11 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+        error = record.exc_text  # when set: the traceback as the RedactingFilter left it
+        if not error and record.exc_info:
+            error = self.formatException(record.exc_info)
+        if error:
+            entry["error"] = error
         return json.dumps(entry, ensure_ascii=False)
 
 
