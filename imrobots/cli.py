@@ -52,8 +52,11 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+        error = record.exc_text  # when set: the traceback as the RedactingFilter left it
+        if not error and record.exc_info:
+            error = self.formatException(record.exc_info)
+        if error:
+            entry["error"] = error
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -225,11 +228,13 @@ DEFAULT_GRACE = 10.0
 """Seconds ``imrobots run`` takes to stop after SIGTERM or Ctrl-C (``--grace``)."""
 
 
-def _run_to_exit(main: Coroutine[Any, Any, None]) -> None:
+def _run_to_exit(main: Coroutine[Any, Any, None], grace: float = DEFAULT_GRACE) -> None:
     """Run ``main`` like :func:`asyncio.run`, but never wait for threads user code left
     blocked (``asyncio.to_thread`` in a handler, say): ``asyncio.run`` waits for the
     loop's default executor without a limit. What still runs after ``main`` returned is
-    given a moment, then the process exits (status 0) without it."""
+    given a moment (at most a second, and 15 % of ``grace`` for tasks, as much for
+    threads), then the process exits (status 0) without it."""
+    moment = min(1.0, 0.15 * grace)
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(main)
@@ -237,11 +242,11 @@ def _run_to_exit(main: Coroutine[Any, Any, None]) -> None:
         for task in leftovers:
             task.cancel()
         if leftovers:
-            loop.run_until_complete(asyncio.wait(leftovers, timeout=1.0))
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=moment))
         loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
         loop.close()  # shuts the default executor down without waiting
-    deadline = time.monotonic() + 1.0
+    deadline = time.monotonic() + moment
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -328,9 +333,10 @@ async def _stop_all(runtimes: Sequence[Any], grace: float) -> bool:
     everything stopped in time."""
     if not runtimes:
         return True
-    # most of the grace period for answers to close their cards, the rest for disconnecting
-    stopping = [asyncio.ensure_future(r.stop(timeout=grace * 0.7)) for r in runtimes]
-    done, pending = await asyncio.wait(stopping, timeout=grace)
+    # Of the grace period: 60 % for answers to close their cards, 10 % more for
+    # disconnecting; the rest is for what user code left running (_run_to_exit).
+    stopping = [asyncio.ensure_future(r.stop(timeout=grace * 0.6)) for r in runtimes]
+    done, pending = await asyncio.wait(stopping, timeout=grace * 0.7)
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             log.error("stopping a robot failed", exc_info=task.exception())
@@ -409,7 +415,9 @@ def run(
             )
     try:
         runtimes = build_runtimes(result.config, list(names) or None)
-        _run_to_exit(_serve(runtimes, status=not no_status, grace=grace, health=health))
+        _run_to_exit(
+            _serve(runtimes, status=not no_status, grace=grace, health=health), grace=grace
+        )
     except ImrobotsError as exc:
         _fail(exc)
 

@@ -371,10 +371,9 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        addresses = self._runner.addresses  # the port actually bound (port 0: any free one)
+        if addresses:
+            self.port = int(addresses[0][1])
         return self.url
 
     @property

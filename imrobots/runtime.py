@@ -550,7 +550,7 @@ class RobotRuntime:
             )
         elif not (tally.streams or tally.sent):
             self.stats.unanswered += 1
-            log.info("robot %s sent nothing for message %s", self.name, message.id)
+            log.debug("robot %s sent nothing for message %s", self.name, message.id)
         else:
             self.stats.answered += 1
             if arrived is not None:

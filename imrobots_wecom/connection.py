@@ -54,6 +54,7 @@ import aiohttp
 import attrs
 
 from imrobots.platform import (
+    ConnectionStatus,
     FatalPlatformError,
     OutcomeUnknown,
     RetryableError,
@@ -106,8 +107,11 @@ class AibotConnection:
         secret: Secret,
         handler: Handler,
         options: ConnectionOptions | None = None,
+        status: ConnectionStatus | None = None,
     ) -> None:
         self.session = session
+        self.status = status or ConnectionStatus()
+        """Where connection state and inbound frames are reported (the core's health)."""
         self.url = url
         self.bot_id = bot_id
         self._secret = secret
@@ -179,6 +183,7 @@ class AibotConnection:
     async def _run(self) -> None:
         attempt = 0
         while not self._stopped():
+            self.status.connecting()
             try:
                 await self._session_once()
                 attempt = 0
@@ -211,6 +216,7 @@ class AibotConnection:
                 )
             if self._stopped():
                 break
+            self.status.disconnected("the WeCom connection was lost")
             attempt += 1
             self.reconnects += 1
             delay = min(
@@ -237,6 +243,8 @@ class AibotConnection:
             async with asyncio.timeout(self.options.connect_timeout):
                 while True:
                     frame = await self._receive(ws)
+                    if frame is not None:
+                        self.status.frame_received()
                     if frame is None:
                         raise aiohttp.ClientError("closed before the subscription was answered")
                     if frame.get("headers", {}).get("req_id") == subscribe_id:
@@ -246,6 +254,7 @@ class AibotConnection:
                 raise AckError("aibot_subscribe", errcode, str(frame.get("errmsg", "")))
             self.generation += 1
             self._ready.set()
+            self.status.connected()
             if self._first is not None and not self._first.done():
                 self._first.set_result(None)
             log.info("WeCom bot %s: subscribed (%s)", self.bot_id, self.url)
@@ -253,6 +262,8 @@ class AibotConnection:
             try:
                 while True:
                     frame = await self._receive(ws)
+                    if frame is not None:
+                        self.status.frame_received()
                     if frame is None:
                         return
                     self._dispatch(frame)

@@ -544,6 +544,7 @@ class WeComPlatform(Platform):
             bot_id=s.bot_id,
             secret=s.secret,
             handler=self._on_push,
+            status=self.connection_status,
             options=ConnectionOptions(
                 connect_timeout=s.connect_timeout,
                 ack_timeout=s.ack_timeout,

@@ -5,6 +5,7 @@ configured secrets and none of the tokens the platform issued."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
@@ -13,6 +14,7 @@ import pytest
 
 from imrobots import Message, Reply, Robot
 from imrobots.agents import AgentRequest
+from imrobots.cli import _JsonFormatter
 from imrobots.secret import RedactingFilter, redact_text, redact_url
 from imrobots_dingtalk.emulator import DingTalkEmulator
 
@@ -110,4 +112,6 @@ def test_the_log_filter_redacts_messages_arguments_and_tracebacks() -> None:
         )
     RedactingFilter().filter(record)
     assert "SEKRET" not in logging.Formatter().format(record)
+    assert "SEKRET" not in _JsonFormatter().format(record)  # --log-format json
     assert "access_token=***" in record.getMessage()
+    assert "access_token=***" in json.loads(_JsonFormatter().format(record))["error"]

@@ -27,17 +27,39 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
 GRACE = 3.0
 GRACE_ARGS = ["--grace", str(GRACE)]
 
-AGENT = '''
+AGENTS = {
+    "sync agent blocked forever": '''
 import threading
-
-started = threading.Event()
 
 
 def agent(request):
     """A sync agent that blocks forever (a hung model call without a timeout)."""
     threading.Event().wait()
     return "never"
-'''
+''',
+    "async agent swallowing cancellation": '''
+import asyncio
+
+
+async def agent(request):
+    """An async agent that ignores being cancelled and waits on."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+''',
+    "to_thread call blocked forever": '''
+import asyncio
+import threading
+
+
+async def agent(request):
+    """A blocking call moved to the loop's default executor, which asyncio.run waits for."""
+    await asyncio.to_thread(threading.Event().wait)
+    return "never"
+''',
+}
 
 
 def write_config(
@@ -74,11 +96,12 @@ use = "{agent}"
     return path
 
 
-async def test_sigterm_exits_within_the_grace_period_while_a_sync_agent_blocks(
-    emu: DingTalkEmulator,
+@pytest.mark.parametrize("case", list(AGENTS))
+async def test_sigterm_exits_within_the_grace_period_whatever_the_agent_does(
+    emu: DingTalkEmulator, case: str
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as log:
-        config = write_config(emu, Path(tmp), "blocking_agent:agent", module=AGENT)
+        config = write_config(emu, Path(tmp), "blocking_agent:agent", module=AGENTS[case])
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -117,7 +140,9 @@ async def test_sigterm_exits_within_the_grace_period_while_a_sync_agent_blocks(
                 await proc.wait()
         log.seek(0)
         output = log.read().decode("utf-8", errors="replace")
+    print(f"{case}: SIGTERM to exit {took:.2f} s (grace {GRACE} s), exit code {code}")
     assert code == 0, output[-3000:]
-    assert took < GRACE + 3.0, output[-3000:]  # the grace period plus interpreter exit
+    assert took < GRACE + 1.0, output[-3000:]  # the grace period, plus interpreter exit
     (card,) = emu.cards.values()
-    assert "interrupted" in json.dumps(card.content), card.content  # stopReason or note
+    if case != "async agent swallowing cancellation":  # that answer cannot end: left open
+        assert "interrupted" in json.dumps(card.content), card.content  # stopReason or note

@@ -1,0 +1,46 @@
+"""Issue 12, Build 3 on WeCom: the long connection reports its state, reconnects and
+inbound frames through the core's ``Platform.connection_status`` (read by ``/healthz``
+and ``/metrics``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from imrobots import Robot
+from imrobots.emulation import EmulatorAdapter
+from imrobots.health import ConnectionState
+from imrobots.platform import Platform
+from imrobots.testing.conformance import open_rig
+from imrobots_wecom.console import WeComConsoleAdapter
+
+
+def _platform(emulator: EmulatorAdapter) -> Platform:
+    platform = emulator.create_platform()
+    assert platform is not None
+    return platform
+
+
+async def _poll(predicate: object, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_the_connection_reports_state_frames_and_reconnects() -> None:
+    async with open_rig(
+        lambda: WeComConsoleAdapter(), Robot(agent=lambda r: "ok"), make_platform=_platform
+    ) as rig:
+        status = rig.platform.connection_status
+        assert status.reported and status.state is ConnectionState.CONNECTED
+        assert status.connections == 1 and status.reconnects == 0
+        assert status.last_frame is not None  # the subscription's answer
+        before = status.last_frame
+        await rig.say("question", conversation_id="g-health")
+        await rig.final_card("g-health", "ok")
+        assert status.last_frame > before
+        await rig.emulator.fault("drop")
+        await _poll(lambda: status.reconnects == 1 and status.state is ConnectionState.CONNECTED)
+    assert status.state is ConnectionState.CLOSED
