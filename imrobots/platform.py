@@ -135,11 +135,11 @@ __all__ = [
     "error_card",
     "final_card",
     "interrupted_card",
-    "structure_settings",
     "measure",
     "new_id",
     "resolve_object",
     "streaming_card",
+    "structure_settings",
     "thinking_card",
 ]
 
