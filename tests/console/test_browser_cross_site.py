@@ -14,7 +14,7 @@ from aiohttp import web
 from imrobots.demo import Demo
 from imrobots.demo_agent import DemoAgent
 from imrobots.plugins import PluginManager
-from tests.console.test_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
+from tests.console.browser import CHROMIUM, CHROMIUM_ARGS, require_browser
 
 ATTACK = """<!doctype html><title>cute cats</title><script>
 window.attack = async (target) => {
@@ -60,7 +60,7 @@ async def hostile_site() -> AsyncIterator[int]:
 
 
 async def test_a_hostile_page_cannot_drive_the_console(demo: Demo, hostile_site: int) -> None:
-    async_playwright = _require_browser()
+    async_playwright = require_browser()
     assert demo.console is not None
     console = demo.console.url
     async with async_playwright() as p:
