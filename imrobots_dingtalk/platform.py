@@ -75,6 +75,8 @@ from .cards import ai_card_params, ai_markdown, standard_card, stream_flags
 from .connection import (
     ACK_OK,
     Ack,
+    LIVENESS_MARGIN,
+    SYSTEM_PING_INTERVAL,
     ConnectionOptions,
     FollowUp,
     Frame,
@@ -247,11 +249,17 @@ class DingTalkSettings:
     connect_timeout: float = attrs.field(default=30.0, validator=_positive)
     """Seconds ``start`` waits for the first stream connection."""
     ping_interval: float = attrs.field(default=20.0, validator=_positive)
-    """Seconds between WebSocket pings the client sends."""
-    idle_timeout: float = attrs.field(default=60.0, validator=_positive)
-    """Seconds without any frame or pong after which a connection is presumed dead."""
+    """Seconds between WebSocket pings the client sends (they keep middleboxes from
+    dropping an idle socket; their pongs do not prove the connection alive)."""
+    idle_timeout: float = attrs.field(
+        default=SYSTEM_PING_INTERVAL + LIVENESS_MARGIN, validator=_positive
+    )
+    """Seconds without a frame from DingTalk (a SYSTEM ping or a push) after which the
+    connection is replaced (a new one opened, then the old one closed). Default 40: DingTalk
+    sends a SYSTEM ping every 20-30 s (PROTOCOLS 1.5), plus a 10 s margin."""
     reconnect_initial: float = attrs.field(default=0.5, validator=_positive)
-    """First reconnect delay; doubles per failed attempt (with jitter)."""
+    """First reconnect delay; doubles per failed attempt (with jitter). A connection that
+    completed its handshake resets it: a drop is followed by a reconnect within this."""
     reconnect_max: float = attrs.field(default=30.0, validator=_positive)
     """Longest reconnect delay."""
     local_ip: str | None = None
