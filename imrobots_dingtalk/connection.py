@@ -54,6 +54,7 @@ import aiohttp
 import attrs
 
 from imrobots.platform import FatalPlatformError, PlatformError, RetryableError, Secret
+from imrobots.redirects import redirect_message
 
 from .api import classify
 
@@ -63,6 +64,7 @@ __all__ = [
     "MAX_MESSAGE_ID",
     "SYSTEM_PING_INTERVAL",
     "Ack",
+    "BadFrame",
     "ConnectionOptions",
     "ConnectionStats",
     "Frame",
@@ -83,7 +85,7 @@ replaced (network jitter, a busy server)."""
 MAX_MESSAGE_ID = 200
 """Characters of a frame's ``messageId`` accepted (DingTalk's look like
 ``213d841d_972_1898bb26334_70a7``, PROTOCOLS 1.3); a longer one is refused with 400."""
-_MESSAGE_ID = re.compile(r'"messageId"\s*:\s*"([^"\\]{1,200})"')
+_MESSAGE_ID = re.compile(r'"messageId"\s*:\s*"([^"\\]{1,1024})"')
 
 
 @attrs.frozen(kw_only=True)
@@ -408,9 +410,15 @@ class StreamConnection:
         timeout = aiohttp.ClientTimeout(total=self.options.request_timeout)
         try:
             async with self.session.post(
-                url, data=json.dumps(body), headers=headers, timeout=timeout
+                url, data=json.dumps(body), headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 status = response.status
+                if 300 <= status < 400:
+                    message = redirect_message(
+                        f"DingTalk {what}", status, response.headers.get("Location")
+                    )
+                    log.warning("%s", message)
+                    raise FatalPlatformError(message, code="redirect", status=status)
                 raw = await response.read()
         except TimeoutError:
             raise RetryableError(f"DingTalk {what} timed out") from None
@@ -605,7 +613,8 @@ class StreamConnection:
             "data": ack.data,
         }
         try:
-            await live.ws.send_str(json.dumps(frame, ensure_ascii=False))
+            # ASCII: a lone surrogate echoed from a hostile frame travels as an escape
+            await live.ws.send_str(json.dumps(frame))
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             log.warning("could not acknowledge frame %s: %s", message_id, _describe(exc))
             return
@@ -617,15 +626,18 @@ class StreamConnection:
             frame = _parse_frame(text)
         except ValueError as exc:
             self.stats.malformed += 1
-            match = _MESSAGE_ID.search(text)
+            message_id = exc.message_id if isinstance(exc, BadFrame) else None
+            if message_id is None:
+                match = _MESSAGE_ID.search(text)
+                message_id = match.group(1) if match else None
             log.warning(
-                "malformed DingTalk frame (%s, %d bytes)%s",
+                "malformed DingTalk frame (%s, %d characters)%s",
                 exc,
                 len(text),
-                f"; acking {match.group(1)} with 400" if match else "; no messageId to ack",
+                f"; acking {message_id[:80]!a} with 400" if message_id else "; no messageId to ack",
             )
-            if match:
-                await self._send_ack(live, match.group(1), Ack(code=400, message=str(exc)))
+            if message_id:
+                await self._send_ack(live, message_id, Ack(code=400, message=str(exc)[:200]))
             return
         if frame.type == "SYSTEM":
             await self._on_system(live, frame)
@@ -691,11 +703,32 @@ _SIGNS_OF_LIFE = frozenset(
 )
 
 
+class BadFrame(ValueError):
+    """A frame that cannot be taken, whose ``messageId`` (to ack it with 400) is known."""
+
+    def __init__(self, reason: str, message_id: str) -> None:
+        super().__init__(reason)
+        self.message_id = message_id
+
+
+def _valid_text(value: str) -> bool:
+    """No lone surrogate (a ``\\ud800`` escape in the JSON): the text encodes to UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _parse_frame(text: str) -> Frame:
+    """The frame in ``text``; :class:`ValueError` (:class:`BadFrame` when the messageId is
+    known) for anything that is not a frame of PROTOCOLS 1.3."""
     try:
         raw = json.loads(text)
     except ValueError:
         raise ValueError("not JSON") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
     if not isinstance(raw, dict):
         raise ValueError("not a JSON object")
     headers = raw.get("headers")
@@ -704,6 +737,10 @@ def _parse_frame(text: str) -> Frame:
     message_id = headers.get("messageId")
     if not isinstance(message_id, str) or not message_id:
         raise ValueError("no messageId")
+    if len(message_id) > MAX_MESSAGE_ID:
+        raise BadFrame(f"messageId longer than {MAX_MESSAGE_ID} characters", message_id)
+    if not _valid_text(message_id):
+        raise BadFrame("messageId is not valid Unicode (a lone surrogate)", message_id)
     kind = raw.get("type")
     topic = headers.get("topic")
     data = raw.get("data", "")
@@ -712,14 +749,14 @@ def _parse_frame(text: str) -> Frame:
     if not isinstance(topic, str):
         raise ValueError("no topic")
     if not isinstance(data, str):
-        data = json.dumps(data, ensure_ascii=False)  # tolerate an object instead of a string
+        data = json.dumps(data)  # tolerate an object instead of a string
     return Frame(type=kind, topic=topic, message_id=message_id, headers=headers, data=data)
 
 
 def _disconnect_reason(data: str) -> str:
     try:
         parsed = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "no reason"
     reason = parsed.get("reason") if isinstance(parsed, dict) else None
     return reason if isinstance(reason, str) else "no reason"

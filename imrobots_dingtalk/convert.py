@@ -68,6 +68,7 @@ __all__ = [
     "make_converter",
     "parse_bot_message",
     "parse_card_callback",
+    "parse_json",
     "quote_of",
     "strip_mentions",
     "to_card_action",
@@ -268,12 +269,61 @@ def _camel(name: str) -> str:
 _CAMEL_EXCEPTIONS = {"msgtype": "msgtype"}
 
 
+MAX_TIME_MS = 32_503_680_000_000
+"""The latest timestamp taken (3000-01-01, in milliseconds); later ones are malformed."""
+
+ID_FIELDS = frozenset(
+    {"msgId", "conversationId", "senderStaffId", "senderId", "outTrackId", "userId", "spaceId"}
+)
+"""Fields that identify (dedupe keys, conversations, cards): a lone surrogate in one is
+refused, never replaced (two ids would become one)."""
+
+
+def _clean(value: Any, key: str | None = None) -> Any:
+    """``value`` with each lone surrogate in a string replaced by U+FFFD (a ``\\ud800``
+    escape in the JSON; such a string cannot be stored, logged as UTF-8 or sent back);
+    :class:`MalformedPayload` for one in an :data:`ID_FIELDS` field."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            if key in ID_FIELDS:
+                raise MalformedPayload(
+                    f"data.{key}: not valid Unicode (a lone surrogate)"
+                ) from None
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
+    if isinstance(value, dict):
+        return {
+            _clean(k) if isinstance(k, str) else k: _clean(v, k if isinstance(k, str) else None)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """The JSON in a push's ``data`` string, lone surrogates cleaned (see :func:`_clean`).
+    Raises :class:`MalformedPayload` for text that is not JSON, nested too deep for the
+    parser, or with a lone surrogate in an id."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise MalformedPayload("data is not JSON") from None
+    except RecursionError:
+        raise MalformedPayload("data: JSON nested too deep") from None
+    if "\\u" in text or "\\U" in text:  # only escapes can bring lone surrogates in
+        return _clean(value)
+    return value
+
+
 def _json_text(value: Any) -> Any:
     """DingTalk nests some objects as JSON strings; accept both forms."""
     if isinstance(value, str):
         try:
             return json.loads(value) if value.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             raise MalformedPayload("expected a JSON object inside a string") from None
     return value
 
@@ -440,9 +490,13 @@ def parse_card_callback(data: Any) -> CardCallback:
 # --------------------------------------------------------------------------- to core
 
 
-def _time(create_at: int | None) -> datetime:
-    if create_at is None or create_at <= 0:
+def _time(create_at: int | None, field: str = "createAt") -> datetime:
+    """The time of a millisecond timestamp (``None`` or 0: now); :class:`MalformedPayload`
+    outside 1970..3000."""
+    if create_at is None or create_at == 0:
         return datetime.now(UTC)
+    if not 0 < create_at <= MAX_TIME_MS:
+        raise MalformedPayload(f"{field}: {create_at} is out of range (milliseconds)")
     return datetime.fromtimestamp(create_at / 1000, tz=UTC)
 
 
@@ -501,6 +555,9 @@ def to_message(
         bot, raw = data, {}
     else:
         bot, raw = parse_bot_message(data), data
+    if not bot.msg_id:
+        # the dedupe key: two messages without one would be taken for one
+        raise MalformedPayload("data.msgId: empty")
     content = bot.content
     kind = MessageKind.UNSUPPORTED
     text = ""
@@ -743,6 +800,6 @@ def to_card_action(
         value=callback_value(private.params),
         sender=Sender(id=callback.user_id),
         conversation=conversation,
-        time=_time(time_ms),
+        time=_time(time_ms, "the time header"),
         raw=raw,
     )

@@ -69,21 +69,22 @@ from imrobots.platform import (
     Target,
     Upload,
 )
+from imrobots.redirects import refuse_redirects
 
 from .api import DUPLICATE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, DingTalkApi
 from .cards import ai_card_params, ai_markdown, standard_card, stream_flags
 from .connection import (
     ACK_OK,
-    Ack,
     LIVENESS_MARGIN,
     SYSTEM_PING_INTERVAL,
+    Ack,
     ConnectionOptions,
     FollowUp,
     Frame,
     StreamConnection,
     Subscription,
 )
-from .convert import MalformedPayload, get_converter, to_card_action, to_message
+from .convert import get_converter, parse_json, to_card_action, to_message
 from .messages import (
     ROBOT_PARAM_BYTES,
     WEBHOOK_TEXT_BYTES,
@@ -390,6 +391,11 @@ streaming calls overwrite the whole content. Texts, images and files (sessionWeb
 robot message APIs) have no idempotency field and are left out."""
 
 
+_BAD_DATA = (ValueError, TypeError, OverflowError, RecursionError)
+"""What converting a push's data may raise: :class:`MalformedPayload` (a ValueError) for
+the shapes :mod:`.convert` checks, the rest for hostile ones; each is a 400 ack."""
+
+
 class DingTalkPlatform(Platform):
     """A robot's connection to DingTalk (Stream mode). See the module docstring."""
 
@@ -453,6 +459,7 @@ class DingTalkPlatform(Platform):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
                 headers={"User-Agent": "imrobots-dingtalk/0.1"},
+                trace_configs=[refuse_redirects()],  # ws_connect cannot be told not to follow
             )
             self._api = DingTalkApi(
                 self._session,
@@ -532,8 +539,8 @@ class DingTalkPlatform(Platform):
         deliver). Pure and quick (about 15 µs): any thread may call it."""
         if frame.topic == BOT_MESSAGE_TOPIC:
             try:
-                message = to_message(json.loads(frame.data), robot_names=self.settings.robot_names)
-            except (ValueError, MalformedPayload) as exc:
+                message = to_message(parse_json(frame.data), robot_names=self.settings.robot_names)
+            except _BAD_DATA as exc:  # MalformedPayload, and what a hostile shape may raise
                 log.warning("dropped malformed bot message %s: %s", frame.message_id, exc)
                 return Ack(code=400, message=f"bad data: {exc}"[:200]), None
             if message.raw.get("errCode"):
@@ -548,9 +555,9 @@ class DingTalkPlatform(Platform):
         if frame.topic == CARD_CALLBACK_TOPIC:
             try:
                 action: CardAction = to_card_action(
-                    json.loads(frame.data), callback_id=frame.message_id, time_ms=frame.time_ms
+                    parse_json(frame.data), callback_id=frame.message_id, time_ms=frame.time_ms
                 )
-            except (ValueError, MalformedPayload) as exc:
+            except _BAD_DATA as exc:
                 log.warning("dropped malformed card callback %s: %s", frame.message_id, exc)
                 return Ack(code=400, message=f"bad data: {exc}"[:200]), None
             return _CARD_ACK, action

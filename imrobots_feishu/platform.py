@@ -89,6 +89,7 @@ from imrobots.platform import (
     Upload,
     streaming_card,
 )
+from imrobots.redirects import refuse_redirects
 
 from .api import CARD_GONE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, FeishuApi
 from .cards import card_json, dumps
@@ -205,8 +206,8 @@ class FeishuSettings:
     request_timeout: float = attrs.field(default=10.0, validator=_positive)
     connect_timeout: float = attrs.field(default=30.0, validator=_positive)
     idle_timeout: float | None = attrs.field(default=None, validator=_positive)
-    """Seconds without any frame before the long connection is presumed dead (default:
-    three ping intervals of the server's ClientConfig)."""
+    """Seconds without a frame from Feishu (pong or event) before the long connection is
+    presumed dead (default: the server's PingInterval plus 10 s, at most twice it)."""
     reconnect_initial: float = attrs.field(default=0.5, validator=_positive)
     reconnect_max: float = attrs.field(default=30.0, validator=_positive)
 
@@ -318,7 +319,7 @@ class FeishuPlatform(Platform):
     # ------------------------------------------------------------------ lifecycle
     async def start(self, sink: EventSink) -> None:
         self._sink = sink
-        self._session = aiohttp.ClientSession()
+        self._session = aiohttp.ClientSession(trace_configs=[refuse_redirects()])
         try:
             self.bot_open_id = await self.api.bot_open_id()
         except Exception as exc:

@@ -22,8 +22,11 @@ the emulator faithful: ``tests/wecom/test_sdk.py`` runs it, unchanged, against i
    ``aibot_subscribe`` with the bot id and secret; wait for its ack. A non-zero
    errcode is a credentials error: :meth:`AibotConnection.start` raises it at once,
    later it is retried with backoff.
-2. Every ``ping_interval`` (30 s) send ``ping``; two pings without an ack mean the
-   socket is dead: close it and reconnect (the SDK's rule).
+2. Every ``ping_interval`` (30 s, the SDK's) send ``ping``; its ack comes at once. A
+   connection on which no frame from WeCom (a ping ack, a push) arrived for the ping
+   interval plus a margin (:data:`LIVENESS_MARGIN`, 10 s, at most the interval itself:
+   40 s by default) is dead: close it and reconnect. (The SDK waits for two missed acks,
+   60-90 s.)
 3. Pushes (``aibot_msg_callback``/``aibot_event_callback``) need no acknowledgement
    from the client (the SDK sends none); the handler only converts and queues, so the
    reader never waits for an answer.
@@ -33,7 +36,9 @@ the emulator faithful: ``tests/wecom/test_sdk.py`` runs it, unchanged, against i
    SDK), which paces stream replies by WeCom's own acks.
 5. ``disconnected_event`` (a newer connection of the same bot took over) stops the
    loop for good, with one clear error log line, instead of fighting the other process.
-6. Other losses reconnect with exponential backoff and jitter, without limit.
+6. Other losses reconnect with exponential backoff and jitter, without limit; a
+   connection whose ``aibot_subscribe`` was acknowledged resets the backoff, so the
+   first reconnect after a drop goes out at once.
 
 Secrets: the bot secret goes only into the subscribe frame, never into logs or errors.
 """
@@ -60,7 +65,10 @@ from imrobots.platform import (
     Secret,
 )
 
-__all__ = ["AckError", "AibotConnection", "ConnectionOptions", "new_req_id"]
+__all__ = ["LIVENESS_MARGIN", "AckError", "AibotConnection", "ConnectionOptions", "new_req_id"]
+
+LIVENESS_MARGIN = 10.0
+"""Seconds past the ping interval before a silent connection is taken for dead."""
 
 log = logging.getLogger("imrobots.wecom.connection")
 
@@ -89,7 +97,6 @@ class ConnectionOptions:
     connect_timeout: float = 30.0
     ack_timeout: float = 5.0
     ping_interval: float = 30.0
-    max_missed_pings: int = 2
     reconnect_initial: float = 1.0
     reconnect_max: float = 30.0
 
@@ -125,7 +132,7 @@ class AibotConnection:
         self._ready = asyncio.Event()
         self._first: asyncio.Future[None] | None = None
         self._closing = False
-        self._missed = 0
+        self._last_frame = 0.0
         self._send_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -179,9 +186,9 @@ class AibotConnection:
     async def _run(self) -> None:
         attempt = 0
         while not self._stopped():
+            generation = self.generation
             try:
                 await self._session_once()
-                attempt = 0
             except asyncio.CancelledError:
                 raise
             except AckError as exc:
@@ -203,6 +210,8 @@ class AibotConnection:
                 self._ready.clear()
                 self._ws = None
                 self._fail_pending(OutcomeUnknown("the WeCom connection was lost"))
+                if self.generation != generation:
+                    attempt = 0  # subscribed: however it ended, the backoff starts over
             if self._stopped():
                 break
             attempt += 1
@@ -219,7 +228,7 @@ class AibotConnection:
             self.url, heartbeat=None, autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)
         ) as ws:
             self._ws = ws
-            self._missed = 0
+            self._last_frame = time.monotonic()
             subscribe_id = new_req_id("aibot_subscribe")
             await self._send(
                 {
@@ -258,8 +267,7 @@ class AibotConnection:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pinger
 
-    @staticmethod
-    async def _receive(ws: aiohttp.ClientWebSocketResponse) -> Frame | None:
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> Frame | None:
         while True:
             msg = await ws.receive()
             if msg.type in (
@@ -272,13 +280,18 @@ class AibotConnection:
                 return None
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
+            self._last_frame = time.monotonic()
             try:
                 frame = json.loads(msg.data)
             except ValueError:
                 log.warning("WeCom sent a frame that is not JSON; ignored")
                 continue
+            except RecursionError:
+                log.warning("WeCom sent a frame nested too deep; ignored")
+                continue
             if isinstance(frame, dict):
                 return frame
+            log.warning("WeCom sent a frame that is not a JSON object; ignored")
 
     def _dispatch(self, frame: Frame) -> None:
         cmd = str(frame.get("cmd") or "")
@@ -305,24 +318,43 @@ class AibotConnection:
                 log.exception("WeCom push %s could not be handled", req_id)
             return
         if req_id.startswith("ping"):
-            self._missed = 0
             return
         future = self._pending.pop(req_id, None)
         if future is not None and not future.done():
             future.set_result(frame)
 
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds without a frame from WeCom after which the connection is dead: the ping
+        interval plus :data:`LIVENESS_MARGIN` (at most the interval itself)."""
+        interval = self.options.ping_interval
+        return interval + min(LIVENESS_MARGIN, interval)
+
     async def _ping_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        interval = self.options.ping_interval
+        idle = self.idle_timeout
+        tick = min(interval, idle / 4)
+        next_ping = time.monotonic() + interval
         while not ws.closed:
-            await asyncio.sleep(self.options.ping_interval)
-            if self._missed >= self.options.max_missed_pings:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            silent = now - self._last_frame
+            if silent > idle:
                 log.warning(
-                    "WeCom bot %s: %d pings unanswered; reconnecting", self.bot_id, self._missed
+                    "WeCom bot %s: no frame from WeCom (ping ack or push) for %.1fs, a ping "
+                    "goes out every %gs; the connection is dead, reconnecting",
+                    self.bot_id,
+                    silent,
+                    interval,
                 )
-                await ws.close()
+                # a black-holed socket never answers the close handshake: do not wait on it
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 1.0)
                 return
-            self._missed += 1
-            with contextlib.suppress(Exception):
-                await self._send({"cmd": "ping", "headers": {"req_id": new_req_id("ping")}})
+            if now >= next_ping:
+                next_ping = now + interval
+                with contextlib.suppress(Exception):
+                    await self._send({"cmd": "ping", "headers": {"req_id": new_req_id("ping")}})
 
     async def _send(self, frame: Frame) -> None:
         ws = self._ws

@@ -129,6 +129,8 @@ class _Socket:
     ws: web.WebSocketResponse
     bot: WeComBot | None = None
     lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+    silent: bool = False
+    """Black-holed: nothing is sent or read on it any more (see ``blackhole``)."""
 
 
 @attrs.define
@@ -481,7 +483,7 @@ class WeComEmulator:
 
     async def _send(self, sock: _Socket, frame: dict[str, Any]) -> None:
         async with sock.lock:
-            if not sock.ws.closed:
+            if not sock.ws.closed and not sock.silent:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await sock.ws.send_str(json.dumps(frame, ensure_ascii=False))
 
@@ -575,6 +577,20 @@ class WeComEmulator:
                 if transport is not None:
                     transport.abort()
                 self._sockets.discard(sock)
+
+    def blackhole(self, bot_id: str | None = None) -> int:
+        """Make the robot sockets (of ``bot_id``, or all) silent both ways without closing
+        them: nothing more is sent (pushes and acks are lost) and nothing is read. Returns
+        how many. New connections are not affected."""
+        count = 0
+        for sock in list(self._sockets):
+            if bot_id is None or (sock.bot is not None and sock.bot.bot_id == bot_id):
+                sock.silent = True
+                transport = sock.ws._req.transport if sock.ws._req is not None else None
+                if transport is not None:
+                    transport.pause_reading()
+                count += 1
+        return count
 
     def connected(self, bot_id: str) -> bool:
         bot = self.bots.get(bot_id)
