@@ -53,6 +53,7 @@ from urllib.parse import quote_plus, urlsplit
 import aiohttp
 import attrs
 
+from imrobots import payloads
 from imrobots.platform import FatalPlatformError, PlatformError, RetryableError, Secret
 from imrobots.redirects import redirect_message
 
@@ -711,15 +712,6 @@ class BadFrame(ValueError):
         self.message_id = message_id
 
 
-def _valid_text(value: str) -> bool:
-    """No lone surrogate (a ``\\ud800`` escape in the JSON): the text encodes to UTF-8."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _parse_frame(text: str) -> Frame:
     """The frame in ``text``; :class:`ValueError` (:class:`BadFrame` when the messageId is
     known) for anything that is not a frame of PROTOCOLS 1.3."""
@@ -739,7 +731,7 @@ def _parse_frame(text: str) -> Frame:
         raise ValueError("no messageId")
     if len(message_id) > MAX_MESSAGE_ID:
         raise BadFrame(f"messageId longer than {MAX_MESSAGE_ID} characters", message_id)
-    if not _valid_text(message_id):
+    if not payloads.valid_text(message_id):
         raise BadFrame("messageId is not valid Unicode (a lone surrogate)", message_id)
     kind = raw.get("type")
     topic = headers.get("topic")

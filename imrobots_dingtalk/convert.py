@@ -37,6 +37,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception
 
+from imrobots import payloads
 from imrobots.platform import (
     Attachment,
     CardAction,
@@ -279,43 +280,14 @@ ID_FIELDS = frozenset(
 refused, never replaced (two ids would become one)."""
 
 
-def _clean(value: Any, key: str | None = None) -> Any:
-    """``value`` with each lone surrogate in a string replaced by U+FFFD (a ``\\ud800``
-    escape in the JSON; such a string cannot be stored, logged as UTF-8 or sent back);
-    :class:`MalformedPayload` for one in an :data:`ID_FIELDS` field."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            if key in ID_FIELDS:
-                raise MalformedPayload(
-                    f"data.{key}: not valid Unicode (a lone surrogate)"
-                ) from None
-            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        return value
-    if isinstance(value, dict):
-        return {
-            _clean(k) if isinstance(k, str) else k: _clean(v, k if isinstance(k, str) else None)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_clean(item) for item in value]
-    return value
-
-
 def parse_json(text: str) -> Any:
-    """The JSON in a push's ``data`` string, lone surrogates cleaned (see :func:`_clean`).
-    Raises :class:`MalformedPayload` for text that is not JSON, nested too deep for the
-    parser, or with a lone surrogate in an id."""
+    """The JSON in a push's ``data`` string, lone surrogates replaced (in ids refused, see
+    :func:`imrobots.payloads.loads`). Raises :class:`MalformedPayload` for text that is
+    not JSON, nested too deep for the parser, or with a lone surrogate in an id."""
     try:
-        value = json.loads(text)
-    except ValueError:
-        raise MalformedPayload("data is not JSON") from None
-    except RecursionError:
-        raise MalformedPayload("data: JSON nested too deep") from None
-    if "\\u" in text or "\\U" in text:  # only escapes can bring lone surrogates in
-        return _clean(value)
-    return value
+        return payloads.loads(text, ID_FIELDS)
+    except payloads.MalformedJson as exc:
+        raise MalformedPayload(str(exc)) from None
 
 
 def _json_text(value: Any) -> Any:

@@ -63,6 +63,7 @@ from lark_oapi.api.im.v1 import (  # type: ignore[import-untyped]
     ReplyMessageRequestBody,
 )
 
+from imrobots import payloads
 from imrobots.platform import (
     Attachment,
     Capabilities,
@@ -96,6 +97,7 @@ from .cards import card_json, dumps
 from .connection import Answer, ConnectionOptions, LongConnection
 from .convert import (
     CARD_ACTION_EVENT,
+    ID_FIELDS,
     MESSAGE_EVENT,
     MalformedPayload,
     button_value,
@@ -357,7 +359,7 @@ class FeishuPlatform(Platform):
     def _on_frame(self, kind: str, payload: bytes) -> Answer:
         """Convert one event; the response frame goes out before the sink runs."""
         try:
-            envelope = json.loads(payload)
+            envelope = payloads.loads(payload, ID_FIELDS, where="event")
             header = envelope.get("header") or {}
             event_type = header.get("event_type")
             if event_type == MESSAGE_EVENT:

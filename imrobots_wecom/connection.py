@@ -58,6 +58,7 @@ from typing import Any
 import aiohttp
 import attrs
 
+from imrobots import payloads
 from imrobots.platform import (
     FatalPlatformError,
     OutcomeUnknown,
@@ -65,7 +66,17 @@ from imrobots.platform import (
     Secret,
 )
 
-__all__ = ["LIVENESS_MARGIN", "AckError", "AibotConnection", "ConnectionOptions", "new_req_id"]
+__all__ = [
+    "LIVENESS_MARGIN",
+    "AckError",
+    "AibotConnection",
+    "ConnectionOptions",
+    "new_req_id",
+    "parse_frame",
+]
+
+ID_FIELDS = frozenset({"req_id", "msgid", "userid", "chatid", "aibotid", "task_id"})
+"""Fields that identify: a lone surrogate in one drops the frame (see :func:`parse_frame`)."""
 
 LIVENESS_MARGIN = 10.0
 """Seconds past the ping interval before a silent connection is taken for dead."""
@@ -99,6 +110,21 @@ class ConnectionOptions:
     ping_interval: float = 30.0
     reconnect_initial: float = 1.0
     reconnect_max: float = 30.0
+
+
+def parse_frame(text: str) -> Frame | None:
+    """The JSON object of a frame from WeCom, lone surrogates in its text replaced; ``None``
+    (logged) for one that is not JSON, not an object, nested too deep, or with a lone
+    surrogate in an id."""
+    try:
+        frame = payloads.loads(text, ID_FIELDS, where="frame")
+    except payloads.MalformedJson as exc:
+        log.warning("WeCom sent a frame that cannot be read (%s); ignored", exc)
+        return None
+    if not isinstance(frame, dict):
+        log.warning("WeCom sent a frame that is not a JSON object; ignored")
+        return None
+    return frame
 
 
 class AibotConnection:
@@ -281,17 +307,9 @@ class AibotConnection:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
             self._last_frame = time.monotonic()
-            try:
-                frame = json.loads(msg.data)
-            except ValueError:
-                log.warning("WeCom sent a frame that is not JSON; ignored")
-                continue
-            except RecursionError:
-                log.warning("WeCom sent a frame nested too deep; ignored")
-                continue
-            if isinstance(frame, dict):
+            frame = parse_frame(msg.data)
+            if frame is not None:
                 return frame
-            log.warning("WeCom sent a frame that is not a JSON object; ignored")
 
     def _dispatch(self, frame: Frame) -> None:
         cmd = str(frame.get("cmd") or "")
