@@ -162,14 +162,29 @@ class LongConnection:
 
     async def _run(self) -> None:
         failures = 0
+        refused = False
         while not self._closing:
             try:
                 url = await self._discover()
+                if refused:
+                    refused = False
+                    log.warning("Feishu accepts the long connection of app %s again", self.app_id)
                 await self._serve(url)
             except FatalPlatformError as exc:
-                self._fatal = exc
-                log.error("Feishu long connection refused: %s", exc)
-                return
+                if self.connects == 0:  # never connected: the credentials are wrong
+                    self._fatal = exc
+                    log.error("Feishu long connection refused: %s", exc)
+                    return
+                # it connected before: Feishu's passing fault, retried with backoff
+                failures += 1
+                if not refused:
+                    refused = True
+                    log.error(
+                        "Feishu refuses the long connection of app %s although it connected "
+                        "before (%s); retrying with backoff until it accepts again",
+                        self.app_id,
+                        exc,
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
