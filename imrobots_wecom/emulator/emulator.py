@@ -578,6 +578,16 @@ class WeComEmulator:
                     transport.abort()
                 self._sockets.discard(sock)
 
+    async def send_raw(self, bot_id: str, text: str) -> None:
+        """Send ``text`` as it is on the bot's subscribed socket (malformed JSON, escapes of
+        lone surrogates, deep nesting): for fuzzing a client. ``LookupError`` without one."""
+        bot = self.bots[bot_id]
+        sock = bot.socket
+        if sock is None:
+            raise LookupError(f"bot {bot_id!r} has no subscribed socket")
+        async with sock.lock:
+            await sock.ws.send_str(text)
+
     def blackhole(self, bot_id: str | None = None) -> int:
         """Make the robot sockets (of ``bot_id``, or all) silent both ways without closing
         them: nothing more is sent (pushes and acks are lost) and nothing is read. Returns
