@@ -424,13 +424,22 @@ class FeishuEmulator:
         delivery.done.set_result(answer)
 
     # ------------------------------------------------------------------ delivery
-    def deliver(self, app_id: str, envelope: Mapping[str, Any], kind: str = "event") -> Delivery:
-        """Deliver an event envelope (and its redeliveries) to the app, in the background."""
+    def deliver(
+        self,
+        app_id: str,
+        envelope: Mapping[str, Any],
+        kind: str = "event",
+        *,
+        raw: bytes | None = None,
+    ) -> Delivery:
+        """Deliver an event envelope (and its redeliveries) to the app, in the background.
+        ``raw``: send these bytes as the payload instead (malformed JSON, deep nesting,
+        escapes of lone surrogates: for fuzzing a client)."""
         header = envelope.get("header") or {}
         delivery = Delivery(
             app_id=app_id,
             event_id=str(header.get("event_id") or new_id("")),
-            payload=json.dumps(envelope, ensure_ascii=False).encode(),
+            payload=raw if raw is not None else json.dumps(envelope, ensure_ascii=False).encode(),
             kind=kind,
         )
         delivery.done = asyncio.get_running_loop().create_future()
