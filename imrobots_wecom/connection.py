@@ -211,6 +211,7 @@ class AibotConnection:
 
     async def _run(self) -> None:
         attempt = 0
+        refused = False  # subscriptions refused since the last good one (logged once)
         while not self._stopped():
             generation = self.generation
             try:
@@ -227,7 +228,15 @@ class AibotConnection:
                         )
                     )
                     return
-                log.error("WeCom bot %s: subscription refused (%s)", self.bot_id, exc)
+                # it subscribed before: WeCom's passing fault, retried with backoff
+                if not refused:
+                    refused = True
+                    log.error(
+                        "WeCom bot %s: subscription refused although it subscribed before "
+                        "(%s); retrying with backoff until WeCom accepts it again",
+                        self.bot_id,
+                        exc,
+                    )
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 log.warning("WeCom bot %s: connection failed: %s", self.bot_id, exc)
             except Exception:
@@ -238,6 +247,9 @@ class AibotConnection:
                 self._fail_pending(OutcomeUnknown("the WeCom connection was lost"))
                 if self.generation != generation:
                     attempt = 0  # subscribed: however it ended, the backoff starts over
+                    if refused:
+                        refused = False
+                        log.warning("WeCom bot %s: subscription accepted again", self.bot_id)
             if self._stopped():
                 break
             attempt += 1

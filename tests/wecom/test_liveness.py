@@ -11,10 +11,12 @@ DingTalk findings applied to WeCom), over real sockets against the emulator.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 
 from imrobots.platform import Secret
 from imrobots_wecom.connection import LIVENESS_MARGIN, AibotConnection
@@ -98,3 +100,38 @@ async def test_each_reconnect_after_a_drop_comes_within_a_second() -> None:
     finally:
         await platform.close()
         await adapter.stop()
+
+
+async def test_a_refused_subscription_after_it_worked_is_retried_with_one_error_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    settings = WeComSettings(
+        bot_id=adapter.bot_id,
+        secret=Secret(adapter._secret),
+        ws_url=adapter.emulator.ws_url,
+        reconnect_initial=0.02,
+        reconnect_max=0.1,
+    )
+    platform = WeComPlatform(settings)
+    bot = adapter.emulator.bots[adapter.bot_id]
+    good = bot.secret
+    try:
+        await platform.start(_sink)
+        bot.secret = "rotated-for-a-while"  # WeCom refuses the right secret
+        await adapter.emulator.drop(adapter.bot_id)
+        connection = platform.connection
+        assert connection is not None
+        before = connection.reconnects
+        await _poll(lambda: connection.reconnects >= before + 3, 5, "three refused attempts")
+        bot.secret = good
+        await _poll(lambda: bot.subscriptions >= 2, 5, "subscribed again")
+    finally:
+        await platform.close()
+        await adapter.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "subscribed before" in errors[0], errors
+    assert "subscription accepted again" in caplog.text
+    assert good not in caplog.text
