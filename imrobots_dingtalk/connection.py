@@ -35,6 +35,11 @@ that:
    answer, as on a half-open network where the TCP handshake works and nothing
    more, fails the attempt, which is retried with backoff, instead of waiting on
    aiohttp's five-minute default.
+7. A frame that cannot be taken (not JSON, nested too deep for the parser, a
+   ``messageId`` over :data:`MAX_MESSAGE_ID` characters or with a lone surrogate) is
+   acked with 400 when its ``messageId`` can be read, logged, and changes nothing else;
+   acks are ASCII JSON, so an echoed lone surrogate travels as an escape. Neither the
+   ticket POST nor the upgrade follows a redirect.
 """
 
 from __future__ import annotations
