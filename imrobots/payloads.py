@@ -62,7 +62,8 @@ def loads(text: str | bytes, ids: Collection[str] = (), *, where: str = "data") 
         raise MalformedJson(f"{where}: JSON nested too deep") from None
     except ValueError:
         raise MalformedJson(f"{where}: not JSON") from None
-    raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
-    if "\\u" in raw or "\\U" in raw:  # only escapes bring lone surrogates in
-        return clean(value, ids, where=where)
-    return value
+    if isinstance(text, bytes):  # escapes, or surrogates encoded raw (0xED 0xA0-0xBF ...),
+        escaped = b"\\u" in text or b"\xed" in text  # which json decodes with surrogatepass
+    else:  # a str may hold them raw (made by another parser)
+        escaped = "\\u" in text or not valid_text(text)
+    return clean(value, ids, where=where) if escaped else value

@@ -56,6 +56,8 @@ async def test_hostile_events_are_answered_and_the_connection_stays_up(
         b"\xff\xfe not utf-8",
         deep().encode(),
         json.dumps(envelope(message_id="om_\ud800")).encode(),
+        # a surrogate encoded raw (not valid UTF-8; json decodes it with surrogatepass)
+        json.dumps(envelope(message_id="om_RAW")).encode().replace(b"RAW", b"\xed\xa0\x80"),
         json.dumps(envelope(content=deep())).encode(),
         json.dumps(envelope(create_time=str(10**30), message_id="om_time")).encode(),
         json.dumps([1, 2]).encode(),
