@@ -72,6 +72,9 @@ from .models import (
     Sender,
     Target,
 )
+from .payloads import MalformedJson, valid_text
+from .payloads import loads as load_json
+from .redirects import RedirectRefused, redirect_message, refuse_redirects
 from .secret import Secret
 
 __all__ = [
@@ -97,6 +100,7 @@ __all__ = [
     "FeedbackRating",
     "ImrobotsError",
     "LifetimeRemedy",
+    "MalformedJson",
     "Markdown",
     "Message",
     "MessageKind",
@@ -112,6 +116,7 @@ __all__ = [
     "Quote",
     "RateLimit",
     "RateLimited",
+    "RedirectRefused",
     "Refused",
     "RetryableError",
     "Scope",
@@ -125,11 +130,15 @@ __all__ = [
     "error_card",
     "final_card",
     "interrupted_card",
+    "load_json",
     "measure",
     "new_id",
+    "redirect_message",
+    "refuse_redirects",
     "resolve_object",
     "streaming_card",
     "thinking_card",
+    "valid_text",
 ]
 
 

@@ -44,8 +44,8 @@ from imrobots.platform import (
     Refused,
     RetryableError,
     Secret,
+    redirect_message,
 )
-from imrobots.redirects import redirect_message
 
 __all__ = [
     "AUTH_CODES",
@@ -281,7 +281,7 @@ def _redirected(
     what: str, response: aiohttp.ClientResponse, code: str = "redirect"
 ) -> FatalPlatformError:
     """A 3xx answer: an error, logged (redirects are never followed, see
-    :mod:`imrobots.redirects`)."""
+    :func:`imrobots.platform.refuse_redirects`)."""
     message = redirect_message(
         f"DingTalk {what}", response.status, response.headers.get("Location")
     )

@@ -58,9 +58,14 @@ from urllib.parse import quote_plus, urlsplit
 import aiohttp
 import attrs
 
-from imrobots import payloads
-from imrobots.platform import FatalPlatformError, PlatformError, RetryableError, Secret
-from imrobots.redirects import redirect_message
+from imrobots.platform import (
+    FatalPlatformError,
+    PlatformError,
+    RetryableError,
+    Secret,
+    redirect_message,
+    valid_text,
+)
 
 from .api import classify
 
@@ -736,7 +741,7 @@ def _parse_frame(text: str) -> Frame:
         raise ValueError("no messageId")
     if len(message_id) > MAX_MESSAGE_ID:
         raise BadFrame(f"messageId longer than {MAX_MESSAGE_ID} characters", message_id)
-    if not payloads.valid_text(message_id):
+    if not valid_text(message_id):
         raise BadFrame("messageId is not valid Unicode (a lone surrogate)", message_id)
     kind = raw.get("type")
     topic = headers.get("topic")

@@ -37,16 +37,17 @@ from cattrs.gen import make_dict_structure_fn, override
 from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception
 
-from imrobots import payloads
 from imrobots.platform import (
     Attachment,
     CardAction,
     Conversation,
     ConversationKind,
+    MalformedJson,
     Message,
     MessageKind,
     Quote,
     Sender,
+    load_json,
 )
 
 __all__ = [
@@ -282,11 +283,11 @@ refused, never replaced (two ids would become one)."""
 
 def parse_json(text: str) -> Any:
     """The JSON in a push's ``data`` string, lone surrogates replaced (in ids refused, see
-    :func:`imrobots.payloads.loads`). Raises :class:`MalformedPayload` for text that is
+    :func:`imrobots.platform.load_json`). Raises :class:`MalformedPayload` for text that is
     not JSON, nested too deep for the parser, or with a lone surrogate in an id."""
     try:
-        return payloads.loads(text, ID_FIELDS)
-    except payloads.MalformedJson as exc:
+        return load_json(text, ID_FIELDS)
+    except MalformedJson as exc:
         raise MalformedPayload(str(exc)) from None
 
 

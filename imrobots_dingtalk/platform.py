@@ -68,8 +68,8 @@ from imrobots.platform import (
     StreamingMode,
     Target,
     Upload,
+    refuse_redirects,
 )
-from imrobots.redirects import refuse_redirects
 
 from .api import DUPLICATE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, DingTalkApi
 from .cards import ai_card_params, ai_markdown, standard_card, stream_flags

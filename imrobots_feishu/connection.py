@@ -44,8 +44,12 @@ import aiohttp
 import attrs
 from lark_oapi.ws.pb.pbbp2_pb2 import Frame  # type: ignore[import-untyped]
 
-from imrobots.platform import FatalPlatformError, PlatformUnavailable, RetryableError
-from imrobots.redirects import redirect_message
+from imrobots.platform import (
+    FatalPlatformError,
+    PlatformUnavailable,
+    RetryableError,
+    redirect_message,
+)
 
 __all__ = ["LIVENESS_MARGIN", "Answer", "ConnectionOptions", "FrameHandler", "LongConnection"]
 

@@ -28,16 +28,17 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from imrobots import payloads
 from imrobots.platform import (
     Attachment,
     CardAction,
     Conversation,
     ConversationKind,
+    MalformedJson,
     Message,
     MessageKind,
     Quote,
     Sender,
+    load_json,
 )
 
 __all__ = [
@@ -72,7 +73,7 @@ ID_FIELDS = frozenset(
     }
 )
 """Fields that identify: a lone surrogate in one makes the event malformed (see
-:func:`imrobots.payloads.loads`)."""
+:func:`imrobots.platform.load_json`)."""
 
 
 class MalformedPayload(ValueError):
@@ -173,8 +174,8 @@ def to_message(envelope: Mapping[str, Any], *, bot_open_id: str | None) -> Messa
     chat_id = _str(message.get("chat_id"), "event.message.chat_id")
     message_type = str(message.get("message_type") or "")
     try:
-        content = payloads.loads(str(message.get("content") or "{}"), where="event.message.content")
-    except payloads.MalformedJson as exc:
+        content = load_json(str(message.get("content") or "{}"), where="event.message.content")
+    except MalformedJson as exc:
         raise MalformedPayload(str(exc)) from None
     if not isinstance(content, Mapping):
         raise MalformedPayload("event.message.content is not an object")

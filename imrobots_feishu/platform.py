@@ -63,7 +63,6 @@ from lark_oapi.api.im.v1 import (  # type: ignore[import-untyped]
     ReplyMessageRequestBody,
 )
 
-from imrobots import payloads
 from imrobots.platform import (
     Attachment,
     Capabilities,
@@ -88,9 +87,10 @@ from imrobots.platform import (
     StreamingMode,
     Target,
     Upload,
+    load_json,
+    refuse_redirects,
     streaming_card,
 )
-from imrobots.redirects import refuse_redirects
 
 from .api import CARD_GONE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, FeishuApi
 from .cards import card_json, dumps
@@ -359,7 +359,7 @@ class FeishuPlatform(Platform):
     def _on_frame(self, kind: str, payload: bytes) -> Answer:
         """Convert one event; the response frame goes out before the sink runs."""
         try:
-            envelope = payloads.loads(payload, ID_FIELDS, where="event")
+            envelope = load_json(payload, ID_FIELDS, where="event")
             header = envelope.get("header") or {}
             event_type = header.get("event_type")
             if event_type == MESSAGE_EVENT:

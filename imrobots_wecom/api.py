@@ -30,8 +30,8 @@ from imrobots.platform import (
     RateLimited,
     RetryableError,
     Secret,
+    redirect_message,
 )
-from imrobots.redirects import redirect_message
 
 __all__ = ["RATE_LIMITED_CODES", "RETRYABLE_CODES", "TOKEN_CODES", "WeComApi", "raise_for"]
 
@@ -55,7 +55,7 @@ def raise_for(route: str, errcode: int, errmsg: str) -> None:
 
 def _refuse_redirect(route: str, response: aiohttp.ClientResponse) -> None:
     """A 3xx answer is an error, logged: redirects are never followed (the token rides in
-    the query string; see :mod:`imrobots.redirects`)."""
+    the query string; see :func:`imrobots.platform.refuse_redirects`)."""
     if 300 <= response.status < 400:
         message = redirect_message(
             f"WeCom {route}", response.status, response.headers.get("Location")

@@ -58,12 +58,13 @@ from typing import Any
 import aiohttp
 import attrs
 
-from imrobots import payloads
 from imrobots.platform import (
     FatalPlatformError,
+    MalformedJson,
     OutcomeUnknown,
     RetryableError,
     Secret,
+    load_json,
 )
 
 __all__ = [
@@ -117,8 +118,8 @@ def parse_frame(text: str) -> Frame | None:
     (logged) for one that is not JSON, not an object, nested too deep, or with a lone
     surrogate in an id."""
     try:
-        frame = payloads.loads(text, ID_FIELDS, where="frame")
-    except payloads.MalformedJson as exc:
+        frame = load_json(text, ID_FIELDS, where="frame")
+    except MalformedJson as exc:
         log.warning("WeCom sent a frame that cannot be read (%s); ignored", exc)
         return None
     if not isinstance(frame, dict):

@@ -89,8 +89,8 @@ from imrobots.platform import (
     StreamingMode,
     Target,
     Upload,
+    refuse_redirects,
 )
-from imrobots.redirects import refuse_redirects
 
 from .cards import stream_text, template_card
 from .connection import AckError, AibotConnection, ConnectionOptions
