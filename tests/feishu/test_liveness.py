@@ -65,3 +65,29 @@ async def test_a_muted_connection_is_replaced_within_the_ping_interval_plus_marg
     finally:
         await platform.close()
         await adapter.stop()
+
+
+async def test_each_reconnect_after_a_drop_comes_within_a_second() -> None:
+    """A completed handshake resets the backoff (issue 12, item 4, applied to Feishu)."""
+    adapter = FeishuConsoleAdapter()
+    await adapter.start()
+    settings = {**adapter.robot_settings(), "reconnect_initial": 0.5, "reconnect_max": 30.0}
+    platform = FeishuPlatform(structure(settings, FeishuSettings, path="feishu"))
+    emulator = adapter.emulator
+    try:
+        await platform.start(_sink)
+        connection = platform.connection
+        assert connection is not None
+        gaps = []
+        for _ in range(4):
+            before = connection.connects
+            dropped = time.monotonic()
+            assert await emulator.drop_connections(adapter.app_id) == 1
+            while connection.connects == before or not emulator.live(adapter.app_id):
+                assert time.monotonic() - dropped < 10, "no reconnect"
+                await asyncio.sleep(0.005)
+            gaps.append(time.monotonic() - dropped)
+        assert max(gaps) <= 1.0, f"reconnect delays {[round(g, 2) for g in gaps]}"
+    finally:
+        await platform.close()
+        await adapter.stop()
