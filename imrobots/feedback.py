@@ -176,6 +176,8 @@ class FeedbackSigner:
 
     def verify(self, value: str) -> FeedbackToken:
         """Return the token a value carries, or raise :class:`InvalidFeedback`."""
+        if not value.isascii():  # signed values are ASCII; hmac refuses other text
+            raise InvalidFeedback("not a feedback value (not ASCII)")
         parts = value.split(".")
         if len(parts) != 3 or parts[0] != _PREFIX:
             raise InvalidFeedback("not a feedback value")

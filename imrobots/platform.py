@@ -76,7 +76,10 @@ from .models import (
     Sender,
     Target,
 )
+from .payloads import MalformedJson, valid_text
+from .payloads import loads as load_json
 from .proxies import client_session
+from .redirects import RedirectRefused, redirect_message, refuse_redirects
 from .secret import Secret
 
 T = TypeVar("T")
@@ -106,6 +109,7 @@ __all__ = [
     "FeedbackRating",
     "ImrobotsError",
     "LifetimeRemedy",
+    "MalformedJson",
     "Markdown",
     "Message",
     "MessageKind",
@@ -121,6 +125,7 @@ __all__ = [
     "Quote",
     "RateLimit",
     "RateLimited",
+    "RedirectRefused",
     "Refused",
     "RetryableError",
     "Scope",
@@ -135,12 +140,16 @@ __all__ = [
     "error_card",
     "final_card",
     "interrupted_card",
+    "load_json",
     "measure",
     "new_id",
+    "redirect_message",
+    "refuse_redirects",
     "resolve_object",
     "streaming_card",
     "structure_settings",
     "thinking_card",
+    "valid_text",
 ]
 
 

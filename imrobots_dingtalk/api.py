@@ -44,6 +44,7 @@ from imrobots.platform import (
     Refused,
     RetryableError,
     Secret,
+    redirect_message,
 )
 
 __all__ = [
@@ -132,6 +133,13 @@ OAPI_TOKEN_ERRCODES = frozenset({40001, 40014, 41001, 42001})
 
 TOKEN_MARGIN = 300.0
 """Refresh the token this many seconds before it expires (as the SDK does)."""
+
+REFUSAL_PAUSE = 0.5
+"""Seconds after a refused token request during which callers get the same refusal
+without asking DingTalk again (50 answers retrying must not hammer the endpoint)."""
+REFUSAL_GIVE_UP = 600.0
+"""Seconds of refusal of credentials that worked before after which they are taken
+for changed (revoked, rotated) and the refusal is fatal again."""
 
 HttpMethod = Literal["GET", "POST", "PUT"]
 
@@ -269,6 +277,18 @@ def _transport_error(what: str, exc: BaseException, timeout: float) -> PlatformE
     return RetryableError(f"DingTalk {what}: network error ({type(exc).__name__})", code="network")
 
 
+def _redirected(
+    what: str, response: aiohttp.ClientResponse, code: str = "redirect"
+) -> FatalPlatformError:
+    """A 3xx answer: an error, logged (redirects are never followed, see
+    :func:`imrobots.platform.refuse_redirects`)."""
+    message = redirect_message(
+        f"DingTalk {what}", response.status, response.headers.get("Location")
+    )
+    log.warning("%s", message)
+    return FatalPlatformError(message, code=code, status=response.status)
+
+
 class DingTalkApi:
     """The OpenAPI client of one app.
 
@@ -300,6 +320,11 @@ class DingTalkApi:
         self._token_lock = asyncio.Lock()
         self.token_fetches = 0
         """How many times a token was requested (for tests and metrics)."""
+        self._worked = False
+        """A token was obtained with these credentials once."""
+        self._refused_since: float | None = None
+        self._refusal: RetryableError | None = None
+        self._refusal_until = 0.0
 
     def __repr__(self) -> str:
         return f"DingTalkApi(endpoint={self.endpoint!r}, client_id={self.client_id!r})"
@@ -314,6 +339,8 @@ class DingTalkApi:
             token = self._token
             if token is not None and time.monotonic() < self._token_expires:
                 return token
+            if self._refusal is not None and time.monotonic() < self._refusal_until:
+                raise self._refusal
             return await self._fetch_token()
 
     def invalidate_token(self, token: str | None = None) -> None:
@@ -338,12 +365,22 @@ class DingTalkApi:
             error = classify(what, status, answer, headers=headers)
             if isinstance(error, RetryableError):
                 raise error
+            if self._worked:
+                raise self._refused(error, status)
             raise FatalPlatformError(
                 f"DingTalk refused the credentials of app {self.client_id!r}: "
                 f"{error} (check client_id and client_secret)",
                 code=error.code,
                 status=status,
             )
+        if self._refused_since is not None:
+            log.warning(
+                "DingTalk accepts the credentials of app %r again (refused for %.1fs)",
+                self.client_id,
+                time.monotonic() - self._refused_since,
+            )
+            self._refused_since = self._refusal = None
+        self._worked = True
         token = str(answer["accessToken"])
         expire_in = answer.get("expireIn", 7200)
         lifetime = float(expire_in) if isinstance(expire_in, int | float) else 7200.0
@@ -352,6 +389,37 @@ class DingTalkApi:
         self._token_expires = started + lifetime - margin
         log.debug("got an access token for %s, valid %.0fs", self.client_id, lifetime)
         return token
+
+    def _refused(self, error: PlatformError, status: int) -> PlatformError:
+        """A refusal of credentials that worked before: DingTalk's passing fault (seen:
+        400 ``invalidClientIdOrSecret`` for seconds). Retryable, logged once per streak;
+        fatal again after :data:`REFUSAL_GIVE_UP` seconds."""
+        now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = now
+            log.error(
+                "DingTalk refused the credentials of app %r that worked before (%s); "
+                "taken for a passing fault: calls are retried (each answer up to its "
+                "final-card deadline) until DingTalk accepts them again",
+                self.client_id,
+                error,
+            )
+        elif now - self._refused_since > REFUSAL_GIVE_UP:
+            return FatalPlatformError(
+                f"DingTalk refused the credentials of app {self.client_id!r} for "
+                f"{now - self._refused_since:.0f}s: {error} (were client_id or "
+                "client_secret changed?)",
+                code=error.code,
+                status=status,
+            )
+        refusal = RetryableError(
+            f"DingTalk refused the credentials of app {self.client_id!r} that worked before "
+            f"({error}); retrying",
+            code=error.code,
+            status=status,
+        )
+        self._refusal, self._refusal_until = refusal, now + REFUSAL_PAUSE
+        return refusal
 
     # ------------------------------------------------------------------ calls
     async def _request(
@@ -372,6 +440,8 @@ class DingTalkApi:
                 timeout=self.timeout,
                 allow_redirects=False,
             ) as response:
+                if 300 <= response.status < 400:
+                    raise _redirected(what, response)
                 return response.status, await _read_body(response), response.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _transport_error(what, exc, self.seconds) from None
@@ -483,14 +553,9 @@ class DingTalkApi:
                 url, timeout=self.timeout, allow_redirects=False
             ) as response:
                 if response.status != 200:
-                    body = await _read_body(response)
                     if 300 <= response.status < 400:
-                        raise FatalPlatformError(
-                            f"DingTalk {what} answered a redirect ({response.status}); "
-                            "redirects are not followed",
-                            code="download.redirect",
-                            status=response.status,
-                        )
+                        raise _redirected(what, response, "download.redirect")
+                    body = await _read_body(response)
                     raise classify(what, response.status, body, headers=response.headers)
                 if (response.content_length or 0) > max_bytes:
                     raise FatalPlatformError(

@@ -17,15 +17,29 @@ that:
 4. SYSTEM ``disconnect``: a new connection is opened at once while the old one
    drains (it is read until the server closes it or ``drain_timeout`` passes), so
    there is no gap in which pushes have nowhere to go.
-5. Other losses reconnect with exponential backoff and jitter. An idle watchdog
-   sends WebSocket pings and closes a socket on which nothing (no frame, no pong)
-   arrived for ``idle_timeout`` seconds: dead sockets do not hang the robot.
+5. Liveness comes from DingTalk's own traffic: it sends a SYSTEM ``ping`` every 20-30 s
+   (:data:`SYSTEM_PING_INTERVAL`, PROTOCOLS 1.5). A connection on which no frame (a
+   SYSTEM ping or a push) arrived for ``idle_timeout`` seconds (default: that interval
+   plus :data:`LIVENESS_MARGIN`, 40 s) is *replaced*: a new connection is opened at once
+   and the old one closed once the new one is up. WebSocket pongs do not count: a
+   connection whose server stopped sending but still answers pings (muted) is as useless
+   as a black-holed one. The client still sends WebSocket pings every ``ping_interval``
+   (they keep middleboxes from dropping an idle socket).
+   Other losses reconnect with exponential backoff and jitter; a connection that
+   completed its handshake resets the backoff (unless it was dropped within
+   ``stable_after``, three times in a row), so a drop in the steady state is followed
+   by a reconnect within ``reconnect_initial`` (0.5 s).
 6. Every step of a (re)connect is bounded by ``request_timeout``: the ticket POST,
    the WebSocket upgrade, and the first sign of life on the new socket (a ping is
    sent at once; its pong or any frame must arrive in time). A step that gets no
    answer, as on a half-open network where the TCP handshake works and nothing
    more, fails the attempt, which is retried with backoff, instead of waiting on
    aiohttp's five-minute default.
+7. A frame that cannot be taken (not JSON, nested too deep for the parser, a
+   ``messageId`` over :data:`MAX_MESSAGE_ID` characters or with a lone surrogate) is
+   acked with 400 when its ``messageId`` can be read, logged, and changes nothing else;
+   acks are ASCII JSON, so an echoed lone surrogate travels as an escape. Neither the
+   ticket POST nor the upgrade follows a redirect.
 """
 
 from __future__ import annotations
@@ -37,7 +51,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import quote_plus, urlsplit
 
@@ -50,13 +64,19 @@ from imrobots.platform import (
     PlatformError,
     RetryableError,
     Secret,
+    redirect_message,
+    valid_text,
 )
 
 from .api import classify
 
 __all__ = [
     "ACK_OK",
+    "LIVENESS_MARGIN",
+    "MAX_MESSAGE_ID",
+    "SYSTEM_PING_INTERVAL",
     "Ack",
+    "BadFrame",
     "ConnectionOptions",
     "ConnectionStats",
     "Frame",
@@ -68,7 +88,16 @@ __all__ = [
 log = logging.getLogger("imrobots_dingtalk.connection")
 
 USER_AGENT = "imrobots-dingtalk/0.1 (aiohttp)"
-_MESSAGE_ID = re.compile(r'"messageId"\s*:\s*"([^"\\]{1,200})"')
+SYSTEM_PING_INTERVAL = 30.0
+"""Seconds between DingTalk's SYSTEM pings on a connection: "usually every 20-30 s"
+(PROTOCOLS 1.5; a community observation, DingTalk publishes no figure)."""
+LIVENESS_MARGIN = 10.0
+"""Seconds of slack past :data:`SYSTEM_PING_INTERVAL` before a silent connection is
+replaced (network jitter, a busy server)."""
+MAX_MESSAGE_ID = 200
+"""Characters of a frame's ``messageId`` accepted (DingTalk's look like
+``213d841d_972_1898bb26334_70a7``, PROTOCOLS 1.3); a longer one is refused with 400."""
+_MESSAGE_ID = re.compile(r'"messageId"\s*:\s*"([^"\\]{1,1024})"')
 
 
 @attrs.frozen(kw_only=True)
@@ -130,11 +159,15 @@ class ConnectionOptions:
     connect_timeout: float = 30.0
     request_timeout: float = 10.0
     ping_interval: float = 20.0
-    idle_timeout: float = 60.0
+    """Seconds between the WebSocket pings the client sends."""
+    idle_timeout: float = SYSTEM_PING_INTERVAL + LIVENESS_MARGIN
+    """Seconds without a frame from DingTalk (SYSTEM ping or push) before the connection is
+    replaced."""
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
-    stable_after: float = 10.0
-    """A connection that lived this long resets the backoff."""
+    stable_after: float = 1.0
+    """A connection dropped sooner than this after its handshake is a quick drop: three in
+    a row and the backoff grows instead of resetting."""
     drain_timeout: float = 12.0
     """After ``disconnect``: how long the old connection is still read (DingTalk closes it
     after 10 s)."""
@@ -157,6 +190,7 @@ class ConnectionStats:
     disconnects: int = 0
     """SYSTEM ``disconnect`` frames seen."""
     watchdog_closes: int = 0
+    """Connections replaced because no frame came for ``idle_timeout``."""
     malformed: int = 0
     """Frames that could not be parsed (acked with 400 when their messageId was readable)."""
     unknown: int = 0
@@ -172,11 +206,16 @@ class _Live:
     ws: aiohttp.ClientWebSocketResponse
     opened_at: float
     last_seen: float
+    """Last frame or pong (anything)."""
     ended: asyncio.Future[str]
     """Resolves with why this connection stopped serving (or started draining)."""
     alive: asyncio.Event = attrs.field(factory=asyncio.Event)
     """Set by the first frame or pong received: the server answers on this socket."""
+    last_frame: float = 0.0
+    """Last text frame from DingTalk (a SYSTEM ping, a push): the liveness clock."""
     draining: bool = False
+    replace: bool = False
+    """Silent for ``idle_timeout``: closed as soon as a new connection is up."""
     reader: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
 
@@ -290,8 +329,9 @@ class StreamConnection:
         return base * (0.5 + self._random.random() / 2)  # "equal jitter"
 
     async def _supervise(self) -> None:
-        attempt = 0
-        quick = 0  # disconnects in a row of connections that lived under a second
+        attempt = 0  # failed attempts (or quick drops) since the last good connection
+        quick = 0  # connections in a row that were dropped within stable_after
+        refused = False  # the credentials are being refused (logged once per streak)
         while not self._closing:
             self.status.connecting()
             try:
@@ -300,10 +340,21 @@ class StreamConnection:
                 if self._started is not None and not self._started.done():
                     self._started.set_exception(exc)
                     return
+                # The credentials worked before (the first connection came up): a refusal
+                # now is DingTalk's passing fault, retried with backoff, logged once.
                 attempt += 1
-                delay = self.options.reconnect_max
-                log.error("DingTalk stream: %s; retrying in %.0fs", exc, delay)
+                delay = self._backoff(attempt)
                 self.stats.failed_attempts += 1
+                if not refused:
+                    refused = True
+                    log.error(
+                        "DingTalk refuses the stream connection of app %s although it "
+                        "connected before (%s); retrying with backoff until it accepts again",
+                        self.client_id,
+                        exc,
+                    )
+                else:
+                    log.debug("DingTalk still refuses; retrying in %.2fs", delay)
                 await asyncio.sleep(delay)
                 continue
             except (PlatformError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
@@ -318,6 +369,14 @@ class StreamConnection:
                 await asyncio.sleep(delay)
                 continue
             self.status.connected()
+            if refused:
+                refused = False
+                log.warning(
+                    "DingTalk accepts the stream connection of app %s again", self.client_id
+                )
+            for old in list(self._live):
+                if old is not live and old.replace:
+                    self._spawn(self._shutdown(old))
             if self._started is not None and not self._started.done():
                 self._started.set_result(None)
             reason = await asyncio.shield(live.ended)
@@ -325,16 +384,15 @@ class StreamConnection:
                 return
             self.status.disconnected(reason)
             lived = time.monotonic() - live.opened_at
-            if reason == "disconnect":
-                # Warm: reconnect at once, unless the server keeps doing it right away.
-                quick = quick + 1 if lived < 1.0 else 0
-                if quick < 3:
-                    attempt = 0
+            quick = quick + 1 if lived < self.options.stable_after else 0
+            if quick == 0:
+                attempt = 0  # the handshake completed and the connection served: steady state
+            if (live.draining or live.replace) and quick < 3:
+                # asked to reconnect (disconnect), or silent: the new connection comes at once
+                if not live.replace:
                     log.info("DingTalk asked connection %d to reconnect; reconnecting", live.number)
-                    continue
-            else:
-                quick = 0
-            attempt = 1 if lived >= self.options.stable_after else attempt + 1
+                continue
+            attempt += 1
             delay = self._backoff(attempt)
             log.warning(
                 "DingTalk stream connection %d lost (%s); reconnecting in %.2fs",
@@ -343,6 +401,11 @@ class StreamConnection:
                 delay,
             )
             await asyncio.sleep(delay)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _local_ip(self) -> str:
         if self.options.local_ip is not None:
@@ -370,9 +433,15 @@ class StreamConnection:
         timeout = aiohttp.ClientTimeout(total=self.options.request_timeout)
         try:
             async with self.session.post(
-                url, data=json.dumps(body), headers=headers, timeout=timeout
+                url, data=json.dumps(body), headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 status = response.status
+                if 300 <= status < 400:
+                    message = redirect_message(
+                        f"DingTalk {what}", status, response.headers.get("Location")
+                    )
+                    log.warning("%s", message)
+                    raise FatalPlatformError(message, code="redirect", status=status)
                 raw = await response.read()
         except TimeoutError:
             raise RetryableError(f"DingTalk {what} timed out") from None
@@ -424,6 +493,7 @@ class StreamConnection:
             ws=ws,
             opened_at=now,
             last_seen=now,
+            last_frame=now,
             ended=asyncio.get_running_loop().create_future(),
         )
         self._live.append(live)
@@ -488,6 +558,7 @@ class StreamConnection:
                 if kind in _SIGNS_OF_LIFE:
                     live.alive.set()
                 if kind is aiohttp.WSMsgType.TEXT:
+                    live.last_frame = live.last_seen
                     await self._on_text(live, msg.data)
                     if live.last_seen - slice_started >= READ_SLICE:
                         # A burst of buffered frames is read without the loop running
@@ -518,12 +589,11 @@ class StreamConnection:
             if live in self._live:
                 self._live.remove(live)
             if not ws.closed:
-                task = asyncio.ensure_future(self._close_ws(ws))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._spawn(self._close_ws(ws))
 
     async def _watch(self, live: _Live) -> None:
-        """Ping every ``ping_interval``; close the socket after ``idle_timeout`` of silence."""
+        """Ping every ``ping_interval``; replace the connection after ``idle_timeout``
+        without a frame from DingTalk (pongs do not count)."""
         opts = self.options
         tick = max(0.01, min(opts.ping_interval, opts.idle_timeout / 4))
         last_ping = time.monotonic()
@@ -531,17 +601,24 @@ class StreamConnection:
         while not ws.closed:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            if now - live.last_seen > opts.idle_timeout:
+            silent = now - live.last_frame
+            if silent > opts.idle_timeout:
                 self.stats.watchdog_closes += 1
+                heard = now - live.last_seen
                 log.warning(
-                    "DingTalk stream connection %d silent for %.1fs; closing it",
+                    "DingTalk stream connection %d: no frame from DingTalk (SYSTEM ping or "
+                    "push) for %.1fs, expected a SYSTEM ping every ~%gs (%s); replacing it",
                     live.number,
-                    now - live.last_seen,
+                    silent,
+                    min(SYSTEM_PING_INTERVAL, opts.idle_timeout),
+                    "the socket still answers pings: muted"
+                    if heard < silent
+                    else "nothing at all: the socket is dead",
                 )
-                self._end(live, f"idle for {now - live.last_seen:.1f}s")
-                if live.reader is not None:
-                    live.reader.cancel()
-                await self._close_ws(ws)
+                live.replace = True
+                live.draining = True
+                self._end(live, f"no frame for {silent:.1f}s")
+                self._spawn(self._drain_then_close(live))
                 return
             if now - last_ping >= opts.ping_interval:
                 last_ping = now
@@ -559,6 +636,7 @@ class StreamConnection:
     # ------------------------------------------------------------------ frames
     async def _send_ack(self, live: _Live, message_id: str, ack: Ack) -> None:
         try:
+            # ASCII JSON: a lone surrogate echoed from a hostile frame travels as an escape
             await live.ws.send_str(ack_text(message_id, ack))
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             log.warning("could not acknowledge frame %s: %s", message_id, _describe(exc))
@@ -572,15 +650,18 @@ class StreamConnection:
             frame = _parse_frame(text)
         except ValueError as exc:
             self.stats.malformed += 1
-            match = _MESSAGE_ID.search(text)
+            message_id = exc.message_id if isinstance(exc, BadFrame) else None
+            if message_id is None:
+                match = _MESSAGE_ID.search(text)
+                message_id = match.group(1) if match else None
             log.warning(
-                "malformed DingTalk frame (%s, %d bytes)%s",
+                "malformed DingTalk frame (%s, %d characters)%s",
                 exc,
                 len(text),
-                f"; acking {match.group(1)} with 400" if match else "; no messageId to ack",
+                f"; acking {message_id[:80]!a} with 400" if message_id else "; no messageId to ack",
             )
-            if match:
-                await self._send_ack(live, match.group(1), Ack(code=400, message=str(exc)))
+            if message_id:
+                await self._send_ack(live, message_id, Ack(code=400, message=str(exc)[:200]))
             return
         if frame.type == "SYSTEM":
             await self._on_system(live, frame)
@@ -631,9 +712,7 @@ class StreamConnection:
             if not live.draining:
                 live.draining = True
                 self._end(live, "disconnect")
-                task = asyncio.ensure_future(self._drain_then_close(live))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._spawn(self._drain_then_close(live))
         else:
             log.debug("SYSTEM frame %s (%s)", frame.topic, frame.message_id)
 
@@ -648,14 +727,15 @@ _SIGNS_OF_LIFE = frozenset(
 )
 
 
-_json_string = json.encoder.encode_basestring
-"""A str as a JSON string, non-ASCII kept (what ``json.dumps(..., ensure_ascii=False)`` writes)."""
+_json_string = json.encoder.encode_basestring_ascii
+"""A str as an ASCII JSON string (what ``json.dumps`` writes by default: non-ASCII and lone
+surrogates escaped)."""
 
 
 def ack_text(message_id: str, ack: Ack) -> str:
     """The JSON of the frame that acknowledges ``message_id`` with ``ack``: exactly
-    ``json.dumps({"code", "headers": {"contentType", "messageId"}, "message", "data"},
-    ensure_ascii=False)``, written without building the dicts (one ack per push)."""
+    ``json.dumps({"code", "headers": {"contentType", "messageId"}, "message", "data"})``,
+    written without building the dicts (one ack per push)."""
     return (
         f'{{"code": {int(ack.code)}, "headers": {{"contentType": "application/json", '
         f'"messageId": {_json_string(message_id)}}}, "message": {_json_string(ack.message)}, '
@@ -663,11 +743,23 @@ def ack_text(message_id: str, ack: Ack) -> str:
     )
 
 
+class BadFrame(ValueError):
+    """A frame that cannot be taken, whose ``messageId`` (to ack it with 400) is known."""
+
+    def __init__(self, reason: str, message_id: str) -> None:
+        super().__init__(reason)
+        self.message_id = message_id
+
+
 def _parse_frame(text: str) -> Frame:
+    """The frame in ``text``; :class:`ValueError` (:class:`BadFrame` when the messageId is
+    known) for anything that is not a frame of PROTOCOLS 1.3."""
     try:
         raw = json.loads(text)
     except ValueError:
         raise ValueError("not JSON") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
     if not isinstance(raw, dict):
         raise ValueError("not a JSON object")
     headers = raw.get("headers")
@@ -676,6 +768,10 @@ def _parse_frame(text: str) -> Frame:
     message_id = headers.get("messageId")
     if not isinstance(message_id, str) or not message_id:
         raise ValueError("no messageId")
+    if len(message_id) > MAX_MESSAGE_ID:
+        raise BadFrame(f"messageId longer than {MAX_MESSAGE_ID} characters", message_id)
+    if not valid_text(message_id):
+        raise BadFrame("messageId is not valid Unicode (a lone surrogate)", message_id)
     kind = raw.get("type")
     topic = headers.get("topic")
     data = raw.get("data", "")
@@ -684,14 +780,14 @@ def _parse_frame(text: str) -> Frame:
     if not isinstance(topic, str):
         raise ValueError("no topic")
     if not isinstance(data, str):
-        data = json.dumps(data, ensure_ascii=False)  # tolerate an object instead of a string
+        data = json.dumps(data)  # tolerate an object instead of a string
     return Frame(type=kind, topic=topic, message_id=message_id, headers=headers, data=data)
 
 
 def _disconnect_reason(data: str) -> str:
     try:
         parsed = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "no reason"
     reason = parsed.get("reason") if isinstance(parsed, dict) else None
     return reason if isinstance(reason, str) else "no reason"

@@ -42,10 +42,12 @@ from imrobots.platform import (
     CardAction,
     Conversation,
     ConversationKind,
+    MalformedJson,
     Message,
     MessageKind,
     Quote,
     Sender,
+    load_json,
 )
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "make_converter",
     "parse_bot_message",
     "parse_card_callback",
+    "parse_json",
     "quote_of",
     "strip_mentions",
     "to_card_action",
@@ -268,12 +271,32 @@ def _camel(name: str) -> str:
 _CAMEL_EXCEPTIONS = {"msgtype": "msgtype"}
 
 
+MAX_TIME_MS = 32_503_680_000_000
+"""The latest timestamp taken (3000-01-01, in milliseconds); later ones are malformed."""
+
+ID_FIELDS = frozenset(
+    {"msgId", "conversationId", "senderStaffId", "senderId", "outTrackId", "userId", "spaceId"}
+)
+"""Fields that identify (dedupe keys, conversations, cards): a lone surrogate in one is
+refused, never replaced (two ids would become one)."""
+
+
+def parse_json(text: str) -> Any:
+    """The JSON in a push's ``data`` string, lone surrogates replaced (in ids refused, see
+    :func:`imrobots.platform.load_json`). Raises :class:`MalformedPayload` for text that is
+    not JSON, nested too deep for the parser, or with a lone surrogate in an id."""
+    try:
+        return load_json(text, ID_FIELDS)
+    except MalformedJson as exc:
+        raise MalformedPayload(str(exc)) from None
+
+
 def _json_text(value: Any) -> Any:
     """DingTalk nests some objects as JSON strings; accept both forms."""
     if isinstance(value, str):
         try:
             return json.loads(value) if value.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             raise MalformedPayload("expected a JSON object inside a string") from None
     return value
 
@@ -546,9 +569,13 @@ def parse_card_callback(data: Any) -> CardCallback:
 # --------------------------------------------------------------------------- to core
 
 
-def _time(create_at: int | None) -> datetime:
-    if create_at is None or create_at <= 0:
+def _time(create_at: int | None, field: str = "createAt") -> datetime:
+    """The time of a millisecond timestamp (``None`` or 0: now); :class:`MalformedPayload`
+    outside 1970..3000."""
+    if create_at is None or create_at == 0:
         return datetime.now(UTC)
+    if not 0 < create_at <= MAX_TIME_MS:
+        raise MalformedPayload(f"{field}: {create_at} is out of range (milliseconds)")
     return datetime.fromtimestamp(create_at / 1000, tz=UTC)
 
 
@@ -607,6 +634,9 @@ def to_message(
         bot, raw = data, {}
     else:
         bot, raw = parse_bot_message(data), data
+    if not bot.msg_id:
+        # the dedupe key: two messages without one would be taken for one
+        raise MalformedPayload("data.msgId: empty")
     content = bot.content
     kind = MessageKind.UNSUPPORTED
     text = ""
@@ -849,6 +879,6 @@ def to_card_action(
         value=callback_value(private.params),
         sender=Sender(id=callback.user_id),
         conversation=conversation,
-        time=_time(time_ms),
+        time=_time(time_ms, "the time header"),
         raw=raw,
     )

@@ -69,12 +69,15 @@ from imrobots.platform import (
     Target,
     Upload,
     client_session,
+    refuse_redirects,
 )
 
 from .api import DUPLICATE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, DingTalkApi
 from .cards import ai_card_params, ai_markdown, standard_card, stream_flags
 from .connection import (
     ACK_OK,
+    LIVENESS_MARGIN,
+    SYSTEM_PING_INTERVAL,
     Ack,
     ConnectionOptions,
     FollowUp,
@@ -82,7 +85,7 @@ from .connection import (
     StreamConnection,
     Subscription,
 )
-from .convert import MalformedPayload, get_converter, to_card_action, to_message
+from .convert import get_converter, parse_json, to_card_action, to_message
 from .messages import (
     ROBOT_PARAM_BYTES,
     WEBHOOK_TEXT_BYTES,
@@ -248,11 +251,17 @@ class DingTalkSettings:
     connect_timeout: float = attrs.field(default=30.0, validator=_positive)
     """Seconds ``start`` waits for the first stream connection."""
     ping_interval: float = attrs.field(default=20.0, validator=_positive)
-    """Seconds between WebSocket pings the client sends."""
-    idle_timeout: float = attrs.field(default=60.0, validator=_positive)
-    """Seconds without any frame or pong after which a connection is presumed dead."""
+    """Seconds between WebSocket pings the client sends (they keep middleboxes from
+    dropping an idle socket; their pongs do not prove the connection alive)."""
+    idle_timeout: float = attrs.field(
+        default=SYSTEM_PING_INTERVAL + LIVENESS_MARGIN, validator=_positive
+    )
+    """Seconds without a frame from DingTalk (a SYSTEM ping or a push) after which the
+    connection is replaced (a new one opened, then the old one closed). Default 40: DingTalk
+    sends a SYSTEM ping every 20-30 s (PROTOCOLS 1.5), plus a 10 s margin."""
     reconnect_initial: float = attrs.field(default=0.5, validator=_positive)
-    """First reconnect delay; doubles per failed attempt (with jitter)."""
+    """First reconnect delay; doubles per failed attempt (with jitter). A connection that
+    completed its handshake resets it: a drop is followed by a reconnect within this."""
     reconnect_max: float = attrs.field(default=30.0, validator=_positive)
     """Longest reconnect delay."""
     local_ip: str | None = None
@@ -383,6 +392,11 @@ streaming calls overwrite the whole content. Texts, images and files (sessionWeb
 robot message APIs) have no idempotency field and are left out."""
 
 
+_BAD_DATA = (ValueError, TypeError, OverflowError, RecursionError)
+"""What converting a push's data may raise: :class:`MalformedPayload` (a ValueError) for
+the shapes :mod:`.convert` checks, the rest for hostile ones; each is a 400 ack."""
+
+
 class DingTalkPlatform(Platform):
     """A robot's connection to DingTalk (Stream mode). See the module docstring."""
 
@@ -444,7 +458,10 @@ class DingTalkPlatform(Platform):
     def _http(self) -> tuple[aiohttp.ClientSession, DingTalkApi]:
         if self._session is None or self._session.closed:
             self._session = client_session(
-                limit=100, ttl_dns_cache=300, headers={"User-Agent": "imrobots-dingtalk/0.1"}
+                limit=100,
+                ttl_dns_cache=300,
+                headers={"User-Agent": "imrobots-dingtalk/0.1"},
+                trace_configs=[refuse_redirects()],  # ws_connect cannot be told not to follow
             )
             self._api = DingTalkApi(
                 self._session,
@@ -525,8 +542,8 @@ class DingTalkPlatform(Platform):
         deliver). Pure and quick (about 15 µs): any thread may call it."""
         if frame.topic == BOT_MESSAGE_TOPIC:
             try:
-                message = to_message(json.loads(frame.data), robot_names=self.settings.robot_names)
-            except (ValueError, MalformedPayload) as exc:
+                message = to_message(parse_json(frame.data), robot_names=self.settings.robot_names)
+            except _BAD_DATA as exc:  # MalformedPayload, and what a hostile shape may raise
                 log.warning("dropped malformed bot message %s: %s", frame.message_id, exc)
                 return Ack(code=400, message=f"bad data: {exc}"[:200]), None
             if message.raw.get("errCode"):
@@ -541,9 +558,9 @@ class DingTalkPlatform(Platform):
         if frame.topic == CARD_CALLBACK_TOPIC:
             try:
                 action: CardAction = to_card_action(
-                    json.loads(frame.data), callback_id=frame.message_id, time_ms=frame.time_ms
+                    parse_json(frame.data), callback_id=frame.message_id, time_ms=frame.time_ms
                 )
-            except (ValueError, MalformedPayload) as exc:
+            except _BAD_DATA as exc:
                 log.warning("dropped malformed card callback %s: %s", frame.message_id, exc)
                 return Ack(code=400, message=f"bad data: {exc}"[:200]), None
             return _CARD_ACK, action

@@ -61,6 +61,7 @@ from imrobots.platform import (
     CardGone,
     FatalPlatformError,
     OutcomeUnknown,
+    PlatformError,
     RateLimited,
     Refused,
     RetryableError,
@@ -87,6 +88,11 @@ TOKEN_CODES = frozenset({"99991661", "99991663", "99991668"})
 REFUSED_CODES = frozenset({"99991672", "99991679"})
 """The app lacks a permission scope (Feishu's general error codes)."""
 FATAL_CODES = frozenset({"230001", "230002", "230025", "200860", "230099", "10014"})
+
+
+REFUSAL_GIVE_UP = 600.0
+"""Seconds of refusal of credentials that worked before after which they are taken for
+changed and the refusal is fatal again."""
 
 
 def classify(
@@ -142,6 +148,9 @@ class FeishuApi:
         self._token_refresh_at = 0.0
         self._token_lock = asyncio.Lock()
         self.token_fetches = 0
+        self._worked = False
+        """A token was obtained with these credentials once."""
+        self._refused_since: float | None = None
 
     def __repr__(self) -> str:
         return f"FeishuApi(app_id={self.app_id!r}, domain={self.domain!r})"
@@ -237,18 +246,49 @@ class FeishuApi:
             code = body.get("code")
             token = body.get("tenant_access_token")
             if code != 0 or not isinstance(token, str):
-                raise classify(
+                error = classify(
                     "tenant_access_token",
                     raw.raw.status_code,
                     code if isinstance(code, int) else None,
                     str(body.get("msg", "")),
                     raw.raw.headers,
                 )
+                if isinstance(error, FatalPlatformError) and self._worked:
+                    raise self._refused(error) from None
+                raise error
+            if self._refused_since is not None:
+                log.warning(
+                    "Feishu accepts the credentials of app %s again (refused for %.1fs)",
+                    self.app_id,
+                    time.monotonic() - self._refused_since,
+                )
+                self._refused_since = None
+            self._worked = True
             expire = float(body.get("expire") or 7200)
             self._token = token
             self._token_refresh_at = time.monotonic() + max(min(expire - 1800, expire / 2), 1.0)
             self.token_fetches += 1
             return token
+
+    def _refused(self, error: FatalPlatformError) -> PlatformError:
+        """Credentials that worked before, refused now: Feishu's passing fault, retried
+        (one error line per streak); fatal again after :data:`REFUSAL_GIVE_UP` seconds."""
+        now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = now
+            log.error(
+                "Feishu refused the credentials of app %s that worked before (%s); taken for "
+                "a passing fault: calls are retried until Feishu accepts them again",
+                self.app_id,
+                error,
+            )
+        elif now - self._refused_since > REFUSAL_GIVE_UP:
+            return error
+        return RetryableError(
+            f"Feishu refused the credentials of app {self.app_id} that worked before "
+            f"({error}); retrying",
+            code=error.code,
+        )
 
     def drop_token(self) -> None:
         self._token = None

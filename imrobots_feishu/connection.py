@@ -18,9 +18,13 @@ protocol and reuses lark-oapi's protobuf ``pbbp2.Frame`` for the wire format:
    ``{"code": 200[, "data": base64 JSON]}``), and only then does the handler's
    follow-up (delivering the event to the core's sink) run (PROTOCOLS 3.4).
 4. Losses reconnect with exponential backoff and jitter, bounded by
-   ``reconnect_max``; an idle watchdog closes a socket on which nothing (no frame, no
-   pong) arrived for ``idle_timeout`` seconds. A handshake refused with 514/1000040350
-   (over 50 connections) or 403 is fatal, as in lark-oapi.
+   ``reconnect_max``; a connection that completed its handshake resets the backoff. The
+   liveness clock is Feishu's own traffic: each ping is answered by a CONTROL pong, so a
+   socket on which no frame (pong or data) arrived for ``idle_timeout`` seconds (default:
+   the PingInterval plus :data:`LIVENESS_MARGIN`, at most twice the interval: 130 s with
+   the 120 s default) is dead and replaced; WebSocket-level pings and pongs do not count.
+   A handshake refused with 514/1000040350 (over 50 connections) or 403 is fatal, as in
+   lark-oapi. Endpoint discovery follows no redirect (a 3xx is an error).
 
 :class:`CallbackEndpoint` is the other inbound mode, event callbacks over HTTP: an
 aiohttp server on ``host:port`` whose ``path`` takes Feishu's POSTs. Each is checked
@@ -51,11 +55,17 @@ import attrs
 from aiohttp import web
 from lark_oapi.ws.pb.pbbp2_pb2 import Frame  # type: ignore[import-untyped]
 
-from imrobots.platform import FatalPlatformError, PlatformUnavailable, RetryableError
+from imrobots.platform import (
+    FatalPlatformError,
+    PlatformUnavailable,
+    RetryableError,
+    redirect_message,
+)
 
 from .crypto import URL_VERIFICATION, CallbackCrypto, ForgedCallback
 
 __all__ = [
+    "LIVENESS_MARGIN",
     "Answer",
     "CallbackEndpoint",
     "ConnectionOptions",
@@ -65,6 +75,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("imrobots_feishu.connection")
+
+LIVENESS_MARGIN = 10.0
+"""Seconds past the ping interval before a silent connection is taken for dead."""
 
 CONTROL, DATA = 0, 1
 ENDPOINT_PATH = "/callback/ws/endpoint"
@@ -93,8 +106,8 @@ class ConnectionOptions:
     connect_timeout: float = 30.0
     request_timeout: float = 10.0
     idle_timeout: float | None = None
-    """Seconds without any frame before the socket is presumed dead; default three ping
-    intervals."""
+    """Seconds without a frame from Feishu before the socket is presumed dead; default the
+    PingInterval plus :data:`LIVENESS_MARGIN` (at most the interval itself)."""
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
     fragment_ttl: float = 5.0
@@ -176,14 +189,29 @@ class LongConnection:
 
     async def _run(self) -> None:
         failures = 0
+        refused = False
         while not self._closing:
             try:
                 url = await self._discover()
+                if refused:
+                    refused = False
+                    log.warning("Feishu accepts the long connection of app %s again", self.app_id)
                 await self._serve(url)
             except FatalPlatformError as exc:
-                self._fatal = exc
-                log.error("Feishu long connection refused: %s", exc)
-                return
+                if self.connects == 0:  # never connected: the credentials are wrong
+                    self._fatal = exc
+                    log.error("Feishu long connection refused: %s", exc)
+                    return
+                # it connected before: Feishu's passing fault, retried with backoff
+                failures += 1
+                if not refused:
+                    refused = True
+                    log.error(
+                        "Feishu refuses the long connection of app %s although it connected "
+                        "before (%s); retrying with backoff until it accepts again",
+                        self.app_id,
+                        exc,
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -206,8 +234,17 @@ class LongConnection:
         body = {"AppID": self.app_id, "AppSecret": self._secret()}
         timeout = aiohttp.ClientTimeout(total=self.options.request_timeout)
         async with self.session.post(
-            self.domain + ENDPOINT_PATH, json=body, headers={"locale": "zh"}, timeout=timeout
+            self.domain + ENDPOINT_PATH,
+            json=body,
+            headers={"locale": "zh"},
+            timeout=timeout,
+            allow_redirects=False,
         ) as response:
+            if 300 <= response.status < 400:
+                location = response.headers.get("Location")
+                message = redirect_message("Feishu endpoint discovery", response.status, location)
+                log.warning("%s", message)
+                raise FatalPlatformError(message, code="redirect")
             if response.status != 200:
                 raise RetryableError(f"endpoint discovery: HTTP {response.status}")
             answer = await response.json(content_type=None)
@@ -228,6 +265,13 @@ class LongConnection:
         if not isinstance(url, str) or not url:
             raise RetryableError("endpoint discovery answered no URL")
         return url
+
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds without a frame from Feishu after which the socket is dead."""
+        if self.options.idle_timeout is not None:
+            return self.options.idle_timeout
+        return self.ping_interval + min(LIVENESS_MARGIN, self.ping_interval)
 
     def _configure(self, config: Any) -> None:
         if isinstance(config, dict):
@@ -255,11 +299,19 @@ class LongConnection:
         self.connected.set()
         log.info("Feishu long connection %d open (app %s)", self.connects, self.app_id)
         pinger = asyncio.create_task(self._pings(ws, service))
+        last_frame = time.monotonic()
         try:
             while True:
-                idle = self.options.idle_timeout or 3 * self.ping_interval
-                message = await ws.receive(timeout=idle)
+                idle = self.idle_timeout
+                left = last_frame + idle - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                try:
+                    message = await ws.receive(timeout=left)
+                except TimeoutError:
+                    continue  # WebSocket-level traffic may have reset aiohttp's timer
                 if message.type == aiohttp.WSMsgType.BINARY:
+                    last_frame = time.monotonic()
                     await self._on_frame(ws, message.data)
                 elif message.type in (
                     aiohttp.WSMsgType.CLOSE,
@@ -269,6 +321,13 @@ class LongConnection:
                 ):
                     raise ConnectionError(f"socket closed ({message.type.name})")
         except TimeoutError:
+            log.warning(
+                "Feishu long connection %d: no frame from Feishu (pong or event) for %.1fs, "
+                "a ping goes out every %gs; the socket is dead, replacing it",
+                self.connects,
+                time.monotonic() - last_frame,
+                self.ping_interval,
+            )
             raise ConnectionError("no frame within the idle timeout") from None
         finally:
             pinger.cancel()

@@ -33,10 +33,12 @@ from imrobots.platform import (
     CardAction,
     Conversation,
     ConversationKind,
+    MalformedJson,
     Message,
     MessageKind,
     Quote,
     Sender,
+    load_json,
 )
 
 __all__ = [
@@ -53,6 +55,25 @@ PLATFORM = "feishu"
 MESSAGE_EVENT = "im.message.receive_v1"
 CARD_ACTION_EVENT = "card.action.trigger"
 _MENTION_KEY = re.compile(r"@_user_\d+")
+
+
+ID_FIELDS = frozenset(
+    {
+        "event_id",
+        "message_id",
+        "root_id",
+        "parent_id",
+        "thread_id",
+        "chat_id",
+        "open_id",
+        "user_id",
+        "union_id",
+        "open_message_id",
+        "open_chat_id",
+    }
+)
+"""Fields that identify: a lone surrogate in one makes the event malformed (see
+:func:`imrobots.platform.load_json`)."""
 
 
 class MalformedPayload(ValueError):
@@ -74,7 +95,7 @@ def _str(value: Any, where: str) -> str:
 def _time(ms: Any, scale: int = 1000) -> datetime:
     try:
         return datetime.fromtimestamp(int(ms) / scale, UTC)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, OSError):
         return datetime.now(UTC)
 
 
@@ -153,9 +174,9 @@ def to_message(envelope: Mapping[str, Any], *, bot_open_id: str | None) -> Messa
     chat_id = _str(message.get("chat_id"), "event.message.chat_id")
     message_type = str(message.get("message_type") or "")
     try:
-        content = json.loads(str(message.get("content") or "{}"))
-    except ValueError:
-        raise MalformedPayload("event.message.content is not JSON") from None
+        content = load_json(str(message.get("content") or "{}"), where="event.message.content")
+    except MalformedJson as exc:
+        raise MalformedPayload(str(exc)) from None
     if not isinstance(content, Mapping):
         raise MalformedPayload("event.message.content is not an object")
     group = message.get("chat_type") != "p2p"

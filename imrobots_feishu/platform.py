@@ -99,6 +99,8 @@ from imrobots.platform import (
     Target,
     Upload,
     client_session,
+    load_json,
+    refuse_redirects,
     streaming_card,
 )
 
@@ -107,6 +109,7 @@ from .cards import card_json, dumps
 from .connection import Answer, CallbackEndpoint, ConnectionOptions, LongConnection
 from .convert import (
     CARD_ACTION_EVENT,
+    ID_FIELDS,
     MESSAGE_EVENT,
     MalformedPayload,
     button_value,
@@ -260,8 +263,8 @@ class FeishuSettings:
     request_timeout: float = 10.0
     connect_timeout: float = 30.0
     idle_timeout: float | None = None
-    """Seconds without any frame before the long connection is presumed dead (default:
-    three ping intervals of the server's ClientConfig)."""
+    """Seconds without a frame from Feishu (pong or event) before the long connection is
+    presumed dead (default: the server's PingInterval plus 10 s, at most twice it)."""
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
 
@@ -412,7 +415,7 @@ class FeishuPlatform(Platform):
     # ------------------------------------------------------------------ lifecycle
     async def start(self, sink: EventSink) -> None:
         self._sink = sink
-        self._session = client_session()
+        self._session = client_session(trace_configs=[refuse_redirects()])
         try:
             self.bot_open_id = await self.api.bot_open_id()
         except Exception as exc:
@@ -491,8 +494,8 @@ class FeishuPlatform(Platform):
         """Convert one long-connection event; the response frame goes out before the
         sink runs."""
         try:
-            envelope = json.loads(payload)
-        except ValueError as exc:
+            envelope = load_json(payload, ID_FIELDS, where="event")
+        except ValueError as exc:  # MalformedJson included
             log.warning("dropped a Feishu event that cannot be read: %s", exc)
             return Answer()
         if not isinstance(envelope, dict):

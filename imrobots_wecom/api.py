@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,7 @@ from imrobots.platform import (
     RateLimited,
     RetryableError,
     Secret,
+    redirect_message,
 )
 
 __all__ = ["RATE_LIMITED_CODES", "RETRYABLE_CODES", "TOKEN_CODES", "WeComApi", "raise_for"]
@@ -40,6 +42,8 @@ __all__ = ["RATE_LIMITED_CODES", "RETRYABLE_CODES", "TOKEN_CODES", "WeComApi", "
 RATE_LIMITED_CODES = frozenset({"45009", "45033"})
 RETRYABLE_CODES = frozenset({"-1"})
 TOKEN_CODES = frozenset({"40001", "40014", "42001"})
+
+log = logging.getLogger("imrobots.wecom.api")
 
 
 def raise_for(route: str, errcode: int, errmsg: str) -> None:
@@ -51,6 +55,17 @@ def raise_for(route: str, errcode: int, errmsg: str) -> None:
     if code in RETRYABLE_CODES:
         raise RetryableError(message, code=code)
     raise FatalPlatformError(message, code=code)
+
+
+def _refuse_redirect(route: str, response: aiohttp.ClientResponse) -> None:
+    """A 3xx answer is an error, logged: redirects are never followed (the token rides in
+    the query string; see :func:`imrobots.platform.refuse_redirects`)."""
+    if 300 <= response.status < 400:
+        message = redirect_message(
+            f"WeCom {route}", response.status, response.headers.get("Location")
+        )
+        log.warning("%s", message)
+        raise FatalPlatformError(message, code="redirect", status=response.status)
 
 
 class WeComApi:
@@ -100,7 +115,9 @@ class WeComApi:
                 self.endpoint + route,
                 params=params,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
             ) as response:
+                _refuse_redirect(route, response)
                 if response.status >= 500:
                     raise RetryableError(
                         f"WeCom {route}: HTTP {response.status}", status=response.status
@@ -192,8 +209,10 @@ class WeComApi:
                     self.endpoint + route,
                     params={**params, "access_token": token},
                     timeout=aiohttp.ClientTimeout(total=self.timeout),
+                    allow_redirects=False,
                     **payload(),
                 ) as response:
+                    _refuse_redirect(route, response)
                     if response.status >= 500:
                         raise RetryableError(
                             f"WeCom {route}: HTTP {response.status}", status=response.status

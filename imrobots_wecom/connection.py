@@ -22,8 +22,11 @@ the emulator faithful: ``tests/wecom/test_sdk.py`` runs it, unchanged, against i
    ``aibot_subscribe`` with the bot id and secret; wait for its ack. A non-zero
    errcode is a credentials error: :meth:`AibotConnection.start` raises it at once,
    later it is retried with backoff.
-2. Every ``ping_interval`` (30 s) send ``ping``; two pings without an ack mean the
-   socket is dead: close it and reconnect (the SDK's rule).
+2. Every ``ping_interval`` (30 s, the SDK's) send ``ping``; its ack comes at once. A
+   connection on which no frame from WeCom (a ping ack, a push) arrived for the ping
+   interval plus a margin (:data:`LIVENESS_MARGIN`, 10 s, at most the interval itself:
+   40 s by default) is dead: close it and reconnect. (The SDK waits for two missed acks,
+   60-90 s.)
 3. Pushes (``aibot_msg_callback``/``aibot_event_callback``) need no acknowledgement
    from the client (the SDK sends none); the handler only converts and queues, so the
    reader never waits for an answer.
@@ -33,7 +36,9 @@ the emulator faithful: ``tests/wecom/test_sdk.py`` runs it, unchanged, against i
    SDK), which paces stream replies by WeCom's own acks.
 5. ``disconnected_event`` (a newer connection of the same bot took over) stops the
    loop for good, with one clear error log line, instead of fighting the other process.
-6. Other losses reconnect with exponential backoff and jitter, without limit.
+6. Other losses reconnect with exponential backoff and jitter, without limit; a
+   connection whose ``aibot_subscribe`` was acknowledged resets the backoff, so the
+   first reconnect after a drop goes out at once.
 
 Secrets: the bot secret goes only into the subscribe frame, never into logs or errors.
 """
@@ -56,12 +61,27 @@ import attrs
 from imrobots.platform import (
     ConnectionStatus,
     FatalPlatformError,
+    MalformedJson,
     OutcomeUnknown,
     RetryableError,
     Secret,
+    load_json,
 )
 
-__all__ = ["AckError", "AibotConnection", "ConnectionOptions", "new_req_id"]
+__all__ = [
+    "LIVENESS_MARGIN",
+    "AckError",
+    "AibotConnection",
+    "ConnectionOptions",
+    "new_req_id",
+    "parse_frame",
+]
+
+ID_FIELDS = frozenset({"req_id", "msgid", "userid", "chatid", "aibotid", "task_id"})
+"""Fields that identify: a lone surrogate in one drops the frame (see :func:`parse_frame`)."""
+
+LIVENESS_MARGIN = 10.0
+"""Seconds past the ping interval before a silent connection is taken for dead."""
 
 log = logging.getLogger("imrobots.wecom.connection")
 
@@ -90,9 +110,23 @@ class ConnectionOptions:
     connect_timeout: float = 30.0
     ack_timeout: float = 5.0
     ping_interval: float = 30.0
-    max_missed_pings: int = 2
     reconnect_initial: float = 1.0
     reconnect_max: float = 30.0
+
+
+def parse_frame(text: str) -> Frame | None:
+    """The JSON object of a frame from WeCom, lone surrogates in its text replaced; ``None``
+    (logged) for one that is not JSON, not an object, nested too deep, or with a lone
+    surrogate in an id."""
+    try:
+        frame = load_json(text, ID_FIELDS, where="frame")
+    except MalformedJson as exc:
+        log.warning("WeCom sent a frame that cannot be read (%s); ignored", exc)
+        return None
+    if not isinstance(frame, dict):
+        log.warning("WeCom sent a frame that is not a JSON object; ignored")
+        return None
+    return frame
 
 
 class AibotConnection:
@@ -129,7 +163,7 @@ class AibotConnection:
         self._ready = asyncio.Event()
         self._first: asyncio.Future[None] | None = None
         self._closing = False
-        self._missed = 0
+        self._last_frame = 0.0
         self._send_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -182,11 +216,12 @@ class AibotConnection:
 
     async def _run(self) -> None:
         attempt = 0
+        refused = False  # subscriptions refused since the last good one (logged once)
         while not self._stopped():
             self.status.connecting()
+            generation = self.generation
             try:
                 await self._session_once()
-                attempt = 0
             except asyncio.CancelledError:
                 raise
             except AckError as exc:
@@ -199,7 +234,15 @@ class AibotConnection:
                         )
                     )
                     return
-                log.error("WeCom bot %s: subscription refused (%s)", self.bot_id, exc)
+                # it subscribed before: WeCom's passing fault, retried with backoff
+                if not refused:
+                    refused = True
+                    log.error(
+                        "WeCom bot %s: subscription refused although it subscribed before "
+                        "(%s); retrying with backoff until WeCom accepts it again",
+                        self.bot_id,
+                        exc,
+                    )
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 log.warning("WeCom bot %s: connection failed: %s", self.bot_id, exc)
             except Exception:
@@ -214,6 +257,11 @@ class AibotConnection:
                         else "the WeCom connection was lost"
                     )
                 )
+                if self.generation != generation:
+                    attempt = 0  # subscribed: however it ended, the backoff starts over
+                    if refused:
+                        refused = False
+                        log.warning("WeCom bot %s: subscription accepted again", self.bot_id)
             if self._stopped():
                 break
             self.status.disconnected("the WeCom connection was lost")
@@ -231,7 +279,7 @@ class AibotConnection:
             self.url, heartbeat=None, autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)
         ) as ws:
             self._ws = ws
-            self._missed = 0
+            self._last_frame = time.monotonic()
             subscribe_id = new_req_id("aibot_subscribe")
             await self._send(
                 {
@@ -275,8 +323,7 @@ class AibotConnection:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pinger
 
-    @staticmethod
-    async def _receive(ws: aiohttp.ClientWebSocketResponse) -> Frame | None:
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> Frame | None:
         while True:
             msg = await ws.receive()
             if msg.type in (
@@ -289,12 +336,9 @@ class AibotConnection:
                 return None
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
-            try:
-                frame = json.loads(msg.data)
-            except ValueError:
-                log.warning("WeCom sent a frame that is not JSON; ignored")
-                continue
-            if isinstance(frame, dict):
+            self._last_frame = time.monotonic()
+            frame = parse_frame(msg.data)
+            if frame is not None:
                 return frame
 
     def _dispatch(self, frame: Frame) -> None:
@@ -322,24 +366,43 @@ class AibotConnection:
                 log.exception("WeCom push %s could not be handled", req_id)
             return
         if req_id.startswith("ping"):
-            self._missed = 0
             return
         future = self._pending.pop(req_id, None)
         if future is not None and not future.done():
             future.set_result(frame)
 
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds without a frame from WeCom after which the connection is dead: the ping
+        interval plus :data:`LIVENESS_MARGIN` (at most the interval itself)."""
+        interval = self.options.ping_interval
+        return interval + min(LIVENESS_MARGIN, interval)
+
     async def _ping_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        interval = self.options.ping_interval
+        idle = self.idle_timeout
+        tick = min(interval, idle / 4)
+        next_ping = time.monotonic() + interval
         while not ws.closed:
-            await asyncio.sleep(self.options.ping_interval)
-            if self._missed >= self.options.max_missed_pings:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            silent = now - self._last_frame
+            if silent > idle:
                 log.warning(
-                    "WeCom bot %s: %d pings unanswered; reconnecting", self.bot_id, self._missed
+                    "WeCom bot %s: no frame from WeCom (ping ack or push) for %.1fs, a ping "
+                    "goes out every %gs; the connection is dead, reconnecting",
+                    self.bot_id,
+                    silent,
+                    interval,
                 )
-                await ws.close()
+                # a black-holed socket never answers the close handshake: do not wait on it
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 1.0)
                 return
-            self._missed += 1
-            with contextlib.suppress(Exception):
-                await self._send({"cmd": "ping", "headers": {"req_id": new_req_id("ping")}})
+            if now >= next_ping:
+                next_ping = now + interval
+                with contextlib.suppress(Exception):
+                    await self._send({"cmd": "ping", "headers": {"req_id": new_req_id("ping")}})
 
     async def _send(self, frame: Frame) -> None:
         ws = self._ws

@@ -64,11 +64,17 @@ class MalformedPayload(ValueError):
     """A payload that lacks what every message has (id, sender)."""
 
 
+MAX_TIME = 32_503_680_000
+"""The latest ``create_time`` taken (3000-01-01, in seconds); a later one is malformed."""
+
+
 def _time(body: Mapping[str, Any]) -> datetime:
     created = body.get("create_time")
-    if isinstance(created, int | float) and created > 0:
-        return datetime.fromtimestamp(float(created), UTC)
-    return datetime.now(UTC)
+    if isinstance(created, bool) or not isinstance(created, int | float) or created == 0:
+        return datetime.now(UTC)
+    if not 0 < created <= MAX_TIME:
+        raise MalformedPayload(f"create_time {created} is out of range (seconds)")
+    return datetime.fromtimestamp(float(created), UTC)
 
 
 def _attachment(kind: str, part: Any, *, name: str | None = None) -> Attachment | None:

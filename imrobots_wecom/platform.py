@@ -98,6 +98,7 @@ from imrobots.platform import (
     Target,
     Upload,
     client_session,
+    refuse_redirects,
 )
 
 from .cards import APP_TASK_ID, app_template_card, stream_text, template_card
@@ -521,7 +522,10 @@ class WeComPlatform(Platform):
     # ------------------------------------------------------------------ lifecycle
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = client_session(headers={"User-Agent": "imrobots-wecom/0.1"})
+            self._session = client_session(
+                headers={"User-Agent": "imrobots-wecom/0.1"},
+                trace_configs=[refuse_redirects()],  # no redirect is followed, ws_connect too
+            )
         return self._session
 
     async def start(self, sink: EventSink) -> None:
@@ -936,7 +940,9 @@ class WeComPlatform(Platform):
         limit = self.settings.max_download_bytes
         try:
             async with self._http().get(
-                url, timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout * 6)
+                url,
+                timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout * 6),
+                allow_redirects=False,
             ) as response:
                 if response.status >= 500:
                     raise RetryableError(f"WeCom download: HTTP {response.status}")

@@ -111,6 +111,23 @@ class Stall:
         return f"{what} ({self.count} more)"
 
 
+@dataclass(kw_only=True)
+class Redirect:
+    """A fault: the next ``count`` requests whose path starts with ``path`` are answered
+    with ``status`` (a 3xx) and ``Location: location`` instead of being served."""
+
+    path: str
+    location: str
+    count: int
+    status: int = 307
+
+    def describe(self) -> str:
+        return f"{self.path}: {self.status} to {self.location} ({self.count} more)"
+
+
+ConnectionFault = Literal["muted", "blackhole"]
+
+
 @dataclass(kw_only=True, eq=False)
 class _Push:
     message_id: str
@@ -141,6 +158,10 @@ class _LiveConnection:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     broken: bool = False
+    fault: ConnectionFault | None = None
+    """``muted``: nothing more is sent (pushes routed here are lost, no SYSTEM pings),
+    WebSocket pings are still answered. ``blackhole``: nothing sent, nothing read (no
+    pongs, no acks), the socket stays open."""
 
     @property
     def usable(self) -> bool:
@@ -214,6 +235,8 @@ class DingTalkEmulator:
         self.media_limits = dict(MEDIA_LIMITS)
         """Largest ``media/upload`` per type, in bytes."""
         self._withholds: list[Withhold] = []
+        self._redirects: list[Redirect] = []
+        self._refuse_until = 0.0
         self._stalls: list[Stall] = []
         self._stopping = asyncio.Event()
         self._download_tokens: dict[str, tuple[str, float]] = {}
@@ -494,6 +517,67 @@ class DingTalkEmulator:
             raise ValueError("rate must be between 0 and 1")
         self.lost_rate = float(rate)
         self._fault("lost_rate", rate=self.lost_rate)
+
+    def refuse_credentials(self, seconds: float) -> None:
+        """For ``seconds`` from now, ``POST /v1.0/oauth2/accessToken`` refuses every app's
+        (right) credentials with ``400 invalidClientIdOrSecret``, as DingTalk did for a
+        few seconds in production while the credentials were fine. Combine with
+        :meth:`expire_tokens` so that the robot has to fetch a token meanwhile."""
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        self._refuse_until = time.monotonic() + seconds
+        self._fault("refuse_credentials", seconds=seconds)
+
+    @property
+    def refusing_credentials(self) -> bool:
+        """Whether :meth:`refuse_credentials` is in effect."""
+        return time.monotonic() < self._refuse_until
+
+    def redirect_requests(
+        self, path: str, location: str, *, count: int = 1, status: int = 307
+    ) -> Redirect:
+        """Answer the next ``count`` requests whose path starts with ``path`` (e.g.
+        ``/robot/sendBySession`` for sessionWebhooks) with ``status`` and ``Location:
+        location``: a platform host redirecting elsewhere. A client must not follow it."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        if not 300 <= status < 400:
+            raise ValueError("status must be a 3xx")
+        rule = Redirect(path=path, location=location, count=count, status=status)
+        self._redirects.append(rule)
+        self._fault("redirect", path=path, location=location, count=count, status=status)
+        return rule
+
+    def take_redirect(self, path: str) -> Redirect | None:
+        """The redirect rule that applies to a request of ``path``, if any."""
+        for rule in self._redirects:
+            if path.startswith(rule.path) and rule.count > 0:
+                rule.count -= 1
+                if rule.count == 0:
+                    self._redirects.remove(rule)
+                return rule
+        return None
+
+    def fault_connections(self, fault: ConnectionFault, client_id: str | None = None) -> int:
+        """Break the live connections (of ``client_id``, or all) without closing them;
+        returns how many. ``muted``: the server stops sending (pushes routed to the
+        connection are lost, no more SYSTEM pings) but still answers WebSocket pings.
+        ``blackhole``: the socket goes silent both ways (nothing sent, nothing read, so no
+        pongs and no acks) and stays open. New connections are not affected."""
+        if fault not in ("muted", "blackhole"):
+            raise ValueError("fault must be 'muted' or 'blackhole'")
+        count = 0
+        for conn in list(self._live.values()):
+            if client_id is not None and conn.record.client_id != client_id:
+                continue
+            if conn.fault is None:
+                conn.fault = fault
+                conn.record.fault = fault
+                if fault == "blackhole" and conn.transport is not None:
+                    conn.transport.pause_reading()
+                count += 1
+        self._fault("connections", fault=fault, client_id=client_id, affected=count)
+        return count
 
     def take_withhold(self, route: str) -> Withhold | None:
         """The withhold rule that applies to this successful call of ``route``, if any."""
@@ -1011,6 +1095,32 @@ class DingTalkEmulator:
         await self._deliver(push)
         return record
 
+    async def send_raw_frame(
+        self, client_id: str, text: str, *, message_id: str | None = None
+    ) -> AckRecord | None:
+        """Send ``text`` as it is (any string: malformed JSON, escapes of lone surrogates,
+        a deep nesting...) to one live connection of the app, for fuzzing a client.
+        With ``message_id``, the client's ACK for it is recorded in :attr:`acks` (kind
+        ``raw``) and returned; without, ``None``. Raises ``LookupError`` when the app has
+        no usable connection."""
+        self._app(client_id)
+        conns = [c for c in self._live.values() if c.record.client_id == client_id and c.usable]
+        if not conns:
+            raise LookupError(f"app {client_id!r} has no live connection")
+        conn = conns[0]
+        ack = None
+        if message_id is not None:
+            ack = self._new_ack(message_id, "raw", "raw", client_id)
+            ack.connection_id = conn.record.connection_id
+        async with conn.lock:
+            await conn.ws.send_str(text)
+        if ack is not None:
+            ack.pushed_at = time.monotonic()
+            ack.pushed_wall = time.time()
+            ack.deliveries = 1
+        self.state.emit("raw", None, size=len(text), message_id=message_id)
+        return ack
+
     async def send_system(
         self,
         client_id: str,
@@ -1092,7 +1202,10 @@ class DingTalkEmulator:
         ]
         if not candidates:
             return None
-        return self.rng.choice(candidates)
+        # A faulted connection gets pushes only while the app has no healthy one (DingTalk
+        # notices a dead TCP connection in the end; the client has given up on it earlier).
+        healthy = [c for c in candidates if c.fault is None]
+        return self.rng.choice(healthy or candidates)
 
     async def _deliver(self, push: _Push) -> None:
         app = self.state.apps[push.client_id]
@@ -1113,11 +1226,17 @@ class DingTalkEmulator:
             if push.ack.kind == "event" and push.ack.acked and not push.settled:
                 # a LATER/failed ACK: the redelivery gets a fresh ACK record
                 push.ack.acked_at = None
-            try:
-                await conn.send(frame)
-            except (ConnectionError, RuntimeError):
-                conn.broken = True
-                continue
+            if conn.fault is not None:
+                if isinstance(push.record, PushedMessage):
+                    push.record.lost = True
+                elif isinstance(push.record, PushedCallback):
+                    push.record.notes.append(f"lost on a {conn.fault} connection")
+            else:
+                try:
+                    await conn.send(frame)
+                except (ConnectionError, RuntimeError):
+                    conn.broken = True
+                    continue
             now = time.monotonic()
             ack = push.ack
             if ack.pushed_at is None:
@@ -1232,7 +1351,8 @@ class DingTalkEmulator:
             await asyncio.sleep(interval)
             if not conn.usable:
                 return
-            await self._send_ping(conn)
+            if conn.fault is None:
+                await self._send_ping(conn)
 
     # --- background tasks -----------------------------------------------------------
 

@@ -55,7 +55,8 @@ def build_app(emu: DingTalkEmulator) -> web.Application:
     surface = _Surface(emu)
     control = _Control(emu)
     app = web.Application(
-        client_max_size=64 * 1024 * 1024, middlewares=[control_guard(emu.control_token)]
+        client_max_size=64 * 1024 * 1024,
+        middlewares=[control_guard(emu.control_token), _redirects(emu)],
     )
     router = app.router
     router.add_post("/v1.0/gateway/connections/open", surface.gateway_open)
@@ -68,6 +69,35 @@ def build_app(emu: DingTalkEmulator) -> web.Application:
     control.register(router)
     router.add_route("*", "/v1.0/{tail:.*}", surface.unknown_api)
     return app
+
+
+def _redirects(emu: DingTalkEmulator) -> Any:
+    """Answer a request with a redirect when :meth:`DingTalkEmulator.redirect_requests`
+    says so (recorded as a call with the note ``redirected``)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rule = emu.take_redirect(request.path)
+        if rule is None:
+            return await handler(request)
+        call = ApiCall(
+            seq=emu.state.next_seq(),
+            method=request.method,
+            path=request.path,
+            route="redirect",
+            client_id=None,
+            status=rule.status,
+            error_code=None,
+            latency=0.0,
+            request=None,
+            response=None,
+            notes=[f"redirected: {rule.describe()}"],
+        )
+        emu.state.calls.append(call)
+        emu.state.emit("call", call)
+        return web.Response(status=rule.status, headers={"Location": rule.location})
+
+    return middleware
 
 
 async def _read_json(request: web.Request) -> tuple[bytes, Any, bool]:
@@ -291,6 +321,7 @@ class _Surface:
         await self._latency()
         client_id: str | None = None
         route = "oauth2.accessToken"
+        notes: list[str] = []
         result: dict[str, Any] | ApiError
         try:
             if not ok or not isinstance(body, dict):
@@ -298,6 +329,9 @@ class _Surface:
             key = body.get("appKey")
             app = self.emu.state.apps.get(key) if isinstance(key, str) else None
             if app is None or body.get("appSecret") != app.client_secret:
+                raise errors.invalid_client()
+            if self.emu.refusing_credentials:
+                notes.append("refused: refuse_credentials fault")
                 raise errors.invalid_client()
             client_id = app.client_id
             if not self.emu.admit(client_id, route):
@@ -317,7 +351,7 @@ class _Surface:
             start=start,
             body=body,
             result=result,
-            notes=[f"response withheld ({rule.describe()})"] if rule is not None else None,
+            notes=notes + ([f"response withheld ({rule.describe()})"] if rule else []),
         )
         await self._withhold(request, rule)
         return response
@@ -648,6 +682,14 @@ _FAULT_SPECS: dict[str, _ArgSpec] = {
     },
     "permission": {"client_id": (str, True), "scope": (str, True), "granted": (bool, True)},
     "stall": {"stage": (str, False), "count": (int, False)},
+    "refuse_credentials": {"seconds": (_NUMBER, True)},
+    "connections": {"fault": (str, True), "client_id": (str, False)},
+    "redirect": {
+        "path": (str, True),
+        "location": (str, True),
+        "count": (int, False),
+        "status": (int, False),
+    },
 }
 
 _FILE_SPEC: _ArgSpec = {
@@ -805,6 +847,21 @@ class _Control:
                 raise _BadRequest("stage must be 'ticket', 'upgrade' or 'silent'")
             stall = emu.stall_connections(stage=stage, count=int(args.get("count", 1)))
             return {"stall": stall.describe()}
+        if action == "refuse_credentials":
+            emu.refuse_credentials(float(args["seconds"]))
+            return {"refusing": emu.refusing_credentials}
+        if action == "connections":
+            if args["fault"] not in ("muted", "blackhole"):
+                raise _BadRequest("fault must be 'muted' or 'blackhole'")
+            return {"affected": emu.fault_connections(args["fault"], args.get("client_id"))}
+        if action == "redirect":
+            status = int(args.get("status", 307))
+            if not 300 <= status < 400:
+                raise _BadRequest("status must be a 3xx")
+            redirect = emu.redirect_requests(
+                args["path"], args["location"], count=int(args.get("count", 1)), status=status
+            )
+            return {"redirect": redirect.describe()}
         if action == "permission":
             if args["granted"]:
                 emu.grant_permission(args["client_id"], args["scope"])

@@ -22,7 +22,7 @@ _HIDDEN: dict[str, Any] = {"json": False}
 
 ConversationType = Literal["direct", "group"]
 CardKind = Literal["standard", "instance"]
-AckKind = Literal["message", "callback", "event", "ping", "disconnect"]
+AckKind = Literal["message", "callback", "event", "ping", "disconnect", "raw"]
 
 
 def _now() -> float:
@@ -177,6 +177,8 @@ class PushedMessage:
     """The latest frame sent (``None`` while queued)."""
     queued: bool = False
     """True if no live connection could take it when it was pushed."""
+    lost: bool = False
+    """Routed to a muted or black-holed connection: it never reached the client."""
     ack: AckRecord = field(metadata=_HIDDEN)
     at: float = field(default_factory=_now)
     wall: float = field(default_factory=_wall)
@@ -363,6 +365,8 @@ class ConnectionRecord:
     pings_sent: int = 0
     pings_echoed: int = 0
     deliveries: int = 0
+    fault: str | None = None
+    """``muted`` or ``blackhole`` once :meth:`DingTalkEmulator.fault_connections` broke it."""
     at: float = field(default_factory=_now)
     wall: float = field(default_factory=_wall)
 

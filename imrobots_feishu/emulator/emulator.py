@@ -95,6 +95,9 @@ class Connection:
     transport: Any = attrs.field(default=None, repr=False)
     opened: float = attrs.field(factory=time.time)
     pings: int = 0
+    muted: bool = False
+    """The server sends nothing more on it (no pongs, events routed to it are lost);
+    WebSocket-level pings are still answered. See :meth:`FeishuEmulator.mute_connections`."""
 
 
 @attrs.define(kw_only=True)
@@ -440,6 +443,17 @@ class FeishuEmulator:
             dropped += 1
         return dropped
 
+    def mute_connections(self, app_id: str | None = None) -> int:
+        """Mute the live connections (of ``app_id``, or all) without closing them: no more
+        pongs, events routed to them are lost, WebSocket pings are still answered.
+        Returns how many. New connections are not affected."""
+        count = 0
+        for conn in self.connections.values():
+            if app_id is None or conn.app_id == app_id:
+                conn.muted = True
+                count += 1
+        return count
+
     def pong(self, conn: Connection, frame: Frame) -> Frame:
         """The answer to a ping: a pong carrying the ClientConfig (PROTOCOLS 3.3)."""
         conn.pings += 1
@@ -473,13 +487,22 @@ class FeishuEmulator:
         delivery.done.set_result(answer)
 
     # ------------------------------------------------------------------ delivery
-    def deliver(self, app_id: str, envelope: Mapping[str, Any], kind: str = "event") -> Delivery:
-        """Deliver an event envelope (and its redeliveries) to the app, in the background."""
+    def deliver(
+        self,
+        app_id: str,
+        envelope: Mapping[str, Any],
+        kind: str = "event",
+        *,
+        raw: bytes | None = None,
+    ) -> Delivery:
+        """Deliver an event envelope (and its redeliveries) to the app, in the background.
+        ``raw``: send these bytes as the payload instead (malformed JSON, deep nesting,
+        escapes of lone surrogates: for fuzzing a client)."""
         header = envelope.get("header") or {}
         delivery = Delivery(
             app_id=app_id,
             event_id=str(header.get("event_id") or new_id("")),
-            payload=json.dumps(envelope, ensure_ascii=False).encode(),
+            payload=raw if raw is not None else json.dumps(envelope, ensure_ascii=False).encode(),
             kind=kind,
         )
         delivery.done = asyncio.get_running_loop().create_future()
@@ -536,7 +559,8 @@ class FeishuEmulator:
         started = time.monotonic()
         try:
             for frame in self._frames(delivery, frame_id, conn):
-                await conn.ws.send_bytes(encode_frame(frame))
+                if not conn.muted:
+                    await conn.ws.send_bytes(encode_frame(frame))
             answer = await asyncio.wait_for(waiter, self.response_timeout)
         except (TimeoutError, ConnectionError, RuntimeError) as exc:
             self._pending.pop(frame_id, None)

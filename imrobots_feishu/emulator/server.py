@@ -156,7 +156,8 @@ def make_app(emu: FeishuEmulator) -> web.Application:
                 except FrameError:
                     continue
                 if frame.method == CONTROL and frame.header("type") == "ping":
-                    await ws.send_bytes(encode_frame(emu.pong(conn, frame)))
+                    if not conn.muted:
+                        await ws.send_bytes(encode_frame(emu.pong(conn, frame)))
                 elif frame.method == DATA:
                     emu.on_response(frame)
         finally:

@@ -143,6 +143,8 @@ class _Socket:
     ws: web.WebSocketResponse
     bot: WeComBot | None = None
     lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+    silent: bool = False
+    """Black-holed: nothing is sent or read on it any more (see ``blackhole``)."""
 
 
 @attrs.define
@@ -522,7 +524,7 @@ class WeComEmulator:
 
     async def _send(self, sock: _Socket, frame: dict[str, Any]) -> None:
         async with sock.lock:
-            if not sock.ws.closed:
+            if not sock.ws.closed and not sock.silent:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await sock.ws.send_str(json.dumps(frame, ensure_ascii=False))
 
@@ -616,6 +618,30 @@ class WeComEmulator:
                 if transport is not None:
                     transport.abort()
                 self._sockets.discard(sock)
+
+    async def send_raw(self, bot_id: str, text: str) -> None:
+        """Send ``text`` as it is on the bot's subscribed socket (malformed JSON, escapes of
+        lone surrogates, deep nesting): for fuzzing a client. ``LookupError`` without one."""
+        bot = self.bots[bot_id]
+        sock = bot.socket
+        if sock is None:
+            raise LookupError(f"bot {bot_id!r} has no subscribed socket")
+        async with sock.lock:
+            await sock.ws.send_str(text)
+
+    def blackhole(self, bot_id: str | None = None) -> int:
+        """Make the robot sockets (of ``bot_id``, or all) silent both ways without closing
+        them: nothing more is sent (pushes and acks are lost) and nothing is read. Returns
+        how many. New connections are not affected."""
+        count = 0
+        for sock in list(self._sockets):
+            if bot_id is None or (sock.bot is not None and sock.bot.bot_id == bot_id):
+                sock.silent = True
+                transport = sock.ws._req.transport if sock.ws._req is not None else None
+                if transport is not None:
+                    transport.pause_reading()
+                count += 1
+        return count
 
     def connected(self, bot_id: str) -> bool:
         bot = self.bots.get(bot_id)

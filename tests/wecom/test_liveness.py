@@ -1,0 +1,137 @@
+"""Liveness and backoff of the WeCom robot long connection (issue 12, items 3 and 4, the
+DingTalk findings applied to WeCom), over real sockets against the emulator.
+
+- A black-holed socket (silent both ways, never closed) was taken for dead only after
+  two unanswered pings: 60-90 s with the SDK's 30 s heartbeat. Now: no frame from WeCom
+  for the ping interval plus a margin (40 s by default) and the connection is replaced.
+- A connection whose ``aibot_subscribe`` was acknowledged resets the backoff, however it
+  ended: each reconnect after a drop comes within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+
+from imrobots.platform import Secret
+from imrobots_wecom.connection import LIVENESS_MARGIN, AibotConnection
+from imrobots_wecom.console import WeComConsoleAdapter
+from imrobots_wecom.platform import WeComPlatform, WeComSettings
+
+
+async def _poll(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        await asyncio.sleep(0.01)
+
+
+async def _sink(event: object) -> None:
+    return None
+
+
+async def test_the_default_liveness_bound_is_the_ping_interval_plus_a_margin() -> None:
+    async with aiohttp.ClientSession() as session:
+        connection = AibotConnection(
+            session, url="ws://127.0.0.1:9", bot_id="b", secret=Secret("s"), handler=print
+        )
+        assert connection.options.ping_interval == 30.0  # the SDK's heartbeat (PROTOCOLS 4c)
+        assert connection.idle_timeout == 30.0 + LIVENESS_MARGIN == 40.0
+
+
+async def test_a_black_holed_socket_is_replaced_within_the_ping_interval_plus_margin() -> None:
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    interval = 0.2
+    settings = WeComSettings(
+        bot_id=adapter.bot_id,
+        secret=Secret(adapter._secret),
+        ws_url=adapter.emulator.ws_url,
+        ping_interval=interval,
+        reconnect_initial=0.01,
+    )
+    platform = WeComPlatform(settings)
+    bot = adapter.emulator.bots[adapter.bot_id]
+    try:
+        await platform.start(_sink)
+        connection = platform.connection
+        assert connection is not None
+        assert adapter.emulator.blackhole(adapter.bot_id) == 1
+        went_dark = time.monotonic()
+        await _poll(lambda: bot.subscriptions >= 2, 5, "a new subscription")
+        took = time.monotonic() - went_dark
+        idle = connection.idle_timeout
+        assert idle == 2 * interval
+        # silent since at most one ping interval before; the watchdog ticks idle/4
+        assert took < idle + idle / 4 + 0.3, f"replaced after {took:.2f}s"
+        await _poll(lambda: connection.connected, 5, "connected again")
+    finally:
+        await platform.close()
+        await adapter.stop()
+
+
+async def test_each_reconnect_after_a_drop_comes_within_a_second() -> None:
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    settings = WeComSettings(
+        bot_id=adapter.bot_id,
+        secret=Secret(adapter._secret),
+        ws_url=adapter.emulator.ws_url,
+        reconnect_initial=1.0,
+        reconnect_max=30.0,
+    )
+    platform = WeComPlatform(settings)
+    bot = adapter.emulator.bots[adapter.bot_id]
+    try:
+        await platform.start(_sink)
+        gaps = []
+        for round_ in range(6):
+            before = bot.subscriptions
+            dropped = time.monotonic()
+            await adapter.emulator.drop(adapter.bot_id)
+            await _poll(lambda n=before: bot.subscriptions > n, 10, f"round {round_}")
+            gaps.append(time.monotonic() - dropped)
+        assert max(gaps) <= 1.0, f"reconnect delays {[round(g, 2) for g in gaps]}"
+    finally:
+        await platform.close()
+        await adapter.stop()
+
+
+async def test_a_refused_subscription_after_it_worked_is_retried_with_one_error_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    settings = WeComSettings(
+        bot_id=adapter.bot_id,
+        secret=Secret(adapter._secret),
+        ws_url=adapter.emulator.ws_url,
+        reconnect_initial=0.02,
+        reconnect_max=0.1,
+    )
+    platform = WeComPlatform(settings)
+    bot = adapter.emulator.bots[adapter.bot_id]
+    good = bot.secret
+    try:
+        await platform.start(_sink)
+        bot.secret = "rotated-for-a-while"  # WeCom refuses the right secret
+        await adapter.emulator.drop(adapter.bot_id)
+        connection = platform.connection
+        assert connection is not None
+        before = connection.reconnects
+        await _poll(lambda: connection.reconnects >= before + 3, 5, "three refused attempts")
+        bot.secret = good
+        await _poll(lambda: bot.subscriptions >= 2, 5, "subscribed again")
+    finally:
+        await platform.close()
+        await adapter.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "subscribed before" in errors[0], errors
+    assert "subscription accepted again" in caplog.text
+    assert good not in caplog.text
