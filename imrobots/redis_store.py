@@ -320,11 +320,17 @@ return ARGV[1]
 
 
 _TAKE_TURN: Final = """
--- KEYS: turn queue (sorted set). ARGV: member, score, ttl (ms).
--- Queues the member unless queued; returns the head (lowest score, then member).
+-- KEYS: turn queue (sorted set). ARGV: member, score, ttl (ms), take ('1' or '0').
+-- Queues the member unless queued; returns the head (lowest score, then member). A head
+-- that takes its turn gets score 0 (below every send time): it stays the head until it
+-- leaves, whatever is queued after it.
 redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+if head == ARGV[1] and ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[1], 'XX', 0, ARGV[1])
+end
+return head
 """
 
 
@@ -693,14 +699,16 @@ class RedisStore(Store):
         return await self._do("scan_values", scan)
 
     # --- turns ----------------------------------------------------------------------------
-    async def take_turn(self, key: str, member: str, score: float, *, ttl: float) -> str | None:
+    async def take_turn(
+        self, key: str, member: str, score: float, *, ttl: float, take: bool = True
+    ) -> str | None:
         """Queue ``member`` in the turn queue ``key`` and return its head (see
         :meth:`Store.take_turn`): a sorted set, which Redis orders by score, then member."""
         head = await self._script(
             "take_turn",
             self._take_turn,
             [self._key("turns:", key)],
-            [member, repr(score), _ms(ttl)],
+            [member, repr(score), _ms(ttl), "1" if take else "0"],
         )
         return None if head is None else _text(head)
 

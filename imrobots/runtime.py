@@ -121,6 +121,11 @@ class RuntimeOptions:
     restarted process with the same name closes the answers it left open at once, instead
     of after its old lease lapses. Default: a name unique to the process. Two live
     processes must never share one."""
+    turn_grace: float = 0.3
+    """On a store shared by replicas: seconds after a message was sent (the platform's
+    time) before its answer may start, so that the conversation's earlier messages, which
+    the platform may have handed to other replicas, take their turns first. A message
+    older than this starts at once."""
     refusal_hold: float = 300.0
     """Seconds answers skip cards after the platform refused cards app-wide (no permission)."""
 
@@ -483,15 +488,26 @@ class RobotRuntime:
                     await self.store.delete_value(inbox)
 
     async def _wait_turn(self, queue: str, member: str, score: float) -> None:
-        """Wait until ``member`` heads the conversation's turn queue. A head whose replica
-        is gone is taken out, and its message adopted (answered here)."""
+        """Wait until ``member`` heads the conversation's turn queue, and the message is
+        ``turn_grace`` seconds old (so that the conversation's earlier messages, handed to
+        other replicas, are queued before it takes its turn). A head whose replica is gone
+        is taken out, and its message adopted (answered here)."""
         pause = 0.02
         checked = 0.0
         loop = asyncio.get_running_loop()
+        ready_at = score + self.options.turn_grace
         while True:
-            head = await self.store.take_turn(queue, member, score, ttl=self.options.in_flight_ttl)
-            if head is None or head == member:
-                return
+            early = ready_at - time.time()
+            head = await self.store.take_turn(
+                queue, member, score, ttl=self.options.in_flight_ttl, take=early <= 0
+            )
+            if head is None:
+                return  # the queue is gone (a store that lost its data): go ahead
+            if head == member:
+                if early <= 0:
+                    return
+                await asyncio.sleep(min(early, self.options.turn_grace))
+                continue
             message_id, _, owner = head.rpartition(_SEPARATOR)
             if loop.time() - checked >= self.options.liveness_ttl / 6:
                 checked = loop.time()

@@ -204,12 +204,16 @@ class Store(abc.ABC):
         """Every unexpired value whose key starts with ``prefix``, by key."""
 
     # --- turns: one conversation's answers in order across replicas ----------------------
-    async def take_turn(self, key: str, member: str, score: float, *, ttl: float) -> str | None:
+    async def take_turn(
+        self, key: str, member: str, score: float, *, ttl: float, take: bool = True
+    ) -> str | None:
         """Queue ``member`` in the turn queue ``key`` (unless it is queued already) at
-        ``score`` (lower goes first; equal scores by ``member``); return the queue's head,
-        the member whose turn it is. The queue is forgotten ``ttl`` seconds after its last
-        change. Needed by shared stores (:attr:`shared`); others raise ``NotImplementedError``.
-        """
+        ``score`` (a positive number; lower goes first, equal scores by ``member``); return
+        the queue's head, the member whose turn it is. With ``take``, a ``member`` found at
+        the head takes its turn: it stays the head until :meth:`end_turn`, even if a member
+        with a lower score is queued meanwhile. The queue is forgotten ``ttl`` seconds after
+        its last change. Needed by shared stores (:attr:`shared`); others raise
+        ``NotImplementedError``."""
         raise NotImplementedError(f"{type(self).__name__} has no turn queues")
 
     async def end_turn(self, key: str, member: str) -> None:
