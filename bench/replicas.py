@@ -238,6 +238,9 @@ class Tally:
     interrupted: int = 0
     """Cards closed as interrupted by a replica other than the one that opened it (the opener
     was killed): the user sees the text so far and "answer interrupted"; nothing hangs."""
+    wrongly_interrupted: int = 0
+    """Cards closed as interrupted although the replica that took the message in was not
+    killed (counted neither answered nor lost)."""
     duplicated: int = 0
     """Messages with more than one card."""
     lost: int = 0
@@ -269,6 +272,7 @@ class Tally:
             f"sent                 {self.sent}",
             f"answered             {self.answered}  (final {self.final}, "
             f"interrupted by another replica {self.interrupted})",
+            f"interrupted wrongly  {self.wrongly_interrupted}",
             f"duplicated           {self.duplicated}",
             f"lost                 {self.lost}  (of which never acked by a killed replica: "
             f"{self.lost_in_kill})",
@@ -320,8 +324,13 @@ def tally(emu: DingTalkEmulator, sent: Iterable[Sent], *, killed_connections: se
             if done.updated_at - message.at > 15:
                 result.slow.append(f"{message.question} ({message.msg_id})")
         elif "failed" in statuses and card.content.get("stopReason") == "interrupted":
-            result.interrupted += 1
-            result.answered += 1
+            push = pushes.get(message.msg_id)
+            ack = getattr(push, "ack", None)
+            if ack is not None and ack.connection_id in killed_connections:
+                result.interrupted += 1
+                result.answered += 1
+            else:  # a live replica's answer closed as interrupted: a fault, not an answer
+                result.wrongly_interrupted += 1
         for c in cards:
             if card_status(c) not in ("finished", "failed"):
                 result.stuck += 1

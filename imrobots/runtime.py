@@ -219,6 +219,8 @@ class RobotRuntime:
         )
         """Who answers here: open answers are recorded under it, and its lease says it lives."""
         self._watcher: asyncio.Task[None] | None = None
+        self._recovered = False
+        """Whether the pass of :meth:`recover_open_answers` at start is done."""
         self._adopted: set[str] = set()
         """Ids of the messages adopted from a replica now gone, not yet answered."""
         self._inbox: set[str] = set()
@@ -481,11 +483,11 @@ class RobotRuntime:
         finally:
             # Not yet started (the runtime stops): the inbox record stays, for another
             # replica to answer the message once this one's lease is gone.
-            self._inbox.discard(message.id)
             with contextlib.suppress(Exception):
                 await self.store.end_turn(queue, member)
                 if started:
                     await self.store.delete_value(inbox)
+            self._inbox.discard(message.id)  # after: a record here is never taken for a leftover
 
     async def _wait_turn(self, queue: str, member: str, score: float) -> None:
         """Wait until ``member`` heads the conversation's turn queue, and the message is
@@ -835,13 +837,20 @@ class RobotRuntime:
             try:
                 record = json.loads(raw)
                 owner = record.get("owner")
-                if owner == self.owner and self._open.get(key):
-                    continue  # this runtime's own answer, still running
+                if owner == self.owner and (self._recovered or self._open.get(key)):
+                    # This runtime's own answer. Only the pass at start closes records of
+                    # this name (a previous process's): later, one is ours, running or just
+                    # finished since the scan.
+                    continue
                 if isinstance(owner, str) and not await self._owner_gone(owner):
                     continue
                 claim = await self.store.claim(key + ":closing", in_flight_ttl=60.0)
                 if claim is not ClaimResult.CLAIMED:
                     continue  # another replica is closing it
+                fresh = await self.store.get_value(key)
+                if fresh is None:
+                    continue  # finished since the scan
+                record = json.loads(fresh)
                 target = _targets.structure(record["target"], Target)
                 handle = await self.platform.restore_stream(target, record.get("state") or {})
                 card = interrupted_card(record.get("question") or "", record.get("text") or "")
@@ -855,6 +864,7 @@ class RobotRuntime:
             log.info("closed %d answer(s) a crash left open, as interrupted", closed)
         if self._shared_turns:
             await self._adopt_inbox()
+        self._recovered = True
         return closed
 
     async def _adopt_inbox(self) -> None:
@@ -867,6 +877,8 @@ class RobotRuntime:
             message_id = key.removeprefix(self._key("inbox", ""))
             if not isinstance(owner, str) or message_id in self._inbox:
                 continue  # waiting for its turn here
+            if owner == self.owner and self._recovered:
+                continue  # ours, finished since the scan (see recover_open_answers)
             if await self._owner_gone(owner):
                 adopted = await self._adopt(message_id, owner)
                 if adopted is not None:

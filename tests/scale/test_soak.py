@@ -25,6 +25,7 @@ async def test_a_20_second_soak_meets_the_goals(tmp_path: Path) -> None:
     report = "\n".join([*events, *result.lines()])
     assert result.sent == 80, report
     assert result.answered == result.sent, report
+    assert result.wrongly_interrupted == 0, report
     assert result.duplicated == 0, report
     assert result.lost == 0, report
     assert result.rate_limited == 0, report
