@@ -114,8 +114,11 @@ async def _rotate(adapter: EmulatorAdapter, kinds: list[str], share: float) -> N
     """Every half second, the next failure kind at ``share``; the others off."""
     i = 0
     while True:
-        for kind in kinds:
-            await adapter.fault(kind, share if kind == kinds[i % len(kinds)] else 0.0)
+        current = kinds[i % len(kinds)]
+        for kind in kinds:  # off first: some emulators keep one share for two kinds
+            if kind != current:
+                await adapter.fault(kind, 0.0)
+        await adapter.fault(current, share)
         i += 1
         await asyncio.sleep(0.5)
 

@@ -20,7 +20,7 @@ from imrobots.app import build_store
 from imrobots.config import load_config
 from imrobots.errors import ConfigError
 from imrobots.models import Feedback, FeedbackRating, Sender
-from imrobots.store import ClaimResult, Fence, LockLost, StoreUnavailable, Turn
+from imrobots.store import ClaimResult, Fence, LockLost, MemoryStore, StoreUnavailable, Turn
 
 pytest.importorskip("redis.asyncio", reason='the redis package is not installed: "imrobots[redis]"')
 
@@ -351,3 +351,25 @@ def test_config_without_the_redis_package_says_what_to_install(
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(ConfigError, match=r'pip install "imrobots\[redis\]"'):
         build_store(config)
+
+
+async def test_turn_queues_order_by_send_time_and_a_taken_turn_holds(
+    replicas: list[RedisStore],
+) -> None:
+    """A conversation's turn queue, shared by two replicas: the earliest-sent message heads
+    it; once it takes its turn it stays the head, even when an earlier-sent message (handed
+    to another replica a moment later) is queued meanwhile; end_turn passes the turn on."""
+    first, second = replicas
+    assert await first.take_turn("chat", "m2|a", 2.0, ttl=60, take=False) == "m2|a"
+    assert await second.take_turn("chat", "m3|b", 3.0, ttl=60) == "m2|a"
+    assert await first.take_turn("chat", "m2|a", 2.0, ttl=60) == "m2|a"  # takes it
+    assert await second.take_turn("chat", "m1|b", 1.0, ttl=60) == "m2|a"  # holds
+    await first.end_turn("chat", "m2|a")
+    assert await second.take_turn("chat", "m3|b", 3.0, ttl=60) == "m1|b"  # earliest next
+    await second.end_turn("chat", "m1|b")
+    assert await second.take_turn("chat", "m3|b", 3.0, ttl=60) == "m3|b"
+    await second.end_turn("chat", "m3|b")
+    assert await first.take_turn("other", "x|a", 5.0, ttl=60) == "x|a"  # queues are apart
+    assert first.shared and not MemoryStore.shared
+    with pytest.raises(NotImplementedError):
+        await MemoryStore().take_turn("chat", "m", 1.0, ttl=60)
