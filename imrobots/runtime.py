@@ -467,6 +467,11 @@ class RobotRuntime:
         # to different replicas, so its answers take turns in the store, in the order the
         # messages were sent. The message is kept in the store's inbox meanwhile, so that
         # another replica answers it if this one dies before its turn.
+        if message.id in self._inbox:
+            # A redelivery of a message waiting or being answered here: its turn is taken.
+            self.stats.duplicates += 1
+            log.info("dropped duplicate message %s (waiting)", message.id)
+            return
         queue = self._key("turns", message.conversation_key)
         member = f"{message.id}{_SEPARATOR}{self.owner}"
         inbox = self._key("inbox", message.id)
