@@ -502,7 +502,8 @@ class RobotRuntime:
         pause = 0.02
         checked = 0.0
         loop = asyncio.get_running_loop()
-        ready_at = score + self.options.turn_grace
+        # (At most turn_grace from now: a host clock behind the platform's delays no more.)
+        ready_at = min(score, time.time()) + self.options.turn_grace
         while True:
             early = ready_at - time.time()
             head = await self.store.take_turn(
