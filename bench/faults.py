@@ -85,6 +85,8 @@ class Figures:
     failed_calls: Counter[str] = field(default_factory=Counter)
     calls: int = 0
     seconds: float = 0.0
+    details: list[str] = field(default_factory=list)
+    """The chats with a stuck card or more than one, and their cards."""
 
     def line(self) -> str:
         failed = ", ".join(f"{k} {v}" for k, v in sorted(self.failed_calls.items())) or "none"
@@ -182,6 +184,11 @@ async def failing_calls(
         if not found:
             figures.no_card += 1
             continue
+        if len(found) > 1 or any(c["status"] not in ENDED for c in found):
+            figures.details.append(
+                f"{chat}: "
+                + ", ".join(f"{c['status']} ({c.get('updates')} updates)" for c in found)
+            )
         if len(found) > 1:
             figures.duplicates += 1
         if any(c["status"] == "final" for c in found):
@@ -284,6 +291,8 @@ async def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> N
             platform, answers=args.answers, rate=args.rate, share=args.share
         )
         out(figures.line() if figures else f"{platform:9} skipped: its plugin is not installed")
+        for detail in figures.details if figures else []:
+            out(f"          {detail}")
     if not args.skip_refusal:
         out((await auth_refusal(answers=args.answers, rate=args.rate, refusal=args.refusal)).line())
 
