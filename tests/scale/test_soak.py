@@ -31,3 +31,4 @@ async def test_a_20_second_soak_meets_the_goals(tmp_path: Path) -> None:
     assert result.rate_limited == 0, report
     assert result.stuck == 0, report
     assert any("SIGKILL" in e for e in events) and any("redis restarted" in e for e in events)
+    assert sum("dropped connection" in e for e in events) >= 1
