@@ -140,6 +140,7 @@ BOUNDS: dict[type, dict[str, Bound]] = {
         "history_ttl": Bound(">", 0),
         "answer_ttl": Bound(">", 0),
         "refusal_hold": Bound(">=", 0),
+        "turn_grace": Bound(">=", 0),
     },
 }
 """Numeric bounds of the core's config classes, checked by :func:`load_config` and

@@ -13,6 +13,7 @@ Cluster: the scripts touch keys that Cluster may place on different nodes.
 Keys, all under the configured prefix ``P`` (``imrobots:`` by default)::
 
     P dedupe:KEY        "in_flight" or "done", expiring         (claim/complete/release)
+    P dedupe-by:KEY     the token of KEY's claim, expiring with its in-flight mark
     P dedupe-index      sorted set: done keys by completion order (the max_keys bound)
     P lock:KEY          hash {owner, token}, expiring           (acquire_lock/release_lock)
     P lock-token        the last fencing token issued
@@ -24,13 +25,17 @@ Keys, all under the configured prefix ``P`` (``imrobots:`` by default)::
     P value:KEY         a small record, expiring unless stored by setdefault_value
     P value-index       sorted set: expiring records by write order (the max_keys bound)
     P seq               the order of completions and writes, for the two indexes
+    P turns:KEY         sorted set: a conversation's messages waiting or answered now,
+                        by the time they were sent (take_turn/end_turn), expiring
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import urllib.parse
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -38,7 +43,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .errors import ConfigError
 from .models import Feedback
@@ -61,12 +67,18 @@ _SCAN_COUNT: Final = 1000
 # digits are formatted with string.format: Lua's own tostring would round them.
 
 _CLAIM: Final = """
--- KEYS: dedupe key. ARGV: in-flight ttl (ms). Returns claimed | in_flight | done.
+-- KEYS: dedupe key, its claimer key. ARGV: in-flight ttl (ms), the claim's token.
+-- Returns claimed | in_flight | done. The same token claiming again (a repeat after a lost
+-- reply) gets claimed again.
 local state = redis.call('GET', KEYS[1])
+if state == 'in_flight' and redis.call('GET', KEYS[2]) == ARGV[2] then
+  return 'claimed'
+end
 if state == 'done' or state == 'in_flight' then
   return state
 end
 redis.call('SET', KEYS[1], 'in_flight', 'PX', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])
 return 'claimed'
 """
 
@@ -307,6 +319,21 @@ return ARGV[1]
 """
 
 
+_TAKE_TURN: Final = """
+-- KEYS: turn queue (sorted set). ARGV: member, score, ttl (ms), take ('1' or '0').
+-- Queues the member unless queued; returns the head (lowest score, then member). A head
+-- that takes its turn gets score 0 (below every send time): it stays the head until it
+-- leaves, whatever is queued after it.
+redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+if head == ARGV[1] and ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[1], 'XX', 0, ARGV[1])
+end
+return head
+"""
+
+
 def redact_url(url: str) -> str:
     """``url`` without its password (in the user part or a ``password=`` query parameter)."""
     try:
@@ -327,6 +354,17 @@ def redact_url(url: str) -> str:
         return text + (f"?{query}" if query else "")
     except ValueError:
         return "<unparsable Redis URL>"
+
+
+def _reconnectable(error: BaseException) -> bool:
+    """Whether ``error`` is a lost or refused connection (the server stopped, is restarting
+    or closed the connection), worth trying again on a new connection; not a time-out, a
+    refused password or a server error."""
+    if isinstance(error, AuthenticationError | AuthorizationError):
+        return False
+    if isinstance(error, RedisConnectionError):
+        return True
+    return isinstance(error, ConnectionRefusedError | ConnectionResetError)
 
 
 def _text(value: bytes | str) -> str:
@@ -353,10 +391,18 @@ class RedisStore(Store):
     Nothing connects before the first operation. An operation that cannot reach the
     server within ``timeout`` seconds, or that the server refuses, raises
     :class:`~imrobots.store.StoreUnavailable`; it is not retried (it may have taken
-    effect), and the next operation connects again. ``max_keys`` bounds the completed
+    effect), and the next operation connects again. The exception is a refused or lost
+    connection (a server being restarted, or one that closed the connection): the
+    operation is tried again on a new connection for up to ``reconnect_for`` seconds
+    (backing off from 50 ms to 1 s) before it raises. Operations are harmless to repeat:
+    a claim carries a token of its own, so the repeat of a claim that took effect returns
+    ``CLAIMED`` again; a repeated reservation only costs a slot; a repeated
+    :meth:`add_feedback` returns False. ``max_keys`` bounds the completed
     dedupe keys and, separately, the expiring records, like the other stores.
     Call :meth:`close` when done.
     """
+
+    shared = True
 
     def __init__(
         self,
@@ -365,12 +411,14 @@ class RedisStore(Store):
         prefix: str = DEFAULT_PREFIX,
         max_keys: int = 100_000,
         timeout: float = 5.0,
+        reconnect_for: float = 10.0,
     ) -> None:
         self.url = redact_url(url)
         """The server's URL, without its password."""
         self.prefix = prefix
         """Every key of this store starts with it."""
         self._max_keys = max_keys
+        self._reconnect_for = reconnect_for
         self._closed = False
         try:
             self._redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -397,6 +445,7 @@ class RedisStore(Store):
         self._put_value = register(_PUT_VALUE)
         self._delete_value = register(_DELETE_VALUE)
         self._setdefault_value = register(_SETDEFAULT_VALUE)
+        self._take_turn = register(_TAKE_TURN)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
@@ -409,13 +458,25 @@ class RedisStore(Store):
         """Run one Redis call, turning every Redis failure into :class:`StoreUnavailable`."""
         if self._closed:
             raise RuntimeError("RedisStore is closed")
-        try:
-            return await operation()
-        except (RedisError, OSError) as error:
-            # redis-py's messages name the host and port, never the password; the
-            # original exception is not chained, so nothing else it holds is printed.
-            reason = str(error) or type(error).__name__
-            raise StoreUnavailable(f"Redis store {self.url} failed ({what}): {reason}") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._reconnect_for
+        pause = 0.05
+        while True:
+            try:
+                return await operation()
+            except (RedisError, OSError) as error:
+                if _reconnectable(error) and loop.time() + pause < deadline:
+                    # The connection was refused or lost (a restarting server): tried again
+                    # on a new one. Every operation is harmless to repeat (see the class).
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                    continue
+                # redis-py's messages name the host and port, never the password; the
+                # original exception is not chained, so nothing else it holds is printed.
+                reason = str(error) or type(error).__name__
+                raise StoreUnavailable(
+                    f"Redis store {self.url} failed ({what}): {reason}"
+                ) from None
 
     async def _script(
         self, what: str, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]
@@ -429,7 +490,10 @@ class RedisStore(Store):
     # --- dedupe ---------------------------------------------------------------------------
     async def claim(self, key: str, *, in_flight_ttl: float) -> ClaimResult:
         result = await self._script(
-            "claim", self._claim, [self._key("dedupe:", key)], [_ms(in_flight_ttl)]
+            "claim",
+            self._claim,
+            [self._key("dedupe:", key), self._key("dedupe-by:", key)],
+            [_ms(in_flight_ttl), uuid.uuid4().hex],
         )
         return ClaimResult(result)
 
@@ -633,6 +697,23 @@ class RedisStore(Store):
             return found
 
         return await self._do("scan_values", scan)
+
+    # --- turns ----------------------------------------------------------------------------
+    async def take_turn(
+        self, key: str, member: str, score: float, *, ttl: float, take: bool = True
+    ) -> str | None:
+        """Queue ``member`` in the turn queue ``key`` and return its head (see
+        :meth:`Store.take_turn`): a sorted set, which Redis orders by score, then member."""
+        head = await self._script(
+            "take_turn",
+            self._take_turn,
+            [self._key("turns:", key)],
+            [member, repr(score), _ms(ttl), "1" if take else "0"],
+        )
+        return None if head is None else _text(head)
+
+    async def end_turn(self, key: str, member: str) -> None:
+        await self._do("end_turn", lambda: self._redis.zrem(self._key("turns:", key), member))
 
     # --- maintenance ----------------------------------------------------------------------
     async def close(self) -> None:

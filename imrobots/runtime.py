@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 import cattrs
+import cattrs.gen
 
 from .agents import AnswerSource, accumulate, agent_executor, use_executor
 from .cards import error_card, interrupted_card
@@ -71,6 +72,27 @@ from .streaming import (
 )
 
 _targets = cattrs.Converter()
+
+_messages = cattrs.Converter()
+"""Messages as JSON-able dicts, for the inbox records of a shared store (attachments
+without their downloader: the runtime that answers binds its own)."""
+_messages.register_unstructure_hook(datetime, lambda value: value.isoformat())
+_messages.register_structure_hook(datetime, lambda value, _: datetime.fromisoformat(value))
+_messages.register_unstructure_hook(
+    Attachment,
+    cattrs.gen.make_dict_unstructure_fn(
+        Attachment, _messages, downloader=cattrs.gen.override(omit=True)
+    ),
+)
+_messages.register_structure_hook(
+    Attachment,
+    cattrs.gen.make_dict_structure_fn(
+        Attachment, _messages, downloader=cattrs.gen.override(omit=True)
+    ),
+)
+
+_SEPARATOR = "\x1f"
+"""Between a message id and its replica in a turn queue's members."""
 
 __all__ = ["RobotRuntime", "RuntimeOptions", "default_concurrency", "tune_gc"]
 
@@ -130,6 +152,11 @@ class RuntimeOptions:
     restarted process with the same name closes the answers it left open at once, instead
     of after its old lease lapses. Default: a name unique to the process. Two live
     processes must never share one."""
+    turn_grace: float = 0.3
+    """On a store shared by replicas: seconds after a message was sent (the platform's
+    time) before its answer may start, so that the conversation's earlier messages, which
+    the platform may have handed to other replicas, take their turns first. A message
+    older than this starts at once."""
     refusal_hold: float = 300.0
     """Seconds answers skip cards after the platform refused cards app-wide (no permission)."""
 
@@ -170,6 +197,9 @@ class RuntimeStats:
     """Answers delivered by a lesser means (a text message instead of a card)."""
     recovered: int = 0
     """Answers a crash left open, closed as interrupted at start."""
+    adopted: int = 0
+    """Messages another replica had taken in and not answered when it died, answered here
+    (a shared store)."""
     feedback: int = 0
     forged: int = 0
     """Feedback presses rejected: forged, altered, or replayed on another card or chat."""
@@ -250,6 +280,14 @@ class RobotRuntime:
         )
         """Who answers here: open answers are recorded under it, and its lease says it lives."""
         self._watcher: asyncio.Task[None] | None = None
+        self._recovered = False
+        """Whether the pass of :meth:`recover_open_answers` at start is done."""
+        self._adopted: set[str] = set()
+        """Ids of the messages adopted from a replica now gone, not yet answered."""
+        self._inbox: set[str] = set()
+        """Ids of the messages whose inbox records this runtime wrote and still waits on."""
+        self._suspects: dict[str, float] = {}
+        """Replicas seen without their lease, and since when (see :meth:`_owner_gone`)."""
         self._open: dict[str, bool] = {}
         """The open-answer records of answers running in this runtime."""
         self.stats = RuntimeStats()
@@ -438,7 +476,12 @@ class RobotRuntime:
         if self._accepted >= opts.max_pending:
             self._reject(message, "overloaded")
             return
-        if opts.strategy == "concurrent":
+        if opts.strategy == "concurrent" or (
+            self._shared_turns and opts.strategy == "queue" and not opts.interrupt
+        ):
+            # (On a shared store, "queue" is kept by the store's turn queue of the
+            # conversation, for the messages of every replica: each message waits there, its
+            # inbox record written at once, so that none is lost with this process.)
             self._accepted += 1
             self._spawn(self._process(message)).add_done_callback(self._message_done)
             return
@@ -501,9 +544,118 @@ class RobotRuntime:
         # a done callback, not a `finally`: it runs even for a task cancelled before it started
         self._accepted -= 1
 
+    @property
+    def _shared_turns(self) -> bool:
+        """Whether conversations take turns across replicas (a shared store, answers of
+        one conversation one at a time)."""
+        return self.store.shared and self.options.strategy != "concurrent"
+
     async def _process(self, message: Message) -> None:
+        if not self._shared_turns:
+            await self._answer(message)
+            return
+        # Several replicas share the store: the platform may hand a conversation's messages
+        # to different replicas, so its answers take turns in the store, in the order the
+        # messages were sent. The message is kept in the store's inbox meanwhile, so that
+        # another replica answers it if this one dies before its turn.
+        if message.id in self._inbox:
+            # A redelivery of a message waiting or being answered here: its turn is taken.
+            self.stats.duplicates += 1
+            log.info("dropped duplicate message %s (waiting)", message.id)
+            return
+        queue = self._key("turns", message.conversation_key)
+        member = f"{message.id}{_SEPARATOR}{self.owner}"
+        inbox = self._key("inbox", message.id)
+        record = {"owner": self.owner, "message": _messages.unstructure(message)}
+        started = False
+        self._inbox.add(message.id)  # before the record exists: it is this runtime's own
+        try:
+            await self.store.put_value(
+                inbox, json.dumps(record, ensure_ascii=False), ttl=self.options.in_flight_ttl
+            )
+            await self._wait_turn(queue, member, message.time.timestamp())
+            started = True
+            await self._answer(message)
+        finally:
+            # Not yet started (the runtime stops): the inbox record stays, for another
+            # replica to answer the message once this one's lease is gone.
+            with contextlib.suppress(Exception):
+                await self.store.end_turn(queue, member)
+                if started:
+                    await self.store.delete_value(inbox)
+            self._inbox.discard(message.id)  # after: a record here is never taken for a leftover
+
+    async def _wait_turn(self, queue: str, member: str, score: float) -> None:
+        """Wait until ``member`` heads the conversation's turn queue, and the message is
+        ``turn_grace`` seconds old (so that the conversation's earlier messages, handed to
+        other replicas, are queued before it takes its turn). A head whose replica is gone
+        is taken out, and its message adopted (answered here)."""
+        pause = 0.02
+        checked = 0.0
+        loop = asyncio.get_running_loop()
+        # (At most turn_grace from now: a host clock behind the platform's delays no more.)
+        ready_at = min(score, time.time()) + self.options.turn_grace
+        while True:
+            early = ready_at - time.time()
+            head = await self.store.take_turn(
+                queue, member, score, ttl=self.options.in_flight_ttl, take=early <= 0
+            )
+            if head is None:
+                return  # the queue is gone (a store that lost its data): go ahead
+            if head == member:
+                if early <= 0:
+                    return
+                await asyncio.sleep(min(early, self.options.turn_grace))
+                continue
+            message_id, _, owner = head.rpartition(_SEPARATOR)
+            if loop.time() - checked >= self.options.liveness_ttl / 6:
+                checked = loop.time()
+                # Our own name on a message we are not handling: a previous process of
+                # this replica name left it.
+                if owner == self.owner:
+                    gone = message_id not in self._inbox
+                else:
+                    gone = await self._owner_gone(owner)
+                if gone:
+                    await self.store.end_turn(queue, head)
+                    adopted = await self._adopt(message_id, owner)
+                    if adopted is not None:
+                        await self._process(adopted)  # its turn came first: answered first
+                    continue
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.25)
+
+    async def _adopt(self, message_id: str, owner: str) -> Message | None:
+        """Take over a message that the replica ``owner``, now gone, had taken in but not
+        answered (its inbox record), to answer it here; ``None`` if another replica did."""
+        claim = await self.store.claim(self._key("adopt", message_id), in_flight_ttl=60.0)
+        if claim is not ClaimResult.CLAIMED:
+            return None  # another replica adopts it
+        raw = await self.store.get_value(self._key("inbox", message_id))
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+            if record.get("owner") != owner:
+                return None  # adopted already
+            message = _messages.structure(record["message"], Message)
+        except (ValueError, KeyError, TypeError, cattrs.BaseValidationError) as exc:
+            log.warning("could not read the inbox record of message %s: %s", message_id, exc)
+            return None
+        log.info("answering message %s, taken in by replica %s which is gone", message_id, owner)
+        self.stats.adopted += 1
+        self._adopted.add(message_id)
+        return self._bind(message)
+
+    async def _answer(self, message: Message) -> None:
         arrived = self._arrivals.pop(message.id, None)
         key = self._key("dedupe", message.id)
+        if message.id in self._adopted:
+            # Its replica died after claiming it and before its answer's card opened: the
+            # claim is that dead replica's (a finished answer stays "done").
+            self._adopted.discard(message.id)
+            await self.store.release(key)
+            log.debug("released the claim of adopted message %s", message.id)
         claim = await self.store.claim(key, in_flight_ttl=self.options.in_flight_ttl)
         if claim is not ClaimResult.CLAIMED:
             self.stats.duplicates += 1
@@ -759,6 +911,10 @@ class RobotRuntime:
 
         async def on_open(stream: AnswerStream, handle: StreamHandle) -> None:
             nonlocal head
+            if message is not None and self._shared_turns:
+                # The open answer's record (below) takes over from the inbox record: from
+                # now on, a replica that dies leaves an answer to close, not to give.
+                await self.store.delete_value(self._key("inbox", message.id))
             record = {
                 "target": _targets.unstructure(stream.target),
                 "state": handle.state(),
@@ -845,29 +1001,48 @@ class RobotRuntime:
             )
 
     async def _watch(self) -> None:
-        """Renew the lease every third of its lifetime; close dead owners' answers each time
-        the lease has been renewed three times."""
+        """Renew the lease every third of its lifetime; close dead owners' answers every
+        lifetime, in a task of its own (closing answers waits for the rate limiter, which
+        must not delay the lease: a lapsed lease makes this runtime look gone)."""
         period = self.options.liveness_ttl / 3
-        beats = 0
-        while True:
-            await self.clock.sleep(period)
-            try:
-                await self._keep_alive()
-                beats += 1
-                if beats % 3 == 0:
-                    await self.recover_open_answers()
-            except Exception:
-                log.exception("robot %s: keeping its lease or recovering answers failed", self.name)
+        recovery = asyncio.create_task(self._recover_regularly())
+        try:
+            while True:
+                await self.clock.sleep(period)
+                try:
+                    await self._keep_alive()
+                except Exception:
+                    log.exception("robot %s: renewing its lease failed", self.name)
+        finally:
+            recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recovery
 
-    async def _owner_alive(self, owner: str) -> bool:
+    async def _recover_regularly(self) -> None:
+        while True:
+            await self.clock.sleep(self.options.liveness_ttl)
+            try:
+                await self.recover_open_answers()
+            except Exception:
+                log.exception("robot %s: recovering answers failed", self.name)
+
+    async def _owner_gone(self, owner: str) -> bool:
+        """Whether the runtime ``owner`` is gone: its lease is missing now and was missing
+        ``liveness_ttl`` seconds ago already (a live runtime renews its lease every third
+        of that, also after a store that lost its data, such as a Redis restarted without
+        persistence). This very runtime's name counts as gone: what it finds under its name
+        and did not open, a previous process of the same replica name left."""
         if owner == self.owner:
-            return False  # an answer of this very name that this process did not open
+            return True
         probe = f"probe:{self.owner}"
         key = self._alive_key(owner)
         if await self.store.acquire_lock(key, probe, ttl=0.001) is None:
-            return True  # its lease is held
+            self._suspects.pop(owner, None)
+            return False  # its lease is held
         await self.store.release_lock(key, probe)
-        return False
+        now = self.clock.now()
+        since = self._suspects.setdefault(owner, now)
+        return now - since >= self.options.liveness_ttl
 
     async def recover_open_answers(self) -> int:
         """Close every answer of this robot left open by a runtime that is gone (its lease
@@ -879,13 +1054,20 @@ class RobotRuntime:
             try:
                 record = json.loads(raw)
                 owner = record.get("owner")
-                if owner == self.owner and self._open.get(key):
-                    continue  # this runtime's own answer, still running
-                if isinstance(owner, str) and await self._owner_alive(owner):
+                if owner == self.owner and (self._recovered or self._open.get(key)):
+                    # This runtime's own answer. Only the pass at start closes records of
+                    # this name (a previous process's): later, one is ours, running or just
+                    # finished since the scan.
+                    continue
+                if isinstance(owner, str) and not await self._owner_gone(owner):
                     continue
                 claim = await self.store.claim(key + ":closing", in_flight_ttl=60.0)
                 if claim is not ClaimResult.CLAIMED:
                     continue  # another replica is closing it
+                fresh = await self.store.get_value(key)
+                if fresh is None:
+                    continue  # finished since the scan
+                record = json.loads(fresh)
                 target = _targets.structure(record["target"], Target)
                 handle = await self.platform.restore_stream(target, record.get("state") or {})
                 card = interrupted_card(record.get("question") or "", record.get("text") or "")
@@ -897,7 +1079,27 @@ class RobotRuntime:
         if closed:
             self.stats.recovered += closed
             log.info("closed %d answer(s) a crash left open, as interrupted", closed)
+        if self._shared_turns:
+            await self._adopt_inbox()
+        self._recovered = True
         return closed
+
+    async def _adopt_inbox(self) -> None:
+        """Answer the messages that replicas now gone had taken in and not answered."""
+        for key, raw in (await self.store.scan_values(self._key("inbox", ""))).items():
+            try:
+                owner = json.loads(raw).get("owner")
+            except (ValueError, AttributeError):
+                continue
+            message_id = key.removeprefix(self._key("inbox", ""))
+            if not isinstance(owner, str) or message_id in self._inbox:
+                continue  # waiting for its turn here
+            if owner == self.owner and self._recovered:
+                continue  # ours, finished since the scan (see recover_open_answers)
+            if await self._owner_gone(owner):
+                adopted = await self._adopt(message_id, owner)
+                if adopted is not None:
+                    self.submit(adopted)
 
 
 def default_concurrency(capabilities: Capabilities) -> int:

@@ -78,6 +78,11 @@ class Turn:
 class Store(abc.ABC):
     """The state interface. Methods are coroutines and must never block the loop."""
 
+    shared: bool = False
+    """Whether processes on other hosts (replicas of a robot) share this store's state.
+    A runtime on a shared store takes each conversation's answers in turns across all
+    replicas (:meth:`take_turn`), so that a conversation's order holds among them."""
+
     # --- dedupe: two phases, in-flight then completed -----------------------------------
     @abc.abstractmethod
     async def claim(self, key: str, *, in_flight_ttl: float) -> ClaimResult:
@@ -197,6 +202,23 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def scan_values(self, prefix: str) -> dict[str, str]:
         """Every unexpired value whose key starts with ``prefix``, by key."""
+
+    # --- turns: one conversation's answers in order across replicas ----------------------
+    async def take_turn(
+        self, key: str, member: str, score: float, *, ttl: float, take: bool = True
+    ) -> str | None:
+        """Queue ``member`` in the turn queue ``key`` (unless it is queued already) at
+        ``score`` (a positive number; lower goes first, equal scores by ``member``); return
+        the queue's head, the member whose turn it is. With ``take``, a ``member`` found at
+        the head takes its turn: it stays the head until :meth:`end_turn`, even if a member
+        with a lower score is queued meanwhile. The queue is forgotten ``ttl`` seconds after
+        its last change. Needed by shared stores (:attr:`shared`); others raise
+        ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} has no turn queues")
+
+    async def end_turn(self, key: str, member: str) -> None:
+        """Take ``member`` out of the turn queue ``key`` (its turn ended, or it is gone)."""
+        raise NotImplementedError(f"{type(self).__name__} has no turn queues")
 
     async def close(self) -> None:
         """Release resources (connections, files)."""

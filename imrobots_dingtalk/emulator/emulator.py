@@ -662,11 +662,16 @@ class DingTalkEmulator:
         self._qps[key] = (second, count + 1)
         return True
 
-    async def drop_connections(self, client_id: str | None = None) -> int:
-        """Abort the TCP of live connections (no close frame); returns how many."""
+    async def drop_connections(
+        self, client_id: str | None = None, *, connection_id: str | None = None
+    ) -> int:
+        """Abort the TCP of live connections (no close frame), of one app or one connection
+        (``connection_id``, as in :meth:`live_connections`); returns how many."""
         dropped = 0
         for conn in list(self._live.values()):
             if client_id is not None and conn.record.client_id != client_id:
+                continue
+            if connection_id is not None and conn.record.connection_id != connection_id:
                 continue
             conn.record.close_reason = "dropped"
             conn.broken = True
@@ -675,7 +680,9 @@ class DingTalkEmulator:
             else:
                 await conn.ws.close(code=1006)
             dropped += 1
-        self._fault("drop_connections", client_id=client_id, dropped=dropped)
+        self._fault(
+            "drop_connections", client_id=client_id, connection_id=connection_id, dropped=dropped
+        )
         return dropped
 
     # --- files users send, and their downloads -------------------------------------

@@ -20,7 +20,7 @@ from imrobots.app import build_store
 from imrobots.config import load_config
 from imrobots.errors import ConfigError
 from imrobots.models import Feedback, FeedbackRating, Sender
-from imrobots.store import ClaimResult, Fence, LockLost, StoreUnavailable, Turn
+from imrobots.store import ClaimResult, Fence, LockLost, MemoryStore, StoreUnavailable, Turn
 
 pytest.importorskip("redis.asyncio", reason='the redis package is not installed: "imrobots[redis]"')
 
@@ -147,6 +147,7 @@ async def test_keys_live_under_the_prefix_and_expire(
         ours = {name for name in names if name.startswith(prefix)}
         expiring = {
             "dedupe:in-flight": 60_000,
+            "dedupe-by:in-flight": 60_000,
             "dedupe:done": 60_000,
             "lock:conv": 60_000,
             "window:app": 1_000,
@@ -188,7 +189,7 @@ async def test_a_redis_restart_gives_a_clear_error_then_works_again(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server = make_redis_server(password=PASSWORD)
-    store = RedisStore(server.url, prefix="app:", timeout=2.0)
+    store = RedisStore(server.url, prefix="app:", timeout=2.0, reconnect_for=0.3)
     try:
         assert await store.claim("m1", in_flight_ttl=60) is ClaimResult.CLAIMED
         old = await store.acquire_lock("conv", "a", ttl=60)
@@ -221,6 +222,28 @@ async def test_a_redis_restart_gives_a_clear_error_then_works_again(
         await store.close()
     assert PASSWORD not in caplog.text
     assert PASSWORD not in repr(store)
+
+
+async def test_an_operation_during_a_redis_restart_waits_for_the_server(
+    make_redis_server: Callable[..., RedisServer],
+) -> None:
+    """While the server refuses connections (a restart), an operation is tried again on a
+    new connection, within ``reconnect_for``: the robot's work goes on after the restart."""
+    server = make_redis_server()
+    store = RedisStore(server.url, prefix="app:", reconnect_for=30.0)
+    try:
+        assert await store.claim("m1", in_flight_ttl=60) is ClaimResult.CLAIMED
+        server.stop()
+        claim = asyncio.create_task(store.claim("m2", in_flight_ttl=60))
+        reserve = asyncio.create_task(store.reserve("api", limit=5, window=1.0))
+        done, _ = await asyncio.wait({claim, reserve}, timeout=0.3)
+        assert not done  # refused: waiting, not failed
+        await asyncio.to_thread(server.start)  # same port
+        assert await claim is ClaimResult.CLAIMED
+        assert await reserve == 0.0
+        assert await store.claim("m2", in_flight_ttl=60) is ClaimResult.IN_FLIGHT  # once
+    finally:
+        await store.close()
 
 
 async def test_a_frozen_redis_times_out_with_a_clear_error(
@@ -256,7 +279,9 @@ async def test_wrong_password_and_unreachable_server_are_clear_errors(
         assert "password" in str(info.value).lower()  # redis-py: invalid username-password
     finally:
         await wrong.close()
-    missing = RedisStore(f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0", prefix="app:")
+    missing = RedisStore(
+        f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0", prefix="app:", reconnect_for=0.2
+    )
     server.stop()
     try:
         with pytest.raises(StoreUnavailable, match=r"connecting to 127\.0\.0\.1") as info:
@@ -326,3 +351,25 @@ def test_config_without_the_redis_package_says_what_to_install(
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(ConfigError, match=r'pip install "imrobots\[redis\]"'):
         build_store(config)
+
+
+async def test_turn_queues_order_by_send_time_and_a_taken_turn_holds(
+    replicas: list[RedisStore],
+) -> None:
+    """A conversation's turn queue, shared by two replicas: the earliest-sent message heads
+    it; once it takes its turn it stays the head, even when an earlier-sent message (handed
+    to another replica a moment later) is queued meanwhile; end_turn passes the turn on."""
+    first, second = replicas
+    assert await first.take_turn("chat", "m2|a", 2.0, ttl=60, take=False) == "m2|a"
+    assert await second.take_turn("chat", "m3|b", 3.0, ttl=60) == "m2|a"
+    assert await first.take_turn("chat", "m2|a", 2.0, ttl=60) == "m2|a"  # takes it
+    assert await second.take_turn("chat", "m1|b", 1.0, ttl=60) == "m2|a"  # holds
+    await first.end_turn("chat", "m2|a")
+    assert await second.take_turn("chat", "m3|b", 3.0, ttl=60) == "m1|b"  # earliest next
+    await second.end_turn("chat", "m1|b")
+    assert await second.take_turn("chat", "m3|b", 3.0, ttl=60) == "m3|b"
+    await second.end_turn("chat", "m3|b")
+    assert await first.take_turn("other", "x|a", 5.0, ttl=60) == "x|a"  # queues are apart
+    assert first.shared and not MemoryStore.shared
+    with pytest.raises(NotImplementedError):
+        await MemoryStore().take_turn("chat", "m", 1.0, ttl=60)

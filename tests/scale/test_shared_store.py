@@ -1,0 +1,104 @@
+"""The runtime on a shared store (Redis), in one process on the memory platform: what the
+replica tests do not isolate. A message redelivered while it waits for its turn is answered
+once; messages of one conversation are answered one at a time in the order they were sent
+even when they reach the runtime out of order; a message's inbox record, adopted from a
+replica that is gone, comes back whole (sender, conversation, time, attachments)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+
+from imrobots.agents import AgentRequest
+from imrobots.memory import MemoryPlatform, MemorySettings
+from imrobots.models import (
+    Attachment,
+    Conversation,
+    ConversationKind,
+    Message,
+    MessageKind,
+    Quote,
+    Sender,
+)
+from imrobots.runtime import RobotRuntime, RuntimeOptions, _messages
+from tests.engine.conftest import FAST, AgentRobot, answer_cards
+
+if TYPE_CHECKING:
+    from tests.conftest import RedisServer
+
+pytest.importorskip("redis.asyncio", reason='needs "imrobots[redis]"')
+
+from imrobots.redis_store import RedisStore
+
+
+async def slow(request: AgentRequest) -> AsyncIterator[str]:
+    yield f"answer to {request.question} "
+    await asyncio.sleep(0.2)
+    yield "done"
+
+
+async def test_one_runtime_on_redis_orders_by_send_time_and_drops_a_waiting_redelivery(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore(redis_server.url, prefix=f"shared-{uuid.uuid4().hex}:")
+    platform = MemoryPlatform(MemorySettings(**FAST))
+    runtime = RobotRuntime(
+        name="bot",
+        robot=AgentRobot(agent=slow),
+        platform=platform,
+        store=store,
+        options=RuntimeOptions(turn_grace=0.2),
+    )
+    await runtime.start()
+    try:
+        now = datetime.now(UTC)
+        # sent in the order a, b, c; they reach the robot as c, a, b (c twice)
+        c = await platform.say("c", message_id="m-c", time=now)
+        a = await platform.say("a", message_id="m-a", time=now - timedelta(milliseconds=150))
+        await platform.say("c", message_id="m-c", time=now)  # redelivered while waiting
+        b = await platform.say("b", message_id="m-b", time=now - timedelta(milliseconds=100))
+        await runtime.wait_idle(20)
+    finally:
+        await runtime.stop()
+        await store.close()
+    cards = [answer_cards(platform, m) for m in (a, b, c)]
+    assert [len(found) for found in cards] == [1, 1, 1]
+    (first,), (second,), (third,) = cards
+    # one at a time, a then b then c: each card created after the previous one's last update
+    assert first.history[-1][0] <= second.history[0][0]
+    assert second.history[-1][0] <= third.history[0][0]
+    assert runtime.stats.duplicates == 1
+
+
+def test_an_inbox_record_brings_the_message_back_whole() -> None:
+    async def download(_: Attachment) -> bytes:
+        return b"%PDF"
+
+    message = Message(
+        id="m-1",
+        platform="dingtalk",
+        text="see attached",
+        conversation=Conversation(id="cid1", kind=ConversationKind.GROUP, title="Team"),
+        sender=Sender(id="u7", name="Bob"),
+        kind=MessageKind.FILE,
+        mentioned=True,
+        mentions=(Sender(id="u8"),),
+        attachments=(
+            Attachment(kind="file", name="report.pdf", download_code="dc", downloader=download),
+        ),
+        raw={"sessionWebhook": "https://example.invalid/hook", "n": [1, 2]},
+        quote=Quote(id="q1", text="earlier words", sender=Sender(id="u8")),
+        robot="support",
+    )
+    record = json.loads(json.dumps(_messages.unstructure(message)))
+    back = _messages.structure(record, Message)
+    assert back == message
+    assert back.raw == message.raw and back.time == message.time
+    assert back.attachments[0].download_code == "dc"
+    assert back.attachments[0].downloader is None  # the adopting runtime binds its own
