@@ -111,6 +111,23 @@ def test_check_warns_without_an_encrypt_key(feishu: PluginManager, tmp_path: Pat
     )
 
 
+def test_check_warns_of_callback_settings_in_long_connection_mode(
+    feishu: PluginManager, tmp_path: Path
+) -> None:
+    """Callback settings without ``mode = "callback"`` do nothing: a warning names each,
+    and the config stays valid (no secret printed)."""
+    config = tmp_path / "robots.toml"
+    config.write_text(GOOD.replace('mode = "callback"\n', ""), "utf-8")
+    code, lines = _check(config, ENV)
+    assert code == 0, lines
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    prefix = f"warning: {config}: robots.cb.settings."
+    suffix = ": belongs to mode 'callback'; ignored in mode 'long_connection'"
+    assert f"{prefix}verification_token{suffix}" in warnings
+    assert f"{prefix}encrypt_key{suffix}" in warnings
+    assert not any(value in "\n".join(lines) for value in ENV.values())
+
+
 def test_check_names_each_callback_problem(feishu: PluginManager, tmp_path: Path) -> None:
     config = tmp_path / "robots.toml"
     config.write_text(BAD, encoding="utf-8")
