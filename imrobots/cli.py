@@ -60,6 +60,10 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_CHATTY_LOGGERS = ("httpx", "httpcore")
+"""Third-party loggers that log each request at INFO; quiet below ``--log-level debug``."""
+
+
 def _setup_logging(level: str, fmt: str) -> None:
     _output["format"] = fmt
     handler = logging.StreamHandler(sys.stderr)
@@ -74,6 +78,10 @@ def _setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # HTTP client libraries that log every request at INFO (httpx: a line per API call,
+    # so per card update) speak from WARNING up, unless --log-level debug.
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     logging.captureWarnings(True)  # Python warnings become log records (JSON too)
     if fmt == "json":
         sys.excepthook = _log_uncaught

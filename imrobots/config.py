@@ -327,10 +327,52 @@ def structure_problems(
     try:
         value = _converter.structure(data, cls)
     except (ClassValidationError, IterableValidationError) as exc:
-        return None, [*_problems_of(exc, path), *problems]
+        found = _problems_of(exc, path)
+        return None, [*found, *_problems_besides(data, cls, path, found), *problems]
     except (TypeError, ValueError) as exc:
         return None, [(path, _describe(exc, cls)), *problems]
     return (None, problems) if problems else (value, [])
+
+
+def _problems_besides(
+    data: Any, cls: Any, path: str, found: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The problems a settings class's own checks (``__attrs_post_init__``: one field
+    against another, formats) find in ``data`` once the fields named in ``found`` and the
+    unknown keys are left out: cattrs stops before those checks run when a field has the
+    wrong type, and ``imrobots check`` reports every error at once. Only problems of
+    fields the table sets are kept: one about a field left out, or missing, may follow
+    from a default that stood in for a wrong value (a required key of the default mode
+    when the mode was misspelt)."""
+    if not attrs.has(cls) or not isinstance(data, Mapping):
+        return []
+    names = _field_names(cls)
+    fields = {*names, *(f.name for f in attrs.fields(cls))}
+    prefix = f"{path}." if path else ""
+    # cattrs reports unknown keys only when every field converted: name them here too.
+    told = {what for where, what in found if where == path}
+    unknown = [
+        (path, message)
+        for key in sorted(str(k) for k in data if k not in fields)
+        if (message := f"unknown key: {key}{did_you_mean(key, names)}") not in told
+    ]
+    bad = {where[len(prefix) :].split(".")[0].split("[")[0] for where, _ in found}
+    kept = {key: value for key, value in data.items() if key in fields and key not in bad}
+    if len(kept) == len(data):
+        return unknown
+    try:
+        _converter.structure(kept, cls)
+    except (ClassValidationError, IterableValidationError) as exc:
+        more = _problems_of(exc, path)
+    except (TypeError, ValueError):
+        return unknown
+    else:
+        return unknown
+    return unknown + [
+        (where, what)
+        for where, what in more
+        if where != path and where[len(prefix) :].split(".")[0].split("[")[0] in kept
+    ]
 
 
 def settings_warnings(settings: object) -> list[tuple[str, str]]:

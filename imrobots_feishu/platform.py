@@ -180,6 +180,17 @@ _POSITIVE = (
 """Settings that must be positive when set."""
 
 
+_CALLBACK_KEYS = (
+    "verification_token",
+    "encrypt_key",
+    "callback_host",
+    "callback_port",
+    "callback_path",
+    "callback_max_age",
+)
+"""Settings only ``mode = "callback"`` uses."""
+
+
 def _domain_problem(value: str) -> str | None:
     parts = urlsplit(value)
     loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
@@ -296,7 +307,9 @@ class FeishuSettings:
             raise _problems(problems)
 
     def config_warnings(self) -> list[tuple[str, str]]:
-        """Advice ``imrobots check`` prints: ``(field, message)`` pairs."""
+        """Advice ``imrobots check`` prints: ``(field, message)`` pairs: callback mode
+        without an Encrypt Key, and callback settings in long-connection mode (where
+        they do nothing: usually ``mode = "callback"`` is missing)."""
         if self.mode == "callback" and self.encrypt_key is None:
             return [
                 (
@@ -304,6 +317,13 @@ class FeishuSettings:
                     "not set: callbacks come unsigned and are checked by the verification "
                     "token only; set the Encrypt Key (Events & Callbacks > Encryption Strategy)",
                 )
+            ]
+        if self.mode == "long_connection":
+            defaults = attrs.fields_dict(FeishuSettings)
+            return [
+                (name, "belongs to mode 'callback'; ignored in mode 'long_connection'")
+                for name in _CALLBACK_KEYS
+                if getattr(self, name) != defaults[name].default
             ]
         return []
 

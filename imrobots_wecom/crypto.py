@@ -77,6 +77,20 @@ def signature(token: str, timestamp: str, nonce: str, encrypted: str) -> str:
     return hashlib.sha1("".join(sorted([token, timestamp, nonce, encrypted])).encode()).hexdigest()
 
 
+# Why wechatpy refused a callback, by the name of what it raised (never its text).
+_REASONS = {
+    "InvalidSignatureException": "the msg_signature does not match",
+    "InvalidCorpIdException": "it is encrypted for another CorpID",
+    "ExpatError": "the body is not XML",
+    "KeyError": "the body has no Encrypt element",
+    "TypeError": "the body has no Encrypt element",
+}
+
+
+def _reason(exc: BaseException, default: str) -> str:
+    return _REASONS.get(type(exc).__name__, default)
+
+
 class CallbackCrypto:
     """App-mode callback crypto over wechatpy's ``WeChatCrypto`` (see the module docstring).
 
@@ -97,14 +111,16 @@ class CallbackCrypto:
         try:
             return str(self._crypto.check_signature(msg_signature, timestamp, nonce, echostr))
         except Exception as exc:
-            raise ForgedCallback(f"URL check failed ({type(exc).__name__})") from None
+            reason = _reason(exc, "the echostr does not decrypt with the EncodingAESKey")
+            raise ForgedCallback(f"URL check failed: {reason}") from None
 
     def decrypt(self, body: str, msg_signature: str, timestamp: str, nonce: str) -> str:
         """The decrypted XML of a POSTed callback; raises :class:`ForgedCallback`."""
         try:
             return str(self._crypto.decrypt_message(body, msg_signature, timestamp, nonce))
         except Exception as exc:
-            raise ForgedCallback(f"callback rejected ({type(exc).__name__})") from None
+            reason = _reason(exc, "the body does not decrypt with the EncodingAESKey")
+            raise ForgedCallback(reason) from None
 
     def encrypt(self, xml: str, nonce: str, timestamp: str) -> str:
         """An encrypted, signed ``<xml><Encrypt/><MsgSignature/>...`` envelope of ``xml``."""

@@ -1093,18 +1093,22 @@ class WeComPlatform(Platform):
             # process that is up again, instead of it being dropped here.
             return web.Response(status=503)
         q = request.query
-        body = await request.text()
         try:
+            try:
+                body = (await request.read()).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ForgedCallback("the body is not UTF-8 text") from None
             xml = self._crypto.decrypt(
                 body, q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", "")
             )
-            fields = parse_xml(xml)
-        except (ForgedCallback, Exception) as exc:
+            try:
+                fields = parse_xml(xml)
+            except Exception:
+                raise ForgedCallback("the decrypted body is not XML") from None
+        except ForgedCallback as exc:
             self.forged += 1
             log.warning(
-                "rejected a forged or undecryptable WeCom callback from %s: %s",
-                request.remote,
-                exc if isinstance(exc, ForgedCallback) else type(exc).__name__,
+                "rejected a forged or undecryptable WeCom callback from %s: %s", request.remote, exc
             )
             return web.Response(status=403)
         event: Message | CardAction

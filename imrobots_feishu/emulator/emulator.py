@@ -206,7 +206,7 @@ class FeishuEmulator:
     async def start(self) -> None:
         from .server import make_app
 
-        self._runner = web.AppRunner(make_app(self), handle_signals=False)
+        self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

@@ -216,3 +216,23 @@ def test_every_command_is_in_the_command_line_page() -> None:
 
     missing = [c for c in commands(cli, "imrobots") if f"`{c}" not in page]
     assert missing == [], f"docs/cli.md does not document {missing}"
+
+
+@pytest.mark.parametrize(("level", "shown"), [("info", False), ("debug", True)])
+def test_http_clients_do_not_log_every_request_below_debug(level: str, shown: bool) -> None:
+    """httpx logs each request at INFO (the Feishu plugin's API calls: a line per card
+    update); the CLI keeps that out of the log unless --log-level debug."""
+    code = (
+        "import logging\n"
+        "from imrobots.cli import _setup_logging\n"
+        f"_setup_logging({level!r}, 'text')\n"
+        "logging.getLogger('httpx').info('HTTP Request: PUT /cards')\n"
+        "logging.getLogger('httpx').warning('a warning of httpx')\n"
+        "logging.getLogger('imrobots.x').info('an info of imrobots')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert ("HTTP Request: PUT /cards" in result.stderr) is shown
+    assert "a warning of httpx" in result.stderr
+    assert "an info of imrobots" in result.stderr

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import attrs
 import pytest
+from cattrs.errors import AttributeValidationNote, ClassValidationError
 from click.testing import CliRunner
 
 import imrobots
 from imrobots.app import build_runtimes, prepare_robot
 from imrobots.cli import cli
-from imrobots.config import ConfigProblems, load_config
+from imrobots.config import ConfigProblems, load_config, structure_problems
 from imrobots.errors import ConfigError
 from imrobots.plugins import PluginManager
 
@@ -408,3 +410,52 @@ def test_run_refuses_a_config_with_errors_listing_them_all(
         cli, ["run", "--config", str(write(tmp_path, FIVE_MISSING))], env={}
     )
     assert result.exit_code == 2 and len(_errors(result.output)) == 5
+
+
+@attrs.frozen(kw_only=True)
+class _Checked:
+    """Settings with their own cross-field check, as plugins write them."""
+
+    mode: Literal["a", "b"] = "a"
+    count: int = 1
+    url: str = "https://x"
+    needed_in_b: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        problems: list[Exception] = []
+        if not self.url.startswith("https://"):
+            problems.append(ValueError(f"must start with https://, got {self.url!r}"))
+        notes = ["url"] * len(problems)
+        if self.mode == "b" and self.needed_in_b is None:
+            problems.append(ValueError("required in mode 'b'"))
+            notes.append("needed_in_b")
+        if problems:
+            errors = [
+                _note(exc, AttributeValidationNote(f"{name}: {exc}", name, Any))
+                for exc, name in zip(problems, notes, strict=True)
+            ]
+            raise ClassValidationError("invalid", errors, _Checked)
+
+
+def _note(exc: Exception, note: AttributeValidationNote) -> Exception:
+    exc.__notes__ = [note]
+    return exc
+
+
+def test_a_wrong_type_does_not_hide_what_the_settings_own_checks_find() -> None:
+    """cattrs stops before ``__attrs_post_init__`` when a field has the wrong type;
+    the problems of the other keys the table sets are still reported, with any unknown
+    key, but none that only follows from a default standing in for the wrong value."""
+    data = {"mode": "c", "count": "many", "url": "http://x", "extra": 1}
+    value, problems = structure_problems(data, _Checked, path="s")
+    assert value is None
+    assert sorted(problems) == [
+        ("s", "unknown key: extra"),
+        ("s.count", "expected int, got str"),
+        ("s.mode", "expected one of 'a', 'b'"),
+        ("s.url", "must start with https://, got 'http://x'"),
+    ]
+    # mode "b" is valid: its required key is reported; a misspelt mode's would not be.
+    _, problems = structure_problems({"mode": "b", "count": "x"}, _Checked, path="s")
+    assert ("s.needed_in_b", "required in mode 'b'") not in problems  # not set by the table
+    assert problems == [("s.count", "expected int, got str")]

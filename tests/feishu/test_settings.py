@@ -111,6 +111,47 @@ def test_check_warns_without_an_encrypt_key(feishu: PluginManager, tmp_path: Pat
     )
 
 
+def test_check_warns_of_callback_settings_in_long_connection_mode(
+    feishu: PluginManager, tmp_path: Path
+) -> None:
+    """Callback settings without ``mode = "callback"`` do nothing: a warning names each,
+    and the config stays valid (no secret printed)."""
+    config = tmp_path / "robots.toml"
+    config.write_text(GOOD.replace('mode = "callback"\n', ""), "utf-8")
+    code, lines = _check(config, ENV)
+    assert code == 0, lines
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    prefix = f"warning: {config}: robots.cb.settings."
+    suffix = ": belongs to mode 'callback'; ignored in mode 'long_connection'"
+    assert f"{prefix}verification_token{suffix}" in warnings
+    assert f"{prefix}encrypt_key{suffix}" in warnings
+    assert not any(value in "\n".join(lines) for value in ENV.values())
+
+
+def test_an_unknown_key_or_a_wrong_choice_does_not_hide_a_bad_domain(
+    feishu: PluginManager, tmp_path: Path
+) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        GOOD.replace('mode = "callback"', 'mode = "websocket"').replace(
+            'app_id = "cli_a1"', 'app_id = "cli_a1"\napp_sercet = "x"\ndomain = "open.feishu.cn"'
+        ),
+        "utf-8",
+    )
+    code, lines = _check(config, ENV)
+    assert code == 2, lines
+    prefix = f"error: {config}: robots.cb.settings"
+    assert sorted(lines[:-1]) == sorted(
+        [
+            f"{prefix}: unknown key: app_sercet (did you mean app_secret?)",
+            f"{prefix}.mode: expected one of 'long_connection', 'callback'",
+            f"{prefix}.domain: must be an https origin (http only for 127.0.0.1), "
+            "got 'open.feishu.cn'",
+        ]
+    )
+    assert lines[-1] == f"{config}: 3 errors"
+
+
 def test_check_names_each_callback_problem(feishu: PluginManager, tmp_path: Path) -> None:
     config = tmp_path / "robots.toml"
     config.write_text(BAD, encoding="utf-8")

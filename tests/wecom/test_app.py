@@ -118,6 +118,46 @@ async def test_forged_callbacks_are_rejected_and_logged(caplog: pytest.LogCaptur
         assert rig.received == []
         assert rig.platform.forged == 3
         assert "rejected" in caplog.text and app.token not in caplog.text
+        assert "the msg_signature does not match" in caplog.text
+
+
+async def test_malformed_callback_bodies_are_rejected_with_a_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bytes that are not UTF-8, not XML, XML without ``Encrypt``, or encrypted for
+    another CorpID: each answered 403 and logged with a readable reason, no traceback."""
+    async with _Rig() as rig:
+        assert rig.platform is not None and rig.platform.callback_url is not None
+        app = rig.adapter.app
+        xml, _ = rig.adapter.emulator.app_message_xml(app, user_id="mallory", content="evil")
+        query, _body = rig.adapter.emulator.encrypt_callback(app, xml)
+        other = CallbackCrypto(app.token, app.encoding_aes_key, "ww-another-corp")
+        envelope = ET.fromstring(other.encrypt(xml, query["nonce"], query["timestamp"]))
+        other_query = {
+            "msg_signature": envelope.findtext("MsgSignature") or "",
+            "timestamp": query["timestamp"],
+            "nonce": query["nonce"],
+        }
+        other_body = f"<xml><Encrypt><![CDATA[{envelope.findtext('Encrypt')}]]></Encrypt></xml>"
+        cases: list[tuple[dict[str, str], bytes, str]] = [
+            (query, b"\x00\xff<<garbage", "the body is not UTF-8 text"),
+            (query, b"hello", "the body is not XML"),
+            (query, b"<xml><a>1</a></xml>", "the body has no Encrypt element"),
+            (other_query, other_body.encode(), "it is encrypted for another CorpID"),
+        ]
+        with caplog.at_level(logging.WARNING):
+            async with aiohttp.ClientSession() as session:
+                for params, data, _reason in cases:
+                    async with session.post(
+                        rig.platform.callback_url, params=params, data=data
+                    ) as response:
+                        assert response.status == 403
+        assert rig.received == []
+        assert rig.platform.forged == len(cases)
+        for _params, _data, reason in cases:
+            assert reason in caplog.text
+        assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+        assert app.token not in caplog.text and app.encoding_aes_key not in caplog.text
 
 
 async def test_retried_callbacks_reach_the_robot_once_per_msgid() -> None:

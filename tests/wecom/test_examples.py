@@ -110,6 +110,48 @@ def test_settings_errors_are_one_line_each_naming_the_field(
     assert lines[-1] == f"{config}: 7 errors"
 
 
+WRONG_TYPE = """
+[robots.app]
+platform = "wecom"
+[robots.app.settings]
+mode = "app"
+corp_id = "ww1"
+agent_id = "1000002"
+token = "t"
+encoding_aes_key = "too-short"
+callback_path = "wecom"
+[robots.app.agent]
+use = "demo"
+
+[robots.typo]
+platform = "wecom"
+[robots.typo.settings]
+mode = "bot"
+corp_id = "ww1"
+[robots.typo.agent]
+use = "demo"
+"""
+
+
+def test_a_wrong_type_does_not_hide_the_other_errors(wecom: PluginManager, tmp_path: Path) -> None:
+    """A value of the wrong type stops the conversion before the settings' own checks;
+    ``check`` still reports what those checks find in the keys the table sets, and
+    nothing that follows from the default standing in for the wrong value (a misspelt
+    mode does not make the default mode's keys "required")."""
+    config = tmp_path / "robots.toml"
+    config.write_text(WRONG_TYPE, encoding="utf-8")
+    code, lines = _check(config, {})
+    assert code == 2
+    prefix = f"error: {config}: robots."
+    assert lines[:-1] == [
+        f"{prefix}app.settings.agent_id: expected int, got str",
+        f"{prefix}app.settings.encoding_aes_key: must be 43 characters (WeCom's EncodingAESKey)",
+        f"{prefix}app.settings.callback_path: must start with /, got 'wecom'",
+        f"{prefix}typo.settings.mode: expected one of 'robot', 'app'",
+    ]
+    assert lines[-1] == f"{config}: 4 errors"
+
+
 @pytest.mark.parametrize(("name", "mode"), [("robot.toml", "robot"), ("app.toml", "app")])
 async def test_each_example_answers_on_the_emulator(
     wecom: PluginManager, name: str, mode: str
