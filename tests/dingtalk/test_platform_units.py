@@ -523,6 +523,7 @@ def test_the_platform_path_imports_no_sdk() -> None:
     [
         ("213d841d_972_1898bb26334_70a7", Ack()),
         ('a"b\\c\n€', Ack(code=400, message='bad data: "ünï" \u2028', data='{"response":{}}')),
+        ("lone\ud800surrogate", Ack(code=400, message="bad messageId")),
     ],
 )
 def test_ack_frames_are_what_json_dumps_writes(message_id: str, ack: Ack) -> None:
@@ -533,6 +534,5 @@ def test_ack_frames_are_what_json_dumps_writes(message_id: str, ack: Ack) -> Non
             "message": ack.message,
             "data": ack.data,
         },
-        ensure_ascii=False,
-    )
+    )  # ASCII: a lone surrogate echoed from a hostile frame travels as an escape
     assert ack_text(message_id, ack) == expected
