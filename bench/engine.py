@@ -118,9 +118,9 @@ async def robot_child(args: argparse.Namespace) -> None:
     def on_gc(phase: str, info: dict[str, int]) -> None:
         nonlocal gc_started
         if phase == "start":
-            gc_started = time.perf_counter()
-        else:
-            pauses[info["generation"]].append(time.perf_counter() - gc_started)
+            gc_started = time.thread_time()
+        else:  # in CPU time, as cpu_stall
+            pauses[info["generation"]].append(time.thread_time() - gc_started)
 
     gc.callbacks.append(on_gc)
 
