@@ -7,7 +7,8 @@
 ``bench/engine.py`` measures the whole client over real sockets, beside the seed's
 handler; on a machine shared with other work its CPU figures move by 20-30 % from
 run to run. This bench takes the sockets and HTTP out, so a change to the engine
-shows in its figures (each the best of several repeats, in CPU time):
+shows more clearly in its figures (each the best of several repeats, in CPU time;
+still 10-20 % apart between runs on a busy machine):
 
 - **intake**: DingTalk stream frames (as the emulator writes them) handed to the
   plugin's ``StreamConnection._on_text`` (parse, ack, convert) and on to a
