@@ -622,6 +622,10 @@ if __name__ == "__main__":
             profile = cProfile.Profile(time.process_time)
             profile.runcall(asyncio.run, robot_child(arguments))
             profile.dump_stats(os.environ["BENCH_PROFILE"])
+        elif os.environ.get("BENCH_LOOP") == "uvloop":  # for comparison: uvloop, if installed
+            import uvloop
+
+            uvloop.run(robot_child(arguments))
         else:
             asyncio.run(robot_child(arguments))
     else:
