@@ -140,7 +140,7 @@ class Ack:
 
 ACK_OK = Ack()
 
-READ_SLICE = 0.005
+READ_SLICE = 0.002
 """Seconds of frames read in a row (a burst of pushes) before the reader lets the event
 loop run other work: a burst of a thousand pushes would otherwise stall it for as long
 as they all take to read, convert and start."""

@@ -1,0 +1,279 @@
+"""The engine's own CPU and memory per message and per answer, in one process, no sockets.
+
+    python bench/engine_micro.py              # both parts, about 1 min
+    python bench/engine_micro.py --part intake --messages 2000
+    python bench/engine_micro.py --part answers --answers 1000
+
+``bench/engine.py`` measures the whole client over real sockets, beside the seed's
+handler; on a machine shared with other work its CPU figures move by 20-30 % from
+run to run. This bench takes the sockets and HTTP out, so a change to the engine
+shows more clearly in its figures (each the best of several repeats, in CPU time;
+still 10-20 % apart between runs on a busy machine):
+
+- **intake**: DingTalk stream frames (as the emulator writes them) handed to the
+  plugin's ``StreamConnection._on_text`` (parse, ack, convert) and on to a
+  ``RobotRuntime`` whose robot answers nothing; CPU per message, then with
+  ``tracemalloc`` the memory a message holds while in flight (peak) and after
+  (retained: its dedupe record, kept for ``dedupe_ttl``).
+- **answers**: ``--answers`` concurrent answers of the support robot on the DingTalk
+  plugin (StandardCards, quota lifted), the agent streaming 100 chunks 50 ms apart;
+  the plugin's HTTP calls are replaced by a stub that encodes the request body
+  and answers ``{"result": true}``, so the figure is the engine's and the plugin's
+  own work without aiohttp. Beside it, the floor: the same agent read alone (its
+  sleeps and generator cost what they cost in every client). Then, with
+  ``tracemalloc``, the memory an answer holds while streaming (peak / answers) and
+  after it ended (retained / answers: history, feedback records).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+CHUNKS, DELAY = 100, 0.05
+
+
+def _app() -> Any:
+    from imrobots_dingtalk.emulator.state import EmulatedApp
+
+    return EmulatedApp(
+        client_id="microapp",
+        client_secret="s",
+        robot_code="microapp",
+        app_id="x",
+        unified_app_id="y",
+        corp_id="dingmicro",
+        chatbot_user_id="$:LWCP_v1:$micro",
+    )
+
+
+def frame_text(app: Any, i: int) -> str:
+    """A bot message push of conversation ``i``, as the emulator sends it."""
+    from imrobots_dingtalk.emulator import frames
+
+    now = int(time.time() * 1000)
+    data = frames.build_bot_message(
+        app,
+        msg_id=f"msgMicro{i:08d}==",
+        conversation_type="group",
+        conversation_id=f"cidMicro{i}=",
+        conversation_title=None,
+        sender_staff_id=f"u{i}",
+        sender_nick="Alice",
+        at_robot=True,
+        msgtype="text",
+        text=f"question {i}",
+        content=None,
+        create_at_ms=now,
+        session_webhook="http://127.0.0.1:9/robot/sendBySession?session=micro",
+        session_webhook_expired_ms=now + 3_600_000,
+    )
+    frame = frames.build_frame(
+        "CALLBACK", "/v1.0/im/bot/messages/get", f"micro_{i:x}", data, app_id="x"
+    )
+    return json.dumps(frame, ensure_ascii=False)
+
+
+def platform(rate: float = 1_000_000) -> Any:
+    from imrobots import Secret
+    from imrobots_dingtalk.platform import DingTalkPlatform, DingTalkSettings
+
+    settings = DingTalkSettings(
+        client_id="microapp",
+        client_secret=Secret("s"),
+        openapi_endpoint="http://127.0.0.1:9",
+        card_mode="standard",
+        app_rate=rate,
+    )
+    return DingTalkPlatform(settings, stream=False)
+
+
+def stub_http() -> list[int]:
+    """Replace the plugin's HTTP calls by a stub; returns the call counter."""
+    from imrobots_dingtalk.api import DingTalkApi
+
+    calls = [0]
+
+    async def call(self: Any, method: str, path: str, body: Any, **_: Any) -> Any:
+        calls[0] += 1
+        json.dumps(body, ensure_ascii=False).encode()  # what _send does with it
+        await asyncio.sleep(0)  # a response comes later
+        return {"result": True}
+
+    async def access_token(self: Any) -> str:
+        return "token"
+
+    DingTalkApi.call = call  # type: ignore[method-assign]
+    DingTalkApi.access_token = access_token  # type: ignore[method-assign]
+    return calls
+
+
+# --------------------------------------------------------------------------- intake
+
+
+async def intake(messages: int, repeats: int) -> dict[str, float]:
+    from imrobots import Robot, RobotRuntime, RuntimeOptions, Secret
+    from imrobots_dingtalk.connection import StreamConnection, _Live
+
+    class Silent(Robot):
+        async def on_message(self, message: Any, reply: Any) -> None:
+            return None
+
+    class Socket:
+        closed = False
+
+        async def send_str(self, text: str) -> None:
+            return None
+
+    plat = platform()
+    runtime = RobotRuntime(name="micro", robot=Silent(), platform=plat, options=RuntimeOptions())
+    await runtime.start()
+    connection = StreamConnection(
+        None,  # type: ignore[arg-type]
+        gateway="http://127.0.0.1:9",
+        client_id="microapp",
+        client_secret=Secret("s"),
+        subscriptions=(),
+        handler=plat._on_frame,
+    )
+    loop = asyncio.get_running_loop()
+    live = _Live(number=1, ws=Socket(), opened_at=0, last_seen=0, ended=loop.create_future())  # type: ignore[arg-type]
+    app, made = _app(), 0
+
+    async def batch() -> tuple[float, list[str]]:
+        nonlocal made
+        texts = [frame_text(app, made + i) for i in range(messages)]
+        made += messages
+        started = time.process_time()
+        for text in texts:
+            await connection._on_text(live, text)
+            await asyncio.sleep(0)  # each push arrives in a loop iteration of its own
+        await runtime.wait_idle()
+        return time.process_time() - started, texts
+
+    best = min([(await batch())[0] for _ in range(repeats)])
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    _, texts = await batch()
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    held = sum(len(t) for t in texts)  # the frames themselves, made before the batch
+    await runtime.stop()
+    return {
+        "cpu_us": best / messages * 1e6,
+        "peak_bytes": (peak - before - held) / messages,
+        "retained_bytes": (current - before - held) / messages,
+    }
+
+
+# --------------------------------------------------------------------------- answers
+
+
+async def _model(request: Any = None) -> AsyncIterator[str]:
+    for i in range(CHUNKS):
+        await asyncio.sleep(DELAY)
+        yield f"w{i} "
+
+
+async def floor(answers: int) -> float:
+    """CPU per 1,000 answers of the agent alone (read and accumulated, nothing else)."""
+
+    async def read() -> None:
+        text = ""
+        async for chunk in _model():
+            text += chunk
+
+    started = time.process_time()
+    await asyncio.gather(*(read() for _ in range(answers)))
+    return (time.process_time() - started) / answers * 1000
+
+
+async def answers_run(answers: int, *, traced: bool) -> dict[str, float]:
+    from imrobots import RobotRuntime, RuntimeOptions
+    from imrobots.examples import SupportRobot
+    from imrobots_dingtalk.connection import _parse_frame
+
+    calls = stub_http()
+    plat = platform()
+    runtime = RobotRuntime(
+        name="micro", robot=SupportRobot(agent=_model), platform=plat, options=RuntimeOptions()
+    )
+    await runtime.start()
+    app = _app()
+    events = [plat.convert(_parse_frame(frame_text(app, i)))[1] for i in range(answers)]
+    if traced:
+        tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0] if traced else 0
+    started = time.process_time()
+    for index, event in enumerate(events):
+        await runtime.handle(event)
+        if index % 20 == 19:
+            await asyncio.sleep(0)  # as the stream reader's slices hand them over
+    peak = 0
+    while runtime._pending:
+        await asyncio.sleep(0.05)
+        if traced:
+            peak = max(peak, tracemalloc.get_traced_memory()[0])
+    cpu = time.process_time() - started
+    retained = tracemalloc.get_traced_memory()[0] if traced else 0
+    if traced:
+        tracemalloc.stop()
+    await runtime.stop()
+    return {
+        "cpu_per_1000": cpu / answers * 1000,
+        "calls_per_answer": calls[0] / answers,
+        "peak_bytes": (peak - before) / answers,
+        "retained_bytes": (retained - before) / answers,
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _best(runs: list[dict[str, float]], key: str) -> float:
+    return min(r[key] for r in runs)
+
+
+async def main(args: argparse.Namespace) -> None:
+    logging.disable(logging.WARNING)
+    out: Callable[[str], None] = print
+    if args.part in ("intake", "all"):
+        result = await intake(args.messages, args.repeats)
+        out(
+            f"intake: {result['cpu_us']:.1f} us CPU per message (best of {args.repeats} x "
+            f"{args.messages:,}); {result['peak_bytes'] / 1024:.2f} KB per message in flight, "
+            f"{result['retained_bytes']:.0f} bytes retained after (its dedupe record)"
+        )
+    if args.part in ("answers", "all"):
+        runs = [await answers_run(args.answers, traced=False) for _ in range(args.repeats_answers)]
+        alone = min([await floor(args.answers) for _ in range(args.repeats_answers)])
+        traced = await answers_run(args.answers, traced=True)
+        cpu = _best(runs, "cpu_per_1000")
+        out(
+            f"answers: {cpu:.2f} s CPU per 1,000 answers ({args.answers:,} at once, "
+            f"{runs[0]['calls_per_answer']:.1f} platform calls each, HTTP stubbed; best of "
+            f"{args.repeats_answers}); the agent alone: {alone:.2f} s, so the engine and plugin "
+            f"{cpu - alone:.2f} s ({(cpu - alone) / CHUNKS * 1000:.1f} us per chunk, all in)"
+        )
+        out(
+            f"answers: {traced['peak_bytes'] / 1024:.1f} KB per answer while streaming, "
+            f"{traced['retained_bytes'] / 1024:.2f} KB retained per answer after (history, "
+            f"feedback record)"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("intake", "answers", "all"), default="all")
+    parser.add_argument("--messages", type=int, default=2000, help="pushes per intake batch")
+    parser.add_argument("--repeats", type=int, default=5, help="intake batches (best taken)")
+    parser.add_argument("--answers", type=int, default=300, help="concurrent answers")
+    parser.add_argument("--repeats-answers", type=int, default=2, help="answer runs (best taken)")
+    asyncio.run(main(parser.parse_args()))
