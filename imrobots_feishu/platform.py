@@ -43,7 +43,6 @@ import logging
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
@@ -99,6 +98,7 @@ from imrobots.platform import (
     Target,
     Upload,
     client_session,
+    endpoint_problem,
     load_json,
     refuse_redirects,
     streaming_card,
@@ -192,13 +192,7 @@ _CALLBACK_KEYS = (
 
 
 def _domain_problem(value: str) -> str | None:
-    parts = urlsplit(value)
-    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        return f"must be an https origin (http only for 127.0.0.1), got {value!r}"
-    if not parts.netloc or parts.path.strip("/") or parts.query:
-        return f"must be an origin like {FEISHU_DOMAIN!r}, got {value!r}"
-    return None
+    return endpoint_problem(value, origin=True)
 
 
 class SettingsProblems(ClassValidationError):

@@ -98,6 +98,7 @@ from imrobots.platform import (
     Target,
     Upload,
     client_session,
+    endpoint_problem,
     refuse_redirects,
 )
 
@@ -330,12 +331,12 @@ class WeComSettings:
             problems.append(
                 ("keep_alive", f"must be less than stream_lifetime ({self.stream_lifetime:g} s)")
             )
-        if not self.ws_url.startswith(("wss://", "ws://")):
-            problems.append(("ws_url", f"must start with wss:// or ws://, got {self.ws_url!r}"))
-        if not self.api_endpoint.startswith(("https://", "http://")):
-            problems.append(
-                ("api_endpoint", f"must start with https:// or http://, got {self.api_endpoint!r}")
-            )
+        ws_problem = endpoint_problem(self.ws_url, websocket=True)
+        if ws_problem is not None:
+            problems.append(("ws_url", ws_problem))
+        api_problem = endpoint_problem(self.api_endpoint)
+        if api_problem is not None:
+            problems.append(("api_endpoint", api_problem))
         if not 0 <= self.callback_port <= 65535:
             problems.append(("callback_port", f"must be 0..65535, got {self.callback_port}"))
         if self.card_url is not None and not self.card_url.startswith(("https://", "http://")):
