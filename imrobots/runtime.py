@@ -35,7 +35,7 @@ import cattrs.gen
 from .agents import AnswerSource, accumulate, agent_executor, use_executor
 from .cards import error_card, interrupted_card
 from .clock import Clock, SystemClock
-from .errors import PlatformError
+from .errors import PlatformError, classified
 from .feedback import FeedbackSigner, InvalidFeedback
 from .health import Histogram, observing_calls
 from .models import (
@@ -686,6 +686,8 @@ class RobotRuntime:
                     message.id,
                     self.options.handler_timeout,
                 )
+            elif (line := classified(exc)) is not None:  # a platform refusal: one line
+                log.error("robot %s failed to handle message %s: %s", self.name, message.id, line)
             else:
                 log.exception("robot %s failed to handle message %s", self.name, message.id)
             await self._show_failure(message, tally, timed_out=timed_out)
@@ -753,8 +755,12 @@ class RobotRuntime:
             with use_executor(self.executor):
                 async with self._handler_deadline():
                     await self.robot.on_enter_chat(event, Reply(self, event.target, answering=True))
-        except Exception:
-            log.exception("robot %s failed to greet %s", self.name, event.sender.id)
+        except Exception as exc:
+            line = classified(exc)
+            if line is None:
+                log.exception("robot %s failed to greet %s", self.name, event.sender.id)
+            else:
+                log.error("robot %s failed to greet %s: %s", self.name, event.sender.id, line)
         finally:
             await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
 
