@@ -377,7 +377,9 @@ class RobotRuntime:
         s = self.stats
         return (
             f"{s.received} received, {s.answered} answered, {s.failed} failed, "
-            f"{s.unanswered} unanswered, {s.rejected} rejected, {s.duplicates} deduplicated, "
+            f"{s.unanswered} unanswered, {s.rejected} rejected, "
+            f"{self.platform.connection_status.rejections} inbound requests rejected "
+            f"(forged or malformed), {s.duplicates} deduplicated, "
             f"{s.feedback} feedback "
             f"({s.forged} rejected), {s.handler_timeouts} handler timeouts; platform faults: "
             f"{s.rate_limited} rate-limited responses, {s.retries} retries, "

@@ -448,6 +448,7 @@ class FeishuPlatform(Platform):
             app_id=s.app_id,
             app_secret=s.app_secret.get,
             handler=self._on_frame,
+            status=self.connection_status,
             options=ConnectionOptions(
                 connect_timeout=s.connect_timeout,
                 request_timeout=s.request_timeout,
@@ -486,6 +487,7 @@ class FeishuPlatform(Platform):
             path=s.callback_path,
             crypto=crypto,
             handler=self._on_event,
+            status=self.connection_status,
         )
         await self.endpoint.start()
         self.callback_url = self.endpoint.url
@@ -510,9 +512,11 @@ class FeishuPlatform(Platform):
         try:
             envelope = load_json(payload, ID_FIELDS, where="event")
         except ValueError as exc:  # MalformedJson included
+            self.connection_status.rejected()
             log.warning("dropped a Feishu event that cannot be read: %s", exc)
             return Answer()
         if not isinstance(envelope, dict):
+            self.connection_status.rejected()
             log.warning("dropped a Feishu event that is not a JSON object")
             return Answer()
         return self._on_event(envelope)
@@ -541,6 +545,7 @@ class FeishuPlatform(Platform):
                     self._events.popitem(last=False)
             return answer
         except (ValueError, AttributeError, MalformedPayload) as exc:
+            self.connection_status.rejected()
             log.warning("dropped a Feishu event that cannot be read: %s", exc)
         return Answer()
 
