@@ -308,7 +308,9 @@ async def _serve(
                     await stop.wait()
             line = "  ".join(
                 f"{r.name}: {r.stats.received} in, {r.stats.answered} answered, "
-                f"{r.stats.rejected} rejected, {r.stats.feedback} feedback"
+                f"{r.stats.rejected} rejected, "
+                f"{r.platform.connection_status.rejections} inbound rejected, "
+                f"{r.stats.feedback} feedback"
                 for r in started
             )
             if tty:

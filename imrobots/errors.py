@@ -20,6 +20,7 @@ __all__ = [
     "RateLimited",
     "Refused",
     "RetryableError",
+    "classified",
 ]
 
 
@@ -117,3 +118,20 @@ class Refused(FatalPlatformError):
     ) -> None:
         super().__init__(message, code=code, status=status)
         self.app_wide = app_wide
+
+
+def classified(exc: BaseException) -> str | None:
+    """One line describing ``exc`` if a plugin classified it (a :class:`PlatformError` or
+    :class:`NotSupported`): its message, with the platform's code and the HTTP status
+    when the message does not already say them. ``None`` for any other exception, which
+    is unexpected and is logged with its traceback. The line is for logs: plugins keep
+    secrets out of their error messages."""
+    if not isinstance(exc, PlatformError | NotSupported):
+        return None
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, PlatformError):
+        if exc.code and exc.code not in text:
+            text += f" (code {exc.code})"
+        elif exc.status and str(exc.status) not in text:
+            text += f" (HTTP {exc.status})"
+    return text

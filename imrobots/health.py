@@ -5,7 +5,8 @@ Three parts:
 * :class:`ConnectionStatus`: the public API a platform plugin reports its long
   connection through (``platform.connection_status``, see
   :attr:`Platform.connection_status <imrobots.platform.Platform.connection_status>`):
-  ``connecting()``, ``connected()``, ``disconnected(reason)``, ``frame_received()``.
+  ``connecting()``, ``connected()``, ``disconnected(reason)``, ``frame_received()``,
+  and ``rejected()`` for each forged or malformed inbound request or frame.
   A plugin that reports nothing is taken as connected once its ``start()`` returned,
   until it is closed.
 * call observation: every platform call the core makes goes through
@@ -91,6 +92,9 @@ class ConnectionStatus:
     """Why the connection was last lost, as the plugin said."""
     reported: bool = False
     """Whether the plugin ever reported a state (else the runtime infers it)."""
+    rejections: int = 0
+    """Inbound requests and frames the plugin rejected before they became messages or
+    actions: forged, replayed or stale callbacks, unreadable or hostile frames."""
 
     def _enter(self, state: ConnectionState) -> None:
         if state is not self.state:
@@ -123,6 +127,12 @@ class ConnectionStatus:
     def closed(self) -> None:
         """The connection was closed on purpose."""
         self._enter(ConnectionState.CLOSED)
+
+    def rejected(self) -> None:
+        """An inbound request or frame was rejected (forged, replayed, stale, unreadable
+        or hostile) and nothing was processed. Counted in ``rejections`` (the stop summary
+        and ``imrobots_inbound_rejected_total``); the plugin logs the reason itself."""
+        self.rejections += 1
 
     def frame_received(self, at: float | None = None) -> None:
         """An inbound frame arrived (call it for every frame, pings included)."""
@@ -234,6 +244,7 @@ def health_report(runtimes: Sequence[RobotRuntime]) -> tuple[bool, dict[str, Any
             "state_seconds": round(now - status.since, 3),
             "last_inbound_frame_age": None if age is None else round(age, 3),
             "reconnects": status.reconnects,
+            "inbound_rejected": status.rejections,
         }
         healthy = healthy and status.state is ConnectionState.CONNECTED
     return healthy, {"status": "ok" if healthy else "unavailable", "robots": robots}
@@ -309,6 +320,16 @@ def _metrics_registry(runtimes: Sequence[RobotRuntime]) -> Any:
                 frame_age = status.last_frame_age()
                 age.add_metric(key, math.nan if frame_age is None else frame_age)
             yield reconnects
+            inbound = CounterMetricFamily(
+                "imrobots_inbound_rejected",
+                "Inbound requests or frames rejected as forged, replayed, stale or malformed.",
+                labels=labels,
+            )
+            for r in runtimes:
+                inbound.add_metric(
+                    [r.name, r.platform.name], r.platform.connection_status.rejections
+                )
+            yield inbound
             yield connected
             yield age
             for name, doc, field in histograms:

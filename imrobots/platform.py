@@ -47,6 +47,7 @@ from .cards import (
     streaming_card,
     thinking_card,
 )
+from .endpoints import endpoint_problem, is_loopback_host
 from .errors import (
     CardGone,
     ConfigError,
@@ -137,9 +138,11 @@ __all__ = [
     "Target",
     "Upload",
     "client_session",
+    "endpoint_problem",
     "error_card",
     "final_card",
     "interrupted_card",
+    "is_loopback_host",
     "load_json",
     "measure",
     "new_id",

@@ -35,7 +35,7 @@ import cattrs.gen
 from .agents import AnswerSource, accumulate, agent_executor, use_executor
 from .cards import error_card, interrupted_card
 from .clock import Clock, SystemClock
-from .errors import PlatformError
+from .errors import PlatformError, classified
 from .feedback import FeedbackSigner, InvalidFeedback
 from .health import Histogram, observing_calls
 from .models import (
@@ -377,7 +377,9 @@ class RobotRuntime:
         s = self.stats
         return (
             f"{s.received} received, {s.answered} answered, {s.failed} failed, "
-            f"{s.unanswered} unanswered, {s.rejected} rejected, {s.duplicates} deduplicated, "
+            f"{s.unanswered} unanswered, {s.rejected} rejected, "
+            f"{self.platform.connection_status.rejections} inbound requests rejected "
+            f"(forged or malformed), {s.duplicates} deduplicated, "
             f"{s.feedback} feedback "
             f"({s.forged} rejected), {s.handler_timeouts} handler timeouts; platform faults: "
             f"{s.rate_limited} rate-limited responses, {s.retries} retries, "
@@ -686,6 +688,8 @@ class RobotRuntime:
                     message.id,
                     self.options.handler_timeout,
                 )
+            elif (line := classified(exc)) is not None:  # a platform refusal: one line
+                log.error("robot %s failed to handle message %s: %s", self.name, message.id, line)
             else:
                 log.exception("robot %s failed to handle message %s", self.name, message.id)
             await self._show_failure(message, tally, timed_out=timed_out)
@@ -753,8 +757,12 @@ class RobotRuntime:
             with use_executor(self.executor):
                 async with self._handler_deadline():
                     await self.robot.on_enter_chat(event, Reply(self, event.target, answering=True))
-        except Exception:
-            log.exception("robot %s failed to greet %s", self.name, event.sender.id)
+        except Exception as exc:
+            line = classified(exc)
+            if line is None:
+                log.exception("robot %s failed to greet %s", self.name, event.sender.id)
+            else:
+                log.error("robot %s failed to greet %s: %s", self.name, event.sender.id, line)
         finally:
             await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
 

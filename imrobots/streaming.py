@@ -52,6 +52,7 @@ from .errors import (
     RateLimited,
     Refused,
     RetryableError,
+    classified,
 )
 from .models import FeedbackRating, Target
 from .platform import (
@@ -501,8 +502,12 @@ class AnswerStream:
             # as a new card; the cause was logged where it happened
             log.warning("could not open the answer card for %s in time (%s)", self._what, exc)
             return
-        except PlatformError:
-            log.exception("could not open the answer card for %s", self._what)
+        except PlatformError as exc:  # classified by the plugin: one line, no traceback
+            log.warning(
+                "could not open the answer card for %s: %s; the final card follows",
+                self._what,
+                classified(exc),
+            )
             return
         finally:
             self._ref_ready.set()
@@ -624,8 +629,12 @@ class AnswerStream:
                 backoff += 1
                 await self._wait_wake(exc.retry_after or self.retry.delay(backoff))
                 continue
-            except (FatalPlatformError, NotSupported):
-                log.exception("card update failed for %s; waiting for the final card", self._what)
+            except (FatalPlatformError, NotSupported) as exc:
+                log.warning(
+                    "card update failed for %s: %s; waiting for the final card",
+                    self._what,
+                    classified(exc),
+                )
                 return
             backoff = 0
             self._record_update(shown)
@@ -825,8 +834,12 @@ class AnswerStream:
                 continue
             try:
                 await helper
-            except Exception:
-                log.exception("streaming %s failed; sending the final card", self._what)
+            except Exception as exc:
+                line = classified(exc)
+                if line is None:
+                    log.exception("streaming %s failed; sending the final card", self._what)
+                else:
+                    log.warning("streaming %s failed: %s; sending the final card", self._what, line)
         if status is AnswerStatus.FINAL and not self.latest.strip():
             status = AnswerStatus.EMPTY
         cards = self._final_cards(status, error)
@@ -841,8 +854,13 @@ class AnswerStream:
                 got = await self._deliver(card, use_handle=index == 0)
                 if index == len(cards) - 1:
                     delivery = got
-        except (PlatformError, NotSupported, TimeoutError):
-            log.exception("could not deliver the answer to %s by any means", self._what)
+        except (PlatformError, NotSupported, TimeoutError) as exc:
+            # classified refusals and the deadline: expected, one line without traceback
+            log.error(
+                "could not deliver the answer to %s by any means: %s",
+                self._what,
+                classified(exc) or f"timed out ({exc or 'deadline reached'})",
+            )
             delivery = Delivery.NONE
         result = AnswerResult(
             status=status if delivery is not Delivery.NONE else AnswerStatus.UNDELIVERED,

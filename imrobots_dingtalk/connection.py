@@ -571,6 +571,7 @@ class StreamConnection:
                     self.stats.pongs += 1
                 elif kind is aiohttp.WSMsgType.BINARY:
                     self.stats.malformed += 1
+                    self.status.rejected()
                     log.warning("ignored a binary frame of %d bytes", len(msg.data))
                 elif kind is aiohttp.WSMsgType.ERROR:
                     reason = f"socket error ({_describe(msg.data)})"
@@ -650,6 +651,7 @@ class StreamConnection:
             frame = _parse_frame(text)
         except ValueError as exc:
             self.stats.malformed += 1
+            self.status.rejected()
             message_id = exc.message_id if isinstance(exc, BadFrame) else None
             if message_id is None:
                 match = _MESSAGE_ID.search(text)
@@ -688,6 +690,7 @@ class StreamConnection:
             self.stats.unknown += 1
         elif ack.code == 400:
             self.stats.malformed += 1
+            self.status.rejected()
         await self._send_ack(live, frame.message_id, ack)
         if follow_up is not None:
             try:

@@ -69,6 +69,7 @@ from imrobots.platform import (
     Target,
     Upload,
     client_session,
+    endpoint_problem,
     refuse_redirects,
 )
 
@@ -153,9 +154,9 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | 
 def _url(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is None:
         return
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"expected {attribute.name} to be an http(s) URL, got {value!r}")
+    problem = endpoint_problem(value)
+    if problem is not None:
+        raise ValueError(f"{attribute.name} {problem}")
 
 
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(?::[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")

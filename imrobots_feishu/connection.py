@@ -56,6 +56,7 @@ from aiohttp import web
 from lark_oapi.ws.pb.pbbp2_pb2 import Frame  # type: ignore[import-untyped]
 
 from imrobots.platform import (
+    ConnectionStatus,
     FatalPlatformError,
     PlatformUnavailable,
     RetryableError,
@@ -125,8 +126,11 @@ class LongConnection:
         app_secret: Callable[[], str],
         handler: FrameHandler,
         options: ConnectionOptions | None = None,
+        status: ConnectionStatus | None = None,
     ) -> None:
         self.session = session
+        self.status = status or ConnectionStatus()
+        """Where the state, frames and rejected frames are reported (``/healthz``)."""
         self.domain = domain.rstrip("/")
         self.app_id = app_id
         self._secret = app_secret
@@ -191,6 +195,7 @@ class LongConnection:
         failures = 0
         refused = False
         while not self._closing:
+            self.status.connecting()
             try:
                 url = await self._discover()
                 if refused:
@@ -204,6 +209,7 @@ class LongConnection:
                     return
                 # it connected before: Feishu's passing fault, retried with backoff
                 failures += 1
+                self.status.disconnected(f"Feishu refuses the long connection: {exc}")
                 if not refused:
                     refused = True
                     log.error(
@@ -218,6 +224,7 @@ class LongConnection:
                 if self.closing:
                     return
                 failures = 1 if self.connected.is_set() else failures + 1
+                self.status.disconnected(f"the Feishu long connection was lost: {exc}")
                 log.warning("Feishu long connection lost (%s); reconnecting", exc)
             finally:
                 self.connected.clear()
@@ -297,6 +304,7 @@ class LongConnection:
         self._ws = ws
         self.connects += 1
         self.connected.set()
+        self.status.connected()
         log.info("Feishu long connection %d open (app %s)", self.connects, self.app_id)
         pinger = asyncio.create_task(self._pings(ws, service))
         last_frame = time.monotonic()
@@ -312,6 +320,7 @@ class LongConnection:
                     continue  # WebSocket-level traffic may have reset aiohttp's timer
                 if message.type == aiohttp.WSMsgType.BINARY:
                     last_frame = time.monotonic()
+                    self.status.frame_received(last_frame)
                     await self._on_frame(ws, message.data)
                 elif message.type in (
                     aiohttp.WSMsgType.CLOSE,
@@ -358,6 +367,7 @@ class LongConnection:
         try:
             frame.ParseFromString(data)
         except Exception:
+            self.status.rejected()
             log.warning("dropped a frame that is not a pbbp2.Frame")
             return
         headers = {h.key: h.value for h in frame.headers}
@@ -418,7 +428,9 @@ class CallbackEndpoint:
     """The HTTP event-callback endpoint of one app. See the module docstring.
 
     ``port`` 0 picks a free port; :attr:`url` says where it listens once started.
-    :attr:`forged` counts rejected requests, :attr:`events` accepted events."""
+    :attr:`forged` counts rejected requests, :attr:`events` accepted events. ``status``
+    (``/healthz``): connected once listening, ``frame_received`` per accepted callback,
+    ``rejected`` per forged one."""
 
     def __init__(
         self,
@@ -429,7 +441,9 @@ class CallbackEndpoint:
         crypto: CallbackCrypto,
         handler: EventHandler,
         max_body: int = 1024 * 1024,
+        status: ConnectionStatus | None = None,
     ) -> None:
+        self.status = status or ConnectionStatus()
         self.host = host
         self.port = port
         self.path = path
@@ -474,6 +488,7 @@ class CallbackEndpoint:
         await web.SockSite(self._runner, sock).start()
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{host}:{port}{self.path}"
+        self.status.connected()
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -489,8 +504,10 @@ class CallbackEndpoint:
             plain = self.crypto.open(body, request.headers)
         except ForgedCallback as exc:
             self.forged += 1
+            self.status.rejected()
             log.warning("rejected a Feishu callback from %s: %s", request.remote, exc)
             return web.json_response({"msg": "forbidden"}, status=401)
+        self.status.frame_received()
         if plain.get("type") == URL_VERIFICATION:
             log.info("answered Feishu's URL verification challenge")
             return web.json_response({"challenge": plain.get("challenge")})

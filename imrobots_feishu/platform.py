@@ -43,7 +43,6 @@ import logging
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
@@ -99,6 +98,7 @@ from imrobots.platform import (
     Target,
     Upload,
     client_session,
+    endpoint_problem,
     load_json,
     refuse_redirects,
     streaming_card,
@@ -192,13 +192,7 @@ _CALLBACK_KEYS = (
 
 
 def _domain_problem(value: str) -> str | None:
-    parts = urlsplit(value)
-    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        return f"must be an https origin (http only for 127.0.0.1), got {value!r}"
-    if not parts.netloc or parts.path.strip("/") or parts.query:
-        return f"must be an origin like {FEISHU_DOMAIN!r}, got {value!r}"
-    return None
+    return endpoint_problem(value, origin=True)
 
 
 class SettingsProblems(ClassValidationError):
@@ -454,6 +448,7 @@ class FeishuPlatform(Platform):
             app_id=s.app_id,
             app_secret=s.app_secret.get,
             handler=self._on_frame,
+            status=self.connection_status,
             options=ConnectionOptions(
                 connect_timeout=s.connect_timeout,
                 request_timeout=s.request_timeout,
@@ -492,6 +487,7 @@ class FeishuPlatform(Platform):
             path=s.callback_path,
             crypto=crypto,
             handler=self._on_event,
+            status=self.connection_status,
         )
         await self.endpoint.start()
         self.callback_url = self.endpoint.url
@@ -516,9 +512,11 @@ class FeishuPlatform(Platform):
         try:
             envelope = load_json(payload, ID_FIELDS, where="event")
         except ValueError as exc:  # MalformedJson included
+            self.connection_status.rejected()
             log.warning("dropped a Feishu event that cannot be read: %s", exc)
             return Answer()
         if not isinstance(envelope, dict):
+            self.connection_status.rejected()
             log.warning("dropped a Feishu event that is not a JSON object")
             return Answer()
         return self._on_event(envelope)
@@ -547,6 +545,7 @@ class FeishuPlatform(Platform):
                     self._events.popitem(last=False)
             return answer
         except (ValueError, AttributeError, MalformedPayload) as exc:
+            self.connection_status.rejected()
             log.warning("dropped a Feishu event that cannot be read: %s", exc)
         return Answer()
 

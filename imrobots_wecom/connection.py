@@ -340,6 +340,7 @@ class AibotConnection:
             frame = parse_frame(msg.data)
             if frame is not None:
                 return frame
+            self.status.rejected()
 
     def _dispatch(self, frame: Frame) -> None:
         cmd = str(frame.get("cmd") or "")
@@ -348,6 +349,7 @@ class AibotConnection:
         if cmd in ("aibot_msg_callback", "aibot_event_callback"):
             body = frame.get("body")
             if not isinstance(body, dict):
+                self.status.rejected()
                 log.warning("WeCom push %s without a body; ignored", req_id)
                 return
             event = body.get("event")

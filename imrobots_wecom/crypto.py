@@ -9,7 +9,9 @@
 - **Callbacks** (PROTOCOLS 4a): :class:`CallbackCrypto` wraps wechatpy's
   ``WeChatCrypto`` (signature = SHA1 of the sorted token, timestamp, nonce and
   ciphertext; AES-256-CBC with the EncodingAESKey; receiveid = the CorpID). wechatpy is
-  used for crypto and XML only, never for network calls. Failures raise
+  used for crypto and XML only, never for network calls. A correctly signed callback
+  (or URL check) whose ``timestamp`` is more than ``max_age`` seconds away from now, in
+  the past or the future, is refused as a replay. Failures raise
   :class:`ForgedCallback`, whose message never carries the token or the key.
 """
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -94,33 +98,69 @@ def _reason(exc: BaseException, default: str) -> str:
 class CallbackCrypto:
     """App-mode callback crypto over wechatpy's ``WeChatCrypto`` (see the module docstring).
 
-    The token and key are kept out of ``repr`` and of every error message.
+    The token and key are kept out of ``repr`` and of every error message. ``max_age``:
+    seconds a callback's ``timestamp`` (Unix seconds) may be off from ``clock()``;
+    ``None`` checks no timestamp (the emulator's own use). No nonce is remembered: WeCom
+    retries an unanswered callback (3 attempts in all, PROTOCOLS 4a), and the retries are
+    deduplicated by ``MsgId`` instead.
     """
 
-    def __init__(self, token: str, encoding_aes_key: str, receive_id: str) -> None:
+    def __init__(
+        self,
+        token: str,
+        encoding_aes_key: str,
+        receive_id: str,
+        *,
+        max_age: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         from wechatpy.enterprise.crypto import WeChatCrypto  # type: ignore[import-untyped]
 
         self._crypto: Any = WeChatCrypto(token, encoding_aes_key, receive_id)
         self.receive_id = receive_id
+        self.max_age = max_age
+        self._clock = clock
 
     def __repr__(self) -> str:
-        return f"CallbackCrypto(receive_id={self.receive_id!r})"
+        return f"CallbackCrypto(receive_id={self.receive_id!r}, max_age={self.max_age})"
+
+    def _check_fresh(self, timestamp: str) -> None:
+        if self.max_age is None:
+            return
+        try:
+            sent = float(timestamp)
+        except ValueError:
+            raise ForgedCallback("the timestamp is not a number") from None
+        off = self._clock() - sent
+        if not abs(off) <= self.max_age:  # NaN included
+            when = "old" if off > 0 else "in the future"
+            raise ForgedCallback(
+                f"the timestamp is {abs(off):.0f} s {when} (more than callback_max_age "
+                f"{self.max_age:g} s): a replay"
+            )
 
     def verify_url(self, msg_signature: str, timestamp: str, nonce: str, echostr: str) -> str:
         """The plaintext of ``echostr`` for the URL check; raises :class:`ForgedCallback`."""
         try:
-            return str(self._crypto.check_signature(msg_signature, timestamp, nonce, echostr))
+            plain = str(self._crypto.check_signature(msg_signature, timestamp, nonce, echostr))
         except Exception as exc:
             reason = _reason(exc, "the echostr does not decrypt with the EncodingAESKey")
             raise ForgedCallback(f"URL check failed: {reason}") from None
+        try:
+            self._check_fresh(timestamp)
+        except ForgedCallback as exc:
+            raise ForgedCallback(f"URL check failed: {exc}") from None
+        return plain
 
     def decrypt(self, body: str, msg_signature: str, timestamp: str, nonce: str) -> str:
         """The decrypted XML of a POSTed callback; raises :class:`ForgedCallback`."""
         try:
-            return str(self._crypto.decrypt_message(body, msg_signature, timestamp, nonce))
+            plain = str(self._crypto.decrypt_message(body, msg_signature, timestamp, nonce))
         except Exception as exc:
             reason = _reason(exc, "the body does not decrypt with the EncodingAESKey")
             raise ForgedCallback(reason) from None
+        self._check_fresh(timestamp)
+        return plain
 
     def encrypt(self, xml: str, nonce: str, timestamp: str) -> str:
         """An encrypted, signed ``<xml><Encrypt/><MsgSignature/>...`` envelope of ``xml``."""

@@ -98,6 +98,7 @@ from imrobots.platform import (
     Target,
     Upload,
     client_session,
+    endpoint_problem,
     refuse_redirects,
 )
 
@@ -170,6 +171,7 @@ def card_id_for(key: str) -> str:
 
 
 _POSITIVE = (
+    "callback_max_age",
     "stream_lifetime",
     "keep_alive",
     "update_interval",
@@ -201,6 +203,7 @@ _MODE_KEYS: dict[str, tuple[str, ...]] = {
         "callback_host",
         "callback_port",
         "callback_path",
+        "callback_max_age",
         "card_url",
     ),
 }
@@ -281,6 +284,12 @@ class WeComSettings:
     callback_port: int = 8080
     """Port of the callback endpoint; 0 picks a free one (tests)."""
     callback_path: str = "/wecom/callback"
+    callback_max_age: float = 300.0
+    """Seconds a callback's (or URL check's) ``timestamp`` may be off from now, in the past
+    or the future; a correctly signed one beyond that is rejected as a replay (403, logged).
+    WeCom retries an unanswered callback 3 times in all (PROTOCOLS 4a); UNCONFIRMED: that
+    the retries keep the original timestamp and come within minutes (PROTOCOLS does not
+    say), so the window is kept at Feishu's 300 s rather than tighter."""
     request_timeout: float = 10.0
     member_per_minute: int = 30
     """Messages WeCom lets the app send one member per minute (30)."""
@@ -330,12 +339,12 @@ class WeComSettings:
             problems.append(
                 ("keep_alive", f"must be less than stream_lifetime ({self.stream_lifetime:g} s)")
             )
-        if not self.ws_url.startswith(("wss://", "ws://")):
-            problems.append(("ws_url", f"must start with wss:// or ws://, got {self.ws_url!r}"))
-        if not self.api_endpoint.startswith(("https://", "http://")):
-            problems.append(
-                ("api_endpoint", f"must start with https:// or http://, got {self.api_endpoint!r}")
-            )
+        ws_problem = endpoint_problem(self.ws_url, websocket=True)
+        if ws_problem is not None:
+            problems.append(("ws_url", ws_problem))
+        api_problem = endpoint_problem(self.api_endpoint)
+        if api_problem is not None:
+            problems.append(("api_endpoint", api_problem))
         if not 0 <= self.callback_port <= 65535:
             problems.append(("callback_port", f"must be 0..65535, got {self.callback_port}"))
         if self.card_url is not None and not self.card_url.startswith(("https://", "http://")):
@@ -635,6 +644,7 @@ class WeComPlatform(Platform):
                 if feedback is not None:
                     self._spawn(self._thank(event, feedback))
         except MalformedPayload as exc:
+            self.connection_status.rejected()
             log.warning("dropped a malformed WeCom push %s: %s", req_id, exc)
             return
         if sink is not None:
@@ -1041,7 +1051,9 @@ class WeComPlatform(Platform):
 
         s = self.settings
         assert s.corp_id and s.corp_secret and s.token and s.encoding_aes_key
-        self._crypto = CallbackCrypto(s.token.get(), s.encoding_aes_key.get(), s.corp_id)
+        self._crypto = CallbackCrypto(
+            s.token.get(), s.encoding_aes_key.get(), s.corp_id, max_age=s.callback_max_age
+        )
         self._api = WeComApi(
             self._http(),
             endpoint=s.api_endpoint,
@@ -1081,6 +1093,7 @@ class WeComPlatform(Platform):
             )
         except ForgedCallback as exc:
             self.forged += 1
+            self.connection_status.rejected()
             log.warning("rejected a WeCom URL check from %s: %s", request.remote, exc)
             return web.Response(status=403)
         return web.Response(text=plain)
@@ -1107,6 +1120,7 @@ class WeComPlatform(Platform):
                 raise ForgedCallback("the decrypted body is not XML") from None
         except ForgedCallback as exc:
             self.forged += 1
+            self.connection_status.rejected()
             log.warning(
                 "rejected a forged or undecryptable WeCom callback from %s: %s", request.remote, exc
             )
@@ -1124,6 +1138,7 @@ class WeComPlatform(Platform):
             else:
                 event = to_app_message(fields)
         except MalformedPayload as exc:
+            self.connection_status.rejected()
             log.warning("dropped a malformed WeCom app callback: %s", exc)
             return web.Response(text="")
         sink = self._sink

@@ -26,6 +26,16 @@ def test_connection_status_counts_reconnects_and_keeps_closed() -> None:
     assert status.state is ConnectionState.CLOSED
 
 
+def test_rejected_inbound_requests_are_counted_whatever_the_state() -> None:
+    status = ConnectionStatus()
+    status.rejected()
+    status.connected()
+    status.rejected()
+    status.closed()
+    status.rejected()  # a late one after close still counts
+    assert status.rejections == 3 and status.state is ConnectionState.CLOSED
+
+
 def test_every_platform_has_its_own_status() -> None:
     one, two = MemoryPlatform(), MemoryPlatform()
     assert one.connection_status is one.connection_status

@@ -201,11 +201,13 @@ async def test_hostile_frames_get_clean_acks_and_the_connection_stays_up(
         assert isinstance(platform, DingTalkPlatform) and platform.connection is not None
         connection = platform.connection
         before = runtime.stats.received
+        refused = 0
         for what, message_id, text, codes in hostile_frames(emu):
             ack = await emu.send_raw_frame(APP, text, message_id=message_id)
             assert ack is not None
             await emu.wait_for(lambda a=ack: a.acked, 5, what=f"the ack of {what}")
             assert ack.code in codes, f"{what}: acked {ack.code} {ack.message}"
+            refused += ack.code == 400
             assert connection.connected and connection.stats.opened == 1, what
             assert [c.live for c in emu.connections] == [True], what
         # the ping's opaque came back as it was sent
@@ -213,6 +215,8 @@ async def test_hostile_frames_get_clean_acks_and_the_connection_stays_up(
         assert echoed.code == 200 and echoed.data == {"opaque": "op" + LONE}
         # nothing hostile became a message; the two empty msgIds did not collide in dedupe
         assert runtime.stats.received == before and runtime.stats.duplicates == 0
+        # each frame refused with 400 is counted as rejected (the stop summary, /metrics)
+        assert refused > 0 and platform.connection_status.rejections == refused
         # another conversation is answered on the same connection
         pushed = await emu.push_message(APP, text=QUESTION, conversation_id="cid-bystander")
         await emu.wait_for(lambda: any(final(c) for c in cards_for(emu, pushed)), 10)

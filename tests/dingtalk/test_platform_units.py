@@ -445,7 +445,13 @@ def _write(tmp_path: Path, settings: str) -> Path:
     [
         ('ai_template_id = " "\n', "ai_template_id to be an AI card template id"),
         ('card_mode = "fancy"\n', "card_mode"),
-        ('openapi_endpoint = "api.dingtalk.com"\n', "openapi_endpoint to be an http(s) URL"),
+        ('openapi_endpoint = "api.dingtalk.com"\n', "openapi_endpoint must start with https://"),
+        (
+            'oapi_endpoint = "http://oapi.dingtalk.com"\n',
+            "oapi_endpoint must use https:// for a remote host (http:// only for a loopback "
+            "host: 127.0.0.0/8, ::1, localhost), got 'http://oapi.dingtalk.com'",
+        ),
+        ('gateway_endpoint = "http://10.0.0.7:8080"\n', "gateway_endpoint must use https://"),
         ("update_interval = 0\n", "update_interval > 0"),
         ('webhook_hosts = "127.0.0.1"\n', "webhook_hosts: expected a list, got str"),
         ('webhook_hosts = ["http://x/"]\n', 'entries like "host" or "host:port"'),

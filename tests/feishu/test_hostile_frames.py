@@ -88,6 +88,8 @@ async def test_hostile_events_are_answered_and_the_connection_stays_up(
         assert connection.connects == 1
         # only the out-of-range time (taken as now) and the bystander became messages
         assert {e.id for e in seen} <= {"om_time", bystander_id(seen)}
+        # the others are counted as rejected (the stop summary, /metrics)
+        assert platform.connection_status.rejections == len(hostile) - 1
     finally:
         await platform.close()
         await adapter.stop()

@@ -145,8 +145,7 @@ def test_an_unknown_key_or_a_wrong_choice_does_not_hide_a_bad_domain(
         [
             f"{prefix}: unknown key: app_sercet (did you mean app_secret?)",
             f"{prefix}.mode: expected one of 'long_connection', 'callback'",
-            f"{prefix}.domain: must be an https origin (http only for 127.0.0.1), "
-            "got 'open.feishu.cn'",
+            f"{prefix}.domain: must start with https://, got 'open.feishu.cn'",
         ]
     )
     assert lines[-1] == f"{config}: 3 errors"
@@ -160,8 +159,8 @@ def test_check_names_each_callback_problem(feishu: PluginManager, tmp_path: Path
     prefix = f"error: {config}: robots."
     errors = [line for line in lines if line.startswith("error: ")]
     assert errors == [
-        f"{prefix}cb.settings.domain: must be an https origin (http only for 127.0.0.1), "
-        "got 'http://open.feishu.cn'",
+        f"{prefix}cb.settings.domain: must use https:// for a remote host (http:// only "
+        "for a loopback host: 127.0.0.0/8, ::1, localhost), got 'http://open.feishu.cn'",
         f"{prefix}cb.settings.callback_max_age: must be positive, got 0.0",
         f"{prefix}cb.settings.verification_token: required in mode 'callback' (the developer "
         "console's Verification Token, under Events & Callbacks > Encryption Strategy)",

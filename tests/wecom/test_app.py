@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import struct
+import time
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -117,6 +118,7 @@ async def test_forged_callbacks_are_rejected_and_logged(caplog: pytest.LogCaptur
                     assert response.status == 403
         assert rig.received == []
         assert rig.platform.forged == 3
+        assert rig.platform.connection_status.rejections == 3
         assert "rejected" in caplog.text and app.token not in caplog.text
         assert "the msg_signature does not match" in caplog.text
 
@@ -219,25 +221,80 @@ SAMPLE_ECHO = "1616140317555161061"
 
 
 async def test_the_published_url_check_sample_is_answered_by_the_endpoint() -> None:
+    """The sample's timestamp is from 2014: answered with a window that reaches back to
+    it, refused as a replay with the default one."""
     crypto = CallbackCrypto(SAMPLE_TOKEN, SAMPLE_KEY, SAMPLE_CORP_ID)
     assert crypto.verify_url(*SAMPLE_URL_QUERY.values()) == SAMPLE_ECHO
     adapter = WeComConsoleAdapter(mode="app", corp_id=SAMPLE_CORP_ID)
     adapter.app.token, adapter.app.encoding_aes_key = SAMPLE_TOKEN, SAMPLE_KEY
     await adapter.start()
-    platform = adapter.create_platform()
-    assert isinstance(platform, WeComPlatform)
+    forever = 100 * 365 * 86400.0
     try:
-        await platform.start(lambda event: asyncio.sleep(0))
-        assert platform.callback_url is not None
+        for max_age, status in ((forever, 200), (300.0, 403)):
+            platform = adapter.create_platform(callback_max_age=max_age)
+            assert isinstance(platform, WeComPlatform)
+            try:
+                await platform.start(lambda event: asyncio.sleep(0))
+                assert platform.callback_url is not None
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(platform.callback_url, params=SAMPLE_URL_QUERY) as response,
+                ):
+                    assert response.status == status
+                    if status == 200:
+                        assert await response.text() == SAMPLE_ECHO
+            finally:
+                await platform.close()
+    finally:
+        await adapter.stop()
+
+
+@pytest.mark.parametrize("shift", [-86400, -301, 301], ids=["a day old", "stale", "future"])
+async def test_signed_callbacks_outside_the_timestamp_window_are_refused(
+    shift: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback and a URL check signed correctly, but with a timestamp more than
+    ``callback_max_age`` (300 s) away from now: 403, a logged reason, nothing processed,
+    counted as rejected; the same message with a fresh timestamp is then answered."""
+    async with _Rig() as rig:
+        assert rig.platform is not None and rig.platform.callback_url is not None
+        app = rig.adapter.app
+        xml, _ = rig.adapter.emulator.app_message_xml(app, user_id="mallory", content="old")
+        nonce, timestamp = "123456789", str(int(time.time()) + shift)
+        envelope = ET.fromstring(app.crypto.encrypt(xml, nonce, timestamp))
+        encrypted = envelope.findtext("Encrypt") or ""
+        query = {"msg_signature": envelope.findtext("MsgSignature") or "", "timestamp": timestamp}
+        query["nonce"] = nonce
+        body = f"<xml><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
+        echo = _seal("echo-1", app.corp_id, app.encoding_aes_key)
+        url_check = {
+            "msg_signature": _sign(app.token, timestamp, nonce, echo),
+            "timestamp": timestamp,
+            "nonce": nonce,
+            "echostr": echo,
+        }
+        with caplog.at_level(logging.WARNING):
+            async with aiohttp.ClientSession() as session:
+                async with session.post(
+                    rig.platform.callback_url, params=query, data=body
+                ) as response:
+                    assert response.status == 403
+                async with session.get(rig.platform.callback_url, params=url_check) as response:
+                    assert response.status == 403
+        assert rig.received == [] and rig.platform.forged == 2
+        assert rig.platform.connection_status.rejections == 2
+        assert "callback_max_age 300 s): a replay" in caplog.text
+        assert ("in the future" if shift > 0 else "s old") in caplog.text
+        assert not any(r.exc_info for r in caplog.records)
+        fresh_query, fresh_body = rig.adapter.emulator.encrypt_callback(app, xml)
         async with (
             aiohttp.ClientSession() as session,
-            session.get(platform.callback_url, params=SAMPLE_URL_QUERY) as response,
+            session.post(rig.platform.callback_url, params=fresh_query, data=fresh_body) as ok,
         ):
-            assert response.status == 200
-            assert await response.text() == SAMPLE_ECHO
-    finally:
-        await platform.close()
-        await adapter.stop()
+            assert ok.status == 200
+        async with asyncio.timeout(5):
+            await rig.got.wait()
+        assert [m.text for m in rig.received] == ["old"]
 
 
 def _aes_key(encoding_aes_key: str) -> bytes:
@@ -290,7 +347,7 @@ async def test_callbacks_follow_the_documented_cipher_both_ways() -> None:
             app, user_id="erin", content="sealed"
         )
         sealed = _seal(own_xml, app.corp_id, app.encoding_aes_key)
-        timestamp, nonce = "1700000000", "424242"
+        timestamp, nonce = str(int(time.time())), "424242"
         params = {
             "msg_signature": _sign(app.token, timestamp, nonce, sealed),
             "timestamp": timestamp,

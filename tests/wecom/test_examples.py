@@ -63,6 +63,7 @@ BAD = """
 platform = "wecom"
 [robots.bare.settings]
 mode = "robot"
+ws_url = "ws://example.com"
 [robots.bare.agent]
 use = "demo"
 
@@ -78,6 +79,8 @@ encoding_aes_key = "too-short"
 callback_port = 70000
 callback_path = "wecom"
 keep_alive = 0
+callback_max_age = 0
+api_endpoint = "http://qyapi.weixin.qq.com"
 [robots.app.agent]
 use = "demo"
 
@@ -101,13 +104,18 @@ def test_settings_errors_are_one_line_each_naming_the_field(
     assert lines[:-1] == [
         f"{prefix}bare.settings.bot_id: required in mode 'robot'",
         f"{prefix}bare.settings.secret: required in mode 'robot'",
+        f"{prefix}bare.settings.ws_url: must use wss:// for a remote host (ws:// only for a "
+        "loopback host: 127.0.0.0/8, ::1, localhost), got 'ws://example.com'",
+        f"{prefix}app.settings.callback_max_age: must be positive, got 0.0",
         f"{prefix}app.settings.keep_alive: must be positive, got 0.0",
         f"{prefix}app.settings.encoding_aes_key: must be 43 characters (WeCom's EncodingAESKey)",
+        f"{prefix}app.settings.api_endpoint: must use https:// for a remote host (http:// only "
+        "for a loopback host: 127.0.0.0/8, ::1, localhost), got 'http://qyapi.weixin.qq.com'",
         f"{prefix}app.settings.callback_port: must be 0..65535, got 70000",
         f"{prefix}app.settings.callback_path: must start with /, got 'wecom'",
         f"{prefix}typo.settings.mode: expected one of 'robot', 'app'",
     ]
-    assert lines[-1] == f"{config}: 7 errors"
+    assert lines[-1] == f"{config}: 10 errors"
 
 
 WRONG_TYPE = """

@@ -71,5 +71,7 @@ async def test_hostile_frames_are_dropped_and_the_connection_stays_up(
         assert bot.subscriptions == 1, "the connection went down"
         # the surrogate text became U+FFFD; the rest never became a message
         assert rig.runtime.stats.received == received + 2
+        # (one of the two is the bystander) the others are counted as rejected
+        assert rig.platform.connection_status.rejections == len(hostile) - 1
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert not tracebacks, [r.getMessage() for r in tracebacks]
