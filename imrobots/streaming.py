@@ -499,7 +499,8 @@ class AnswerStream:
             return
         except TimeoutError as exc:
             # retried until the answer was done (or the deadline): the final card follows
-            # as a new card; the cause was logged where it happened
+            # as a new card, or closes the card of an attempt whose outcome was unknown
+            # (_resolve_open); the cause was logged where it happened
             log.warning("could not open the answer card for %s in time (%s)", self._what, exc)
             return
         except PlatformError:
