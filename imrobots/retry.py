@@ -109,7 +109,9 @@ async def retry_call(
                 observer.call_failed()
             raise
         # After an outcome-unknown attempt the call may have taken effect: it is repeated
-        # (same key) until it answers, whatever give_up says, so nothing is left behind.
+        # (same key) whatever give_up says. A later attempt that fails (busy, rate
+        # limited) lets give_up apply again; the caller then still holds an unknown
+        # outcome (the streaming engine opens again under the same key at the end).
         gave_up = give_up is not None and not isinstance(last, OutcomeUnknown) and give_up()
         if gave_up or clock.now() > end:
             raise TimeoutError(f"platform call kept failing until its deadline: {last}") from last

@@ -321,6 +321,9 @@ class AnswerStream:
         self._eager = self.policy.min_chars is not None or self.policy.min_chunks is not None
         self._handle: StreamHandle | None = None
         self._ref_ready = asyncio.Event()
+        # The card and key of an open whose last outcome was unknown and that no attempt
+        # has answered since: its card may exist (see _resolve_open).
+        self._unresolved: tuple[Card, str] | None = None
         self._gone = False
         # A limiter turn taken but not used, and when it was granted: the next call uses it
         # if it comes at once, else takes a fresh turn (a slot of a sliding window is only
@@ -483,9 +486,7 @@ class AnswerStream:
                 return
             self._spare_at = self.clock.now()  # the first attempt uses the turn just taken
             handle = await self._retrying(
-                Op.OPEN,
-                lambda: self.platform.open_stream(self.target, card, key=key),
-                give_up=self._agent_done,
+                Op.OPEN, self._open_call(card, key), give_up=self._agent_done
             )
         except Refused as exc:
             self._refused(exc)
@@ -499,7 +500,8 @@ class AnswerStream:
             return
         except TimeoutError as exc:
             # retried until the answer was done (or the deadline): the final card follows
-            # as a new card; the cause was logged where it happened
+            # as a new card, or closes the card of an attempt whose outcome was unknown
+            # (_resolve_open); the cause was logged where it happened
             log.warning("could not open the answer card for %s in time (%s)", self._what, exc)
             return
         except PlatformError as exc:  # classified by the plugin: one line, no traceback
@@ -511,6 +513,43 @@ class AnswerStream:
             return
         finally:
             self._ref_ready.set()
+        await self._opened(handle)
+
+    def _open_call(self, card: Card, key: str) -> Callable[[], Awaitable[StreamHandle]]:
+        """One attempt at opening ``card`` under ``key``. An attempt whose outcome is
+        unknown leaves the open unresolved (its card may exist) until one answers."""
+
+        async def attempt() -> StreamHandle:
+            try:
+                handle = await self.platform.open_stream(self.target, card, key=key)
+            except OutcomeUnknown:
+                self._unresolved = (card, key)
+                raise
+            self._unresolved = None
+            return handle
+
+        return attempt
+
+    async def _resolve_open(self) -> None:
+        """An open that ended unresolved (its outcome unknown, then retries failing until
+        the agent was done or the deadline) may have made a card. Where opens are
+        idempotent, open it again under the same key, within ``final_deadline``: the
+        platform continues that card (or makes the one card), and the end of the answer
+        closes it, instead of leaving it stuck beside a second card."""
+        unresolved, self._unresolved = self._unresolved, None
+        if unresolved is None or Op.OPEN not in self.capabilities.idempotent:
+            return
+        card, key = unresolved
+        try:
+            handle = await self._retrying(Op.OPEN, self._open_call(card, key))
+        except (PlatformError, NotSupported, TimeoutError) as exc:
+            log.warning(
+                "the card of %s may exist but could not be reached (%s); the answer follows "
+                "as a new message",
+                self._what,
+                exc,
+            )
+            return
         await self._opened(handle)
 
     async def _opened(self, handle: StreamHandle) -> None:
@@ -735,9 +774,7 @@ class AnswerStream:
         rest = self._clip(self.latest[self._offset :])
         opening = streaming_card(self.question, rest) if rest else thinking_card(self.question)
         key = self._next_key("open")
-        handle = await self._retrying(
-            Op.OPEN, lambda: self.platform.open_stream(self.target, opening, key=key)
-        )
+        handle = await self._retrying(Op.OPEN, self._open_call(opening, key))
         await self._opened(handle)
         self._sent_len = self._offset + len(rest)
 
@@ -845,6 +882,8 @@ class AnswerStream:
         cards = self._final_cards(status, error)
         delivery = Delivery.NONE
         try:
+            if self._handle is None and not self.degraded:
+                await self._resolve_open()
             if self._handle is None and (self.degraded or not self.capabilities.cards):
                 # No card to close and none to send: the whole end of the answer as one
                 # text, split only at the platform's message size (no card's pieces).

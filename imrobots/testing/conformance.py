@@ -1074,6 +1074,58 @@ class PlatformConformance:
                 cards = rig.cards(conversation)
                 assert len(cards) == 1, rig.describe(conversation)
 
+    async def test_lost_open_then_failing_calls_leave_one_card(
+        self, emulator_factory: EmulatorFactory
+    ) -> None:
+        """The first call of an answer (the one that opens its card) takes effect and its
+        answer is lost; then every call fails (server errors) until the agent is done and
+        two more calls failed. The answer still ends in exactly one card, final, with the
+        whole text: a card the lost call may have made is reached again under the same
+        key and closed, never left thinking beside a second card."""
+        release, done = asyncio.Event(), asyncio.Event()
+
+        async def script(request: AgentRequest) -> AsyncIterator[str]:
+            await release.wait()
+            for word in numbered("open", 4):
+                yield f"{word} "
+            done.set()
+
+        async with self.rig(emulator_factory, Robot(agent=_Agent(script))) as rig:
+            _skip_unless_streaming(rig.capabilities)
+
+            def calls() -> list[View]:
+                return list(rig.emulator.state()["calls"])
+
+            def failed() -> int:
+                return sum(1 for c in calls() if int(c["status"]) >= 400)
+
+            try:
+                await rig.emulator.fault("lost_answers", 1.0)
+            except (NotImplementedError, ValueError) as exc:  # no such fault in this emulator
+                pytest.skip(f"the emulator cannot lose answers: {exc}")
+            conversation = rig.conversation("lostopen")
+            before = len(calls())
+            await rig.say(
+                "Still there?", conversation_id=conversation, user_id=rig.user_for(conversation)
+            )
+            await rig.until("the answer's first call", lambda: len(calls()) > before)
+            await rig.emulator.fault("errors", 1.0)
+            await rig.emulator.fault("lost_answers", 0.0)
+            release.set()
+            await rig.until("the agent's end", done.is_set)
+            refused = failed()
+            await rig.until("two more failed calls", lambda: failed() >= refused + 2)
+            await rig.emulator.fault("errors", 0.0)
+            card = await rig.final_card(conversation, "open003")
+            _in_order(card_text(card), "open", numbered("open", 4), f"card {card['id']}")
+            await rig.runtime.wait_idle(timeout=self.timeout)
+            cards = rig.cards(conversation)
+            if len(cards) != 1 or cards[0].get("status") != "final":
+                raise ConformanceFailure(
+                    "after a lost open and failing calls, expected exactly one card, final; "
+                    f"the emulator shows: {rig.describe(conversation)}"
+                )
+
     @pytest.mark.parametrize("fault", ["errors", "rate_limit"])
     async def test_answers_survive_failing_calls(
         self, emulator_factory: EmulatorFactory, fault: str

@@ -53,7 +53,8 @@ an app callback: :meth:`WeComEmulator.store_media`), 40007 for an unknown one (p
 Faults: ``errors`` (a share of calls answered -1 "system busy"), ``rate_limit`` (45009),
 ``latency``, ``drop`` (sockets aborted; pushes are held until a new subscription) and
 ``lost_answers`` (a share of calls take effect and are never answered: no ack on the
-long connection, the HTTP connection aborted in app mode).
+long connection, the HTTP connection aborted in app mode); ``call_fault`` aims a fault
+at chosen calls of the long connection (tests).
 Every robot call is recorded and reported to listeners (:meth:`WeComEmulator.on_change`).
 """
 
@@ -128,6 +129,9 @@ def media_cap(media_type: str) -> int:
 
 
 Listener = Callable[[dict[str, Any]], None]
+CallFault = Callable[[str, dict[str, Any]], int | Literal["lost"] | None]
+"""See :attr:`WeComEmulator.call_fault`."""
+_FAULT_MESSAGES = {ERR_SYSTEM_BUSY: "system busy", ERR_RATE_LIMITED: "api freq out of limit"}
 
 
 def _truncate(text: str, limit: int) -> tuple[str, bool]:
@@ -316,6 +320,11 @@ class WeComEmulator:
         self.lost_answer_rate = 0.0
         """Share of the robot's calls that take effect and are never answered (no ack on
         the long connection; the HTTP connection aborted in app mode)."""
+        self.call_fault: CallFault | None = None
+        """A fault aimed at chosen calls (tests): called with each robot call on the long
+        connection (``cmd``, ``body``) before the share faults; returns an errcode to
+        answer instead of acting, ``"lost"`` (the call takes effect, its ack never
+        comes), or ``None`` (no fault from it)."""
         self.latency = 0.0
         self._random = random.Random(seed)
         self._ids = itertools.count(1)
@@ -561,17 +570,27 @@ class WeComEmulator:
         if self.latency:
             await asyncio.sleep(self.latency)
         errcode, errmsg, reply = 0, "ok", None
-        injected = self._fault() if cmd.startswith(("aibot_respond", "aibot_send")) else 0
+        aimed = self.call_fault(cmd, body) if self.call_fault is not None else None
+        injected = 0
+        if isinstance(aimed, int):
+            injected = aimed
+        elif cmd.startswith(("aibot_respond", "aibot_send")):
+            injected = self._fault()
         if injected:
             errcode = injected
-            errmsg = "system busy" if injected == ERR_SYSTEM_BUSY else "api freq out of limit"
+            errmsg = _FAULT_MESSAGES.get(injected, "error")
         else:
             try:
                 reply = self._command(bot, sock, cmd, req_id, body)
             except _Refusal as exc:
                 errcode, errmsg = exc.code, exc.message
         self._record_call("WS", cmd, errcode, started, bot.bot_id)
-        if injected == 0 and cmd.startswith(("aibot_respond", "aibot_send")) and self._lose():
+        if aimed == "lost" or (
+            aimed is None
+            and injected == 0
+            and cmd.startswith(("aibot_respond", "aibot_send"))
+            and self._lose()
+        ):
             return  # it took effect; its ack never comes
         await self._ack(sock, req_id, errcode, errmsg, reply)
 

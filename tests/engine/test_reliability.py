@@ -13,10 +13,20 @@ import pytest
 
 from imrobots.agents import AgentRequest
 from imrobots.cards import Card, CardStatus, Note
-from imrobots.memory import MemoryCard, MemoryPlatform
-from imrobots.models import CardAction, Conversation, Feedback, FeedbackRating, Message, Sender
+from imrobots.errors import OutcomeUnknown, RetryableError
+from imrobots.memory import MemoryCard, MemoryPlatform, MemorySettings
+from imrobots.models import (
+    CardAction,
+    Conversation,
+    Feedback,
+    FeedbackRating,
+    Message,
+    Sender,
+    Target,
+)
+from imrobots.platform import StreamHandle
 from imrobots.robot import Reply, Robot
-from imrobots.runtime import RobotRuntime
+from imrobots.runtime import RobotRuntime, RuntimeOptions
 from imrobots.streaming import StreamPolicy
 
 from .conftest import FAST, Factory, answer_cards, eventually
@@ -288,3 +298,63 @@ async def test_the_stop_summary_names_the_faults_met(
     assert f"{runtime.stats.retries} retries" in line and runtime.stats.retries >= 1
     assert f"{failed_calls} failed calls" in line and "0 reconnects" in line
     assert "6 answered" in line
+
+
+# --- an open whose answer was lost, then refused until the answer was done ----------------
+
+
+class LostOpen(MemoryPlatform):
+    """The first open takes effect and its answer is lost (``OutcomeUnknown``); the next
+    opens are refused as "system busy" until the agent is done and two more were refused
+    (so the open gives up after an unknown outcome); later opens answer as usual."""
+
+    def __init__(self) -> None:
+        super().__init__(MemorySettings(app_rate=FAST["app_rate"]))
+        self.opens = 0
+        self.refused = asyncio.Event()
+        self.agent_done = asyncio.Event()
+        self.refused_after_done = 0
+
+    async def open_stream(self, target: Target, card: Card, *, key: str) -> StreamHandle:
+        self.opens += 1
+        if self.opens == 1:
+            await super().open_stream(target, card, key=key)
+            raise OutcomeUnknown("simulated: the open took effect, its answer was lost")
+        if not self.agent_done.is_set() or self.refused_after_done < 2:
+            self.refused_after_done += self.agent_done.is_set()
+            self.refused.set()
+            raise RetryableError("simulated: system busy", code="-1")
+        return await super().open_stream(target, card, key=key)
+
+
+async def test_an_open_lost_then_refused_until_the_end_still_ends_in_one_final_card() -> None:
+    """Before: the open gave up when the agent was done (the last attempt "busy"), so its
+    thinking card stayed stuck and the final went out as a second card."""
+    platform = LostOpen()
+    chunks = [f"w{i} " for i in range(5)]
+
+    async def agent(request: AgentRequest) -> AsyncIterator[str]:
+        await platform.refused.wait()  # the open's answer was lost and a retry refused
+        for chunk in chunks:
+            yield chunk
+        platform.agent_done.set()
+
+    runtime = RobotRuntime(
+        name="bot",
+        robot=Robot(agent=agent),
+        platform=platform,
+        options=RuntimeOptions(
+            stream=StreamPolicy(min_interval=0.01, retry_backoff=0.01, max_backoff=0.02)
+        ),
+    )
+    await runtime.start()
+    try:
+        message = await platform.say("hello")
+        await runtime.wait_idle(10)
+    finally:
+        await runtime.stop(timeout=5.0)
+    cards = answer_cards(platform, message)
+    assert len(cards) == 1, [(c.id, c.status) for c in cards]
+    assert cards[0].status is CardStatus.FINAL
+    assert cards[0].text.split() == [c.strip() for c in chunks]
+    assert platform.refused_after_done == 2  # opened again (same key) through the refusals

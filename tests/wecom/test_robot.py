@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -14,8 +14,10 @@ from imrobots.agents import AgentRequest
 from imrobots.cards import Actions, Button, Card, Markdown
 from imrobots.emulation import EmulatorAdapter
 from imrobots.platform import FatalPlatformError, Platform, Secret, thinking_card
+from imrobots.streaming import StreamPolicy
 from imrobots.testing.conformance import card_text, open_rig
 from imrobots_wecom.console import WeComConsoleAdapter
+from imrobots_wecom.emulator.emulator import ERR_SYSTEM_BUSY
 from imrobots_wecom.platform import WeComPlatform, WeComSettings
 from imrobots_wecom.streaming import WeComStream
 
@@ -410,3 +412,56 @@ async def test_a_press_on_a_card_that_is_no_feedback_is_answered_once_by_the_rob
         updates = [c for c in adapter.state()["calls"] if c["route"] == "aibot_respond_update_msg"]
         assert [c["status"] for c in updates] == [200]
         assert "Thanks for your feedback" not in card_text(rig.cards("g-approve")[0])
+
+
+async def test_an_open_whose_ack_was_lost_ends_in_one_final_card() -> None:
+    """The open (the first stream frame, which makes the thinking card) takes effect and
+    its ack is lost; its repeats are answered -1 "system busy" until the agent is done and
+    twice more. Before: the open gave up when the agent was done, its card stayed
+    unfinished and the final went out as a second card (``aibot_send_msg``)."""
+    adapter = WeComConsoleAdapter()
+    refused, done = asyncio.Event(), asyncio.Event()
+    seen = {"opens": 0, "refused_after_done": 0}
+    words = [f"w{i}" for i in range(5)]
+
+    def fault(cmd: str, body: dict[str, Any]) -> int | Literal["lost"] | None:
+        stream = body.get("stream")
+        if cmd != "aibot_respond_msg" or not isinstance(stream, dict) or stream.get("finish"):
+            return None
+        seen["opens"] += 1
+        if seen["opens"] == 1:
+            return "lost"
+        if done.is_set():
+            if seen["refused_after_done"] == 2:
+                return None
+            seen["refused_after_done"] += 1
+        refused.set()
+        return ERR_SYSTEM_BUSY
+
+    async def agent(request: AgentRequest) -> AsyncIterator[str]:
+        await refused.wait()  # the open's ack was lost and a repeat refused
+        for word in words:
+            yield f"{word} "
+        done.set()
+
+    def quick_acks(emulator: EmulatorAdapter) -> Platform:
+        assert isinstance(emulator, WeComConsoleAdapter)
+        platform = emulator.create_platform(ack_timeout=0.3)  # a lost ack costs 0.3 s
+        assert platform is not None
+        return platform
+
+    adapter.emulator.call_fault = fault
+    policy = StreamPolicy(min_interval=0.05, retry_backoff=0.02, max_backoff=0.1)
+    async with open_rig(
+        lambda: adapter, Robot(agent=agent), policy=policy, make_platform=quick_acks
+    ) as rig:
+        await rig.say("are you there?", conversation_id="g-lost-open")
+        await rig.final_card("g-lost-open", words[-1])
+        await rig.runtime.wait_idle(timeout=10)
+        cards = rig.cards("g-lost-open")
+        assert len(cards) == 1, rig.describe("g-lost-open")
+        assert cards[0]["status"] == "final", rig.describe("g-lost-open")
+        assert card_text(cards[0]).split() == words
+        routes = [c["route"] for c in rig.emulator.state()["calls"]]
+        assert "aibot_send_msg" not in routes
+        assert seen["refused_after_done"] == 2  # opened again, same stream id, past "busy"
