@@ -15,6 +15,7 @@ are granted in arrival order, so answers share a budget fairly and none starves.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
 
@@ -161,6 +162,16 @@ class RateLimiter:
             if ident is not None:
                 found.append((limit, prefix + ident))
         return found
+
+    def carries(self, taken: CallScope, call: CallScope) -> bool:
+        """Whether a turn taken for ``taken`` may carry ``call`` instead: only if it was
+        counted in every window that counts ``call`` (as often). A turn of one API's window
+        spent on a call of another would leave that call counted nowhere, and its API's
+        window overfilled (Feishu: a card update's turn spent on the final card's close)."""
+        if taken == call:
+            return True
+        have = Counter(key for _, key in self._applicable(taken))
+        return Counter(key for _, key in self._applicable(call)) <= have
 
     async def acquire(self, scope: CallScope | None = None) -> float:
         """Wait until one call may be sent; return how many seconds that took.
