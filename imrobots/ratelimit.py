@@ -93,6 +93,7 @@ class RateLimiter:
         limits: Iterable[RateLimit] | None = None,
         headroom: float = 1.0,
         api_names: Mapping[Op, str | tuple[str, ...]] | None = None,
+        op_calls: Mapping[Op, int] | None = None,
         clock: Clock | None = None,
     ) -> None:
         if limits is None:
@@ -104,6 +105,7 @@ class RateLimiter:
         self.limits = tuple(limits)
         self.headroom = headroom
         self.api_names: Mapping[Op, str | tuple[str, ...]] = dict(api_names or {})
+        self.op_calls: Mapping[Op, int] = dict(op_calls or {})
         self._op_limits: dict[Op, list[tuple[RateLimit, str]]] = {}
         self.clock: Clock = clock or SystemClock()
         self.stats = RateLimiterStats()
@@ -118,6 +120,7 @@ class RateLimiter:
             limits=capabilities.limits(),
             headroom=capabilities.rate_headroom,
             api_names=capabilities.api_names,
+            op_calls=capabilities.op_calls,
             clock=clock,
         )
 
@@ -161,7 +164,9 @@ class RateLimiter:
             ident = scope.ident(limit.scope)
             if ident is not None:
                 found.append((limit, prefix + ident))
-        return found
+        # an operation making n calls takes n slots of each window (the store reserves a
+        # window listed n times n times, at once)
+        return found * max(1, self.op_calls.get(scope.op, 1))
 
     def carries(self, taken: CallScope, call: CallScope) -> bool:
         """Whether a turn taken for ``taken`` may carry ``call`` instead: only if it was

@@ -18,7 +18,7 @@ from imrobots.errors import RateLimited
 from imrobots.memory import MemoryPlatform, MemorySettings
 from imrobots.models import Sender, Target
 from imrobots.platform import CardRef, Op, RateLimit, Scope
-from imrobots.ratelimit import RateLimiter
+from imrobots.ratelimit import CallScope, RateLimiter
 from imrobots.robot import Robot
 from imrobots.runtime import RobotRuntime
 from imrobots.store import MemoryStore
@@ -293,3 +293,32 @@ async def test_no_api_gets_more_calls_in_a_window_than_declared_when_answers_end
     # the client never sends more calls of one API in any window than it declared
     most = {op: _most_in_a_window(sorted(times), 0.1) for op, times in sent.items()}
     assert all(count <= 4 for count in most.values()), most
+
+
+async def test_an_operation_making_two_calls_takes_two_slots_in_each_of_its_windows() -> None:
+    """Feishu's renewal turns streaming mode off, then on: two calls of one API, and two
+    operations on the card entity. Counted once, renewals of many cards would send twice
+    what the API's window allows."""
+    minute = 60.0  # long windows: not spread over tenths, so the counts read plainly
+    limiter = RateLimiter(
+        MemoryStore(),
+        "t",
+        limits=(
+            RateLimit(scope=Scope.API, rate=3 / minute, window=minute),
+            RateLimit(scope=Scope.CARD, rate=2 / minute, window=minute),
+        ),
+        api_names={Op.RENEW: "cards", Op.CLOSE: "cards", Op.PUSH: "elements"},
+        op_calls={Op.RENEW: 2},
+    )
+    renew = CallScope(op=Op.RENEW, card="c1")
+    assert await limiter.acquire(renew) == 0.0
+    # both calls counted: the card's window (2) is full, the API's (3) has one left
+    assert await limiter.store.room_in("t:1:card:c1", limit=2, window=minute) > minute - 1
+    assert await limiter.store.room_in("t:0:api:cards", limit=3, window=minute) == 0.0
+    assert await limiter.acquire(CallScope(op=Op.CLOSE, card="c2")) == 0.0
+    assert await limiter.store.room_in("t:0:api:cards", limit=3, window=minute) > minute - 1
+    # a renewal's turn may carry a close of its card, not the other way round, and no
+    # turn carries a call of another API
+    close = CallScope(op=Op.CLOSE, card="c1")
+    assert limiter.carries(renew, close) and not limiter.carries(close, renew)
+    assert not limiter.carries(CallScope(op=Op.PUSH, card="c1"), close)
