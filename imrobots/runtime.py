@@ -1073,11 +1073,11 @@ class RobotRuntime:
                 card = interrupted_card(record.get("question") or "", record.get("text") or "")
                 await self.call(Op.CLOSE, target, functools.partial(handle.close, card))
                 closed += 1
+                self.stats.recovered += 1  # at once: /metrics is not behind a long pass
             except (PlatformError, TimeoutError, ValueError, KeyError, TypeError) as exc:
                 log.warning("could not close the answer %s a crash left open: %s", key, exc)
             await self.store.delete_value(key)
         if closed:
-            self.stats.recovered += closed
             log.info("closed %d answer(s) a crash left open, as interrupted", closed)
         if self._shared_turns:
             await self._adopt_inbox()
