@@ -451,9 +451,12 @@ class RobotRuntime:
         log.info("rejected message %s from %s: %s", message.id, message.sender.id, reason)
         self._spawn(self.fire("message_rejected", robot=self.name, message=message, reason=reason))
 
-    def submit(self, message: Message) -> None:
-        """Route a message to its conversation lane (synchronously, so arrival order holds)."""
-        self.stats.received += 1
+    def submit(self, message: Message, *, adopted: bool = False) -> None:
+        """Route a message to its conversation lane (synchronously, so arrival order holds).
+        ``adopted``: a message another replica received (counted in ``stats.adopted``, not
+        again in ``stats.received``)."""
+        if not adopted:
+            self.stats.received += 1
         self._arrivals.setdefault(message.id, time.monotonic())
         opts = self.options
         if opts.stale_after is not None:
@@ -1099,7 +1102,7 @@ class RobotRuntime:
             if await self._owner_gone(owner):
                 adopted = await self._adopt(message_id, owner)
                 if adopted is not None:
-                    self.submit(adopted)
+                    self.submit(adopted, adopted=True)
 
 
 def default_concurrency(capabilities: Capabilities) -> int:
