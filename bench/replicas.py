@@ -7,6 +7,10 @@ config (``[store] backend = "redis"``), killable with SIGKILL and restartable. A
 run, :func:`tally` reads the emulator's record: which message got which card(s), how
 each card ended, the rate-limited calls.
 
+With ``health=True`` each replica serves ``/healthz`` and ``/metrics`` on a free port
+(``--health-port 0``; the URL is read from its log), and :func:`scrape` reads its counters.
+:func:`find_secrets` scans captured logs for secrets and tokens.
+
 Everything binds 127.0.0.1, port 0 (redis-server: a free port picked here).
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,11 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from imrobots_dingtalk.emulator import CardRecord, DingTalkEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "dingreplicaapp"
 SECRET = "replica-secret-value-0123456789"
+FEEDBACK_SECRET = "replica-feedback-secret"
 
 
 def free_port() -> int:
@@ -44,23 +52,35 @@ class RedisProcess:
     """A ``redis-server`` on 127.0.0.1; :meth:`restart` stops it (SIGTERM) and starts it
     again on the same port. With ``persist`` (what deployments of replicas need) it keeps
     its data in an append-only file, fsynced on every write, so a restart loses nothing;
-    without, a restart loses every key."""
+    without, a restart loses every key. With ``password`` it requires ``AUTH`` (set in a
+    config file it reads, ``redis.conf`` in ``directory``, so that it is not on a command
+    line); :attr:`url` carries the password."""
 
-    def __init__(self, directory: Path, *, persist: bool = True) -> None:
+    def __init__(
+        self, directory: Path, *, persist: bool = True, password: str | None = None
+    ) -> None:
         self.directory = directory
         self.persist = persist
+        self.password = password
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, deadline: float = 10.0) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        args = [executable, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args = [executable]
+        if self.password:
+            conf = self.directory / "redis.conf"
+            conf.write_text(f"requirepass {self.password}\n", encoding="utf-8")
+            conf.chmod(0o600)
+            args.append(str(conf))
+        args += ["--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--dir", str(self.directory)]
         if self.persist:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
@@ -77,6 +97,11 @@ class RedisProcess:
     def answers(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                if self.password:
+                    secret = self.password.encode()
+                    sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+                    if not sock.recv(64).startswith(b"+OK"):
+                        return False
                 sock.sendall(b"*1\r\n$4\r\nPING\r\n")
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
@@ -120,7 +145,7 @@ prefix = "{prefix}"
 
 [robots.support]
 platform = "dingtalk"
-feedback_secret = "replica-feedback-secret"
+feedback_secret = "{FEEDBACK_SECRET}"
 
 [robots.support.settings]
 client_id = "{APP}"
@@ -146,17 +171,36 @@ liveness_ttl = {liveness_ttl}
 
 
 class Replica:
-    """One robot process: ``python -m imrobots run --config CONFIG``, its output in a file."""
+    """One robot process: ``python -m imrobots run --config CONFIG``, its output in a file.
 
-    def __init__(self, name: str, config: Path, directory: Path) -> None:
+    With ``health``, it runs with ``--health-port 0``: :meth:`start` waits for the URL the
+    process logs (``health: ..., metrics: URL``) and sets :attr:`metrics_url`."""
+
+    def __init__(
+        self,
+        name: str,
+        config: Path,
+        directory: Path,
+        *,
+        health: bool = False,
+        log_level: str = "info",
+    ) -> None:
         self.name = name
         self.config = config
         self.log = directory / f"{name}.log"
+        self.health = health
+        self.log_level = log_level
         self.process: asyncio.subprocess.Process | None = None
         self.starts = 0
+        self.metrics_url: str | None = None
+        """``http://127.0.0.1:PORT/metrics`` of the current process (``health`` only)."""
+        self._offset = 0
+        """Where the current process's output starts in :attr:`log`."""
 
-    async def start(self) -> None:
+    async def start(self, deadline: float = 60.0) -> None:
         self.starts += 1
+        self.metrics_url = None
+        self._offset = self.log.stat().st_size if self.log.exists() else 0
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -172,15 +216,57 @@ class Replica:
                 "-m",
                 "imrobots",
                 "--log-level",
-                "info",
+                self.log_level,
                 "run",
                 "--config",
                 str(self.config),
                 "--no-status",
+                *(["--health-port", "0"] if self.health else []),
                 stdout=output,
                 stderr=output,
                 env=env,
             )
+        if self.health:
+            self.metrics_url = await self._logged_metrics_url(deadline)
+
+    async def _logged_metrics_url(self, deadline: float) -> str:
+        end = time.monotonic() + deadline
+        while True:
+            found = _METRICS_URL.search(self.output())
+            if found:
+                return found.group(1)
+            if not self.alive or time.monotonic() > end:
+                raise RuntimeError(f"{self.name} logged no metrics URL:\n{self.tail()}")
+            await asyncio.sleep(0.05)  # polling the process's log for its first lines
+
+    def output(self) -> str:
+        """What the current (or last) process wrote."""
+        try:
+            with self.log.open("rb") as file:
+                file.seek(self._offset)
+                return file.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def stop_summary(self) -> dict[str, int] | None:
+        """The counters the current process logged when it stopped (``robot NAME stopped:
+        ...``), by metric name (``received``, ``answered``, ...), or ``None`` (killed, or
+        still running)."""
+        found = _STOP_SUMMARY.search(self.output())
+        if found is None:
+            return None
+        counts = {
+            name.replace("-", "_").replace(" ", "_"): int(n)
+            for n, name in _SUMMARY_COUNT.findall(found.group(1))
+        }
+        return {
+            "received": counts.get("received", 0),
+            "answered": counts.get("answered", 0),
+            "failed": counts.get("failed", 0),
+            "deduplicated": counts.get("deduplicated", 0),
+            "rate_limited": counts.get("rate_limited_responses", 0),
+            "reconnects": counts.get("reconnects", 0),
+        }
 
     @property
     def alive(self) -> bool:
@@ -212,6 +298,81 @@ class Replica:
             return ""
 
 
+_METRICS_URL = re.compile(r"metrics: (http://\S+/metrics)")
+_STOP_SUMMARY = re.compile(r"robot \S+ stopped: (.*)")
+_SUMMARY_COUNT = re.compile(r"(\d+) ([a-z][a-z -]*?)(?=[,;()]|$)")
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """One ``GET`` of a ``/metrics`` URL: each sample's value summed over its labels, by
+    sample name (``imrobots_answered_total``, ...). Raises ``aiohttp.ClientError``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response:
+        response.raise_for_status()
+        text = await response.text()
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return sums
+
+
+def emulator_secrets(emu: DingTalkEmulator) -> dict[str, set[str]]:
+    """The credentials the emulator handed out, by kind: every access token it issued (the
+    ones still valid, and every one its token route answered), stream tickets and the
+    sessionWebhook tokens of pushed messages."""
+    tokens = {t.token for t in emu.state.tokens.values()}
+    for call in emu.calls:
+        response = call.response
+        if isinstance(response, dict) and isinstance(response.get("accessToken"), str):
+            tokens.add(response["accessToken"])
+    return {
+        "access token": tokens,
+        "stream ticket": set(emu.state.tickets),
+        "sessionWebhook token": {s.token for s in emu.state.sessions.values()},
+    }
+
+
+@dataclass
+class SecretScan:
+    files: list[str] = field(default_factory=list)
+    size: int = 0
+    """Characters scanned."""
+    kinds: dict[str, int] = field(default_factory=dict)
+    """How many distinct values of each kind were looked for."""
+    found: list[str] = field(default_factory=list)
+    """``FILE: KIND`` for each secret found (its value never printed)."""
+
+    def line(self) -> str:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in self.kinds.items())
+        verdict = "none found" if not self.found else "FOUND: " + "; ".join(self.found)
+        return (
+            f"secrets in logs      {len(self.found)}  ({len(self.files)} files, "
+            f"{self.size:,} characters, looked for {kinds}): {verdict}"
+        )
+
+
+def find_secrets(
+    texts: dict[str, str], secrets: dict[str, Iterable[str]], *, shortest: int = 8
+) -> SecretScan:
+    """Look for each secret (as is, and URL-encoded) in each text (name: content). Values
+    shorter than ``shortest`` characters are refused (they would match by chance)."""
+    import urllib.parse
+
+    scan = SecretScan(files=sorted(texts), size=sum(len(t) for t in texts.values()))
+    for kind, values in secrets.items():
+        values = {v for v in values if v}
+        short = [v for v in values if len(v) < shortest]
+        if short:
+            raise ValueError(f"a {kind} shorter than {shortest} characters cannot be scanned for")
+        scan.kinds[kind] = len(values)
+        for name, text in texts.items():
+            if any(v in text or urllib.parse.quote(v, safe="") in text for v in values):
+                scan.found.append(f"{name}: {kind}")
+    return scan
+
+
 async def wait_connected(emu: DingTalkEmulator, count: int, timeout: float = 60.0) -> None:
     """Wait until ``count`` connections of the app are live."""
     await emu.wait_for(
@@ -241,6 +402,9 @@ class Tally:
     wrongly_interrupted: int = 0
     """Cards closed as interrupted although the replica that took the message in was not
     killed (counted neither answered nor lost)."""
+    errored: int = 0
+    """Messages whose card ended failed for another reason than an interruption (an error
+    card: the handler raised, or the answer could not be delivered)."""
     duplicated: int = 0
     """Messages with more than one card."""
     lost: int = 0
@@ -273,6 +437,7 @@ class Tally:
             f"answered             {self.answered}  (final {self.final}, "
             f"interrupted by another replica {self.interrupted})",
             f"interrupted wrongly  {self.wrongly_interrupted}",
+            f"error cards          {self.errored}",
             f"duplicated           {self.duplicated}",
             f"lost                 {self.lost}  (of which never acked by a killed replica: "
             f"{self.lost_in_kill})",
@@ -331,6 +496,8 @@ def tally(emu: DingTalkEmulator, sent: Iterable[Sent], *, killed_connections: se
                 result.answered += 1
             else:  # a live replica's answer closed as interrupted: a fault, not an answer
                 result.wrongly_interrupted += 1
+        elif "failed" in statuses:
+            result.errored += 1
         for c in cards:
             if card_status(c) not in ("finished", "failed"):
                 result.stuck += 1

@@ -279,6 +279,16 @@ def _metrics_registry(runtimes: Sequence[RobotRuntime]) -> Any:
         ("feedback", "Feedback presses stored.", "feedback"),
         ("feedback_rejected", "Feedback presses rejected as forged or replayed.", "forged"),
         ("handler_timeouts", "Handlers cut by handler_timeout.", "handler_timeouts"),
+        (
+            "recovered",
+            "Answers a gone process left open, closed here as interrupted.",
+            "recovered",
+        ),
+        (
+            "adopted",
+            "Messages a gone replica had taken in and not answered, answered here.",
+            "adopted",
+        ),
     )
     histograms = (
         (

@@ -453,9 +453,12 @@ class RobotRuntime:
         log.info("rejected message %s from %s: %s", message.id, message.sender.id, reason)
         self._spawn(self.fire("message_rejected", robot=self.name, message=message, reason=reason))
 
-    def submit(self, message: Message) -> None:
-        """Route a message to its conversation lane (synchronously, so arrival order holds)."""
-        self.stats.received += 1
+    def submit(self, message: Message, *, adopted: bool = False) -> None:
+        """Route a message to its conversation lane (synchronously, so arrival order holds).
+        ``adopted``: a message another replica received (counted in ``stats.adopted``, not
+        again in ``stats.received``)."""
+        if not adopted:
+            self.stats.received += 1
         self._arrivals.setdefault(message.id, time.monotonic())
         opts = self.options
         if opts.stale_after is not None:
@@ -1081,11 +1084,11 @@ class RobotRuntime:
                 card = interrupted_card(record.get("question") or "", record.get("text") or "")
                 await self.call(Op.CLOSE, target, functools.partial(handle.close, card))
                 closed += 1
+                self.stats.recovered += 1  # at once: /metrics is not behind a long pass
             except (PlatformError, TimeoutError, ValueError, KeyError, TypeError) as exc:
                 log.warning("could not close the answer %s a crash left open: %s", key, exc)
             await self.store.delete_value(key)
         if closed:
-            self.stats.recovered += closed
             log.info("closed %d answer(s) a crash left open, as interrupted", closed)
         if self._shared_turns:
             await self._adopt_inbox()
@@ -1107,7 +1110,7 @@ class RobotRuntime:
             if await self._owner_gone(owner):
                 adopted = await self._adopt(message_id, owner)
                 if adopted is not None:
-                    self.submit(adopted)
+                    self.submit(adopted, adopted=True)
 
 
 def default_concurrency(capabilities: Capabilities) -> int:

@@ -221,6 +221,8 @@ async def test_health_metrics_json_logs_and_no_secret_in_any_line(
     assert _metric(samples, "imrobots_feedback_total") == 1
     assert _metric(samples, "imrobots_feedback_rejected_total") == 1
     assert _metric(samples, "imrobots_reconnects_total") == 1
+    assert _metric(samples, "imrobots_recovered_total") == 0  # nothing was left open
+    assert _metric(samples, "imrobots_adopted_total") == 0  # no shared store
     assert _metric(samples, "imrobots_connected") == 1
     updates = sum(1 for c in emu.calls if c.route == "interactiveCards.update" and c.status == 200)
     assert 1 <= _metric(samples, "imrobots_card_updates_total") <= updates

@@ -2,7 +2,9 @@
 replica tests do not isolate. A message redelivered while it waits for its turn is answered
 once; messages of one conversation are answered one at a time in the order they were sent
 even when they reach the runtime out of order; a message's inbox record, adopted from a
-replica that is gone, comes back whole (sender, conversation, time, attachments)."""
+replica that is gone, comes back whole (sender, conversation, time, attachments); a message
+adopted from a gone replica counts as adopted and answered here, not received again (the gone
+replica received it)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from imrobots.models import (
     Sender,
 )
 from imrobots.runtime import RobotRuntime, RuntimeOptions, _messages
-from tests.engine.conftest import FAST, AgentRobot, answer_cards
+from tests.engine.conftest import FAST, AgentRobot, answer_cards, eventually
 
 if TYPE_CHECKING:
     from tests.conftest import RedisServer
@@ -38,7 +40,7 @@ from imrobots.redis_store import RedisStore
 
 
 async def slow(request: AgentRequest) -> AsyncIterator[str]:
-    yield f"answer to {request.question} "
+    yield f"answer to {request.text} "
     await asyncio.sleep(0.2)
     yield "done"
 
@@ -102,3 +104,38 @@ def test_an_inbox_record_brings_the_message_back_whole() -> None:
     assert back.raw == message.raw and back.time == message.time
     assert back.attachments[0].download_code == "dc"
     assert back.attachments[0].downloader is None  # the adopting runtime binds its own
+
+
+async def test_a_message_adopted_from_a_gone_replica_is_not_counted_received_again(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore(redis_server.url, prefix=f"adopt-{uuid.uuid4().hex}:")
+    platform = MemoryPlatform(MemorySettings(**FAST))
+    runtime = RobotRuntime(
+        name="bot",
+        robot=AgentRobot(agent=slow),
+        platform=platform,
+        store=store,
+        options=RuntimeOptions(liveness_ttl=0.3, turn_grace=0.0),
+    )
+    message = Message(
+        id="m-left",
+        platform=platform.name,
+        text="left behind",
+        conversation=Conversation(id="conversation-1", kind=ConversationKind.DIRECT),
+        sender=Sender(id="user-1", name="Alice"),
+        robot="bot",
+    )
+    # the inbox record of a replica that received the message and died (no lease)
+    record = {"owner": "gone-replica", "message": _messages.unstructure(message)}
+    await store.put_value(runtime._key("inbox", message.id), json.dumps(record), ttl=60)
+    await runtime.start()
+    try:
+        await eventually(lambda: runtime.stats.answered == 1, within=20)
+    finally:
+        await runtime.stop()
+        await store.close()
+    (card,) = answer_cards(platform, message)
+    assert "answer to left behind done" in card.text
+    assert runtime.stats.adopted == 1
+    assert runtime.stats.received == 0  # the gone replica received it (and counted it)
