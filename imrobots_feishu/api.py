@@ -23,7 +23,8 @@ emulator's 127.0.0.1 origin). Two things are done here instead of by lark-oapi:
   :class:`RateLimited` honouring ``x-ogw-ratelimit-reset``; 230020 (per chat, per
   message) is :class:`RateLimited` for one second; 5xx is :class:`RetryableError`;
   200740/200750/230011 (card or message gone) are :class:`CardGone`; missing
-  permissions (99991672, 99991679) are :class:`Refused`; the rest is
+  permissions (99991672, 99991679) are :class:`Refused`; a redirect (not followed: every
+  call stays on the configured domain) is fatal with code ``redirect``; the rest is
   :class:`FatalPlatformError` with Feishu's code. Transport failures say whether
   Feishu may have acted: not connected is retryable, a request sent without an answer
   is :class:`OutcomeUnknown`.
@@ -110,6 +111,12 @@ def classify(
         return CardGone(text, code=code_s)
     if code_s in REFUSED_CODES:
         return Refused(text, code=code_s)
+    if 300 <= status < 400:  # never followed: an answer must come from the configured domain
+        return FatalPlatformError(
+            f"Feishu {where} failed: HTTP {status}, a redirect away from the configured "
+            "domain (not followed)",
+            code="redirect",
+        )
     if status >= 500 or code_s in RETRYABLE_CODES:
         return RetryableError(text, code=code_s)
     return FatalPlatformError(text, code=code_s)
@@ -290,8 +297,11 @@ class FeishuApi:
             code=error.code,
         )
 
-    def drop_token(self) -> None:
-        self._token = None
+    def drop_token(self, token: str | None = None) -> None:
+        """Forget the cached token (only if it is still ``token``, when given: a call that
+        failed with an old token does not drop the one fetched since)."""
+        if token is None or self._token == token:
+            self._token = None
 
     # ------------------------------------------------------------------ calls
     async def _send(self, where: str, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -326,7 +336,7 @@ class FeishuApi:
             status = int(getattr(raw, "status_code", 0) or 0)
             headers = dict(getattr(raw, "headers", None) or {})
             if str(code) in TOKEN_CODES and attempt == 0:
-                self.drop_token()
+                self.drop_token(token)
                 continue
             raise classify(where, status, code, str(getattr(response, "msg", "")), headers)
         raise AssertionError("unreachable")
@@ -345,7 +355,8 @@ class FeishuApi:
             if body is not None:
                 builder = builder.body(body)
             request = builder.build()
-            option = RequestOption.builder().tenant_access_token(await self.token()).build()
+            token = await self.token()
+            option = RequestOption.builder().tenant_access_token(token).build()
             response = await self._send(
                 where, functools.partial(self._typed, _plain, request, option)
             )
@@ -354,7 +365,7 @@ class FeishuApi:
             if code == 0:
                 return answer
             if str(code) in TOKEN_CODES and attempt == 0:
-                self.drop_token()
+                self.drop_token(token)
                 continue
             raise classify(
                 where,

@@ -28,6 +28,10 @@ Where things go:
   message that is PATCHed (``card_mode = "patch"``, for apps without CardKit); the
   first CardKit create the platform refuses switches the robot to PATCH for good.
 - Images and files are uploaded (``/im/v1/images``, ``/im/v1/files``) and sent.
+- A card Feishu refuses for its tables (230099 with 11310, :func:`table_refusal`) is
+  sent again with them drawn as code blocks, and that card keeps them so.
+- Downloads go to the configured domain only; a redirect is not followed (an error
+  with code ``redirect``).
 
 Idempotency: the core's key becomes the ``uuid`` of the send (:func:`uuid_for`), so
 Feishu answers a retried send with the message the first attempt made; a CardKit
@@ -105,7 +109,7 @@ from imrobots.platform import (
 )
 
 from .api import CARD_GONE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, FeishuApi
-from .cards import card_json, dumps
+from .cards import card_json, degrade_tables, dumps
 from .connection import Answer, CallbackEndpoint, ConnectionOptions, LongConnection
 from .convert import (
     CARD_ACTION_EVENT,
@@ -157,6 +161,21 @@ InboundMode = Literal["long_connection", "callback"]
 _PROGRESS_KEYS = 2048
 _SEQUENCES = 4096
 _EVENT_IDS = 10_000
+SEQUENCE_SKIP = 1000
+"""How far a card's ``sequence`` jumps after Feishu answers 300317 (another writer used
+higher ones): the retry then clears them in one step instead of one per attempt."""
+
+
+def table_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is Feishu refusing a card for its number of tables: 230099 whose
+    message carries the card-content error 11310 (``card table number over limit``), or
+    11310 itself (ANCHORS 5)."""
+    code = getattr(exc, "code", None)
+    if code == "11310":
+        return True
+    return code == "230099" and ("11310" in str(exc) or "table" in str(exc).lower())
+
+
 _SEND_OPS = frozenset({Op.OPEN, Op.SEND_CARD, Op.SEND_TEXT, Op.SEND_IMAGE, Op.SEND_FILE})
 
 
@@ -422,6 +441,10 @@ class FeishuPlatform(Platform):
         self._sink: EventSink | None = None
         self._progress: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._sequences: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._no_tables: collections.OrderedDict[str, None] = collections.OrderedDict()
+        """Cards (entity or message ids) Feishu refused for their tables: drawn without."""
+        self._withdrawn: collections.OrderedDict[str, None] = collections.OrderedDict()
+        """Messages found withdrawn (230011): later answers to them go to the chat."""
 
     def __repr__(self) -> str:
         return f"FeishuPlatform(app_id={self.settings.app_id!r}, card_mode={self.card_mode!r})"
@@ -586,6 +609,27 @@ class FeishuPlatform(Platform):
         while len(self._progress) > _PROGRESS_KEYS:
             self._progress.popitem(last=False)
 
+    @staticmethod
+    def _mark(seen: collections.OrderedDict[str, None], key: str) -> None:
+        seen[key] = None
+        seen.move_to_end(key)
+        while len(seen) > _PROGRESS_KEYS:
+            seen.popitem(last=False)
+
+    def tables_for(self, card: str) -> bool:
+        """Whether markdown tables are sent as tables on ``card`` (an entity or message id):
+        unless ``tables = false`` or Feishu refused this card's tables."""
+        return self.settings.tables and card not in self._no_tables
+
+    def drop_tables(self, card: str, exc: BaseException) -> bool:
+        """After ``exc``: True if it refused ``card``'s tables and they were still sent, in
+        which case ``card`` is drawn without them from now on (the caller sends again)."""
+        if not table_refusal(exc) or not self.tables_for(card):
+            return False
+        log.info("Feishu refused the tables of card %s (%s); drawn as text", card, exc)
+        self._mark(self._no_tables, card)
+        return True
+
     def _reply_to(self, target: Target) -> str | None:
         context = target.context
         header = context.get("header") if isinstance(context, Mapping) else None
@@ -602,7 +646,7 @@ class FeishuPlatform(Platform):
     ) -> Any:
         """Reply to the message answered, else send to the chat or user; the message data."""
         reply_to = self._reply_to(target)
-        if reply_to is not None:
+        if reply_to is not None and reply_to not in self._withdrawn:
             body = (
                 ReplyMessageRequestBody.builder()
                 .msg_type(msg_type)
@@ -617,8 +661,11 @@ class FeishuPlatform(Platform):
                     "im.message.reply", self.api.client.im.v1.message.areply, request
                 )
                 return response.data
-            except CardGone:
+            except CardGone as exc:
+                if exc.code != "230011":
+                    raise
                 log.info("message %s was withdrawn; sending %s to its chat", reply_to, what)
+                self._mark(self._withdrawn, reply_to)
         if target.conversation is not None:
             id_type, receive_id = "chat_id", target.conversation.id
         elif target.user is not None:
@@ -647,8 +694,9 @@ class FeishuPlatform(Platform):
             id=str(data.message_id), platform=self.name, conversation_id=chat, data=extra
         )
 
-    def _card_content(self, card: Card, *, streaming: bool = False) -> str:
-        content = dumps(card_json(card, streaming=streaming, tables=self.settings.tables))
+    def _card_content(self, card: Card, *, streaming: bool = False, tables: bool = True) -> str:
+        tables = tables and self.settings.tables
+        content = dumps(card_json(card, streaming=streaming, tables=tables))
         if len(content.encode()) > POST_BYTES:
             raise FatalPlatformError(
                 f"the card is {len(content.encode())} bytes; Feishu takes {POST_BYTES}",
@@ -657,11 +705,23 @@ class FeishuPlatform(Platform):
         return content
 
     async def send_card(self, target: Target, card: Card, *, key: str) -> CardRef:
-        """Send ``card`` as a card message (shared, so it can be PATCHed)."""
-        data = await self._send(
-            target, "interactive", self._card_content(card), uuid=uuid_for(key), what="a card"
-        )
-        return self._ref(data, target, mode="patch", title=card.title or "")
+        """Send ``card`` as a card message (shared, so it can be PATCHed); sent again with
+        its tables drawn as text if Feishu refuses them (230099/11310)."""
+        try:
+            data = await self._send(
+                target, "interactive", self._card_content(card), uuid=uuid_for(key), what="a card"
+            )
+        except FatalPlatformError as exc:
+            if not self.drop_tables(key, exc):
+                raise
+            content = self._card_content(card, tables=False)
+            data = await self._send(
+                target, "interactive", content, uuid=uuid_for(key), what="a card"
+            )
+        ref = self._ref(data, target, mode="patch", title=card.title or "")
+        if not self.tables_for(key):
+            self._mark(self._no_tables, ref.id)
+        return ref
 
     async def update_card(self, ref: CardRef, card: Card) -> None:
         """Replace a sent card: its entity through CardKit, else the message by PATCH."""
@@ -669,7 +729,18 @@ class FeishuPlatform(Platform):
         if isinstance(card_id, str) and card_id:
             await self.cardkit_update(card_id, card)
             return
-        await self.patch(ref.id, self._card_content(card))
+        await self._patch_card(ref.id, card)
+
+    async def _patch_card(self, message_id: str, card: Card) -> None:
+        """PATCH a card message with ``card``; again without tables if Feishu refuses them."""
+        try:
+            await self.patch(
+                message_id, self._card_content(card, tables=self.tables_for(message_id))
+            )
+        except FatalPlatformError as exc:
+            if not self.drop_tables(message_id, exc):
+                raise
+            await self.patch(message_id, self._card_content(card, tables=False))
 
     async def patch(self, message_id: str, content: str) -> None:
         body = PatchMessageRequestBody.builder().content(content).build()
@@ -685,7 +756,7 @@ class FeishuPlatform(Platform):
             return
         title = ref.data.get("title")
         card = streaming_card(title if isinstance(title, str) else "", text)
-        await self.patch(ref.id, self._card_content(card))
+        await self._patch_card(ref.id, card)
 
     # ------------------------------------------------------------------ CardKit
     def next_sequence(self, card_id: str) -> int:
@@ -700,34 +771,57 @@ class FeishuPlatform(Platform):
     def sequence_of(self, card_id: str) -> int:
         return self._sequences.get(card_id, 0)
 
+    async def _on_entity(self, card_id: str, where: str, method: Any, request: Any) -> None:
+        """One call on a card entity; after 300317 (another writer used higher
+        sequences) the card's sequence jumps by :data:`SEQUENCE_SKIP` before the error
+        goes to the engine, which retries."""
+        try:
+            await self.api.call(where, method, request)
+        except RetryableError as exc:
+            if exc.code == "300317":
+                self._sequences[card_id] = self.sequence_of(card_id) + SEQUENCE_SKIP
+            raise
+
     async def cardkit_content(self, card_id: str, text: str) -> None:
+        """Put ``text`` into the entity's answer element; its tables drawn as text if
+        Feishu refused them on this card (then or before: 230099/11310)."""
         from .cards import CONTENT_ELEMENT
 
-        body = ContentCardElementRequestBody(content_body(text, self.next_sequence(card_id)))
-        request = (
-            ContentCardElementRequest.builder()
-            .card_id(card_id)
-            .element_id(CONTENT_ELEMENT)
-            .request_body(body)
-            .build()
-        )
-        await self.api.call(
-            "cardkit.card_element.content",
-            self.api.client.cardkit.v1.card_element.acontent,
-            request,
-        )
+        for _ in range(2):
+            shown = text if self.tables_for(card_id) else degrade_tables(text)
+            body = ContentCardElementRequestBody(content_body(shown, self.next_sequence(card_id)))
+            request = (
+                ContentCardElementRequest.builder()
+                .card_id(card_id)
+                .element_id(CONTENT_ELEMENT)
+                .request_body(body)
+                .build()
+            )
+            try:
+                await self._on_entity(
+                    card_id,
+                    "cardkit.card_element.content",
+                    self.api.client.cardkit.v1.card_element.acontent,
+                    request,
+                )
+                return
+            except FatalPlatformError as exc:
+                if not self.drop_tables(card_id, exc):
+                    raise
 
     async def cardkit_streaming(self, card_id: str, *, on: bool) -> None:
         body = SettingsCardRequestBody(settings_body(on, self.next_sequence(card_id)))
         request = SettingsCardRequest.builder().card_id(card_id).request_body(body).build()
-        await self.api.call(
-            "cardkit.card.settings", self.api.client.cardkit.v1.card.asettings, request
+        await self._on_entity(
+            card_id, "cardkit.card.settings", self.api.client.cardkit.v1.card.asettings, request
         )
 
     async def cardkit_update(self, card_id: str, card: Card) -> None:
-        tables = self.settings.tables
-        for attempt in range(2):
-            raw = update_body(card, card_id, self.next_sequence(card_id), tables=tables)
+        """Replace the entity's whole card; its tables drawn as text if Feishu refuses them."""
+        for _ in range(2):
+            raw = update_body(
+                card, card_id, self.next_sequence(card_id), tables=self.tables_for(card_id)
+            )
             request = (
                 UpdateCardRequest.builder()
                 .card_id(card_id)
@@ -735,24 +829,35 @@ class FeishuPlatform(Platform):
                 .build()
             )
             try:
-                await self.api.call(
-                    "cardkit.card.update", self.api.client.cardkit.v1.card.aupdate, request
+                await self._on_entity(
+                    card_id, "cardkit.card.update", self.api.client.cardkit.v1.card.aupdate, request
                 )
                 return
             except FatalPlatformError as exc:
-                if exc.code not in ("230099", "11310") or attempt or not tables:
+                if not self.drop_tables(card_id, exc):
                     raise
-                log.info("card %s refused its tables (%s); sent as text", card_id, exc.code)
-                tables = False
 
-    async def _create_entity(self, card: Card) -> str:
-        data = dumps(card_json(card, streaming=True, tables=self.settings.tables))
-        body = CreateCardRequestBody.builder().type("card_json").data(data).build()
-        request = CreateCardRequest.builder().request_body(body).build()
-        response = await self.api.call(
-            "cardkit.card.create", self.api.client.cardkit.v1.card.acreate, request
-        )
-        return str(response.data.card_id)
+    async def _create_entity(self, card: Card, key: str) -> str:
+        """A card entity showing ``card`` in streaming mode; created again with its tables
+        drawn as text if Feishu refuses them (a continuation opens with text)."""
+        for _ in range(2):
+            tables = self.tables_for(key)
+            data = dumps(card_json(card, streaming=True, tables=tables))
+            body = CreateCardRequestBody.builder().type("card_json").data(data).build()
+            request = CreateCardRequest.builder().request_body(body).build()
+            try:
+                response = await self.api.call(
+                    "cardkit.card.create", self.api.client.cardkit.v1.card.acreate, request
+                )
+            except FatalPlatformError as exc:
+                if not self.drop_tables(key, exc):
+                    raise
+                continue
+            card_id = str(response.data.card_id)
+            if not tables:
+                self._mark(self._no_tables, card_id)
+            return card_id
+        raise AssertionError("unreachable")
 
     async def open_stream(self, target: Target, card: Card, *, key: str) -> StreamHandle:
         """Start an answer showing ``card`` (the thinking card): a CardKit entity in
@@ -761,7 +866,7 @@ class FeishuPlatform(Platform):
             card_id = self._progress.get(key)
             if not isinstance(card_id, str):
                 try:
-                    card_id = await self._create_entity(card)
+                    card_id = await self._create_entity(card, key)
                 except (Refused, FatalPlatformError) as exc:
                     if isinstance(exc, CardGone):
                         raise
@@ -824,7 +929,7 @@ class FeishuPlatform(Platform):
         if entity:
             await self.cardkit_update(entity, card)
             return
-        await self.patch(action.card_id, self._card_content(card))
+        await self._patch_card(action.card_id, card)
 
     # ------------------------------------------------------------------ messages
     async def send_text(

@@ -16,7 +16,11 @@ streaming mode, strictly increasing ``sequence`` (300317), streaming mode closin
 itself ``stream_lifetime`` seconds after it was enabled (200850), 30 KB cards
 (200860/230025). Faults: dropped connections, a share of failing or rate-limited
 calls, latency, and lost answers (a share of calls take effect, then their connection
-is cut before the answer goes out: :meth:`FeishuEmulator.set_lost_answer_rate`).
+is cut before the answer goes out: :meth:`FeishuEmulator.set_lost_answer_rate`), and
+on demand: an error for the next calls of one API (:meth:`~FeishuEmulator.fail_next`),
+revoked tenant tokens (99991663), streaming mode ended early (200850), another writer's
+``sequence`` (300317), withdrawn messages (230011), downloads redirected off the domain
+(``resource_redirect``). Cards with more than ``max_tables`` tables are refused (230099).
 
 HTTP callback mode (:meth:`FeishuEmulator.set_callback_url`): the URL is checked with
 the ``url_verification`` challenge when it is configured, as the developer console
@@ -80,6 +84,12 @@ TEXT_BYTES = 150 * 1024
 """Text message content (PROTOCOLS 3.8)."""
 STREAM_LIFETIME = 600.0
 """Seconds streaming mode stays on after being enabled (PROTOCOLS 3.8)."""
+MAX_TABLES = 5
+"""Tables one card may hold (UNCONFIRMED: the limit; see :meth:`ApiError.too_many_tables`)."""
+_TABLE = re.compile(r"(?m)^[ \t]*\|[^\n]*\|[ \t]*\n[ \t]*\|[ \t:\-|]+\|[ \t]*$")
+"""A markdown table: a row of cells, then its delimiter row."""
+_FENCED = re.compile(r"(?ms)^[ \t]*```.*?^[ \t]*```")
+"""A fenced code block (tables in it are text)."""
 
 _SEND_OPS = ("im.message.create", "im.message.reply")
 
@@ -136,6 +146,7 @@ class FeishuEmulator:
         markdown_bytes: int | None = None,
         message_text_bytes: int | None = None,
         stream_lifetime: float = STREAM_LIFETIME,
+        max_tables: int | None = MAX_TABLES,
         token_ttl: int = 7200,
         fragment_size: int | None = None,
         ping_interval: int = 120,
@@ -165,6 +176,9 @@ class FeishuEmulator:
         """Most UTF-8 bytes of text one text or post message may hold (``None``: only
         ``text_bytes``/``card_bytes``); set small by tests that check splitting."""
         self.stream_lifetime = stream_lifetime
+        self.max_tables = max_tables
+        """Most markdown tables (and ``table`` elements) one card may hold (230099/11310
+        beyond; ``None``: no limit)."""
         self.token_ttl = token_ttl
         self.fragment_size = fragment_size
         self.client_config = {
@@ -190,6 +204,11 @@ class FeishuEmulator:
         self.lost_answer_rate = 0.0
         """Share of successful OpenAPI calls whose answer is lost (after they acted)."""
         self.lost_answers = 0
+        self._faults: dict[str, list[ApiError]] = {}
+        self.resource_redirect: str | None = None
+        """Where message-resource downloads are redirected (a 302), to check that a robot
+        never follows a download off its configured domain; ``None``: served here."""
+        """API name -> errors its next calls get, in order (:meth:`fail_next`)."""
         self._http: aiohttp.ClientSession | None = None
         """The session callback POSTs go out on (callback mode)."""
         self._listeners: list[Listener] = []
@@ -327,6 +346,9 @@ class FeishuEmulator:
     # ------------------------------------------------------------------ limits, faults
     def check_limits(self, app: App, api: str) -> None:
         """The app-level limits of ``api`` (PROTOCOLS 3.9) and the injected faults."""
+        queued = self._faults.get(api)
+        if queued:
+            raise queued.pop(0)
         if self.rate_limit_rate and self.random.random() < self.rate_limit_rate:
             raise ApiError.frequency_limit(self.api_rate, 1.0)
         if self.failure_rate and self.random.random() < self.failure_rate:
@@ -354,6 +376,32 @@ class FeishuEmulator:
         self.calls.append(call)
         self.notify("call", record=attrs.asdict(call))
         return call
+
+    def fail_next(self, api: str, error: ApiError, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``api`` (the route's name in the record, e.g.
+        ``im.message.reply``, ``cardkit.card.update``) with ``error`` instead of acting:
+        a 429 with its reset header, another process's 230020, a refused upload."""
+        self._faults.setdefault(api, []).extend([error] * times)
+
+    def revoke_tokens(self, app_id: str) -> int:
+        """Invalidate the app's tenant tokens now (as when its secret is reset or Feishu
+        drops them early): calls with them get 99991663. Returns how many."""
+        revoked = [t for t, (owner, _) in self.tokens.items() if owner == app_id]
+        for token in revoked:
+            del self.tokens[token]
+        return len(revoked)
+
+    def end_streaming(self, card_id: str) -> None:
+        """Close a card entity's streaming mode as its 10 minutes running out does: the
+        next streaming update gets 200850."""
+        entity = self.cards[card_id]
+        entity.streaming_since = None
+        entity.timed_out = True
+
+    def bump_sequence(self, card_id: str, by: int) -> None:
+        """Another writer updated the card entity with a ``sequence`` ``by`` higher: the
+        robot's next updates with lower ones get 300317."""
+        self.cards[card_id].sequence += by
 
     def set_failure_rate(self, share: float) -> None:
         self.failure_rate = share
@@ -780,14 +828,19 @@ class FeishuEmulator:
         return content
 
     def _check_markdown(self, card: Mapping[str, Any]) -> None:
-        if self.markdown_bytes is None:
-            return
         body = card.get("body") if isinstance(card.get("body"), dict) else card
         assert isinstance(body, Mapping)
+        tables = 0
         for element in iter_elements(body.get("elements")):
             text = str(element.get("content") or "")
-            if element.get("tag") == "markdown" and len(text.encode()) > self.markdown_bytes:
-                raise ApiError.card_too_large()
+            if element.get("tag") == "table":
+                tables += 1
+            elif element.get("tag") == "markdown":
+                tables += len(_TABLE.findall(_FENCED.sub("", text)))
+                if self.markdown_bytes is not None and len(text.encode()) > self.markdown_bytes:
+                    raise ApiError.card_too_large()
+        if self.max_tables is not None and tables > self.max_tables:
+            raise ApiError.too_many_tables()
 
     def _chat_limit(self, chat_id: str) -> None:
         wait = self.windows.hit(f"chat:{chat_id}", self.chat_rate, 1.0, time.monotonic())
@@ -1104,6 +1157,13 @@ class FeishuEmulator:
         )
         if target is None:
             raise ApiError.bad_request(f"no element {element_id!r}")
+        if target.get("tag") == "markdown" and self.max_tables is not None:
+            before = str(target.get("content") or "")
+            target["content"] = content
+            try:
+                self._check_markdown(entity.data)  # UNCONFIRMED: streaming text is checked too
+            finally:
+                target["content"] = before
         if not self._sequenced(entity, body):
             return
         if "content" in target:

@@ -116,6 +116,19 @@ class ApiError(Exception):
         return cls(400, 230099, "card entity has been sent")
 
     @classmethod
+    def too_many_tables(cls) -> ApiError:
+        """230099 with the card-content error 11310 in its message: a card with more
+        tables than Feishu draws (the code and message as reported by Feishu robots'
+        users, ANCHORS 5). UNCONFIRMED: HTTP 400, and the limit itself (the emulator's
+        ``max_tables``, 5 by default; reports say 3 to 5)."""
+        return cls(
+            400,
+            230099,
+            "Failed to create card content, ext=ErrCode: 11310; ErrMsg: card table number "
+            "over limit; ErrorValue: table; ",
+        )
+
+    @classmethod
     def card_too_large(cls) -> ApiError:
         """200860: card over 30 KB (PROTOCOLS 3.8)."""
         return cls(400, 200860, "card content exceeds the size limit")

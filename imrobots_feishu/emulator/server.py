@@ -83,6 +83,7 @@ def make_app(emu: FeishuEmulator) -> web.Application:
                     if isinstance(result, web.StreamResponse)
                     else _json({"code": 0, "msg": "success", "data": result or {}})
                 )
+                status = response.status
                 if emu.lose_answer() and request.transport is not None:
                     request.transport.abort()  # it acted; the answer never arrives
                 return response
@@ -197,6 +198,8 @@ def make_app(emu: FeishuEmulator) -> web.Application:
         return emu.api_get_message(app_, request.match_info["message_id"])
 
     async def resource(emu: FeishuEmulator, app_: App, request: web.Request) -> Any:
+        if emu.resource_redirect is not None:  # a fault: the download would leave the domain
+            return web.Response(status=302, headers={"Location": emu.resource_redirect})
         found = emu.api_resource(
             app_,
             request.match_info["message_id"],

@@ -144,10 +144,11 @@ def test_card_action() -> None:
         (500, 1000040343, {}, RetryableError),
         (400, 300317, {}, RetryableError),
         (400, 230025, {}, FatalPlatformError),
+        (302, None, {"location": "http://elsewhere/"}, FatalPlatformError),
     ],
 )
 def test_errors_are_classified(
-    status: int, code: int, headers: dict[str, str], error: type[Exception]
+    status: int, code: int | None, headers: dict[str, str], error: type[Exception]
 ) -> None:
     found = classify("im.message.reply", status, code, "msg", headers)
     assert type(found) is error
