@@ -26,10 +26,11 @@ from __future__ import annotations
 import abc
 import enum
 import importlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import attrs
+from cattrs.errors import AttributeValidationNote, ClassValidationError
 
 from .cards import (
     Actions,
@@ -132,6 +133,7 @@ __all__ = [
     "Scope",
     "Secret",
     "Sender",
+    "SettingsProblems",
     "SizeUnit",
     "StreamHandle",
     "StreamingMode",
@@ -149,6 +151,7 @@ __all__ = [
     "redirect_message",
     "refuse_redirects",
     "resolve_object",
+    "settings_problems",
     "streaming_card",
     "structure_settings",
     "thinking_card",
@@ -590,6 +593,30 @@ def resolve_object(ref: object) -> Any:
     for part in attribute.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+class SettingsProblems(ClassValidationError):
+    """Every problem of a platform's settings, each naming its field, raised from the
+    settings class's ``__attrs_post_init__``: ``imrobots check`` prints one line per
+    problem (``robots.NAME.settings.FIELD: ...``). Build it with :func:`settings_problems`."""
+
+
+def settings_problems(
+    cls: type[Any], problems: Sequence[tuple[str, str]], *, title: str
+) -> SettingsProblems:
+    """The error that reports ``problems`` (``(field, message)`` pairs) of the settings
+    class ``cls`` field by field, as cattrs reports a wrong type: ``raise
+    settings_problems(MySettings, problems, title="My platform")`` when a check of the
+    settings as a whole (several fields, modes) fails. Its text is ``invalid TITLE
+    settings: field: message; ...``."""
+    errors: list[Exception] = []
+    for name, message in problems:
+        error = ValueError(message)
+        note = f"Structuring class {cls.__name__} @ attribute {name}"
+        error.__notes__ = [AttributeValidationNote(note, name, object)]
+        errors.append(error)
+    summary = "; ".join(f"{name}: {message}" for name, message in problems)
+    return SettingsProblems(f"invalid {title} settings: {summary}", errors, cls)
 
 
 def structure_settings(data: Mapping[str, Any], cls: type[T], *, path: str) -> T:

@@ -50,7 +50,6 @@ from typing import Any, Literal
 
 import aiohttp
 import attrs
-from cattrs.errors import AttributeValidationNote, ClassValidationError
 from lark_oapi.api.cardkit.v1 import (  # type: ignore[import-untyped]
     ContentCardElementRequest,
     ContentCardElementRequestBody,
@@ -96,6 +95,7 @@ from imrobots.platform import (
     RetryableError,
     Scope,
     Secret,
+    SettingsProblems,
     SizeUnit,
     StreamHandle,
     StreamingMode,
@@ -105,6 +105,7 @@ from imrobots.platform import (
     endpoint_problem,
     load_json,
     refuse_redirects,
+    settings_problems,
     streaming_card,
 )
 
@@ -214,20 +215,8 @@ def _domain_problem(value: str) -> str | None:
     return endpoint_problem(value, origin=True)
 
 
-class SettingsProblems(ClassValidationError):
-    """Every problem of a :class:`FeishuSettings`, each naming its field: ``imrobots
-    check`` prints one line per problem (``robots.NAME.settings.FIELD: ...``)."""
-
-
 def _problems(problems: list[tuple[str, str]]) -> SettingsProblems:
-    errors: list[Exception] = []
-    for name, message in problems:
-        error = ValueError(message)
-        note = f"Structuring class FeishuSettings @ attribute {name}"
-        error.__notes__ = [AttributeValidationNote(note, name, object)]
-        errors.append(error)
-    summary = "; ".join(f"{name}: {message}" for name, message in problems)
-    return SettingsProblems(f"invalid Feishu settings: {summary}", errors, FeishuSettings)
+    return settings_problems(FeishuSettings, problems, title="Feishu")
 
 
 @attrs.frozen(kw_only=True)

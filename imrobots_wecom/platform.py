@@ -68,7 +68,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 from aiohttp import web
-from cattrs.errors import AttributeValidationNote, ClassValidationError
 
 from imrobots.platform import (
     Attachment,
@@ -92,6 +91,7 @@ from imrobots.platform import (
     RetryableError,
     Scope,
     Secret,
+    SettingsProblems,
     SizeUnit,
     StreamHandle,
     StreamingMode,
@@ -100,6 +100,7 @@ from imrobots.platform import (
     client_session,
     endpoint_problem,
     refuse_redirects,
+    settings_problems,
 )
 
 from .cards import APP_TASK_ID, app_template_card, stream_text, template_card
@@ -214,20 +215,8 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
-class SettingsProblems(ClassValidationError):
-    """Every problem of a :class:`WeComSettings`, each naming its field: ``imrobots
-    check`` prints one line per problem (``robots.NAME.settings.FIELD: ...``)."""
-
-
 def _problems(problems: list[tuple[str, str]]) -> SettingsProblems:
-    errors: list[Exception] = []
-    for name, message in problems:
-        error = ValueError(message)
-        note = f"Structuring class WeComSettings @ attribute {name}"
-        error.__notes__ = [AttributeValidationNote(note, name, object)]
-        errors.append(error)
-    summary = "; ".join(f"{name}: {message}" for name, message in problems)
-    return SettingsProblems(f"invalid WeCom settings: {summary}", errors, WeComSettings)
+    return settings_problems(WeComSettings, problems, title="WeCom")
 
 
 @attrs.frozen(kw_only=True)
