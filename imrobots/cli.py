@@ -297,10 +297,13 @@ async def _serve(
                 ) from None
             _say(f"health: {url}/healthz, metrics: {url}/metrics")
         for runtime in runtimes:
-            await runtime.start()
-            started.append(runtime)
+            up = await _start_unless_stopped(runtime, stop)
+            started.append(runtime)  # also when stopped while starting: stop() closes it
+            if not up:
+                break
             _say(f"robot {runtime.name}: connected to {runtime.describe()}")
-        _say("running; press Ctrl-C to stop")
+        else:
+            _say("running; press Ctrl-C to stop")
         tty = sys.stderr.isatty() and status and not _json_output()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -332,6 +335,25 @@ async def _serve(
             # Tasks of user code that swallow cancellation would keep asyncio.run waiting.
             logging.shutdown()
             os._exit(0)
+
+
+async def _start_unless_stopped(runtime: Any, stop: asyncio.Event) -> bool:
+    """Start ``runtime``, unless ``stop`` is set first (SIGTERM while its platform is still
+    unreachable: the start would otherwise wait for its whole connect timeout, beyond the
+    grace period). Returns whether it started; raises what its start raised."""
+    starting = asyncio.ensure_future(runtime.start())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if starting.done():
+        starting.result()
+        return True
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):  # stopping anyway
+        await starting
+    return False
 
 
 async def _stop_all(runtimes: Sequence[Any], grace: float) -> bool:
