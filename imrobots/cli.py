@@ -713,6 +713,13 @@ async def _emulate(
         click.echo(f"curl -s {api}/api/{platform}/messages -H 'content-type: application/json' \\")
         click.echo(f"  -H 'X-Imrobots-Token: {console.token}' -d '{body}'")
         click.echo(f"curl -s {api}/api/{platform}/state   # its cards, messages and API calls")
+        control = emulator.control_token
+        if control is not None:
+            click.echo(
+                f"\nPOSTs to the emulator's own control API ({emulator.base_url}/_emulator/, "
+                "where its platform has one: faults, raw frames; see the platform's page) "
+                f"need its token:\n  -H 'X-Imrobots-Token: {control}'"
+            )
         environment = getattr(emulator, "environment", None)
         if callable(environment):
             click.echo("\nFor the platform's official SDK, these environment variables:\n")
