@@ -155,7 +155,9 @@ def _url(instance: object, attribute: attrs.Attribute[Any], value: str | None) -
         return
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"expected {attribute.name} to be an http(s) URL, got {value!r}")
+        # a malformed URL escapes redact_text: never echo a "user:password@" part
+        shown = "***@" + value.rsplit("@", 1)[1] if "@" in value else value
+        raise ValueError(f"expected {attribute.name} to be an http(s) URL, got {shown!r}")
 
 
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(?::[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")

@@ -446,6 +446,10 @@ def _write(tmp_path: Path, settings: str) -> Path:
         ('ai_template_id = " "\n', "ai_template_id to be an AI card template id"),
         ('card_mode = "fancy"\n', "card_mode"),
         ('openapi_endpoint = "api.dingtalk.com"\n', "openapi_endpoint to be an http(s) URL"),
+        (  # a malformed URL with credentials: the password is not echoed
+            'oapi_endpoint = "htp:/admin:very-secret@127.0.0.1:1"\n',
+            "got '***@127.0.0.1:1'",
+        ),
         ("update_interval = 0\n", "update_interval > 0"),
         ('webhook_hosts = "127.0.0.1"\n', "webhook_hosts: expected a list, got str"),
         ('webhook_hosts = ["http://x/"]\n', 'entries like "host" or "host:port"'),
