@@ -91,7 +91,21 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> Non
     logging.getLogger("imrobots").critical("uncaught error", exc_info=(kind, exc, tb))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """The ``imrobots`` group: under ``--log-format json``, a usage error of a command (a
+    bad option value, a missing argument) is a JSON log line too, not click's plain text."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if not _json_output():
+                raise
+            log.error("error: %s", exc.format_message())
+            raise SystemExit(exc.exit_code) from None
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="imrobots")
 @click.option(
     "--log-level",
