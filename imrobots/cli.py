@@ -91,7 +91,21 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> Non
     logging.getLogger("imrobots").critical("uncaught error", exc_info=(kind, exc, tb))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """The ``imrobots`` group: under ``--log-format json``, a usage error of a command (a
+    bad option value, a missing argument) is a JSON log line too, not click's plain text."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if not _json_output():
+                raise
+            log.error("error: %s", exc.format_message())
+            raise SystemExit(exc.exit_code) from None
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="imrobots")
 @click.option(
     "--log-level",
@@ -297,10 +311,13 @@ async def _serve(
                 ) from None
             _say(f"health: {url}/healthz, metrics: {url}/metrics")
         for runtime in runtimes:
-            await runtime.start()
-            started.append(runtime)
+            up = await _start_unless_stopped(runtime, stop)
+            started.append(runtime)  # also when stopped while starting: stop() closes it
+            if not up:
+                break
             _say(f"robot {runtime.name}: connected to {runtime.describe()}")
-        _say("running; press Ctrl-C to stop")
+        else:
+            _say("running; press Ctrl-C to stop")
         tty = sys.stderr.isatty() and status and not _json_output()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -334,6 +351,25 @@ async def _serve(
             # Tasks of user code that swallow cancellation would keep asyncio.run waiting.
             logging.shutdown()
             os._exit(0)
+
+
+async def _start_unless_stopped(runtime: Any, stop: asyncio.Event) -> bool:
+    """Start ``runtime``, unless ``stop`` is set first (SIGTERM while its platform is still
+    unreachable: the start would otherwise wait for its whole connect timeout, beyond the
+    grace period). Returns whether it started; raises what its start raised."""
+    starting = asyncio.ensure_future(runtime.start())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if starting.done():
+        starting.result()
+        return True
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):  # stopping anyway
+        await starting
+    return False
 
 
 async def _stop_all(runtimes: Sequence[Any], grace: float) -> bool:
@@ -693,6 +729,13 @@ async def _emulate(
         click.echo(f"curl -s {api}/api/{platform}/messages -H 'content-type: application/json' \\")
         click.echo(f"  -H 'X-Imrobots-Token: {console.token}' -d '{body}'")
         click.echo(f"curl -s {api}/api/{platform}/state   # its cards, messages and API calls")
+        control = emulator.control_token
+        if control is not None:
+            click.echo(
+                f"\nPOSTs to the emulator's own control API ({emulator.base_url}/_emulator/, "
+                "where its platform has one: faults, raw frames; see the platform's page) "
+                f"need its token:\n  -H 'X-Imrobots-Token: {control}'"
+            )
         environment = getattr(emulator, "environment", None)
         if callable(environment):
             click.echo("\nFor the platform's official SDK, these environment variables:\n")

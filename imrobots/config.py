@@ -781,6 +781,10 @@ def check_config(
                     agent=agent,
                 )
             )
+    if not emulated:  # the proxy variables the robots' connections will use
+        problem = _proxy_problem(os.environ if env is None else env)
+        if problem:
+            problems.add("", problem)
     return CheckResult(
         config=config if not problems.lines else None,
         robots=tuple(prepared),
@@ -788,6 +792,21 @@ def check_config(
         warnings=tuple(warnings),
         unset=tuple(dict.fromkeys(unset)),
     )
+
+
+def _proxy_problem(env: Mapping[str, str]) -> str | None:
+    """What is wrong with the proxy variables of ``env`` (``HTTPS_PROXY``, ``ALL_PROXY``...),
+    as ``run`` would find when it connects: a value that is no proxy URL, a scheme that is
+    not supported, a SOCKS proxy without the ``proxy`` extra; ``None`` if nothing."""
+    from .proxies import ProxySettings, _require_socks
+
+    try:
+        for route in ProxySettings.from_env(env).routes:
+            if route.is_socks:
+                _require_socks(route)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _answers_with_agent(robot_class: type) -> bool:

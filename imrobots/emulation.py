@@ -128,6 +128,13 @@ class EmulatorAdapter(abc.ABC):
         """Where the emulator listens, if it listens at all."""
         return None
 
+    @property
+    def control_token(self) -> str | None:
+        """The per-start token that ``POST``s to the emulator's own control API (under
+        ``/_emulator/``) need in the ``X-Imrobots-Token`` header, for an emulator that has
+        such an API; ``None`` otherwise. ``imrobots emulate`` prints it."""
+        return None
+
     def robot_settings(self) -> dict[str, Any]:
         """The ``[robots.NAME.settings]`` that point a robot at this emulator.
 

@@ -49,11 +49,10 @@ def endpoint_problem(url: str, *, websocket: bool = False, origin: bool = False)
         parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError:
         return f"must start with {secure}://, got an unreadable URL"
-    shown = (
-        repr(url)
-        if not (parts.username or parts.password or parts.query)
-        else repr(f"{parts.scheme}://{host or ''}/...")
-    )
+    # A malformed URL ("htp:/user:pw@host") has no netloc for urlsplit to find the
+    # user-info in: anything with an "@" or a query is shown without it.
+    credential = parts.username or parts.password or parts.query or "@" in url
+    shown = repr(url) if not credential else repr(f"{parts.scheme}://{host or '***'}/...")
     if parts.scheme not in (secure, plain) or not host:
         return f"must start with {secure}://, got {shown}"
     if parts.scheme == plain and not is_loopback_host(host):

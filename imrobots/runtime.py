@@ -61,7 +61,7 @@ from .robot import (
     handler_tally,
 )
 from .secret import redact_text
-from .store import ClaimResult, MemoryStore, Store
+from .store import ClaimResult, MemoryStore, Store, StoreUnavailable
 from .streaming import (
     AnswerResult,
     AnswerStatus,
@@ -556,6 +556,21 @@ class RobotRuntime:
         return self.store.shared and self.options.strategy != "concurrent"
 
     async def _process(self, message: Message) -> None:
+        """Answer ``message`` (in its turn, with a shared store). A store that stays
+        unreachable (``StoreUnavailable``: Redis down past its ``reconnect_for``) fails the
+        message: counted failed, one line logged, and the next messages are tried again."""
+        try:
+            await self._process_in_turn(message)
+        except StoreUnavailable as exc:
+            self.stats.failed += 1
+            log.error(
+                "robot %s: message %s failed (counted failed): %s",
+                self.name,
+                message.id,
+                redact_text(str(exc)),
+            )
+
+    async def _process_in_turn(self, message: Message) -> None:
         if not self._shared_turns:
             await self._answer(message)
             return
@@ -625,7 +640,7 @@ class RobotRuntime:
                     await self.store.end_turn(queue, head)
                     adopted = await self._adopt(message_id, owner)
                     if adopted is not None:
-                        await self._process(adopted)  # its turn came first: answered first
+                        await self._process_in_turn(adopted)  # its turn came first: answered first
                     continue
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 0.25)
@@ -1022,6 +1037,8 @@ class RobotRuntime:
                 await self.clock.sleep(period)
                 try:
                     await self._keep_alive()
+                except StoreUnavailable as exc:  # one line: the store says what is wrong
+                    log.error("robot %s: renewing its lease failed: %s", self.name, exc)
                 except Exception:
                     log.exception("robot %s: renewing its lease failed", self.name)
         finally:
@@ -1034,6 +1051,8 @@ class RobotRuntime:
             await self.clock.sleep(self.options.liveness_ttl)
             try:
                 await self.recover_open_answers()
+            except StoreUnavailable as exc:
+                log.error("robot %s: recovering answers failed: %s", self.name, exc)
             except Exception:
                 log.exception("robot %s: recovering answers failed", self.name)
 

@@ -146,6 +146,10 @@ class DingTalkConsoleAdapter(EmulatorAdapter):
     def base_url(self) -> str | None:
         return self.emulator.base_url
 
+    @property
+    def control_token(self) -> str | None:
+        return self.emulator.control_token
+
     def configure(
         self,
         *,

@@ -118,6 +118,15 @@ def test_emulate_prints_a_working_config_and_how_to_talk_to_it(
         assert token, text
         if platform == "dingtalk":
             assert f"export DINGTALK_OPENAPI_ENDPOINT={base_url.group(1)}" in text
+        # the emulator's control API: its own token, printed, which its POSTs accept
+        control = re.search(r"control API \((http://\S+/_emulator/),.*\n.*Token: ([\w-]+)'", text)
+        if platform == "dingtalk":  # the platform whose emulator has a control API
+            assert control, text
+            assert control.group(2) != token.group(1)  # not the console's token
+            assert asyncio.run(_control_post(control.group(1), control.group(2))) == 200
+            assert asyncio.run(_control_post(control.group(1), token.group(1))) == 403
+        else:
+            assert control is None, text
         config = tmp_path / "robots.toml"
         config.write_text(snippet, encoding="utf-8")
         card = asyncio.run(
@@ -128,6 +137,15 @@ def test_emulate_prints_a_working_config_and_how_to_talk_to_it(
     finally:
         if process.poll() is None:
             process.kill()
+
+
+async def _control_post(control: str, token: str) -> int:
+    """The status of a harmless POST to an emulator's control API (no latency added)."""
+    async with (
+        aiohttp.ClientSession(headers={"X-Imrobots-Token": token}) as session,
+        session.post(control + "faults", json={"action": "latency", "seconds": 0}) as response,
+    ):
+        return response.status
 
 
 def card_text(card: dict[str, Any]) -> str:

@@ -236,3 +236,23 @@ def test_http_clients_do_not_log_every_request_below_debug(level: str, shown: bo
     assert ("HTTP Request: PUT /cards" in result.stderr) is shown
     assert "a warning of httpx" in result.stderr
     assert "an info of imrobots" in result.stderr
+
+
+def test_a_usage_error_under_log_format_json_is_a_json_line() -> None:
+    """``--log-format json`` promises that every line on standard error is JSON. Before: a
+    bad option value of a command (``--health-port 99999``) printed click's plain
+    three-line usage error."""
+    import json as _json
+
+    command = [sys.executable, "-m", "imrobots", "--log-format", "json", "run"]
+    process = subprocess.run(
+        [*command, "--config", "x.toml", "--health-port", "99999"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 2
+    lines = process.stderr.splitlines()
+    assert lines, process.stderr
+    records = [_json.loads(line) for line in lines]  # every line is JSON
+    assert records[-1]["level"] == "error" and "--health-port" in records[-1]["message"]

@@ -60,6 +60,9 @@ def test_origin_only_and_credentials_never_echoed() -> None:
     line = endpoint_problem("http://robot:hunter2@example.com/?token=s3cret")
     assert line is not None and "hunter2" not in line and "s3cret" not in line
     assert "example.com" in line
+    # malformed: urlsplit finds no user-info in "htp:/user:pw@host", the "@" still hides it
+    line = endpoint_problem("htp:/admin:very-secret@127.0.0.1:1")
+    assert line is not None and "very-secret" not in line
 
 
 def test_loopback_hosts() -> None:

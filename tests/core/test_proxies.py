@@ -403,3 +403,28 @@ async def test_a_dead_proxy_is_a_connection_error_naming_it() -> None:
         with pytest.raises(aiohttp.ClientConnectionError) as failed:
             await asyncio.wait_for(session.get("http://127.0.0.1:9/"), 10)
     assert f"127.0.0.1:{port}" in str(failed.value) and "hunter2" not in str(failed.value)
+
+
+def test_check_reports_the_proxy_variables_run_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`imrobots check` "with the production environment" lists what `run` would refuse
+    at connect time. Before: a bad proxy scheme or SOCKS without the extra passed `check`
+    ("1 robot valid") and stopped `run` only after the robots were built."""
+    from imrobots.config import check_config
+
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.support]\nplatform = "memory"\n\n[robots.support.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    assert check_config(config, env={"HTTPS_PROXY": "http://127.0.0.1:9"}).ok
+    bad = check_config(config, env={"ALL_PROXY": "socks9://user:hunter2@127.0.0.1:1080"})
+    assert not bad.ok
+    (line,) = bad.errors
+    assert "ALL_PROXY" in line and "'socks9' is not supported" in line and "hunter2" not in line
+    monkeypatch.setitem(sys.modules, "aiohttp_socks", None)  # as if not installed
+    (line,) = check_config(config, env={"all_proxy": "socks5h://127.0.0.1:1080"}).errors
+    assert 'pip install "imrobots[proxy]"' in line
+    # the console replaces the robots' endpoints with emulators: not its concern there
+    assert check_config(config, env={"ALL_PROXY": "socks9://p:1"}, emulated=True).ok

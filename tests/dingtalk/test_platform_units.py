@@ -452,6 +452,10 @@ def _write(tmp_path: Path, settings: str) -> Path:
             "host: 127.0.0.0/8, ::1, localhost), got 'http://oapi.dingtalk.com'",
         ),
         ('gateway_endpoint = "http://10.0.0.7:8080"\n', "gateway_endpoint must use https://"),
+        (  # a malformed URL with credentials: the password is not echoed
+            'oapi_endpoint = "htp:/admin:very-secret@127.0.0.1:1"\n',
+            "oapi_endpoint",
+        ),
         ("update_interval = 0\n", "update_interval > 0"),
         ('webhook_hosts = "127.0.0.1"\n', "webhook_hosts: expected a list, got str"),
         ('webhook_hosts = ["http://x/"]\n', 'entries like "host" or "host:port"'),

@@ -146,3 +146,50 @@ async def test_sigterm_exits_within_the_grace_period_whatever_the_agent_does(
     (card,) = emu.cards.values()
     if case != "async agent swallowing cancellation":  # that answer cannot end: left open
         assert "interrupted" in json.dumps(card.content), card.content  # stopReason or note
+
+
+async def test_sigterm_while_the_platform_is_unreachable_at_start_exits_at_once(
+    emu: DingTalkEmulator,
+) -> None:
+    """SIGTERM before the first connection is up (the gateway never answers: a proxy or
+    network fault). Before: the start waited out its whole ``connect_timeout`` (30 s),
+    beyond the grace period, then exited 2 with "no DingTalk stream connection within
+    30s". Now it stops within the grace period, exit code 0."""
+    emu.stall_connections(stage="ticket", count=1000)
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as log:
+        config = write_config(emu, Path(tmp), "demo")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "imrobots",
+            "run",
+            "--config",
+            str(config),
+            *GRACE_ARGS,
+            cwd=tmp,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.getcwd()},
+        )
+        try:
+            await emu.wait_for(
+                lambda: any(n.startswith("stalled") for c in emu.calls for n in c.notes),
+                20,
+                what="the robot's connection attempt, stalled",
+            )
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(GRACE + 10):
+                code = await proc.wait()
+            took = time.monotonic() - started
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        log.seek(0)
+        output = log.read().decode("utf-8", errors="replace")
+    print(f"SIGTERM while connecting: exit {took:.2f} s, exit code {code}")
+    assert code == 0, output[-3000:]
+    assert took < GRACE + 1.0, output[-3000:]
+    assert "error:" not in output, output[-3000:]
+    assert output.rstrip().endswith("stopped"), output[-3000:]

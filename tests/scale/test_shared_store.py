@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -139,3 +140,46 @@ async def test_a_message_adopted_from_a_gone_replica_is_not_counted_received_aga
     assert "answer to left behind done" in card.text
     assert runtime.stats.adopted == 1
     assert runtime.stats.received == 0  # the gone replica received it (and counted it)
+
+
+async def test_a_message_waiting_for_its_turn_while_redis_stays_down_is_counted_failed(
+    make_redis_server: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis down past ``reconnect_for`` while messages wait for their turn. Before: the
+    store's error escaped the answer's task, logged as "unexpected error in bot" with a
+    traceback, and the message was counted nowhere (received, but neither answered nor
+    failed). Now each is counted failed with one line naming the store's reason, and the
+    robot answers again once Redis is back."""
+    server = make_redis_server()
+    store = RedisStore(server.url, prefix="down:", timeout=1.0, reconnect_for=0.3)
+    platform = MemoryPlatform(MemorySettings(**FAST))
+    runtime = RobotRuntime(
+        name="bot",
+        robot=AgentRobot(agent=slow),
+        platform=platform,
+        store=store,
+        options=RuntimeOptions(turn_grace=0.2),
+    )
+    await runtime.start()
+    try:
+        server.stop()
+        await platform.say("first", message_id="m-1")
+        await platform.say("second", message_id="m-2")
+        await runtime.wait_idle(20)
+        assert runtime.stats.received == 2
+        assert runtime.stats.failed == 2
+        assert runtime.stats.answered == 0
+        failures = [r.getMessage() for r in caplog.records if "counted failed" in r.getMessage()]
+        assert len(failures) == 2, failures
+        assert all("Redis store redis://127.0.0.1:" in line for line in failures), failures
+        assert all(r.exc_info is None for r in caplog.records if r.levelno >= logging.ERROR)
+        assert not any("unexpected error" in r.getMessage() for r in caplog.records)
+        server.start()  # same port: Redis is back
+        back = await platform.say("third", message_id="m-3")
+        await runtime.wait_idle(20)
+        assert runtime.stats.answered == 1
+        assert len(answer_cards(platform, back)) == 1
+    finally:
+        await runtime.stop()
+        await store.close()
+        server.stop()
