@@ -80,6 +80,8 @@ class HandlerTally:
 
     streams: int = 0
     undelivered: int = 0
+    errors: int = 0
+    """Streamed answers that ended in an error card (the agent failed or timed out)."""
     sent: int = 0
     """Messages and cards (not streams) that reached the platform."""
 
@@ -305,6 +307,8 @@ class Reply:
             self.undelivered += 1
             if tally is not None:
                 tally.undelivered += 1
+        elif result.status is AnswerStatus.ERROR and tally is not None:
+            tally.errors += 1
         return result
 
     @property

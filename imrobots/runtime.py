@@ -722,6 +722,12 @@ class RobotRuntime:
                 "the answer to message %s reached the user by no means (counted failed)",
                 message.id,
             )
+        elif tally.errors:
+            # the user sees an error card: shown, but not an answer (the agent failed)
+            self.stats.failed += 1
+            log.warning(
+                "the answer to message %s ended in an error card (counted failed)", message.id
+            )
         elif not (tally.streams or tally.sent):
             self.stats.unanswered += 1
             log.debug("robot %s sent nothing for message %s", self.name, message.id)

@@ -43,7 +43,9 @@ async def test_agent_raising_ends_in_an_error_card(make_runtime: Factory) -> Non
     [(_, result)] = hooks.finished
     assert result.status is AnswerStatus.ERROR
     assert isinstance(result.error, RuntimeError)
-    assert runtime.stats.answered == 1  # the robot handled it: an error card is an answer
+    # shown to the user, but the agent failed: counted failed, not answered (an alert on
+    # imrobots_failed_total must fire for agent failures)
+    assert runtime.stats.failed == 1 and runtime.stats.answered == 0
 
 
 async def test_sync_agent_raising_ends_in_an_error_card(make_runtime: Factory) -> None:
