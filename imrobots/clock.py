@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -75,7 +76,12 @@ class FakeClock:
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
         timer = _FakeTimer(callback)
-        heapq.heappush(self._timers, (self._now + max(0.0, delay), next(self._seq), timer))
+        when = self._now + max(0.0, delay)
+        if delay > 0 and when <= self._now:
+            # a delay below the float resolution of now: still later, as on a real loop
+            # (else a caller that re-arms until time has moved would spin for ever)
+            when = math.nextafter(self._now, math.inf)
+        heapq.heappush(self._timers, (when, next(self._seq), timer))
         return timer
 
     async def sleep(self, seconds: float) -> None:

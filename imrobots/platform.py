@@ -326,6 +326,10 @@ class Capabilities:
     call the same API share its window (e.g. pushes and closes of DingTalk AI cards both
     call ``card/streaming``); an operation that calls several APIs (a tuple) takes a turn
     in each. Unnamed operations count as an API of their own."""
+    op_calls: Mapping[Op, int] = attrs.field(factory=dict)
+    """Platform calls one operation makes, where it makes more than one (Feishu's renewal:
+    streaming mode off, then on): each counts in every window that counts the operation,
+    so the limiter takes that many slots at once. Unnamed operations make one."""
     idempotent: frozenset[Op] = _ALL_OPS
     """Operations a retry with the same idempotency key never repeats. After
     :class:`OutcomeUnknown`, only these are retried; others are taken as done."""

@@ -15,6 +15,7 @@ are granted in arrival order, so answers share a budget fairly and none starves.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
 
@@ -92,6 +93,7 @@ class RateLimiter:
         limits: Iterable[RateLimit] | None = None,
         headroom: float = 1.0,
         api_names: Mapping[Op, str | tuple[str, ...]] | None = None,
+        op_calls: Mapping[Op, int] | None = None,
         clock: Clock | None = None,
     ) -> None:
         if limits is None:
@@ -103,6 +105,7 @@ class RateLimiter:
         self.limits = tuple(limits)
         self.headroom = headroom
         self.api_names: Mapping[Op, str | tuple[str, ...]] = dict(api_names or {})
+        self.op_calls: Mapping[Op, int] = dict(op_calls or {})
         self._op_limits: dict[Op, list[tuple[RateLimit, str]]] = {}
         self.clock: Clock = clock or SystemClock()
         self.stats = RateLimiterStats()
@@ -117,6 +120,7 @@ class RateLimiter:
             limits=capabilities.limits(),
             headroom=capabilities.rate_headroom,
             api_names=capabilities.api_names,
+            op_calls=capabilities.op_calls,
             clock=clock,
         )
 
@@ -160,7 +164,19 @@ class RateLimiter:
             ident = scope.ident(limit.scope)
             if ident is not None:
                 found.append((limit, prefix + ident))
-        return found
+        # an operation making n calls takes n slots of each window (the store reserves a
+        # window listed n times n times, at once)
+        return found * max(1, self.op_calls.get(scope.op, 1))
+
+    def carries(self, taken: CallScope, call: CallScope) -> bool:
+        """Whether a turn taken for ``taken`` may carry ``call`` instead: only if it was
+        counted in every window that counts ``call`` (as often). A turn of one API's window
+        spent on a call of another would leave that call counted nowhere, and its API's
+        window overfilled (Feishu: a card update's turn spent on the final card's close)."""
+        if taken == call:
+            return True
+        have = Counter(key for _, key in self._applicable(taken))
+        return Counter(key for _, key in self._applicable(call)) <= have
 
     async def acquire(self, scope: CallScope | None = None) -> float:
         """Wait until one call may be sent; return how many seconds that took.

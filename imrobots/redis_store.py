@@ -145,7 +145,9 @@ _EARLIEST: Final = """
 -- The earliest time (µs) at or after `now` at which the window (grant list `times`, penalty
 -- key `block`) has room for one call, never ahead of an earlier grant (arrival order): the
 -- rule of imrobots.store.window_earliest. Drops the grants that have left the window.
-local function earliest(times, block, limit, window, now)
+local function earliest(times, block, limit, window, now, calls)
+  -- room for `calls` calls (at most `limit`): once all but limit - calls grants have left
+  local keep = limit - math.min(calls or 1, limit) + 1
   local edge = now - window
   while true do
     local first = redis.call('LINDEX', times, 0)
@@ -165,8 +167,8 @@ local function earliest(times, block, limit, window, now)
     if last > at then
       at = last
     end
-    if n >= limit then
-      local room = tonumber(redis.call('LINDEX', times, -limit)) + window
+    if n >= keep then
+      local room = tonumber(redis.call('LINDEX', times, -keep)) + window
       if room > at then
         at = room
       end
@@ -182,21 +184,34 @@ _RESERVE_ALL: Final = (
     """
 -- KEYS: per window, its grant list and its penalty. ARGV: per window, limit and window (µs).
 -- Reserves one call in every window at one time, the earliest (by the server's TIME) at which
--- all have room; returns the µs from now to it (imrobots.store.windows_reserve).
+-- all have room; returns the µs from now to it (imrobots.store.windows_reserve). A window
+-- listed n times gets n calls.
 """
     + _EARLIEST
     + """
-local at = now
+local calls, first = {}, {}
 for i = 1, #KEYS / 2 do
+  local key = KEYS[2 * i - 1]
+  if calls[key] then
+    calls[key] = calls[key] + 1
+  else
+    calls[key] = 1
+    first[#first + 1] = i
+  end
+end
+local at = now
+for _, i in ipairs(first) do
   local e = earliest(KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[2 * i - 1]),
-    tonumber(ARGV[2 * i]), now)
+    tonumber(ARGV[2 * i]), now, calls[KEYS[2 * i - 1]])
   if e > at then
     at = e
   end
 end
 local granted = string.format('%.0f', at)
-for i = 1, #KEYS / 2 do
-  redis.call('RPUSH', KEYS[2 * i - 1], granted)
+for _, i in ipairs(first) do
+  for _ = 1, calls[KEYS[2 * i - 1]] do
+    redis.call('RPUSH', KEYS[2 * i - 1], granted)
+  end
   -- No grant matters once the last one has left the window.
   redis.call('PEXPIRE', KEYS[2 * i - 1], math.floor((at + tonumber(ARGV[2 * i]) - now) / 1000) + 1)
 end

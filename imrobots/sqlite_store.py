@@ -505,12 +505,11 @@ class SQLiteStore(Store):
         in one transaction, so processes sharing the file share the windows."""
 
         def operation(conn: sqlite3.Connection, now: float) -> float:
-            records = [
-                (self._load_window(conn, key)[0], limit, window) for key, limit, window in windows
-            ]
-            wait = windows_reserve(records, now)
-            for (key, _, window), (w, _, _) in zip(windows, records, strict=True):
-                self._save_window(conn, key, w, window)
+            # one record per key: a key listed twice is two calls in one window
+            loaded = {key: self._load_window(conn, key)[0] for key, _, _ in windows}
+            wait = windows_reserve([(loaded[k], limit, w) for k, limit, w in windows], now)
+            for key, _, window in {key: (key, limit, w) for key, limit, w in windows}.values():
+                self._save_window(conn, key, loaded[key], window)
             return wait
 
         return await self._write(operation)

@@ -133,7 +133,8 @@ class Store(abc.ABC):
     async def reserve_all(self, windows: Sequence[tuple[str, int, float]]) -> float:
         """Reserve one call in each of ``windows`` (``(key, limit, window seconds)``) at one
         and the same time, the earliest at which every one of them has room (in arrival
-        order in each); return the seconds to wait. One call counted by several limits
+        order in each); return the seconds to wait. A key listed n times gets n calls
+        (room for all n, at most its limit, is waited for). One call counted by several limits
         (its chat's and its app's) must be recorded in all of them at the time it is made:
         a slot reserved earlier in one window than the call happens would let that window
         overfill later. Atomic across callers sharing the store."""
@@ -232,9 +233,10 @@ class _Window:
     blocked_until: float = float("-inf")
 
 
-def window_earliest(w: _Window, now: float, limit: int, window: float) -> float:
-    """The earliest time at or after ``now`` at which window ``w`` has room for one call,
-    never ahead of an earlier reservation (arrival order). Any later time has room too."""
+def window_earliest(w: _Window, now: float, limit: int, window: float, calls: int = 1) -> float:
+    """The earliest time at or after ``now`` at which window ``w`` has room for ``calls``
+    calls (at most ``limit``), never ahead of an earlier reservation (arrival order). Any
+    later time has room too."""
     times = w.times
     while times and times[0] <= now - window:
         times.popleft()
@@ -242,18 +244,27 @@ def window_earliest(w: _Window, now: float, limit: int, window: float) -> float:
     if times:
         if times[-1] > at:
             at = times[-1]
-        if len(times) >= limit:
-            room = times[-limit] + window
+        keep = limit - min(calls, limit) + 1  # room once all but keep - 1 have left
+        if len(times) >= keep:
+            room = times[-keep] + window
             if room > at:
                 at = room
     return at
 
 
 def windows_reserve(records: Sequence[tuple[_Window, int, float]], now: float) -> float:
-    """Reserve one call in every window at one time, the earliest all have room."""
-    at = max((window_earliest(w, now, limit, window) for w, limit, window in records), default=now)
-    for w, _, _ in records:
-        w.times.append(at)
+    """Reserve one call in every window at one time, the earliest all have room; a window
+    listed n times gets n calls (an operation making n calls of one API)."""
+    calls: dict[int, tuple[_Window, int, float, int]] = {}
+    for w, limit, window in records:
+        seen = calls.get(id(w))
+        calls[id(w)] = (w, limit, window, seen[3] + 1 if seen else 1)
+    at = max(
+        (window_earliest(w, now, limit, window, n) for w, limit, window, n in calls.values()),
+        default=now,
+    )
+    for w, _, _, n in calls.values():
+        w.times.extend([at] * n)
     return at - now
 
 

@@ -325,10 +325,11 @@ class AnswerStream:
         # has answered since: its card may exist (see _resolve_open).
         self._unresolved: tuple[Card, str] | None = None
         self._gone = False
-        # A limiter turn taken but not used, and when it was granted: the next call uses it
-        # if it comes at once, else takes a fresh turn (a slot of a sliding window is only
-        # good at its time: many kept turns used together later would overfill a window).
-        self._spare_at: float | None = None
+        # A limiter turn taken but not used, when it was granted and for what: the next call
+        # uses it if it comes at once and is counted in the same windows, else takes a fresh
+        # turn (a slot of a sliding window is only good at its time and in its window: kept
+        # turns used later, or by a call of another API, would overfill a window).
+        self._spare: tuple[float, CallScope] | None = None
         self._sends = 0
 
         self.updates = 0
@@ -438,10 +439,19 @@ class AnswerStream:
     async def _take_turn(self, op: Op) -> float:
         """Wait for this answer's turn at the limiter (or use one it kept); return the
         seconds waited."""
-        spare, self._spare_at = self._spare_at, None
-        if spare is not None and self.clock.now() - spare <= SPARE_TURN_TTL:
+        spare, self._spare = self._spare, None
+        scope = self._scope(op)
+        if (
+            spare is not None
+            and self.clock.now() - spare[0] <= SPARE_TURN_TTL
+            and self.limiter.carries(spare[1], scope)  # a turn of another API's: not this
+        ):
             return 0.0
-        return await self.limiter.acquire(self._scope(op))
+        return await self.limiter.acquire(scope)
+
+    def _keep_turn(self, op: Op) -> None:
+        """Keep the turn just taken for ``op`` for this answer's next call."""
+        self._spare = (self.clock.now(), self._scope(op))
 
     async def _retrying(
         self,
@@ -482,9 +492,9 @@ class AnswerStream:
                 # The answer was completed while this turn was queued behind others:
                 # the final card takes the turn, as a new message, instead of a
                 # thinking card that it would overwrite at once.
-                self._spare_at = self.clock.now()
+                self._keep_turn(Op.OPEN)
                 return
-            self._spare_at = self.clock.now()  # the first attempt uses the turn just taken
+            self._keep_turn(Op.OPEN)  # the first attempt uses the turn just taken
             handle = await self._retrying(
                 Op.OPEN, self._open_call(card, key), give_up=self._agent_done
             )
@@ -649,7 +659,7 @@ class AnswerStream:
                 continue
             await self._take_turn(Op.PUSH)
             if self._agent_done():
-                self._spare_at = self.clock.now()  # the final card uses it, if it comes at once
+                self._keep_turn(Op.PUSH)  # the final card uses it, if it comes at once
                 return
             text = self._clip(self.latest[self._offset :])
             shown = self._offset + len(text)

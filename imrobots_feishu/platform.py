@@ -328,20 +328,24 @@ class FeishuSettings:
         return 0.3 if self.card_mode == "cardkit" else 0.5
 
 
-def _api_names(mode: CardMode) -> dict[Op, str]:
+def _api_names(mode: CardMode) -> dict[Op, str | tuple[str, ...]]:
     """The Feishu API each operation calls (for the per-API limits). Sends and replies
     share one bucket, as do the card entity's update and settings calls (conservative:
-    they are separate APIs on Feishu)."""
+    they are separate APIs on Feishu). Updating a card or answering a button press in
+    CardKit mode updates the entity when the card has one and PATCHes the message
+    otherwise, so it counts on both. (A renewal makes two settings calls:
+    ``Capabilities.op_calls``.)"""
     send = "im.message.send"
-    names = {op: send for op in _SEND_OPS}
+    names: dict[Op, str | tuple[str, ...]] = {op: send for op in _SEND_OPS}
     if mode == "cardkit":
+        either = ("cardkit.card", "im.message.patch")
         names.update(
             {
                 Op.PUSH: "cardkit.card_element.content",
                 Op.RENEW: "cardkit.card",
                 Op.CLOSE: "cardkit.card",
-                Op.UPDATE_CARD: "im.message.patch",
-                Op.ANSWER_ACTION: "cardkit.card",
+                Op.UPDATE_CARD: either,
+                Op.ANSWER_ACTION: either,
             }
         )
     else:
@@ -382,6 +386,7 @@ class FeishuPlatform(Platform):
             rate_limits=_limits(s),
             app_rate=s.app_rate,
             api_names=_api_names(s.card_mode),
+            op_calls={Op.RENEW: 2},  # streaming mode off, then on (FeishuCardKitStream.renew)
             update_interval=s.interval,
             max_updates=s.max_updates,
             stream_lifetime=s.stream_lifetime if cardkit else None,

@@ -406,6 +406,21 @@ def _app_capabilities(s: WeComSettings) -> Capabilities:
             # Per corp per API: 10,000 per minute (PROTOCOLS 4e).
             RateLimit(scope=Scope.API, rate=min(s.app_rate, 10000 / 60)),
         ),
+        # Texts, cards, images and files are all messages of ``message/send`` (app group
+        # chats: ``appchat/send``, counted with it), so they share its window; images and
+        # files are uploaded first (``media/upload``); card updates and answers to presses
+        # call ``message/update_template_card``.
+        api_names={
+            Op.SEND_TEXT: "message/send",
+            Op.SEND_CARD: "message/send",
+            Op.SEND_IMAGE: ("message/send", "media/upload"),
+            Op.SEND_FILE: ("message/send", "media/upload"),
+            Op.UPDATE_CARD: "message/update_template_card",
+            Op.ANSWER_ACTION: "message/update_template_card",
+        },
+        # A card whose text is longer than card_text_bytes goes as a markdown message and
+        # then the card: two messages to the member, two calls of message/send.
+        op_calls={Op.SEND_CARD: 2},
         app_rate=s.app_rate,
         max_text=s.max_text or APP_MARKDOWN_BYTES,
         max_message_text=s.max_message_text or APP_MARKDOWN_BYTES,

@@ -325,6 +325,19 @@ async def test_reserve_all_takes_one_common_time_in_every_window(store: Store) -
     assert await store.room_in("b", limit=5, window=1.0) == pytest.approx(1.0, abs=0.05)
 
 
+async def test_a_window_listed_twice_gets_two_calls_at_once(store: Store) -> None:
+    """An operation making two calls of one API (Feishu's renewal: streaming off, on)."""
+    assert await store.reserve("a", limit=2, window=1.0) == 0.0
+    # room for two calls at once only when the first grant has left the window
+    wait = await store.reserve_all((("a", 2, 1.0), ("a", 2, 1.0)))
+    assert wait == pytest.approx(1.0, abs=0.05)
+    # both were recorded: the window is full until they leave
+    assert await store.room_in("a", limit=2, window=1.0) == pytest.approx(2.0, abs=0.05)
+    # a pair in an empty window goes at once; more than the limit waits for the limit only
+    assert await store.reserve_all((("b", 1, 1.0), ("b", 1, 1.0))) == 0.0
+    assert await store.room_in("b", limit=2, window=1.0) == pytest.approx(1.0, abs=0.05)
+
+
 async def test_room_in_reserves_nothing(store: Store) -> None:
     assert await store.room_in("a", limit=1, window=1.0) == 0.0
     assert await store.room_in("a", limit=1, window=1.0) == 0.0

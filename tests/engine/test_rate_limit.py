@@ -7,19 +7,22 @@ import gc
 import itertools
 import time
 import weakref
+from collections.abc import AsyncIterator
 
 import attrs
 import pytest
 
 from imrobots.cards import Card, CardStatus
+from imrobots.clock import FakeClock
 from imrobots.errors import RateLimited
 from imrobots.memory import MemoryPlatform, MemorySettings
-from imrobots.platform import CardRef
-from imrobots.ratelimit import RateLimiter
+from imrobots.models import Sender, Target
+from imrobots.platform import CardRef, Op, RateLimit, Scope
+from imrobots.ratelimit import CallScope, RateLimiter
 from imrobots.robot import Robot
 from imrobots.runtime import RobotRuntime
 from imrobots.store import MemoryStore
-from imrobots.streaming import StreamPolicy
+from imrobots.streaming import AnswerStatus, AnswerStream, StreamPolicy
 
 from .conftest import FAST, AgentRobot, Factory, Recorder, answer_cards, streaming_agent, words
 
@@ -210,3 +213,112 @@ def test_runtimes_of_one_app_share_a_limiter_without_keeping_the_store_alive() -
     del one, two, other, store
     gc.collect()
     assert alive() is None
+
+
+class _FakeTimeStore(MemoryStore):
+    """The memory store on a test's virtual clock (its windows are kept in that time)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self._clock = clock
+
+    def _now(self) -> float:  # type: ignore[override]
+        return self._clock.now()
+
+
+def _most_in_a_window(times: list[float], window: float) -> int:
+    """The most of ``times`` (sorted) within any ``window`` seconds (half-open)."""
+    most = 0
+    for first, at in enumerate(times):
+        last = first
+        while last + 1 < len(times) and times[last + 1] < at + window - 1e-9:
+            last += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+@pytest.mark.parametrize("answers", [30])
+async def test_no_api_gets_more_calls_in_a_window_than_declared_when_answers_end_together(
+    answers: int,
+) -> None:
+    """Found with Feishu (CardKit): updates and the final card's close call different
+    APIs. A pump that took a turn for an update and then saw the answer end kept it for
+    the final card, whose close then went out on the update API's turn, never counted by
+    the close API's window: with many answers ending together, the close API got more
+    calls in a window than declared (429s). Virtual time: deterministic, no lateness."""
+    clock = FakeClock()
+    platform = MemoryPlatform(MemorySettings(streaming="native"))
+    platform.capabilities = attrs.evolve(
+        platform.capabilities,
+        rate_limits=(RateLimit(scope=Scope.API, rate=40.0, window=0.1),),  # 4 per 0.1 s
+        rate_headroom=1.0,
+        api_names={Op.PUSH: "stream_update", Op.CLOSE: "update_card", Op.RENEW: "renew"},
+    )
+    limiter = RateLimiter.for_capabilities(
+        _FakeTimeStore(clock), "t", platform.capabilities, clock=clock
+    )
+    sent: dict[str, list[float]] = {}
+    platform.on_change(lambda op, card: sent.setdefault(op, []).append(clock.now()))
+
+    async def agent() -> AsyncIterator[str]:
+        text = ""
+        for i in range(20):
+            text += f"w{i} "
+            yield text
+            await clock.sleep(0.05)
+
+    streams = [
+        AnswerStream(
+            platform=platform,
+            limiter=limiter,
+            target=Target(platform="memory", user=Sender(id=f"u{i}")),
+            question=f"q{i}",
+            # half of them update often (their pumps are queued for a turn when the answers
+            # end), half seldom (their pumps are idle then)
+            policy=StreamPolicy(min_interval=0.05 if i % 2 else 60.0, agent_timeout=None),
+            clock=clock,
+        )
+        for i in range(answers)
+    ]
+    tasks = [asyncio.ensure_future(stream.run(agent())) for stream in streams]
+    for _ in range(2000):
+        if all(task.done() for task in tasks):
+            break
+        await clock.advance(0.01)
+    results = [task.result() for task in tasks]
+    assert all(r.status is AnswerStatus.FINAL for r in results)
+    assert all(c.status is CardStatus.FINAL for c in platform.cards.values())
+    assert not any(op.endswith(":failed") for op in sent)
+    assert len(sent["update_card"]) == answers  # one close per answer
+    # the client never sends more calls of one API in any window than it declared
+    most = {op: _most_in_a_window(sorted(times), 0.1) for op, times in sent.items()}
+    assert all(count <= 4 for count in most.values()), most
+
+
+async def test_an_operation_making_two_calls_takes_two_slots_in_each_of_its_windows() -> None:
+    """Feishu's renewal turns streaming mode off, then on: two calls of one API, and two
+    operations on the card entity. Counted once, renewals of many cards would send twice
+    what the API's window allows."""
+    minute = 60.0  # long windows: not spread over tenths, so the counts read plainly
+    limiter = RateLimiter(
+        MemoryStore(),
+        "t",
+        limits=(
+            RateLimit(scope=Scope.API, rate=3 / minute, window=minute),
+            RateLimit(scope=Scope.CARD, rate=2 / minute, window=minute),
+        ),
+        api_names={Op.RENEW: "cards", Op.CLOSE: "cards", Op.PUSH: "elements"},
+        op_calls={Op.RENEW: 2},
+    )
+    renew = CallScope(op=Op.RENEW, card="c1")
+    assert await limiter.acquire(renew) == 0.0
+    # both calls counted: the card's window (2) is full, the API's (3) has one left
+    assert await limiter.store.room_in("t:1:card:c1", limit=2, window=minute) > minute - 1
+    assert await limiter.store.room_in("t:0:api:cards", limit=3, window=minute) == 0.0
+    assert await limiter.acquire(CallScope(op=Op.CLOSE, card="c2")) == 0.0
+    assert await limiter.store.room_in("t:0:api:cards", limit=3, window=minute) > minute - 1
+    # a renewal's turn may carry a close of its card, not the other way round, and no
+    # turn carries a call of another API
+    close = CallScope(op=Op.CLOSE, card="c1")
+    assert limiter.carries(renew, close) and not limiter.carries(close, renew)
+    assert not limiter.carries(CallScope(op=Op.PUSH, card="c1"), close)

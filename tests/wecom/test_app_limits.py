@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from imrobots import Message, Reply, Robot, Target
+from imrobots.cards import Actions, Button, Card, Markdown
 from imrobots.emulation import EmulatorAdapter
 from imrobots.errors import RateLimited
 from imrobots.platform import Platform, Scope
@@ -74,6 +75,36 @@ async def test_31_replies_to_one_member_within_a_minute_are_paced_not_refused() 
         assert len(accepted) == 31
         assert _most_in_any_window(accepted, 1.0) <= 30
         assert max(accepted) - min(accepted) > 1.0  # paced past the first window
+
+
+class LongCards(Robot):
+    """Answers with a card whose text is longer than a template card takes: WeCom gets a
+    markdown message with the text, then the card (two messages to the member)."""
+
+    async def on_message(self, message: Message, reply: Reply) -> None:
+        text = Markdown(text="详细说明。" * 60)  # 900 bytes: more than a template card takes
+        more = Actions(buttons=(Button(label="More", value="more"),))
+        await reply.card(Card(title="Answer", elements=(text, more)))
+
+
+async def test_cards_sent_as_two_messages_are_counted_twice_against_the_member() -> None:
+    """Review finding: a long card is two messages of ``message/send`` on one limiter
+    turn; 16 such answers to one member within WeCom's minute (shortened to 1 s) were
+    32 messages against the member's 30 (45009, and WeCom drops the excess)."""
+    adapter = WeComConsoleAdapter(mode="app", member_minute=1.0)
+    async with open_rig(lambda: adapter, LongCards(), make_platform=_platform, timeout=30) as rig:
+        for i in range(16):
+            await rig.say(f"c{i}", conversation_id="d-cards", group=False, user_id="frank")
+        await rig.until(
+            "16 answers of two messages",
+            lambda: len(adapter.app.member_sends.get("frank", ())) == 32 or None,
+            conversation_id="d-cards",
+            timeout=20,
+        )
+        sends = _sends(adapter)
+        assert [c for c in sends if c["rate_limited"] or c["status"] != 200] == []
+        accepted = list(adapter.app.member_sends["frank"])
+        assert len(accepted) == 32 and _most_in_any_window(accepted, 1.0) <= 30
 
 
 async def test_the_hourly_member_limit_is_paced_too() -> None:
