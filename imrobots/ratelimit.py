@@ -124,6 +124,14 @@ class RateLimiter:
             clock=clock,
         )
 
+    def use_capabilities(self, capabilities: Capabilities) -> None:
+        """Count calls under ``capabilities``' ``api_names`` and ``op_calls`` from the next
+        reservation on (a platform switched the APIs it calls:
+        :meth:`Platform.change_capabilities`). Slots already reserved stay where they
+        were counted. The limits themselves do not change."""
+        self.api_names = dict(capabilities.api_names)
+        self.op_calls = dict(capabilities.op_calls)
+
     def _per_op(self, op: Op) -> list[tuple[RateLimit, str]]:
         """The limits counting ``op``, with their key prefixes (cached: called per call)."""
         cached = self._op_limits.get(op)

@@ -322,3 +322,41 @@ async def test_an_operation_making_two_calls_takes_two_slots_in_each_of_its_wind
     close = CallScope(op=Op.CLOSE, card="c1")
     assert limiter.carries(renew, close) and not limiter.carries(close, renew)
     assert not limiter.carries(CallScope(op=Op.PUSH, card="c1"), close)
+
+
+async def test_a_platform_that_switches_apis_is_counted_under_the_new_names() -> None:
+    """A platform that stops calling two APIs and calls one instead (Feishu falling back
+    from CardKit to PATCH) announces it; the runtime's limiter then counts the operations
+    that now share an API in that API's one window, never in two."""
+    clock = FakeClock()
+    platform = MemoryPlatform()
+    minute = 60.0  # a long window: not spread over tenths, so the counts read plainly
+    platform.capabilities = attrs.evolve(
+        platform.capabilities,
+        rate_limits=(RateLimit(scope=Scope.API, rate=2 / minute, window=minute),),
+        rate_headroom=1.0,
+        api_names={Op.PUSH: "elements", Op.CLOSE: "cards"},
+    )
+    runtime = RobotRuntime(
+        name="s", robot=Robot(), platform=platform, store=_FakeTimeStore(clock), clock=clock
+    )
+    limiter = runtime.limiter
+    push, close = CallScope(op=Op.PUSH, card="c1"), CallScope(op=Op.CLOSE, card="c2")
+    for scope in (push, push, close, close):  # two APIs: two windows of 2
+        assert await limiter.acquire(scope) == 0.0
+    assert not limiter.carries(CallScope(op=Op.PUSH, card="c2"), close)
+    changed = platform.change_capabilities(api_names={Op.PUSH: "patch", Op.CLOSE: "patch"})
+    assert changed is platform.capabilities and limiter.api_names == changed.api_names
+    assert await limiter.acquire(push) == 0.0
+    assert await limiter.acquire(close) == 0.0
+    # the one API's window is full: the next close waits for its window, whichever op
+    # took the slots
+    task = asyncio.create_task(limiter.acquire(close))
+    await clock.advance(minute - 1)
+    assert not task.done()
+    await clock.advance(2)
+    assert await task == pytest.approx(minute, abs=0.1)
+    # a push's turn may now carry its card's close: both are counted in the one window
+    assert limiter.carries(CallScope(op=Op.PUSH, card="c2"), close)
+    with pytest.raises(ValueError, match="rate_limits"):
+        platform.change_capabilities(rate_limits=())
