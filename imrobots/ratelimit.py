@@ -11,10 +11,14 @@ takes its turn in the wide ones (the app, the API): a busy conversation waits
 for its own window without holding app turns, so it never
 delays another conversation beyond the app scope's fair share. Reservations
 are granted in arrival order, so answers share a budget fairly and none starves.
+Intermediate updates are background calls: they queue among themselves and take a slot
+only where a window has room now, so a new answer's first update and every final card
+take the next slot that frees instead of queueing behind them (``acquire(background=)``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
@@ -109,6 +113,9 @@ class RateLimiter:
         self._op_limits: dict[Op, list[tuple[RateLimit, str]]] = {}
         self.clock: Clock = clock or SystemClock()
         self.stats = RateLimiterStats()
+        self._background = asyncio.Lock()
+        """Background calls (intermediate updates) take their turns one at a time, in
+        arrival order (an asyncio lock is fair), and only where a window has room now."""
 
     @classmethod
     def for_capabilities(
@@ -186,7 +193,7 @@ class RateLimiter:
         have = Counter(key for _, key in self._applicable(taken))
         return Counter(key for _, key in self._applicable(call)) <= have
 
-    async def acquire(self, scope: CallScope | None = None) -> float:
+    async def acquire(self, scope: CallScope | None = None, *, background: bool = False) -> float:
         """Wait until one call may be sent; return how many seconds that took.
 
         First the call waits, without reserving, until its narrow windows (its
@@ -195,6 +202,15 @@ class RateLimiter:
         counts it, narrow and wide, at one common time (the earliest at which all
         have room, in arrival order): the slot is recorded when the call is made,
         so no window ever holds more calls than it allows.
+
+        ``background``: a call that may yield to others (an intermediate update of a
+        running answer, whose next update shows the text so far anyway). Background
+        calls queue among themselves, one at a time in arrival order, and reserve a slot
+        only once every window has room now; they never hold a slot ahead in time. Other
+        calls (an answer's first update, its final card, sends) reserve ahead as
+        before, so one arriving while the windows are busy takes the next slot that
+        frees instead of queueing behind every running answer's updates. No window is
+        ever exceeded either way.
         """
         scope = scope or CallScope()
         applicable = self._applicable(scope)
@@ -215,6 +231,30 @@ class RateLimiter:
             await self.clock.sleep(longest)
             waited += longest
         windows = [w for lim, key in applicable for w in self._windows(lim, key)]
+        if background:
+            async with self._background:
+                waited += await self._room_now(windows)
+                return await self._reserve(windows, waited)
+        return await self._reserve(windows, waited)
+
+    async def _room_now(self, windows: list[tuple[str, int, float]]) -> float:
+        """Sleep, reserving nothing, until every one of ``windows`` has room now (after
+        any slot reserved ahead in them); return the seconds slept."""
+        waited = 0.0
+        distinct = list(dict.fromkeys(windows))
+        for _ in range(1000):  # bounded: each pass sleeps until the busiest has room
+            rooms = [
+                await self.store.room_in(key, limit=limit, window=window)
+                for key, limit, window in distinct
+            ]
+            longest = max(rooms, default=0.0)
+            if longest <= 0:
+                break
+            await self.clock.sleep(longest)
+            waited += longest
+        return waited
+
+    async def _reserve(self, windows: list[tuple[str, int, float]], waited: float) -> float:
         for _ in range(LATE_RETRIES + 1):
             wait = await self.store.reserve_all(windows)
             if wait <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import random
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -360,3 +361,71 @@ async def test_a_platform_that_switches_apis_is_counted_under_the_new_names() ->
     assert limiter.carries(CallScope(op=Op.PUSH, card="c2"), close)
     with pytest.raises(ValueError, match="rate_limits"):
         platform.change_capabilities(rate_limits=())
+
+
+async def _grant_times(
+    arrivals: list[tuple[float, str, bool]], *, priority: bool
+) -> dict[str, float]:
+    """When each of ``arrivals`` (at, name, background) is granted by one limiter of 10
+    calls a second (one a tenth) on virtual time; ``priority=False`` takes every call in
+    arrival order, as without background calls."""
+    clock = FakeClock()
+    limiter = RateLimiter(
+        _FakeTimeStore(clock),
+        "p",
+        limits=(RateLimit(scope=Scope.API, rate=10.0),),
+        headroom=1.0,
+        clock=clock,
+    )
+    granted: dict[str, float] = {}
+
+    async def take(name: str, background: bool) -> None:
+        await limiter.acquire(CallScope(op=Op.PUSH, card=name), background=background)
+        granted[name] = clock.now()
+
+    tasks = []
+    for at, name, background in sorted(arrivals):
+        await clock.advance(at - clock.now())
+        tasks.append(asyncio.create_task(take(name, background and priority)))
+        await clock.settle()
+    while not all(task.done() for task in tasks):
+        await clock.advance(0.05)
+    await asyncio.gather(*tasks)
+    return granted
+
+
+async def test_a_first_update_goes_ahead_of_running_answers_updates() -> None:
+    """Thirty intermediate updates queue at once; a new answer's first update arriving at
+    0.35 s takes the next slot that frees (0.4 s) instead of waiting behind all thirty
+    (3 s): the intermediate updates reserve no slot ahead in time. They keep their arrival
+    order among themselves, and neither window (10 a second, 1 a tenth) is exceeded."""
+    arrivals = [(0.0, f"b{i:02}", True) for i in range(30)] + [(0.35, "first", False)]
+    fifo = await _grant_times(arrivals, priority=False)
+    assert fifo["first"] == pytest.approx(3.0, abs=0.01)  # behind every update
+    granted = await _grant_times(arrivals, priority=True)
+    assert granted["first"] == pytest.approx(0.4, abs=0.01)
+    background = sorted((at, name) for name, at in granted.items() if name != "first")
+    assert [name for _, name in background] == [f"b{i:02}" for i in range(30)]
+    times = sorted(granted.values())
+    assert _most_in_a_window(times, 1.0) <= 10
+    assert _most_in_a_window(times, 0.1) <= 1
+    assert max(times) == pytest.approx(3.0, abs=0.01)  # the updates lost no slot
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_priority_never_exceeds_a_window_under_mixed_arrivals(seed: int) -> None:
+    """Random arrivals of first updates, final cards and intermediate updates: no window
+    is ever exceeded, every call is granted, and no priority call waits longer than it
+    would in one arrival-order queue."""
+    rng = random.Random(seed)
+    arrivals = [(round(rng.uniform(0, 3), 3), f"c{i:03}", rng.random() < 0.7) for i in range(60)]
+    fifo = await _grant_times(arrivals, priority=False)
+    granted = await _grant_times(arrivals, priority=True)
+    assert set(granted) == {name for _, name, _ in arrivals}
+    times = sorted(granted.values())
+    assert _most_in_a_window(times, 1.0) <= 10
+    assert _most_in_a_window(times, 0.1) <= 1
+    for at, name, background in arrivals:
+        assert granted[name] >= at - 1e-9
+        if not background:
+            assert granted[name] <= fifo[name] + 1e-9
