@@ -65,7 +65,7 @@ from .platform import (
     StreamingMode,
     measure,
 )
-from .ratelimit import CallScope, RateLimiter
+from .ratelimit import CallScope, Priority, RateLimiter
 from .retry import RetryPolicy, retry_call
 
 __all__ = [
@@ -439,7 +439,7 @@ class AnswerStream:
     async def _take_turn(self, op: Op, *, background: bool = False) -> float:
         """Wait for this answer's turn at the limiter (or use one it kept); return the
         seconds waited. ``background``: an intermediate update, which yields to first
-        updates and final cards (:meth:`RateLimiter.acquire`)."""
+        updates and final cards; a close yields to first updates (:class:`Priority`)."""
         spare, self._spare = self._spare, None
         scope = self._scope(op)
         if (
@@ -448,7 +448,14 @@ class AnswerStream:
             and self.limiter.carries(spare[1], scope)  # a turn of another API's: not this
         ):
             return 0.0
-        return await self.limiter.acquire(scope, background=background)
+        priority = (
+            Priority.BACKGROUND
+            if background
+            else Priority.FINAL
+            if op is Op.CLOSE
+            else Priority.FIRST
+        )
+        return await self.limiter.acquire(scope, priority=priority)
 
     def _keep_turn(self, op: Op) -> None:
         """Keep the turn just taken for ``op`` for this answer's next call."""

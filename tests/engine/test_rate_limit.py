@@ -19,7 +19,7 @@ from imrobots.errors import RateLimited
 from imrobots.memory import MemoryPlatform, MemorySettings
 from imrobots.models import Sender, Target
 from imrobots.platform import CardRef, Op, RateLimit, Scope
-from imrobots.ratelimit import CallScope, RateLimiter
+from imrobots.ratelimit import CallScope, Priority, RateLimiter
 from imrobots.robot import Robot
 from imrobots.runtime import RobotRuntime
 from imrobots.store import MemoryStore
@@ -364,11 +364,11 @@ async def test_a_platform_that_switches_apis_is_counted_under_the_new_names() ->
 
 
 async def _grant_times(
-    arrivals: list[tuple[float, str, bool]], *, priority: bool
+    arrivals: list[tuple[float, str, Priority]], *, priority: bool
 ) -> dict[str, float]:
-    """When each of ``arrivals`` (at, name, background) is granted by one limiter of 10
+    """When each of ``arrivals`` (at, name, priority) is granted by one limiter of 10
     calls a second (one a tenth) on virtual time; ``priority=False`` takes every call in
-    arrival order, as without background calls."""
+    arrival order, as without priorities."""
     clock = FakeClock()
     limiter = RateLimiter(
         _FakeTimeStore(clock),
@@ -379,14 +379,14 @@ async def _grant_times(
     )
     granted: dict[str, float] = {}
 
-    async def take(name: str, background: bool) -> None:
-        await limiter.acquire(CallScope(op=Op.PUSH, card=name), background=background)
+    async def take(name: str, rank: Priority) -> None:
+        await limiter.acquire(CallScope(op=Op.PUSH, card=name), priority=rank)
         granted[name] = clock.now()
 
     tasks = []
-    for at, name, background in sorted(arrivals):
+    for at, name, rank in sorted(arrivals):
         await clock.advance(at - clock.now())
-        tasks.append(asyncio.create_task(take(name, background and priority)))
+        tasks.append(asyncio.create_task(take(name, rank if priority else Priority.FIRST)))
         await clock.settle()
     while not all(task.done() for task in tasks):
         await clock.advance(0.05)
@@ -395,21 +395,26 @@ async def _grant_times(
 
 
 async def test_a_first_update_goes_ahead_of_running_answers_updates() -> None:
-    """Thirty intermediate updates queue at once; a new answer's first update arriving at
-    0.35 s takes the next slot that frees (0.4 s) instead of waiting behind all thirty
-    (3 s): the intermediate updates reserve no slot ahead in time. They keep their arrival
-    order among themselves, and neither window (10 a second, 1 a tenth) is exceeded."""
-    arrivals = [(0.0, f"b{i:02}", True) for i in range(30)] + [(0.35, "first", False)]
+    """Thirty intermediate updates queue at once, then two final cards (0.25 s); a new
+    answer's first update arriving at 0.35 s takes the next slot that frees (0.4 s)
+    instead of waiting behind all of them (3.2 s): finals and intermediate updates
+    reserve no slot ahead in time. The finals go next (0.5, 0.6 s), ahead of the waiting
+    updates, which keep their arrival order, and neither window (10 a second, 1 a
+    tenth) is exceeded."""
+    arrivals = [(0.0, f"b{i:02}", Priority.BACKGROUND) for i in range(30)]
+    arrivals += [(0.25, "final1", Priority.FINAL), (0.26, "final2", Priority.FINAL)]
+    arrivals += [(0.35, "first", Priority.FIRST)]
     fifo = await _grant_times(arrivals, priority=False)
-    assert fifo["first"] == pytest.approx(3.0, abs=0.01)  # behind every update
+    assert fifo["first"] == pytest.approx(3.2, abs=0.01)  # behind every other call
     granted = await _grant_times(arrivals, priority=True)
     assert granted["first"] == pytest.approx(0.4, abs=0.01)
-    background = sorted((at, name) for name, at in granted.items() if name != "first")
+    assert (granted["final1"], granted["final2"]) == pytest.approx((0.5, 0.6), abs=0.01)
+    background = sorted((at, name) for name, at in granted.items() if name.startswith("b"))
     assert [name for _, name in background] == [f"b{i:02}" for i in range(30)]
     times = sorted(granted.values())
     assert _most_in_a_window(times, 1.0) <= 10
     assert _most_in_a_window(times, 0.1) <= 1
-    assert max(times) == pytest.approx(3.0, abs=0.01)  # the updates lost no slot
+    assert max(times) == pytest.approx(3.2, abs=0.01)  # no slot was lost
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -418,14 +423,18 @@ async def test_priority_never_exceeds_a_window_under_mixed_arrivals(seed: int) -
     is ever exceeded, every call is granted, and no priority call waits longer than it
     would in one arrival-order queue."""
     rng = random.Random(seed)
-    arrivals = [(round(rng.uniform(0, 3), 3), f"c{i:03}", rng.random() < 0.7) for i in range(60)]
+    ranks = list(Priority)
+    arrivals = [
+        (round(rng.uniform(0, 3), 3), f"c{i:03}", rng.choices(ranks, (2, 1, 7))[0])
+        for i in range(60)
+    ]
     fifo = await _grant_times(arrivals, priority=False)
     granted = await _grant_times(arrivals, priority=True)
     assert set(granted) == {name for _, name, _ in arrivals}
     times = sorted(granted.values())
     assert _most_in_a_window(times, 1.0) <= 10
     assert _most_in_a_window(times, 0.1) <= 1
-    for at, name, background in arrivals:
+    for at, name, rank in arrivals:
         assert granted[name] >= at - 1e-9
-        if not background:
+        if rank is Priority.FIRST:
             assert granted[name] <= fifo[name] + 1e-9
