@@ -482,6 +482,33 @@ class Platform(abc.ABC):
     name: ClassVar[str] = ""
     capabilities: Capabilities = Capabilities()
 
+    def change_capabilities(self, **changes: Any) -> Capabilities:
+        """Change what this platform declares while it runs (``changes`` are
+        :class:`Capabilities` fields, e.g. ``api_names``), and tell whoever listens
+        (:meth:`watch_capabilities`): the runtime's rate limiter then counts each call
+        from its next reservation on under the new ``api_names`` and ``op_calls``. Use it
+        when the platform switches the APIs it calls (Feishu falling back from CardKit to
+        message PATCH). ``rate_limits`` are read once, at start: changing them raises
+        ``ValueError``. Returns the new capabilities. Answers already running keep the
+        capabilities they started with for everything but the limiter, so the new
+        ``api_names`` should count the calls of both the old and the new way while any
+        old answer may still be running."""
+        if "rate_limits" in changes and changes["rate_limits"] != self.capabilities.rate_limits:
+            raise ValueError("rate_limits cannot change while a platform runs")
+        self.capabilities = attrs.evolve(self.capabilities, **changes)
+        for listener in list(self.__dict__.get("_capability_listeners", ())):
+            listener(self.capabilities)
+        return self.capabilities
+
+    def watch_capabilities(self, listener: Callable[[Capabilities], None]) -> None:
+        """Call ``listener`` with the new capabilities after each
+        :meth:`change_capabilities` (the runtime's rate limiter listens)."""
+        listeners: list[Callable[[Capabilities], None]] = self.__dict__.setdefault(
+            "_capability_listeners", []
+        )
+        if listener not in listeners:
+            listeners.append(listener)
+
     @abc.abstractmethod
     async def start(self, sink: EventSink) -> None:
         """Connect, and from then on deliver events to ``sink``.

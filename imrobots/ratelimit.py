@@ -11,10 +11,17 @@ takes its turn in the wide ones (the app, the API): a busy conversation waits
 for its own window without holding app turns, so it never
 delays another conversation beyond the app scope's fair share. Reservations
 are granted in arrival order, so answers share a budget fairly and none starves.
+Intermediate updates and final cards queue in the limiter (finals first) and take a slot
+only where a window has room now, so a new answer's first update takes the next slot
+that frees instead of queueing behind them (:class:`Priority`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import heapq
+import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
@@ -29,7 +36,7 @@ from .store import Store
 
 T = TypeVar("T")
 
-__all__ = ["CallScope", "RateLimiter", "RateLimiterStats"]
+__all__ = ["CallScope", "Priority", "RateLimiter", "RateLimiterStats"]
 
 _NARROW = (Scope.CONVERSATION, Scope.CARD, Scope.MEMBER)
 BURST_PARTS = 10
@@ -39,6 +46,49 @@ LATE_TOLERANCE = 0.05
 LATE_RETRIES = 3
 SPREAD_UP_TO = 2.0
 """Seconds: only windows this short or shorter are spread over their tenths."""
+
+
+class Priority(enum.IntEnum):
+    """How a call takes its turn (:meth:`RateLimiter.acquire`)."""
+
+    FIRST = 0
+    """Reserve the earliest free slot, ahead in time if need be, in arrival order: sends,
+    openings, an answer's first update, button answers (the default)."""
+    FINAL = 1
+    """Wait for a slot with room now, before any ``BACKGROUND`` call: final cards."""
+    BACKGROUND = 2
+    """Wait for a slot with room now, after every other call: intermediate updates,
+    which coalesce (the update that waits shows the text so far)."""
+
+
+class _Gate:
+    """One holder at a time; waiters served by (priority, arrival)."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        if not self._busy and not self._waiters:
+            self._busy = True
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._seq), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # handed the gate as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)  # the gate passes to it, still busy
+                return
+        self._busy = False
 
 
 @attrs.define
@@ -109,6 +159,9 @@ class RateLimiter:
         self._op_limits: dict[Op, list[tuple[RateLimit, str]]] = {}
         self.clock: Clock = clock or SystemClock()
         self.stats = RateLimiterStats()
+        self._gate = _Gate()
+        """Final cards and intermediate updates take their turns one at a time, finals
+        first, each kind in arrival order, and only where a window has room now."""
 
     @classmethod
     def for_capabilities(
@@ -123,6 +176,14 @@ class RateLimiter:
             op_calls=capabilities.op_calls,
             clock=clock,
         )
+
+    def use_capabilities(self, capabilities: Capabilities) -> None:
+        """Count calls under ``capabilities``' ``api_names`` and ``op_calls`` from the next
+        reservation on (a platform switched the APIs it calls:
+        :meth:`Platform.change_capabilities`). Slots already reserved stay where they
+        were counted. The limits themselves do not change."""
+        self.api_names = dict(capabilities.api_names)
+        self.op_calls = dict(capabilities.op_calls)
 
     def _per_op(self, op: Op) -> list[tuple[RateLimit, str]]:
         """The limits counting ``op``, with their key prefixes (cached: called per call)."""
@@ -178,7 +239,9 @@ class RateLimiter:
         have = Counter(key for _, key in self._applicable(taken))
         return Counter(key for _, key in self._applicable(call)) <= have
 
-    async def acquire(self, scope: CallScope | None = None) -> float:
+    async def acquire(
+        self, scope: CallScope | None = None, *, priority: Priority = Priority.FIRST
+    ) -> float:
         """Wait until one call may be sent; return how many seconds that took.
 
         First the call waits, without reserving, until its narrow windows (its
@@ -187,6 +250,15 @@ class RateLimiter:
         counts it, narrow and wide, at one common time (the earliest at which all
         have room, in arrival order): the slot is recorded when the call is made,
         so no window ever holds more calls than it allows.
+
+        ``priority`` (:class:`Priority`): ``FIRST`` calls (sends, an answer's first
+        update) reserve ahead as described. ``FINAL`` and ``BACKGROUND`` calls (final
+        cards, intermediate updates) queue in this limiter, one at a time, finals first
+        and each kind in arrival order, and reserve a slot only once every window has
+        room now; they never hold a slot ahead in time. So a ``FIRST`` call arriving
+        while the windows are busy takes the next slot that frees instead of queueing
+        behind every running answer's updates and finals. No window is ever exceeded
+        either way.
         """
         scope = scope or CallScope()
         applicable = self._applicable(scope)
@@ -207,6 +279,33 @@ class RateLimiter:
             await self.clock.sleep(longest)
             waited += longest
         windows = [w for lim, key in applicable for w in self._windows(lim, key)]
+        if priority is Priority.FIRST:
+            return await self._reserve(windows, waited)
+        await self._gate.acquire(priority)
+        try:
+            waited += await self._room_now(windows)
+            return await self._reserve(windows, waited)
+        finally:
+            self._gate.release()
+
+    async def _room_now(self, windows: list[tuple[str, int, float]]) -> float:
+        """Sleep, reserving nothing, until every one of ``windows`` has room now (after
+        any slot reserved ahead in them); return the seconds slept."""
+        waited = 0.0
+        distinct = list(dict.fromkeys(windows))
+        for _ in range(1000):  # bounded: each pass sleeps until the busiest has room
+            rooms = [
+                await self.store.room_in(key, limit=limit, window=window)
+                for key, limit, window in distinct
+            ]
+            longest = max(rooms, default=0.0)
+            if longest <= 0:
+                break
+            await self.clock.sleep(longest)
+            waited += longest
+        return waited
+
+    async def _reserve(self, windows: list[tuple[str, int, float]], waited: float) -> float:
         for _ in range(LATE_RETRIES + 1):
             wait = await self.store.reserve_all(windows)
             if wait <= 0:

@@ -268,6 +268,9 @@ class RobotRuntime:
                 self.store, key, platform.capabilities, clock=self.clock
             )
             _limiters[(id(self.store), key)] = limiter
+        # a platform that switches the APIs it calls (Platform.change_capabilities) tells
+        # the limiter, which counts calls under the new names from then on
+        platform.watch_capabilities(limiter.use_capabilities)
         self.limiter = limiter
         self.max_concurrent = self.options.max_concurrent or default_concurrency(
             platform.capabilities

@@ -65,7 +65,7 @@ from .platform import (
     StreamingMode,
     measure,
 )
-from .ratelimit import CallScope, RateLimiter
+from .ratelimit import CallScope, Priority, RateLimiter
 from .retry import RetryPolicy, retry_call
 
 __all__ = [
@@ -436,9 +436,10 @@ class AnswerStream:
             member=user.id if user is not None else None,
         )
 
-    async def _take_turn(self, op: Op) -> float:
+    async def _take_turn(self, op: Op, *, background: bool = False) -> float:
         """Wait for this answer's turn at the limiter (or use one it kept); return the
-        seconds waited."""
+        seconds waited. ``background``: an intermediate update, which yields to first
+        updates and final cards; a close yields to first updates (:class:`Priority`)."""
         spare, self._spare = self._spare, None
         scope = self._scope(op)
         if (
@@ -447,7 +448,14 @@ class AnswerStream:
             and self.limiter.carries(spare[1], scope)  # a turn of another API's: not this
         ):
             return 0.0
-        return await self.limiter.acquire(scope)
+        priority = (
+            Priority.BACKGROUND
+            if background
+            else Priority.FINAL
+            if op is Op.CLOSE
+            else Priority.FIRST
+        )
+        return await self.limiter.acquire(scope, priority=priority)
 
     def _keep_turn(self, op: Op) -> None:
         """Keep the turn just taken for ``op`` for this answer's next call."""
@@ -657,7 +665,9 @@ class AnswerStream:
                 self._idle = False
                 await self._wait_wake(due if keep_alive is None else min(due, keep_alive))
                 continue
-            await self._take_turn(Op.PUSH)
+            # the first visible update goes ahead of running answers' later updates (they
+            # coalesce: whatever waits shows the text so far when its turn comes)
+            await self._take_turn(Op.PUSH, background=self.first_update_latency is not None)
             if self._agent_done():
                 self._keep_turn(Op.PUSH)  # the final card uses it, if it comes at once
                 return

@@ -26,7 +26,9 @@ Where things go:
   conversation, to its user (``open_id``), @-mentioning ``Target.mentions``.
 - Answers stream into a CardKit card entity (``card_mode = "cardkit"``) or into a card
   message that is PATCHed (``card_mode = "patch"``, for apps without CardKit); the
-  first CardKit create the platform refuses switches the robot to PATCH for good.
+  first CardKit create the platform refuses switches the robot to PATCH for good, and
+  announces the APIs it now calls (``Platform.change_capabilities``) so the limiter
+  counts updates and closes in ``im.message.patch``'s one window.
 - Images and files are uploaded (``/im/v1/images``, ``/im/v1/files``) and sent.
 - A card Feishu refuses for its tables (230099 with 11310, :func:`table_refusal`) is
   sent again with them drawn as code blocks, and that card keeps them so.
@@ -336,15 +338,31 @@ class FeishuSettings:
         return 0.3 if self.card_mode == "cardkit" else 0.5
 
 
-def _api_names(mode: CardMode) -> dict[Op, str | tuple[str, ...]]:
+def _api_names(mode: CardMode, *, fell_back: bool = False) -> dict[Op, str | tuple[str, ...]]:
     """The Feishu API each operation calls (for the per-API limits). Sends and replies
     share one bucket, as do the card entity's update and settings calls (conservative:
     they are separate APIs on Feishu). Updating a card or answering a button press in
     CardKit mode updates the entity when the card has one and PATCHes the message
     otherwise, so it counts on both. (A renewal makes two settings calls:
-    ``Capabilities.op_calls``.)"""
+    ``Capabilities.op_calls``.)
+
+    ``fell_back``: PATCH mode after a CardKit refusal. Pushes and closes then PATCH the
+    message and share ``im.message.patch``'s window; an answer opened on CardKit before
+    the switch may still push and close its entity, so each counts on both APIs."""
     send = "im.message.send"
     names: dict[Op, str | tuple[str, ...]] = {op: send for op in _SEND_OPS}
+    if fell_back:
+        patch = "im.message.patch"
+        names.update(
+            {
+                Op.PUSH: ("cardkit.card_element.content", patch),
+                Op.RENEW: ("cardkit.card", patch),
+                Op.CLOSE: ("cardkit.card", patch),
+                Op.UPDATE_CARD: ("cardkit.card", patch),
+                Op.ANSWER_ACTION: ("cardkit.card", patch),
+            }
+        )
+        return names
     if mode == "cardkit":
         either = ("cardkit.card", "im.message.patch")
         names.update(
@@ -865,6 +883,9 @@ class FeishuPlatform(Platform):
                         exc,
                     )
                     self.card_mode = "patch"
+                    # updates and closes now both PATCH the message: the limiter must
+                    # count them in one window, not in CardKit's two
+                    self.change_capabilities(api_names=_api_names("patch", fell_back=True))
                     card_id = None
                 if card_id is not None:
                     self._remember(key, card_id)

@@ -200,6 +200,9 @@ class FeishuEmulator:
         self.windows = Window()
         self.failure_rate = 0.0
         self.rate_limit_rate = 0.0
+        self.cardkit_refused = False
+        """Whether CardKit creates are refused (99991672), as for an app without the
+        CardKit permission: the platform falls back to PATCH."""
         self.latency = 0.0
         self.lost_answer_rate = 0.0
         """Share of successful OpenAPI calls whose answer is lost (after they acted)."""
@@ -1090,6 +1093,8 @@ class FeishuEmulator:
 
     def api_card_create(self, app: App, body: Mapping[str, Any]) -> CardEntity:
         """``POST /open-apis/cardkit/v1/cards`` (PROTOCOLS 3.8)."""
+        if self.cardkit_refused:
+            raise ApiError.no_permission()
         if body.get("type") != "card_json":
             raise ApiError.bad_request("only type card_json is emulated")
         data = self._card_json(body.get("data"))

@@ -47,6 +47,13 @@ class ApiError(Exception):
         UNCONFIRMED: the HTTP status)."""
         return cls(400, 99991663, "Invalid access token for authorization")
 
+    @classmethod
+    def no_permission(cls) -> ApiError:
+        """99991672: the app lacks a permission the API needs (Feishu's general error-code
+        list; the emulator's ``cardkit_refused`` answers CardKit creates with it).
+        UNCONFIRMED: the HTTP status."""
+        return cls(400, 99991672, "Access denied. One of the following scopes is required")
+
     # -------------------------------------------------------------- limits
     @classmethod
     def frequency_limit(cls, limit: int, reset: float) -> ApiError:

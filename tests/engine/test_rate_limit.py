@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import random
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from imrobots.errors import RateLimited
 from imrobots.memory import MemoryPlatform, MemorySettings
 from imrobots.models import Sender, Target
 from imrobots.platform import CardRef, Op, RateLimit, Scope
-from imrobots.ratelimit import CallScope, RateLimiter
+from imrobots.ratelimit import CallScope, Priority, RateLimiter
 from imrobots.robot import Robot
 from imrobots.runtime import RobotRuntime
 from imrobots.store import MemoryStore
@@ -322,3 +323,118 @@ async def test_an_operation_making_two_calls_takes_two_slots_in_each_of_its_wind
     close = CallScope(op=Op.CLOSE, card="c1")
     assert limiter.carries(renew, close) and not limiter.carries(close, renew)
     assert not limiter.carries(CallScope(op=Op.PUSH, card="c1"), close)
+
+
+async def test_a_platform_that_switches_apis_is_counted_under_the_new_names() -> None:
+    """A platform that stops calling two APIs and calls one instead (Feishu falling back
+    from CardKit to PATCH) announces it; the runtime's limiter then counts the operations
+    that now share an API in that API's one window, never in two."""
+    clock = FakeClock()
+    platform = MemoryPlatform()
+    minute = 60.0  # a long window: not spread over tenths, so the counts read plainly
+    platform.capabilities = attrs.evolve(
+        platform.capabilities,
+        rate_limits=(RateLimit(scope=Scope.API, rate=2 / minute, window=minute),),
+        rate_headroom=1.0,
+        api_names={Op.PUSH: "elements", Op.CLOSE: "cards"},
+    )
+    runtime = RobotRuntime(
+        name="s", robot=Robot(), platform=platform, store=_FakeTimeStore(clock), clock=clock
+    )
+    limiter = runtime.limiter
+    push, close = CallScope(op=Op.PUSH, card="c1"), CallScope(op=Op.CLOSE, card="c2")
+    for scope in (push, push, close, close):  # two APIs: two windows of 2
+        assert await limiter.acquire(scope) == 0.0
+    assert not limiter.carries(CallScope(op=Op.PUSH, card="c2"), close)
+    changed = platform.change_capabilities(api_names={Op.PUSH: "patch", Op.CLOSE: "patch"})
+    assert changed is platform.capabilities and limiter.api_names == changed.api_names
+    assert await limiter.acquire(push) == 0.0
+    assert await limiter.acquire(close) == 0.0
+    # the one API's window is full: the next close waits for its window, whichever op
+    # took the slots
+    task = asyncio.create_task(limiter.acquire(close))
+    await clock.advance(minute - 1)
+    assert not task.done()
+    await clock.advance(2)
+    assert await task == pytest.approx(minute, abs=0.1)
+    # a push's turn may now carry its card's close: both are counted in the one window
+    assert limiter.carries(CallScope(op=Op.PUSH, card="c2"), close)
+    with pytest.raises(ValueError, match="rate_limits"):
+        platform.change_capabilities(rate_limits=())
+
+
+async def _grant_times(
+    arrivals: list[tuple[float, str, Priority]], *, priority: bool
+) -> dict[str, float]:
+    """When each of ``arrivals`` (at, name, priority) is granted by one limiter of 10
+    calls a second (one a tenth) on virtual time; ``priority=False`` takes every call in
+    arrival order, as without priorities."""
+    clock = FakeClock()
+    limiter = RateLimiter(
+        _FakeTimeStore(clock),
+        "p",
+        limits=(RateLimit(scope=Scope.API, rate=10.0),),
+        headroom=1.0,
+        clock=clock,
+    )
+    granted: dict[str, float] = {}
+
+    async def take(name: str, rank: Priority) -> None:
+        await limiter.acquire(CallScope(op=Op.PUSH, card=name), priority=rank)
+        granted[name] = clock.now()
+
+    tasks = []
+    for at, name, rank in sorted(arrivals):
+        await clock.advance(at - clock.now())
+        tasks.append(asyncio.create_task(take(name, rank if priority else Priority.FIRST)))
+        await clock.settle()
+    while not all(task.done() for task in tasks):
+        await clock.advance(0.05)
+    await asyncio.gather(*tasks)
+    return granted
+
+
+async def test_a_first_update_goes_ahead_of_running_answers_updates() -> None:
+    """Thirty intermediate updates queue at once, then two final cards (0.25 s); a new
+    answer's first update arriving at 0.35 s takes the next slot that frees (0.4 s)
+    instead of waiting behind all of them (3.2 s): finals and intermediate updates
+    reserve no slot ahead in time. The finals go next (0.5, 0.6 s), ahead of the waiting
+    updates, which keep their arrival order, and neither window (10 a second, 1 a
+    tenth) is exceeded."""
+    arrivals = [(0.0, f"b{i:02}", Priority.BACKGROUND) for i in range(30)]
+    arrivals += [(0.25, "final1", Priority.FINAL), (0.26, "final2", Priority.FINAL)]
+    arrivals += [(0.35, "first", Priority.FIRST)]
+    fifo = await _grant_times(arrivals, priority=False)
+    assert fifo["first"] == pytest.approx(3.2, abs=0.01)  # behind every other call
+    granted = await _grant_times(arrivals, priority=True)
+    assert granted["first"] == pytest.approx(0.4, abs=0.01)
+    assert (granted["final1"], granted["final2"]) == pytest.approx((0.5, 0.6), abs=0.01)
+    background = sorted((at, name) for name, at in granted.items() if name.startswith("b"))
+    assert [name for _, name in background] == [f"b{i:02}" for i in range(30)]
+    times = sorted(granted.values())
+    assert _most_in_a_window(times, 1.0) <= 10
+    assert _most_in_a_window(times, 0.1) <= 1
+    assert max(times) == pytest.approx(3.2, abs=0.01)  # no slot was lost
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_priority_never_exceeds_a_window_under_mixed_arrivals(seed: int) -> None:
+    """Random arrivals of first updates, final cards and intermediate updates: no window
+    is ever exceeded, every call is granted, and no priority call waits longer than it
+    would in one arrival-order queue."""
+    rng = random.Random(seed)
+    ranks = list(Priority)
+    arrivals = [
+        (round(rng.uniform(0, 3), 3), f"c{i:03}", rng.choices(ranks, (2, 1, 7))[0])
+        for i in range(60)
+    ]
+    fifo = await _grant_times(arrivals, priority=False)
+    granted = await _grant_times(arrivals, priority=True)
+    assert set(granted) == {name for _, name, _ in arrivals}
+    times = sorted(granted.values())
+    assert _most_in_a_window(times, 1.0) <= 10
+    assert _most_in_a_window(times, 0.1) <= 1
+    for at, name, rank in arrivals:
+        assert granted[name] >= at - 1e-9
+        if rank is Priority.FIRST:
+            assert granted[name] <= fifo[name] + 1e-9

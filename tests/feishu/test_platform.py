@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from imrobots import Robot
+from imrobots.agents import AgentRequest
 from imrobots.config import structure
 from imrobots.emulation import EmulatorAdapter
 from imrobots.platform import CardAction, Message, Platform
@@ -131,3 +132,52 @@ async def test_many_concurrent_answers_get_no_error(card_mode: str) -> None:
         calls = rig.emulator.state()["calls"]
         refused = [c for c in calls if c["error"] in (300317, 230020) or c["rate_limited"]]
         assert refused == [], [(c["method"], c["route"], c["error"]) for c in refused]
+
+
+def _most_in_a_second(times: list[float]) -> int:
+    """The most of ``times`` (seconds) that fall within any one second."""
+    times = sorted(times)
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+async def test_patch_fallback_counts_updates_and_closes_in_one_window() -> None:
+    """After Feishu refuses CardKit (99991672) the robot PATCHes messages: its updates and
+    its final cards then call one API, ``im.message.patch``, and must share that API's
+    50/s. Many answers ending over a couple of seconds while others still stream need both
+    at once; before the platform announced the switch the limiter counted them in two
+    CardKit windows and the emulator refused PATCHes (429, 99991400)."""
+
+    async def agent(request: AgentRequest) -> AsyncIterator[str]:
+        n = int(request.text.split()[-1])
+        for word in numbered("w", 30 + n % 30):
+            yield f"{word} "
+            await asyncio.sleep(0.1)
+
+    def factory() -> FeishuConsoleAdapter:
+        adapter = FeishuConsoleAdapter(card_mode="cardkit")
+        adapter.emulator.cardkit_refused = True
+        return adapter
+
+    async with open_rig(
+        factory, Robot(agent=agent), make_platform=make_platform, timeout=60.0
+    ) as rig:
+        for n in range(120):
+            await rig.say(f"go {n}", conversation_id=rig.conversation("fb"), group=True)
+
+        def finals() -> bool:
+            cards = rig.emulator.state()["cards"]
+            return sum(c["status"] == "final" and "w029" in card_text(c) for c in cards) >= 120
+
+        await rig.until("120 final cards", finals, timeout=60.0)
+        assert isinstance(rig.emulator, FeishuConsoleAdapter)
+        calls = rig.emulator.emulator.calls  # as the emulator counts them
+        patches = [c for c in calls if c.method == "PATCH" and "/im/v1/messages/" in c.path]
+        assert len(patches) > 120  # every answer PATCHed: the fallback happened
+        refused = [c for c in calls if c.rate_limited]
+        assert refused == [], [(c.method, c.path, c.code) for c in refused[:5]]
+        assert _most_in_a_second([c.wall for c in patches]) <= 50
