@@ -274,7 +274,12 @@ async def test_every_ai_card_ends_with_a_finalizing_stream_call(emu: DingTalkEmu
         await emu.push_message(APP, text=QUESTION, conversation_id="cid-ok")
         await emu.push_message(APP, text="boom", conversation_id="cid-error")
         await emu.push_message(APP, text="long please", conversation_id="cid-long")
-        await emu.wait_for(lambda: runtime.stats.answered == 3, 15, what="three answers")
+        # the agent error ends in an error card, counted failed
+        await emu.wait_for(
+            lambda: (runtime.stats.answered, runtime.stats.failed) == (2, 1),
+            15,
+            what="two answers and an error card",
+        )
         await runtime.wait_idle(10)
     cards = list(emu.cards.values())
     assert len(cards) == 4  # the long answer continued in a second card
