@@ -179,7 +179,8 @@ class WebGuard:
         if not self.host_allowed(host):
             return (
                 f"the Host {host!r} is not allowed here (a guard against DNS rebinding); "
-                "use an IP address or localhost, or name the host with --public-host"
+                "use an IP address or localhost (the console and demo also take a host name "
+                "given with --public-host)"
             )
         upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
         changes = request.method not in SAFE_METHODS

@@ -75,13 +75,28 @@ _STATIC_TYPES = {
 }
 
 
+MIN_TOKEN_LENGTH = 16
+"""Characters a token must have when the console listens beyond loopback (a guessable
+one would guard nothing; ``python -c "import secrets; print(secrets.token_urlsafe())"``
+prints a good one)."""
+
+
 def check_binding(host: str, token: str | None) -> None:
     """Raise :class:`ValueError` if a console on ``host`` would listen beyond loopback
-    with no explicit ``token``."""
-    if not token and not is_loopback(host):
+    with no explicit ``token``, or with one shorter than :data:`MIN_TOKEN_LENGTH`."""
+    if is_loopback(host):
+        return
+    if not token:
         raise ValueError(
             f"the console would listen on {host}, beyond loopback: give it a token "
             "(--token or IMROBOTS_CONSOLE_TOKEN) that every browser and client must present"
+        )
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"the console would listen on {host}, beyond loopback, with a token of "
+            f"{len(token)} characters: give --token or IMROBOTS_CONSOLE_TOKEN at least "
+            f"{MIN_TOKEN_LENGTH} (python -c 'import secrets; print(secrets.token_urlsafe())' "
+            "prints one)"
         )
 
 

@@ -159,6 +159,11 @@ def test_binding_beyond_loopback_needs_an_explicit_token() -> None:
         result = CliRunner().invoke(cli, command, env={"IMROBOTS_CONSOLE_TOKEN": ""})
         assert result.exit_code == 2, result.output
         assert "--token" in result.output and "loopback" in result.output
+    # a short, guessable token is refused too
+    result = CliRunner().invoke(
+        cli, ["demo", "--host", "0.0.0.0"], env={"IMROBOTS_CONSOLE_TOKEN": "abc"}
+    )
+    assert result.exit_code == 2 and "at least 16" in result.output, result.output
     # an explicit token binds anywhere, and guards reads too
     console = Console({"memory": MemoryEmulator()}, {}, host="0.0.0.0", token="t" * 24)
     assert console.guard.token_for_reads
