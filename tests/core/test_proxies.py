@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import importlib.util
 import ipaddress
 import ssl
 import sys
@@ -29,6 +30,15 @@ from imrobots.store import MemoryStore
 from tests.proxy_servers import HttpProxy, Socks5Proxy
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+needs_socks = pytest.mark.skipif(
+    importlib.util.find_spec("aiohttp_socks") is None, reason='needs "imrobots[proxy]"'
+)
+"""SOCKS needs the proxy extra (the core-only CI job has no extras; the full job has all)."""
+needs_tls_tools = pytest.mark.skipif(
+    importlib.util.find_spec("cryptography") is None,
+    reason="needs cryptography to make a certificate (the wecom extra)",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -179,6 +189,7 @@ def _self_signed(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, client
 
 
+@needs_tls_tools
 async def test_https_and_wss_tunnel_through_connect_with_proxy_credentials(
     tmp_path: Path,
 ) -> None:
@@ -222,6 +233,7 @@ async def test_https_and_wss_tunnel_through_connect_with_proxy_credentials(
         await runner.cleanup()
 
 
+@needs_socks
 async def test_socks5_credentials_and_remote_names(
     echo_server: tuple[web.AppRunner, int],
 ) -> None:
@@ -244,6 +256,7 @@ async def test_socks5_credentials_and_remote_names(
                 await session.get(f"http://127.0.0.1:{port}/hello")
 
 
+@needs_socks
 async def test_a_request_own_proxy_and_no_proxy_are_respected(
     echo_server: tuple[web.AppRunner, int],
 ) -> None:
@@ -370,6 +383,7 @@ async def test_each_platform_through_an_http_proxy(
 
 
 @pytest.mark.parametrize("name", list(PLATFORMS))
+@needs_socks
 async def test_each_platform_through_a_socks5_proxy(
     name: str, environment: Callable[[dict[str, str]], None]
 ) -> None:
@@ -380,6 +394,7 @@ async def test_each_platform_through_a_socks5_proxy(
 
 
 @pytest.mark.parametrize("name", list(PLATFORMS))
+@needs_socks
 async def test_each_platform_goes_direct_when_no_proxy_covers_loopback(
     name: str, environment: Callable[[dict[str, str]], None]
 ) -> None:
@@ -395,6 +410,7 @@ async def test_each_platform_goes_direct_when_no_proxy_covers_loopback(
     assert proxy.seen == [] and socks.seen == []
 
 
+@needs_socks
 async def test_a_dead_proxy_is_a_connection_error_naming_it() -> None:
     async with Socks5Proxy() as gone:
         port = gone.port
