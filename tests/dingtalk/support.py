@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 
 from imrobots import RobotRuntime, RuntimeOptions, Secret
@@ -94,3 +95,46 @@ def final(card: CardRecord) -> bool:
 def card_calls(emu: DingTalkEmulator) -> int:
     """Calls the robot made to card APIs (StandardCard and card instances)."""
     return sum(1 for c in emu.calls if c.route.startswith(("interactiveCards.", "card.")))
+
+
+def write_robots_toml(
+    emu: DingTalkEmulator,
+    directory: Path,
+    *,
+    openapi: str | None = None,
+    robot: str = "",
+    settings: str = "",
+    agent: str = 'use = "demo"',
+    before: str = "",
+    after: str = "",
+) -> Path:
+    """``directory/robots.toml``: the tests' app on ``emu`` as ``imrobots run`` reads it,
+    the robot ``support`` with fast updates and reconnects. ``robot``, ``settings`` and
+    ``agent`` are lines added to those tables; ``before`` and ``after`` are whole tables
+    before and after them; ``openapi`` replaces the OpenAPI endpoint."""
+    host = emu.base_url.split("//", 1)[1]
+    path = directory / "robots.toml"
+    path.write_text(
+        f"""{before}
+[robots.support]
+platform = "dingtalk"
+{robot}
+
+[robots.support.settings]
+client_id = "{APP}"
+client_secret = "{SECRET}"
+openapi_endpoint = "{openapi or emu.base_url}"
+oapi_endpoint = "{emu.base_url}"
+webhook_hosts = ["{host}"]
+download_hosts = ["{host}"]
+update_interval = 0.1
+reconnect_initial = 0.05
+{settings}
+
+[robots.support.agent]
+{agent}
+{after}
+""",
+        encoding="utf-8",
+    )
+    return path

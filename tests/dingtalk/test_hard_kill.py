@@ -22,7 +22,7 @@ from imrobots.app import build_runtimes
 from imrobots.config import load_config
 from imrobots_dingtalk.emulator import DingTalkEmulator
 
-from .support import APP, SECRET
+from .support import APP, write_robots_toml
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 
@@ -30,37 +30,13 @@ QUESTION = "How do I get a refund?"
 
 
 def _config(emu: DingTalkEmulator, directory: Path, options: str) -> Path:
-    host = emu.base_url.split("//", 1)[1]
-    path = directory / "robots.toml"
-    path.write_text(
-        f"""
-[store]
-backend = "sqlite"
-path = "{directory / "state.sqlite3"}"
-
-[robots.support]
-platform = "dingtalk"
-
-[robots.support.settings]
-client_id = "{APP}"
-client_secret = "{SECRET}"
-openapi_endpoint = "{emu.base_url}"
-oapi_endpoint = "{emu.base_url}"
-webhook_hosts = ["{host}"]
-download_hosts = ["{host}"]
-update_interval = 0.1
-reconnect_initial = 0.05
-
-[robots.support.agent]
-use = "demo"
-delay = 0.15
-
-[robots.support.options]
-{options}
-""",
-        encoding="utf-8",
+    return write_robots_toml(
+        emu,
+        directory,
+        before=f'[store]\nbackend = "sqlite"\npath = "{directory / "state.sqlite3"}"\n',
+        agent='use = "demo"\ndelay = 0.15',
+        after=f"\n[robots.support.options]\n{options}",
     )
-    return path
 
 
 def _streams(emu: DingTalkEmulator, card_id: str) -> list[dict[str, object]]:

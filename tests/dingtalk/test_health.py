@@ -27,7 +27,7 @@ from imrobots import RuntimeOptions
 from imrobots.health import HealthServer
 from imrobots_dingtalk.emulator import DingTalkEmulator
 
-from .support import APP, SECRET, final, running
+from .support import APP, SECRET, final, running, write_robots_toml
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
 
@@ -38,39 +38,17 @@ QUESTION = "How do I get a refund?"
 
 def _config(emu: DingTalkEmulator, directory: Path) -> Path:
     host = emu.base_url.split("//", 1)[1]
-    # A password inside an endpoint URL (issue 12, item 12: it was printed at start).
-    openapi = f"http://robot:{URL_PASSWORD}@{host}"
-    path = directory / "robots.toml"
-    path.write_text(
-        f"""
-[robots.support]
-platform = "dingtalk"
-feedback_secret = "{FEEDBACK_SECRET}"
-
-[robots.support.settings]
-client_id = "{APP}"
-client_secret = "{SECRET}"
-openapi_endpoint = "{openapi}"
-oapi_endpoint = "{emu.base_url}"
-webhook_hosts = ["{host}"]
-download_hosts = ["{host}"]
-card_mode = "standard"
-update_interval = 0.1
-reconnect_initial = 0.05
-request_timeout = 1.0
-
-[robots.support.agent]
-use = "demo"
-delay = 0.01
-
-[robots.support.stream]
-retry_backoff = 0.05
-max_backoff = 0.2
-rate_limit_backoff = 0.05
-""",
-        encoding="utf-8",
+    return write_robots_toml(
+        emu,
+        directory,
+        # A password inside an endpoint URL (issue 12, item 12: it was printed at start).
+        openapi=f"http://robot:{URL_PASSWORD}@{host}",
+        robot=f'feedback_secret = "{FEEDBACK_SECRET}"',
+        settings='card_mode = "standard"\nrequest_timeout = 1.0',
+        agent='use = "demo"\ndelay = 0.01',
+        after="\n[robots.support.stream]\nretry_backoff = 0.05\nmax_backoff = 0.2\n"
+        "rate_limit_backoff = 0.05",
     )
-    return path
 
 
 def _samples(text: str) -> dict[str, float]:

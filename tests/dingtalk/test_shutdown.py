@@ -20,7 +20,7 @@ import pytest
 
 from imrobots_dingtalk.emulator import DingTalkEmulator
 
-from .support import APP, SECRET
+from .support import APP, write_robots_toml
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
 
@@ -69,31 +69,12 @@ def write_config(
     ``module``, the agent's module is written next to it first."""
     if module:
         (directory / f"{agent.partition(':')[0]}.py").write_text(module, encoding="utf-8")
-    host = emu.base_url.split("//", 1)[1]
-    path = directory / "robots.toml"
-    path.write_text(
-        f"""
-[robots.support]
-platform = "dingtalk"
-feedback_secret = "feedback-secret-not-in-logs-0001"
-
-[robots.support.settings]
-client_id = "{APP}"
-client_secret = "{SECRET}"
-openapi_endpoint = "{emu.base_url}"
-oapi_endpoint = "{emu.base_url}"
-webhook_hosts = ["{host}"]
-download_hosts = ["{host}"]
-update_interval = 0.1
-reconnect_initial = 0.05
-
-[robots.support.agent]
-use = "{agent}"
-{extra}
-""",
-        encoding="utf-8",
+    return write_robots_toml(
+        emu,
+        directory,
+        robot='feedback_secret = "feedback-secret-not-in-logs-0001"',
+        agent=f'use = "{agent}"\n{extra}',
     )
-    return path
 
 
 @pytest.mark.parametrize("case", list(AGENTS))
