@@ -902,15 +902,20 @@ def _written(made: Any, steps: Sequence[str]) -> None:
         click.echo(f"  {step}")
 
 
+def _directory_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--directory/-d`` of the ``new`` commands: where to write, ``default`` if not given."""
+    return click.option(
+        "--directory",
+        "-d",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help=f"Where to write it (default: {default}); it must not exist or be empty.",
+    )
+
+
 @new.command("robot")
 @click.argument("name")
-@click.option(
-    "--directory",
-    "-d",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where to write it (default: ./NAME); it must not exist or be empty.",
-)
+@_directory_option("./NAME")
 def new_robot(name: str, directory: Path | None) -> None:
     """Write a robot application package NAME: a Robot subclass, an agent, the entry point
     that registers the robot as NAME, a robots.toml and tests written with imrobots.testing.
@@ -934,13 +939,7 @@ def new_robot(name: str, directory: Path | None) -> None:
 
 @new.command("platform")
 @click.argument("name")
-@click.option(
-    "--directory",
-    "-d",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where to write it (default: ./imrobots-NAME); it must not exist or be empty.",
-)
+@_directory_option("./imrobots-NAME")
 def new_platform(name: str, directory: Path | None) -> None:
     """Write a platform plugin NAME: the entry point, a Platform subclass with its
     capabilities, an event converter, a card renderer, an emulator with its
