@@ -21,6 +21,8 @@ import click
 
 from . import __version__
 from .errors import ImrobotsError
+from .loop import loop_name, new_event_loop
+from .loop import run as run_on_loop
 from .secret import RedactingFilter, redact_text
 
 log = logging.getLogger("imrobots.cli")
@@ -257,7 +259,11 @@ def _run_to_exit(main: Coroutine[Any, Any, None], grace: float = DEFAULT_GRACE) 
     given a moment (at most a second, and 15 % of ``grace`` for tasks, as much for
     threads), then the process exits (status 0) without it."""
     moment = min(1.0, 0.15 * grace)
-    loop = asyncio.new_event_loop()
+    try:
+        loop = new_event_loop()  # uvloop where installed (imrobots.loop)
+    except ImrobotsError:
+        main.close()
+        raise
     try:
         loop.run_until_complete(main)
         leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
@@ -317,7 +323,7 @@ async def _serve(
                 break
             _say(f"robot {runtime.name}: connected to {runtime.describe()}")
         else:
-            _say("running; press Ctrl-C to stop")
+            _say(f"running on the {loop_name()} event loop; press Ctrl-C to stop")
         tty = sys.stderr.isatty() and status and not _json_output()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -640,13 +646,13 @@ def demo(
             "imrobots demo: the support robot on the in-memory platform (no account, no network)"
         )
         started = time.monotonic()
-        asyncio.run(_demo_conversation(list(questions), delay))
+        run_on_loop(_demo_conversation(list(questions), delay))
         click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
         return
     _check_binding(host, token)
     click.echo("imrobots demo: starting emulators, robots and the console (no account needed)")
     try:
-        asyncio.run(_demo_console(host, port, list(platforms) or None, token, public_hosts))
+        run_on_loop(_demo_console(host, port, list(platforms) or None, token, public_hosts))
     except OSError as exc:
         _fail(ImrobotsError(f"cannot start the console on {host}:{port}: {exc}; try --port 0"))
     except (ValueError, ImrobotsError) as exc:
@@ -789,7 +795,7 @@ def emulate(
             )
         )
     try:
-        asyncio.run(
+        run_on_loop(
             _emulate(
                 platform,
                 port=port,
@@ -876,7 +882,7 @@ def console_command(
     _check_binding(host, token)
     click.echo(f"imrobots console: the robots of {config_path}, each on a local emulator")
     try:
-        asyncio.run(
+        run_on_loop(
             _config_console(
                 config_path, list(names), host, port, token=token, public_hosts=public_hosts
             )
@@ -1023,7 +1029,7 @@ def feedback_export(config_path: Path, fmt: str, robot: str | None, output: Path
         finally:
             await store.close()
 
-    items = asyncio.run(read())
+    items = run_on_loop(read())
     if output is None:
         count = write_feedback(items, fmt, sys.stdout)  # type: ignore[arg-type]
     else:

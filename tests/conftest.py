@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -12,7 +13,23 @@ from pathlib import Path
 
 import pytest
 
+from imrobots.loop import new_event_loop
 from imrobots.plugins import PluginManager, reset_plugin_manager
+
+TEST_LOOP_ENV = "IMROBOTS_TEST_LOOP"
+"""``uvloop``: run every async test on uvloop, the loop ``imrobots run`` uses where it is
+installed (imrobots.loop), instead of asyncio's own. CI runs the engine and DingTalk tests
+both ways."""
+
+
+_TEST_LOOP = os.environ.get(TEST_LOOP_ENV, "").strip().lower()
+if _TEST_LOOP not in ("", "asyncio"):  # the hook is there only then: it must name a loop
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], object]]:
+        choice = _TEST_LOOP
+        return {choice: lambda: new_event_loop({"IMROBOTS_LOOP": choice})}
 
 
 @pytest.fixture

@@ -121,20 +121,30 @@ def _wait_for_line(process: subprocess.Popen[str], text: str, deadline: float) -
     raise AssertionError(f"{text!r} not printed; got: {''.join(seen)}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_run_connects_and_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "loop"),
+    [(signal.SIGINT, "uvloop"), (signal.SIGTERM, "uvloop"), (signal.SIGTERM, "asyncio")],
+)
+def test_run_connects_and_stops_cleanly_on_signal(
+    tmp_path: Path, sig: signal.Signals, loop: str
+) -> None:
     config = tmp_path / "robots.toml"
     config.write_text(CONFIG, encoding="utf-8")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("IMROBOTS_LOOP", None)
+    if loop == "asyncio":  # uvloop is the default where installed (a required package)
+        env["IMROBOTS_LOOP"] = "asyncio"
     process = subprocess.Popen(
         [sys.executable, "-m", "imrobots", "run", "--config", str(config)],
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=env,
     )
     try:
         seen = _wait_for_line(process, "press Ctrl-C to stop", time.monotonic() + 30)
         assert any("robot helper: connected to memory" in line for line in seen)
+        assert f"running on the {loop} event loop" in seen[-1]
         process.send_signal(sig)
         _, rest = process.communicate(timeout=30)
     finally:
@@ -142,6 +152,18 @@ def test_run_connects_and_stops_cleanly_on_signal(tmp_path: Path, sig: signal.Si
             process.kill()
     assert process.returncode == 0
     assert "stopped" in rest
+
+
+def test_run_with_an_unknown_loop_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    result = CliRunner().invoke(
+        cli, ["run", "--config", str(config)], env={"IMROBOTS_LOOP": "trio"}
+    )
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error: IMROBOTS_LOOP='trio' is not a loop this knows")
+    assert "auto" in line and "uvloop" in line and "asyncio" in line
 
 
 def test_run_with_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:

@@ -213,7 +213,8 @@ async def test_health_metrics_json_logs_and_no_secret_in_any_line(
     assert code == 0, "\n".join(lines[-30:])
     records = [json.loads(line) for line in lines]  # raises on any plain line
     messages = [r["message"] for r in records]
-    assert "stopped" in messages and "running; press Ctrl-C to stop" in messages
+    assert "stopped" in messages
+    assert "running on the uvloop event loop; press Ctrl-C to stop" in messages
     [summary] = [m for m in messages if m.startswith("robot support stopped:")]
     assert f"{rate_limited} rate-limited responses" in summary and "1 reconnects" in summary
     assert "3 answered" in summary and "retries" in summary and "failed calls" in summary

@@ -49,9 +49,7 @@ class Gateway:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        port = server.sockets[0].getsockname()[1]
+        port = self.runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}"
         return self
 
