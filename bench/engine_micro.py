@@ -3,6 +3,7 @@
     python bench/engine_micro.py              # both parts, about 1 min
     python bench/engine_micro.py --part intake --messages 2000
     python bench/engine_micro.py --part answers --answers 1000
+    python bench/engine_micro.py --part http
 
 ``bench/engine.py`` measures the whole client over real sockets, beside the seed's
 handler; on a machine shared with other work its CPU figures move by 20-30 % from
@@ -23,6 +24,14 @@ still 10-20 % apart between runs on a busy machine):
   sleeps and generator cost what they cost in every client). Then, with
   ``tracemalloc``, the memory an answer holds while streaming (peak / answers) and
   after it ended (retained / answers: history, feedback records).
+- **http**: the client CPU of one aiohttp request as the plugins send them (the session
+  :func:`imrobots.proxies.client_session` makes, a card update's body and headers, 50 at
+  once, the server in a subprocess of its own): what every platform call costs before
+  the engine's or the plugin's own work, and so the part of ``engine.py``'s client CPU
+  per answer that is aiohttp's.
+
+Everything runs on the loop ``imrobots run`` uses (:mod:`imrobots.loop`: uvloop where
+installed; ``IMROBOTS_LOOP=asyncio`` for asyncio's own).
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 CHUNKS, DELAY = 100, 0.05
+CALLS_PER_ANSWER = 12
+"""What ``bench/engine.py``'s answers make over HTTP: a thinking card, about ten updates
+and the final card (StandardCards, the DingTalk emulator)."""
 
 
 def _app() -> Any:
@@ -234,6 +246,76 @@ async def answers_run(answers: int, *, traced: bool) -> dict[str, float]:
     }
 
 
+# --------------------------------------------------------------------------- HTTP floor
+
+_SERVER = """
+import asyncio, sys
+from aiohttp import web
+
+async def answer(request):
+    await request.read()
+    return web.json_response({"result": True})
+
+async def main():
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    print(runner.addresses[0][1], flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main())
+"""
+
+
+async def http_floor(requests: int, concurrency: int = 50) -> float:
+    """Client CPU per request (us) of the aiohttp session a plugin makes
+    (:func:`imrobots.proxies.client_session`), sending what a DingTalk card update sends
+    to a server in a subprocess of its own: what each platform call costs before any
+    of the engine's or the plugin's own work."""
+    import sys
+
+    from imrobots.proxies import client_session
+
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _SERVER,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert server.stdout is not None and server.stdin is not None
+    port = int(await server.stdout.readline())
+    body = json.dumps(
+        {"cardBizId": "c" * 32, "cardData": json.dumps({"markdown": "w1 " * 150})}
+    ).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "x-acs-dingtalk-access-token": "t" * 32,
+    }
+    url = f"http://127.0.0.1:{port}/v1.0/im/robots/interactiveCards"
+    try:
+        async with client_session() as session:
+
+            async def one() -> None:
+                async with session.put(url, data=body, headers=headers) as response:
+                    json.loads(await response.read())
+
+            async def batch(count: int) -> None:
+                for _ in range(count // concurrency):
+                    await asyncio.gather(*(one() for _ in range(concurrency)))
+
+            await batch(5 * concurrency)  # connections opened, code warm
+            started = time.process_time()
+            await batch(requests)
+            return (time.process_time() - started) / requests * 1e6
+    finally:
+        server.stdin.close()
+        await server.wait()
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -267,13 +349,25 @@ async def main(args: argparse.Namespace) -> None:
             f"{traced['retained_bytes'] / 1024:.2f} KB retained per answer after (history, "
             f"feedback record)"
         )
+    if args.part in ("http", "all"):
+        per_request = min([await http_floor(args.requests) for _ in range(3)])
+        out(
+            f"http: {per_request:.0f} us client CPU per aiohttp request (best of 3 x "
+            f"{args.requests:,}, 50 at once, a card update's body and headers, the server in "
+            f"another process); at the {CALLS_PER_ANSWER} platform calls of an answer: "
+            f"{per_request * CALLS_PER_ANSWER / 1000:.2f} s per 1,000 answers"
+        )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("intake", "answers", "all"), default="all")
+    parser.add_argument("--part", choices=("intake", "answers", "http", "all"), default="all")
     parser.add_argument("--messages", type=int, default=2000, help="pushes per intake batch")
     parser.add_argument("--repeats", type=int, default=5, help="intake batches (best taken)")
     parser.add_argument("--answers", type=int, default=300, help="concurrent answers")
     parser.add_argument("--repeats-answers", type=int, default=2, help="answer runs (best taken)")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--requests", type=int, default=3000, help="HTTP requests per run")
+    # the loop `imrobots run` runs robots on (uvloop where installed; IMROBOTS_LOOP=asyncio)
+    from imrobots.loop import run
+
+    run(main(parser.parse_args()))

@@ -189,10 +189,10 @@ class ProxySettings:
     def for_url(self, url: URL) -> ProxyRoute | None:
         """The proxy for ``url``, or ``None`` to connect direct."""
         variable = _SCHEME_VARS.get(url.scheme)
-        if variable is None or not url.host or self.bypassed(url.host):
+        if variable is None or not url.host:
             return None
-        route = self.https if variable == "https_proxy" else self.http
-        return route or self.all
+        route = (self.https if variable == "https_proxy" else self.http) or self.all
+        return None if route is None or self.bypassed(url.host) else route
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -362,9 +362,11 @@ def client_session(
                 req.update_proxy(route.url, None, proxy_headers)
         return await handler(req)
 
+    # no HTTP proxy configured: no middleware, which would run on every request for nothing
+    http_proxies = any(not r.is_socks for r in settings.routes)
     return aiohttp.ClientSession(
         connector=connector,
         headers=dict(headers or {}),
-        middlewares=(route_http_proxies,),
+        middlewares=(route_http_proxies,) if http_proxies else (),
         **kwargs,
     )
