@@ -108,13 +108,14 @@ def platform(rate: float = 1_000_000) -> Any:
 
 def stub_http() -> list[int]:
     """Replace the plugin's HTTP calls by a stub; returns the call counter."""
+    from imrobots.platform import dump_json
     from imrobots_dingtalk.api import DingTalkApi
 
     calls = [0]
 
     async def call(self: Any, method: str, path: str, body: Any, **_: Any) -> Any:
         calls[0] += 1
-        json.dumps(body, ensure_ascii=False).encode()  # what _send does with it
+        dump_json(body)  # what _send does with it
         await asyncio.sleep(0)  # a response comes later
         return {"result": True}
 

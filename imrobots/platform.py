@@ -79,7 +79,9 @@ from .models import (
     Target,
 )
 from .payloads import MalformedJson, valid_text
+from .payloads import dumps as dump_json
 from .payloads import loads as load_json
+from .payloads import parse as parse_json
 from .proxies import client_session
 from .redirects import RedirectRefused, redirect_message, refuse_redirects
 from .secret import Secret
@@ -140,6 +142,7 @@ __all__ = [
     "Target",
     "Upload",
     "client_session",
+    "dump_json",
     "endpoint_problem",
     "error_card",
     "final_card",
@@ -148,6 +151,7 @@ __all__ = [
     "load_json",
     "measure",
     "new_id",
+    "parse_json",
     "redirect_message",
     "refuse_redirects",
     "resolve_object",

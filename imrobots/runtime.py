@@ -48,6 +48,7 @@ from .models import (
     Message,
     Target,
 )
+from .payloads import dumps
 from .platform import Capabilities, Op, Platform, Scope, StreamHandle
 from .policy import AccessPolicy
 from .ratelimit import CallScope, RateLimiter
@@ -594,7 +595,7 @@ class RobotRuntime:
         self._inbox.add(message.id)  # before the record exists: it is this runtime's own
         try:
             await self.store.put_value(
-                inbox, json.dumps(record, ensure_ascii=False), ttl=self.options.in_flight_ttl
+                inbox, dumps(record).decode(), ttl=self.options.in_flight_ttl
             )
             await self._wait_turn(queue, member, message.time.timestamp())
             started = True
@@ -957,7 +958,7 @@ class RobotRuntime:
                 "owner": self.owner,
             }
             self._open[record_key] = True
-            head = json.dumps(record, ensure_ascii=False)[:-1] + ', "text": '
+            head = dumps(record).decode()[:-1] + ',"text":'
             await on_push(stream)
 
         async def on_push(stream: AnswerStream) -> None:
@@ -966,7 +967,7 @@ class RobotRuntime:
             # state only; plugins keep restore-relevant state stable, see restore_stream.)
             await self.store.put_value(
                 record_key,
-                head + json.dumps(stream.latest, ensure_ascii=False) + "}",
+                head + dumps(stream.latest).decode() + "}",
                 ttl=self.options.answer_ttl,
             )
 
@@ -990,7 +991,7 @@ class RobotRuntime:
                 }
                 await self.store.put_value(
                     self._key("answer", answer_id),
-                    json.dumps(record, ensure_ascii=False),
+                    dumps(record).decode(),
                     ttl=self.options.answer_ttl,
                 )
             await self.fire("reply_finished", robot=self.name, message=message, result=result)

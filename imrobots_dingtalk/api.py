@@ -25,7 +25,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -38,12 +37,15 @@ from yarl import URL
 from imrobots.platform import (
     CardGone,
     FatalPlatformError,
+    MalformedJson,
     OutcomeUnknown,
     PlatformError,
     RateLimited,
     Refused,
     RetryableError,
     Secret,
+    dump_json,
+    parse_json,
     redirect_message,
 )
 
@@ -240,8 +242,8 @@ async def _read_body(response: aiohttp.ClientResponse) -> Any:
     if not raw:
         return None
     try:
-        return json.loads(raw)
-    except ValueError:
+        return parse_json(raw, where="answer")
+    except MalformedJson:
         return raw.decode("utf-8", errors="replace")
 
 
@@ -458,7 +460,7 @@ class DingTalkApi:
         all_headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if headers:
             all_headers.update(headers)
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        data = dump_json(body)
         return await self._request(method, url, what, data=data, headers=all_headers)
 
     async def call(

@@ -20,10 +20,18 @@ Two renderings, one per ``card_mode``:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from imrobots.platform import Actions, Button, Card, CardStatus, Divider, Markdown, Note
+from imrobots.platform import (
+    Actions,
+    Button,
+    Card,
+    CardStatus,
+    Divider,
+    Markdown,
+    Note,
+    dump_json,
+)
 
 __all__ = [
     "FLOW_STATUS",
@@ -161,13 +169,13 @@ def ai_card_params(
         params = {
             "msgTitle": card.title or "",
             "flowStatus": FLOW_STATUS[card.status],
-            "sys_full_json_obj": json.dumps(full, ensure_ascii=False),
+            "sys_full_json_obj": dump_json(full).decode(),
         }
     else:
         params = {
             "title": card.title or "",
             "flowStatus": FLOW_STATUS[card.status],
-            "buttons": json.dumps(ai_button_list(card), ensure_ascii=False),
+            "buttons": dump_json(ai_button_list(card)).decode(),
         }
     reason = _STOP_REASONS.get(card.status)
     if reason is not None:

@@ -61,9 +61,11 @@ import attrs
 from imrobots.platform import (
     ConnectionStatus,
     FatalPlatformError,
+    MalformedJson,
     PlatformError,
     RetryableError,
     Secret,
+    parse_json,
     redirect_message,
     valid_text,
 )
@@ -758,11 +760,9 @@ def _parse_frame(text: str) -> Frame:
     """The frame in ``text``; :class:`ValueError` (:class:`BadFrame` when the messageId is
     known) for anything that is not a frame of PROTOCOLS 1.3."""
     try:
-        raw = json.loads(text)
-    except ValueError:
-        raise ValueError("not JSON") from None
-    except RecursionError:
-        raise ValueError("JSON nested too deep") from None
+        raw = parse_json(text, where="frame")
+    except MalformedJson as exc:  # "frame: not JSON", "frame: JSON nested too deep"
+        raise ValueError(str(exc).removeprefix("frame: ")) from None
     if not isinstance(raw, dict):
         raise ValueError("not a JSON object")
     headers = raw.get("headers")

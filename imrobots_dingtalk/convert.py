@@ -49,6 +49,7 @@ from imrobots.platform import (
     Sender,
     load_json,
 )
+from imrobots.platform import parse_json as parse_json_text
 
 __all__ = [
     "AtUser",
@@ -295,8 +296,8 @@ def _json_text(value: Any) -> Any:
     """DingTalk nests some objects as JSON strings; accept both forms."""
     if isinstance(value, str):
         try:
-            return json.loads(value) if value.strip() else {}
-        except (ValueError, RecursionError):
+            return parse_json_text(value) if value.strip() else {}
+        except MalformedJson:
             raise MalformedPayload("expected a JSON object inside a string") from None
     return value
 
@@ -747,8 +748,8 @@ def _attachment(
 def _json_object(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except ValueError:
+            return parse_json_text(value)
+        except MalformedJson:
             return value
     return value
 

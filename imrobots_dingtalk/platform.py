@@ -69,6 +69,7 @@ from imrobots.platform import (
     Target,
     Upload,
     client_session,
+    dump_json,
     endpoint_problem,
     refuse_redirects,
 )
@@ -686,7 +687,7 @@ class DingTalkPlatform(Platform):
             "cardTemplateId": "StandardCard",
             "cardBizId": card_id,
             "robotCode": self.settings.robot,
-            "cardData": json.dumps(standard_card(card), ensure_ascii=False),
+            "cardData": dump_json(standard_card(card)).decode(),
         }
         options: dict[str, Any] = {"atAll": False}
         group = self._group_id(target)
@@ -776,7 +777,7 @@ class DingTalkPlatform(Platform):
         if self._mode(ref) != "ai":
             standard = {
                 "cardBizId": ref.id,
-                "cardData": json.dumps(standard_card(card), ensure_ascii=False),
+                "cardData": dump_json(standard_card(card)).decode(),
             }
             await self.api.call(
                 "PUT", "/v1.0/im/robots/interactiveCards", standard, card_update=True, card=True

@@ -21,11 +21,10 @@ Tables: Feishu refuses cards with too many tables (230099/11310, ANCHORS 5); wit
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-from imrobots.platform import Actions, Card, CardStatus, Divider, Markdown, Note
+from imrobots.platform import Actions, Card, CardStatus, Divider, Markdown, Note, dump_json
 
 __all__ = [
     "CONTENT_ELEMENT",
@@ -143,4 +142,5 @@ def _element_id(button_id: str) -> str:
 
 
 def dumps(card: dict[str, Any]) -> str:
-    return json.dumps(card, ensure_ascii=False, separators=(",", ":"))
+    """The card's compact JSON (see :func:`imrobots.platform.dump_json`)."""
+    return dump_json(card).decode()

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -65,6 +64,7 @@ from imrobots.platform import (
     OutcomeUnknown,
     RetryableError,
     Secret,
+    dump_json,
     load_json,
 )
 
@@ -411,7 +411,7 @@ class AibotConnection:
         if ws is None or ws.closed:
             raise RetryableError("the WeCom connection is down")
         async with self._send_lock:
-            await ws.send_str(json.dumps(frame, ensure_ascii=False))
+            await ws.send_str(dump_json(frame).decode())
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}

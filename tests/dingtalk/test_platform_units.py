@@ -268,6 +268,55 @@ async def test_second_401_is_fatal(session: aiohttp.ClientSession) -> None:
         await runner.cleanup()
 
 
+async def test_bodies_are_compact_utf8_json_and_answers_read_as_json_reads(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A body goes out as compact UTF-8 JSON (orjson), a lone surrogate as its escape and
+    a JSON string nested in it (``cardData``) intact (a lone surrogate makes the whole
+    body ASCII, see :func:`imrobots.platform.dump_json`); an answer reads as ``json.loads``
+    reads it (integers beyond 64 bits exact), one nested too deep as its text."""
+    received: list[bytes] = []
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"accessToken": "t", "expireIn": 7200})
+
+    async def echo(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(body=received[-1], content_type="application/json")
+
+    async def deep(request: web.Request) -> web.Response:
+        return web.Response(text="[" * 5000 + "]" * 5000, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1.0/oauth2/accessToken", token)
+    app.router.add_put("/v1.0/echo", echo)
+    app.router.add_put("/v1.0/deep", deep)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        api = DingTalkApi(
+            session, endpoint=f"http://127.0.0.1:{port}", client_id="a", client_secret=Secret("s")
+        )
+        card_data = json.dumps({"markdown": "答案 **1**"}, ensure_ascii=False)
+        body = {"cardBizId": "c1", "cardData": card_data, "n": 2**70, "text": "中文 \ud800"}
+        answer = await api.call("PUT", "/v1.0/echo", body)
+        raw = received[0]
+        assert raw.decode("utf-8").startswith('{"cardBizId":"c1","cardData":"{')
+        # a lone surrogate, which UTF-8 cannot carry, escaped (and the rest with it)
+        assert raw.decode("ascii").endswith('"text":"\\u4e2d\\u6587 \\ud800"}')
+        assert answer == body and type(answer["n"]) is int
+        assert json.loads(answer["cardData"]) == json.loads(card_data)
+        assert await api.call("PUT", "/v1.0/echo", {"text": "中文"}) == {"text": "中文"}
+        assert received[1] == '{"text":"中文"}'.encode()  # compact, non-ASCII as is
+        text = await api.call("PUT", "/v1.0/deep", {})
+        assert text == "[" * 5000 + "]" * 5000
+    finally:
+        await runner.cleanup()
+
+
 async def test_network_failure_is_retryable(session: aiohttp.ClientSession) -> None:
     async with DingTalkEmulator() as emu:
         url = emu.base_url

@@ -1,0 +1,201 @@
+"""imrobots.payloads: orjson on the fast path, json's results (and errors) on every path."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imrobots.payloads import MalformedJson, clean, dumps, loads, parse
+from imrobots.platform import dump_json, load_json, parse_json
+
+IDS = ("msgId",)
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_platform_reexports_the_helpers() -> None:
+    assert (dump_json, load_json, parse_json) == (dumps, loads, parse)
+
+
+@pytest.mark.parametrize("text", ['{"a": 1, "b": [true, null, 1.5, "x"]}', "[]", '"s"', "0"])
+@pytest.mark.parametrize("kind", [str, bytes])
+def test_loads_gives_what_json_gives(text: str, kind: type) -> None:
+    given_text = text if kind is str else text.encode()
+    assert loads(given_text) == json.loads(text)
+    assert parse(given_text) == json.loads(text)
+
+
+def test_a_lone_surrogate_escape_becomes_u_fffd_in_text() -> None:
+    assert loads('{"text": "a\\ud800b", "k\\udfff": 1}', IDS) == {"text": "a\ufffdb", "k\ufffd": 1}
+    assert loads(b'{"text": "a\\ud800b"}', IDS) == {"text": "a\ufffdb"}
+
+
+def test_a_lone_surrogate_encoded_raw_becomes_u_fffd() -> None:
+    assert loads(b'{"text": "a\xed\xa0\x80b"}') == {"text": "a\ufffdb"}
+    assert loads('{"text": "a\ud800b"}') == {"text": "a\ufffdb"}  # a str holding it raw
+
+
+def test_a_lone_surrogate_in_an_id_is_refused() -> None:
+    with pytest.raises(MalformedJson, match=r"data\.msgId: not valid Unicode"):
+        loads('{"msgId": "m\\ud800"}', IDS)
+    with pytest.raises(MalformedJson, match=r"push\.msgId"):
+        loads(b'{"msgId": "m\xed\xa0\x80"}', IDS, where="push")
+
+
+def test_a_surrogate_pair_escape_is_one_character() -> None:
+    assert loads('{"msgId": "\\ud83d\\ude00"}', IDS) == {"msgId": "\U0001f600"}
+
+
+def test_parse_keeps_a_lone_surrogate() -> None:
+    assert parse('{"messageId": "m\\ud800"}') == {"messageId": "m\ud800"}
+
+
+@pytest.mark.parametrize("function", [loads, parse])
+@pytest.mark.parametrize("depth", [300, 1025, 5000, 100_000])
+def test_nesting_too_deep_for_json_is_malformed_whatever_orjson_takes(
+    function: Any, depth: int
+) -> None:
+    text = nested(depth)
+    try:
+        expected = json.loads(text)
+    except RecursionError:
+        with pytest.raises(MalformedJson, match="nested too deep"):
+            function(text)
+    else:  # what json takes at this stack depth, taken the same way
+        assert function(text) == expected
+
+
+def test_nesting_below_the_limits_is_taken() -> None:
+    value = loads(nested(200))
+    for _ in range(199):
+        (value,) = value
+    assert value == []
+
+
+@pytest.mark.parametrize("text", ["", "nope", "{", '{"a": 1,}', "\ufeff{}", b"\xff", "[1] 2"])
+@pytest.mark.parametrize("function", [loads, parse])
+def test_not_json_is_malformed(function: Any, text: str | bytes) -> None:
+    with pytest.raises(MalformedJson, match="push: not JSON"):
+        function(text, where="push")
+
+
+@pytest.mark.parametrize(
+    "number",
+    [2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, -(10**19), 10**30, -(10**40)],
+)
+def test_integers_are_exact_beyond_64_bits(number: int) -> None:
+    value = loads(f'{{"n": {number}, "m": [{number}]}}')
+    assert value == {"n": number, "m": [number]}
+    assert type(value["n"]) is int
+    assert dumps(value) == f'{{"n":{number},"m":[{number}]}}'.encode()
+
+
+def test_a_long_run_of_digits_in_a_string_changes_nothing() -> None:
+    text = '{"msgId": "12345678901234567890123", "x": 1.5}'
+    assert loads(text, IDS) == json.loads(text)
+
+
+def test_nan_and_infinity_are_read_as_json_reads_them() -> None:
+    value = loads("[NaN, Infinity, -Infinity, 1e400]")
+    assert math.isnan(value[0])
+    assert value[1:] == [math.inf, -math.inf, math.inf]
+
+
+def test_the_last_duplicate_key_wins_as_in_json() -> None:
+    assert loads('{"a": 1, "a": 2}') == json.loads('{"a": 1, "a": 2}') == {"a": 2}
+
+
+def test_dumps_is_compact_utf8() -> None:
+    assert (
+        dumps({"a": 1, "b": ["中文", None, True, 1.5]})
+        == '{"a":1,"b":["中文",null,true,1.5]}'.encode()
+    )
+    assert dumps(("x",)) == b'["x"]'
+
+
+def test_dumps_escapes_a_lone_surrogate_and_stays_utf8() -> None:
+    raw = dumps({"text": "中\ud800"})
+    assert raw == b'{"text":"\\u4e2d\\ud800"}'
+    assert json.loads(raw) == {"text": "中\ud800"}
+
+
+def test_dumps_takes_what_json_takes_and_orjson_refuses() -> None:
+    assert dumps({1: "a", None: 2, 1.5: 3}) == b'{"1":"a","null":2,"1.5":3}'
+    deep: Any = []
+    for _ in range(300):
+        deep = [deep]
+    assert json.loads(dumps(deep)) == deep
+
+
+def test_dumps_writes_nan_as_null_and_refuses_it_on_json_s_path() -> None:
+    assert dumps([math.nan, math.inf]) == b"[null,null]"
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        dumps({1: math.nan})
+
+
+@pytest.mark.parametrize("value", [object(), datetime.now(UTC), {"a": {1, 2}}])
+def test_dumps_refuses_what_is_not_json(value: object) -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        dumps(value)
+
+
+def test_dumps_writes_a_uuid_as_its_text() -> None:
+    value = uuid.UUID(int=1)
+    assert dumps(value) == f'"{value}"'.encode()
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_dumps_then_loads_matches_json(value: Any) -> None:
+    raw = dumps(value)
+    raw.decode("utf-8")  # always valid UTF-8
+    assert json.loads(raw) == json.loads(json.dumps(value))
+    assert parse(raw) == json.loads(json.dumps(value))
+    assert parse(json.dumps(value)) == json.loads(json.dumps(value))
+
+
+any_text = st.text(  # lone surrogates included, and often
+    st.characters(exclude_categories=()) | st.sampled_from(["\ud800", "\udfff", "\ud83d"])
+)
+values_with_surrogates = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | any_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(values_with_surrogates, st.booleans(), st.booleans())
+def test_parse_and_loads_read_as_json_reads(value: Any, ascii: bool, as_bytes: bool) -> None:
+    text = json.dumps(value, ensure_ascii=ascii)
+    given_text: str | bytes = text.encode("utf-8", "surrogatepass") if as_bytes else text
+    expected = json.loads(text)
+    assert parse(given_text) == expected
+    assert loads(given_text) == clean(expected)
+    written = dumps(value)
+    written.decode("utf-8")  # always valid UTF-8
+    # what json's escapes read as (a pair of surrogates held raw in a str, once escaped,
+    # reads as the one character they encode)
+    assert json.loads(written) == json.loads(json.dumps(value))
