@@ -51,6 +51,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 
 from .models import Message
+from .payloads import clean, valid_text
 from .store import Turn
 
 __all__ = [
@@ -386,6 +387,8 @@ async def _accumulate(source: AnswerSource, mode: ChunkMode) -> AsyncGenerator[s
                     yield chunk  # already the whole text: passed through, not copied
                 continue
             piece = chunk if type(chunk) is str else _chunk_text(chunk)
+            if not piece.isascii() and not valid_text(piece):
+                piece = clean(piece)  # a lone surrogate (half an emoji) shows as U+FFFD
             if not piece or (mode == "accumulated" and piece == text):
                 continue
             text = AccumulatedText(piece if mode == "accumulated" else text + piece)

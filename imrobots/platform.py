@@ -196,8 +196,16 @@ class SizeUnit(enum.StrEnum):
 
 
 def measure(text: str, unit: SizeUnit) -> int:
-    """The size of ``text`` in ``unit``."""
-    return len(text.encode("utf-8")) if unit is SizeUnit.BYTES else len(text)
+    """The size of ``text`` in ``unit``. A lone surrogate, which UTF-8 cannot carry (JSON
+    sends it as a 6-byte ``\\ud800`` escape), counts 6 bytes; it never raises."""
+    if unit is not SizeUnit.BYTES:
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8", "surrogatepass")) + 3 * sum(
+            1 for c in text if "\ud800" <= c <= "\udfff"
+        )
 
 
 class Scope(enum.StrEnum):

@@ -200,7 +200,10 @@ def split_text(text: str, limit: int, unit: SizeUnit = SizeUnit.CHARACTERS) -> t
     if measure(text, unit) <= limit:
         return text, ""
     if unit is SizeUnit.BYTES:
-        window = text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+        try:
+            window = text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+        except UnicodeEncodeError:  # a lone surrogate: counted as measure() counts it
+            window = _byte_window(text, limit)
     else:
         window = text[:limit]
     size = len(window)
@@ -211,6 +214,17 @@ def split_text(text: str, limit: int, unit: SizeUnit = SizeUnit.CHARACTERS) -> t
     if size == 0:  # a single character larger than the limit: keep going, one character
         size = 1
     return text[:size], text[size:]
+
+
+def _byte_window(text: str, limit: int) -> str:
+    """The longest head of ``text`` of at most ``limit`` bytes as :func:`measure` counts
+    them, character by character (for text holding a lone surrogate: rare)."""
+    total = 0
+    for index, char in enumerate(text):
+        total += measure(char, SizeUnit.BYTES)
+        if total > limit:
+            return text[:index]
+    return text
 
 
 def body_text(card: Card) -> str:

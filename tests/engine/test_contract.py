@@ -108,6 +108,13 @@ def test_split_text_counts_bytes_and_never_breaks_a_character() -> None:
     assert head + "\n" + rest == text or head + rest == text
 
 
+def test_a_lone_surrogate_is_measured_as_its_json_escape_and_split_without_error() -> None:
+    assert measure("a\ud800", SizeUnit.BYTES) == 1 + 6  # sent as a \ud800 escape
+    assert measure("a\ud800", SizeUnit.CHARACTERS) == 2
+    head, rest = split_text("word \udc00" * 10, 30, SizeUnit.BYTES)
+    assert head and rest and measure(head, SizeUnit.BYTES) <= 30
+
+
 async def test_a_27000_byte_answer_is_delivered_whole_within_a_byte_cap(
     make_runtime: Factory,
 ) -> None:
@@ -762,3 +769,23 @@ async def test_a_degraded_answer_is_the_answer_alone(make_runtime: Factory) -> N
     assert "the question" not in joined and "Helpful" not in joined
     assert CONTINUED_NOTE not in joined and all(len(t) <= 80 for t in texts)
     assert joined.replace("\n", "") == answer.replace("\n", "")
+
+
+async def test_a_lone_surrogate_from_the_agent_becomes_a_replacement_character(
+    make_runtime: Factory,
+) -> None:
+    """A lone surrogate (half of a UTF-16 pair, as a stream cut between the two halves of
+    an emoji leaves it) cannot be encoded as UTF-8: measuring the answer in bytes raised
+    UnicodeEncodeError and the answer failed. It is shown as U+FFFD, the rest intact."""
+
+    async def agent(request: object) -> AsyncIterator[str]:
+        for chunk in ("Hello ", "\ud83d", " and ", "snapshot\udc00 end"):
+            yield chunk
+
+    platform, runtime = await make_runtime(agent=agent, text_unit="bytes", max_text=20_000, **FAST)
+    message = await platform.say("emoji please")
+    await runtime.wait_idle(10)
+    [card] = answer_cards(platform, message)[-1:]
+    assert card.status is CardStatus.FINAL
+    assert card.text == "Hello \ufffd and snapshot\ufffd end"
+    assert runtime.stats.answered == 1 and runtime.stats.failed == 0
