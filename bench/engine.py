@@ -278,7 +278,9 @@ def sdk_command(url: str) -> list[str]:
 def emulator(qps: int) -> Any:
     from imrobots_dingtalk.emulator import DingTalkEmulator
 
-    emu = DingTalkEmulator(seed=1, ping_interval=None, qps_limit=qps)
+    # SYSTEM pings as DingTalk sends them (every 20-30 s): without them the client takes
+    # the connection for muted after 40 s and replaces it in the middle of a long row
+    emu = DingTalkEmulator(seed=1, ping_interval=20.0, qps_limit=qps)
     return emu
 
 

@@ -231,6 +231,8 @@ class _Window:
 
     times: deque[float] = attrs.field(factory=deque)
     blocked_until: float = float("-inf")
+    idle_after: float = float("-inf")
+    """When its last grant has left the window: from then on it is empty and may be dropped."""
 
 
 def window_earliest(w: _Window, now: float, limit: int, window: float, calls: int = 1) -> float:
@@ -263,8 +265,10 @@ def windows_reserve(records: Sequence[tuple[_Window, int, float]], now: float) -
         (window_earliest(w, now, limit, window, n) for w, limit, window, n in calls.values()),
         default=now,
     )
-    for w, _, _, n in calls.values():
+    for w, _, window, n in calls.values():
         w.times.extend([at] * n)
+        if at + window > w.idle_after:
+            w.idle_after = at + window
     return at - now
 
 
@@ -300,12 +304,17 @@ class MemoryStore(Store):
         return time.monotonic()
 
     def _sweep(self, now: float) -> None:
-        """Forget expired in-flight keys and locks (at most once a minute)."""
+        """Forget expired in-flight keys, locks and rate-limit windows that are empty and
+        unpenalized (at most once a minute): a window per conversation, card or member
+        would otherwise stay for the life of the process."""
         if now < self._next_sweep:
             return
         self._next_sweep = now + 60.0
         self._in_flight = {k: t for k, t in self._in_flight.items() if t > now}
         self._locks = {k: v for k, v in self._locks.items() if v[1] > now}
+        self._windows = {
+            k: w for k, w in self._windows.items() if w.idle_after > now or w.blocked_until > now
+        }
 
     async def claim(self, key: str, *, in_flight_ttl: float) -> ClaimResult:
         now = self._now()
@@ -364,8 +373,10 @@ class MemoryStore(Store):
         return w
 
     async def reserve_all(self, windows: Sequence[tuple[str, int, float]]) -> float:
+        now = self._now()
+        self._sweep(now)
         records = [(self._window(key), limit, window) for key, limit, window in windows]
-        return windows_reserve(records, self._now())
+        return windows_reserve(records, now)
 
     async def room_in(self, key: str, *, limit: int, window: float) -> float:
         now = self._now()

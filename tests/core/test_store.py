@@ -325,6 +325,25 @@ async def test_reserve_all_takes_one_common_time_in_every_window(store: Store) -
     assert await store.room_in("b", limit=5, window=1.0) == pytest.approx(1.0, abs=0.05)
 
 
+async def test_memory_store_forgets_windows_once_empty_and_keeps_busy_and_penalized_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A window per conversation, card or member (Feishu's per chat and per message, WeCom's
+    per member) stayed for the life of the process: 10,000 cards, 10,000 windows."""
+    store = MemoryStore()
+    now = [1000.0]
+    monkeypatch.setattr(store, "_now", lambda: now[0])
+    for card in range(1000):
+        await store.reserve(f"card:{card}", limit=5, window=1.0)
+    await store.reserve("app", limit=50, window=60.0)
+    await store.penalize("api:update", seconds=300.0)
+    now[0] += 120.0  # the card windows emptied a minute ago; a sweep is due
+    await store.reserve("card:new", limit=5, window=1.0)
+    assert set(store._windows) == {"api:update", "card:new"}  # the app's also emptied
+    # the penalty still holds after the sweep
+    assert await store.room_in("api:update", limit=5, window=1.0) == pytest.approx(180.0)
+
+
 async def test_a_window_listed_twice_gets_two_calls_at_once(store: Store) -> None:
     """An operation making two calls of one API (Feishu's renewal: streaming off, on)."""
     assert await store.reserve("a", limit=2, window=1.0) == 0.0
