@@ -11,6 +11,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -36,10 +37,15 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The running loop's clock."""
+    """Monotonic time (:func:`time.monotonic`), and the running loop's timers.
+
+    Not ``loop.time()``: asyncio's is :func:`time.monotonic`, but uvloop's is read once
+    per loop iteration, in milliseconds, so within a busy iteration it lags by as long as
+    the iteration has run; a call granted a rate-limit slot "now" would be recorded
+    earlier than it is sent. Timers take delays, so both clocks agree on them."""
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
