@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -237,6 +238,18 @@ async def test_token_is_refreshed_after_a_401(session: aiohttp.ClientSession) ->
         assert [c.status for c in emu.calls if c.route != "oauth2.accessToken"] == [401, 200]
 
 
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """Serve ``app`` on 127.0.0.1 (any free port) while the block runs; yields the port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
 async def test_second_401_is_fatal(session: aiohttp.ClientSession) -> None:
     async def token(request: web.Request) -> web.Response:
         return web.json_response({"accessToken": "t", "expireIn": 7200})
@@ -247,12 +260,7 @@ async def test_second_401_is_fatal(session: aiohttp.ClientSession) -> None:
     app = web.Application()
     app.router.add_post("/v1.0/oauth2/accessToken", token)
     app.router.add_post("/v1.0/x", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with serving(app) as port:
         api = DingTalkApi(
             session,
             endpoint=f"http://127.0.0.1:{port}",
@@ -264,8 +272,6 @@ async def test_second_401_is_fatal(session: aiohttp.ClientSession) -> None:
         assert api.token_fetches == 2
         assert "refused a fresh access token" in str(info.value)
         assert "s3cr3t-value" not in str(info.value)
-    finally:
-        await runner.cleanup()
 
 
 async def test_bodies_are_compact_utf8_json_and_answers_read_as_json_reads(
@@ -291,12 +297,7 @@ async def test_bodies_are_compact_utf8_json_and_answers_read_as_json_reads(
     app.router.add_post("/v1.0/oauth2/accessToken", token)
     app.router.add_put("/v1.0/echo", echo)
     app.router.add_put("/v1.0/deep", deep)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with serving(app) as port:
         api = DingTalkApi(
             session, endpoint=f"http://127.0.0.1:{port}", client_id="a", client_secret=Secret("s")
         )
@@ -313,8 +314,6 @@ async def test_bodies_are_compact_utf8_json_and_answers_read_as_json_reads(
         assert received[1] == '{"text":"中文"}'.encode()  # compact, non-ASCII as is
         text = await api.call("PUT", "/v1.0/deep", {})
         assert text == "[" * 5000 + "]" * 5000
-    finally:
-        await runner.cleanup()
 
 
 async def test_network_failure_is_retryable(session: aiohttp.ClientSession) -> None:
@@ -374,18 +373,11 @@ async def test_downloads_follow_no_redirects(session: aiohttp.ClientSession) -> 
 
     app = web.Application()
     app.router.add_get("/file", redirect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with serving(app) as port:
         api = DingTalkApi(session, endpoint="http://x", client_id="a", client_secret=Secret("s"))
         with pytest.raises(FatalPlatformError) as info:
             await api.fetch(f"http://127.0.0.1:{port}/file", max_bytes=100)
         assert info.value.code == "download.redirect" and "not followed" in str(info.value)
-    finally:
-        await runner.cleanup()
 
 
 # --------------------------------------------------------------------------- messages
