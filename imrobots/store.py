@@ -292,7 +292,7 @@ class MemoryStore(Store):
         self._windows: dict[str, _Window] = {}
         self._feedback: list[Feedback] = []
         self._feedback_keys: set[tuple[str, str, str, str]] = set()
-        self._history: OrderedDict[str, tuple[float, deque[Turn]]] = OrderedDict()
+        self._history: OrderedDict[str, tuple[float, tuple[Turn, ...]]] = OrderedDict()
         """Per conversation: when it expires, and its turns."""
         self._values: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._permanent: dict[str, str] = {}
@@ -404,10 +404,10 @@ class MemoryStore(Store):
     ) -> None:
         now = self._now()
         entry = self._history.pop(key, None)
-        history = entry[1] if entry is not None and entry[0] > now else None
-        if history is None or history.maxlen != limit:
-            history = deque(history or (), maxlen=limit)
-        history.extend(turns)
+        history = entry[1] if entry is not None and entry[0] > now else ()
+        # a tuple, not a deque: a deque takes about 600 bytes however few turns it holds,
+        # and most conversations hold a few (bench/engine.py row 9)
+        history = (*history, *turns)[-limit:] if limit > 0 else ()
         self._history[key] = (now + ttl if ttl is not None else float("inf"), history)
         while len(self._history) > self._max_histories:
             self._history.popitem(last=False)
