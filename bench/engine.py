@@ -640,8 +640,10 @@ if __name__ == "__main__":
 
             # CPU time, not wall time: on a shared machine a call that waits for the CPU
             # would otherwise look expensive
+            from imrobots.loop import run
+
             profile = cProfile.Profile(time.process_time)
-            profile.runcall(asyncio.run, robot_child(arguments))
+            profile.runcall(run, robot_child(arguments))
             profile.dump_stats(os.environ["BENCH_PROFILE"])
         else:
             # the loop `imrobots run` runs robots on: uvloop where installed, unless

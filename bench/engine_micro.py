@@ -1,6 +1,6 @@
-"""The engine's own CPU and memory per message and per answer, in one process, no sockets.
+"""The engine's own CPU and memory per message and per answer, and aiohttp's per request.
 
-    python bench/engine_micro.py              # both parts, about 1 min
+    python bench/engine_micro.py              # every part, about 1 min
     python bench/engine_micro.py --part intake --messages 2000
     python bench/engine_micro.py --part answers --answers 1000
     python bench/engine_micro.py --part http

@@ -51,7 +51,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 
 from .models import Message
-from .payloads import clean, valid_text
+from .payloads import displayable, valid_text
 from .store import Turn
 
 __all__ = [
@@ -379,6 +379,7 @@ async def _accumulate(source: AnswerSource, mode: ChunkMode) -> AsyncGenerator[s
     # chunk of every answer, so each generator layer saved counts.
     chunks = source if isinstance(source, AsyncIterable) else _raw_chunks(source)
     text: str = ""
+    raw: str | None = None  # the text as the agent gave it, once it held a lone surrogate
     try:
         async for chunk in chunks:
             if isinstance(chunk, AccumulatedText):
@@ -387,8 +388,17 @@ async def _accumulate(source: AnswerSource, mode: ChunkMode) -> AsyncGenerator[s
                     yield chunk  # already the whole text: passed through, not copied
                 continue
             piece = chunk if type(chunk) is str else _chunk_text(chunk)
-            if not piece.isascii() and not valid_text(piece):
-                piece = clean(piece)  # a lone surrogate (half an emoji) shows as U+FFFD
+            if raw is None and not piece.isascii() and not valid_text(piece):
+                raw = text  # rare: from here on the text shown is the agent's, cleaned
+            if raw is not None:
+                # a lone surrogate shows as U+FFFD; the two halves of a character cut
+                # between two chunks join up again when the second comes
+                raw = piece if mode == "accumulated" else raw + piece
+                shown = displayable(raw)
+                if shown != text:
+                    text = AccumulatedText(shown)
+                    yield text
+                continue
             if not piece or (mode == "accumulated" and piece == text):
                 continue
             text = AccumulatedText(piece if mode == "accumulated" else text + piece)

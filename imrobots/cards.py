@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from .models import FeedbackRating
+from .payloads import displayable
 
 __all__ = [
     "Actions",
@@ -69,7 +70,7 @@ class CardStatus(enum.StrEnum):
 class Markdown:
     """A block of markdown text."""
 
-    text: str
+    text: str = attrs.field(converter=displayable)
     id: str = attrs.field(factory=lambda: new_id("md"))
 
 
@@ -84,7 +85,7 @@ class Divider:
 class Button:
     """A button that sends ``value`` back to the robot when pressed."""
 
-    label: str
+    label: str = attrs.field(converter=displayable)
     value: str = attrs.field(repr=False)
     style: str = "default"
     """``primary``, ``default`` or ``danger``; platforms map it to what they have."""
@@ -103,7 +104,7 @@ class Actions:
 class Note:
     """Small print under the content (status line, disclaimer)."""
 
-    text: str
+    text: str = attrs.field(converter=displayable)
     id: str = attrs.field(factory=lambda: new_id("note"))
 
 
@@ -122,7 +123,7 @@ def _check_unique_ids(instance: Card, attribute: attrs.Attribute[Any], value: ob
 class Card:
     """A platform-neutral card."""
 
-    title: str | None = None
+    title: str | None = attrs.field(default=None, converter=attrs.converters.optional(displayable))
     elements: tuple[Element, ...] = attrs.field(default=(), validator=_check_unique_ids)
     status: CardStatus = CardStatus.FINAL
     fallback: str | None = None

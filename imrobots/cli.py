@@ -21,7 +21,7 @@ import click
 
 from . import __version__
 from .errors import ImrobotsError
-from .loop import loop_name, new_event_loop
+from .loop import fallback_warning, loop_name, new_event_loop
 from .loop import run as run_on_loop
 from .secret import RedactingFilter, redact_text
 
@@ -198,7 +198,14 @@ def check(file: Path) -> None:
     from .config import check_config
 
     result = check_config(file)
-    _report(result.errors, result.warnings, file)
+    errors, warnings = list(result.errors), list(result.warnings)
+    try:  # the environment `run` reads besides the file's placeholders
+        note = fallback_warning()  # IMROBOTS_LOOP: an unknown value, or uvloop missing
+    except ImrobotsError as exc:
+        errors.append(str(exc))
+    else:
+        warnings += [note] if note else []
+    _report(errors, warnings, file)
     for item in result.robots:
         agent = item.config.agent.get("use", "none")
         click.echo(
@@ -323,6 +330,9 @@ async def _serve(
                 break
             _say(f"robot {runtime.name}: connected to {runtime.describe()}")
         else:
+            note = fallback_warning()
+            if note is not None:
+                _say(f"warning: {note}", level=logging.WARNING)
             _say(f"running on the {loop_name()} event loop; press Ctrl-C to stop")
         tty = sys.stderr.isatty() and status and not _json_output()
         while not stop.is_set():
@@ -646,7 +656,10 @@ def demo(
             "imrobots demo: the support robot on the in-memory platform (no account, no network)"
         )
         started = time.monotonic()
-        run_on_loop(_demo_conversation(list(questions), delay))
+        try:
+            run_on_loop(_demo_conversation(list(questions), delay))
+        except ImrobotsError as exc:  # IMROBOTS_LOOP, say
+            _fail(exc)
         click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
         return
     _check_binding(host, token)
@@ -1029,7 +1042,10 @@ def feedback_export(config_path: Path, fmt: str, robot: str | None, output: Path
         finally:
             await store.close()
 
-    items = run_on_loop(read())
+    try:
+        items = run_on_loop(read())
+    except ImrobotsError as exc:  # IMROBOTS_LOOP, or a store that cannot be reached
+        _fail(exc)
     if output is None:
         count = write_feedback(items, fmt, sys.stdout)  # type: ignore[arg-type]
     else:

@@ -7,12 +7,17 @@ C; ``bench/engine.py`` measures about 13 % less CPU per answer and shorter loop 
 with it. It has no Windows build; there, and wherever it cannot be imported, asyncio's
 own loop runs, which behaves the same, only slower.
 
-``IMROBOTS_LOOP`` chooses: ``auto`` (the default: uvloop if importable), ``uvloop``
-(required: an error if it is not installed) or ``asyncio`` (asyncio's own loop, for
-code that needs it, a debugger that does not follow uvloop, or to compare).
+``IMROBOTS_LOOP`` chooses (case and surrounding spaces ignored): ``auto`` (the
+default: uvloop if importable), ``uvloop`` (required: an error if it is not installed)
+or ``asyncio`` (asyncio's own loop, for code that needs it, a debugger that does not
+follow uvloop, or to compare). One difference the engine cares about: uvloop's
+``loop.time()`` is read once per loop iteration, in milliseconds, so the engine's clock
+is :func:`time.monotonic` (:class:`~imrobots.clock.SystemClock`) on either loop.
 
-:func:`new_event_loop` is the loop factory; :func:`run` is :func:`asyncio.run` on it.
-Robots embedded in an application run on whatever loop the application runs.
+:func:`new_event_loop` is the loop factory; :func:`run` is :func:`asyncio.run` on it;
+:func:`chosen_loop` says which loop they would make, and :func:`fallback_warning` whether
+``auto`` falls back to asyncio's where uvloop was expected. Robots embedded in an
+application run on whatever loop the application runs.
 """
 
 from __future__ import annotations
@@ -20,12 +25,22 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Literal, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["LOOP_ENV", "LoopChoice", "loop_choice", "loop_name", "new_event_loop", "run"]
+__all__ = [
+    "LOOP_ENV",
+    "LoopChoice",
+    "chosen_loop",
+    "fallback_warning",
+    "loop_choice",
+    "loop_name",
+    "new_event_loop",
+    "run",
+]
 
 T = TypeVar("T")
 
@@ -44,8 +59,9 @@ def loop_choice(env: Mapping[str, str] | None = None) -> LoopChoice:
     for choice in _CHOICES:
         if value == choice:
             return choice
+    raw = (os.environ if env is None else env).get(LOOP_ENV, "")
     raise ConfigError(
-        f"{LOOP_ENV}={value!r} is not a loop this knows: use auto (uvloop when installed, "
+        f"{LOOP_ENV}={raw!r} is not a loop this knows: use auto (uvloop when installed, "
         "the default), uvloop or asyncio"
     )
 
@@ -72,6 +88,29 @@ def _factory(env: Mapping[str, str] | None) -> Callable[[], asyncio.AbstractEven
             "(it has no Windows build), or unset the variable"
         )
     return asyncio.new_event_loop
+
+
+def chosen_loop(env: Mapping[str, str] | None = None) -> Literal["uvloop", "asyncio"]:
+    """The loop :func:`new_event_loop` would make: ``"uvloop"`` or ``"asyncio"``.
+
+    :raises ConfigError: as :func:`new_event_loop`."""
+    return "asyncio" if _factory(env) is asyncio.new_event_loop else "uvloop"
+
+
+def fallback_warning(env: Mapping[str, str] | None = None) -> str | None:
+    """A line to log when ``auto`` runs asyncio's loop on a system where uvloop is a
+    required package (Linux, macOS: the install is incomplete), else ``None``.
+
+    :raises ConfigError: as :func:`new_event_loop`."""
+    if chosen_loop(env) == "uvloop" or loop_choice(env) != "auto":  # raises first
+        return None
+    if sys.platform == "win32" or sys.implementation.name != "cpython":
+        return None  # no uvloop build here: asyncio's loop is expected
+    return (
+        "uvloop is not installed (a required package here): robots run on asyncio's own "
+        'loop, with more CPU per answer; pip install "uvloop>=0.19", or set '
+        "IMROBOTS_LOOP=asyncio to choose asyncio's loop and silence this"
+    )
 
 
 def new_event_loop(env: Mapping[str, str] | None = None) -> asyncio.AbstractEventLoop:

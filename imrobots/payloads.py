@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MalformedJson", "clean", "dumps", "loads", "parse", "valid_text"]
+__all__ = ["MalformedJson", "clean", "displayable", "dumps", "loads", "parse", "valid_text"]
 
 
 class MalformedJson(ValueError):
@@ -36,6 +36,15 @@ def valid_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def displayable(text: str) -> str:
+    """``text`` with each lone surrogate (which no platform can show, and UTF-8 cannot
+    carry) replaced by U+FFFD; an adjacent high and low surrogate become the one character
+    they encode. Returns ``text`` itself when it has none (the usual case, checked fast)."""
+    if text.isascii() or valid_text(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def clean(

@@ -24,6 +24,7 @@ from .agents import Agent, AgentRequest, AnswerSource, as_agent
 from .cards import Card
 from .errors import ConfigError, NotSupported, OutcomeUnknown
 from .models import CardAction, ChatEntered, Feedback, Message, Target
+from .payloads import displayable
 from .platform import CardRef, Op, Platform, Upload
 from .store import Store, Turn
 from .streaming import AnswerResult, AnswerStatus, StreamPolicy, split_all
@@ -182,6 +183,7 @@ class Reply:
             self._needs(caps.threads, "reply in threads")
 
     async def _send_text(self, text: str, markdown: bool) -> None:
+        text = displayable(text)  # a lone surrogate: U+FFFD, as in streamed answers
         if not text.strip():
             log.info("not sending an empty message to %s", self.target.key)
             return

@@ -135,3 +135,26 @@ def test_the_docs_testing_examples_run_as_written(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\b4 passed\b", result.stdout), result.stdout
+
+
+class Halves(Robot):
+    """Sends text with a lone surrogate (half of an emoji), and streams an emoji cut
+    between its two halves: emulators failed with 500 or lost their connection on the
+    text, and the streamed halves showed as two U+FFFD."""
+
+    async def on_message(self, message: Any, reply: Any) -> None:
+        await reply.text("pong \ud800 x")
+
+        async def halves() -> AsyncIterator[str]:
+            for chunk in ("smile ", "\ud83d", "\ude00", " done"):
+                yield chunk
+
+        await reply.stream(halves())
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+async def test_lone_surrogates_reach_the_chat_as_replacement_characters(platform: str) -> None:
+    async with robot_chat(Halves(), platform=platform) as chat:
+        await chat.say("hi", mention=True)
+        await chat.expect_text(contains="pong \ufffd x")
+        await chat.expect_final(contains="smile \U0001f600 done")

@@ -166,6 +166,39 @@ def test_run_with_an_unknown_loop_exits_2_with_one_line(tmp_path: Path) -> None:
     assert "auto" in line and "uvloop" in line and "asyncio" in line
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo", "--delay", "0", "-q", "How do I get a refund?"],
+        ["check", "{config}"],
+        ["feedback", "export", "--config", "{config}"],
+    ],
+)
+def test_every_command_refuses_an_unknown_loop_in_one_line(tmp_path: Path, args: list[str]) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    args = [a.replace("{config}", str(config)) for a in args]
+    result = CliRunner().invoke(cli, args, env={"IMROBOTS_LOOP": "Bogus"})
+    assert result.exit_code == 2, result.output
+    assert "error: IMROBOTS_LOOP='Bogus' is not a loop this knows" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_missing_uvloop_is_a_warning_under_auto_and_an_error_when_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on a broken install
+    result = CliRunner().invoke(cli, ["check", str(config)], env={"IMROBOTS_LOOP": ""})
+    assert result.exit_code == 0, result.output
+    assert "warning: uvloop is not installed (a required package here)" in result.output
+    result = CliRunner().invoke(cli, ["check", str(config)], env={"IMROBOTS_LOOP": "asyncio"})
+    assert result.exit_code == 0 and "warning" not in result.output
+    result = CliRunner().invoke(cli, ["check", str(config)], env={"IMROBOTS_LOOP": "uvloop"})
+    assert result.exit_code == 2 and 'pip install "uvloop>=0.19"' in result.output
+
+
 def test_run_with_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     config = tmp_path / "robots.toml"
     config.write_text(CONFIG.replace('"memory"', '"nowhere"'), encoding="utf-8")

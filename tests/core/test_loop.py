@@ -8,7 +8,14 @@ import sys
 import pytest
 
 from imrobots.errors import ConfigError
-from imrobots.loop import loop_choice, loop_name, new_event_loop, run
+from imrobots.loop import (
+    chosen_loop,
+    fallback_warning,
+    loop_choice,
+    loop_name,
+    new_event_loop,
+    run,
+)
 
 
 async def _which() -> str:
@@ -62,3 +69,14 @@ def test_without_uvloop_auto_falls_back_and_uvloop_is_an_error(
     with pytest.raises(ConfigError, match="uvloop is not installed: pip install"):
         run(main, env={"IMROBOTS_LOOP": "uvloop"})
     assert main.cr_frame is None  # closed, not left to warn "never awaited"
+
+
+def test_chosen_loop_and_the_fallback_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert chosen_loop({"IMROBOTS_LOOP": "asyncio"}) == "asyncio"
+    assert fallback_warning({"IMROBOTS_LOOP": "asyncio"}) is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert chosen_loop({}) == "asyncio"
+    warning = fallback_warning({})
+    assert warning is not None and 'pip install "uvloop>=0.19"' in warning
+    monkeypatch.setattr(sys, "platform", "win32")  # no uvloop build there: nothing to say
+    assert fallback_warning({}) is None
