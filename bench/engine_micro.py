@@ -46,9 +46,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 CHUNKS, DELAY = 100, 0.05
-CALLS_PER_ANSWER = 12
-"""What ``bench/engine.py``'s answers make over HTTP: a thinking card, about ten updates
-and the final card (StandardCards, the DingTalk emulator)."""
+CALLS_PER_ANSWER = 7
+"""What ``bench/engine.py``'s answers make over HTTP, counted at its emulator: a thinking
+card, five updates and the final card (StandardCards at DingTalk's update interval)."""
 
 
 def _app() -> Any:
