@@ -383,6 +383,7 @@ async def _accumulate(source: AnswerSource, mode: ChunkMode) -> AsyncGenerator[s
     try:
         async for chunk in chunks:
             if isinstance(chunk, AccumulatedText):
+                raw = None  # a snapshot: it replaces whatever came before
                 if chunk != text:
                     text = chunk
                     yield chunk  # already the whole text: passed through, not copied
