@@ -6,7 +6,10 @@ emulator events (``emu.wait_for``) or on the runtime (``wait_idle``), with deadl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -138,3 +141,29 @@ reconnect_initial = 0.05
         encoding="utf-8",
     )
     return path
+
+
+async def start_run(
+    config: Path,
+    *args: str,
+    output: Any,
+    before: tuple[str, ...] = (),
+    cwd: str | None = None,
+) -> asyncio.subprocess.Process:
+    """``python -m imrobots [BEFORE] run --config CONFIG [ARGS]`` in a subprocess of its own,
+    this checkout importable, its stdout and stderr to ``output`` (a file, or
+    ``asyncio.subprocess.PIPE``)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "imrobots",
+        *before,
+        "run",
+        "--config",
+        str(config),
+        *args,
+        cwd=cwd,
+        stdout=output,
+        stderr=output if output is not asyncio.subprocess.PIPE else asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.getcwd()},
+    )

@@ -9,8 +9,6 @@ process's lease in the store lapsed (``liveness_ttl``, 30 s by default, 1 s here
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
 import sys
 import tempfile
@@ -22,7 +20,7 @@ from imrobots.app import build_runtimes
 from imrobots.config import load_config
 from imrobots_dingtalk.emulator import DingTalkEmulator
 
-from .support import APP, write_robots_toml
+from .support import APP, start_run, write_robots_toml
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 
@@ -61,17 +59,7 @@ async def test_a_card_left_open_by_sigkill_is_closed_as_interrupted_by_the_next_
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as log:
         config = _config(emu, Path(tmp), OPTIONS[restart])
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "imrobots",
-            "run",
-            "--config",
-            str(config),
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        proc = await start_run(config, output=log)
         try:
             await emu.wait_for(lambda: bool(emu.live_connections(APP)), 20, what="robot up")
             pushed = await emu.push_message(APP, text=QUESTION)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from imrobots import RuntimeOptions
 from imrobots.health import HealthServer
 from imrobots_dingtalk.emulator import DingTalkEmulator
 
-from .support import APP, SECRET, final, running, write_robots_toml
+from .support import APP, SECRET, final, running, start_run, write_robots_toml
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
 
@@ -104,22 +103,14 @@ async def test_health_metrics_json_logs_and_no_secret_in_any_line(
 
     with tempfile.TemporaryDirectory() as tmp:
         config = _config(emu, Path(tmp))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "imrobots",
-            "--log-format",
-            "json",
-            "run",
-            "--config",
-            str(config),
+        proc = await start_run(
+            config,
             "--health-port",
             "0",
             "--grace",
             "5",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.getcwd()},
+            before=("--log-format", "json"),
+            output=asyncio.subprocess.PIPE,
         )
         assert proc.stdout is not None
         reader = asyncio.create_task(read(proc.stdout))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import pytest
 
 from imrobots_dingtalk.emulator import DingTalkEmulator
 
-from .support import APP, write_robots_toml
+from .support import APP, start_run, write_robots_toml
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
 
@@ -83,19 +82,7 @@ async def test_sigterm_exits_within_the_grace_period_whatever_the_agent_does(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as log:
         config = write_config(emu, Path(tmp), "blocking_agent:agent", module=AGENTS[case])
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "imrobots",
-            "run",
-            "--config",
-            str(config),
-            *GRACE_ARGS,
-            cwd=tmp,
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.getcwd()},
-        )
+        proc = await start_run(config, *GRACE_ARGS, output=log, cwd=tmp)
         try:
             await emu.wait_for(lambda: bool(emu.live_connections(APP)), 20, what="robot up")
             pushed = await emu.push_message(APP, text="hello?")
@@ -139,19 +126,7 @@ async def test_sigterm_while_the_platform_is_unreachable_at_start_exits_at_once(
     emu.stall_connections(stage="ticket", count=1000)
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as log:
         config = write_config(emu, Path(tmp), "demo")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "imrobots",
-            "run",
-            "--config",
-            str(config),
-            *GRACE_ARGS,
-            cwd=tmp,
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.getcwd()},
-        )
+        proc = await start_run(config, *GRACE_ARGS, output=log, cwd=tmp)
         try:
             await emu.wait_for(
                 lambda: any(n.startswith("stalled") for c in emu.calls for n in c.notes),
