@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -46,18 +46,24 @@ async def slow(request: AgentRequest) -> AsyncIterator[str]:
     yield "done"
 
 
-async def test_one_runtime_on_redis_orders_by_send_time_and_drops_a_waiting_redelivery(
-    redis_server: RedisServer,
-) -> None:
-    store = RedisStore(redis_server.url, prefix=f"shared-{uuid.uuid4().hex}:")
+def slow_robot_on(store: RedisStore, **options: Any) -> tuple[MemoryPlatform, RobotRuntime]:
+    """The ``slow`` agent's robot ``bot`` on a fresh in-memory platform, on ``store``."""
     platform = MemoryPlatform(MemorySettings(**FAST))
     runtime = RobotRuntime(
         name="bot",
         robot=AgentRobot(agent=slow),
         platform=platform,
         store=store,
-        options=RuntimeOptions(turn_grace=0.2),
+        options=RuntimeOptions(**options),
     )
+    return platform, runtime
+
+
+async def test_one_runtime_on_redis_orders_by_send_time_and_drops_a_waiting_redelivery(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStore(redis_server.url, prefix=f"shared-{uuid.uuid4().hex}:")
+    platform, runtime = slow_robot_on(store, turn_grace=0.2)
     await runtime.start()
     try:
         now = datetime.now(UTC)
@@ -111,14 +117,7 @@ async def test_a_message_adopted_from_a_gone_replica_is_not_counted_received_aga
     redis_server: RedisServer,
 ) -> None:
     store = RedisStore(redis_server.url, prefix=f"adopt-{uuid.uuid4().hex}:")
-    platform = MemoryPlatform(MemorySettings(**FAST))
-    runtime = RobotRuntime(
-        name="bot",
-        robot=AgentRobot(agent=slow),
-        platform=platform,
-        store=store,
-        options=RuntimeOptions(liveness_ttl=0.3, turn_grace=0.0),
-    )
+    platform, runtime = slow_robot_on(store, liveness_ttl=0.3, turn_grace=0.0)
     message = Message(
         id="m-left",
         platform=platform.name,
@@ -152,14 +151,7 @@ async def test_a_message_waiting_for_its_turn_while_redis_stays_down_is_counted_
     robot answers again once Redis is back."""
     server = make_redis_server()
     store = RedisStore(server.url, prefix="down:", timeout=1.0, reconnect_for=0.3)
-    platform = MemoryPlatform(MemorySettings(**FAST))
-    runtime = RobotRuntime(
-        name="bot",
-        robot=AgentRobot(agent=slow),
-        platform=platform,
-        store=store,
-        options=RuntimeOptions(turn_grace=0.2),
-    )
+    platform, runtime = slow_robot_on(store, turn_grace=0.2)
     await runtime.start()
     try:
         server.stop()
