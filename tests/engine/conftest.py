@@ -30,12 +30,14 @@ FAST = {"app_rate": 10_000.0}
 """Memory settings of a platform whose quota never matters."""
 
 
-async def eventually(check: Callable[[], bool], *, within: float = DEADLINE) -> None:
-    """Poll ``check`` until it holds; fail after ``within`` seconds."""
+async def eventually(
+    check: Callable[[], bool], *, within: float = DEADLINE, what: str = ""
+) -> None:
+    """Poll ``check`` until it holds; fail after ``within`` seconds (naming ``what``)."""
     deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
+            pytest.fail(f"condition not met within {within} s{f': {what}' if what else ''}")
         await asyncio.sleep(0.005)
 
 

@@ -4,10 +4,8 @@ rejected requests through the core's ``Platform.connection_status`` (read by ``/
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -20,15 +18,7 @@ from imrobots.health import ConnectionState, HealthServer
 from imrobots.testing.conformance import open_rig
 from imrobots_feishu.console import FeishuConsoleAdapter
 from imrobots_feishu.platform import FeishuPlatform
-
-
-async def _poll(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+from tests.engine.conftest import eventually
 
 
 async def test_the_long_connection_reports_state_frames_and_reconnects() -> None:
@@ -36,7 +26,7 @@ async def test_the_long_connection_reports_state_frames_and_reconnects() -> None
         status = rig.platform.connection_status
         assert status.reported and status.state is ConnectionState.CONNECTED
         assert status.connections == 1 and status.reconnects == 0
-        await _poll(lambda: status.last_frame is not None)  # the first pong
+        await eventually(lambda: status.last_frame is not None)  # the first pong
         before = status.last_frame
         assert before is not None
         await rig.say("question", conversation_id="g-health")
@@ -45,7 +35,9 @@ async def test_the_long_connection_reports_state_frames_and_reconnects() -> None
         emulator = rig.emulator
         assert isinstance(emulator, FeishuConsoleAdapter)
         assert await emulator.emulator.drop_connections() == 1
-        await _poll(lambda: status.reconnects == 1 and status.state is ConnectionState.CONNECTED)
+        await eventually(
+            lambda: status.reconnects == 1 and status.state is ConnectionState.CONNECTED
+        )
         assert status.connections == 2
     assert status.state is ConnectionState.CLOSED
 

@@ -3,9 +3,7 @@ platform's code and message: no traceback (kept for unexpected errors)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 
 import pytest
 
@@ -15,15 +13,7 @@ from imrobots import Robot
 from imrobots.testing.conformance import open_rig
 from imrobots_feishu.console import FeishuConsoleAdapter
 from imrobots_feishu.emulator.frames import message_event
-
-
-async def _poll(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+from tests.engine.conftest import eventually
 
 
 async def test_a_classified_refusal_is_one_line_without_traceback(
@@ -48,7 +38,7 @@ async def test_a_classified_refusal_is_one_line_without_traceback(
             content={"text": "hello?"},
         )
         adapter.emulator.deliver(adapter.app_id, envelope)
-        await _poll(lambda: rig.runtime.stats.failed == 1)
+        await eventually(lambda: rig.runtime.stats.failed == 1)
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert not tracebacks, [(r.name, r.getMessage()) for r in tracebacks]
     refusals = [r for r in caplog.records if "230002" in r.getMessage()]

@@ -4,29 +4,19 @@ and ``/metrics``)."""
 
 from __future__ import annotations
 
-import asyncio
-
 from imrobots import Robot
 from imrobots.emulation import EmulatorAdapter
 from imrobots.health import ConnectionState
 from imrobots.platform import Platform
 from imrobots.testing.conformance import open_rig
 from imrobots_wecom.console import WeComConsoleAdapter
+from tests.engine.conftest import eventually
 
 
 def _platform(emulator: EmulatorAdapter) -> Platform:
     platform = emulator.create_platform()
     assert platform is not None
     return platform
-
-
-async def _poll(predicate: object, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_the_connection_reports_state_frames_and_reconnects() -> None:
@@ -42,5 +32,7 @@ async def test_the_connection_reports_state_frames_and_reconnects() -> None:
         await rig.final_card("g-health", "ok")
         assert status.last_frame > before
         await rig.emulator.fault("drop")
-        await _poll(lambda: status.reconnects == 1 and status.state is ConnectionState.CONNECTED)
+        await eventually(
+            lambda: status.reconnects == 1 and status.state is ConnectionState.CONNECTED
+        )
     assert status.state is ConnectionState.CLOSED

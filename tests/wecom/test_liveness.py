@@ -10,10 +10,8 @@ DingTalk findings applied to WeCom), over real sockets against the emulator.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -22,13 +20,7 @@ from imrobots.platform import Secret
 from imrobots_wecom.connection import LIVENESS_MARGIN, AibotConnection
 from imrobots_wecom.console import WeComConsoleAdapter
 from imrobots_wecom.platform import WeComPlatform, WeComSettings
-
-
-async def _poll(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        await asyncio.sleep(0.01)
+from tests.engine.conftest import eventually
 
 
 async def _sink(event: object) -> None:
@@ -63,13 +55,13 @@ async def test_a_black_holed_socket_is_replaced_within_the_ping_interval_plus_ma
         assert connection is not None
         assert adapter.emulator.blackhole(adapter.bot_id) == 1
         went_dark = time.monotonic()
-        await _poll(lambda: bot.subscriptions >= 2, 5, "a new subscription")
+        await eventually(lambda: bot.subscriptions >= 2, within=5, what="a new subscription")
         took = time.monotonic() - went_dark
         idle = connection.idle_timeout
         assert idle == 2 * interval
         # silent since at most one ping interval before; the watchdog ticks idle/4
         assert took < idle + idle / 4 + 0.3, f"replaced after {took:.2f}s"
-        await _poll(lambda: connection.connected, 5, "connected again")
+        await eventually(lambda: connection.connected, within=5, what="connected again")
     finally:
         await platform.close()
         await adapter.stop()
@@ -94,7 +86,9 @@ async def test_each_reconnect_after_a_drop_comes_within_a_second() -> None:
             before = bot.subscriptions
             dropped = time.monotonic()
             await adapter.emulator.drop(adapter.bot_id)
-            await _poll(lambda n=before: bot.subscriptions > n, 10, f"round {round_}")
+            await eventually(
+                lambda n=before: bot.subscriptions > n, within=10, what=f"round {round_}"
+            )
             gaps.append(time.monotonic() - dropped)
         assert max(gaps) <= 1.0, f"reconnect delays {[round(g, 2) for g in gaps]}"
     finally:
@@ -125,9 +119,11 @@ async def test_a_refused_subscription_after_it_worked_is_retried_with_one_error_
         connection = platform.connection
         assert connection is not None
         before = connection.reconnects
-        await _poll(lambda: connection.reconnects >= before + 3, 5, "three refused attempts")
+        await eventually(
+            lambda: connection.reconnects >= before + 3, within=5, what="three refused attempts"
+        )
         bot.secret = good
-        await _poll(lambda: bot.subscriptions >= 2, 5, "subscribed again")
+        await eventually(lambda: bot.subscriptions >= 2, within=5, what="subscribed again")
     finally:
         await platform.close()
         await adapter.stop()

@@ -20,21 +20,13 @@ from imrobots_wecom.console import WeComConsoleAdapter
 from imrobots_wecom.emulator.emulator import ERR_SYSTEM_BUSY
 from imrobots_wecom.platform import WeComPlatform, WeComSettings
 from imrobots_wecom.streaming import WeComStream
+from tests.engine.conftest import eventually
 
 
 def _platform(emulator: EmulatorAdapter) -> Platform:
     platform = emulator.create_platform()
     assert platform is not None
     return platform
-
-
-async def _poll(predicate: object, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def _agent(words: list[str], pause: float) -> object:
@@ -88,7 +80,7 @@ async def test_a_reply_after_a_reconnect_falls_back_to_a_proactive_send() -> Non
         assert isinstance(platform, WeComPlatform) and platform.connection is not None
         generation = platform.connection.generation
         await rig.emulator.fault("drop")
-        await _poll(lambda: platform.connection.generation > generation)  # type: ignore[union-attr]
+        await eventually(lambda: platform.connection.generation > generation, within=5.0)  # type: ignore[union-attr]
         release.set()
         card = await rig.final_card("g-drop", "after-drop")
         assert "before-drop" in card_text(card)
@@ -112,8 +104,10 @@ async def test_a_takeover_leaves_one_connection_and_no_reconnect_storm(
         await first.start(sink)
         with caplog.at_level(logging.ERROR, logger="imrobots.wecom.connection"):
             await second.start(sink)
-            await _poll(lambda: first.connection is not None and first.connection.taken_over)
-            await _poll(lambda: adapter.emulator.live_sockets(adapter.bot_id) == 1)
+            await eventually(
+                lambda: first.connection is not None and first.connection.taken_over, within=5.0
+            )
+            await eventually(lambda: adapter.emulator.live_sockets(adapter.bot_id) == 1, within=5.0)
         assert "took over" in caplog.text and "will NOT reconnect" in caplog.text
         assert first.connection is not None and first.connection.reconnects == 0
         assert adapter.emulator.bots[adapter.bot_id].subscriptions == 2
@@ -142,10 +136,14 @@ async def test_missed_ping_acks_reconnect() -> None:
     try:
         await platform.start(sink)
         adapter.emulator.ack_pings = False
-        await _poll(lambda: adapter.emulator.bots[adapter.bot_id].subscriptions >= 2)
+        await eventually(
+            lambda: adapter.emulator.bots[adapter.bot_id].subscriptions >= 2, within=5.0
+        )
         adapter.emulator.ack_pings = True
         assert platform.connection is not None
-        await _poll(lambda: platform.connection is not None and platform.connection.connected)
+        await eventually(
+            lambda: platform.connection is not None and platform.connection.connected, within=5.0
+        )
     finally:
         await platform.close()
         await adapter.stop()
@@ -206,7 +204,7 @@ async def test_stream_frames_are_one_at_a_time_per_req_id() -> None:
         platform = rig.platform
         assert isinstance(platform, WeComPlatform) and platform.connection is not None
         await rig.say("hello", conversation_id="g-serial")
-        await _poll(lambda: bool(messages))
+        await eventually(lambda: bool(messages), within=5.0)
         connection = platform.connection
         original = connection._exchange
         in_flight, most = 0, 0
@@ -361,7 +359,7 @@ async def test_a_second_process_takes_over_and_the_first_stops_for_good() -> Non
             assert (await proc.stdout.readline()).strip() == b"connected"
         connection = first.connection
         assert connection is not None
-        await _poll(lambda: connection.taken_over)
+        await eventually(lambda: connection.taken_over, within=5.0)
         runner = connection._runner
         assert runner is not None
         async with asyncio.timeout(5):
