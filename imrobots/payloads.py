@@ -53,11 +53,10 @@ def clean(
     """``value`` with each lone surrogate in a string (keys included) replaced by U+FFFD;
     :class:`MalformedJson` for one in the string value of a field named in ``ids``."""
     if isinstance(value, str):
-        if valid_text(value):
-            return value
-        if key is not None and key in ids:
+        shown = displayable(value)
+        if shown is not value and key is not None and key in ids:
             raise MalformedJson(f"{where}.{key}: not valid Unicode (a lone surrogate)")
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return shown
     if isinstance(value, dict):
         return {
             clean(k): clean(v, ids, where=where, key=k if isinstance(k, str) else None)
@@ -98,35 +97,14 @@ def _stdlib(text: str | bytes, where: str) -> Any:
         raise MalformedJson(f"{where}: not JSON") from None
 
 
-def parse(text: str | bytes, *, where: str = "data") -> Any:
-    """The value :func:`json.loads` makes of ``text`` (lone surrogates kept as they are;
-    :func:`loads` cleans them), parsed by orjson when it can. Raises :class:`MalformedJson`
-    for text that is not JSON or is nested too deep for the parser. ``where`` names the
-    text in the error's message."""
+def _read(text: str | bytes, where: str) -> tuple[Any, bool]:
+    """The value :func:`json.loads` makes of ``text``, parsed by orjson when it can, and
+    whether it may hold lone surrogates (only what json parsed may: orjson refuses them)."""
     if isinstance(text, str):
         try:
             raw = text.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate held raw (made by another parser)
-            return _stdlib(text, where)
-    else:
-        raw = text
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:  # bad JSON, or what orjson refuses and json takes:
-        return _stdlib(text, where)  # lone surrogates, NaN, 1e400, nesting beyond 1024
-    return _stdlib(text, where) if _odd(raw) else value
-
-
-def loads(text: str | bytes, ids: Collection[str] = (), *, where: str = "data") -> Any:
-    """Parse JSON ``text`` from a platform and :func:`clean` it. Raises
-    :class:`MalformedJson` for text that is not JSON, nested too deep for the parser, or
-    with a lone surrogate in an id field (``ids``). ``where`` names the text in the
-    error's message (``"data"``, ``"data.msgId"``)."""
-    if isinstance(text, str):
-        try:
-            raw = text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates held raw (made by another parser)
-            return clean(_stdlib(text, where), ids, where=where)
+            return _stdlib(text, where), True
     else:
         raw = text
     try:
@@ -134,10 +112,27 @@ def loads(text: str | bytes, ids: Collection[str] = (), *, where: str = "data") 
     except orjson.JSONDecodeError:
         # Not JSON, or what orjson refuses and json takes: lone surrogates (escaped, or
         # encoded raw as 0xED 0xA0-0xBF ..., which json decodes with surrogatepass), NaN,
-        # 1e400, nesting beyond 1024. orjson never returns a lone surrogate.
-        return clean(_stdlib(text, where), ids, where=where)
+        # 1e400, nesting beyond 1024.
+        return _stdlib(text, where), True
     # orjson took it: valid UTF-8 without lone surrogates, nothing to clean
-    return _stdlib(text, where) if _odd(raw) else value
+    return (_stdlib(text, where) if _odd(raw) else value), False
+
+
+def parse(text: str | bytes, *, where: str = "data") -> Any:
+    """The value :func:`json.loads` makes of ``text`` (lone surrogates kept as they are;
+    :func:`loads` cleans them), parsed by orjson when it can. Raises :class:`MalformedJson`
+    for text that is not JSON or is nested too deep for the parser. ``where`` names the
+    text in the error's message."""
+    return _read(text, where)[0]
+
+
+def loads(text: str | bytes, ids: Collection[str] = (), *, where: str = "data") -> Any:
+    """Parse JSON ``text`` from a platform and :func:`clean` it. Raises
+    :class:`MalformedJson` for text that is not JSON, nested too deep for the parser, or
+    with a lone surrogate in an id field (``ids``). ``where`` names the text in the
+    error's message (``"data"``, ``"data.msgId"``)."""
+    value, surrogates = _read(text, where)
+    return clean(value, ids, where=where) if surrogates else value
 
 
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
