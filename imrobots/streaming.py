@@ -371,22 +371,13 @@ class AnswerStream:
         error: BaseException | None = None
         cancelled: asyncio.CancelledError | None = None
         try:
-            async with asyncio.timeout(None) as limit:
-                timer = None
-                if self.policy.agent_timeout is not None:
-                    loop = asyncio.get_running_loop()
-                    timer = self.clock.call_later(
-                        self.policy.agent_timeout, lambda: limit.reschedule(loop.time())
-                    )
-                try:
-                    async for text in source:
-                        self._on_text(text)
-                finally:
-                    if timer is not None:
-                        timer.cancel()
-                    close = getattr(source, "aclose", None)
-                    if close is not None:
-                        await close()  # an agent left early runs its cleanup now
+            # The agent is read in a task of its own. Each chunk then resumes only the
+            # reader and the agent's own frames, not every frame between the handler's task
+            # and here (the runtime's lane, the robot's handler, Reply.stream...): about
+            # a dozen per chunk of every answer. Awaiting the task keeps the semantics: a
+            # cancel of this task cancels the reader (the task this one waits on), and
+            # what the agent raises is raised here.
+            await asyncio.create_task(self._read(source))
         except TimeoutError as exc:
             status, error = AnswerStatus.ERROR, exc
             log.warning("answer to %s timed out after %ss", self._what, self.policy.agent_timeout)
@@ -411,6 +402,32 @@ class AnswerStream:
         if cancelled is not None:
             raise cancelled
         return result
+
+    async def _read(self, source: AsyncIterator[str]) -> None:
+        """Consume ``source`` into :meth:`_on_text`, within ``policy.agent_timeout``.
+
+        :raises TimeoutError: the agent ran past ``agent_timeout``."""
+        async with asyncio.timeout(None) as limit:
+            timer = None
+            if self.policy.agent_timeout is not None:
+                loop = asyncio.get_running_loop()
+                timer = self.clock.call_later(
+                    self.policy.agent_timeout, lambda: limit.reschedule(loop.time())
+                )
+            try:
+                on_text = self._on_text
+                async for text in source:
+                    on_text(text)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                close = getattr(source, "aclose", None)
+                if close is not None:
+                    await close()  # an agent left early runs its cleanup now
+                # Done, before this task ends: a pump woken by the last text must see it,
+                # or it would push that text as an update of its own before the final card.
+                self._done_flag = True
+                self._wake.set()
 
     @property
     def _what(self) -> str:
