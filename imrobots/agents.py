@@ -46,7 +46,7 @@ from collections.abc import (
     Iterator,
 )
 from concurrent.futures import Executor, Future
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import attrs
 
@@ -374,9 +374,22 @@ def accumulate(source: AnswerSource, *, mode: ChunkMode = "delta") -> AsyncGener
     return _accumulate(source, _check_mode(mode, "mode"))
 
 
-async def _accumulate(source: AnswerSource, mode: ChunkMode) -> AsyncGenerator[str, None]:
+class _Progress(Protocol):
+    """Who follows an answer from inside :func:`_accumulate` (the robot's
+    :class:`~imrobots.robot.AgentAnswer`): given each text before it is yielded, and
+    told when the agent ended normally."""
+
+    answer: str
+
+    async def _finish(self) -> None: ...
+
+
+async def _accumulate(
+    source: AnswerSource, mode: ChunkMode, into: _Progress | None = None
+) -> AsyncGenerator[str, None]:
     # An async iterable is read directly, not through _raw_chunks: this runs once per
-    # chunk of every answer, so each generator layer saved counts.
+    # chunk of every answer, so each generator layer saved counts. For the same reason
+    # ``into`` is told each text here rather than by a layer wrapping this generator.
     chunks = source if isinstance(source, AsyncIterable) else _raw_chunks(source)
     text: str = ""
     raw: str | None = None  # the text as the agent gave it, once it held a lone surrogate
@@ -386,6 +399,8 @@ async def _accumulate(source: AnswerSource, mode: ChunkMode) -> AsyncGenerator[s
                 raw = None  # a snapshot: it replaces whatever came before
                 if chunk != text:
                     text = chunk
+                    if into is not None:
+                        into.answer = text
                     yield chunk  # already the whole text: passed through, not copied
                 continue
             piece = chunk if type(chunk) is str else _chunk_text(chunk)
@@ -398,12 +413,18 @@ async def _accumulate(source: AnswerSource, mode: ChunkMode) -> AsyncGenerator[s
                 shown = displayable(raw)
                 if shown != text:
                     text = AccumulatedText(shown)
+                    if into is not None:
+                        into.answer = text
                     yield text
                 continue
             if not piece or (mode == "accumulated" and piece == text):
                 continue
             text = AccumulatedText(piece if mode == "accumulated" else text + piece)
+            if into is not None:
+                into.answer = text
             yield text
+        if into is not None:
+            await into._finish()  # the agent ended: not when the reader left early
     finally:
         if inspect.isasyncgen(chunks):
             await chunks.aclose()
@@ -411,6 +432,9 @@ async def _accumulate(source: AnswerSource, mode: ChunkMode) -> AsyncGenerator[s
 
 def _validate_mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     _check_mode(value, "mode")
+
+
+_SourceKind = Literal["async", "callback", "generator", "call"]
 
 
 @attrs.frozen
@@ -423,6 +447,20 @@ class Agent:
     name: str = ""
     owner: object = None
     """The object whose method ``func`` is, closed by :meth:`aclose`."""
+    _kind: _SourceKind = attrs.field(init=False, repr=False, eq=False)
+    """How ``func`` gives its answer: read once here, not per answer (``inspect.signature``
+    alone costs about 10 us)."""
+
+    @_kind.default
+    def _read_kind(self) -> _SourceKind:
+        func = self.func
+        if _takes_stream_callback(func):
+            return "callback"
+        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+            return "async"
+        if inspect.isgeneratorfunction(func):
+            return "generator"
+        return "call"
 
     async def aclose(self) -> None:
         """Close the agent's resources (HTTP clients) if it has an ``aclose()``."""
@@ -436,14 +474,18 @@ class Agent:
         """The accumulated answer (:class:`AccumulatedText`), each time it changes."""
         return accumulate(self._source(request), mode=self.mode)
 
+    def _stream_into(self, request: AgentRequest, into: _Progress) -> AsyncGenerator[str, None]:
+        """:meth:`stream`, telling ``into`` each text and the agent's normal end."""
+        return _accumulate(self._source(request), self.mode, into)
+
     def _source(self, request: AgentRequest) -> AnswerSource:
-        func = self.func
-        if _takes_stream_callback(func):
-            return _callback_source(func, request)
-        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        func, kind = self.func, self._kind
+        if kind == "async":
             result: AnswerSource = func(request)
             return result
-        if inspect.isgeneratorfunction(func):
+        if kind == "callback":
+            return _callback_source(func, request)
+        if kind == "generator":
             return _lazy_sync_generator(func, request)
         return _sync_call(func, request)
 

@@ -370,22 +370,24 @@ class AgentAnswer(AsyncIterator[str]):
         self.robot = robot
         self.message = message
         self.answer = ""
+        """The answer so far: the last text yielded (the whole answer once iterated to
+        its end)."""
         self._chunks: AsyncIterator[str] | None = None
 
     def __aiter__(self) -> AgentAnswer:
         return self
 
-    async def __anext__(self) -> str:
+    def __anext__(self) -> Awaitable[str]:
+        # Once started, the accumulating generator's own awaitable: no frame of this
+        # class's per chunk. The generator sets ``answer`` and calls _finish at the end.
         chunks = self._chunks
         if chunks is None:
-            chunks = self._chunks = await self._start()
-        try:
-            text = await chunks.__anext__()
-        except StopAsyncIteration:
-            await self._finish()
-            raise
-        self.answer = text
-        return text
+            return self._first()
+        return chunks.__anext__()
+
+    async def _first(self) -> str:
+        chunks = self._chunks = await self._start()
+        return await chunks.__anext__()
 
     async def _start(self) -> AsyncIterator[str]:
         agent = self.robot.agent
@@ -396,7 +398,7 @@ class AgentAnswer(AsyncIterator[str]):
             )
         store = self.robot.runtime.store
         history = await store.history(self.message.conversation_key)
-        return agent.stream(AgentRequest.from_message(self.message, history))
+        return agent._stream_into(AgentRequest.from_message(self.message, history), self)
 
     async def _finish(self) -> None:
         if not self.answer.strip():
