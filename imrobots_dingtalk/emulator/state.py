@@ -459,11 +459,18 @@ class EmulatorState:
 
     # -- notification --
 
-    def emit(self, kind: str, record: Any, **extra: Any) -> dict[str, Any]:
-        """Record an event of ``kind`` about ``record`` and notify everyone."""
+    def emit(self, kind: str, record: Any, **extra: Any) -> None:
+        """Record an event of ``kind`` about ``record`` and notify everyone. With no
+        subscriber nor listener, the event is numbered (``seq``) and waiters are woken, but
+        its JSON is not built: a card's record grows with each update, and converting it
+        on every change was most of the emulator's work under load (``bench/engine.py``)."""
+        seq = self.next_seq()
+        if not self._queues and not self._listeners:
+            self._wake_waiters()
+            return
         event: dict[str, Any] = {
             "kind": kind,
-            "seq": self.next_seq(),
+            "seq": seq,
             "at": time.monotonic(),
             "wall": time.time(),
         }
@@ -477,11 +484,13 @@ class EmulatorState:
                 listener(event)
             except Exception:  # a broken console listener must not break the emulator
                 logger.exception("emulator on_change listener failed")
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        return event
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
