@@ -74,6 +74,7 @@ __all__ = [
     "FATAL_CODES",
     "RATE_LIMITED_CODES",
     "RETRYABLE_CODES",
+    "AnswerTooLarge",
     "FeishuApi",
     "classify",
 ]
@@ -178,10 +179,18 @@ class FeishuApi:
             await http.aclose()
 
     async def execute(
-        self, request: BaseRequest, option: RequestOption | None = None
+        self,
+        request: BaseRequest,
+        option: RequestOption | None = None,
+        *,
+        max_bytes: int | None = None,
     ) -> RawResponse:
         """Send one lark-oapi request over the shared client: the URL, headers and JSON or
-        multipart body lark-oapi's transport would send. Raises httpx's errors."""
+        multipart body lark-oapi's transport would send. Raises httpx's errors.
+
+        ``max_bytes``: the most of a body read (a download): a body announced or found
+        longer raises :class:`AnswerTooLarge` as soon as that is known, having held at
+        most ``max_bytes`` plus one read's chunk in memory."""
         option = option or RequestOption()
         uri = str(request.uri)
         for key, value in (request.paths or {}).items():
@@ -194,7 +203,7 @@ class FeishuApi:
             headers["Authorization"] = f"Bearer {option.tenant_access_token}"
         files = Files.extract_files(request.body) or None
         body = None if request.body is None else json.loads(JSON.marshal(request.body))
-        answer = await self._client().request(
+        outgoing = self._client().build_request(
             str(request.http_method.name),
             url,
             headers=headers,
@@ -203,19 +212,28 @@ class FeishuApi:
             data=body if files else None,
             files=files,
         )
+        answer = await self._client().send(outgoing, stream=True)
+        try:
+            content = await _read_capped(answer, max_bytes)
+        finally:
+            await answer.aclose()
         raw = RawResponse()
         raw.status_code = answer.status_code
         raw.headers = dict(answer.headers)
-        raw.content = answer.content
+        raw.content = content
         return raw
 
     async def _typed(
-        self, method: Callable[..., Any], request: BaseRequest, option: RequestOption
+        self,
+        method: Callable[..., Any],
+        request: BaseRequest,
+        option: RequestOption,
+        max_bytes: int | None = None,
     ) -> Any:
         """What lark-oapi's ``method`` returns for ``request`` (its declared response
         type), the request sent by :meth:`execute`."""
         kind, download = _response_type(method)
-        raw = await self.execute(request, option)
+        raw = await self.execute(request, option, max_bytes=max_bytes)
         binary = not raw.headers.get("content-type", "").startswith("application/json")
         if download and binary:  # the bytes, not JSON
             response = kind()
@@ -319,15 +337,21 @@ class FeishuApi:
             raise RetryableError(f"Feishu {where}: unreadable answer ({exc})") from None
 
     async def call(
-        self, where: str, method: Callable[[Any, Any], Awaitable[Any]], request: Any
+        self,
+        where: str,
+        method: Callable[[Any, Any], Awaitable[Any]],
+        request: Any,
+        *,
+        max_bytes: int | None = None,
     ) -> Any:
         """``await method(request, option)`` with the tenant token; returns the typed
-        response (whose ``data`` is set) or raises the core error."""
+        response (whose ``data`` is set) or raises the core error. ``max_bytes`` caps the
+        body read (see :meth:`execute`): beyond it, :class:`AnswerTooLarge`."""
         for attempt in range(2):
             token = await self.token()
             option = RequestOption.builder().tenant_access_token(token).build()
             response = await self._send(
-                where, functools.partial(self._typed, method, request, option)
+                where, functools.partial(self._typed, method, request, option, max_bytes)
             )
             code = getattr(response, "code", None)
             if code == 0:
@@ -386,6 +410,34 @@ class FeishuApi:
     @staticmethod
     def file(data: bytes) -> io.BytesIO:
         return io.BytesIO(data)
+
+
+class AnswerTooLarge(Exception):
+    """A body longer than the ``max_bytes`` a call allowed (see :meth:`FeishuApi.execute`)."""
+
+    def __init__(self, size: int, max_bytes: int) -> None:
+        super().__init__(f"over {max_bytes} bytes (at least {size})")
+        self.size = size
+        self.max_bytes = max_bytes
+
+
+async def _read_capped(answer: httpx.Response, max_bytes: int | None) -> bytes:
+    """The body of a streamed ``answer``, read up to ``max_bytes`` (all of it for None).
+
+    :raises AnswerTooLarge: its Content-Length, or the bytes read so far, exceed it."""
+    if max_bytes is None:
+        return await answer.aread()
+    announced = answer.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > max_bytes:
+        raise AnswerTooLarge(int(announced), max_bytes)
+    parts: list[bytes] = []
+    size = 0
+    async for part in answer.aiter_bytes():
+        size += len(part)
+        if size > max_bytes:
+            raise AnswerTooLarge(size, max_bytes)
+        parts.append(part)
+    return b"".join(parts)
 
 
 def _plain(request: BaseRequest, option: RequestOption | None = None) -> BaseResponse:

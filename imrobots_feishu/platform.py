@@ -111,7 +111,14 @@ from imrobots.platform import (
     streaming_card,
 )
 
-from .api import CARD_GONE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, FeishuApi
+from .api import (
+    CARD_GONE_CODES,
+    FATAL_CODES,
+    RATE_LIMITED_CODES,
+    RETRYABLE_CODES,
+    AnswerTooLarge,
+    FeishuApi,
+)
 from .cards import card_json, degrade_tables, dumps
 from .connection import Answer, CallbackEndpoint, ConnectionOptions, LongConnection
 from .convert import (
@@ -1026,15 +1033,21 @@ class FeishuPlatform(Platform):
             .type(kind if kind in ("image", "file") else "file")
             .build()
         )
-        response = await self.api.call(
-            "im.message_resource.get", self.api.client.im.v1.message_resource.aget, request
-        )
-        data = response.file.read() if response.file is not None else b""
-        if len(data) > self.settings.max_download_bytes:
-            raise FatalPlatformError(
-                f"{attachment.kind} of {len(data)} bytes is over max_download_bytes",
-                code="download.too_large",
+        limit = self.settings.max_download_bytes
+        try:
+            response = await self.api.call(
+                "im.message_resource.get",
+                self.api.client.im.v1.message_resource.aget,
+                request,
+                max_bytes=limit,  # read no further than that: the body is never held whole
             )
+        except AnswerTooLarge as exc:
+            raise FatalPlatformError(
+                f"{attachment.kind} of {exc.size} bytes or more is over max_download_bytes "
+                f"({limit})",
+                code="download.too_large",
+            ) from None
+        data = response.file.read() if response.file is not None else b""
         return bytes(data)
 
 

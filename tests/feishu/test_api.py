@@ -29,7 +29,7 @@ from lark_oapi.api.im.v1 import (  # type: ignore[import-untyped]
 )
 
 from imrobots.platform import FatalPlatformError, Secret
-from imrobots_feishu.api import FeishuApi
+from imrobots_feishu.api import AnswerTooLarge, FeishuApi
 from imrobots_feishu.emulator import FeishuEmulator
 
 APP = "cli_apiclient01"
@@ -140,3 +140,78 @@ async def test_an_error_answer_is_classified_and_close_lets_the_next_call_reconn
         "im.message.create", api.client.im.v1.message.acreate, _send("oc_api", "again")
     )
     assert response.code == 0 and response.data.message_id
+
+
+def _resource_request(message_id: str, key: str) -> Any:
+    return (
+        GetMessageResourceRequest.builder()
+        .message_id(message_id)
+        .file_key(key)
+        .type("file")
+        .build()
+    )
+
+
+async def test_a_download_is_read_no_further_than_max_bytes(
+    emu: FeishuEmulator, api: FeishuApi
+) -> None:
+    resource = emu.add_resource("file", b"x" * 4096, name="big.bin")
+    record, _ = emu.push_message(
+        APP,
+        chat_id="oc_big",
+        chat_type="group",
+        sender="ou_user",
+        message_type="file",
+        content={"file_key": resource.key, "file_name": "big.bin"},
+    )
+    resource.message_id = record.message_id
+    request = _resource_request(record.message_id, resource.key)
+    where, method = "im.message.resource", api.client.im.v1.message_resource.aget
+    # announced longer (Content-Length): refused before reading the body
+    with pytest.raises(AnswerTooLarge) as refused:
+        await api.call(where, method, request, max_bytes=1024)
+    assert (refused.value.size, refused.value.max_bytes) == (4096, 1024)
+    # exactly the limit, and no limit: the whole body
+    got = await api.call(where, method, request, max_bytes=4096)
+    assert got.file.read() == b"x" * 4096
+    assert (await api.call(where, method, request)).file.read() == b"x" * 4096
+
+
+async def test_a_download_without_a_length_stops_once_past_max_bytes() -> None:
+    from aiohttp import web
+
+    sent: list[int] = []
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.enable_chunked_encoding()  # no Content-Length: only reading tells
+        await response.prepare(request)
+        for _ in range(64):  # 4 MiB on offer
+            await response.write(b"y" * 65536)
+            sent.append(65536)
+        return response
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"code": 0, "tenant_access_token": "t-x", "expire": 7200})
+
+    server = web.Application()
+    server.router.add_post("/open-apis/auth/v3/tenant_access_token/internal", token)
+    server.router.add_get("/open-apis/im/v1/messages/{id}/resources/{key}", endless)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = FeishuApi(app_id=APP, app_secret=Secret(SECRET), domain=f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(AnswerTooLarge) as refused:
+            await client.call(
+                "im.message.resource",
+                client.client.im.v1.message_resource.aget,
+                _resource_request("om_x", "file_x"),
+                max_bytes=100_000,
+            )
+        assert 100_000 < refused.value.size <= 100_000 + 65536 * 2  # stopped at once
+    finally:
+        await client.close()
+        await runner.cleanup()

@@ -381,6 +381,26 @@ async def test_downloads_are_lazy_stay_on_the_domain_and_fail_cleanly() -> None:
         await runner.cleanup()
 
 
+async def test_an_attachment_over_max_download_bytes_fails_cleanly() -> None:
+    def small_cap(adapter: EmulatorAdapter) -> Platform:
+        settings = {**adapter.robot_settings(), "max_download_bytes": 8}
+        return FeishuPlatform(structure(settings, FeishuSettings, path="feishu"))
+
+    factory = lambda: FeishuConsoleAdapter(card_mode="cardkit")  # noqa: E731
+    async with open_rig(factory, ReadingRobot(), make_platform=small_cap, timeout=20.0) as rig:
+        chat = rig.conversation("too-big")
+        for size in (8, 9):
+            await rig.say(
+                "read it",
+                conversation_id=chat,
+                group=False,
+                attachments=[("image", "a.png", b"z" * size)],
+            )
+        await rig.robot_message(chat, "could not read: download.too_large")
+        texts = [m["text"] for m in rig.robot_messages(chat)]
+        assert texts == ["read 8 bytes", "could not read: download.too_large"], texts
+
+
 # ---------------------------------------------------------------------- uploads
 class UploadingRobot(Robot):
     async def on_message(self, message: Message, reply: Reply) -> None:
