@@ -484,6 +484,16 @@ def _from_seed_json(data: dict[str, Any], problems: _Collector) -> dict[str, Any
     agent = data.get("agent", "demo")
     if not isinstance(agent, str):
         problems.add("agent", "expected str")
+    platform = data.get("platform")
+    if platform is None:
+        # the seed's file names no platform: the one whose plugin claims such files
+        from .plugins import get_plugin_manager
+
+        platform = get_plugin_manager().seed_platform()
+        if platform is None:
+            problems.add(
+                "platform", "required: no installed platform takes a config.json without it"
+            )
     if problems.lines:
         return None
     name = data.get("name", "support")
@@ -491,7 +501,7 @@ def _from_seed_json(data: dict[str, Any], problems: _Collector) -> dict[str, Any
         "robots": {
             name: {
                 "robot": "support",
-                "platform": data.get("platform", "dingtalk"),
+                "platform": platform,
                 "settings": {"client_id": data["clientId"], "client_secret": data["clientSecret"]},
                 "agent": {"use": agent},
             }

@@ -689,6 +689,10 @@ class PlatformSpec:
     """Modules that must be importable (the platform's SDK)."""
     install: str | None = None
     """The command that installs what is missing, e.g. ``pip install "imrobots[dingtalk]"``."""
+    seed_config: bool = False
+    """This platform is the one a single-robot ``config.json`` without ``"platform"`` (the
+    seed tutorial's file: ``clientId``, ``clientSecret``, ``agent``) runs on. At most one
+    registered platform may claim it."""
     status: Literal["available", "planned"] = "available"
     """``"planned"``: registered so that it is listed, but not usable in this version.
 

@@ -199,6 +199,21 @@ class PluginManager:
             )
         return result
 
+    def seed_platform(self) -> str | None:
+        """The name of the registered platform a ``config.json`` without ``"platform"``
+        runs on (:attr:`PlatformSpec.seed_config`), or ``None`` when none claims it.
+
+        :raises PluginError: more than one platform claims it."""
+        claims = sorted(
+            name for name, status in self.platforms().items() if status.spec.seed_config
+        )
+        if len(claims) > 1:
+            raise PluginError(
+                f"platforms {', '.join(map(repr, claims))} all claim config.json files without "
+                '"platform": only one may (PlatformSpec.seed_config)'
+            )
+        return claims[0] if claims else None
+
     def robots(self) -> dict[str, Any]:
         """Registered robot classes by name."""
         if self._robots is None:

@@ -305,7 +305,10 @@ def config_schema(manager: PluginManager | None = None) -> Schema:
     builder.definitions["Config"] = config
     builder.definitions["SeedConfig"] = {
         "type": "object",
-        "description": "The seed tutorial's config.json: one DingTalk robot.",
+        "description": (
+            "The seed tutorial's config.json: one robot, on the platform whose plugin "
+            'claims such files unless "platform" names another.'
+        ),
         "properties": {
             "$schema": {"type": "string"},
             "agent": {"type": "string", "description": "demo, openai or package.module:callable"},

@@ -15,6 +15,7 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
             factory="imrobots_dingtalk.platform:DingTalkPlatform",
             settings="imrobots_dingtalk.platform:DingTalkSettings",
             description="DingTalk stream mode",
+            seed_config=True,  # the seed tutorial's config.json is a DingTalk robot's
             # The platform speaks the Stream protocol and the OpenAPI itself (asyncio and
             # aiohttp): it imports no SDK. Only imrobots_dingtalk.sdk.RobotHandler, for apps
             # that keep their own dingtalk-stream client, imports dingtalk_stream; the

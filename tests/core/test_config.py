@@ -16,7 +16,7 @@ from imrobots.app import build_runtimes, prepare_robot
 from imrobots.cli import cli
 from imrobots.config import ConfigProblems, load_config, structure_problems
 from imrobots.errors import ConfigError
-from imrobots.plugins import PluginManager
+from imrobots.plugins import PluginError, PluginManager
 
 GOOD = """
 [store]
@@ -195,6 +195,38 @@ def test_seed_config_json(tmp_path: Path) -> None:
     # the seed silently used an empty string for a missing variable; we name it
     with pytest.raises(ConfigError, match="CSECRET"):
         load_config(path, env={"CID": "ding123"})
+
+
+class _SeedClaim:
+    """A plugin registering a platform that claims config.json files without "platform"."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @imrobots.hookimpl
+    def register_platforms(self, register: Any) -> None:
+        register(
+            imrobots.PlatformSpec(
+                name=self.name, factory="imrobots.memory:MemoryPlatform", seed_config=True
+            )
+        )
+
+
+def test_seed_config_json_runs_on_the_platform_claiming_it(
+    tmp_path: Path, manager: PluginManager
+) -> None:
+    seed = {"agent": "demo", "clientId": "x", "clientSecret": "y"}
+    path = write(tmp_path, json.dumps(seed), "config.json")
+    # the core names no platform: with none claiming such files, "platform" is required
+    with pytest.raises(ConfigProblems, match="platform: required: no installed platform"):
+        load_config(path)
+    manager.register(_SeedClaim("chatone"), name="chatone")
+    assert load_config(path).robots["support"].platform == "chatone"
+    named = write(tmp_path, json.dumps({**seed, "platform": "memory"}), "named.json")
+    assert load_config(named).robots["support"].platform == "memory"  # given: kept
+    manager.register(_SeedClaim("chattwo"), name="chattwo")
+    with pytest.raises(PluginError, match="'chatone', 'chattwo' all claim"):
+        load_config(path)
 
 
 def test_seed_config_json_requires_credentials(tmp_path: Path) -> None:
