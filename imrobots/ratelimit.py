@@ -352,11 +352,7 @@ class RateLimiter:
         for _ in range(100):  # bounded: each pass sleeps until the busiest has room
             if not narrow:
                 break
-            rooms = [
-                await self.store.room_in(key, limit=limit, window=window)
-                for key, limit, window in narrow
-            ]
-            longest = max(rooms)
+            longest = await self.store.room_in_all(narrow)
             if longest <= 0:
                 break
             await self.clock.sleep(longest)
@@ -375,11 +371,7 @@ class RateLimiter:
         has room now (after any slot reserved ahead in them); return the seconds slept."""
         waited = 0.0
         for _ in range(1000):  # bounded: each pass sleeps until the busiest has room
-            rooms = [
-                await self.store.room_in(key, limit=limit, window=window)
-                for key, limit, window in distinct
-            ]
-            longest = max(rooms, default=0.0)
+            longest = await self.store.room_in_all(distinct)
             if longest <= 0:
                 break
             await self.clock.sleep(longest)

@@ -144,6 +144,17 @@ class Store(abc.ABC):
         """Seconds until the window ``key`` has room for one call (``0.0``: now), in
         arrival order, without reserving anything."""
 
+    async def room_in_all(self, windows: Sequence[tuple[str, int, float]]) -> float:
+        """Seconds until every one of ``windows`` (``(key, limit, window seconds)``) has
+        room for one call (``0.0``: now): the longest :meth:`room_in` of them, reserving
+        nothing. A store may answer it in one step (the in-memory store does)."""
+        longest = 0.0
+        for key, limit, window in windows:
+            room = await self.room_in(key, limit=limit, window=window)
+            if room > longest:
+                longest = room
+        return longest
+
     @abc.abstractmethod
     async def penalize(self, key: str, *, seconds: float) -> None:
         """The platform said "rate limited": grant nothing from ``key`` for ``seconds``
@@ -409,6 +420,19 @@ class MemoryStore(Store):
     async def room_in(self, key: str, *, limit: int, window: float) -> float:
         now = self._now()
         return window_earliest(self._window(key), now, limit, window) - now
+
+    async def room_in_all(self, windows: Sequence[tuple[str, int, float]]) -> float:
+        now = self._now()
+        found = self._windows
+        at = now
+        for key, limit, window in windows:
+            w = found.get(key)
+            if w is None:
+                w = found[key] = _Window()
+            earliest = window_earliest(w, now, limit, window)
+            if earliest > at:
+                at = earliest
+        return at - now
 
     async def penalize(self, key: str, *, seconds: float) -> None:
         w = self._windows.get(key)
