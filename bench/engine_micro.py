@@ -4,6 +4,7 @@
     python bench/engine_micro.py --part intake --messages 2000
     python bench/engine_micro.py --part answers --answers 1000
     python bench/engine_micro.py --part http
+    python bench/engine_micro.py --part call
 
 ``bench/engine.py`` measures the whole client over real sockets, beside the seed's
 handler; on a machine shared with other work its CPU figures move by 20-30 % from
@@ -29,6 +30,9 @@ still 10-20 % apart between runs on a busy machine):
   once, the server in a subprocess of its own): what every platform call costs before
   the engine's or the plugin's own work, and so the part of ``engine.py``'s client CPU
   per answer that is aiohttp's.
+- **call**: the same request made by the DingTalk plugin itself (``DingTalkApi.call`` on
+  the session ``DingTalkPlatform`` makes, with its headers, timeouts and trace configs):
+  aiohttp's part and the plugin's own per call.
 
 Everything runs on the loop ``imrobots run`` uses (:mod:`imrobots.loop`: uvloop where
 installed; ``IMROBOTS_LOOP=asyncio`` for asyncio's own).
@@ -317,6 +321,56 @@ async def http_floor(requests: int, concurrency: int = 50) -> float:
         await server.wait()
 
 
+async def call_floor(requests: int, concurrency: int = 50) -> float:
+    """Client CPU per call (us) of a DingTalk card update as the plugin makes it:
+    ``DingTalkApi.call`` on the session ``DingTalkPlatform`` makes (headers, body, its
+    timeouts, its trace configs, the answer read and parsed), to the server of
+    :func:`http_floor` (the access token is taken as cached)."""
+    import sys
+
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _SERVER,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert server.stdout is not None and server.stdin is not None
+    port = int(await server.stdout.readline())
+    from imrobots import Secret
+    from imrobots_dingtalk.platform import DingTalkPlatform, DingTalkSettings
+
+    settings = DingTalkSettings(
+        client_id="microapp",
+        client_secret=Secret("s"),
+        openapi_endpoint=f"http://127.0.0.1:{port}",
+        card_mode="standard",
+    )
+    plat = DingTalkPlatform(settings, stream=False)
+    api = plat.api
+    api._token, api._token_expires = "t" * 32, time.monotonic() + 3600
+    body = {"cardBizId": "c" * 32, "cardData": json.dumps({"markdown": "w1 " * 150})}
+    try:
+
+        async def one() -> None:
+            await api.call(
+                "PUT", "/v1.0/im/robots/interactiveCards", body, card_update=True, card=True
+            )
+
+        async def batch(count: int) -> None:
+            for _ in range(count // concurrency):
+                await asyncio.gather(*(one() for _ in range(concurrency)))
+
+        await batch(5 * concurrency)  # connections opened, code warm
+        started = time.process_time()
+        await batch(requests)
+        return (time.process_time() - started) / requests * 1e6
+    finally:
+        await plat.close()
+        server.stdin.close()
+        await server.wait()
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -350,6 +404,14 @@ async def main(args: argparse.Namespace) -> None:
             f"{traced['retained_bytes'] / 1024:.2f} KB retained per answer after (history, "
             f"feedback record)"
         )
+    if args.part in ("call", "all"):
+        per_call = min([await call_floor(args.requests) for _ in range(3)])
+        out(
+            f"call: {per_call:.0f} us client CPU per DingTalk card update through the plugin's "
+            f"DingTalkApi.call and session (best of 3 x {args.requests:,}, 50 at once); at "
+            f"{CALLS_PER_ANSWER} calls an answer: {per_call * CALLS_PER_ANSWER / 1000:.2f} s "
+            f"per 1,000 answers"
+        )
     if args.part in ("http", "all"):
         per_request = min([await http_floor(args.requests) for _ in range(3)])
         out(
@@ -362,7 +424,9 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("intake", "answers", "http", "all"), default="all")
+    parser.add_argument(
+        "--part", choices=("intake", "answers", "http", "call", "all"), default="all"
+    )
     parser.add_argument("--messages", type=int, default=2000, help="pushes per intake batch")
     parser.add_argument("--repeats", type=int, default=5, help="intake batches (best taken)")
     parser.add_argument("--answers", type=int, default=300, help="concurrent answers")
