@@ -3,6 +3,7 @@
     python bench/engine_micro.py              # every part, about 1 min
     python bench/engine_micro.py --part intake --messages 2000
     python bench/engine_micro.py --part answers --answers 1000
+    python bench/engine_micro.py --part calls
     python bench/engine_micro.py --part http
     python bench/engine_micro.py --part call
 
@@ -25,6 +26,9 @@ still 10-20 % apart between runs on a busy machine):
   sleeps and generator cost what they cost in every client). Then, with
   ``tracemalloc``, the memory an answer holds while streaming (peak / answers) and
   after it ended (retained / answers: history, feedback records).
+- **calls**: the per-call and per-answer bookkeeping alone: a rate-limiter turn
+  (``RateLimiter.acquire`` on a ``MemoryStore``, quota lifted) with DingTalk's limits and
+  with Feishu's, and an answer's four signed feedback values.
 - **http**: the client CPU of one aiohttp request as the plugins send them (the session
   :func:`imrobots.proxies.client_session` makes, a card update's body and headers, 50 at
   once, the server in a subprocess of its own): what every platform call costs before
@@ -371,6 +375,70 @@ async def call_floor(requests: int, concurrency: int = 50) -> float:
         await server.wait()
 
 
+# --------------------------------------------------------------------------- per call
+
+
+async def limiter_floor(calls: int) -> dict[str, float]:
+    """CPU per ``RateLimiter.acquire`` (us) on a ``MemoryStore``, quota lifted (nothing
+    waits), a stream's mix (one send, six updates at BACKGROUND priority) over 300
+    conversations: with DingTalk's limits (one per API) and with Feishu's (two per API,
+    per chat, per card)."""
+    from imrobots.platform import Op, RateLimit, Scope
+    from imrobots.ratelimit import CallScope, Priority, RateLimiter
+    from imrobots.store import MemoryStore
+    from imrobots_dingtalk.platform import _api_names
+
+    layouts: dict[str, dict[str, Any]] = {
+        "dingtalk": {
+            "limits": (RateLimit(scope=Scope.API, rate=1e6),),
+            "api_names": _api_names("standard"),
+        },
+        "feishu": {
+            "limits": (
+                RateLimit(scope=Scope.API, rate=1e6, window=0.1),
+                RateLimit(scope=Scope.API, rate=1e6, window=60.0),
+                RateLimit(scope=Scope.CONVERSATION, rate=1e6, window=0.25),
+                RateLimit(scope=Scope.CARD, rate=1e6, window=0.25),
+            )
+        },
+    }
+    scopes = [
+        CallScope(
+            op=Op.UPDATE_CARD if i % 7 else Op.SEND_CARD,
+            conversation=f"dingtalk:group:cid{i % 300}",
+            card=f"card{i % 300}",
+        )
+        for i in range(calls)
+    ]
+    result = {}
+    for name, layout in layouts.items():
+        best = float("inf")
+        for _ in range(3):
+            limiter = RateLimiter(MemoryStore(), "micro", headroom=0.9, **layout)
+            started = time.process_time()
+            for i, scope in enumerate(scopes):
+                await limiter.acquire(
+                    scope, priority=Priority.BACKGROUND if i % 7 else Priority.FIRST
+                )
+            best = min(best, (time.process_time() - started) / calls * 1e6)
+        result[name] = best
+    return result
+
+
+def feedback_floor(answers: int) -> float:
+    """CPU (us) of the four signed feedback values of one answer."""
+    from imrobots.feedback import FeedbackSigner
+
+    signer = FeedbackSigner.from_secret("k" * 32)
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        for i in range(answers):
+            signer.values("micro", f"msgMicro{i:08d}==", conversation="cidMicro1=", card="c" * 32)
+        best = min(best, (time.process_time() - started) / answers * 1e6)
+    return best
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -412,6 +480,14 @@ async def main(args: argparse.Namespace) -> None:
             f"{CALLS_PER_ANSWER} calls an answer: {per_call * CALLS_PER_ANSWER / 1000:.2f} s "
             f"per 1,000 answers"
         )
+    if args.part in ("calls", "all"):
+        limiter = await limiter_floor(20_000)
+        out(
+            f"calls: {limiter['dingtalk']:.1f} us CPU per rate-limiter turn with DingTalk's "
+            f"limits, {limiter['feishu']:.1f} us with Feishu's (MemoryStore, nothing waits, "
+            f"best of 3 x 20,000); {feedback_floor(20_000):.1f} us for an answer's four signed "
+            f"feedback values"
+        )
     if args.part in ("http", "all"):
         per_request = min([await http_floor(args.requests) for _ in range(3)])
         out(
@@ -425,7 +501,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--part", choices=("intake", "answers", "http", "call", "all"), default="all"
+        "--part", choices=("intake", "answers", "calls", "http", "call", "all"), default="all"
     )
     parser.add_argument("--messages", type=int, default=2000, help="pushes per intake batch")
     parser.add_argument("--repeats", type=int, default=5, help="intake batches (best taken)")
