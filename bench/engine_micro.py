@@ -3,7 +3,9 @@
     python bench/engine_micro.py              # every part, about 1 min
     python bench/engine_micro.py --part intake --messages 2000
     python bench/engine_micro.py --part answers --answers 1000
+    python bench/engine_micro.py --part calls
     python bench/engine_micro.py --part http
+    python bench/engine_micro.py --part call
 
 ``bench/engine.py`` measures the whole client over real sockets, beside the seed's
 handler; on a machine shared with other work its CPU figures move by 20-30 % from
@@ -24,11 +26,17 @@ still 10-20 % apart between runs on a busy machine):
   sleeps and generator cost what they cost in every client). Then, with
   ``tracemalloc``, the memory an answer holds while streaming (peak / answers) and
   after it ended (retained / answers: history, feedback records).
+- **calls**: the per-call and per-answer bookkeeping alone: a rate-limiter turn
+  (``RateLimiter.acquire`` on a ``MemoryStore``, quota lifted) with DingTalk's limits and
+  with Feishu's, and an answer's four signed feedback values.
 - **http**: the client CPU of one aiohttp request as the plugins send them (the session
   :func:`imrobots.proxies.client_session` makes, a card update's body and headers, 50 at
   once, the server in a subprocess of its own): what every platform call costs before
   the engine's or the plugin's own work, and so the part of ``engine.py``'s client CPU
   per answer that is aiohttp's.
+- **call**: the same request made by the DingTalk plugin itself (``DingTalkApi.call`` on
+  the session ``DingTalkPlatform`` makes, with its headers, timeouts and trace configs):
+  aiohttp's part and the plugin's own per call.
 
 Everything runs on the loop ``imrobots run`` uses (:mod:`imrobots.loop`: uvloop where
 installed; ``IMROBOTS_LOOP=asyncio`` for asyncio's own).
@@ -317,6 +325,120 @@ async def http_floor(requests: int, concurrency: int = 50) -> float:
         await server.wait()
 
 
+async def call_floor(requests: int, concurrency: int = 50) -> float:
+    """Client CPU per call (us) of a DingTalk card update as the plugin makes it:
+    ``DingTalkApi.call`` on the session ``DingTalkPlatform`` makes (headers, body, its
+    timeouts, its trace configs, the answer read and parsed), to the server of
+    :func:`http_floor` (the access token is taken as cached)."""
+    import sys
+
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _SERVER,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert server.stdout is not None and server.stdin is not None
+    port = int(await server.stdout.readline())
+    from imrobots import Secret
+    from imrobots_dingtalk.platform import DingTalkPlatform, DingTalkSettings
+
+    settings = DingTalkSettings(
+        client_id="microapp",
+        client_secret=Secret("s"),
+        openapi_endpoint=f"http://127.0.0.1:{port}",
+        card_mode="standard",
+    )
+    plat = DingTalkPlatform(settings, stream=False)
+    api = plat.api
+    api._token, api._token_expires = "t" * 32, time.monotonic() + 3600
+    body = {"cardBizId": "c" * 32, "cardData": json.dumps({"markdown": "w1 " * 150})}
+    try:
+
+        async def one() -> None:
+            await api.call(
+                "PUT", "/v1.0/im/robots/interactiveCards", body, card_update=True, card=True
+            )
+
+        async def batch(count: int) -> None:
+            for _ in range(count // concurrency):
+                await asyncio.gather(*(one() for _ in range(concurrency)))
+
+        await batch(5 * concurrency)  # connections opened, code warm
+        started = time.process_time()
+        await batch(requests)
+        return (time.process_time() - started) / requests * 1e6
+    finally:
+        await plat.close()
+        server.stdin.close()
+        await server.wait()
+
+
+# --------------------------------------------------------------------------- per call
+
+
+async def limiter_floor(calls: int) -> dict[str, float]:
+    """CPU per ``RateLimiter.acquire`` (us) on a ``MemoryStore``, quota lifted (nothing
+    waits), a stream's mix (one send, six updates at BACKGROUND priority) over 300
+    conversations: with DingTalk's limits (one per API) and with Feishu's (two per API,
+    per chat, per card)."""
+    from imrobots.platform import Op, RateLimit, Scope
+    from imrobots.ratelimit import CallScope, Priority, RateLimiter
+    from imrobots.store import MemoryStore
+    from imrobots_dingtalk.platform import _api_names
+
+    layouts: dict[str, dict[str, Any]] = {
+        "dingtalk": {
+            "limits": (RateLimit(scope=Scope.API, rate=1e6),),
+            "api_names": _api_names("standard"),
+        },
+        "feishu": {
+            "limits": (
+                RateLimit(scope=Scope.API, rate=1e6, window=0.1),
+                RateLimit(scope=Scope.API, rate=1e6, window=60.0),
+                RateLimit(scope=Scope.CONVERSATION, rate=1e6, window=0.25),
+                RateLimit(scope=Scope.CARD, rate=1e6, window=0.25),
+            )
+        },
+    }
+    scopes = [
+        CallScope(
+            op=Op.UPDATE_CARD if i % 7 else Op.SEND_CARD,
+            conversation=f"dingtalk:group:cid{i % 300}",
+            card=f"card{i % 300}",
+        )
+        for i in range(calls)
+    ]
+    result = {}
+    for name, layout in layouts.items():
+        best = float("inf")
+        for _ in range(3):
+            limiter = RateLimiter(MemoryStore(), "micro", headroom=0.9, **layout)
+            started = time.process_time()
+            for i, scope in enumerate(scopes):
+                await limiter.acquire(
+                    scope, priority=Priority.BACKGROUND if i % 7 else Priority.FIRST
+                )
+            best = min(best, (time.process_time() - started) / calls * 1e6)
+        result[name] = best
+    return result
+
+
+def feedback_floor(answers: int) -> float:
+    """CPU (us) of the four signed feedback values of one answer."""
+    from imrobots.feedback import FeedbackSigner
+
+    signer = FeedbackSigner.from_secret("k" * 32)
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        for i in range(answers):
+            signer.values("micro", f"msgMicro{i:08d}==", conversation="cidMicro1=", card="c" * 32)
+        best = min(best, (time.process_time() - started) / answers * 1e6)
+    return best
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -350,6 +472,22 @@ async def main(args: argparse.Namespace) -> None:
             f"{traced['retained_bytes'] / 1024:.2f} KB retained per answer after (history, "
             f"feedback record)"
         )
+    if args.part in ("call", "all"):
+        per_call = min([await call_floor(args.requests) for _ in range(3)])
+        out(
+            f"call: {per_call:.0f} us client CPU per DingTalk card update through the plugin's "
+            f"DingTalkApi.call and session (best of 3 x {args.requests:,}, 50 at once); at "
+            f"{CALLS_PER_ANSWER} calls an answer: {per_call * CALLS_PER_ANSWER / 1000:.2f} s "
+            f"per 1,000 answers"
+        )
+    if args.part in ("calls", "all"):
+        limiter = await limiter_floor(20_000)
+        out(
+            f"calls: {limiter['dingtalk']:.1f} us CPU per rate-limiter turn with DingTalk's "
+            f"limits, {limiter['feishu']:.1f} us with Feishu's (MemoryStore, nothing waits, "
+            f"best of 3 x 20,000); {feedback_floor(20_000):.1f} us for an answer's four signed "
+            f"feedback values"
+        )
     if args.part in ("http", "all"):
         per_request = min([await http_floor(args.requests) for _ in range(3)])
         out(
@@ -362,7 +500,9 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("intake", "answers", "http", "all"), default="all")
+    parser.add_argument(
+        "--part", choices=("intake", "answers", "calls", "http", "call", "all"), default="all"
+    )
     parser.add_argument("--messages", type=int, default=2000, help="pushes per intake batch")
     parser.add_argument("--repeats", type=int, default=5, help="intake batches (best taken)")
     parser.add_argument("--answers", type=int, default=300, help="concurrent answers")

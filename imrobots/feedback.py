@@ -72,6 +72,10 @@ _json_string = json.encoder.encode_basestring
 """A str as a JSON string, non-ASCII kept (as ``json.dumps(..., ensure_ascii=False)``)."""
 
 
+_RATINGS_JSON = tuple((rating, _json_string(rating.value)) for rating in FeedbackRating)
+"""Each rating with its value as a JSON string."""
+
+
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -81,6 +85,12 @@ class FeedbackSigner:
     """Signs and verifies feedback values with one robot's secret."""
 
     _secret: bytes
+    _keyed: hmac.HMAC = attrs.field(init=False, eq=False)
+    """HMAC-SHA256 keyed with the secret, copied for each value (keying it costs as much
+    as hashing a short value)."""
+
+    def __attrs_post_init__(self) -> None:
+        self._keyed = hmac.new(self._secret, digestmod=hashlib.sha256)
 
     @classmethod
     def from_secret(cls, secret: str | bytes | None) -> FeedbackSigner:
@@ -124,8 +134,9 @@ class FeedbackSigner:
         return "FeedbackSigner(secret=***)"
 
     def _mac(self, payload: str) -> str:
-        digest = hmac.digest(self._secret, payload.encode("ascii"), hashlib.sha256)
-        return _b64(digest[:16])
+        mac = self._keyed.copy()
+        mac.update(payload.encode("ascii"))
+        return _b64(mac.digest()[:16])
 
     def sign(self, token: FeedbackToken) -> str:
         fields: dict[str, str] = {
@@ -155,20 +166,37 @@ class FeedbackSigner:
         card: str | None = None,
     ) -> dict[FeedbackRating, str]:
         """The signed value of each of the four buttons of one answer, bound to its
-        ``conversation`` (and ``user`` in a direct chat) and ``card``."""
-        return {
-            rating: self.sign(
-                FeedbackToken(
-                    robot=robot,
-                    message_id=message_id,
-                    rating=rating,
-                    conversation=conversation,
-                    user=user,
-                    card=card,
+        ``conversation`` (and ``user`` in a direct chat) and ``card``: for each rating,
+        what :meth:`sign` gives for the :class:`FeedbackToken` of these fields, the JSON
+        around the rating written once (every answer has four buttons)."""
+        named = (robot, message_id, conversation, user, card)
+        if not all(type(value) is str for value in named if value is not None):
+            return {
+                rating: self.sign(
+                    FeedbackToken(
+                        robot=robot,
+                        message_id=message_id,
+                        rating=rating,
+                        conversation=conversation,
+                        user=user,
+                        card=card,
+                    )
                 )
-            )
-            for rating in FeedbackRating
-        }
+                for rating in FeedbackRating
+            }
+        # sign()'s JSON, field by field in its order: r, m, t, then c, u, k when given
+        head = f'{{"r":{_json_string(robot)},"m":{_json_string(message_id)},"t":'
+        tail = "".join(
+            f',"{key}":{_json_string(value)}'
+            for key, value in (("c", conversation), ("u", user), ("k", card))
+            if value is not None
+        )
+        tail += "}"
+        values: dict[FeedbackRating, str] = {}
+        for rating, encoded in _RATINGS_JSON:
+            payload = _b64((head + encoded + tail).encode("utf-8"))
+            values[rating] = f"{_PREFIX}.{payload}.{self._mac(payload)}"
+        return values
 
     @staticmethod
     def looks_like_feedback(value: str) -> bool:

@@ -198,7 +198,7 @@ class SizeUnit(enum.StrEnum):
 def measure(text: str, unit: SizeUnit) -> int:
     """The size of ``text`` in ``unit``. A lone surrogate, which UTF-8 cannot carry (JSON
     sends it as a 6-byte ``\\ud800`` escape), counts 6 bytes; it never raises."""
-    if unit is not SizeUnit.BYTES:
+    if unit is not SizeUnit.BYTES or text.isascii():  # isascii: a flag, not a scan
         return len(text)
     try:
         return len(text.encode("utf-8"))

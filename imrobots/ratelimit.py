@@ -23,7 +23,7 @@ import enum
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import attrs
@@ -46,6 +46,25 @@ LATE_TOLERANCE = 0.05
 LATE_RETRIES = 3
 SPREAD_UP_TO = 2.0
 """Seconds: only windows this short or shorter are spread over their tenths."""
+_MARK = "\x00"
+"""A key :meth:`RateLimiter._windows` is asked about to learn its windows' suffixes."""
+
+_Spec = tuple[str, int, float]
+_Plan = tuple[Sequence[_Spec], Sequence[_Spec], Sequence[_Spec]]
+"""A call's narrow windows, all its windows, and all of them once each."""
+
+
+@attrs.frozen
+class _Layout:
+    """The windows counting one operation, as far as they do not depend on the call."""
+
+    parts: tuple[tuple[Scope | None, str, tuple[tuple[str, int, float], ...]], ...]
+    """Per window group: its narrow scope (``None``: a wide one, whose key is complete),
+    its key (a prefix, for a narrow scope) and its windows' (suffix, limit, seconds)."""
+    times: int
+    """Calls the operation makes (each counted in every window)."""
+    fixed: _Plan | None
+    """The plan of every call, when no narrow scope counts the operation."""
 
 
 class Priority(enum.IntEnum):
@@ -127,6 +146,9 @@ class CallScope:
         return self.member
 
 
+_NO_SCOPE = CallScope()
+
+
 class RateLimiter:
     """Scoped token buckets in a :class:`Store`. See the module docstring.
 
@@ -157,6 +179,8 @@ class RateLimiter:
         self.api_names: Mapping[Op, str | tuple[str, ...]] = dict(api_names or {})
         self.op_calls: Mapping[Op, int] = dict(op_calls or {})
         self._op_limits: dict[Op, list[tuple[RateLimit, str]]] = {}
+        self._layouts: dict[Op, _Layout] = {}
+        """Per operation, what :meth:`_plan` needs that does not change from call to call."""
         self.clock: Clock = clock or SystemClock()
         self.stats = RateLimiterStats()
         self._gate = _Gate()
@@ -184,6 +208,7 @@ class RateLimiter:
         were counted. The limits themselves do not change."""
         self.api_names = dict(capabilities.api_names)
         self.op_calls = dict(capabilities.op_calls)
+        self._layouts.clear()
 
     def _per_op(self, op: Op) -> list[tuple[RateLimit, str]]:
         """The limits counting ``op``, with their key prefixes (cached: called per call)."""
@@ -229,6 +254,68 @@ class RateLimiter:
         # window listed n times n times, at once)
         return found * max(1, self.op_calls.get(scope.op, 1))
 
+    def _layout(self, op: Op) -> _Layout:
+        """What :meth:`_plan` needs for ``op``, cached (the limits, API names and call counts
+        do not change between calls; :meth:`use_capabilities` clears it): the windows of
+        every wide scope, complete; per narrow scope, its key prefix and window shapes."""
+        layout = self._layouts.get(op)
+        if layout is not None:
+            return layout
+        parts: list[tuple[Scope | None, str, tuple[tuple[str, int, float], ...]]] = []
+        for limit, prefix in self._per_op(op):
+            shapes = tuple(
+                (suffix[len(_MARK) :], allowed, window)
+                for suffix, allowed, window in self._windows(limit, _MARK)
+            )
+            if limit.scope is Scope.API:
+                parts.extend((None, prefix + api, shapes) for api in self._apis(op))
+            elif limit.scope is Scope.APP:
+                parts.append((None, prefix + "app", shapes))
+            else:
+                parts.append((limit.scope, prefix, shapes))
+        times = max(1, self.op_calls.get(op, 1))
+        if all(scope is None for scope, _, _ in parts):
+            windows = (
+                tuple(
+                    (key + suffix, allowed, window)
+                    for _, key, shapes in parts
+                    for suffix, allowed, window in shapes
+                )
+                * times
+            )
+            fixed: _Plan | None = ((), windows, tuple(dict.fromkeys(windows)))
+        else:
+            fixed = None
+        layout = self._layouts[op] = _Layout(parts=tuple(parts), times=times, fixed=fixed)
+        return layout
+
+    def _plan(self, scope: CallScope) -> _Plan:
+        """The windows of one call: its narrow ones (waited for first), all of them in the
+        order :meth:`_applicable` lists them (each operation's call counted as often as it
+        makes calls), and those distinct. The same as building them from
+        :meth:`_applicable` and :meth:`_windows`, without doing so on every call."""
+        layout = self._layout(scope.op)
+        if layout.fixed is not None:
+            return layout.fixed
+        narrow: list[tuple[str, int, float]] = []
+        windows: list[tuple[str, int, float]] = []
+        for kind, key, shapes in layout.parts:
+            if kind is not None:
+                ident = scope.ident(kind)
+                if ident is None:
+                    continue
+                key += ident
+                for suffix, allowed, window in shapes:
+                    narrow.append((key + suffix, allowed, window))
+                    windows.append((key + suffix, allowed, window))
+            else:
+                for suffix, allowed, window in shapes:
+                    windows.append((key + suffix, allowed, window))
+        if layout.times > 1:
+            narrow *= layout.times
+            windows *= layout.times
+        return narrow, windows, list(dict.fromkeys(windows))
+
     def carries(self, taken: CallScope, call: CallScope) -> bool:
         """Whether a turn taken for ``taken`` may carry ``call`` instead: only if it was
         counted in every window that counts ``call`` (as often). A turn of one API's window
@@ -260,52 +347,38 @@ class RateLimiter:
         behind every running answer's updates and finals. No window is ever exceeded
         either way.
         """
-        scope = scope or CallScope()
-        applicable = self._applicable(scope)
+        narrow, windows, distinct = self._plan(scope or _NO_SCOPE)
         waited = 0.0
-        narrow = [
-            w for lim, key in applicable if lim.scope in _NARROW for w in self._windows(lim, key)
-        ]
         for _ in range(100):  # bounded: each pass sleeps until the busiest has room
             if not narrow:
                 break
-            rooms = [
-                await self.store.room_in(key, limit=limit, window=window)
-                for key, limit, window in narrow
-            ]
-            longest = max(rooms)
+            longest = await self.store.room_in_all(narrow)
             if longest <= 0:
                 break
             await self.clock.sleep(longest)
             waited += longest
-        windows = [w for lim, key in applicable for w in self._windows(lim, key)]
         if priority is Priority.FIRST:
             return await self._reserve(windows, waited)
         await self._gate.acquire(priority)
         try:
-            waited += await self._room_now(windows)
+            waited += await self._room_now(distinct)
             return await self._reserve(windows, waited)
         finally:
             self._gate.release()
 
-    async def _room_now(self, windows: list[tuple[str, int, float]]) -> float:
-        """Sleep, reserving nothing, until every one of ``windows`` has room now (after
-        any slot reserved ahead in them); return the seconds slept."""
+    async def _room_now(self, distinct: Sequence[tuple[str, int, float]]) -> float:
+        """Sleep, reserving nothing, until every one of ``distinct`` (windows, each once)
+        has room now (after any slot reserved ahead in them); return the seconds slept."""
         waited = 0.0
-        distinct = list(dict.fromkeys(windows))
         for _ in range(1000):  # bounded: each pass sleeps until the busiest has room
-            rooms = [
-                await self.store.room_in(key, limit=limit, window=window)
-                for key, limit, window in distinct
-            ]
-            longest = max(rooms, default=0.0)
+            longest = await self.store.room_in_all(distinct)
             if longest <= 0:
                 break
             await self.clock.sleep(longest)
             waited += longest
         return waited
 
-    async def _reserve(self, windows: list[tuple[str, int, float]], waited: float) -> float:
+    async def _reserve(self, windows: Sequence[tuple[str, int, float]], waited: float) -> float:
         for _ in range(LATE_RETRIES + 1):
             wait = await self.store.reserve_all(windows)
             if wait <= 0:

@@ -4,10 +4,11 @@ Calls to a platform carry credentials (an access token in a header or the query 
 a sessionWebhook's session, a connection ticket). A redirect answered by a platform host,
 or by something posing as one, would take them, and the call itself, to another host.
 Plugins therefore follow no redirect: each call passes ``allow_redirects=False`` and
-treats a 3xx answer as an error, and their ``aiohttp.ClientSession`` gets
-:func:`refuse_redirects`, which stops the calls that cannot pass it (a WebSocket upgrade:
-``ws_connect`` always follows redirects) with :class:`RedirectRefused` before the next
-request leaves.
+treats a 3xx answer as an error, and the ``aiohttp.ClientSession`` of their long
+connection gets :func:`refuse_redirects`, which stops the calls that cannot pass it (a
+WebSocket upgrade: ``ws_connect`` always follows redirects) with :class:`RedirectRefused`
+before the next request leaves. A session for API calls only goes without it: a trace
+config makes aiohttp send about eight trace signals on every request.
 """
 
 from __future__ import annotations

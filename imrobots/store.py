@@ -144,6 +144,17 @@ class Store(abc.ABC):
         """Seconds until the window ``key`` has room for one call (``0.0``: now), in
         arrival order, without reserving anything."""
 
+    async def room_in_all(self, windows: Sequence[tuple[str, int, float]]) -> float:
+        """Seconds until every one of ``windows`` (``(key, limit, window seconds)``) has
+        room for one call (``0.0``: now): the longest :meth:`room_in` of them, reserving
+        nothing. A store may answer it in one step (the in-memory store does)."""
+        longest = 0.0
+        for key, limit, window in windows:
+            room = await self.room_in(key, limit=limit, window=window)
+            if room > longest:
+                longest = room
+        return longest
+
     @abc.abstractmethod
     async def penalize(self, key: str, *, seconds: float) -> None:
         """The platform said "rate limited": grant nothing from ``key`` for ``seconds``
@@ -246,7 +257,7 @@ def window_earliest(w: _Window, now: float, limit: int, window: float, calls: in
     if times:
         if times[-1] > at:
             at = times[-1]
-        keep = limit - min(calls, limit) + 1  # room once all but keep - 1 have left
+        keep = limit - (calls if calls < limit else limit) + 1  # room once all but keep - 1 left
         if len(times) >= keep:
             room = times[-keep] + window
             if room > at:
@@ -257,16 +268,37 @@ def window_earliest(w: _Window, now: float, limit: int, window: float, calls: in
 def windows_reserve(records: Sequence[tuple[_Window, int, float]], now: float) -> float:
     """Reserve one call in every window at one time, the earliest all have room; a window
     listed n times gets n calls (an operation making n calls of one API)."""
-    calls: dict[int, tuple[_Window, int, float, int]] = {}
-    for w, limit, window in records:
-        seen = calls.get(id(w))
-        calls[id(w)] = (w, limit, window, seen[3] + 1 if seen else 1)
-    at = max(
-        (window_earliest(w, now, limit, window, n) for w, limit, window, n in calls.values()),
-        default=now,
-    )
-    for w, _, window, n in calls.values():
-        w.times.extend([at] * n)
+    if len({id(record[0]) for record in records}) == len(records):  # each listed once
+        at = now
+        for w, limit, window in records:
+            earliest = window_earliest(w, now, limit, window)
+            if earliest > at:
+                at = earliest
+        for w, _, window in records:
+            w.times.append(at)
+            if at + window > w.idle_after:
+                w.idle_after = at + window
+        return at - now
+    last: dict[int, tuple[_Window, int, float]] = {}
+    """Per window, its last listing (whose limit and length count)."""
+    repeated: dict[int, int] = {}
+    """Per window listed more than once, how many times."""
+    for record in records:
+        ident = id(record[0])
+        if ident in last:
+            repeated[ident] = repeated.get(ident, 1) + 1
+        last[ident] = record
+    at = now
+    for ident, (w, limit, window) in last.items():
+        earliest = window_earliest(w, now, limit, window, repeated.get(ident, 1))
+        if earliest > at:
+            at = earliest
+    for ident, (w, _, window) in last.items():
+        n = repeated.get(ident, 1)
+        if n == 1:
+            w.times.append(at)
+        else:
+            w.times.extend([at] * n)
         if at + window > w.idle_after:
             w.idle_after = at + window
     return at - now
@@ -374,13 +406,33 @@ class MemoryStore(Store):
 
     async def reserve_all(self, windows: Sequence[tuple[str, int, float]]) -> float:
         now = self._now()
-        self._sweep(now)
-        records = [(self._window(key), limit, window) for key, limit, window in windows]
+        if now >= self._next_sweep:
+            self._sweep(now)
+        found = self._windows
+        records = []
+        for key, limit, window in windows:
+            w = found.get(key)
+            if w is None:
+                w = found[key] = _Window()
+            records.append((w, limit, window))
         return windows_reserve(records, now)
 
     async def room_in(self, key: str, *, limit: int, window: float) -> float:
         now = self._now()
         return window_earliest(self._window(key), now, limit, window) - now
+
+    async def room_in_all(self, windows: Sequence[tuple[str, int, float]]) -> float:
+        now = self._now()
+        found = self._windows
+        at = now
+        for key, limit, window in windows:
+            w = found.get(key)
+            if w is None:
+                w = found[key] = _Window()
+            earliest = window_earliest(w, now, limit, window)
+            if earliest > at:
+                at = earliest
+        return at - now
 
     async def penalize(self, key: str, *, seconds: float) -> None:
         w = self._windows.get(key)

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from imrobots.platform import (
@@ -144,6 +145,8 @@ REFUSAL_GIVE_UP = 600.0
 for changed (revoked, rotated) and the refusal is fatal again."""
 
 HttpMethod = Literal["GET", "POST", "PUT"]
+
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -320,6 +323,7 @@ class DingTalkApi:
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = asyncio.Lock()
+        self._headers: tuple[str, CIMultiDict[str]] | None = None
         self.token_fetches = 0
         """How many times a token was requested (for tests and metrics)."""
         self._worked = False
@@ -457,11 +461,20 @@ class DingTalkApi:
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any, Mapping[str, str]]:
         url = path_or_url if "://" in path_or_url else self.endpoint + path_or_url
-        all_headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if headers:
-            all_headers.update(headers)
+        all_headers = {**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS
         data = dump_json(body)
         return await self._request(method, url, what, data=data, headers=all_headers)
+
+    def _token_headers(self, token: str) -> CIMultiDict[str]:
+        """The headers of a call with ``token``, made once per token (aiohttp takes a
+        ``CIMultiDict`` as it is; a dict it converts on every request)."""
+        cached = self._headers
+        if cached is None or cached[0] != token:
+            cached = self._headers = (
+                token,
+                CIMultiDict({**_JSON_HEADERS, "x-acs-dingtalk-access-token": token}),
+            )
+        return cached[1]
 
     async def call(
         self,
@@ -476,8 +489,12 @@ class DingTalkApi:
         what = f"{method} {path}"
         for attempt in (1, 2):
             token = await self.access_token()
-            status, answer, headers = await self._send(
-                method, path, body, what, {"x-acs-dingtalk-access-token": token}
+            status, answer, headers = await self._request(
+                method,
+                path if "://" in path else self.endpoint + path,
+                what,
+                data=dump_json(body),
+                headers=self._token_headers(token),
             )
             if 200 <= status < 300:
                 return answer

@@ -85,6 +85,9 @@ class WeComApi:
         self.corp_id = corp_id
         self._secret = secret
         self.timeout = timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        """Per call (made once: every call passes it)."""
+        self._media_timeout = aiohttp.ClientTimeout(total=timeout * 6)
         self._token: str | None = None
         self._expires = 0.0
         self._lock = asyncio.Lock()
@@ -114,7 +117,7 @@ class WeComApi:
             async with self.session.get(
                 self.endpoint + route,
                 params=params,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
                 _refuse_redirect(route, response)
@@ -162,8 +165,10 @@ class WeComApi:
                 async with self.session.get(
                     self.endpoint + route,
                     params={"access_token": token, "media_id": media_id},
-                    timeout=aiohttp.ClientTimeout(total=self.timeout * 6),
+                    timeout=self._media_timeout,
+                    allow_redirects=False,
                 ) as response:
+                    _refuse_redirect(route, response)
                     if response.status >= 500:
                         raise RetryableError(f"WeCom {route}: HTTP {response.status}")
                     if response.status != 200:
@@ -208,7 +213,7 @@ class WeComApi:
                 async with self.session.post(
                     self.endpoint + route,
                     params={**params, "access_token": token},
-                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                    timeout=self._timeout,
                     allow_redirects=False,
                     **payload(),
                 ) as response:

@@ -535,9 +535,12 @@ class WeComPlatform(Platform):
     # ------------------------------------------------------------------ lifecycle
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # Every HTTP call passes allow_redirects=False; the robot's ws_connect cannot be
+            # told so: its session refuses them. The app's session has no trace config,
+            # which makes aiohttp send about eight trace signals per request.
             self._session = client_session(
                 headers={"User-Agent": "imrobots-wecom/0.1"},
-                trace_configs=[refuse_redirects()],  # no redirect is followed, ws_connect too
+                trace_configs=[refuse_redirects()] if self.mode == "robot" else None,
             )
         return self._session
 

@@ -364,6 +364,18 @@ async def test_room_in_reserves_nothing(store: Store) -> None:
     assert await store.room_in("a", limit=1, window=1.0) == pytest.approx(1.0, abs=0.05)
 
 
+async def test_room_in_all_is_the_longest_room_in_and_reserves_nothing(store: Store) -> None:
+    assert await store.room_in_all(()) == 0.0
+    assert await store.room_in_all((("a", 1, 1.0), ("b", 2, 3.0))) == 0.0
+    assert await store.reserve_all((("a", 1, 1.0), ("b", 1, 3.0))) == 0.0
+    await store.penalize("c", seconds=2.0)
+    for windows in ((("a", 1, 1.0), ("b", 2, 3.0)), (("a", 1, 1.0), ("c", 1, 1.0))):
+        rooms = [await store.room_in(key, limit=n, window=w) for key, n, w in windows]
+        assert await store.room_in_all(windows) == pytest.approx(max(rooms), abs=0.05)
+    assert await store.room_in_all((("b", 1, 3.0), ("a", 1, 1.0))) == pytest.approx(3.0, abs=0.05)
+    assert await store.room_in_all((("b", 2, 3.0),)) == 0.0  # nothing was reserved
+
+
 async def test_penalize_pushes_the_next_grant_out(store: Store) -> None:
     limit, window, seconds = 5, 1.0, 3.0
     assert await store.reserve("app", limit=limit, window=window) == 0.0

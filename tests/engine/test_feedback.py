@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from imrobots.cards import Card, CardStatus
 from imrobots.cli import cli
 from imrobots.exporting import write_feedback
-from imrobots.feedback import FeedbackSigner, FeedbackToken
+from imrobots.feedback import FeedbackSigner, FeedbackToken, InvalidFeedback
 from imrobots.memory import MemoryCard, MemoryPlatform
 from imrobots.models import Feedback, FeedbackRating
 from imrobots.robot import Robot
@@ -213,3 +213,43 @@ async def test_feedback_export_cli_reads_the_sqlite_store(
     ]
     assert records[0]["answer"] == card.text
     assert "exported 1 feedback record" in result.stderr
+
+
+def test_an_answers_button_values_are_the_values_signed_before() -> None:
+    """values() writes the JSON around the rating once per answer and reuses a keyed
+    HMAC: the values must stay byte for byte what signing each button's token gave
+    (buttons already sent keep verifying; the scheme in docs/ is unchanged)."""
+    signer = FeedbackSigner.from_secret(SECRET)
+    values = signer.values("support", 'msg"1', conversation="cid群=", card="c1")
+    # made by the code before the change, for these fields
+    assert values[FeedbackRating.HELPFUL] == (
+        "v1.eyJyIjoic3VwcG9ydCIsIm0iOiJtc2dcIjEiLCJ0IjoiaGVscGZ1bCIsImMiOiJjaWTnvqQ9Ii"
+        "wiayI6ImMxIn0.b_wEfeCiGvhqQwXnFLyJhQ"
+    )
+    assert values[FeedbackRating.NO_HELP] == (
+        "v1.eyJyIjoic3VwcG9ydCIsIm0iOiJtc2dcIjEiLCJ0Ijoibm9faGVscCIsImMiOiJjaWTnvqQ9Ii"
+        "wiayI6ImMxIn0.bewOI26E8-dnySFI1P-UgQ"
+    )
+    cases = [
+        ("r", "m", None, None, None),
+        ("robot", "id#2", "", "u1", None),
+        ("r\\x", "\u2028\x00é", "cid", None, "k" * 64),
+        ("r", "m", "c", "u", "k"),
+    ]
+    for robot, message_id, conversation, user, card in cases:
+        values = signer.values(robot, message_id, conversation=conversation, user=user, card=card)
+        assert list(values) == list(FeedbackRating)
+        for rating, value in values.items():
+            token = FeedbackToken(
+                robot=robot,
+                message_id=message_id,
+                rating=rating,
+                conversation=conversation,
+                user=user,
+                card=card,
+            )
+            assert value == signer.sign(token)
+            assert signer.verify(value) == token
+        other = FeedbackSigner.from_secret(SECRET + "x")
+        with pytest.raises(InvalidFeedback):
+            other.verify(values[FeedbackRating.HELPFUL])

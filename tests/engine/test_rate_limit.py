@@ -325,6 +325,67 @@ async def test_an_operation_making_two_calls_takes_two_slots_in_each_of_its_wind
     assert not limiter.carries(CallScope(op=Op.PUSH, card="c1"), close)
 
 
+def _windows_built_per_call(
+    limiter: RateLimiter, scope: CallScope
+) -> tuple[list[tuple[str, int, float]], list[tuple[str, int, float]]]:
+    """A call's narrow windows and all its windows, built from the limits as acquire()
+    built them on every call before the plan was cached."""
+    applicable = limiter._applicable(scope)
+    narrow = [
+        w
+        for limit, key in applicable
+        if limit.scope in (Scope.CONVERSATION, Scope.CARD, Scope.MEMBER)
+        for w in limiter._windows(limit, key)
+    ]
+    return narrow, [w for limit, key in applicable for w in limiter._windows(limit, key)]
+
+
+def test_the_cached_plan_of_a_call_lists_the_windows_acquire_built_per_call() -> None:
+    """acquire() takes each call's windows from a plan cached per operation; it must list
+    the same windows, in the same order and as often, as building them from the limits
+    does, for every scope and operation, after the platform switches APIs too."""
+    limiter = RateLimiter(
+        MemoryStore(),
+        "t",
+        limits=(
+            RateLimit(scope=Scope.API, rate=50.0),
+            RateLimit(scope=Scope.API, rate=0.5, window=60.0),
+            RateLimit(scope=Scope.APP, rate=100.0, ops=frozenset({Op.SEND_CARD, Op.OPEN})),
+            RateLimit(scope=Scope.CONVERSATION, rate=20.0, window=0.25),
+            RateLimit(scope=Scope.CARD, rate=5.0, window=0.25, ops=frozenset({Op.PUSH})),
+            RateLimit(scope=Scope.MEMBER, rate=0.5, window=60.0, ops=frozenset({Op.SEND_TEXT})),
+        ),
+        headroom=0.9,
+        api_names={Op.RENEW: ("cards", "elements"), Op.CLOSE: "cards", Op.PUSH: "elements"},
+        op_calls={Op.RENEW: 2},
+    )
+    scopes = [
+        CallScope(op=op, conversation=conversation, card=card, member=member)
+        for op in Op
+        for conversation in (None, "dingtalk:group:c1")
+        for card in (None, "k1")
+        for member in (None, "u1")
+    ]
+
+    def check() -> None:
+        for scope in scopes:
+            narrow, windows, distinct = limiter._plan(scope)
+            assert (list(narrow), list(windows)) == _windows_built_per_call(limiter, scope)
+            assert list(distinct) == list(dict.fromkeys(windows))
+
+    check()
+    check()  # from the cache
+    limiter.use_capabilities(
+        attrs.evolve(
+            MemoryPlatform().capabilities,
+            api_names={Op.PUSH: "patch", Op.CLOSE: "patch"},
+            op_calls={Op.CLOSE: 3},
+        )
+    )
+    check()
+    assert limiter._plan(CallScope(op=Op.CLOSE))[1][0][0] == "t:0:api:patch"
+
+
 async def test_a_platform_that_switches_apis_is_counted_under_the_new_names() -> None:
     """A platform that stops calling two APIs and calls one instead (Feishu falling back
     from CardKit to PATCH) announces it; the runtime's limiter then counts the operations
