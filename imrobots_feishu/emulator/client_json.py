@@ -21,6 +21,7 @@ __all__ = [
     "find_lone_surrogate",
     "may_hold_lone_surrogate",
     "read_client_json",
+    "shown",
 ]
 
 
@@ -35,8 +36,9 @@ class LoneSurrogate(MalformedJson):
         super().__init__(f"{where}: a lone surrogate{inside} (not valid Unicode)")
 
 
-def _shown(key: Any) -> str:
-    """``key`` for a message: a lone surrogate written as its escape (``\\ud800``)."""
+def shown(key: Any) -> str:
+    """``key`` as text for a message or a record: a lone surrogate written as its escape
+    (``\\ud800``)."""
     return str(key).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
@@ -52,7 +54,7 @@ def find_lone_surrogate(value: Any) -> str | None:
                 return path
         elif isinstance(item, dict):
             for key, child in item.items():
-                inner = f"{path}.{_shown(key)}" if path else _shown(key)
+                inner = f"{path}.{shown(key)}" if path else shown(key)
                 if isinstance(key, str) and not valid_text(key):
                     return inner
                 stack.append((child, inner))
