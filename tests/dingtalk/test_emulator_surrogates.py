@@ -26,6 +26,9 @@ APP = "dingsurrogates"
 SECRET = "surrogate-secret"
 TOKEN_HEADER = "x-acs-dingtalk-access-token"
 LONE = "a\ud800b"
+FINE = "fine 好 \U0001f642"
+"""Text UTF-8 carries; json.dumps escapes it as ``\\u597d`` and the surrogate *pair*
+``\\ud83d\\ude42``, which must not be taken for a lone surrogate."""
 SPACE = "dtv1.card//IM_GROUP.cidGroup=="
 
 
@@ -220,7 +223,7 @@ async def test_openapi_routes_refuse_a_lone_surrogate_with_400_and_go_on(
             emu,
             "POST",
             "/v1.0/robot/groupMessages/send",
-            json.dumps(group_send("fine")).encode(),
+            json.dumps(group_send(FINE)).encode(),
             token,
         )
         assert status == 200
@@ -228,7 +231,7 @@ async def test_openapi_routes_refuse_a_lone_surrogate_with_400_and_go_on(
             event = json.loads((await events.receive(timeout=5)).data)
             if event["kind"] == "call" and event["record"]["status"] == 200:
                 break
-    assert emu.sent_messages[-1].msg_param == {"content": "fine"}
+    assert emu.sent_messages[-1].msg_param == {"content": FINE}
 
 
 async def test_token_and_gateway_refuse_a_lone_surrogate(
@@ -263,10 +266,10 @@ async def test_session_webhook_refuses_a_lone_surrogate_in_its_own_shape(
     assert refused.errcode == 40035 and not refused.ok
     json.dumps(refused.body, ensure_ascii=False).encode()
     async with http.post(
-        pushed.session_webhook, json={"msgtype": "text", "text": {"content": "fine"}}
+        pushed.session_webhook, json={"msgtype": "text", "text": {"content": FINE}}
     ) as resp:
         assert await resp.json() == {"errcode": 0, "errmsg": "ok"}
-    assert emu.webhook_messages[-1].text == "fine"
+    assert emu.webhook_messages[-1].text == FINE
 
 
 async def test_stream_ack_with_a_lone_surrogate_is_refused_and_the_connection_stays(

@@ -28,6 +28,9 @@ pytestmark = pytest.mark.asyncio
 APP = "cli_surrogates01"
 SECRET = "surrogate-secret"
 LONE = "a\ud800b"
+FINE = "fine 好 \U0001f642"
+"""Text UTF-8 carries; json.dumps escapes it as ``\\u597d`` and the surrogate *pair*
+``\\ud83d\\ude42``, which must not be taken for a lone surrogate."""
 BASE = "/open-apis"
 LOGGER = "imrobots_feishu.emulator"
 
@@ -188,11 +191,11 @@ async def test_openapi_routes_refuse_a_lone_surrogate_with_400_and_go_on(
     assert json.dumps({k: v.data for k, v in emu.cards.items()}) == cards_before
 
     status, answer = await call(
-        http, emu, "POST", send, json.dumps(text_message("fine")).encode(), token
+        http, emu, "POST", send, json.dumps(text_message(FINE)).encode(), token
     )
     assert status == 200, answer
     last = list(emu.messages.values())[-1]
-    assert last.content == {"text": "fine"}
+    assert last.content == {"text": FINE}
 
 
 async def test_token_and_endpoint_refuse_a_lone_surrogate(

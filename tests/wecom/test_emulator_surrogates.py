@@ -29,6 +29,9 @@ CORP = "ww-surrogates"
 CORP_SECRET = "corp-secret"
 AGENT = 1000002
 LONE = "a\ud800b"
+FINE = "fine 好 \U0001f642"
+"""Text UTF-8 carries; json.dumps escapes it as ``\\u597d`` and the surrogate *pair*
+``\\ud83d\\ude42``, which must not be taken for a lone surrogate."""
 LOGGER = "imrobots.wecom.emulator"
 BAD_PARAMETER = 40058
 
@@ -136,9 +139,9 @@ async def test_robot_frames_with_a_lone_surrogate_get_an_error_answer_and_the_co
     assert [c["error"] for c in emu.calls[-len(hostile) :]] == [str(BAD_PARAMETER)] * len(hostile)
 
     # the same connection goes on: the reply with text UTF-8 carries is taken
-    answer = await request(ws, json.dumps(respond(req_id, "st1", "fine", finish=True)))
+    answer = await request(ws, json.dumps(respond(req_id, "st1", FINE, finish=True)))
     assert answer == {"headers": {"req_id": req_id}, "errcode": 0, "errmsg": "ok"}
-    assert emu.cards["st1"].content == "fine" and emu.cards["st1"].finished
+    assert emu.cards["st1"].content == FINE and emu.cards["st1"].finished
     assert emu.connected(BOT) and not ws.closed
     await ws.close()
 
@@ -206,7 +209,7 @@ async def test_app_mode_calls_with_a_lone_surrogate_get_the_bad_parameter_errcod
     assert not emu.messages and not emu.cards
 
     status, answer = await post(
-        "/cgi-bin/message/send", json.dumps({**markdown, "markdown": {"content": "fine"}}).encode()
+        "/cgi-bin/message/send", json.dumps({**markdown, "markdown": {"content": FINE}}).encode()
     )
     assert status == 200 and answer["errcode"] == 0, answer
-    assert [m["text"] for m in emu.messages] == ["fine"]
+    assert [m["text"] for m in emu.messages] == [FINE]
