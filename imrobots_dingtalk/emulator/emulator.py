@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import logging
 import random
 import socket
 import time
@@ -18,8 +19,10 @@ from typing import Any, Literal
 from aiohttp import web
 
 from imrobots.emulation import new_token
+from imrobots.platform import parse_json
 
 from . import errors, frames
+from .client_json import LoneSurrogate, find_lone_surrogate, may_hold_lone_surrogate
 from .errors import ApiError
 from .openapi import apply_callback_response
 from .render import refresh_view
@@ -45,6 +48,8 @@ from .state import (
     WebhookMessage,
     WebhookSession,
 )
+
+logger = logging.getLogger(__name__)
 
 TICKET_LIFETIME = 90.0
 """Seconds a connection ticket stays valid (PROTOCOLS 1.1)."""
@@ -818,13 +823,25 @@ class DingTalkEmulator:
     def on_text(self, conn: _LiveConnection, text: str) -> None:
         """Handle a text frame from a client: an ACK for a frame we sent."""
         try:
-            frame = json.loads(text)
+            frame = parse_json(text, where="frame")
+            data = _parse_data(frame.get("data")) if isinstance(frame, dict) else None
         except ValueError:
             self.state.emit("frame", None, problem="not JSON", text=text[:500])
             return
+        problem = _lone_surrogate(frame, data) if may_hold_lone_surrogate(text) else None
         headers = frame.get("headers") if isinstance(frame, dict) else None
         message_id = headers.get("messageId") if isinstance(headers, dict) else None
         ack = self.state.acks.get(message_id) if isinstance(message_id, str) else None
+        if problem is not None and not _echoes_emulator(ack):
+            # Refused, the connection kept: taken as never sent (a push then goes unacked,
+            # as when no ACK comes). An echo of a lone surrogate the emulator sent itself
+            # (fuzzing a client) is taken. GUESS: what DingTalk does with such a frame is
+            # not documented.
+            logger.warning(
+                "refused a frame on stream connection %s: %s", conn.record.connection_id, problem
+            )
+            self.state.emit("frame", None, problem=str(problem))
+            return
         if ack is None or not isinstance(frame, dict):
             self.state.emit("frame", None, problem="unknown messageId", frame=frame)
             return
@@ -837,7 +854,7 @@ class DingTalkEmulator:
             ack.code = code if isinstance(code, int) else None
             message = frame.get("message")
             ack.message = message if isinstance(message, str) else None
-            ack.data = _parse_data(frame.get("data"))
+            ack.data = data
             ack.raw = frame
             if ack.pushed_at is not None:
                 ack.latency = now - ack.pushed_at
@@ -1384,9 +1401,26 @@ class DingTalkEmulator:
 
 
 def _parse_data(value: Any) -> Any:
+    """An ACK's ``data``: the JSON in the string, else the value itself."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            return parse_json(value, where="frame.data")
         except ValueError:
             return value
     return value
+
+
+def _lone_surrogate(frame: Any, data: Any) -> LoneSurrogate | None:
+    """Where a client's frame, or the JSON in its ``data`` string, holds a lone surrogate."""
+    path = find_lone_surrogate(frame)
+    if path is not None:
+        return LoneSurrogate("frame", path)
+    path = find_lone_surrogate(data)
+    return LoneSurrogate("frame.data", path) if path is not None else None
+
+
+def _echoes_emulator(ack: AckRecord | None) -> bool:
+    """Whether a lone surrogate in a client's frame may echo one the emulator sent: the
+    ACK of a raw frame (:meth:`DingTalkEmulator.send_raw_frame`: text of any kind, whose
+    messageId or ping opaque the ACK repeats)."""
+    return ack is not None and ack.kind == "raw"

@@ -84,6 +84,15 @@ def api_not_found() -> ApiError:
     )
 
 
+def lone_surrogate(problem: Exception) -> ApiError:
+    """A body (or a JSON string in it: ``cardData``, ``msgParam``) holding a lone surrogate
+    (:mod:`.client_json`); ``problem`` says where."""
+    # GUESS: DingTalk's answer to text with a lone surrogate is not documented (its Java
+    # servers may even take it); the emulator refuses it as a malformed parameter, with
+    # the code it uses for the robot APIs' other malformed requests.
+    return ApiError(400, "invalidParameter", str(problem))
+
+
 # --- throttling and server faults ---------------------------------------------
 
 
@@ -256,3 +265,10 @@ OAPI_MEDIA_TOO_LARGE: dict[str, Any] = {"errcode": 40006, "errmsg": "不合法�
 
 # GUESS: answer for a webhook body that is not JSON or lacks a known msgtype.
 WEBHOOK_BAD_BODY: dict[str, Any] = {"errcode": 40035, "errmsg": "缺少参数 json"}
+
+
+def webhook_lone_surrogate(problem: Exception) -> dict[str, Any]:
+    """A sessionWebhook body holding a lone surrogate (:mod:`.client_json`): HTTP 200 and
+    errcode 40035, as the route answers its other bad bodies."""
+    # GUESS: what DingTalk answers to such text is not documented.
+    return {"errcode": 40035, "errmsg": f"不合法的参数: {problem}"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from . import errors
+from .client_json import LoneSurrogate, read_client_json
 from .frames import conversation_id, new_b64
 from .render import refresh_view
 from .state import (
@@ -47,6 +49,8 @@ class OpenApiContext:
         return self.emulator.state
 
 
+logger = logging.getLogger(__name__)
+
 OpenApiHandler = Callable[[OpenApiContext], dict[str, Any]]
 
 KNOWN_SPACE_TYPES = frozenset({"IM_GROUP", "IM_ROBOT", "IM_SINGLE", "ONE_BOX", "IM"})
@@ -59,12 +63,17 @@ def _nonempty_str(value: Any) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
-def _json_str(value: Any) -> Any:
-    """Parse a JSON string; returns ``_INVALID`` if it is not one."""
+def _json_str(value: Any, where: str) -> Any:
+    """Parse the JSON string ``value`` (the body's field ``where``); returns ``_INVALID`` if
+    it is not one. Raises :class:`ApiError` ``invalidParameter`` for one holding a lone
+    surrogate (:mod:`.client_json`)."""
     if not isinstance(value, str):
         return _INVALID
     try:
-        return json.loads(value)
+        return read_client_json(value, where=where)
+    except LoneSurrogate as exc:
+        logger.warning("refused an OpenAPI call: %s", exc)
+        raise errors.lone_surrogate(exc) from None
     except ValueError:
         return _INVALID
 
@@ -184,7 +193,7 @@ def apply_callback_response(
 
 
 def _at_user_ids(send_options: dict[str, Any]) -> list[str]:
-    parsed = _json_str(send_options.get("atUserListJson"))
+    parsed = _json_str(send_options.get("atUserListJson"), "sendOptions.atUserListJson")
     if parsed is _INVALID or not isinstance(parsed, list):
         return []
     out: list[str] = []
@@ -221,7 +230,7 @@ def interactive_cards_send(ctx: OpenApiContext) -> dict[str, Any]:
         raise errors.standard_param_error()
     if robot_code != app.robot_code:
         raise errors.standard_invalid_robot_code()
-    card_data = _json_str(raw_card)
+    card_data = _json_str(raw_card, "cardData")
     if card_data is _INVALID or not isinstance(card_data, dict):
         raise errors.standard_not_json()
     _check_card_data_size(ctx, raw_card)
@@ -231,7 +240,7 @@ def interactive_cards_send(ctx: OpenApiContext) -> dict[str, Any]:
         raise errors.standard_param_error()
     receivers: list[str] = []
     if single:
-        receiver = _json_str(single)
+        receiver = _json_str(single, "singleChatReceiver")
         if receiver is _INVALID or not isinstance(receiver, dict):
             raise errors.standard_not_json()
         uid = receiver.get("userId") or receiver.get("unionId")
@@ -281,7 +290,7 @@ def interactive_cards_send(ctx: OpenApiContext) -> dict[str, Any]:
         content=card_data,
         delivered=True,
     )
-    private = _json_str(body.get("userIdPrivateDataMap"))
+    private = _json_str(body.get("userIdPrivateDataMap"), "userIdPrivateDataMap")
     if isinstance(private, dict):
         for user, values in private.items():
             if isinstance(values, dict):
@@ -308,7 +317,7 @@ def interactive_cards_update(ctx: OpenApiContext) -> dict[str, Any]:
     if raw_card is None and raw_private is None:
         raise errors.standard_param_error()
     if raw_card is not None:
-        card_data = _json_str(raw_card)
+        card_data = _json_str(raw_card, "cardData")
         if card_data is _INVALID or not isinstance(card_data, dict):
             raise errors.standard_not_json()
         _check_card_data_size(ctx, raw_card)
@@ -317,7 +326,7 @@ def interactive_cards_update(ctx: OpenApiContext) -> dict[str, Any]:
         else:
             card.content = card_data
     if raw_private is not None:
-        private = _json_str(raw_private)
+        private = _json_str(raw_private, "userIdPrivateDataMap")
         if private is _INVALID or not isinstance(private, dict):
             raise errors.standard_not_json()
         _merge_private(
@@ -644,7 +653,7 @@ def _robot_message_common(ctx: OpenApiContext) -> tuple[str, Any, MediaRecord | 
     if msg_key not in ROBOT_MSG_KEYS:
         raise errors.robot_param_error(f"msgKey {msg_key} is not supported")
     raw_param = body.get("msgParam")
-    msg_param = _json_str(raw_param)
+    msg_param = _json_str(raw_param, "msgParam")
     if msg_param is _INVALID:
         raise errors.robot_param_error("msgParam must be a JSON string")
     assert isinstance(raw_param, str)

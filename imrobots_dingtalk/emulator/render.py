@@ -21,8 +21,9 @@ key is stored in :attr:`CardRecord.content` untouched.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from imrobots.platform import load_json
 
 from .state import CardRecord
 
@@ -40,10 +41,13 @@ TITLE_KEYS = ("title", "msgTitle")
 
 
 def _loads(value: Any) -> Any:
+    """The JSON in a card parameter (``buttons``, ``sys_full_json_obj``), for display:
+    each lone surrogate replaced by U+FFFD (the console cannot show one); ``None`` if the
+    value is not JSON."""
     if not isinstance(value, str):
         return None
     try:
-        return json.loads(value)
+        return load_json(value)
     except ValueError:
         return None
 

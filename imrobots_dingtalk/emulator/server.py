@@ -20,6 +20,7 @@ import base64
 import binascii
 import functools
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -28,8 +29,10 @@ from urllib.parse import quote
 from aiohttp import WSMsgType, web
 
 from imrobots.emulation import control_guard
+from imrobots.platform import dump_json, load_json
 
 from . import errors, frames
+from .client_json import LoneSurrogate, read_client_json
 from .errors import ApiError
 from .openapi import ROUTE_SCOPES, ROUTES, OpenApiContext, OpenApiHandler
 from .state import ApiCall, MediaRecord, WebhookMessage, redact, to_json
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
     from .emulator import DingTalkEmulator, StallStage, Withhold
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+logger = logging.getLogger(__name__)
 
 _dumps = functools.partial(json.dumps, ensure_ascii=False)
 
@@ -100,15 +105,22 @@ def _redirects(emu: DingTalkEmulator) -> Any:
     return middleware
 
 
-async def _read_json(request: web.Request) -> tuple[bytes, Any, bool]:
-    """(raw body, parsed body or text, parsed as JSON?)."""
+async def _read_json(request: web.Request) -> tuple[bytes, Any, bool, LoneSurrogate | None]:
+    """(raw body, parsed body or text, parsed as JSON?, the lone surrogate that refuses it).
+
+    A body with a lone surrogate (:mod:`.client_json`) is not taken (``False``); the body
+    returned then has each one replaced by U+FFFD, so that it can be recorded and shown.
+    """
     raw = await request.read()
     if not raw:
-        return raw, None, False
+        return raw, None, False, None
     try:
-        return raw, json.loads(raw), True
+        return raw, read_client_json(raw), True, None
+    except LoneSurrogate as exc:
+        logger.warning("refused %s %s: %s", request.method, request.path, exc)
+        return raw, load_json(raw), False, exc
     except ValueError:
-        return raw, raw.decode("utf-8", errors="replace")[:2000], False
+        return raw, raw.decode("utf-8", errors="replace")[:2000], False, None
 
 
 class _Surface:
@@ -220,7 +232,7 @@ class _Surface:
 
     async def gateway_open(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()
-        _, body, ok = await _read_json(request)
+        _, body, ok, refused = await _read_json(request)
         if await self._stall(request, "ticket", start):
             raise web.HTTPServiceUnavailable()  # the emulator stops: the answer never came
         await self._latency()
@@ -228,6 +240,8 @@ class _Surface:
         client_id: str | None = None
         result: dict[str, Any] | ApiError
         try:
+            if refused is not None:
+                raise errors.lone_surrogate(refused)
             if not ok or not isinstance(body, dict):
                 raise errors.missing_body()
             raw_id = body.get("clientId")
@@ -317,13 +331,15 @@ class _Surface:
 
     async def access_token(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()
-        _, body, ok = await _read_json(request)
+        _, body, ok, refused = await _read_json(request)
         await self._latency()
         client_id: str | None = None
         route = "oauth2.accessToken"
         notes: list[str] = []
         result: dict[str, Any] | ApiError
         try:
+            if refused is not None:
+                raise errors.lone_surrogate(refused)
             if not ok or not isinstance(body, dict):
                 raise errors.missing_body()
             key = body.get("appKey")
@@ -363,7 +379,7 @@ class _Surface:
 
         async def handle(request: web.Request) -> web.StreamResponse:
             start = time.monotonic()
-            _, body, ok = await _read_json(request)
+            _, body, ok, refused = await _read_json(request)
             await self._latency()
             emu = self.emu
             client_id = emu.token_client(request.headers.get("x-acs-dingtalk-access-token"))
@@ -379,6 +395,8 @@ class _Surface:
                 fault = emu.roll_failure()
                 if fault is not None:
                     raise fault
+                if refused is not None:
+                    raise errors.lone_surrogate(refused)
                 if not ok or not isinstance(body, dict):
                     raise errors.missing_body()
                 ctx = OpenApiContext(
@@ -474,7 +492,7 @@ class _Surface:
 
     async def unknown_api(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()
-        _, body, _ = await _read_json(request)
+        _, body, _, _ = await _read_json(request)
         client_id = self.emu.token_client(request.headers.get("x-acs-dingtalk-access-token"))
         return self._respond(
             request,
@@ -489,11 +507,13 @@ class _Surface:
 
     async def session_webhook(self, request: web.Request) -> web.StreamResponse:
         start = time.monotonic()
-        _, body, ok = await _read_json(request)
+        _, body, ok, refused = await _read_json(request)
         token = request.query.get("session", "")
         session = self.emu.state.sessions.get(token)
         if session is None or session.expires_at <= time.monotonic():
             result = errors.WEBHOOK_SESSION_EXPIRED
+        elif refused is not None:
+            result = errors.webhook_lone_surrogate(refused)
         elif not ok or not isinstance(body, dict) or not _valid_webhook_body(body):
             result = errors.WEBHOOK_BAD_BODY
         else:
@@ -746,7 +766,9 @@ class _Control:
 
     @staticmethod
     async def _body(request: web.Request) -> Any:
-        _, body, ok = await _read_json(request)
+        _, body, ok, refused = await _read_json(request)
+        if refused is not None:
+            raise _BadRequest(str(refused))
         if body is not None and not ok:
             raise _BadRequest("the body is not valid JSON")
         return body
@@ -920,9 +942,12 @@ class _Control:
         async def pump() -> None:
             while True:
                 event = await queue.get()
-                await ws.send_str(_dumps(event))
+                # dump_json writes a lone surrogate (one the emulator itself sent, e.g. a
+                # send_raw_frame opaque echoed back) as its escape: UTF-8 carries the text
+                await ws.send_str(dump_json(event).decode())
 
-        await ws.send_str(_dumps({"kind": "hello", "summary": await self.summary(request)}))
+        hello = {"kind": "hello", "summary": await self.summary(request)}
+        await ws.send_str(dump_json(hello).decode())
         sender = asyncio.get_running_loop().create_task(pump())
         try:
             async for msg in ws:

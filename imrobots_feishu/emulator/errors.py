@@ -90,6 +90,14 @@ class ApiError(Exception):
         return cls(400, 230001, msg)
 
     @classmethod
+    def lone_surrogate(cls, problem: Exception) -> ApiError:
+        """A body, or a JSON string in it (``content``, a card's ``data``, ``settings``),
+        holding a lone surrogate (:mod:`.client_json`); ``problem`` says where.
+        UNCONFIRMED: what Feishu answers to such text; 230001 as for other invalid
+        parameters."""
+        return cls(400, 230001, str(problem))
+
+    @classmethod
     def message_not_found(cls) -> ApiError:
         """230002? UNCONFIRMED: the code for a message id that does not exist."""
         return cls(400, 230002, "The message does not exist.")

@@ -29,6 +29,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -41,6 +42,7 @@ from aiohttp import web
 
 from imrobots.emulation import control_guard
 
+from .client_json import LoneSurrogate, read_client_json
 from .errors import ApiError
 from .frames import CONTROL, DATA, FrameError, decode_frame, encode_frame
 
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["encrypt", "make_app", "post_callback", "sign", "verify_url"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger(__name__)
 EMULATOR: web.AppKey[FeishuEmulator] = web.AppKey("feishu_emulator")
 
 
@@ -98,20 +101,29 @@ def make_app(emu: FeishuEmulator) -> web.Application:
     async def token(request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         try:
-            body = await request.json()
+            body = await _read_body(request)
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
             app_ = emu.check_secret(str(body.get("app_id")), str(body.get("app_secret")))
             value, expire = emu.issue_token(app_)
             emu.record_call(request.method, request.path, 200, 0, started)
             return _json({"code": 0, "msg": "ok", "tenant_access_token": value, "expire": expire})
-        except (ApiError, ValueError) as exc:
-            error = exc if isinstance(exc, ApiError) else ApiError.bad_request("invalid body")
+        except (_Refused, ApiError, ValueError) as exc:
+            if isinstance(exc, _Refused):
+                error = exc.error
+            else:
+                error = exc if isinstance(exc, ApiError) else ApiError.bad_request("invalid body")
             emu.record_call(request.method, request.path, error.status, error.code, started)
             return _json(error.body(), error.status)
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
         try:
-            body = await request.json()
+            body = await _read_body(request)
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
             app_ = emu.check_secret(str(body.get("AppID")), str(body.get("AppSecret")))
+        except _Refused as exc:
+            return _json(exc.error.body(), exc.error.status)
         except (ApiError, ValueError):
             # UNCONFIRMED: the code for wrong credentials (any non-0/1/1000040343 code
             # makes lark-oapi give up, PROTOCOLS 3.1).
@@ -285,9 +297,29 @@ def make_app(emu: FeishuEmulator) -> web.Application:
     return app
 
 
+class _Refused(Exception):
+    """A request refused before its route looked at it: ``error`` is the answer."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.msg)
+        self.error = error
+
+
+async def _read_body(request: web.Request) -> Any:
+    """The JSON body of a client's request. Raises :class:`_Refused` (230001) for one
+    holding a lone surrogate (logged), ``ValueError`` for one that is not JSON."""
+    try:
+        return read_client_json(await request.read())
+    except LoneSurrogate as exc:
+        log.warning("refused %s %s: %s", request.method, request.path, exc)
+        raise _Refused(ApiError.lone_surrogate(exc)) from None
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
+        body = await _read_body(request)
+    except _Refused as exc:
+        raise exc.error from None
     except ValueError:
         raise ApiError.bad_request("the body is not JSON") from None
     if not isinstance(body, dict):
@@ -376,7 +408,11 @@ async def post_callback(emu: FeishuEmulator, app: App, delivery: Delivery) -> di
         return None  # RuntimeError: the session was closed by a drop
     delivery.latencies.append(time.monotonic() - started)
     try:
-        answer = json.loads(text) if text else {}
+        answer = read_client_json(text, where="callback answer") if text else {}
+    except LoneSurrogate as exc:
+        # refused as an answer that is not JSON (UNCONFIRMED: what Feishu does with it)
+        log.warning("refused the answer of %s to event %s: %s", app.app_id, delivery.event_id, exc)
+        answer = {}
     except ValueError:
         answer = {}
     return {"code": 200, "data": answer}
@@ -401,7 +437,10 @@ async def verify_url(emu: FeishuEmulator, app_id: str, url: str | None = None) -
         ) as response:
             if response.status != 200:
                 return False
-            answer = await response.json(content_type=None)
+            answer = read_client_json(await response.read(), where="challenge answer")
+    except LoneSurrogate as exc:
+        log.warning("refused the URL verification answer of %s: %s", app_id, exc)
+        return False
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return False
     return isinstance(answer, dict) and answer.get("challenge") == challenge

@@ -9,7 +9,8 @@ frames ``{cmd?, headers: {req_id}, body?, errcode?, errmsg?}``.
   socket gets an ``aibot_event_callback`` with ``disconnected_event`` and is closed, so
   one connection per bot is live (PROTOCOLS 4c, inferred from the SDK).
 - ``ping`` is acked ``{headers: {req_id}, errcode: 0}``; every client frame is acked with
-  its own ``req_id``, in order.
+  its own ``req_id``, in order. A frame holding a lone surrogate (:mod:`.client_json`)
+  is acked 40058 and not taken (UNCONFIRMED), as is an app-mode body holding one.
 - Pushes: ``aibot_msg_callback`` / ``aibot_event_callback`` with a fresh ``req_id``
   bound to the socket it went out on. Replies (``aibot_respond_msg``,
   ``aibot_respond_welcome_msg``, ``aibot_respond_update_msg``) must reuse a ``req_id``
@@ -81,8 +82,10 @@ import attrs
 from aiohttp import web
 
 from imrobots.emulation import control_guard, new_token
+from imrobots.platform import dump_json, parse_json
 
 from ..crypto import CallbackCrypto, encrypt_media, new_media_key
+from .client_json import LoneSurrogate, read_client_json, shown
 
 __all__ = [
     "ERR_INVALID_REQ_ID",
@@ -518,7 +521,10 @@ class WeComEmulator:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
-                    frame = json.loads(msg.data)
+                    frame = read_client_json(msg.data, where="frame")
+                except LoneSurrogate as exc:
+                    await self._refuse_frame(sock, msg.data, exc)
+                    continue
                 except ValueError:
                     continue
                 if isinstance(frame, dict):
@@ -532,10 +538,36 @@ class WeComEmulator:
         return ws
 
     async def _send(self, sock: _Socket, frame: dict[str, Any]) -> None:
+        await self._send_text(sock, json.dumps(frame, ensure_ascii=False))
+
+    async def _send_text(self, sock: _Socket, text: str) -> None:
         async with sock.lock:
             if not sock.ws.closed and not sock.silent:
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    await sock.ws.send_str(json.dumps(frame, ensure_ascii=False))
+                    await sock.ws.send_str(text)
+
+    async def _refuse_frame(self, sock: _Socket, text: str, problem: LoneSurrogate) -> None:
+        """Answer a robot's frame holding a lone surrogate (:mod:`.client_json`) with
+        errcode 40058 and its own ``req_id``, and take nothing of it; the connection goes
+        on. UNCONFIRMED: what WeCom answers to such a frame (40058 is its "invalid
+        parameter", which the emulator gives other malformed frames)."""
+        started = time.monotonic()
+        frame = parse_json(text, where="frame")  # read once already: it parses
+        headers = frame.get("headers") if isinstance(frame, dict) else None
+        req_id = headers.get("req_id") if isinstance(headers, dict) else None
+        cmd = shown(frame.get("cmd") or "") if isinstance(frame, dict) else ""
+        log.warning("refused a %s frame on the robot's long connection: %s", cmd or "?", problem)
+        bot = sock.bot
+        if bot is not None and bot.socket is sock:
+            self._record_call("WS", cmd, ERR_BAD_REQUEST, started, bot.bot_id)
+        answer = {
+            "headers": {"req_id": req_id if isinstance(req_id, str) else ""},
+            "errcode": ERR_BAD_REQUEST,
+            "errmsg": f"invalid parameter: {problem}",
+        }
+        # dump_json writes a lone surrogate in the req_id as its escape: the client reads
+        # back the req_id it sent
+        await self._send_text(sock, dump_json(answer).decode())
 
     async def _ack(
         self, sock: _Socket, req_id: str, errcode: int, errmsg: str = "", body: Any = None
@@ -1051,7 +1083,11 @@ class WeComEmulator:
             if self.latency:
                 await asyncio.sleep(self.latency)
             try:
-                body = await request.json()
+                body = read_client_json(await request.read())
+            except LoneSurrogate as exc:
+                # UNCONFIRMED: what WeCom answers to such text; 40058 "invalid parameter"
+                log.warning("refused POST %s: %s", route, exc)
+                raise _Refusal(ERR_BAD_REQUEST, f"invalid parameter: {exc}") from None
             except ValueError:
                 raise _Refusal(44004, "empty or invalid body") from None
             injected = self._fault()

@@ -1,0 +1,242 @@
+"""The WeCom emulator refuses client JSON holding a lone surrogate, and loses nothing else.
+
+JSON may escape a lone surrogate (``"a\\ud800b"``): valid JSON, which the parser turns
+into a ``str`` UTF-8 cannot carry. Before, a robot's frame with one made the emulator
+drop the robot's WebSocket (it measured the text and raised). Now each such frame gets an
+error answer with its own ``req_id`` on a connection that stays up, and each app-mode
+call the errcode WeCom gives a bad parameter. Raw frames and bytes over real sockets on
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from imrobots_wecom.emulator import WeComEmulator
+from imrobots_wecom.emulator.client_json import LoneSurrogate, read_client_json
+
+pytestmark = pytest.mark.asyncio
+
+BOT = "bot-surrogates"
+SECRET = "surrogate-secret"
+CORP = "ww-surrogates"
+CORP_SECRET = "corp-secret"
+AGENT = 1000002
+LONE = "a\ud800b"
+FINE = "fine 好 \U0001f642"
+"""Text UTF-8 carries; json.dumps escapes it as ``\\u597d`` and the surrogate *pair*
+``\\ud83d\\ude42``, which must not be taken for a lone surrogate."""
+LOGGER = "imrobots.wecom.emulator"
+BAD_PARAMETER = 40058
+
+
+def escaped(value: Any) -> str:
+    """``value`` as JSON text, each lone surrogate written as its escape (as on the wire)."""
+    text = json.dumps(value)  # ensure_ascii: "\ud800" travels as the six characters \ud800
+    assert "\\ud" in text
+    return text
+
+
+@pytest_asyncio.fixture
+async def emu() -> AsyncIterator[WeComEmulator]:
+    emulator = WeComEmulator()
+    emulator.add_bot(BOT, SECRET)
+    emulator.add_app(CORP, CORP_SECRET, agent_id=AGENT)
+    await emulator.start()
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    frame = json.loads(msg.data)
+    assert isinstance(frame, dict)
+    return frame
+
+
+async def request(ws: aiohttp.ClientWebSocketResponse, text: str) -> dict[str, Any]:
+    """Send a frame and read the answer to it (the next frame)."""
+    await ws.send_str(text)
+    return await receive(ws)
+
+
+def respond(req_id: str, stream_id: str, content: str, finish: bool = False) -> dict[str, Any]:
+    return {
+        "cmd": "aibot_respond_msg",
+        "headers": {"req_id": req_id},
+        "body": {
+            "msgtype": "stream",
+            "stream": {"id": stream_id, "finish": finish, "content": content},
+        },
+    }
+
+
+async def test_robot_frames_with_a_lone_surrogate_get_an_error_answer_and_the_connection_stays(
+    http: aiohttp.ClientSession, emu: WeComEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws = await http.ws_connect(emu.ws_url)
+    subscribe = {"cmd": "aibot_subscribe", "headers": {"req_id": "s1"}}
+    answer = await request(ws, json.dumps({**subscribe, "body": {"bot_id": BOT, "secret": SECRET}}))
+    assert answer["errcode"] == 0
+    await emu.push_message(BOT, user_id="u1", msgtype="text", content={"text": "hi"})
+    pushed = await receive(ws)
+    assert pushed["cmd"] == "aibot_msg_callback"
+    req_id = pushed["headers"]["req_id"]
+
+    hostile: list[tuple[str, str, str]] = [
+        # (frame, the req_id it carries, where the surrogate lies)
+        (escaped(respond(req_id, "st1", LONE)), req_id, "body.stream.content"),
+        (escaped({**respond(req_id, "st1", "x"), LONE: 1}), req_id, "frame"),
+        (
+            escaped(
+                {
+                    "cmd": "aibot_send_msg",
+                    "headers": {"req_id": "send1"},
+                    "body": {"chatid": "u1", "msgtype": "markdown", "markdown": {"content": LONE}},
+                }
+            ),
+            "send1",
+            "body.markdown.content",
+        ),
+        (
+            escaped(
+                {
+                    "cmd": "aibot_upload_media_init",
+                    "headers": {"req_id": "up1"},
+                    "body": {"type": "file", "filename": LONE, "total_size": 10, "total_chunks": 1},
+                }
+            ),
+            "up1",
+            "body.filename",
+        ),
+        # a lone surrogate in the req_id itself: echoed as it came, so the client can match it
+        (escaped({"cmd": "ping", "headers": {"req_id": "p" + LONE}}), "p" + LONE, "headers.req_id"),
+    ]
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        for text, expected_id, where in hostile:
+            answer = await request(ws, text)
+            assert answer["headers"]["req_id"] == expected_id, answer
+            assert answer["errcode"] == BAD_PARAMETER, answer
+            assert "lone surrogate" in answer["errmsg"] and where in answer["errmsg"], answer
+    refusals = [r for r in caplog.records if "lone surrogate" in r.getMessage()]
+    assert len(refusals) == len(hostile) and all(r.levelno >= logging.INFO for r in refusals)
+    assert not emu.cards and not emu.messages and not emu.uploads  # nothing was taken
+    assert [c["error"] for c in emu.calls[-len(hostile) :]] == [str(BAD_PARAMETER)] * len(hostile)
+
+    # the same connection goes on: the reply with text UTF-8 carries is taken
+    answer = await request(ws, json.dumps(respond(req_id, "st1", FINE, finish=True)))
+    assert answer == {"headers": {"req_id": req_id}, "errcode": 0, "errmsg": "ok"}
+    assert emu.cards["st1"].content == FINE and emu.cards["st1"].finished
+    assert emu.connected(BOT) and not ws.closed
+    await ws.close()
+
+
+async def test_app_mode_calls_with_a_lone_surrogate_get_the_bad_parameter_errcode(
+    http: aiohttp.ClientSession, emu: WeComEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with http.get(
+        f"{emu.base_url}/cgi-bin/gettoken", params={"corpid": CORP, "corpsecret": CORP_SECRET}
+    ) as resp:
+        token = (await resp.json())["access_token"]
+
+    async def post(route: str, data: bytes) -> tuple[int, dict[str, Any]]:
+        async with http.post(
+            f"{emu.base_url}{route}",
+            params={"access_token": token},
+            data=data,
+            headers={"Content-Type": "application/json"},
+        ) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    markdown = {"agentid": AGENT, "touser": "u1", "msgtype": "markdown"}
+    refused: list[tuple[str, bytes, str]] = [
+        (
+            "/cgi-bin/message/send",
+            escaped({**markdown, "markdown": {"content": LONE}}).encode(),
+            "markdown.content",
+        ),
+        (
+            "/cgi-bin/message/send",
+            escaped({**markdown, "touser": LONE, "markdown": {"content": "x"}}).encode(),
+            "touser",
+        ),
+        (
+            "/cgi-bin/message/send",
+            json.dumps({**markdown, "markdown": {"content": "raw"}})
+            .encode()
+            .replace(b"raw", b"r\xed\xa0\x80w"),
+            "markdown.content",
+        ),
+        (
+            "/cgi-bin/appchat/send",
+            escaped(
+                {"chatid": "c1", "msgtype": "markdown", "markdown": {"content": LONE}}
+            ).encode(),
+            "markdown.content",
+        ),
+        (
+            "/cgi-bin/message/update_template_card",
+            escaped(
+                {"agentid": AGENT, "response_code": "rc", "button": {"replace_name": LONE}}
+            ).encode(),
+            "button.replace_name",
+        ),
+    ]
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        for route, body, where in refused:
+            status, answer = await post(route, body)
+            # WeCom answers a bad request with HTTP 200 and a non-zero errcode
+            assert status == 200, answer
+            assert answer["errcode"] == BAD_PARAMETER, (route, answer)
+            assert "lone surrogate" in answer["errmsg"] and where in answer["errmsg"], answer
+            assert emu.calls[-1]["route"] == route and emu.calls[-1]["error"] == str(BAD_PARAMETER)
+    assert sum("lone surrogate" in r.getMessage() for r in caplog.records) == len(refused)
+    assert not emu.messages and not emu.cards
+
+    status, answer = await post(
+        "/cgi-bin/message/send", json.dumps({**markdown, "markdown": {"content": FINE}}).encode()
+    )
+    assert status == 200 and answer["errcode"] == 0, answer
+    assert [m["text"] for m in emu.messages] == [FINE]
+
+
+CLIENT_JSON_CASES: list[tuple[bytes, str | None]] = [
+    (b'{"a": "x\\ud800"}', "a"),
+    (b'{"a": "x\\udc00y"}', "a"),
+    (b'{"a": ["ok", {"b\\ud800": 1}]}', "a[1].b\\ud800"),
+    (b'{"a": "\\ud83d\\ude42"}', None),  # a pair: one character
+    (b'{"a": "\\\\ud800"}', None),  # an escaped backslash: the text \ud800
+    ('{"a": "x\ud800"}'.encode("utf-8", "surrogatepass"), "a"),  # encoded raw
+    ('{"a": "x\ud800"}'.encode("utf-16-le", "surrogatepass"), "a"),  # json reads UTF-16
+    ('{"a": "中文"}'.encode("utf-16"), None),
+    ('{"a": "中文"}'.encode(), None),
+    (b"[" * 200 + b'"\\ud800"' + b"]" * 200, "[0]" * 200),
+]
+
+
+@pytest.mark.parametrize(("text", "path"), CLIENT_JSON_CASES)
+async def test_read_client_json_finds_each_lone_surrogate(text: bytes, path: str | None) -> None:
+    if path is None:
+        assert read_client_json(text) == json.loads(text)
+        return
+    with pytest.raises(LoneSurrogate) as caught:
+        read_client_json(text, where="body")
+    assert caught.value.path == path
+    assert str(caught.value).startswith("body: a lone surrogate")
+    str(caught.value).encode("utf-8")  # the message itself can be sent and logged
