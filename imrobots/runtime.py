@@ -308,6 +308,7 @@ class RobotRuntime:
         """When each accepted message arrived (monotonic), for the answer latency."""
         self._started = False
         self._stopping = False
+        self._dedupe_prefix = self._key("dedupe", "")
         self._deadlines = _Deadlines(self.options.handler_timeout)
         """The time limits of running message handlers (``options.handler_timeout``)."""
         robot.bind(self)
@@ -582,7 +583,10 @@ class RobotRuntime:
         unreachable (``StoreUnavailable``: Redis down past its ``reconnect_for``) fails the
         message: counted failed, one line logged, and the next messages are tried again."""
         try:
-            await self._process_in_turn(message)
+            if self._shared_turns:
+                await self._process_in_turn(message)
+            else:
+                await self._answer(message)  # (one coroutine less per message)
         except StoreUnavailable as exc:
             self.stats.failed += 1
             log.error(
@@ -691,7 +695,7 @@ class RobotRuntime:
 
     async def _answer(self, message: Message) -> None:
         arrived = self._arrivals.pop(message.id, None)
-        key = self._key("dedupe", message.id)
+        key = self._dedupe_prefix + message.id  # self._key("dedupe", message.id)
         if message.id in self._adopted:
             # Its replica died after claiming it and before its answer's card opened: the
             # claim is that dead replica's (a finished answer stays "done").
@@ -708,25 +712,26 @@ class RobotRuntime:
         reply = Reply(self, message.target, message=message)
         tally = HandlerTally()
         try:
-            async with self._semaphore:
-                # what use_executor() and handler_tally() do, without their generators
-                executor_token = _executor_var.set(self.executor)
-                tally_token = _tally_var.set(tally)
-                deadline = self._deadlines.enter()
-                try:
-                    if message.has_text:
-                        await self.robot.on_message(message, reply)
-                    else:
-                        await self.robot.on_empty_message(message, reply)
-                except BaseException as exc:
-                    # (TimeoutError from the CancelledError when the limit cut it)
-                    deadline.exit(exc if isinstance(exc, asyncio.CancelledError) else None)
-                    raise
+            await self._semaphore.acquire()  # (async with, without its two coroutines)
+            # what use_executor() and handler_tally() do, without their generators
+            executor_token = _executor_var.set(self.executor)
+            tally_token = _tally_var.set(tally)
+            deadline = self._deadlines.enter()
+            try:
+                if message.has_text:
+                    await self.robot.on_message(message, reply)
                 else:
-                    deadline.exit(None)
-                finally:
-                    _tally_var.reset(tally_token)
-                    _executor_var.reset(executor_token)
+                    await self.robot.on_empty_message(message, reply)
+            except BaseException as exc:
+                # (TimeoutError from the CancelledError when the limit cut it)
+                deadline.exit(exc if isinstance(exc, asyncio.CancelledError) else None)
+                raise
+            else:
+                deadline.exit(None)
+            finally:
+                _tally_var.reset(tally_token)
+                _executor_var.reset(executor_token)
+                self._semaphore.release()
         except asyncio.CancelledError:
             await self.store.complete(key, done_ttl=self.options.dedupe_ttl)
             raise
