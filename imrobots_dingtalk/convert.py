@@ -802,16 +802,50 @@ def _message(
     if not msg_id:
         # the dedupe key: two messages without one would be taken for one
         raise MalformedPayload("data.msgId: empty")
-    kind = MessageKind.UNSUPPORTED
-    text = ""
     attachments: list[Attachment] = []
     quote: Quote | None = None
-    extra = {"msgId": msg_id, "robotCode": robot_code} if robot_code else {}
-    if isinstance(content, TextContent):
+    if isinstance(content, TextContent):  # most pushes
         kind, text = MessageKind.TEXT, content.content
         if content.is_reply_msg or content.replied_msg is not None:
             quote = quote_of(content.replied_msg)
-    elif isinstance(content, RichTextContent):
+    else:
+        kind, text = _media(content, msg_id, robot_code, attachments)
+    # the users @-mentioned, but the robot itself
+    mentions = [
+        Sender(id=staff_id or dingtalk_id or union_id or "")
+        for dingtalk_id, staff_id, union_id in at_users
+        if (robot_id is None or dingtalk_id != robot_id) and (staff_id or dingtalk_id)
+    ]
+    return Message(
+        id=msg_id,
+        platform=PLATFORM,
+        text=strip_mentions(text, robot_names),
+        conversation=Conversation(
+            id=conversation_id,
+            kind=ConversationKind.GROUP if group else ConversationKind.DIRECT,
+            title=conversation_title,
+        ),
+        sender=Sender(id=sender_id, name=sender_nick, is_admin=is_admin),
+        kind=kind,
+        mentioned=bool(is_in_at_list) if group else True,
+        mentions=tuple(mentions),
+        attachments=tuple(attachments),
+        time=_time(create_at),
+        raw=raw,
+        quote=quote,
+        app=robot_code,
+    )
+
+
+def _media(
+    content: Content, msg_id: str, robot_code: str | None, attachments: list[Attachment]
+) -> tuple[MessageKind, str]:
+    """The kind and text of a message that is not plain text; its attachments are
+    appended to ``attachments``."""
+    kind = MessageKind.UNSUPPORTED
+    text = ""
+    extra = {"msgId": msg_id, "robotCode": robot_code} if robot_code else {}
+    if isinstance(content, RichTextContent):
         kind = MessageKind.RICH_TEXT
         parts: list[str] = []
         for item in content.rich_text:
@@ -852,31 +886,7 @@ def _message(
         attachments.append(
             _attachment("file", content.download_code, name=content.file_name, extra=extra)
         )
-    # the users @-mentioned, but the robot itself
-    mentions = tuple(
-        Sender(id=staff_id or dingtalk_id or union_id or "")
-        for dingtalk_id, staff_id, union_id in at_users
-        if (robot_id is None or dingtalk_id != robot_id) and (staff_id or dingtalk_id)
-    )
-    return Message(
-        id=msg_id,
-        platform=PLATFORM,
-        text=strip_mentions(text, robot_names),
-        conversation=Conversation(
-            id=conversation_id,
-            kind=ConversationKind.GROUP if group else ConversationKind.DIRECT,
-            title=conversation_title,
-        ),
-        sender=Sender(id=sender_id, name=sender_nick, is_admin=is_admin),
-        kind=kind,
-        mentioned=bool(is_in_at_list) if group else True,
-        mentions=mentions,
-        attachments=tuple(attachments),
-        time=_time(create_at),
-        raw=raw,
-        quote=quote,
-        app=robot_code,
-    )
+    return kind, text
 
 
 def _attachment(
