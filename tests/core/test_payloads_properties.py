@@ -60,3 +60,34 @@ def test_parse_and_loads_read_as_json_reads(value: Any, ascii: bool, as_bytes: b
     # what json's escapes read as (a pair of surrogates held raw in a str, once escaped,
     # reads as the one character they encode)
     assert json.loads(written) == json.loads(json.dumps(value))
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with the type of every leaf (so that 1 and 1.0 differ)."""
+    if isinstance(value, dict):
+        return {key: _typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_typed(item) for item in value]
+    return (type(value).__name__, repr(value))
+
+
+wide_numbers = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.integers(min_value=2**62, max_value=2**65)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=20).map(float)
+    | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=20,
+)
+
+
+@given(wide_numbers, st.integers(min_value=0, max_value=40))
+def test_parse_reads_the_types_and_digits_json_reads(value: Any, depth: int) -> None:
+    """Integers beyond 64 bits, long mantissas and nesting: parse reads exactly what
+    json.loads reads (orjson's value only where it cannot differ)."""
+    text = "[" * depth + json.dumps(value) + "]" * depth
+    assert _typed(parse(text)) == _typed(json.loads(text))
+    assert _typed(parse(text.encode())) == _typed(json.loads(text))

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -216,3 +217,64 @@ def test_fast_path_agrees_on_any_shape(
     fast, slow = _both(data)
     if fast is not None:
         assert fast == slow
+
+
+def _messages(data: dict[str, Any]) -> tuple[Any, Any]:
+    """(to_message's result on the dict, or its error text; the same from the converter's
+    BotMessage, with the dict as raw)."""
+    try:
+        fast: Any = to_message(data, robot_names=("HelpBot",))
+    except MalformedPayload as exc:
+        fast = f"error: {exc}"
+    try:
+        slow: Any = to_message(_structure(data, BotMessage), robot_names=("HelpBot",))
+    except MalformedPayload as exc:
+        slow = f"error: {exc}"
+    return fast, slow
+
+
+def _same_message(fast: Any, slow: Any, data: dict[str, Any]) -> None:
+    if isinstance(slow, str):
+        assert fast == slow
+        return
+    if not _structure(data, BotMessage).create_at:  # "now", read twice
+        fast = attrs.evolve(fast, time=slow.time)
+    assert fast == slow and repr(fast) == repr(slow)
+    assert fast.raw is data and slow.raw == {}
+    assert fast.attachments == slow.attachments and fast.quote == slow.quote
+
+
+@pytest.mark.parametrize("case", _cases("bot"))
+def test_to_message_reads_a_dict_as_the_converter_would(case: dict[str, Any]) -> None:
+    """to_message reads a well-typed push's fields from the dict itself (no BotMessage):
+    the same Message as from the converter's BotMessage, or the same error."""
+    data = case["data"]
+    if isinstance(data, dict):
+        _same_message(*_messages(data), data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.sampled_from(sorted(PAYLOADS.glob("bot-*.json"))),
+    changes=st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=4),
+    dropped=st.sets(st.sampled_from(_KEYS), max_size=3),
+    at_users=st.none()
+    | st.lists(
+        st.dictionaries(
+            st.sampled_from(["dingtalkId", "staffId", "unionId"]),
+            st.none() | st.sampled_from(["", "$:LWCP_v1:$robot", "u1", "u2"]),
+        ),
+        max_size=3,
+    ),
+)
+def test_to_message_agrees_with_the_converter_on_any_shape(
+    base: Path, changes: dict[str, Any], dropped: set[str], at_users: list[Any] | None
+) -> None:
+    data = json.loads(base.read_text("utf-8"))["data"]
+    if not isinstance(data, dict):
+        return
+    data = {k: v for k, v in {**data, **changes}.items() if k not in dropped}
+    if at_users is not None:
+        data["atUsers"] = at_users
+        data.setdefault("chatbotUserId", "$:LWCP_v1:$robot")
+    _same_message(*_messages(data), data)

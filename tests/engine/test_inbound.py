@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import attrs
 import pytest
 
 from imrobots.agents import AgentRequest
@@ -328,3 +329,32 @@ async def test_max_pending_counts_messages_not_conversations(
     later = await platform.say("later")
     await runtime.wait_idle(timeout=5)
     assert answer_cards(platform, later)[0].status is CardStatus.FINAL
+
+
+class Keeps(Robot):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[Message] = []
+
+    async def on_message(self, message: Message, reply: Reply) -> None:
+        self.messages.append(message)
+
+
+async def test_the_robot_gets_each_message_named_for_it(make_runtime: Factory) -> None:
+    """The runtime names the robot on a platform's fresh message; a message already named
+    for another robot is copied, not renamed; attachments still download."""
+    robot = Keeps()
+    platform, runtime = await make_runtime(robot=robot, **FAST)
+    plain = await platform.say("hello", message_id="m-plain")
+    await platform.say("see file", message_id="m-file", attachments=[("file", "a.txt", b"abc")])
+    await runtime.wait_idle(5)
+    first, second = robot.messages
+    assert first.id == "m-plain" and first.robot == runtime.name and plain.robot == runtime.name
+    assert second.robot == runtime.name
+    assert await second.attachments[0].read() == b"abc"
+    other = attrs.evolve(plain, id="m-other", robot="another-robot")
+    await runtime.handle(other)
+    await runtime.wait_idle(5)
+    assert robot.messages[-1].robot == runtime.name and other.robot == "another-robot"
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        robot.messages[-1].robot = "x"  # type: ignore[misc]

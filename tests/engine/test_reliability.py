@@ -120,6 +120,61 @@ async def test_a_handler_hanging_mid_stream_ends_its_card_interrupted(
     assert runtime.stats.handler_timeouts == 1 and runtime.stats.failed == 1
 
 
+class HangsOnRequest(Robot):
+    """Hangs on messages saying "hang" (recording when, in loop time, each started and was
+    cut); answers nothing to the others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spans: dict[str, tuple[float, float]] = {}
+
+    async def on_message(self, message: Message, reply: Reply) -> None:
+        if message.text != "hang":
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.spans[message.id] = (started, loop.time())
+
+
+async def test_handlers_are_cut_each_at_its_own_time_whatever_ended_before(
+    make_runtime: Factory,
+) -> None:
+    """The runtime keeps every handler's limit on one timer (armed for the oldest running
+    one): a handler that ends early must not cut or spare the ones started after it."""
+    robot = HangsOnRequest()
+    platform, runtime = await make_runtime(robot=robot, handler_timeout=0.4, **FAST)
+    await platform.say("quick", conversation="c0", message_id="m-quick")
+    await platform.say("hang", conversation="c1", message_id="m-1")
+    await asyncio.sleep(0.15)  # the second hanging handler starts later: its own limit
+    await platform.say("quick", conversation="c2", message_id="m-quick-2")
+    await platform.say("hang", conversation="c3", message_id="m-2")
+    await runtime.wait_idle(5)
+    assert sorted(robot.spans) == ["m-1", "m-2"]
+    for started, ended in robot.spans.values():
+        assert 0.4 <= ended - started < 1.5
+    assert robot.spans["m-2"][1] > robot.spans["m-1"][1]
+    assert runtime.stats.handler_timeouts == 2 and runtime.stats.unanswered == 2
+    # a later hanging handler is cut too (the timer is armed again)
+    await platform.say("hang", conversation="c4", message_id="m-3")
+    await runtime.wait_idle(5)
+    assert runtime.stats.handler_timeouts == 3
+
+
+async def test_stopping_cancels_a_handler_as_stopped_not_timed_out(
+    make_runtime: Factory,
+) -> None:
+    robot = HangsOnRequest()
+    platform, runtime = await make_runtime(robot=robot, handler_timeout=30, **FAST)
+    await platform.say("hang", message_id="m-hang")
+    await eventually(lambda: runtime._pending == 1 and runtime._accepted == 1)
+    await asyncio.sleep(0.05)
+    await runtime.stop(timeout=5)
+    assert "m-hang" in robot.spans and runtime.stats.handler_timeouts == 0
+
+
 async def test_a_hanging_action_handler_is_cut(make_runtime: Factory) -> None:
     pressed = asyncio.Event()
 
