@@ -22,11 +22,41 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MalformedJson", "clean", "displayable", "dumps", "loads", "parse", "valid_text"]
+__all__ = [
+    "LoneSurrogate",
+    "MalformedJson",
+    "clean",
+    "displayable",
+    "dumps",
+    "escape_surrogates",
+    "find_lone_surrogate",
+    "loads",
+    "may_hold_lone_surrogate",
+    "parse",
+    "parse_strict",
+    "valid_text",
+]
+
+
+JsonText = str | bytes | bytearray | memoryview
+"""JSON text: a ``str``, or its encoded bytes in any buffer (UTF-8, or UTF-16/32 as
+:func:`json.loads` takes)."""
 
 
 class MalformedJson(ValueError):
     """JSON that cannot be taken: not JSON, nested too deep, or a lone surrogate in an id."""
+
+
+class LoneSurrogate(MalformedJson):
+    """JSON holding a lone surrogate in a string or a key, where none may be taken; the
+    message names where (``"body: a lone surrogate in cardData.title (not valid
+    Unicode)"``)."""
+
+    def __init__(self, where: str, path: str) -> None:
+        self.where = where
+        self.path = path
+        inside = f" in {path}" if path else ""
+        super().__init__(f"{where}: a lone surrogate{inside} (not valid Unicode)")
 
 
 def valid_text(value: str) -> bool:
@@ -47,11 +77,60 @@ def displayable(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+def escape_surrogates(value: object) -> str:
+    """``str(value)`` with each lone surrogate written as its escape (``\\ud800``): text a
+    message, a log line or a record can carry."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def find_lone_surrogate(value: Any) -> str | None:
+    """The path (``"a.b[2]"``, ``""`` for ``value`` itself) of the first string or key in
+    the parsed JSON ``value`` that holds a lone surrogate, or ``None`` when there is none.
+    Iterative: as deep as the parser took."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if not valid_text(item):
+                return path
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                inner = f"{path}.{escape_surrogates(key)}" if path else escape_surrogates(key)
+                if isinstance(key, str) and not valid_text(key):
+                    return inner
+                stack.append((child, inner))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{index}]") for index, child in enumerate(item))
+    return None
+
+
+def may_hold_lone_surrogate(text: str | bytes) -> bool:
+    """Whether JSON ``text`` may parse into a lone surrogate: it has a ``\\u`` escape, NUL
+    bytes (UTF-16 or UTF-32, which :func:`json.loads` also reads), or is not valid UTF-8
+    (a surrogate encoded raw, which json decodes). A cheap over-estimate (a few
+    microseconds for a few KB) that spares most texts the walk of
+    :func:`find_lone_surrogate`."""
+    if isinstance(text, str):
+        return "\\u" in text or not (text.isascii() or valid_text(text))
+    if b"\\u" in text or b"\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def clean(
     value: Any, ids: Collection[str] = (), *, where: str = "data", key: str | None = None
 ) -> Any:
     """``value`` with each lone surrogate in a string (keys included) replaced by U+FFFD;
-    :class:`MalformedJson` for one in the string value of a field named in ``ids``."""
+    :class:`MalformedJson` for one in the string value of a field named in ``ids`` (a
+    collection of field names; one ``str`` is taken as one name)."""
+    if isinstance(ids, str):
+        ids = (ids,)
     if isinstance(value, str):
         shown = displayable(value)
         if shown is not value and key is not None and key in ids:
@@ -121,9 +200,11 @@ def _stdlib(text: str | bytes, where: str) -> Any:
         raise MalformedJson(f"{where}: not JSON") from None
 
 
-def _read(text: str | bytes, where: str) -> tuple[Any, bool]:
+def _read(text: JsonText, where: str) -> tuple[Any, bool]:
     """The value :func:`json.loads` makes of ``text``, parsed by orjson when it can, and
     whether it may hold lone surrogates (only what json parsed may: orjson refuses them)."""
+    if isinstance(text, bytearray | memoryview):  # json.loads takes no memoryview
+        text = bytes(text)
     if isinstance(text, str):
         try:
             raw = text.encode("utf-8")
@@ -148,7 +229,7 @@ def _read(text: str | bytes, where: str) -> tuple[Any, bool]:
     return (_stdlib(text, where) if _odd(raw) else value), False
 
 
-def parse(text: str | bytes, *, where: str = "data") -> Any:
+def parse(text: JsonText, *, where: str = "data") -> Any:
     """The value :func:`json.loads` makes of ``text`` (lone surrogates kept as they are;
     :func:`loads` cleans them), parsed by orjson when it can. Raises :class:`MalformedJson`
     for text that is not JSON or is nested too deep for the parser. ``where`` names the
@@ -156,7 +237,20 @@ def parse(text: str | bytes, *, where: str = "data") -> Any:
     return _read(text, where)[0]
 
 
-def loads(text: str | bytes, ids: Collection[str] = (), *, where: str = "data") -> Any:
+def parse_strict(text: JsonText, *, where: str = "data") -> Any:
+    """:func:`parse`, refusing a lone surrogate anywhere in the value (in a string or a
+    key): JSON from a peer that must send text it can carry (an emulator reading its
+    client). Raises :class:`LoneSurrogate` for one, :class:`MalformedJson` (both are
+    ``ValueError``) for text that is not JSON or is nested too deep."""
+    value, surrogates = _read(text, where)
+    if surrogates:  # only text orjson refused may hold one
+        path = find_lone_surrogate(value)
+        if path is not None:
+            raise LoneSurrogate(where, path)
+    return value
+
+
+def loads(text: JsonText, ids: Collection[str] = (), *, where: str = "data") -> Any:
     """Parse JSON ``text`` from a platform and :func:`clean` it. Raises
     :class:`MalformedJson` for text that is not JSON, nested too deep for the parser, or
     with a lone surrogate in an id field (``ids``). ``where`` names the text in the

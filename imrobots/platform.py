@@ -78,10 +78,18 @@ from .models import (
     Sender,
     Target,
 )
-from .payloads import MalformedJson, valid_text
+from .payloads import (
+    LoneSurrogate,
+    MalformedJson,
+    escape_surrogates,
+    find_lone_surrogate,
+    may_hold_lone_surrogate,
+    valid_text,
+)
 from .payloads import dumps as dump_json
 from .payloads import loads as load_json
 from .payloads import parse as parse_json
+from .payloads import parse_strict as parse_json_strict
 from .proxies import client_session
 from .redirects import RedirectRefused, redirect_message, refuse_redirects
 from .secret import Secret
@@ -113,6 +121,7 @@ __all__ = [
     "FeedbackRating",
     "ImrobotsError",
     "LifetimeRemedy",
+    "LoneSurrogate",
     "MalformedJson",
     "Markdown",
     "Message",
@@ -145,13 +154,17 @@ __all__ = [
     "dump_json",
     "endpoint_problem",
     "error_card",
+    "escape_surrogates",
     "final_card",
+    "find_lone_surrogate",
     "interrupted_card",
     "is_loopback_host",
     "load_json",
+    "may_hold_lone_surrogate",
     "measure",
     "new_id",
     "parse_json",
+    "parse_json_strict",
     "redirect_message",
     "refuse_redirects",
     "resolve_object",

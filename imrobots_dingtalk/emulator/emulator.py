@@ -19,10 +19,14 @@ from typing import Any, Literal
 from aiohttp import web
 
 from imrobots.emulation import new_token
-from imrobots.platform import parse_json
+from imrobots.platform import (
+    LoneSurrogate,
+    find_lone_surrogate,
+    may_hold_lone_surrogate,
+    parse_json,
+)
 
 from . import errors, frames
-from .client_json import LoneSurrogate, find_lone_surrogate, may_hold_lone_surrogate
 from .errors import ApiError
 from .openapi import apply_callback_response
 from .render import refresh_view

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from imrobots.platform import LoneSurrogate, parse_json_strict
+
 from . import errors
-from .client_json import LoneSurrogate, read_client_json
 from .frames import conversation_id, new_b64
 from .render import refresh_view
 from .state import (
@@ -66,11 +67,11 @@ def _nonempty_str(value: Any) -> bool:
 def _json_str(value: Any, where: str) -> Any:
     """Parse the JSON string ``value`` (the body's field ``where``); returns ``_INVALID`` if
     it is not one. Raises :class:`ApiError` ``invalidParameter`` for one holding a lone
-    surrogate (:mod:`.client_json`)."""
+    surrogate (:func:`~imrobots.platform.parse_json_strict`)."""
     if not isinstance(value, str):
         return _INVALID
     try:
-        return read_client_json(value, where=where)
+        return parse_json_strict(value, where=where)
     except LoneSurrogate as exc:
         logger.warning("refused an OpenAPI call: %s", exc)
         raise errors.lone_surrogate(exc) from None

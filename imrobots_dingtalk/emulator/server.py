@@ -29,10 +29,9 @@ from urllib.parse import quote
 from aiohttp import WSMsgType, web
 
 from imrobots.emulation import control_guard
-from imrobots.platform import dump_json, load_json
+from imrobots.platform import LoneSurrogate, dump_json, load_json, parse_json_strict
 
 from . import errors, frames
-from .client_json import LoneSurrogate, read_client_json
 from .errors import ApiError
 from .openapi import ROUTE_SCOPES, ROUTES, OpenApiContext, OpenApiHandler
 from .state import ApiCall, MediaRecord, WebhookMessage, redact, to_json
@@ -108,14 +107,14 @@ def _redirects(emu: DingTalkEmulator) -> Any:
 async def _read_json(request: web.Request) -> tuple[bytes, Any, bool, LoneSurrogate | None]:
     """(raw body, parsed body or text, parsed as JSON?, the lone surrogate that refuses it).
 
-    A body with a lone surrogate (:mod:`.client_json`) is not taken (``False``); the body
+    A body with a lone surrogate (:func:`~imrobots.platform.parse_json_strict`) is not taken (``False``); the body
     returned then has each one replaced by U+FFFD, so that it can be recorded and shown.
     """
     raw = await request.read()
     if not raw:
         return raw, None, False, None
     try:
-        return raw, read_client_json(raw), True, None
+        return raw, parse_json_strict(raw, where="body"), True, None
     except LoneSurrogate as exc:
         logger.warning("refused %s %s: %s", request.method, request.path, exc)
         return raw, load_json(raw), False, exc

@@ -53,8 +53,8 @@ import attrs
 from aiohttp import web
 
 from imrobots.emulation import new_token
+from imrobots.platform import LoneSurrogate, parse_json_strict
 
-from .client_json import LoneSurrogate, read_client_json
 from .errors import ApiError
 from .frames import DATA, Frame, card_action_event, encode_frame, message_event, new_id
 from .state import (
@@ -525,13 +525,13 @@ class FeishuEmulator:
         if delivery is None or delivery.done is None or delivery.done.done():
             return
         try:
-            answer = read_client_json(frame.payload or b"{}", where="response frame")
+            answer = parse_json_strict(frame.payload or b"{}", where="response frame")
             if not isinstance(answer, dict):
                 answer = {"code": 500}
             data = answer.get("data")
             if isinstance(data, str) and data:
                 try:
-                    answer["data"] = read_client_json(
+                    answer["data"] = parse_json_strict(
                         base64.b64decode(data), where="response frame data"
                     )
                 except LoneSurrogate:
@@ -827,7 +827,7 @@ class FeishuEmulator:
         if len(raw.encode()) > limit:
             raise ApiError.content_too_long()
         try:
-            content = read_client_json(raw, where="content")
+            content = parse_json_strict(raw, where="content")
         except LoneSurrogate as exc:
             log.warning("refused a message: %s", exc)
             raise ApiError.lone_surrogate(exc) from None
@@ -1088,7 +1088,7 @@ class FeishuEmulator:
         if len(raw.encode()) > self.card_bytes:
             raise ApiError.card_too_large()
         try:
-            data = read_client_json(raw, where="data")
+            data = parse_json_strict(raw, where="data")
         except LoneSurrogate as exc:
             log.warning("refused a card: %s", exc)
             raise ApiError.lone_surrogate(exc) from None
@@ -1144,7 +1144,7 @@ class FeishuEmulator:
         entity = self._entity(app, card_id)
         raw = body.get("settings")
         try:
-            settings = read_client_json(raw, where="settings") if isinstance(raw, str) else None
+            settings = parse_json_strict(raw, where="settings") if isinstance(raw, str) else None
         except LoneSurrogate as exc:
             log.warning("refused card settings: %s", exc)
             raise ApiError.lone_surrogate(exc) from None

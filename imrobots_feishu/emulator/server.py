@@ -41,8 +41,8 @@ import aiohttp
 from aiohttp import web
 
 from imrobots.emulation import control_guard
+from imrobots.platform import LoneSurrogate, parse_json_strict
 
-from .client_json import LoneSurrogate, read_client_json
 from .errors import ApiError
 from .frames import CONTROL, DATA, FrameError, decode_frame, encode_frame
 
@@ -309,7 +309,7 @@ async def _read_body(request: web.Request) -> Any:
     """The JSON body of a client's request. Raises :class:`_Refused` (230001) for one
     holding a lone surrogate (logged), ``ValueError`` for one that is not JSON."""
     try:
-        return read_client_json(await request.read())
+        return parse_json_strict(await request.read(), where="body")
     except LoneSurrogate as exc:
         log.warning("refused %s %s: %s", request.method, request.path, exc)
         raise _Refused(ApiError.lone_surrogate(exc)) from None
@@ -408,7 +408,7 @@ async def post_callback(emu: FeishuEmulator, app: App, delivery: Delivery) -> di
         return None  # RuntimeError: the session was closed by a drop
     delivery.latencies.append(time.monotonic() - started)
     try:
-        answer = read_client_json(text, where="callback answer") if text else {}
+        answer = parse_json_strict(text, where="callback answer") if text else {}
     except LoneSurrogate as exc:
         # refused as an answer that is not JSON (UNCONFIRMED: what Feishu does with it)
         log.warning("refused the answer of %s to event %s: %s", app.app_id, delivery.event_id, exc)
@@ -437,7 +437,7 @@ async def verify_url(emu: FeishuEmulator, app_id: str, url: str | None = None) -
         ) as response:
             if response.status != 200:
                 return False
-            answer = read_client_json(await response.read(), where="challenge answer")
+            answer = parse_json_strict(await response.read(), where="challenge answer")
     except LoneSurrogate as exc:
         log.warning("refused the URL verification answer of %s: %s", app_id, exc)
         return False

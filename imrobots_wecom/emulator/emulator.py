@@ -9,7 +9,7 @@ frames ``{cmd?, headers: {req_id}, body?, errcode?, errmsg?}``.
   socket gets an ``aibot_event_callback`` with ``disconnected_event`` and is closed, so
   one connection per bot is live (PROTOCOLS 4c, inferred from the SDK).
 - ``ping`` is acked ``{headers: {req_id}, errcode: 0}``; every client frame is acked with
-  its own ``req_id``, in order. A frame holding a lone surrogate (:mod:`.client_json`)
+  its own ``req_id``, in order. A frame holding a lone surrogate (:func:`~imrobots.platform.parse_json_strict`)
   is acked 40058 and not taken (UNCONFIRMED), as is an app-mode body holding one.
 - Pushes: ``aibot_msg_callback`` / ``aibot_event_callback`` with a fresh ``req_id``
   bound to the socket it went out on. Replies (``aibot_respond_msg``,
@@ -82,10 +82,15 @@ import attrs
 from aiohttp import web
 
 from imrobots.emulation import control_guard, new_token
-from imrobots.platform import dump_json, parse_json
+from imrobots.platform import (
+    LoneSurrogate,
+    dump_json,
+    escape_surrogates,
+    parse_json,
+    parse_json_strict,
+)
 
 from ..crypto import CallbackCrypto, encrypt_media, new_media_key
-from .client_json import LoneSurrogate, read_client_json, shown
 
 __all__ = [
     "ERR_INVALID_REQ_ID",
@@ -521,7 +526,7 @@ class WeComEmulator:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
-                    frame = read_client_json(msg.data, where="frame")
+                    frame = parse_json_strict(msg.data, where="frame")
                 except LoneSurrogate as exc:
                     await self._refuse_frame(sock, msg.data, exc)
                     continue
@@ -547,7 +552,7 @@ class WeComEmulator:
                     await sock.ws.send_str(text)
 
     async def _refuse_frame(self, sock: _Socket, text: str, problem: LoneSurrogate) -> None:
-        """Answer a robot's frame holding a lone surrogate (:mod:`.client_json`) with
+        """Answer a robot's frame holding a lone surrogate (:func:`~imrobots.platform.parse_json_strict`) with
         errcode 40058 and its own ``req_id``, and take nothing of it; the connection goes
         on. UNCONFIRMED: what WeCom answers to such a frame (40058 is its "invalid
         parameter", which the emulator gives other malformed frames)."""
@@ -555,7 +560,7 @@ class WeComEmulator:
         frame = parse_json(text, where="frame")  # read once already: it parses
         headers = frame.get("headers") if isinstance(frame, dict) else None
         req_id = headers.get("req_id") if isinstance(headers, dict) else None
-        cmd = shown(frame.get("cmd") or "") if isinstance(frame, dict) else ""
+        cmd = escape_surrogates(frame.get("cmd") or "") if isinstance(frame, dict) else ""
         log.warning("refused a %s frame on the robot's long connection: %s", cmd or "?", problem)
         bot = sock.bot
         if bot is not None and bot.socket is sock:
@@ -1083,7 +1088,7 @@ class WeComEmulator:
             if self.latency:
                 await asyncio.sleep(self.latency)
             try:
-                body = read_client_json(await request.read())
+                body = parse_json_strict(await request.read(), where="body")
             except LoneSurrogate as exc:
                 # UNCONFIRMED: what WeCom answers to such text; 40058 "invalid parameter"
                 log.warning("refused POST %s: %s", route, exc)

@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 
 from imrobots.payloads import MalformedJson, dumps, loads, parse
-from imrobots.platform import dump_json, load_json, parse_json
+from imrobots.platform import (
+    LoneSurrogate,
+    dump_json,
+    escape_surrogates,
+    find_lone_surrogate,
+    load_json,
+    may_hold_lone_surrogate,
+    parse_json,
+    parse_json_strict,
+)
 
 IDS = ("msgId",)
 
@@ -149,3 +158,50 @@ def test_dumps_refuses_what_is_not_json(value: object) -> None:
 def test_dumps_writes_a_uuid_as_its_text() -> None:
     value = uuid.UUID(int=1)
     assert dumps(value) == f'"{value}"'.encode()
+
+
+STRICT_CASES: list[tuple[bytes, str | None]] = [
+    (b'{"a": "x\\ud800"}', "a"),
+    (b'{"a": "x\\udc00y"}', "a"),
+    (b'{"a": ["ok", {"b\\ud800": 1}]}', "a[1].b\\ud800"),
+    (b'{"a": "\\ud83d\\ude42"}', None),  # a pair: one character
+    (b'{"a": "\\\\ud800"}', None),  # an escaped backslash: the text \ud800
+    ('{"a": "x\ud800"}'.encode("utf-8", "surrogatepass"), "a"),  # encoded raw
+    ('{"a": "x\ud800"}'.encode("utf-16-le", "surrogatepass"), "a"),  # json reads UTF-16
+    ('{"a": "中文"}'.encode("utf-16"), None),
+    ('{"a": "中文"}'.encode(), None),
+    (b"[" * 200 + b'"\\ud800"' + b"]" * 200, "[0]" * 200),
+]
+
+
+@pytest.mark.parametrize(("text", "path"), STRICT_CASES)
+def test_parse_json_strict_finds_each_lone_surrogate(text: bytes, path: str | None) -> None:
+    if path is None:
+        assert parse_json_strict(text) == json.loads(text)
+        assert not (may_hold_lone_surrogate(text) and find_lone_surrogate(json.loads(text)))
+        return
+    assert may_hold_lone_surrogate(text)  # the cheap check never misses one
+    with pytest.raises(LoneSurrogate) as caught:
+        parse_json_strict(text, where="body")
+    assert caught.value.path == path == find_lone_surrogate(json.loads(text))
+    assert str(caught.value).startswith("body: a lone surrogate")
+    str(caught.value).encode("utf-8")  # the message itself can be sent and logged
+
+
+def test_any_buffer_of_json_reads_as_its_bytes() -> None:
+    raw = '{"a": [1, "中"], "b": "x\\ud800"}'.encode()
+    expected = json.loads(raw)
+    for buffer in (raw, bytearray(raw), memoryview(raw)):
+        assert parse_json(buffer) == expected
+        assert load_json(buffer) == {"a": [1, "中"], "b": "x\ufffd"}
+    with pytest.raises(LoneSurrogate):
+        parse_json_strict(memoryview(raw))
+
+
+def test_one_id_field_given_as_a_str_is_that_name_not_its_letters() -> None:
+    text = b'{"msgId": "m\\ud800", "m": "x\\ud800"}'
+    with pytest.raises(MalformedJson, match=r"data\.msgId"):
+        load_json(text, "msgId")
+    # "m" is one letter of "msgId": matched as a substring before, so refused
+    assert load_json(text, "msgId2") == {"msgId": "m\ufffd", "m": "x\ufffd"}
+    assert escape_surrogates("a\ud800") == "a\\ud800"
