@@ -86,7 +86,7 @@ def api_not_found() -> ApiError:
 
 def lone_surrogate(problem: Exception) -> ApiError:
     """A body (or a JSON string in it: ``cardData``, ``msgParam``) holding a lone surrogate
-    (:func:`~imrobots.platform.parse_json_strict`); ``problem`` says where."""
+    (``parse_json_strict``); ``problem`` says where."""
     # GUESS: DingTalk's answer to text with a lone surrogate is not documented (its Java
     # servers may even take it); the emulator refuses it as a malformed parameter, with
     # the code it uses for the robot APIs' other malformed requests.
@@ -268,7 +268,7 @@ WEBHOOK_BAD_BODY: dict[str, Any] = {"errcode": 40035, "errmsg": "缺少参数 js
 
 
 def webhook_lone_surrogate(problem: Exception) -> dict[str, Any]:
-    """A sessionWebhook body holding a lone surrogate (:func:`~imrobots.platform.parse_json_strict`): HTTP 200 and
+    """A sessionWebhook body holding a lone surrogate (``parse_json_strict``): HTTP 200 and
     errcode 40035, as the route answers its other bad bodies."""
     # GUESS: what DingTalk answers to such text is not documented.
     return {"errcode": 40035, "errmsg": f"不合法的参数: {problem}"}

@@ -67,7 +67,7 @@ def _nonempty_str(value: Any) -> bool:
 def _json_str(value: Any, where: str) -> Any:
     """Parse the JSON string ``value`` (the body's field ``where``); returns ``_INVALID`` if
     it is not one. Raises :class:`ApiError` ``invalidParameter`` for one holding a lone
-    surrogate (:func:`~imrobots.platform.parse_json_strict`)."""
+    surrogate (``parse_json_strict``)."""
     if not isinstance(value, str):
         return _INVALID
     try:

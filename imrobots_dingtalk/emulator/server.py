@@ -107,7 +107,7 @@ def _redirects(emu: DingTalkEmulator) -> Any:
 async def _read_json(request: web.Request) -> tuple[bytes, Any, bool, LoneSurrogate | None]:
     """(raw body, parsed body or text, parsed as JSON?, the lone surrogate that refuses it).
 
-    A body with a lone surrogate (:func:`~imrobots.platform.parse_json_strict`) is not taken (``False``); the body
+    A body with a lone surrogate (``parse_json_strict``) is not taken (``False``); the body
     returned then has each one replaced by U+FFFD, so that it can be recorded and shown.
     """
     raw = await request.read()

@@ -92,7 +92,7 @@ class ApiError(Exception):
     @classmethod
     def lone_surrogate(cls, problem: Exception) -> ApiError:
         """A body, or a JSON string in it (``content``, a card's ``data``, ``settings``),
-        holding a lone surrogate (:func:`~imrobots.platform.parse_json_strict`); ``problem`` says where.
+        holding a lone surrogate (``parse_json_strict``); ``problem`` says where.
         UNCONFIRMED: what Feishu answers to such text; 230001 as for other invalid
         parameters."""
         return cls(400, 230001, str(problem))

@@ -9,7 +9,7 @@ frames ``{cmd?, headers: {req_id}, body?, errcode?, errmsg?}``.
   socket gets an ``aibot_event_callback`` with ``disconnected_event`` and is closed, so
   one connection per bot is live (PROTOCOLS 4c, inferred from the SDK).
 - ``ping`` is acked ``{headers: {req_id}, errcode: 0}``; every client frame is acked with
-  its own ``req_id``, in order. A frame holding a lone surrogate (:func:`~imrobots.platform.parse_json_strict`)
+  its own ``req_id``, in order. A frame holding a lone surrogate (``parse_json_strict``)
   is acked 40058 and not taken (UNCONFIRMED), as is an app-mode body holding one.
 - Pushes: ``aibot_msg_callback`` / ``aibot_event_callback`` with a fresh ``req_id``
   bound to the socket it went out on. Replies (``aibot_respond_msg``,
@@ -552,7 +552,7 @@ class WeComEmulator:
                     await sock.ws.send_str(text)
 
     async def _refuse_frame(self, sock: _Socket, text: str, problem: LoneSurrogate) -> None:
-        """Answer a robot's frame holding a lone surrogate (:func:`~imrobots.platform.parse_json_strict`) with
+        """Answer a robot's frame holding a lone surrogate (``parse_json_strict``) with
         errcode 40058 and its own ``req_id``, and take nothing of it; the connection goes
         on. UNCONFIRMED: what WeCom answers to such a frame (40058 is its "invalid
         parameter", which the emulator gives other malformed frames)."""
