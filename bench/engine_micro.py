@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 CHUNKS, DELAY = 100, 0.05
@@ -114,12 +115,15 @@ def platform(rate: float = 1_000_000) -> Any:
     return DingTalkPlatform(settings, stream=False)
 
 
-def stub_http() -> list[int]:
-    """Replace the plugin's HTTP calls by a stub; returns the call counter."""
+@contextlib.contextmanager
+def stub_http() -> Iterator[list[int]]:
+    """Replace the plugin's HTTP calls by a stub while inside; gives the call counter. The
+    real methods come back on leaving (``--part call`` measures them after ``answers``)."""
     from imrobots.platform import dump_json
     from imrobots_dingtalk.api import DingTalkApi
 
     calls = [0]
+    real = DingTalkApi.call, DingTalkApi.access_token
 
     async def call(self: Any, method: str, path: str, body: Any, **_: Any) -> Any:
         calls[0] += 1
@@ -132,7 +136,10 @@ def stub_http() -> list[int]:
 
     DingTalkApi.call = call  # type: ignore[method-assign]
     DingTalkApi.access_token = access_token  # type: ignore[method-assign]
-    return calls
+    try:
+        yield calls
+    finally:
+        DingTalkApi.call, DingTalkApi.access_token = real  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- intake
@@ -217,11 +224,15 @@ async def floor(answers: int) -> float:
 
 
 async def answers_run(answers: int, *, traced: bool) -> dict[str, float]:
+    with stub_http() as calls:
+        return await _answers(answers, traced=traced, calls=calls)
+
+
+async def _answers(answers: int, *, traced: bool, calls: list[int]) -> dict[str, float]:
     from imrobots import RobotRuntime, RuntimeOptions
     from imrobots.examples import SupportRobot
     from imrobots_dingtalk.connection import _parse_frame
 
-    calls = stub_http()
     plat = platform()
     runtime = RobotRuntime(
         name="micro", robot=SupportRobot(agent=_model), platform=plat, options=RuntimeOptions()
