@@ -8,10 +8,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+import pytest_asyncio
 
 from imrobots.loop import new_event_loop
 from imrobots.plugins import PluginManager, reset_plugin_manager
@@ -30,6 +32,13 @@ if _TEST_LOOP not in ("", "asyncio"):  # the hook is there only then: it must na
     ) -> dict[str, Callable[[], object]]:
         choice = _TEST_LOOP
         return {choice: lambda: new_event_loop({"IMROBOTS_LOOP": choice})}
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain aiohttp client session, for tests that speak to a local server themselves."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

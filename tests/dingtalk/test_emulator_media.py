@@ -19,12 +19,6 @@ TOKEN = "x-acs-dingtalk-access-token"
 
 
 @pytest_asyncio.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest_asyncio.fixture
 async def emu() -> AsyncIterator[DingTalkEmulator]:
     async with DingTalkEmulator(seed=3, ping_interval=None) as emulator:
         emulator.add_app(APP, SECRET)

@@ -40,12 +40,6 @@ def escaped(value: Any) -> bytes:
 
 
 @pytest_asyncio.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest_asyncio.fixture
 async def emu() -> AsyncIterator[DingTalkEmulator]:
     async with DingTalkEmulator(seed=3, ping_interval=None) as emulator:
         emulator.add_app(APP, SECRET)

@@ -53,12 +53,6 @@ async def emu() -> AsyncIterator[FeishuEmulator]:
         await emulator.stop()
 
 
-@pytest_asyncio.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def call(
     http: aiohttp.ClientSession,
     emu: FeishuEmulator,

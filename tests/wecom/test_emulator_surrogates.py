@@ -55,12 +55,6 @@ async def emu() -> AsyncIterator[WeComEmulator]:
         await emulator.stop()
 
 
-@pytest_asyncio.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     msg = await ws.receive(timeout=5)
     assert msg.type == aiohttp.WSMsgType.TEXT, msg
