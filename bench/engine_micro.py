@@ -51,7 +51,7 @@ import json
 import logging
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 CHUNKS, DELAY = 100, 0.05
@@ -289,14 +289,10 @@ asyncio.run(main())
 """
 
 
-async def http_floor(requests: int, concurrency: int = 50) -> float:
-    """Client CPU per request (us) of the aiohttp session a plugin makes
-    (:func:`imrobots.proxies.client_session`), sending what a DingTalk card update sends
-    to a server in a subprocess of its own: what each platform call costs before any
-    of the engine's or the plugin's own work."""
+@contextlib.asynccontextmanager
+async def _server() -> AsyncIterator[int]:
+    """The answering server of ``_SERVER`` in a subprocess of its own; gives its port."""
     import sys
-
-    from imrobots.proxies import client_session
 
     server = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -306,34 +302,54 @@ async def http_floor(requests: int, concurrency: int = 50) -> float:
         stdout=asyncio.subprocess.PIPE,
     )
     assert server.stdout is not None and server.stdin is not None
-    port = int(await server.stdout.readline())
-    body = json.dumps(
-        {"cardBizId": "c" * 32, "cardData": json.dumps({"markdown": "w1 " * 150})}
-    ).encode()
+    try:
+        yield int(await server.stdout.readline())
+    finally:
+        server.stdin.close()
+        await server.wait()
+
+
+async def _cpu_per_call(
+    one: Callable[[], Awaitable[None]], requests: int, concurrency: int
+) -> float:
+    """CPU (us) per ``one()``, ``concurrency`` at once, after a warm-up that opens the
+    connections."""
+
+    async def batch(count: int) -> None:
+        for _ in range(count // concurrency):
+            await asyncio.gather(*(one() for _ in range(concurrency)))
+
+    await batch(5 * concurrency)  # connections opened, code warm
+    started = time.process_time()
+    await batch(requests)
+    return (time.process_time() - started) / requests * 1e6
+
+
+_CARD = {"cardBizId": "c" * 32, "cardData": json.dumps({"markdown": "w1 " * 150})}
+"""A card update's body, as the bench's answers send them."""
+
+
+async def http_floor(requests: int, concurrency: int = 50) -> float:
+    """Client CPU per request (us) of the aiohttp session a plugin makes
+    (:func:`imrobots.proxies.client_session`), sending what a DingTalk card update sends
+    to a server in a subprocess of its own: what each platform call costs before any
+    of the engine's or the plugin's own work."""
+    from imrobots.proxies import client_session
+
+    body = json.dumps(_CARD).encode()
     headers = {
         "Content-Type": "application/json",
         "Accept": "application/json",
         "x-acs-dingtalk-access-token": "t" * 32,
     }
-    url = f"http://127.0.0.1:{port}/v1.0/im/robots/interactiveCards"
-    try:
-        async with client_session() as session:
+    async with _server() as port, client_session() as session:
+        url = f"http://127.0.0.1:{port}/v1.0/im/robots/interactiveCards"
 
-            async def one() -> None:
-                async with session.put(url, data=body, headers=headers) as response:
-                    json.loads(await response.read())
+        async def one() -> None:
+            async with session.put(url, data=body, headers=headers) as response:
+                json.loads(await response.read())
 
-            async def batch(count: int) -> None:
-                for _ in range(count // concurrency):
-                    await asyncio.gather(*(one() for _ in range(concurrency)))
-
-            await batch(5 * concurrency)  # connections opened, code warm
-            started = time.process_time()
-            await batch(requests)
-            return (time.process_time() - started) / requests * 1e6
-    finally:
-        server.stdin.close()
-        await server.wait()
+        return await _cpu_per_call(one, requests, concurrency)
 
 
 async def call_floor(requests: int, concurrency: int = 50) -> float:
@@ -341,49 +357,29 @@ async def call_floor(requests: int, concurrency: int = 50) -> float:
     ``DingTalkApi.call`` on the session ``DingTalkPlatform`` makes (headers, body, its
     timeouts, its trace configs, the answer read and parsed), to the server of
     :func:`http_floor` (the access token is taken as cached)."""
-    import sys
-
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _SERVER,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert server.stdout is not None and server.stdin is not None
-    port = int(await server.stdout.readline())
     from imrobots import Secret
     from imrobots_dingtalk.platform import DingTalkPlatform, DingTalkSettings
 
-    settings = DingTalkSettings(
-        client_id="microapp",
-        client_secret=Secret("s"),
-        openapi_endpoint=f"http://127.0.0.1:{port}",
-        card_mode="standard",
-    )
-    plat = DingTalkPlatform(settings, stream=False)
-    api = plat.api
-    api._token, api._token_expires = "t" * 32, time.monotonic() + 3600
-    body = {"cardBizId": "c" * 32, "cardData": json.dumps({"markdown": "w1 " * 150})}
-    try:
+    async with _server() as port:
+        settings = DingTalkSettings(
+            client_id="microapp",
+            client_secret=Secret("s"),
+            openapi_endpoint=f"http://127.0.0.1:{port}",
+            card_mode="standard",
+        )
+        plat = DingTalkPlatform(settings, stream=False)
+        api = plat.api
+        api._token, api._token_expires = "t" * 32, time.monotonic() + 3600
+        try:
 
-        async def one() -> None:
-            await api.call(
-                "PUT", "/v1.0/im/robots/interactiveCards", body, card_update=True, card=True
-            )
+            async def one() -> None:
+                await api.call(
+                    "PUT", "/v1.0/im/robots/interactiveCards", _CARD, card_update=True, card=True
+                )
 
-        async def batch(count: int) -> None:
-            for _ in range(count // concurrency):
-                await asyncio.gather(*(one() for _ in range(concurrency)))
-
-        await batch(5 * concurrency)  # connections opened, code warm
-        started = time.process_time()
-        await batch(requests)
-        return (time.process_time() - started) / requests * 1e6
-    finally:
-        await plat.close()
-        server.stdin.close()
-        await server.wait()
+            return await _cpu_per_call(one, requests, concurrency)
+        finally:
+            await plat.close()
 
 
 # --------------------------------------------------------------------------- per call
