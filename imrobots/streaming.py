@@ -86,6 +86,25 @@ CONTINUED_NOTE = "(continued below)"
 SPARE_TURN_TTL = 0.02
 """Seconds a limiter turn taken but not used stays good for the next call of the answer."""
 EMPTY_ANSWER = "Sorry, I have no answer to that."
+AGENT_CANCEL_GRACE = 1.0
+"""Seconds an async agent cancelled (past ``agent_timeout``, or its answer interrupted or
+cut) has to end, its cleanup included, before the answer ends without it."""
+
+
+def _resolver(future: asyncio.Future[None]) -> Callable[[], None]:
+    """A callback that resolves ``future`` unless it is done already."""
+
+    def resolve() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    return resolve
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Read a let-go reader's outcome when it ends at last, so none is reported unread."""
+    if not task.cancelled():
+        task.exception()
 
 
 @attrs.frozen(kw_only=True)
@@ -374,10 +393,9 @@ class AnswerStream:
             # The agent is read in a task of its own. Each chunk then resumes only the
             # reader and the agent's own frames, not every frame between the handler's task
             # and here (the runtime's lane, the robot's handler, Reply.stream...): about
-            # a dozen per chunk of every answer. Awaiting the task keeps the semantics: a
-            # cancel of this task cancels the reader (the task this one waits on), and
-            # what the agent raises is raised here.
-            await asyncio.create_task(self._read(source))
+            # a dozen per chunk of every answer. What the agent raises is raised here; a
+            # cancel of this task, or agent_timeout, cancels the reader.
+            await self._until_read(asyncio.create_task(self._read(source)))
         except TimeoutError as exc:
             status, error = AnswerStatus.ERROR, exc
             log.warning("answer to %s timed out after %ss", self._what, self.policy.agent_timeout)
@@ -404,30 +422,70 @@ class AnswerStream:
         return result
 
     async def _read(self, source: AsyncIterator[str]) -> None:
-        """Consume ``source`` into :meth:`_on_text`, within ``policy.agent_timeout``.
+        """Consume ``source`` into :meth:`_on_text` (the reader task's body)."""
+        try:
+            on_text = self._on_text
+            async for text in source:
+                on_text(text)
+        finally:
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                await close()  # an agent left early runs its cleanup now
+            # Done, before this task ends: a pump woken by the last text must see it, or
+            # it would push that text as an update of its own before the final card.
+            self._done_flag = True
+            self._wake.set()
+
+    async def _until_read(self, reader: asyncio.Task[None]) -> None:
+        """Wait for the reader task to end; raise what the agent raised.
+
+        Past ``policy.agent_timeout``, or when this task is cancelled, the reader is
+        cancelled and given :data:`AGENT_CANCEL_GRACE` seconds to end (its cleanup runs);
+        an agent that ignores the cancel is then let go, as a blocked sync agent's thread
+        is, and the answer ends without it.
 
         :raises TimeoutError: the agent ran past ``agent_timeout``."""
-        async with asyncio.timeout(None) as limit:
-            timer = None
-            if self.policy.agent_timeout is not None:
-                loop = asyncio.get_running_loop()
-                timer = self.clock.call_later(
-                    self.policy.agent_timeout, lambda: limit.reschedule(loop.time())
-                )
-            try:
-                on_text = self._on_text
-                async for text in source:
-                    on_text(text)
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                close = getattr(source, "aclose", None)
-                if close is not None:
-                    await close()  # an agent left early runs its cleanup now
-                # Done, before this task ends: a pump woken by the last text must see it,
-                # or it would push that text as an update of its own before the final card.
-                self._done_flag = True
-                self._wake.set()
+        expired = asyncio.get_running_loop().create_future()
+        timer = None
+        if self.policy.agent_timeout is not None:
+            timer = self.clock.call_later(self.policy.agent_timeout, _resolver(expired))
+        try:
+            # waiting on a set, not on the task: a cancel of this task stops this wait
+            # only, and the reader is cancelled here, with a bound on its cleanup
+            await asyncio.wait((reader, expired), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            with contextlib.suppress(asyncio.CancelledError):  # a second cancel: go on
+                await self._let_go(reader)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            expired.cancel()
+        if not reader.done():
+            await self._let_go(reader)
+            raise TimeoutError(f"the agent ran past agent_timeout ({self.policy.agent_timeout}s)")
+        reader.result()
+
+    async def _let_go(self, reader: asyncio.Task[None]) -> None:
+        """Cancel the reader and wait up to :data:`AGENT_CANCEL_GRACE` seconds for it."""
+        reader.cancel()
+        grace = asyncio.get_running_loop().create_future()
+        timer = self.clock.call_later(AGENT_CANCEL_GRACE, _resolver(grace))
+        try:
+            await asyncio.wait((reader, grace), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            grace.cancel()
+        if not reader.done():
+            log.warning(
+                "the agent answering %s ignored its cancellation for %ss: left running, "
+                "the answer ends without it",
+                self._what,
+                AGENT_CANCEL_GRACE,
+            )
+            reader.add_done_callback(_retrieve)
+        elif not reader.cancelled() and reader.exception() is not None:
+            log.debug("the agent answering %s failed while stopping", self._what)
 
     @property
     def _what(self) -> str:

@@ -16,7 +16,7 @@ from imrobots.models import Target
 from imrobots.platform import CardRef
 from imrobots.robot import Robot
 from imrobots.runtime import RobotRuntime
-from imrobots.streaming import AnswerStatus, StreamPolicy
+from imrobots.streaming import AGENT_CANCEL_GRACE, AnswerStatus, StreamPolicy
 
 from .conftest import FAST, AgentRobot, Factory, Recorder, answer_cards, eventually, words
 
@@ -85,6 +85,64 @@ async def test_agent_hanging_past_its_timeout_ends_in_an_error_card(
     [(_, result)] = hooks.finished
     assert result.status is AnswerStatus.ERROR
     assert isinstance(result.error, TimeoutError)
+
+
+def _stubborn_agent(cancels: list[str]) -> object:
+    """An agent that swallows its first cancellation and goes on streaming (for 30 s); a
+    second one (the test's teardown) stops it."""
+
+    async def agent(request: AgentRequest) -> AsyncIterator[str]:
+        for i in range(300):
+            try:
+                await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                if cancels:
+                    raise
+                cancels.append(f"ignored at {i}")
+            yield f"w{i} "
+
+    return agent
+
+
+async def test_agent_ignoring_its_cancellation_past_its_timeout_still_ends_in_an_error_card(
+    make_runtime: Factory,
+) -> None:
+    cancels: list[str] = []
+    hooks = Recorder()
+    platform, runtime = await make_runtime(
+        agent=_stubborn_agent(cancels), hooks=hooks, stream=StreamPolicy(agent_timeout=0.3), **FAST
+    )
+    started = time.monotonic()
+    message = await platform.say("question")
+    await runtime.wait_idle(timeout=10)
+    assert time.monotonic() - started < 0.3 + AGENT_CANCEL_GRACE + 1.5  # not its 30 s
+    assert cancels  # it was cancelled, and ignored it
+    [card] = answer_cards(platform, message)
+    assert card.status is CardStatus.ERROR
+    assert card.text.startswith("w0 ")
+    assert any("too long" in note for note in _notes(card.current))
+    [(_, result)] = hooks.finished
+    assert result.status is AnswerStatus.ERROR and isinstance(result.error, TimeoutError)
+
+
+async def test_agent_ignoring_its_cancellation_is_let_go_when_the_handler_is_cut(
+    make_runtime: Factory,
+) -> None:
+    cancels: list[str] = []
+    platform, runtime = await make_runtime(
+        agent=_stubborn_agent(cancels),
+        stream=StreamPolicy(agent_timeout=None),
+        handler_timeout=0.3,
+        **FAST,
+    )
+    started = time.monotonic()
+    message = await platform.say("question")
+    await runtime.wait_idle(timeout=10)
+    assert time.monotonic() - started < 0.3 + AGENT_CANCEL_GRACE + 1.5
+    assert cancels
+    [card] = answer_cards(platform, message)
+    assert card.status is CardStatus.INTERRUPTED
+    assert runtime.stats.handler_timeouts == 1
 
 
 async def test_sync_agent_hanging_past_its_timeout_ends_in_an_error_card(
