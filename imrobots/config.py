@@ -484,6 +484,9 @@ def _from_seed_json(data: dict[str, Any], problems: _Collector) -> dict[str, Any
     agent = data.get("agent", "demo")
     if not isinstance(agent, str):
         problems.add("agent", "expected str")
+    for key in ("name", "platform"):
+        if key in data and (not isinstance(data[key], str) or not data[key]):
+            problems.add(key, "expected a non-empty string")
     platform = data.get("platform")
     if platform is None:
         # the seed's file names no platform: the one whose plugin claims such files

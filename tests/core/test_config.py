@@ -235,6 +235,19 @@ def test_seed_config_json_requires_credentials(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.parametrize("key", ["name", "platform"])
+@pytest.mark.parametrize("value", ["", 5, None])
+def test_seed_config_json_names_are_non_empty_strings(
+    tmp_path: Path, key: str, value: object
+) -> None:
+    seed = {"agent": "demo", "clientId": "x", "clientSecret": "y", key: value}
+    path = write(tmp_path, json.dumps(seed), "config.json")
+    with pytest.raises(ConfigProblems) as info:
+        load_config(path)
+    assert f"{key}: expected a non-empty string" in str(info.value)
+    assert "robots." not in str(info.value)  # named as in the file, not as converted
+
+
 def test_check_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manager: PluginManager
 ) -> None:
