@@ -88,23 +88,25 @@ def find_lone_surrogate(value: Any) -> str | None:
     the parsed JSON ``value`` that holds a lone surrogate, or ``None`` when there is none.
     Iterative: as deep as the parser took."""
     stack: list[tuple[Any, str]] = [(value, "")]
-    while stack:
+    while stack:  # depth first, in document order: children pushed last first
         item, path = stack.pop()
         if isinstance(item, str):
             if not valid_text(item):
                 return path
         elif isinstance(item, dict):
+            children: list[tuple[Any, str]] = []
             for key, child in item.items():
                 inner = f"{path}.{escape_surrogates(key)}" if path else escape_surrogates(key)
                 if isinstance(key, str) and not valid_text(key):
-                    return inner
-                stack.append((child, inner))
+                    children.append((key, inner))  # the key itself: found when popped
+                children.append((child, inner))
+            stack.extend(reversed(children))
         elif isinstance(item, list):
-            stack.extend((child, f"{path}[{index}]") for index, child in enumerate(item))
+            stack.extend((item[i], f"{path}[{i}]") for i in range(len(item) - 1, -1, -1))
     return None
 
 
-def may_hold_lone_surrogate(text: str | bytes) -> bool:
+def may_hold_lone_surrogate(text: JsonText) -> bool:
     """Whether JSON ``text`` may parse into a lone surrogate: it has a ``\\u`` escape, NUL
     bytes (UTF-16 or UTF-32, which :func:`json.loads` also reads), or is not valid UTF-8
     (a surrogate encoded raw, which json decodes). A cheap over-estimate (a few
@@ -112,6 +114,8 @@ def may_hold_lone_surrogate(text: str | bytes) -> bool:
     :func:`find_lone_surrogate`."""
     if isinstance(text, str):
         return "\\u" in text or not (text.isascii() or valid_text(text))
+    if isinstance(text, bytearray | memoryview):
+        text = bytes(text)
     if b"\\u" in text or b"\x00" in text:
         return True
     if text.isascii():
@@ -231,14 +235,14 @@ def _read(text: JsonText, where: str) -> tuple[Any, bool]:
 
 def parse(text: JsonText, *, where: str = "data") -> Any:
     """The value :func:`json.loads` makes of ``text`` (lone surrogates kept as they are;
-    :func:`loads` cleans them), parsed by orjson when it can. Raises :class:`MalformedJson`
+    ``load_json`` cleans them), parsed by orjson when it can. Raises :class:`MalformedJson`
     for text that is not JSON or is nested too deep for the parser. ``where`` names the
     text in the error's message."""
     return _read(text, where)[0]
 
 
 def parse_strict(text: JsonText, *, where: str = "data") -> Any:
-    """:func:`parse`, refusing a lone surrogate anywhere in the value (in a string or a
+    """``parse_json``, refusing a lone surrogate anywhere in the value (in a string or a
     key): JSON from a peer that must send text it can carry (an emulator reading its
     client). Raises :class:`LoneSurrogate` for one, :class:`MalformedJson` (both are
     ``ValueError``) for text that is not JSON or is nested too deep."""
@@ -251,7 +255,8 @@ def parse_strict(text: JsonText, *, where: str = "data") -> Any:
 
 
 def loads(text: JsonText, ids: Collection[str] = (), *, where: str = "data") -> Any:
-    """Parse JSON ``text`` from a platform and :func:`clean` it. Raises
+    """Parse JSON ``text`` from a platform, each lone surrogate in a string (keys
+    included) replaced by U+FFFD. Raises
     :class:`MalformedJson` for text that is not JSON, nested too deep for the parser, or
     with a lone surrogate in an id field (``ids``). ``where`` names the text in the
     error's message (``"data"``, ``"data.msgId"``)."""

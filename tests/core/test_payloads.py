@@ -205,3 +205,15 @@ def test_one_id_field_given_as_a_str_is_that_name_not_its_letters() -> None:
     # "m" is one letter of "msgId": matched as a substring before, so refused
     assert load_json(text, "msgId2") == {"msgId": "m\ufffd", "m": "x\ufffd"}
     assert escape_surrogates("a\ud800") == "a\\ud800"
+
+
+def test_the_first_lone_surrogate_is_named_in_document_order() -> None:
+    assert find_lone_surrogate({"msgId": "\ud800", "text": "\udc00"}) == "msgId"
+    assert find_lone_surrogate(["ok", "\ud800", "\udc00"]) == "[1]"
+    assert find_lone_surrogate({"a": {"x": "\ud800"}, "b\ud800": 1}) == "a.x"
+    assert find_lone_surrogate({"a": 1, "b\ud800": {"c": "\ud800"}}) == "b\\ud800"
+    with pytest.raises(LoneSurrogate, match="in msgId"):
+        parse_json_strict(b'{"msgId": "\\ud800", "text": "\\udc00"}')
+    for buffer in (bytearray(b'{"a": "\\ud800"}'), memoryview(b'{"a": "\\ud800"}')):
+        assert may_hold_lone_surrogate(buffer)
+    assert not may_hold_lone_surrogate(memoryview(b'{"a": [1, 2]}'))
