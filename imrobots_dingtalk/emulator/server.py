@@ -115,11 +115,16 @@ async def _read_json(request: web.Request) -> tuple[bytes, Any, bool, LoneSurrog
         return raw, None, False, None
     try:
         return raw, parse_json_strict(raw, where="body"), True, None
-    except LoneSurrogate as exc:
-        logger.warning("refused %s %s: %s", request.method, request.path, exc)
+    except LoneSurrogate as exc:  # logged where it is the answer (_refusing)
         return raw, load_json(raw), False, exc
     except ValueError:
         return raw, raw.decode("utf-8", errors="replace")[:2000], False, None
+
+
+def _refusing(request: web.Request, refused: LoneSurrogate) -> LoneSurrogate:
+    """Log that ``request`` is refused for its lone surrogate (its answer says so)."""
+    logger.warning("refused %s %s: %s", request.method, request.path, refused)
+    return refused
 
 
 class _Surface:
@@ -240,7 +245,7 @@ class _Surface:
         result: dict[str, Any] | ApiError
         try:
             if refused is not None:
-                raise errors.lone_surrogate(refused)
+                raise errors.lone_surrogate(_refusing(request, refused))
             if not ok or not isinstance(body, dict):
                 raise errors.missing_body()
             raw_id = body.get("clientId")
@@ -338,7 +343,7 @@ class _Surface:
         result: dict[str, Any] | ApiError
         try:
             if refused is not None:
-                raise errors.lone_surrogate(refused)
+                raise errors.lone_surrogate(_refusing(request, refused))
             if not ok or not isinstance(body, dict):
                 raise errors.missing_body()
             key = body.get("appKey")
@@ -395,7 +400,7 @@ class _Surface:
                 if fault is not None:
                     raise fault
                 if refused is not None:
-                    raise errors.lone_surrogate(refused)
+                    raise errors.lone_surrogate(_refusing(request, refused))
                 if not ok or not isinstance(body, dict):
                     raise errors.missing_body()
                 ctx = OpenApiContext(
@@ -512,7 +517,7 @@ class _Surface:
         if session is None or session.expires_at <= time.monotonic():
             result = errors.WEBHOOK_SESSION_EXPIRED
         elif refused is not None:
-            result = errors.webhook_lone_surrogate(refused)
+            result = errors.webhook_lone_surrogate(_refusing(request, refused))
         elif not ok or not isinstance(body, dict) or not _valid_webhook_body(body):
             result = errors.WEBHOOK_BAD_BODY
         else:
@@ -767,7 +772,7 @@ class _Control:
     async def _body(request: web.Request) -> Any:
         _, body, ok, refused = await _read_json(request)
         if refused is not None:
-            raise _BadRequest(str(refused))
+            raise _BadRequest(str(_refusing(request, refused)))
         if body is not None and not ok:
             raise _BadRequest("the body is not valid JSON")
         return body
