@@ -277,6 +277,17 @@ def sdk_command(url: str) -> list[str]:
 # --------------------------------------------------------------------------- measuring
 
 
+def _rows(text: str) -> set[int]:
+    """``--rows``: "1,4" -> {1, 4}; anything else is a usage error naming the rows."""
+    try:
+        rows = {int(part) for part in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give row numbers 1-9, e.g. 1,4") from None
+    if not rows <= set(range(1, 10)):
+        raise argparse.ArgumentTypeError(f"{text!r}: the rows are numbered 1-9")
+    return rows
+
+
 def emulator(qps: int) -> Any:
     from imrobots_dingtalk.emulator import DingTalkEmulator
 
@@ -479,7 +490,7 @@ def spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     runs = 1 if args.quick else 3
-    rows = {int(r) for r in args.rows.split(",")} if args.rows else set(range(1, 10))
+    rows = args.rows or set(range(1, 10))
     n1 = 300 if args.quick else 1000
     n2 = 600 if args.quick else 2000
     table: list[tuple[str, str, str, str]] = []
@@ -626,7 +637,11 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one run per figure, lighter loads")
-    parser.add_argument("--rows", help="comma-separated row numbers (default: all)")
+    parser.add_argument(
+        "--rows",
+        type=_rows,
+        help="comma-separated row numbers 1-9, as the module docstring numbers them (default: all)",
+    )
     parser.add_argument(
         "--card-mode",
         choices=("standard", "ai"),

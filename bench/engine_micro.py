@@ -508,7 +508,10 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--part", choices=("intake", "answers", "calls", "http", "call", "all"), default="all"
+        "--part",
+        choices=("intake", "answers", "calls", "http", "call", "all"),
+        default="all",
+        help="what to measure (default: all of them; the module docstring says what each is)",
     )
     parser.add_argument("--messages", type=int, default=2000, help="pushes per intake batch")
     parser.add_argument("--repeats", type=int, default=5, help="intake batches (best taken)")
