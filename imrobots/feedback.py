@@ -76,6 +76,25 @@ _RATINGS_JSON = tuple((rating, _json_string(rating.value)) for rating in Feedbac
 """Each rating with its value as a JSON string."""
 
 
+def _around_rating(
+    robot: str, message_id: str, conversation: str | None, user: str | None, card: str | None
+) -> tuple[str, str] | None:
+    """A token's JSON before and after its rating's value: what
+    ``json.dumps(fields, separators=(",", ":"), ensure_ascii=False)`` writes for the fields
+    ``r``, ``m``, ``t``, then ``c``, ``u``, ``k`` when given, without setting up an encoder
+    (four buttons for every answer). ``None`` when a field is not a ``str`` (json's path)."""
+    named = (robot, message_id, conversation, user, card)
+    if not all(type(value) is str for value in named if value is not None):
+        return None
+    head = f'{{"r":{_json_string(robot)},"m":{_json_string(message_id)},"t":'
+    tail = "".join(
+        f',"{key}":{_json_string(value)}'
+        for key, value in (("c", conversation), ("u", user), ("k", card))
+        if value is not None
+    )
+    return head, tail + "}"
+
+
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -138,8 +157,18 @@ class FeedbackSigner:
         mac.update(payload.encode("ascii"))
         return _b64(mac.digest()[:16])
 
+    def _value(self, body: str) -> str:
+        """The signed value of a token's JSON ``body``."""
+        payload = _b64(body.encode("utf-8"))
+        return f"{_PREFIX}.{payload}.{self._mac(payload)}"
+
     def sign(self, token: FeedbackToken) -> str:
-        fields: dict[str, str] = {
+        parts = _around_rating(
+            token.robot, token.message_id, token.conversation, token.user, token.card
+        )
+        if parts is not None:
+            return self._value(parts[0] + _json_string(token.rating.value) + parts[1])
+        fields: dict[str, object] = {
             "r": token.robot,
             "m": token.message_id,
             "t": token.rating.value,
@@ -147,14 +176,7 @@ class FeedbackSigner:
         for key, value in (("c", token.conversation), ("u", token.user), ("k", token.card)):
             if value is not None:
                 fields[key] = value
-        if all(type(value) is str for value in fields.values()):
-            # what json.dumps(fields, separators=(",", ":"), ensure_ascii=False) writes,
-            # without setting up an encoder (four buttons for every answer)
-            body = "{" + ",".join(f'"{k}":{_json_string(v)}' for k, v in fields.items()) + "}"
-        else:
-            body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
-        payload = _b64(body.encode("utf-8"))
-        return f"{_PREFIX}.{payload}.{self._mac(payload)}"
+        return self._value(json.dumps(fields, separators=(",", ":"), ensure_ascii=False))
 
     def values(
         self,
@@ -169,8 +191,8 @@ class FeedbackSigner:
         ``conversation`` (and ``user`` in a direct chat) and ``card``: for each rating,
         what :meth:`sign` gives for the :class:`FeedbackToken` of these fields, the JSON
         around the rating written once (every answer has four buttons)."""
-        named = (robot, message_id, conversation, user, card)
-        if not all(type(value) is str for value in named if value is not None):
+        parts = _around_rating(robot, message_id, conversation, user, card)
+        if parts is None:
             return {
                 rating: self.sign(
                     FeedbackToken(
@@ -184,19 +206,8 @@ class FeedbackSigner:
                 )
                 for rating in FeedbackRating
             }
-        # sign()'s JSON, field by field in its order: r, m, t, then c, u, k when given
-        head = f'{{"r":{_json_string(robot)},"m":{_json_string(message_id)},"t":'
-        tail = "".join(
-            f',"{key}":{_json_string(value)}'
-            for key, value in (("c", conversation), ("u", user), ("k", card))
-            if value is not None
-        )
-        tail += "}"
-        values: dict[FeedbackRating, str] = {}
-        for rating, encoded in _RATINGS_JSON:
-            payload = _b64((head + encoded + tail).encode("utf-8"))
-            values[rating] = f"{_PREFIX}.{payload}.{self._mac(payload)}"
-        return values
+        head, tail = parts
+        return {rating: self._value(head + encoded + tail) for rating, encoded in _RATINGS_JSON}
 
     @staticmethod
     def looks_like_feedback(value: str) -> bool:
