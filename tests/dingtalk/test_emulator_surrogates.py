@@ -19,24 +19,20 @@ import pytest
 import pytest_asyncio
 
 from imrobots_dingtalk.emulator import DingTalkEmulator
+from tests.surrogates import FINE, LONE
+from tests.surrogates import escaped as escaped_text
 
 pytestmark = pytest.mark.asyncio
 
 APP = "dingsurrogates"
 SECRET = "surrogate-secret"
 TOKEN_HEADER = "x-acs-dingtalk-access-token"
-LONE = "a\ud800b"
-FINE = "fine 好 \U0001f642"
-"""Text UTF-8 carries; json.dumps escapes it as ``\\u597d`` and the surrogate *pair*
-``\\ud83d\\ude42``, which must not be taken for a lone surrogate."""
 SPACE = "dtv1.card//IM_GROUP.cidGroup=="
 
 
 def escaped(value: Any) -> bytes:
-    """``value`` as JSON text, each lone surrogate written as its escape (as on the wire)."""
-    text = json.dumps(value)  # ensure_ascii: "\ud800" travels as the six characters \ud800
-    assert "\\ud" in text
-    return text.encode()
+    """``value`` as JSON text in UTF-8, each lone surrogate written as its escape."""
+    return escaped_text(value).encode()
 
 
 @pytest_asyncio.fixture

@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from imrobots_wecom.emulator import WeComEmulator
+from tests.surrogates import FINE, LONE, escaped
 
 pytestmark = pytest.mark.asyncio
 
@@ -28,19 +29,8 @@ SECRET = "surrogate-secret"
 CORP = "ww-surrogates"
 CORP_SECRET = "corp-secret"
 AGENT = 1000002
-LONE = "a\ud800b"
-FINE = "fine 好 \U0001f642"
-"""Text UTF-8 carries; json.dumps escapes it as ``\\u597d`` and the surrogate *pair*
-``\\ud83d\\ude42``, which must not be taken for a lone surrogate."""
 LOGGER = "imrobots.wecom.emulator"
 BAD_PARAMETER = 40058
-
-
-def escaped(value: Any) -> str:
-    """``value`` as JSON text, each lone surrogate written as its escape (as on the wire)."""
-    text = json.dumps(value)  # ensure_ascii: "\ud800" travels as the six characters \ud800
-    assert "\\ud" in text
-    return text
 
 
 @pytest_asyncio.fixture
