@@ -13,7 +13,6 @@ import hashlib
 import json
 import random
 import time
-import uuid
 from typing import Any
 
 from .state import ConversationType, EmulatedApp
@@ -44,7 +43,15 @@ def _digest(*parts: str) -> bytes:
 
 
 def new_uuid(rng: random.Random) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    """A version-4 UUID from ``rng``'s next 128 bits: ``str(uuid.UUID(int=bits,
+    version=4))``, written without the UUID object (one per OpenAPI answer)."""
+    bits = rng.getrandbits(128) & _NOT_VERSION | _VERSION_4
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NOT_VERSION = ~(0xC000 << 48) & ~(0xF000 << 64)
+_VERSION_4 = (0x8000 << 48) | (4 << 76)
 
 
 def new_request_id(rng: random.Random) -> str:

@@ -872,3 +872,42 @@ async def test_event_push_redelivered_until_success(http: aiohttp.ClientSession)
         await emulator.wait_for(lambda: pending.ack.status == "SUCCESS")
         assert pending.ack.later_count == 1 and pending.ack.deliveries == 2
         await ws.close()
+
+
+def test_request_ids_are_version_4_uuids_drawn_from_the_seed() -> None:
+    """The emulator writes its ids without a UUID object: the same text as
+    ``str(uuid.UUID(int=bits, version=4))`` for the seed's bits, upper-cased for an
+    ``x-acs-request-id``; card copies are deep copies of the JSON."""
+    import random
+    import uuid
+
+    from imrobots_dingtalk.emulator import frames
+    from imrobots_dingtalk.emulator.openapi import _copy_json
+
+    ours, theirs = random.Random(7), random.Random(7)
+    for _ in range(2000):
+        expected = str(uuid.UUID(int=theirs.getrandbits(128), version=4))
+        assert frames.new_uuid(ours) == expected
+    assert frames.new_request_id(random.Random(7)) == str(
+        uuid.UUID(int=random.Random(7).getrandbits(128), version=4)
+    ).upper()
+
+    content: dict[str, Any] = {"a": [{"b": "c"}, 1, 2.5, None], "d": {"e": [True]}}
+    copied = _copy_json(content)
+    assert copied == content
+    copied["a"][0]["b"] = "changed"
+    copied["d"]["e"].append(False)
+    assert content == {"a": [{"b": "c"}, 1, 2.5, None], "d": {"e": [True]}}
+
+
+async def test_openapi_answers_are_compact_utf8_json(emu: DingTalkEmulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{emu.base_url}/v1.0/oauth2/accessToken",
+            json={"appKey": "nobody", "appSecret": "wrong"},
+        ) as response:
+            assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+            assert response.headers["x-acs-request-id"]
+            text = await response.text()
+    assert json.loads(text)["code"]
+    assert ", " not in text and '": ' not in text
