@@ -61,6 +61,8 @@ class _Layout:
     parts: tuple[tuple[Scope | None, str, tuple[tuple[str, int, float], ...]], ...]
     """Per window group: its narrow scope (``None``: a wide one, whose key is complete),
     its key (a prefix, for a narrow scope) and its windows' (suffix, limit, seconds)."""
+    limits: tuple[RateLimit, ...]
+    """The limit of each of :attr:`parts` (for :meth:`RateLimiter._applicable`)."""
     times: int
     """Calls the operation makes (each counted in every window)."""
     fixed: _Plan | None
@@ -242,37 +244,48 @@ class RateLimiter:
         return (names,) if isinstance(names, str) else names
 
     def _applicable(self, scope: CallScope) -> list[tuple[RateLimit, str]]:
+        """The limits counting one call, each with its window group's key, in the order
+        :meth:`_plan` lists their windows and as often (read from the same :meth:`_layout`;
+        for :meth:`carries` and :meth:`backoff`, off the hot path)."""
+        layout = self._layout(scope.op)
         found: list[tuple[RateLimit, str]] = []
-        for limit, prefix in self._per_op(scope.op):
-            if limit.scope is Scope.API:
-                found.extend((limit, prefix + api) for api in self._apis(scope.op))
-                continue
-            ident = scope.ident(limit.scope)
-            if ident is not None:
-                found.append((limit, prefix + ident))
+        for limit, (kind, key, _) in zip(layout.limits, layout.parts, strict=True):
+            if kind is not None:
+                ident = scope.ident(kind)
+                if ident is None:
+                    continue
+                key += ident
+            found.append((limit, key))
         # an operation making n calls takes n slots of each window (the store reserves a
         # window listed n times n times, at once)
-        return found * max(1, self.op_calls.get(scope.op, 1))
+        return found * layout.times
 
     def _layout(self, op: Op) -> _Layout:
-        """What :meth:`_plan` needs for ``op``, cached (the limits, API names and call counts
-        do not change between calls; :meth:`use_capabilities` clears it): the windows of
-        every wide scope, complete; per narrow scope, its key prefix and window shapes."""
+        """The one description of the windows counting ``op``, which :meth:`_plan` (the hot
+        path) and :meth:`_applicable` both read; cached (the limits, API names and call
+        counts do not change between calls; :meth:`use_capabilities` clears it): the
+        windows of every wide scope, complete; per narrow scope, its key prefix and window
+        shapes; and each group's limit."""
         layout = self._layouts.get(op)
         if layout is not None:
             return layout
         parts: list[tuple[Scope | None, str, tuple[tuple[str, int, float], ...]]] = []
+        limits: list[RateLimit] = []
         for limit, prefix in self._per_op(op):
             shapes = tuple(
                 (suffix[len(_MARK) :], allowed, window)
                 for suffix, allowed, window in self._windows(limit, _MARK)
             )
-            if limit.scope is Scope.API:
-                parts.extend((None, prefix + api, shapes) for api in self._apis(op))
+            if limit.scope is Scope.API:  # a window per API the operation calls
+                for api in self._apis(op):
+                    parts.append((None, prefix + api, shapes))
+                    limits.append(limit)
             elif limit.scope is Scope.APP:
                 parts.append((None, prefix + "app", shapes))
-            else:
+                limits.append(limit)
+            else:  # keyed per call by its conversation, card or member
                 parts.append((limit.scope, prefix, shapes))
+                limits.append(limit)
         times = max(1, self.op_calls.get(op, 1))
         if all(scope is None for scope, _, _ in parts):
             windows = (
@@ -286,14 +299,16 @@ class RateLimiter:
             fixed: _Plan | None = ((), windows, tuple(dict.fromkeys(windows)))
         else:
             fixed = None
-        layout = self._layouts[op] = _Layout(parts=tuple(parts), times=times, fixed=fixed)
+        layout = self._layouts[op] = _Layout(
+            parts=tuple(parts), limits=tuple(limits), times=times, fixed=fixed
+        )
         return layout
 
     def _plan(self, scope: CallScope) -> _Plan:
         """The windows of one call: its narrow ones (waited for first), all of them in the
         order :meth:`_applicable` lists them (each operation's call counted as often as it
-        makes calls), and those distinct. The same as building them from
-        :meth:`_applicable` and :meth:`_windows`, without doing so on every call."""
+        makes calls), and those distinct: :meth:`_windows` of each of :meth:`_applicable`,
+        expanded from the cached :meth:`_layout` instead of built on every call."""
         layout = self._layout(scope.op)
         if layout.fixed is not None:
             return layout.fixed

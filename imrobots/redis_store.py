@@ -4,7 +4,9 @@ Every operation that reads and then writes is one Lua script, which Redis runs
 atomically: no other command of any client runs between its steps. Expiry
 (dedupe marks, locks, records, history) is Redis's own key expiry, and the
 rate-limit windows read the server's clock (``TIME``) inside their scripts, so
-every replica works on one clock whatever its host's clock says.
+every replica works on one clock whatever its host's clock says. Reads of several
+windows at once (:meth:`RedisStore.room_in_all`, which the rate limiter asks on every
+wait) are one script too: one round trip, whatever the number of windows.
 
 Needs the ``redis`` extra (``pip install "imrobots[redis]"``) and Redis 5.0 or
 later, a single server (or a primary with replicas behind Sentinel), not Redis
@@ -227,6 +229,27 @@ _ROOM_IN: Final = (
     + _EARLIEST
     + """
 return earliest(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), now) - now
+"""
+)
+
+_ROOM_IN_ALL: Final = (
+    """
+-- KEYS: per window, its grant list and its penalty. ARGV: per window, limit and window (µs).
+-- Returns the µs from now until every window has room for one call, reserving nothing: the
+-- longest of room_in's answers for each window (at one server TIME); a window listed more
+-- than once is asked once per listing, as room_in would be.
+"""
+    + _EARLIEST
+    + """
+local at = now
+for i = 1, #KEYS / 2 do
+  local e = earliest(KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[2 * i - 1]),
+    tonumber(ARGV[2 * i]), now)
+  if e > at then
+    at = e
+  end
+end
+return at - now
 """
 )
 
@@ -454,6 +477,7 @@ class RedisStore(Store):
         self._release_lock = register(_RELEASE_LOCK)
         self._reserve_all = register(_RESERVE_ALL)
         self._room_in = register(_ROOM_IN)
+        self._room_in_all = register(_ROOM_IN_ALL)
         self._penalize = register(_PENALIZE)
         self._add_feedback = register(_ADD_FEEDBACK)
         self._append_history = register(_APPEND_HISTORY)
@@ -570,6 +594,23 @@ class RedisStore(Store):
             [self._key("window:", key), self._key("window-block:", key)],
             [limit, round(window * 1_000_000)],
         )
+        return int(micros) / 1_000_000
+
+    async def room_in_all(self, windows: Sequence[tuple[str, int, float]]) -> float:
+        """Seconds until every one of ``windows`` (``(key, limit, window seconds)``) has
+        room for one call (``0.0``: now), reserving nothing (see :meth:`Store.room_in_all`):
+        one script over all their keys, so one round trip to the server, answering what
+        :meth:`room_in` of each would (the longest of them), all at one server time. No
+        windows: ``0.0`` without asking the server. Raises :class:`StoreUnavailable` as
+        every operation does."""
+        if not windows:
+            return 0.0
+        keys: list[str] = []
+        args: list[str | int] = []
+        for key, limit, window in windows:
+            keys += [self._key("window:", key), self._key("window-block:", key)]
+            args += [limit, round(window * 1_000_000)]
+        micros = await self._script("room_in_all", self._room_in_all, keys, args)
         return int(micros) / 1_000_000
 
     async def penalize(self, key: str, *, seconds: float) -> None:

@@ -147,7 +147,8 @@ class Store(abc.ABC):
     async def room_in_all(self, windows: Sequence[tuple[str, int, float]]) -> float:
         """Seconds until every one of ``windows`` (``(key, limit, window seconds)``) has
         room for one call (``0.0``: now): the longest :meth:`room_in` of them, reserving
-        nothing. A store may answer it in one step (the in-memory store does)."""
+        nothing. A store may answer it in one step (the in-memory store does, and the Redis
+        store in one script: one round trip); this one asks :meth:`room_in` per window."""
         longest = 0.0
         for key, limit, window in windows:
             room = await self.room_in(key, limit=limit, window=window)

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,7 +20,15 @@ from imrobots.app import build_store
 from imrobots.config import load_config
 from imrobots.errors import ConfigError
 from imrobots.models import Feedback, FeedbackRating, Sender
-from imrobots.store import ClaimResult, Fence, LockLost, MemoryStore, StoreUnavailable, Turn
+from imrobots.store import (
+    ClaimResult,
+    Fence,
+    LockLost,
+    MemoryStore,
+    Store,
+    StoreUnavailable,
+    Turn,
+)
 
 pytest.importorskip("redis.asyncio", reason='the redis package is not installed: "imrobots[redis]"')
 
@@ -373,3 +381,98 @@ async def test_turn_queues_order_by_send_time_and_a_taken_turn_holds(
     assert first.shared and not MemoryStore.shared
     with pytest.raises(NotImplementedError):
         await MemoryStore().take_turn("chat", "m", 1.0, ttl=60)
+
+
+async def _scripts_run(client: aioredis.Redis) -> int:
+    """Scripts the server ran so far (``EVALSHA`` and ``EVAL`` in ``INFO commandstats``;
+    the commands a script calls are counted there too, so only these tell calls apart)."""
+    stats = await client.info("commandstats")
+    return sum(
+        int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval")
+    )
+
+
+async def test_room_in_all_is_one_script_that_answers_as_room_in_of_each_window(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """The Redis store answers room_in_all in one round trip (one script over every
+    window's keys) with what the base class's room_in per window answers: the longest
+    wait, one call's room in each (a window listed twice is not asked for two calls, as
+    reserve_all would), and drops grants that have left their windows as room_in does."""
+    store = RedisStore(redis_server.url, prefix=prefix)
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        minute = 60.0
+        await store.reserve("partly", limit=3, window=minute)  # 1 of 3: room now
+        await store.reserve_all((("full", 2, minute), ("full", 2, minute)))  # room in 60 s
+        # "ahead": one grant now, one reserved a minute ahead: room in 120 s
+        await store.reserve("ahead", limit=1, window=minute)
+        assert await store.reserve("ahead", limit=1, window=minute) > minute - 1  # ahead
+        await store.penalize("blocked", seconds=30.0)  # room in 30 s, no grant
+        # grants that left their window long ago, and one 20 s ago: the window's room is in
+        # 40 s; the stale ones are dropped by whoever reads the window first. Each twice
+        # over, for the one script and for room_in per window to find them
+        seconds, micros = await client.time()
+        now = seconds * 1_000_000 + micros
+        stale = [str(now - 300_000_000), str(now - 200_000_000), str(now - 20_000_000)]
+        for twin in ("", "-twin"):
+            await client.rpush(f"{prefix}window:stale{twin}", *stale)
+            await client.rpush(f"{prefix}window:gone{twin}", stale[0])
+        cases: list[tuple[tuple[str, int, float], ...]] = [
+            (),
+            (("empty", 2, minute),),
+            (("empty", 2, minute), ("partly", 3, minute)),
+            (("partly", 3, minute),) * 3,  # room for one call, asked three times: now
+            (("partly", 1, minute), ("partly", 3, minute)),  # per listing's limit: 60 s
+            (("partly", 3, minute), ("full", 2, minute)),
+            (("full", 2, minute), ("empty", 2, minute), ("ahead", 1, minute)),
+            (("blocked", 5, minute), ("partly", 3, minute)),
+            (("gone", 1, minute), ("empty", 1, minute)),
+            (("stale", 1, minute), ("partly", 3, minute)),
+            (("full", 2, minute), ("blocked", 5, minute), ("stale", 1, minute)),
+        ]
+        expected = [0.0, 0.0, 0.0, 0.0, 60.0, 60.0, 120.0, 30.0, 0.0, 40.0, 60.0]
+        sent: list[str] = []  # the commands the store's client sends: one round trip each
+        execute = store._redis.execute_command
+
+        async def counted(*args: Any, **options: Any) -> Any:
+            sent.append(str(args[0]))
+            return await execute(*args, **options)
+
+        store._redis.execute_command = counted  # type: ignore[method-assign]
+        # connected, and both scripts loaded (a script's first run may load it: 3 commands)
+        assert await store.room_in_all(cases[1]) == 0.0
+        assert await store.room_in("empty", limit=2, window=minute) == 0.0
+        sent.clear()
+        before = await _scripts_run(client)
+        one = await store.room_in_all(
+            (("stale", 1, minute), ("partly", 3, minute), ("gone", 1, minute))
+        )
+        assert sent == ["EVALSHA"]  # one round trip for three windows
+        assert await _scripts_run(client) - before == 1  # and the server ran one script
+        sent.clear()
+        before = await _scripts_run(client)
+        each = await Store.room_in_all(  # the base class: room_in per window
+            store, (("stale-twin", 1, minute), ("partly", 3, minute), ("gone-twin", 1, minute))
+        )
+        assert sent == ["EVALSHA"] * 3
+        assert await _scripts_run(client) - before == 3
+        assert one == pytest.approx(each, abs=0.5) and one == pytest.approx(40.0, abs=0.5)
+        for twin in ("", "-twin"):  # both dropped the grants that left the window
+            assert await client.lrange(f"{prefix}window:stale{twin}", 0, -1) == stale[2:]
+            assert await client.llen(f"{prefix}window:gone{twin}") == 0
+        for windows, wait in zip(cases, expected, strict=True):
+            one = await store.room_in_all(windows)
+            each = await Store.room_in_all(store, windows)
+            assert one == pytest.approx(wait, abs=0.5), windows
+            assert one == pytest.approx(each, abs=0.5), windows
+            assert (one == 0.0) == (each == 0.0), windows
+        sent.clear()
+        assert await store.room_in_all(()) == 0.0  # nothing to ask: no round trip
+        assert sent == []
+        # nothing was reserved by any of it
+        assert await client.llen(prefix + "window:partly") == 1
+        assert await client.llen(prefix + "window:empty") == 0
+    finally:
+        await store.close()
+        await client.aclose()

@@ -328,8 +328,9 @@ async def test_an_operation_making_two_calls_takes_two_slots_in_each_of_its_wind
 def _windows_built_per_call(
     limiter: RateLimiter, scope: CallScope
 ) -> tuple[list[tuple[str, int, float]], list[tuple[str, int, float]]]:
-    """A call's narrow windows and all its windows, built from the limits as acquire()
-    built them on every call before the plan was cached."""
+    """A call's narrow windows and all its windows, built by ``_windows`` from each limit and
+    key ``_applicable`` lists (as acquire() built them on every call before the plan was
+    cached): not from the window shapes the plan expands."""
     applicable = limiter._applicable(scope)
     narrow = [
         w
@@ -342,8 +343,11 @@ def _windows_built_per_call(
 
 def test_the_cached_plan_of_a_call_lists_the_windows_acquire_built_per_call() -> None:
     """acquire() takes each call's windows from a plan cached per operation; it must list
-    the same windows, in the same order and as often, as building them from the limits
-    does, for every scope and operation, after the platform switches APIs too."""
+    the same windows, in the same order and as often, as ``_windows`` builds from the
+    limits and keys ``_applicable`` lists (which carries() and backoff() use), for every
+    scope and operation, after the platform switches APIs too. Both read one layout per
+    operation; this checks the plan's expansion of it (window shapes cut from a marker key,
+    narrow scopes keyed per call, calls repeated) against ``_windows`` itself."""
     limiter = RateLimiter(
         MemoryStore(),
         "t",
