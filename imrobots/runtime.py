@@ -472,7 +472,6 @@ class RobotRuntime:
 
     def _reject(self, message: Message, reason: str) -> None:
         self.stats.rejected += 1
-        self._arrivals.pop(message.id, None)
         log.info("rejected message %s from %s: %s", message.id, message.sender.id, reason)
         self._spawn(self.fire("message_rejected", robot=self.name, message=message, reason=reason))
 
@@ -482,7 +481,7 @@ class RobotRuntime:
         again in ``stats.received``)."""
         if not adopted:
             self.stats.received += 1
-        self._arrivals.setdefault(message.id, time.monotonic())
+        arrived = time.monotonic()
         opts = self.options
         if opts.stale_after is not None:
             age = (datetime.now(UTC) - message.time).total_seconds()
@@ -511,6 +510,7 @@ class RobotRuntime:
             # conversation, for the messages of every replica: each message waits there, its
             # inbox record written at once, so that none is lost with this process.)
             self._accepted += 1
+            self._arrivals.setdefault(message.id, arrived)
             self._spawn(self._process(message)).add_done_callback(self._message_done)
             return
         if lane is None:
@@ -522,12 +522,16 @@ class RobotRuntime:
         if opts.strategy == "debounce":
             for dropped in lane.queue:
                 self._accepted -= 1
+                self._arrivals.pop(dropped.id, None)
                 self._reject(dropped, "superseded by a newer message")
             lane.queue.clear()
         elif len(lane.queue) >= opts.max_queue:
             self._reject(message, "conversation queue is full")
             return
         self._accepted += 1
+        # (Recorded only for an accepted message: a redelivery dropped or refused above
+        # neither leaves an entry nor touches its original's.)
+        self._arrivals.setdefault(message.id, arrived)
         lane.queue.append(message)
         lane.last_arrival = time.monotonic()
         if opts.interrupt and lane.current is not None and not lane.current.done():
