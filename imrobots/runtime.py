@@ -196,6 +196,11 @@ class RuntimeStats:
     """Handlers cut by ``handler_timeout``."""
     unanswered: int = 0
     """Messages whose handler returned without sending anything (not counted answered)."""
+    interrupted: int = 0
+    """Messages whose handling was cut by :meth:`RobotRuntime.stop` (or, with
+    ``interrupt``, by a newer message of the conversation), and those still waiting their
+    turn when the runtime stopped. Once it stopped, ``received + adopted`` is ``answered
+    + failed + unanswered + interrupted + rejected + duplicates``."""
     degraded: int = 0
     """Answers delivered by a lesser means (a text message instead of a card)."""
     recovered: int = 0
@@ -386,7 +391,7 @@ class RobotRuntime:
         s = self.stats
         return (
             f"{s.received} received, {s.answered} answered, {s.failed} failed, "
-            f"{s.unanswered} unanswered, {s.rejected} rejected, "
+            f"{s.unanswered} unanswered, {s.interrupted} interrupted, {s.rejected} rejected, "
             f"{self.platform.connection_status.rejections} inbound requests rejected "
             f"(forged or malformed), {s.duplicates} deduplicated, "
             f"{s.feedback} feedback "
@@ -567,6 +572,8 @@ class RobotRuntime:
                 if self._stopping:
                     return
         finally:
+            if self._stopping:  # the messages still waiting here are never answered
+                self.stats.interrupted += len(lane.queue)
             lane.current = None
             lane.current_message = None
             if not lane.queue and self._lanes.get(key) is lane:
@@ -591,6 +598,9 @@ class RobotRuntime:
                 await self._process_in_turn(message)
             else:
                 await self._answer(message)  # (one coroutine less per message)
+        except asyncio.CancelledError:
+            self.stats.interrupted += 1  # stop(), or a newer message with `interrupt`
+            raise
         except StoreUnavailable as exc:
             self.stats.failed += 1
             log.error(
