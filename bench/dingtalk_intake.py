@@ -75,7 +75,11 @@ def run_sdk_client(url: str) -> None:
     import dingtalk_stream  # type: ignore[import-untyped]
     from dingtalk_stream import AckMessage
 
-    logging.getLogger("dingtalk_stream").setLevel(logging.WARNING)
+    # The SDK sets each of its loggers (dingtalk_stream.client, .handler...) to INFO, with
+    # a stderr handler of its own, whenever it builds a client or handler, so a level set
+    # on them beforehand does not hold, and its INFO lines land amid engine.py's table:
+    # this process logs nothing below WARNING.
+    logging.disable(logging.INFO)
     client_class: Any = dingtalk_stream.DingTalkStreamClient
     client_class.get_host_ip = lambda self: "127.0.0.1"
 

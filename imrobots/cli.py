@@ -484,7 +484,11 @@ def run(
         _fail(exc)
 
 
-async def _demo_conversation(questions: Sequence[str], delay: float) -> None:
+async def _demo_conversation(
+    questions: Sequence[str], delay: float, stop: asyncio.Event | None = None
+) -> bool:
+    """Ask ``questions`` in the terminal; returns whether they were all answered (False:
+    SIGINT or SIGTERM, or ``stop``, stopped the demo first, as Ctrl-C stops the console's)."""
     from .demo_agent import DemoAgent
     from .examples import SupportRobot
     from .memory import MemoryPlatform, MemorySettings
@@ -518,19 +522,18 @@ async def _demo_conversation(questions: Sequence[str], delay: float) -> None:
         before = texts.get(card.id, "")
         texts[card.id] = text
         if str(status) == "streaming" and before and text.startswith(before):
-            click.echo(f"  [{card.id} streaming] ...{text[len(before) :]}".rstrip())
+            # only what the update adds, its further lines indented as the card text is
+            first, *rest = text[len(before) :].split("\n")
+            click.echo(f"  [{card.id} streaming] ...{first}".rstrip())
+            for line in rest:
+                click.echo(f"    {line}".rstrip())
         else:
             click.echo(f"  [{card.id} {status}]")
             echo_text(text)
         if getattr(current, "buttons", ()):
             click.echo("  " + " ".join(f"[{b.label}]" for b in current.buttons))
 
-    platform.on_change(show)
-    runtime = RobotRuntime(
-        name="support", robot=SupportRobot(agent=DemoAgent(delay=delay)), platform=platform
-    )
-    await runtime.start()
-    try:
+    async def converse() -> None:
         for question in questions:
             click.echo(f"\nAlice: @support {question}")
             message = await platform.say(question)
@@ -542,8 +545,30 @@ async def _demo_conversation(questions: Sequence[str], delay: float) -> None:
             click.echo(
                 f"  Alice pressed [Very helpful]; feedback stored: {stored[-1].rating.value}"
             )
+
+    platform.on_change(show)
+    stop = stop or _stop_on_signals()
+    runtime = RobotRuntime(
+        name="support", robot=SupportRobot(agent=DemoAgent(delay=delay)), platform=platform
+    )
+    await runtime.start()
+    talk = asyncio.ensure_future(converse())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({talk, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if talk.done():
+            talk.result()  # raises what the conversation raised
+            return True
+        click.echo("\nstopping...")  # the answer ends in an interrupted card (printed)
+        return False
     finally:
-        await runtime.stop()
+        stopped.cancel()
+        talk.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await talk
+        await runtime.stop()  # logs its summary
+        if stop.is_set():
+            click.echo("stopped")
 
 
 _TOKEN_HELP = (
@@ -650,17 +675,28 @@ def demo(
     public_hosts: tuple[str, ...],
 ) -> None:
     """Try robots with no account: each installed platform's emulator, the support robot on
-    each, and a web console to chat with them."""
+    each, and a web console to chat with them.
+
+    With -q: the support robot on the in-memory platform answers each QUESTION in the
+    terminal, each streamed update printed as the text it adds and every other card
+    state (thinking, final, interrupted) whole; Ctrl-C stops it as it stops the console.
+    """
+    if questions and platforms:
+        raise click.UsageError(
+            "--platform chooses the console's emulators; -q asks on the in-memory platform "
+            "in the terminal: give one or the other"
+        )
     if questions:
         click.echo(
             "imrobots demo: the support robot on the in-memory platform (no account, no network)"
         )
         started = time.monotonic()
         try:
-            run_on_loop(_demo_conversation(list(questions), delay))
+            answered = run_on_loop(_demo_conversation(list(questions), delay))
         except ImrobotsError as exc:  # IMROBOTS_LOOP, say
             _fail(exc)
-        click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
+        if answered:
+            click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
         return
     _check_binding(host, token)
     click.echo("imrobots demo: starting emulators, robots and the console (no account needed)")

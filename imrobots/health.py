@@ -270,6 +270,11 @@ def _metrics_registry(runtimes: Sequence[RobotRuntime]) -> Any:
         ("answered", "Messages whose answer reached the user.", "answered"),
         ("failed", "Messages whose handling failed or whose answer reached nobody.", "failed"),
         ("unanswered", "Messages whose handler sent nothing.", "unanswered"),
+        (
+            "interrupted",
+            "Messages whose handling stop (or a newer message) cut, or left waiting.",
+            "interrupted",
+        ),
         ("rejected", "Messages rejected (stale, policy, overloaded, busy).", "rejected"),
         ("deduplicated", "Redeliveries dropped as duplicates.", "duplicates"),
         ("card_updates", "Card updates sent while streaming answers.", "card_updates"),

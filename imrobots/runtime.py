@@ -196,6 +196,11 @@ class RuntimeStats:
     """Handlers cut by ``handler_timeout``."""
     unanswered: int = 0
     """Messages whose handler returned without sending anything (not counted answered)."""
+    interrupted: int = 0
+    """Messages whose handling was cut by :meth:`RobotRuntime.stop` (or, with
+    ``interrupt``, by a newer message of the conversation), and those still waiting their
+    turn when the runtime stopped. Once it stopped, ``received + adopted`` is ``answered
+    + failed + unanswered + interrupted + rejected + duplicates``."""
     degraded: int = 0
     """Answers delivered by a lesser means (a text message instead of a card)."""
     recovered: int = 0
@@ -386,7 +391,7 @@ class RobotRuntime:
         s = self.stats
         return (
             f"{s.received} received, {s.answered} answered, {s.failed} failed, "
-            f"{s.unanswered} unanswered, {s.rejected} rejected, "
+            f"{s.unanswered} unanswered, {s.interrupted} interrupted, {s.rejected} rejected, "
             f"{self.platform.connection_status.rejections} inbound requests rejected "
             f"(forged or malformed), {s.duplicates} deduplicated, "
             f"{s.feedback} feedback "
@@ -472,7 +477,6 @@ class RobotRuntime:
 
     def _reject(self, message: Message, reason: str) -> None:
         self.stats.rejected += 1
-        self._arrivals.pop(message.id, None)
         log.info("rejected message %s from %s: %s", message.id, message.sender.id, reason)
         self._spawn(self.fire("message_rejected", robot=self.name, message=message, reason=reason))
 
@@ -482,7 +486,7 @@ class RobotRuntime:
         again in ``stats.received``)."""
         if not adopted:
             self.stats.received += 1
-        self._arrivals.setdefault(message.id, time.monotonic())
+        arrived = time.monotonic()
         opts = self.options
         if opts.stale_after is not None:
             age = (datetime.now(UTC) - message.time).total_seconds()
@@ -511,6 +515,7 @@ class RobotRuntime:
             # conversation, for the messages of every replica: each message waits there, its
             # inbox record written at once, so that none is lost with this process.)
             self._accepted += 1
+            self._arrivals.setdefault(message.id, arrived)
             self._spawn(self._process(message)).add_done_callback(self._message_done)
             return
         if lane is None:
@@ -522,12 +527,16 @@ class RobotRuntime:
         if opts.strategy == "debounce":
             for dropped in lane.queue:
                 self._accepted -= 1
+                self._arrivals.pop(dropped.id, None)
                 self._reject(dropped, "superseded by a newer message")
             lane.queue.clear()
         elif len(lane.queue) >= opts.max_queue:
             self._reject(message, "conversation queue is full")
             return
         self._accepted += 1
+        # (Recorded only for an accepted message: a redelivery dropped or refused above
+        # neither leaves an entry nor touches its original's.)
+        self._arrivals.setdefault(message.id, arrived)
         lane.queue.append(message)
         lane.last_arrival = time.monotonic()
         if opts.interrupt and lane.current is not None and not lane.current.done():
@@ -563,6 +572,8 @@ class RobotRuntime:
                 if self._stopping:
                     return
         finally:
+            if self._stopping:  # the messages still waiting here are never answered
+                self.stats.interrupted += len(lane.queue)
             lane.current = None
             lane.current_message = None
             if not lane.queue and self._lanes.get(key) is lane:
@@ -587,6 +598,9 @@ class RobotRuntime:
                 await self._process_in_turn(message)
             else:
                 await self._answer(message)  # (one coroutine less per message)
+        except asyncio.CancelledError:
+            self.stats.interrupted += 1  # stop(), or a newer message with `interrupt`
+            raise
         except StoreUnavailable as exc:
             self.stats.failed += 1
             log.error(

@@ -10,7 +10,9 @@ frames ``{cmd?, headers: {req_id}, body?, errcode?, errmsg?}``.
   one connection per bot is live (PROTOCOLS 4c, inferred from the SDK).
 - ``ping`` is acked ``{headers: {req_id}, errcode: 0}``; every client frame is acked with
   its own ``req_id``, in order. A frame holding a lone surrogate (``parse_json_strict``)
-  is acked 40058 and not taken (UNCONFIRMED), as is an app-mode body holding one.
+  is acked 40058 and not taken (UNCONFIRMED), as is an app-mode body holding one. A
+  frame with no ``req_id`` to ack (binary, not JSON, not a JSON object) is dropped with
+  a warning naming the connection and bot; the connection goes on (UNCONFIRMED).
 - Pushes: ``aibot_msg_callback`` / ``aibot_event_callback`` with a fresh ``req_id``
   bound to the socket it went out on. Replies (``aibot_respond_msg``,
   ``aibot_respond_welcome_msg``, ``aibot_respond_update_msg``) must reuse a ``req_id``
@@ -523,6 +525,9 @@ class WeComEmulator:
         self._sockets.add(sock)
         try:
             async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    self._drop_frame(sock, f"a binary frame ({len(msg.data)} bytes)")
+                    continue
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
@@ -531,9 +536,12 @@ class WeComEmulator:
                     await self._refuse_frame(sock, msg.data, exc)
                     continue
                 except ValueError:
+                    self._drop_frame(sock, f"a text frame that is not JSON ({len(msg.data)} chars)")
                     continue
                 if isinstance(frame, dict):
                     await self._on_frame(sock, frame)
+                else:
+                    self._drop_frame(sock, f"a JSON {type(frame).__name__}, not an object")
         finally:
             self._sockets.discard(sock)
             bot = sock.bot
@@ -550,6 +558,18 @@ class WeComEmulator:
             if not sock.ws.closed and not sock.silent:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await sock.ws.send_str(text)
+
+    def _drop_frame(self, sock: _Socket, what: str) -> None:
+        """Log a robot's frame the emulator cannot read (binary, not JSON, not a JSON
+        object) and take nothing of it; the connection goes on. It has no ``req_id`` to
+        answer to. UNCONFIRMED: what WeCom does with such a frame."""
+        bot = sock.bot.bot_id if sock.bot is not None else "not subscribed"
+        log.warning(
+            "dropped %s on robot connection %d (bot %s): WeCom frames are JSON objects",
+            what,
+            sock.id,
+            bot,
+        )
 
     async def _refuse_frame(self, sock: _Socket, text: str, problem: LoneSurrogate) -> None:
         """Answer a robot's frame holding a lone surrogate (``parse_json_strict``) with

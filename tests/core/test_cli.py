@@ -108,11 +108,15 @@ def test_run_refuses_a_planned_platform_in_one_line(
     assert "platform 'later' is planned, not available in this version" in line
 
 
-def _wait_for_line(process: subprocess.Popen[str], text: str, deadline: float) -> list[str]:
-    assert process.stderr is not None
+def _wait_for_line(
+    process: subprocess.Popen[str], text: str, deadline: float, *, stdout: bool = False
+) -> list[str]:
+    """The lines of the process's standard error (or output) up to one holding ``text``."""
+    stream = process.stdout if stdout else process.stderr
+    assert stream is not None
     seen = []
     while time.monotonic() < deadline:
-        line = process.stderr.readline()
+        line = stream.readline()
         if not line:
             break
         seen.append(line)
@@ -230,6 +234,71 @@ def test_demo_in_the_terminal_prints_answers_whole() -> None:
     # wrapped to the terminal, not cut
     answer = [line for line in result.output.splitlines() if line.startswith("    ")]
     assert answer and max(len(line) for line in answer) <= 80
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_demo_in_the_terminal_stops_cleanly_on_ctrl_c(loop: str) -> None:
+    """SIGINT mid-answer stops the terminal demo as it stops the console's and `run`:
+    the answer ends interrupted, the runtime's summary counts it, exit status 0, and no
+    click "Aborted!"."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "100", "IMROBOTS_LOOP": loop}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "imrobots",
+            "demo",
+            "--delay",
+            "0.5",
+            "-q",
+            "How do I get a refund?",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        seen = _wait_for_line(process, "streaming]", time.monotonic() + 30, stdout=True)
+        process.send_signal(signal.SIGINT)
+        rest, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = "".join(seen) + rest
+    assert process.returncode == 0, output + errors
+    assert "Aborted!" not in output + errors
+    assert "stopping..." in rest and "interrupted]" in rest
+    assert rest.rstrip().endswith("stopped") and "done in" not in rest
+    summary = "robot support stopped: 1 received, 0 answered, 0 failed, 0 unanswered, "
+    assert summary + "1 interrupted" in errors
+
+
+def test_demo_refuses_platform_with_questions() -> None:
+    result = CliRunner().invoke(cli, ["demo", "--platform", "dingtalk", "-q", "Hello?"])
+    assert result.exit_code == 2
+    assert "--platform chooses the console's emulators; -q asks on the in-memory" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_demo_in_the_terminal_prints_streamed_updates_as_what_they_add() -> None:
+    """As docs/cli.md says: each streamed update prints only the text it adds (a pipe gets
+    the answer once, not once per update), the final card whole."""
+    result = CliRunner().invoke(
+        cli, ["demo", "--delay", "0.03", "-q", "How do I get a refund?"], env={"COLUMNS": "100"}
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert sum("streaming] ..." in line for line in lines) >= 2  # updates as deltas
+    first = next(i for i, line in enumerate(lines) if line.endswith(" streaming]"))
+    final = next(i for i, line in enumerate(lines) if line.endswith(" final]"))
+    streamed = " ".join(lines[first + 1 : final]).replace("[card-2 streaming] ...", " ")
+    whole = " ".join(" ".join(lines[final + 1 : final + 9]).split())
+    assert whole.startswith("You can ask for a refund **within 30 days** of delivery:")
+    # the deltas add up to the answer so far: each piece printed once
+    assert whole.startswith(" ".join(streamed.split()))
+    # and every line is indented as the card's text, none at the margin
+    assert all(line.startswith("  ") for line in lines[first:final] if line)
 
 
 def test_feedback_export_warns_when_the_config_keeps_state_in_memory(tmp_path: Path) -> None:

@@ -117,6 +117,44 @@ async def test_a_redelivery_is_not_refused_as_busy_under_drop(make_runtime: Fact
     assert runtime.stats.duplicates == 1
 
 
+@pytest.mark.parametrize("strategy", ["queue", "drop", "debounce"])
+async def test_a_redelivery_mid_answer_leaves_no_arrival_behind(
+    make_runtime: Factory, strategy: str
+) -> None:
+    """A redelivery dropped while its original is being answered (the original's arrival
+    already taken by its answer) records no arrival of its own, which nothing would take."""
+    gate = Gate()
+    platform, runtime = await make_runtime(agent=gate, strategy=strategy, debounce=0.01, **FAST)
+    await platform.say("hello", message_id="m-1")
+    await eventually(lambda: gate.started == ["hello"])
+    await platform.say("hello", message_id="m-1")
+    gate.open.set()
+    await runtime.wait_idle(timeout=5)
+    assert runtime.stats.duplicates == 1 and runtime.stats.answered == 1
+    assert runtime._arrivals == {}
+
+
+async def test_a_refused_redelivery_keeps_its_waiting_originals_arrival(
+    make_runtime: Factory,
+) -> None:
+    """A redelivery of a message still waiting in its lane, dropped or refused (stale),
+    leaves the original's arrival time as it was: its latency counts from its arrival."""
+    gate = Gate()
+    platform, runtime = await make_runtime(agent=gate, stale_after=60.0, **FAST)
+    await platform.say("first", message_id="m-1")
+    await eventually(lambda: gate.started == ["first"])
+    await platform.say("second", message_id="m-2")  # waits behind m-1
+    arrived = runtime._arrivals["m-2"]
+    await platform.say("second", message_id="m-2")  # dropped: m-2 is queued
+    old = datetime.now(UTC) - timedelta(minutes=5)
+    await platform.say("second", message_id="m-2", time=old)  # refused: stale
+    assert runtime._arrivals == {"m-2": arrived}
+    gate.open.set()
+    await runtime.wait_idle(timeout=5)
+    assert runtime.stats.answered == 2 and runtime.stats.answer_latency.count == 2
+    assert runtime._arrivals == {}
+
+
 class FlakyRobot(Robot):
     """Fails to handle the first delivery of every message."""
 

@@ -194,6 +194,33 @@ async def test_stop_during_an_answer_ends_in_an_interrupted_card(make_runtime: F
     assert result.status is AnswerStatus.INTERRUPTED
 
 
+def _outcomes(runtime: RobotRuntime) -> int:
+    s = runtime.stats
+    return s.answered + s.failed + s.unanswered + s.interrupted + s.rejected + s.duplicates
+
+
+async def test_stop_counts_the_cut_answer_and_the_waiting_ones_interrupted(
+    make_runtime: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every message received ends in one bucket of the stop summary: the answer stop cut
+    and the message still waiting behind it are ``interrupted``."""
+    started = asyncio.Event()
+    platform, runtime = await make_runtime(agent=_hanging_agent(started), **FAST)
+    message = await platform.say("one")
+    await platform.say("two")  # waits behind "one" in the conversation's lane
+    async with asyncio.timeout(5):
+        await started.wait()
+    await platform.wait_for(lambda: any(c.text for c in answer_cards(platform, message)))
+
+    with caplog.at_level("INFO", logger="imrobots.runtime"):
+        await runtime.stop(timeout=5)
+
+    assert runtime.stats.received == 2 and runtime.stats.interrupted == 2
+    assert _outcomes(runtime) == runtime.stats.received
+    [line] = [r.getMessage() for r in caplog.records if "stopped:" in r.getMessage()]
+    assert "2 received, 0 answered, 0 failed, 0 unanswered, 2 interrupted" in line
+
+
 async def test_a_newer_message_interrupts_with_interrupt_true(make_runtime: Factory) -> None:
     first_started = asyncio.Event()
     calls = 0
@@ -221,6 +248,8 @@ async def test_a_newer_message_interrupts_with_interrupt_true(make_runtime: Fact
     [new] = answer_cards(platform, second)
     assert new.status is CardStatus.FINAL and new.text == "answer to second"
     assert [r.status for _, r in hooks.finished] == [AnswerStatus.INTERRUPTED, AnswerStatus.FINAL]
+    assert runtime.stats.interrupted == 1 and runtime.stats.answered == 1
+    assert _outcomes(runtime) == runtime.stats.received == 2
 
 
 async def test_without_interrupt_a_newer_message_waits_its_turn(make_runtime: Factory) -> None:

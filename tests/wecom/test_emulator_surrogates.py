@@ -4,8 +4,9 @@ JSON may escape a lone surrogate (``"a\\ud800b"``): valid JSON, which the parser
 into a ``str`` UTF-8 cannot carry. Before, a robot's frame with one made the emulator
 drop the robot's WebSocket (it measured the text and raised). Now each such frame gets an
 error answer with its own ``req_id`` on a connection that stays up, and each app-mode
-call the errcode WeCom gives a bad parameter. Raw frames and bytes over real sockets on
-127.0.0.1.
+call the errcode WeCom gives a bad parameter. A robot's frame with no req_id to answer
+(binary, not JSON, not an object) is dropped with a warning, and the connection goes on.
+Raw frames and bytes over real sockets on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -197,3 +198,37 @@ async def test_app_mode_calls_with_a_lone_surrogate_get_the_bad_parameter_errcod
     )
     assert status == 200 and answer["errcode"] == 0, answer
     assert [m["text"] for m in emu.messages] == [FINE]
+
+
+@pytest.mark.parametrize(
+    ("frame", "what"),
+    [
+        (b"\x00\x01binary", "a binary frame (8 bytes)"),
+        ("not json {", "a text frame that is not JSON (10 chars)"),
+        ("[1, 2]", "a JSON list, not an object"),
+    ],
+)
+async def test_an_unreadable_robot_frame_is_logged_and_the_connection_stays(
+    http: aiohttp.ClientSession,
+    emu: WeComEmulator,
+    caplog: pytest.LogCaptureFixture,
+    frame: bytes | str,
+    what: str,
+) -> None:
+    """A frame with no req_id to answer (binary, not JSON, not an object) is dropped with a
+    warning naming the connection and the bot, never its secret; the next frame works."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    ws = await http.ws_connect(emu.ws_url)
+    subscribe = {"cmd": "aibot_subscribe", "headers": {"req_id": "s1"}}
+    answer = await request(ws, json.dumps({**subscribe, "body": {"bot_id": BOT, "secret": SECRET}}))
+    assert answer["errcode"] == 0
+    if isinstance(frame, bytes):
+        await ws.send_bytes(frame)
+    else:
+        await ws.send_str(frame)
+    pong = await request(ws, json.dumps({"cmd": "ping", "headers": {"req_id": "p1"}}))
+    assert pong == {"headers": {"req_id": "p1"}, "errcode": 0, "errmsg": "ok"}
+    [line] = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert line.startswith(f"dropped {what} on robot connection ")
+    assert f"(bot {BOT})" in line and SECRET not in line
+    await ws.close()
