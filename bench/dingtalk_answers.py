@@ -61,7 +61,9 @@ def run_seed_client(url: str, chunks: int, delay: float) -> None:
     import dingtalk_stream  # type: ignore[import-untyped]
     from dingtalk_stream import AckMessage, ChatbotMessage
 
-    logging.getLogger("dingtalk_stream").setLevel(logging.WARNING)
+    # The SDK resets its loggers to INFO whenever it builds a client or handler (see
+    # dingtalk_intake.py): this process logs nothing below WARNING.
+    logging.disable(logging.INFO)
     client_class: Any = dingtalk_stream.DingTalkStreamClient
     client_class.get_host_ip = lambda self: "127.0.0.1"
 

@@ -53,6 +53,7 @@ import asyncio
 import gc
 import itertools
 import json
+import math
 import os
 import signal
 import statistics
@@ -384,15 +385,18 @@ async def answers_run(count: int, seconds: float, chunks: int) -> dict[str, floa
         async with Child(emu, command, robot=True) as child:
             await child.ask("reset")
             cpu = child.cpu
+            server_cpu = time.process_time()
             started = time.monotonic()
             await push(emu, count)
             wall = await Finals(emu).wait(count, 600, "final cards") - started
             cpu = child.cpu - cpu
+            server_cpu = time.process_time() - server_cpu
             report = await child.ask("report")
     return {
         "wall": wall,
         "ratio": wall / seconds,
         "cpu_per_1000": cpu / count * 1000,
+        "server_cpu_per_1000": server_cpu / count * 1000,
         "stall_ms": report["stall"] * 1000,
         "cpu_stall_ms": report["cpu_stall"] * 1000,
         "refused": refused(emu),
@@ -529,8 +533,32 @@ def spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
     return f"{fmt(middle)} ({fmt(min(values))}-{fmt(max(values))})"
 
 
+def reference_ms() -> float:
+    """CPU milliseconds (best of 5) of a fixed piece of interpreter work (JSON, dicts,
+    strings, small calls, like a robot's), to compare runs made at different times: the
+    figures of a VM whose speed changes move with it."""
+    record = {"id": "m1", "text": "w1 " * 50, "items": list(range(20)), "ok": True}
+
+    def work() -> int:
+        total = 0
+        for i in range(4000):
+            copy = json.loads(json.dumps(record))
+            copy["id"] = f"m{i}"
+            total += len(copy["text"].split()) + sum(copy["items"])
+        return total
+
+    best = math.inf
+    for _ in range(5):
+        started = time.process_time()
+        work()
+        best = min(best, time.process_time() - started)
+    return best * 1000
+
+
 async def main(args: argparse.Namespace) -> None:
     runs = 1 if args.quick else 3
+    reference = [reference_ms()]
+    servers: list[str] = []
     rows = args.rows or set(range(1, 10))
     n1 = 300 if args.quick else 1000
     n2 = 600 if args.quick else 2000
@@ -589,6 +617,7 @@ async def main(args: argparse.Namespace) -> None:
             )
         refusals = sum(r["refused"] for r in engine)
         assert refusals == 0, f"{refusals} calls refused with the quota lifted"
+        servers.append(f"{spread([r['server_cpu_per_1000'] for r in engine], s)} ({n1:,} answers)")
     if 2 in rows:
         engine = [await answers_run(n2, 5.0, 100) for _ in range(runs)]
         table.append(
@@ -599,6 +628,7 @@ async def main(args: argparse.Namespace) -> None:
                 "<= 1.25 x",
             )
         )
+        servers.append(f"{spread([r['server_cpu_per_1000'] for r in engine], s)} ({n2:,} answers)")
     if 5 in rows:
         # low load: 2 answers a second keep the busiest API (card updates) under half its
         # quota (printed); at 10 a second its calls would be 2.2 times what it allows, so
@@ -672,6 +702,14 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"median of {runs} run(s), (min-max) where more than one; * seed extrapolated from "
         f"{args.seed_answers} answers run one after another (its handler blocks its loop)"
+    )
+    if servers:
+        print(f"the test server's CPU per 1,000 answers (this process): {', '.join(servers)}")
+    reference.append(reference_ms())
+    print(
+        f"machine speed: a fixed piece of interpreter work took {reference[0]:.0f} ms of CPU "
+        f"before the runs and {reference[1]:.0f} ms after (lower is faster; this VM's figures "
+        "move with it)"
     )
 
 
