@@ -576,15 +576,7 @@ class RedisStore(Store):
     async def reserve_all(self, windows: Sequence[tuple[str, int, float]]) -> float:
         """Reserve one call in every window at one time (see :meth:`Store.reserve_all`), by
         the Redis server's clock, so replicas on hosts with different clocks share them."""
-        if not windows:
-            return 0.0
-        keys: list[str] = []
-        args: list[str | int] = []
-        for key, limit, window in windows:
-            keys += [self._key("window:", key), self._key("window-block:", key)]
-            args += [limit, round(window * 1_000_000)]
-        micros = await self._script("reserve", self._reserve_all, keys, args)
-        return int(micros) / 1_000_000
+        return await self._over_windows("reserve", self._reserve_all, windows)
 
     async def room_in(self, key: str, *, limit: int, window: float) -> float:
         """Seconds until the window ``key`` has room (see :meth:`Store.room_in`)."""
@@ -603,6 +595,13 @@ class RedisStore(Store):
         :meth:`room_in` of each would (the longest of them), all at one server time. No
         windows: ``0.0`` without asking the server. Raises :class:`StoreUnavailable` as
         every operation does."""
+        return await self._over_windows("room_in_all", self._room_in_all, windows)
+
+    async def _over_windows(
+        self, name: str, script: AsyncScript, windows: Sequence[tuple[str, int, float]]
+    ) -> float:
+        """Run a windows script (``reserve_all``, ``room_in_all``) over each window's
+        grant and penalty keys with its limit and length (µs); its answer in seconds."""
         if not windows:
             return 0.0
         keys: list[str] = []
@@ -610,7 +609,7 @@ class RedisStore(Store):
         for key, limit, window in windows:
             keys += [self._key("window:", key), self._key("window-block:", key)]
             args += [limit, round(window * 1_000_000)]
-        micros = await self._script("room_in_all", self._room_in_all, keys, args)
+        micros = await self._script(name, script, keys, args)
         return int(micros) / 1_000_000
 
     async def penalize(self, key: str, *, seconds: float) -> None:
