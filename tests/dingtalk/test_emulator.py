@@ -874,7 +874,7 @@ async def test_event_push_redelivered_until_success(http: aiohttp.ClientSession)
         await ws.close()
 
 
-def test_request_ids_are_version_4_uuids_drawn_from_the_seed() -> None:
+async def test_request_ids_are_version_4_uuids_drawn_from_the_seed() -> None:
     """The emulator writes its ids without a UUID object: the same text as
     ``str(uuid.UUID(int=bits, version=4))`` for the seed's bits, upper-cased for an
     ``x-acs-request-id``; card copies are deep copies of the JSON."""
