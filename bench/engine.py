@@ -278,6 +278,17 @@ def sdk_command(url: str) -> list[str]:
 # --------------------------------------------------------------------------- measuring
 
 
+def _positive(text: str) -> int:
+    """``--seed-answers``: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return value
+
+
 def _rows(text: str) -> set[int]:
     """``--rows``: "1,4" -> {1, 4}; anything else is a usage error naming the rows."""
     try:
@@ -523,6 +534,19 @@ async def memory_run(count: int, *, trace: bool = False) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- the table
 
+ROWS_HELP = """rows (each figure the median of 3 runs; bench/README.md and this file's docstring
+say exactly what each measures):
+  1  1,000 concurrent answers of 5 s, quota lifted: wall time / 5 s
+  2  the same with 2,000 answers
+  3  client CPU per 1,000 answers (row 1's runs)
+  4  longest event-loop stall with 1,000 answers (row 1's runs)
+  5  first token -> first update p99 at the default quota, low load and overload
+  6  busiest API's share of its quota, 500 streams at 20 calls/s per API
+  7  CPU per 1,000 inbound messages, full runtime against the bare dingtalk-stream SDK
+  8  1,000 answers with default settings (row 1's runs)
+  9  resident memory per idle conversation after 10,000 answers
+--quick: one run per figure, lighter loads (300 and 600 answers instead of 1,000 and 2,000)"""
+
 
 def spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
     if not values:
@@ -559,6 +583,7 @@ async def main(args: argparse.Namespace) -> None:
     runs = 1 if args.quick else 3
     reference = [reference_ms()]
     servers: list[str] = []
+    notes: list[str] = []
     rows = args.rows or set(range(1, 10))
     n1 = 300 if args.quick else 1000
     n2 = 600 if args.quick else 2000
@@ -683,11 +708,17 @@ async def main(args: argparse.Namespace) -> None:
         def kb(v: float) -> str:
             return f"{v / 1024:.2f} KB"
 
+        rss = [r["bytes_per_conversation"] for r in memory]
+        if statistics.median(rss) < 0:
+            notes.append(
+                "RSS per idle conversation below 0: the process's resident memory fell "
+                "across the run (the allocator gave back what the warm-up's answers in "
+                "flight had raised); the Python heap figure measures what each conversation keeps"
+            )
         table.append(
             (
                 f"RSS per idle conversation after {count:,} answered",
-                spread([r["bytes_per_conversation"] for r in memory], kb)
-                + f" (Python heap {kb(heap['bytes_per_conversation'])})",
+                spread(rss, kb) + f" (Python heap {kb(heap['bytes_per_conversation'])})",
                 "-",
                 "<= 2 KB, bounded",
             )
@@ -700,9 +731,17 @@ async def main(args: argparse.Namespace) -> None:
         if index == 0:
             print("  ".join("-" * w for w in widths))
     print(
-        f"median of {runs} run(s), (min-max) where more than one; * seed extrapolated from "
-        f"{args.seed_answers} answers run one after another (its handler blocks its loop)"
+        "each figure the median of 3 runs, (min-max) beside it"
+        if runs > 1
+        else "one run per figure (--quick: lighter loads, figures that only hint at the goals)"
     )
+    if any(row[2].endswith("*") for row in table):
+        print(
+            f"* the seed's figure extrapolated from {args.seed_answers} answers run one after "
+            "another (its handler blocks its loop)"
+        )
+    for note in notes:
+        print(note)
     if servers:
         print(f"the test server's CPU per 1,000 answers (this process): {', '.join(servers)}")
     reference.append(reference_ms())
@@ -714,20 +753,28 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=ROWS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="one run per figure, lighter loads")
     parser.add_argument(
-        "--rows",
-        type=_rows,
-        help="comma-separated row numbers 1-9, as the module docstring numbers them (default: all)",
+        "--rows", type=_rows, help="comma-separated row numbers 1-9, listed below (default: all)"
     )
     parser.add_argument(
         "--card-mode",
         choices=("standard", "ai"),
         default="standard",
-        help="the robot's DingTalk card mode (the issue's table: standard, as the seed's)",
+        help="the robot's DingTalk card mode (default: standard, the seed's StandardCards)",
     )
-    parser.add_argument("--seed-answers", type=int, default=2, help="answers the seed runs")
+    parser.add_argument(
+        "--seed-answers",
+        type=_positive,
+        default=2,
+        help="answers the seed's handler runs one after another, from which its rows 1, 3 "
+        "and 4 are extrapolated (default: 2)",
+    )
     parser.add_argument("--child", choices=("robot",), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--chunks", type=int, default=100, help=argparse.SUPPRESS)
