@@ -281,6 +281,26 @@ def test_demo_refuses_platform_with_questions() -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("delay", ["nan", "inf", "-1"])
+def test_demo_refuses_a_non_finite_or_negative_delay(delay: str) -> None:
+    """--delay nan acted as 0 and --delay inf never streamed: refused as -1 is."""
+    result = CliRunner().invoke(cli, ["demo", "--delay", delay, "-q", "Hello?"])
+    assert result.exit_code == 2, result.output
+    assert "error: the demo agent's delay must be a finite number of seconds, 0 or more" in (
+        result.output
+    )
+    assert "Traceback" not in result.output
+
+
+def test_check_refuses_a_non_finite_delay_in_a_config(tmp_path: Path) -> None:
+    """TOML's nan literal in the demo agent's table: refused as the option is."""
+    config = tmp_path / "robots.toml"
+    config.write_text(CONFIG.replace("delay = 0", "delay = nan"), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "delay must be a finite number of seconds" in result.output
+
+
 def test_demo_in_the_terminal_prints_streamed_updates_as_what_they_add() -> None:
     """As docs/cli.md says: each streamed update prints only the text it adds (a pipe gets
     the answer once, not once per update), the final card whole."""
