@@ -681,10 +681,25 @@ def demo(
     terminal, each streamed update printed as the text it adds and every other card
     state (thinking, final, interrupted) whole; Ctrl-C stops it as it stops the console.
     """
-    if questions and platforms:
+    ctx = click.get_current_context()
+    if questions:
+        # the console's options mean nothing to -q: refused, never silently ignored (a token
+        # in IMROBOTS_CONSOLE_TOKEN is the environment's, not this command line's)
+        given = [
+            f"--{name.replace('_', '-').removesuffix('s')}"
+            for name in ("host", "port", "platforms", "token", "public_hosts")
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)}: the web console's option{'s' if len(given) > 1 else ''}; "
+                "-q asks on the in-memory platform in the terminal, without the console: "
+                "give one or the other"
+            )
+    elif ctx.get_parameter_source("delay") is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError(
-            "--platform chooses the console's emulators; -q asks on the in-memory platform "
-            "in the terminal: give one or the other"
+            "--delay is the terminal demo's (-q); the console's demo agent streams at its "
+            "own pace: give --delay with -q only"
         )
     if questions:
         click.echo(

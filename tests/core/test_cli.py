@@ -274,11 +274,39 @@ def test_demo_in_the_terminal_stops_cleanly_on_ctrl_c(loop: str) -> None:
     assert summary + "1 interrupted" in errors
 
 
-def test_demo_refuses_platform_with_questions() -> None:
-    result = CliRunner().invoke(cli, ["demo", "--platform", "dingtalk", "-q", "Hello?"])
-    assert result.exit_code == 2
-    assert "--platform chooses the console's emulators; -q asks on the in-memory" in result.output
-    assert "Traceback" not in result.output
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--platform", "dingtalk"], "--platform: the web console's option;"),
+        (["--port", "9000"], "--port: the web console's option;"),
+        (["--host", "0.0.0.0"], "--host: the web console's option;"),
+        (["--token", "abc"], "--token: the web console's option;"),
+        (["--public-host", "chat.example.com"], "--public-host: the web console's option;"),
+        (["--port", "0", "--token", "abc"], "--port, --token: the web console's options;"),
+    ],
+)
+def test_demo_refuses_the_consoles_options_with_questions(options: list[str], named: str) -> None:
+    """Every console option given with -q is a usage error naming it (only --platform was;
+    --port, --host, --token and --public-host were silently ignored)."""
+    result = CliRunner().invoke(cli, ["demo", *options, "-q", "Hello?"])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {named} -q asks on the in-memory platform in the terminal" in result.output
+    assert "Traceback" not in result.output and "Alice" not in result.output
+
+
+def test_demo_with_questions_ignores_a_console_token_in_the_environment() -> None:
+    """IMROBOTS_CONSOLE_TOKEN set for the console is the environment's, not an option."""
+    result = CliRunner().invoke(
+        cli, ["demo", "--delay", "0", "-q", "refund"], env={"IMROBOTS_CONSOLE_TOKEN": "abc"}
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_demo_refuses_delay_without_questions() -> None:
+    """--delay paces the terminal demo only: without -q it was silently ignored."""
+    result = CliRunner().invoke(cli, ["demo", "--delay", "0", "--host", "0.0.0.0"])
+    assert result.exit_code == 2, result.output
+    assert "--delay is the terminal demo's (-q)" in result.output
 
 
 @pytest.mark.parametrize("delay", ["nan", "inf", "-1"])
