@@ -342,9 +342,7 @@ def test_demo_in_the_terminal_stops_quietly_when_its_output_is_closed() -> None:
         _wait_for_line(process, "Alice: @support", time.monotonic() + 30, stdout=True)
         assert process.stdout is not None
         process.stdout.close()  # as head does after its lines
-        assert process.stderr is not None
-        errors = process.stderr.read()  # to its end: the process has exited or closed it
-        process.wait(timeout=30)
+        _, errors = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
