@@ -485,10 +485,22 @@ def run(
 
 
 async def _demo_conversation(
-    questions: Sequence[str], delay: float, stop: asyncio.Event | None = None
+    questions: Sequence[str],
+    delay: float,
+    stop: asyncio.Event | None = None,
+    signalled: Sequence[int] = (),
 ) -> bool:
     """Ask ``questions`` in the terminal; returns whether they were all answered (False:
-    SIGINT or SIGTERM, or ``stop``, stopped the demo first, as Ctrl-C stops the console's)."""
+    SIGINT or SIGTERM, or ``stop``, stopped the demo first, as Ctrl-C stops the console's).
+
+    The robot is stopped (its summary logged) whatever happens, then what the conversation
+    raised is raised. Standard output closed under it (``| head``): the demo stops, and
+    :class:`BrokenPipeError` is raised once the robot has stopped. ``signalled``: the
+    signals received before the loop ran (a stop from the start)."""
+    stop = stop or _stop_on_signals()  # first of all: Ctrl-C from here on is a clean stop
+    if signalled:
+        stop.set()
+    from .cards import Card
     from .demo_agent import DemoAgent
     from .examples import SupportRobot
     from .memory import MemoryPlatform, MemorySettings
@@ -496,9 +508,22 @@ async def _demo_conversation(
     from .runtime import RobotRuntime
 
     platform = MemoryPlatform(MemorySettings(update_interval=0.3))
-    shown: dict[str, int] = {}
-    texts: dict[str, str] = {}
+    printed: dict[str, int] = {}  # card id -> how many of its recorded states are printed
+    texts: dict[str, str] = {}  # card id -> its text as last printed
+    printed_texts = 0  # how many of platform.texts are printed
+    broken: list[BrokenPipeError] = []  # standard output closed (| head)
+    failed: list[Exception] = []  # the display's own failure, reported once
     width = max(60, shutil.get_terminal_size((100, 24)).columns)
+
+    def out(line: str = "") -> None:
+        """One line on standard output; once it is closed, nothing more, and the demo stops."""
+        if broken:
+            return
+        try:
+            click.echo(line)
+        except BrokenPipeError as exc:
+            broken.append(exc)
+            stop.set()
 
     def echo_text(text: str) -> None:
         """The text whole, each of its lines wrapped to the terminal (never cut)."""
@@ -507,68 +532,114 @@ async def _demo_conversation(
                 line, width=width - 4, break_long_words=False, break_on_hyphens=False
             )
             for part in wrapped or [""]:
-                click.echo(f"    {part}" if part else "")
+                out(f"    {part}" if part else "")
 
-    def show(op: str, card: Any) -> None:
-        if card is None:
-            return
-        version = len(card.history)
-        if shown.get(card.id) == version:
-            return
-        shown[card.id] = version
-        current = card.current
-        status = getattr(current, "status", "streaming")
-        text = card.text
-        before = texts.get(card.id, "")
-        texts[card.id] = text
-        if str(status) == "streaming" and before and text.startswith(before):
+    def show_state(card_id: str, state: Card | str) -> None:
+        """One recorded state of a card: a streamed update as the text it adds, any other
+        state whole."""
+        status = str(state.status) if isinstance(state, Card) else "streaming"
+        text = state.markdown if isinstance(state, Card) else state
+        before = texts.get(card_id, "")
+        texts[card_id] = text
+        if status == "streaming" and before and text.startswith(before):
             # only what the update adds, its further lines indented as the card text is
             first, *rest = text[len(before) :].split("\n")
-            click.echo(f"  [{card.id} streaming] ...{first}".rstrip())
+            out(f"  [{card_id} streaming] ...{first}".rstrip())
             for line in rest:
-                click.echo(f"    {line}".rstrip())
+                out(f"    {line}".rstrip())
         else:
-            click.echo(f"  [{card.id} {status}]")
+            out(f"  [{card_id} {status}]")
             echo_text(text)
-        if getattr(current, "buttons", ()):
-            click.echo("  " + " ".join(f"[{b.label}]" for b in current.buttons))
+        if isinstance(state, Card) and state.buttons:
+            out("  " + " ".join(f"[{b.label}]" for b in state.buttons))
+
+    def show(op: str, card: Any) -> None:
+        """Print what the platform recorded since the last call: the text messages sent,
+        and every state of ``card`` not printed yet. Never raises: the display must not
+        break the platform's call it is told of."""
+        nonlocal printed_texts
+        try:
+            for _conversation, text in platform.texts[printed_texts:]:
+                printed_texts += 1
+                out("  [text]")
+                echo_text(text)
+            if card is not None:
+                seen = printed.get(card.id, 0)
+                printed[card.id] = len(card.history)
+                for _time, state in card.history[seen:]:
+                    show_state(card.id, state)
+        except Exception as exc:
+            if not failed:
+                failed.append(exc)
+                log.warning("the terminal display failed: %s", exc, exc_info=True)
+
+    def feedback_button(cards: Sequence[Any]) -> str | None:
+        """The id of the last card among ``cards`` that has a "Very helpful" button."""
+        for card in reversed(cards):
+            current = card.current
+            if isinstance(current, Card) and any(
+                b.label == FeedbackRating.VERY_HELPFUL.label for b in current.buttons
+            ):
+                return str(card.id)
+        return None
 
     async def converse() -> None:
         for question in questions:
-            click.echo(f"\nAlice: @support {question}")
-            message = await platform.say(question)
+            if stop.is_set():  # stopped before the loop ran: ask nothing
+                return
+            out(f"\nAlice: @support {question}")
+            known = len(platform.cards)
+            await platform.say(question)
             await runtime.wait_idle(timeout=120)
-            card = platform.cards_in(message.conversation.id)[-1]
-            await platform.press(card.id, FeedbackRating.VERY_HELPFUL)
+            # a text reply (a message without text, say) has no card to press: printed only
+            card_id = feedback_button(list(platform.cards.values())[known:])
+            if card_id is None:
+                continue
+            await platform.press(card_id, FeedbackRating.VERY_HELPFUL)
             await runtime.wait_idle(timeout=10)
             stored = await runtime.store.list_feedback()
-            click.echo(
-                f"  Alice pressed [Very helpful]; feedback stored: {stored[-1].rating.value}"
-            )
+            out(f"  Alice pressed [Very helpful]; feedback stored: {stored[-1].rating.value}")
 
     platform.on_change(show)
-    stop = stop or _stop_on_signals()
     runtime = RobotRuntime(
         name="support", robot=SupportRobot(agent=DemoAgent(delay=delay)), platform=platform
     )
-    await runtime.start()
-    talk = asyncio.ensure_future(converse())
+    talk: asyncio.Future[None] | None = None
     stopped = asyncio.ensure_future(stop.wait())
+    answered = False
     try:
+        await runtime.start()
+        talk = asyncio.ensure_future(converse())
         await asyncio.wait({talk, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if talk.done():
             talk.result()  # raises what the conversation raised
-            return True
-        click.echo("\nstopping...")  # the answer ends in an interrupted card (printed)
-        return False
+        if stop.is_set():
+            # the answer running ends in an interrupted card (printed, unless stdout is gone)
+            _say("standard output closed; stopping..." if broken else "stopping...")
+        answered = not stop.is_set()
     finally:
         stopped.cancel()
-        talk.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await talk
+        if talk is not None:
+            talk.cancel()
+            # its outcome, if any, was raised above: the robot stops whatever it was
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await talk
         await runtime.stop()  # logs its summary
         if stop.is_set():
-            click.echo("stopped")
+            _say("stopped")
+    if broken:
+        raise broken[0]
+    return answered
+
+
+def _stdout_closed() -> None:
+    """Standard output was closed under us (``| head``): point it at /dev/null, so that
+    the interpreter's last flush of what is still buffered does not fail again (as
+    Python's documentation of SIGPIPE advises; click does the like)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 _TOKEN_HELP = (
@@ -678,25 +749,33 @@ def demo(
     each, and a web console to chat with them.
 
     With -q: the support robot on the in-memory platform answers each QUESTION in the
-    terminal, each streamed update printed as the text it adds and every other card
-    state (thinking, final, interrupted) whole; Ctrl-C stops it as it stops the console.
+    terminal, each streamed update printed as the text it adds, every other card state
+    (thinking, final, interrupted) and each text message whole; Ctrl-C stops it as it
+    stops the console. The console's options (--host, --port, --platform, --token,
+    --public-host) are refused with -q, --delay without it.
     """
-    if questions and platforms:
+    ctx = click.get_current_context()
+    if questions:
+        # the console's options mean nothing to -q: refused, never silently ignored (a token
+        # in IMROBOTS_CONSOLE_TOKEN is the environment's, not this command line's)
+        given = [
+            f"--{name.replace('_', '-').removesuffix('s')}"
+            for name in ("host", "port", "platforms", "token", "public_hosts")
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)}: the web console's option{'s' if len(given) > 1 else ''}; "
+                "-q asks on the in-memory platform in the terminal, without the console: "
+                "give one or the other"
+            )
+    elif ctx.get_parameter_source("delay") is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError(
-            "--platform chooses the console's emulators; -q asks on the in-memory platform "
-            "in the terminal: give one or the other"
+            "--delay is the terminal demo's (-q); the console's demo agent streams at its "
+            "own pace: give --delay with -q only"
         )
     if questions:
-        click.echo(
-            "imrobots demo: the support robot on the in-memory platform (no account, no network)"
-        )
-        started = time.monotonic()
-        try:
-            answered = run_on_loop(_demo_conversation(list(questions), delay))
-        except ImrobotsError as exc:  # IMROBOTS_LOOP, say
-            _fail(exc)
-        if answered:
-            click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
+        _demo_in_the_terminal(list(questions), delay)
         return
     _check_binding(host, token)
     click.echo("imrobots demo: starting emulators, robots and the console (no account needed)")
@@ -706,6 +785,49 @@ def demo(
         _fail(ImrobotsError(f"cannot start the console on {host}:{port}: {exc}; try --port 0"))
     except (ValueError, ImrobotsError) as exc:
         _fail(exc)
+
+
+def _demo_in_the_terminal(questions: list[str], delay: float) -> None:
+    """``imrobots demo -q``: exit status 0 when answered or stopped by Ctrl-C or SIGTERM
+    (also one pressed before the event loop runs), 1 when standard output was closed
+    (click's status for a closed pipe) or the conversation failed (one ``error:`` line),
+    2 for a bad value."""
+    main = None
+    # Until the loop's own handlers take over (_stop_on_signals), SIGINT and SIGTERM are
+    # noted, not raised mid-statement (a KeyboardInterrupt inside the loop's construction
+    # leaves a half-made loop and a coroutine never awaited): the demo then stops at once.
+    signalled: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: signalled.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        click.echo(
+            "imrobots demo: the support robot on the in-memory platform (no account, no network)"
+        )
+        started = time.monotonic()
+        main = _demo_conversation(questions, delay, signalled=signalled)
+        answered = run_on_loop(main)
+        if answered:
+            click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
+    except KeyboardInterrupt:
+        # Ctrl-C after the loop removed its handlers (the demo has stopped): a clean stop
+        if main is not None:
+            main.close()  # never started: no "coroutine was never awaited"
+        _say("stopping...")
+        _say("stopped")
+    except BrokenPipeError:
+        _stdout_closed()
+        raise SystemExit(1) from None
+    except ImrobotsError as exc:  # IMROBOTS_LOOP, a bad --delay
+        _fail(exc)
+    except Exception as exc:
+        log.debug("the terminal demo failed", exc_info=True)
+        _say(f"error: the demo failed: {type(exc).__name__}: {exc}", level=logging.ERROR)
+        raise SystemExit(1) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _toml_value(value: Any) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import math
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Mapping
@@ -244,10 +245,14 @@ class DemoAgent:
             (0 for tests).
         :param chunk_words: words per streamed chunk.
         :param faq_path: a markdown FAQ file to answer from instead of the built-in one.
-        :raises ConfigError: a bad value, or the FAQ cannot be read or has no sections.
+        :raises ConfigError: a bad value (a ``delay`` below 0, ``nan`` or infinite), or the
+            FAQ cannot be read or has no sections.
         """
-        if delay < 0:
-            raise ConfigError(f"the demo agent's delay must be 0 or more, got {delay!r}")
+        if not math.isfinite(delay) or delay < 0:  # nan would act as 0, inf never stream
+            raise ConfigError(
+                f"the demo agent's delay must be a finite number of seconds, 0 or more, "
+                f"got {delay!r}"
+            )
         if chunk_words < 1:
             raise ConfigError(
                 f"the demo agent's chunk_words must be 1 or more, got {chunk_words!r}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -236,17 +238,22 @@ def test_demo_in_the_terminal_prints_answers_whole() -> None:
     assert answer and max(len(line) for line in answer) <= 80
 
 
-@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-def test_demo_in_the_terminal_stops_cleanly_on_ctrl_c(loop: str) -> None:
+@pytest.mark.parametrize(
+    ("loop", "log_format"), [("uvloop", "text"), ("asyncio", "text"), ("uvloop", "json")]
+)
+def test_demo_in_the_terminal_stops_cleanly_on_ctrl_c(loop: str, log_format: str) -> None:
     """SIGINT mid-answer stops the terminal demo as it stops the console's and `run`:
     the answer ends interrupted, the runtime's summary counts it, exit status 0, and no
-    click "Aborted!"."""
+    click "Aborted!"; stopping... and stopped are the command's own lines, on standard
+    error as `run` writes them (JSON records under --log-format json)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "100", "IMROBOTS_LOOP": loop}
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "imrobots",
+            "--log-format",
+            log_format,
             "demo",
             "--delay",
             "0.5",
@@ -268,17 +275,202 @@ def test_demo_in_the_terminal_stops_cleanly_on_ctrl_c(loop: str) -> None:
     output = "".join(seen) + rest
     assert process.returncode == 0, output + errors
     assert "Aborted!" not in output + errors
-    assert "stopping..." in rest and "interrupted]" in rest
-    assert rest.rstrip().endswith("stopped") and "done in" not in rest
+    assert "interrupted]" in rest and "done in" not in rest
+    assert "stopping..." not in output and "stopped" not in output
     summary = "robot support stopped: 1 received, 0 answered, 0 failed, 0 unanswered, "
-    assert summary + "1 interrupted" in errors
+    if log_format == "json":
+        messages = [json.loads(line)["message"] for line in errors.splitlines()]
+        assert "stopping..." in messages and messages[-1] == "stopped", errors
+        assert any(m.startswith(summary + "1 interrupted") for m in messages), errors
+    else:
+        assert errors.rstrip().endswith("stopped") and "stopping...\n" in errors
+        assert summary + "1 interrupted" in errors
 
 
-def test_demo_refuses_platform_with_questions() -> None:
-    result = CliRunner().invoke(cli, ["demo", "--platform", "dingtalk", "-q", "Hello?"])
-    assert result.exit_code == 2
-    assert "--platform chooses the console's emulators; -q asks on the in-memory" in result.output
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_demo_in_the_terminal_stops_cleanly_on_ctrl_c_right_after_the_banner(loop: str) -> None:
+    """SIGINT as soon as the banner is out, before the conversation's loop runs (or as it
+    starts): a clean stop all the same (was "coroutine ... was never awaited" and click's
+    "Aborted!", exit 1)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "IMROBOTS_LOOP": loop}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imrobots", "demo", "--delay", "0.5", "-q", "refund"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        seen = _wait_for_line(process, "imrobots demo:", time.monotonic() + 30, stdout=True)
+        process.send_signal(signal.SIGINT)
+        rest, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = "".join(seen) + rest + errors
+    assert process.returncode == 0, output
+    for bad in ("Aborted!", "RuntimeWarning", "never awaited", "Traceback", "done in"):
+        assert bad not in output, output
+    assert "stopping...\n" in errors and errors.rstrip().endswith("\nstopped"), errors
+
+
+def test_demo_in_the_terminal_stops_quietly_when_its_output_is_closed() -> None:
+    """`demo -q ... | head -3`: the reader goes away mid-answer. No BrokenPipeError
+    tracebacks (from the display callback, which broke the platform's send_card too):
+    the robot stops, its summary shows no failed call, exit status 1 (click's for a
+    closed pipe)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "100"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "imrobots",
+            "demo",
+            "--delay",
+            "0.05",
+            "-q",
+            "How fast is delivery?",
+            "-q",
+            "refund",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        _wait_for_line(process, "Alice: @support", time.monotonic() + 30, stdout=True)
+        assert process.stdout is not None
+        process.stdout.close()  # as head does after its lines
+        _, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, errors
+    for bad in ("Traceback", "BrokenPipeError", "Exception ignored", "error"):
+        assert bad not in errors, errors
+    assert "standard output closed; stopping...\n" in errors
+    assert errors.rstrip().endswith("stopped")
+    assert "0 failed, " in errors and " 0 failed calls," in errors
+
+
+def test_demo_in_the_terminal_prints_a_text_reply_and_goes_on() -> None:
+    """`-q ""` and `-q "   "`: the robot answers a message without text with a text
+    message, not a card: printed, no feedback to press (was an IndexError, the robot
+    never stopped, exit 1)."""
+    result = CliRunner().invoke(
+        cli, ["demo", "--delay", "0", "-q", "", "-q", "   ", "-q", "refund"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("  [text]\n    Please send your question as text.") == 2
+    assert result.output.count("Alice pressed [Very helpful]") == 1
+    assert "robot support stopped: 3 received, 3 answered, 0 failed" in result.output
+    assert "done in" in result.output
+
+
+def test_demo_in_the_terminal_stops_the_robot_when_the_conversation_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever the conversation raises, the robot stops (its summary logged) and the
+    command exits 1 with one error line, no traceback."""
+    from imrobots.memory import MemoryPlatform
+
+    async def broken_press(self: MemoryPlatform, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("the button came off")
+
+    monkeypatch.setattr(MemoryPlatform, "press", broken_press)
+    result = CliRunner().invoke(cli, ["demo", "--delay", "0", "-q", "refund"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.exception is not None
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: the demo failed: RuntimeError: the button came off"]
+    assert "robot support stopped: 1 received, 1 answered" in result.output
+
+
+def test_demo_in_the_terminal_prints_every_recorded_card_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each state the platform recorded is printed once, in order, at any --delay. (A
+    later answer done before its thinking card's turn came has no thinking state: the
+    engine sends its final card instead, docs/streaming.md.)"""
+    from imrobots.memory import MemoryPlatform
+
+    platforms: list[MemoryPlatform] = []
+    on_change = MemoryPlatform.on_change
+
+    def recording(self: MemoryPlatform, listener: Any) -> None:
+        platforms.append(self)
+        on_change(self, listener)
+
+    monkeypatch.setattr(MemoryPlatform, "on_change", recording)
+    result = CliRunner().invoke(
+        cli, ["demo", "--delay", "0", "-q", "How fast is delivery?", "-q", "refund"]
+    )
+    assert result.exit_code == 0, result.output
+    [platform] = platforms
+    recorded = sorted(
+        (time, card.id, str(getattr(state, "status", "streaming")))
+        for card in platform.cards.values()
+        for time, state in card.history
+    )
+    headers = re.findall(r"^  \[(card-\d+) (\w+)\]", result.output, flags=re.MULTILINE)
+    assert headers == [(card_id, status) for _, card_id, status in recorded]
+    assert len(headers) >= 3
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--platform", "dingtalk"], "--platform: the web console's option;"),
+        (["--port", "9000"], "--port: the web console's option;"),
+        (["--host", "0.0.0.0"], "--host: the web console's option;"),
+        (["--token", "abc"], "--token: the web console's option;"),
+        (["--public-host", "chat.example.com"], "--public-host: the web console's option;"),
+        (["--port", "0", "--token", "abc"], "--port, --token: the web console's options;"),
+    ],
+)
+def test_demo_refuses_the_consoles_options_with_questions(options: list[str], named: str) -> None:
+    """Every console option given with -q is a usage error naming it (only --platform was;
+    --port, --host, --token and --public-host were silently ignored)."""
+    result = CliRunner().invoke(cli, ["demo", *options, "-q", "Hello?"])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {named} -q asks on the in-memory platform in the terminal" in result.output
+    assert "Traceback" not in result.output and "Alice" not in result.output
+
+
+def test_demo_with_questions_ignores_a_console_token_in_the_environment() -> None:
+    """IMROBOTS_CONSOLE_TOKEN set for the console is the environment's, not an option."""
+    result = CliRunner().invoke(
+        cli, ["demo", "--delay", "0", "-q", "refund"], env={"IMROBOTS_CONSOLE_TOKEN": "abc"}
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_demo_refuses_delay_without_questions() -> None:
+    """--delay paces the terminal demo only: without -q it was silently ignored."""
+    result = CliRunner().invoke(cli, ["demo", "--delay", "0", "--host", "0.0.0.0"])
+    assert result.exit_code == 2, result.output
+    assert "--delay is the terminal demo's (-q)" in result.output
+
+
+@pytest.mark.parametrize("delay", ["nan", "inf", "-1"])
+def test_demo_refuses_a_non_finite_or_negative_delay(delay: str) -> None:
+    """--delay nan acted as 0 and --delay inf never streamed: refused as -1 is."""
+    result = CliRunner().invoke(cli, ["demo", "--delay", delay, "-q", "Hello?"])
+    assert result.exit_code == 2, result.output
+    assert "error: the demo agent's delay must be a finite number of seconds, 0 or more" in (
+        result.output
+    )
     assert "Traceback" not in result.output
+
+
+def test_check_refuses_a_non_finite_delay_in_a_config(tmp_path: Path) -> None:
+    """TOML's nan literal in the demo agent's table: refused as the option is."""
+    config = tmp_path / "robots.toml"
+    config.write_text(CONFIG.replace("delay = 0", "delay = nan"), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "delay must be a finite number of seconds" in result.output
 
 
 def test_demo_in_the_terminal_prints_streamed_updates_as_what_they_add() -> None:

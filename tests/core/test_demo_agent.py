@@ -206,9 +206,20 @@ def test_from_settings_wrong_type_is_named(key: str, value: object) -> None:
         DemoAgent.from_settings({key: value}, path="robots.x.agent")
 
 
+@pytest.mark.parametrize("delay", [-1, float("nan"), float("inf"), float("-inf")])
+def test_a_negative_or_non_finite_delay_is_a_config_error(delay: float) -> None:
+    """nan would act as 0 and inf would never stream: refused as a negative delay is."""
+    with pytest.raises(ConfigError, match=r"^the demo agent's delay must be a finite number"):
+        DemoAgent(delay=delay)
+
+
+def test_a_non_finite_delay_in_a_config_table_is_refused() -> None:
+    """TOML has nan and inf literals: the config's delay is checked as the option is."""
+    with pytest.raises(ConfigError, match="delay must be a finite number"):
+        DemoAgent.from_settings({"delay": float("nan")})
+
+
 def test_bad_values_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="delay"):
-        DemoAgent(delay=-1)
     with pytest.raises(ConfigError, match="chunk_words"):
         DemoAgent(chunk_words=0)
 
