@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import time
 from collections import deque
@@ -59,6 +60,8 @@ from .platform import (
 )
 
 __all__ = ["MemoryCall", "MemoryCard", "MemoryPlatform", "MemorySettings", "MemoryStream"]
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen(kw_only=True)
@@ -300,7 +303,8 @@ class MemoryPlatform(Platform):
     def on_change(self, listener: Callable[[str, MemoryCard | None], None]) -> None:
         """Call ``listener(op, card)`` after every call (for consoles): ``op`` is the
         operation (``send_card``...) with the card it touched, or ``"OP:failed"`` with
-        ``None`` for a call the platform refused or failed (the call is in :attr:`calls`)."""
+        ``None`` for a call the platform refused or failed (the call is in :attr:`calls`).
+        A listener that raises is logged and skipped: the call it watched goes on."""
         self._listeners.append(listener)
 
     # -------------------------------------------------------------- robot side
@@ -353,7 +357,10 @@ class MemoryPlatform(Platform):
 
     async def _changed_now(self, op: str, card: MemoryCard | None) -> None:
         for listener in self._listeners:
-            listener(op, card)
+            try:
+                listener(op, card)
+            except Exception:  # a broken console must not break the robot's call
+                log.exception("a memory platform listener failed on %s", op)
         async with self._changed:
             self._changed.notify_all()
 

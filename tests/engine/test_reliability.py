@@ -29,7 +29,7 @@ from imrobots.robot import Reply, Robot
 from imrobots.runtime import RobotRuntime, RuntimeOptions
 from imrobots.streaming import StreamPolicy
 
-from .conftest import FAST, Factory, answer_cards, eventually
+from .conftest import FAST, Factory, answer_cards, eventually, streaming_agent
 
 
 def _notes(card: MemoryCard) -> list[str]:
@@ -418,3 +418,24 @@ async def test_an_open_lost_then_refused_until_the_end_still_ends_in_one_final_c
     assert cards[0].status is CardStatus.FINAL
     assert cards[0].text.split() == [c.strip() for c in chunks]
     assert platform.refused_after_done == 2  # opened again (same key) through the refusals
+
+
+async def test_a_listener_that_raises_breaks_no_call_of_the_platform(
+    make_runtime: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A console's listener on the memory platform fails (a closed terminal, a bug): it is
+    logged, and the answer it was watching still ends in its final card."""
+    platform, runtime = await make_runtime(agent=streaming_agent(["an ", "answer"]), **FAST)
+    seen: list[str] = []
+
+    def broken(op: str, card: object) -> None:
+        seen.append(op)
+        raise BrokenPipeError("the terminal went away")
+
+    platform.on_change(broken)
+    message = await platform.say("question")
+    await runtime.wait_idle(5)
+    [card] = answer_cards(platform, message)
+    assert card.status is CardStatus.FINAL and card.text == "an answer"
+    assert seen and runtime.stats.failed == 0
+    assert "a memory platform listener failed on" in caplog.text
