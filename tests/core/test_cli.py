@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import logging
 import os
 import re
 import signal
@@ -18,6 +20,8 @@ import imrobots
 import imrobots_feishu.plugin
 import imrobots_wecom.plugin
 from imrobots.cli import cli
+from imrobots.demo import Demo
+from imrobots.demo_agent import DemoAgent
 from imrobots.plugins import PluginManager
 
 CONFIG = """
@@ -236,6 +240,25 @@ def test_demo_in_the_terminal_prints_answers_whole() -> None:
     assert answer and max(len(line) for line in answer) <= 80
 
 
+async def test_the_console_demo_names_the_platform_in_each_stop_summary(
+    with_plugins: PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The console's demo runs the support robot once per platform: each stop summary says
+    which platform it is about (they were four identical ``robot support stopped:`` lines)."""
+    if importlib.util.find_spec("dingtalk_stream") is not None:
+        with_plugins.register(importlib.import_module("imrobots_dingtalk.plugin"), name="dingtalk")
+    demo = Demo(manager=with_plugins, agent=DemoAgent(delay=0))
+    await demo.start()
+    names = [robot.platform for robot in demo.robots]
+    assert "memory" in names and len(names) >= 2, demo.skipped
+    with caplog.at_level(logging.INFO, logger="imrobots.runtime"):
+        await demo.stop()
+    lines = [r.getMessage() for r in caplog.records if " stopped: " in r.getMessage()]
+    assert sorted(line.split(" stopped: ")[0] for line in lines) == sorted(
+        f"robot support on {name}" for name in names
+    )
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_demo_in_the_terminal_stops_cleanly_on_ctrl_c(loop: str) -> None:
     """SIGINT mid-answer stops the terminal demo as it stops the console's and `run`:
@@ -270,7 +293,7 @@ def test_demo_in_the_terminal_stops_cleanly_on_ctrl_c(loop: str) -> None:
     assert "Aborted!" not in output + errors
     assert "stopping..." in rest and "interrupted]" in rest
     assert rest.rstrip().endswith("stopped") and "done in" not in rest
-    summary = "robot support stopped: 1 received, 0 answered, 0 failed, 0 unanswered, "
+    summary = "robot support on memory stopped: 1 received, 0 answered, 0 failed, 0 unanswered, "
     assert summary + "1 interrupted" in errors
 
 
