@@ -249,9 +249,9 @@ class Replica:
             return ""
 
     def stop_summary(self) -> dict[str, int] | None:
-        """The counters the current process logged when it stopped (``robot NAME stopped:
-        ...``), by metric name (``received``, ``answered``, ...), or ``None`` (killed, or
-        still running)."""
+        """The counters the current process logged when it stopped (``robot NAME on
+        PLATFORM stopped: ...``), by metric name (``received``, ``answered``, ...), or
+        ``None`` (killed, or still running)."""
         found = _STOP_SUMMARY.search(self.output())
         if found is None:
             return None
@@ -299,7 +299,7 @@ class Replica:
 
 
 _METRICS_URL = re.compile(r"metrics: (http://\S+/metrics)")
-_STOP_SUMMARY = re.compile(r"robot \S+ stopped: (.*)")
+_STOP_SUMMARY = re.compile(r"robot \S+ on \S+ stopped: (.*)")
 _SUMMARY_COUNT = re.compile(r"(\d+) ([a-z][a-z -]*?)(?=[,;()]|$)")
 
 

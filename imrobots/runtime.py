@@ -384,7 +384,7 @@ class RobotRuntime:
         if self.robot.agent is not None:
             await self.robot.agent.aclose()
         await self.store.release_lock(self._alive_key(self.owner), self.owner)
-        log.info("robot %s stopped: %s", self.name, self.summary())
+        log.info("robot %s on %s stopped: %s", self.name, self.platform.name, self.summary())
 
     def summary(self) -> str:
         """One line of what this robot did, the faults it met included (logged at stop)."""

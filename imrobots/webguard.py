@@ -21,7 +21,8 @@ stops all three on the paths it guards:
   ``token_for_reads`` (a server bound beyond loopback), every guarded request needs it,
   WebSocket upgrades included; a browser then opens ``/?token=TOKEN`` once.
 
-A refused request is answered 403 with a JSON ``{"error": ...}`` and logged (warning,
+A refused request is answered 403 with a compact JSON ``{"error":"..."}`` (UTF-8, as the
+emulators write their other answers) and logged (warning,
 logger ``imrobots.security``); the token never appears in either.
 """
 
@@ -38,6 +39,8 @@ import attrs
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
+
+from .payloads import dumps
 
 __all__ = [
     "LOOPBACK_NAMES",
@@ -209,7 +212,12 @@ class WebGuard:
                     request.remote,
                     reason,
                 )
-                return web.json_response({"error": reason}, status=403)
+                return web.Response(
+                    body=dumps({"error": reason}),
+                    status=403,
+                    content_type="application/json",
+                    charset="utf-8",
+                )
             return await handler(request)
 
         return guard

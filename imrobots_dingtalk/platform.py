@@ -188,6 +188,10 @@ NEW_APPS_SINCE = "2024-12-31"
 """Since this day DingTalk gives no StandardCard permission to new apps (PROTOCOLS 2.3)."""
 
 
+_noted: set[tuple[str, str]] = set()
+"""The (client id, card mode note) pairs this process logged (:func:`card_mode_note`)."""
+
+
 def _ai_template(instance: DingTalkSettings, attribute: attrs.Attribute[Any], value: str) -> None:
     if instance.card_mode == "ai" and not value.strip():
         raise ValueError(
@@ -271,7 +275,11 @@ class DingTalkSettings:
 
     def __attrs_post_init__(self) -> None:
         level, note = card_mode_note(self)
-        log.log(level, "dingtalk app %s: %s", self.client_id, note)
+        # once per app and note per process: `imrobots run` converts the settings twice
+        # (checking the file, then building the robots), and a program may make several
+        if (self.client_id, note) not in _noted:
+            _noted.add((self.client_id, note))
+            log.log(level, "dingtalk app %s: %s", self.client_id, note)
 
     @property
     def builtin_template(self) -> bool:
@@ -289,7 +297,8 @@ class DingTalkSettings:
 
 def card_mode_note(settings: DingTalkSettings) -> tuple[int, str]:
     """The log level and one line saying which card mode ``settings`` use and why (logged
-    when settings are made, so ``imrobots check`` and ``imrobots run`` say it)."""
+    when settings are made, so ``imrobots check`` and ``imrobots run`` say it; once per
+    app and process, however many times its settings are made)."""
     if settings.card_mode == "standard":
         return logging.WARNING, (
             'card_mode = "standard": StandardCards (the seed\'s cards), whose APIs DingTalk '

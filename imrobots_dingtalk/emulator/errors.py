@@ -93,6 +93,32 @@ def lone_surrogate(problem: Exception) -> ApiError:
     return ApiError(400, "invalidParameter", str(problem))
 
 
+def json_kind(value: Any) -> str:
+    """The JSON type of a parsed JSON ``value``: ``string``, ``boolean``, ``number``,
+    ``object``, ``array`` or ``null``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "object" if isinstance(value, dict) else "array"
+
+
+def wrong_types(code: str, fields: list[tuple[str, str, Any]], *, prefix: str = "") -> ApiError:
+    """Body fields of the wrong JSON type, each ``(field, expected, value)``: 400 ``code``
+    (the code the route answers its other bad parameters with) and a message naming each
+    field, e.g. ``isFinalize must be a boolean, not string``; ``prefix`` goes before it
+    (the StandardCard routes' 参数无效)."""
+    # GUESS (UNCONFIRMED): DingTalk documents no answer for a field of the wrong type
+    # (PROTOCOLS 2.3-2.5 list none); the code is the one each route family uses for its
+    # other bad parameters, the message is the emulator's own.
+    said = "; ".join(f"{f} must be {expected}, not {json_kind(v)}" for f, expected, v in fields)
+    return ApiError(400, code, prefix + said)
+
+
 # --- throttling and server faults ---------------------------------------------
 
 

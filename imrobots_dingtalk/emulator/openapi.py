@@ -80,13 +80,134 @@ def _json_str(value: Any, where: str) -> Any:
 
 _INVALID = object()
 
+STRING, BOOLEAN, INTEGER, OBJECT, ARRAY = (
+    "a string",
+    "a boolean",
+    "an integer",
+    "an object",
+    "an array",
+)
+"""What a body field must be (a JSON type), as :func:`_check_types` names it."""
+
+
+def _is(value: Any, expected: str) -> bool:
+    if expected == STRING:
+        return isinstance(value, str)
+    if expected == BOOLEAN:
+        return isinstance(value, bool)
+    if expected == INTEGER:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected == OBJECT:
+        return isinstance(value, dict)
+    return isinstance(value, list)
+
+
+def _check_types(
+    body: Any, fields: dict[str, str], code: str, *, where: str = "", prefix: str = ""
+) -> None:
+    """Refuse the fields of ``body`` (an object, else nothing is checked) whose JSON type
+    is not the one ``fields`` gives them: 400 ``code`` naming each (``where.field``).
+    An absent field, or ``null``, is left to the route's own checks (required, empty)."""
+    if not isinstance(body, dict):
+        return
+    wrong = [
+        (f"{where}.{name}" if where else name, expected, value)
+        for name, expected in fields.items()
+        if (value := body.get(name)) is not None and not _is(value, expected)
+    ]
+    if wrong:
+        raise errors.wrong_types(code, wrong, prefix=prefix)
+
+
+# The types of the card routes' body fields [DT-doc robots-send-interactive-cards,
+# update-the-robot-to-send-interactive-cards, interface-for-creating-a-card-instance,
+# delivery-card-interface, interactive-card-update-interface, api-streamingupdate]
+# (PROTOCOLS 2.3-2.5): a value of another type gets 400, not a guess at what it meant
+# (the string "no" is not false; a key ["k"] is not empty).
+
+STANDARD_SEND_FIELDS = {
+    "cardTemplateId": STRING,
+    "cardBizId": STRING,
+    "robotCode": STRING,
+    "cardData": STRING,
+    "openConversationId": STRING,
+    "singleChatReceiver": STRING,
+    "callbackUrl": STRING,
+    "userIdPrivateDataMap": STRING,
+    "unionIdPrivateDataMap": STRING,
+    "sendOptions": OBJECT,
+}
+STANDARD_SEND_OPTIONS = {
+    "atUserListJson": STRING,
+    "atAll": BOOLEAN,
+    "receiverListJson": STRING,
+    "cardPropertyJson": STRING,
+}
+STANDARD_UPDATE_FIELDS = {
+    "cardBizId": STRING,
+    "cardData": STRING,
+    "userIdPrivateDataMap": STRING,
+    "unionIdPrivateDataMap": STRING,
+    "updateOptions": OBJECT,
+}
+UPDATE_OPTIONS = {"updateCardDataByKey": BOOLEAN, "updatePrivateDataByKey": BOOLEAN}
+INSTANCE_FIELDS = {
+    "outTrackId": STRING,
+    "cardTemplateId": STRING,
+    "cardData": OBJECT,
+    "callbackType": STRING,
+    "callbackRouteKey": STRING,
+    "privateData": OBJECT,
+    "cardAtUserIds": ARRAY,
+    "userIdType": INTEGER,
+    "openDynamicDataConfig": OBJECT,
+    "imGroupOpenSpaceModel": OBJECT,
+    "imRobotOpenSpaceModel": OBJECT,
+    "imSingleOpenSpaceModel": OBJECT,
+    "topOpenSpaceModel": OBJECT,
+}
+DELIVER_FIELDS = {
+    "outTrackId": STRING,
+    "openSpaceId": STRING,
+    "userIdType": INTEGER,
+    "imGroupOpenDeliverModel": OBJECT,
+    "imRobotOpenDeliverModel": OBJECT,
+    "topOpenDeliverModel": OBJECT,
+}
+GROUP_DELIVER_MODEL = {
+    "robotCode": STRING,
+    "atUserIds": OBJECT,
+    "recipients": ARRAY,
+    "extension": OBJECT,
+}
+ROBOT_DELIVER_MODEL = {"spaceType": STRING, "robotCode": STRING, "extension": OBJECT}
+INSTANCE_UPDATE_FIELDS = {
+    "outTrackId": STRING,
+    "cardData": OBJECT,
+    "privateData": OBJECT,
+    "cardUpdateOptions": OBJECT,
+    "userIdType": INTEGER,
+}
+STREAMING_FIELDS = {
+    "outTrackId": STRING,
+    "guid": STRING,
+    "key": STRING,
+    "content": STRING,
+    "isFull": BOOLEAN,
+    "isFinalize": BOOLEAN,
+    "isError": BOOLEAN,
+}
+
+_STANDARD = {"code": "param.error", "prefix": "参数无效: "}
+"""How the StandardCard routes name a wrong type: their documented bad-parameter answer."""
+
 
 def _param_map(value: Any, notes: list[str], where: str) -> dict[str, str]:
     """A ``cardParamMap``: string values only (DingTalk: Map<String, String>)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise errors.card_param("param.invalid")
+        raise errors.wrong_types("param.invalid", [(where, OBJECT, value)])
     out: dict[str, str] = {}
     for key, item in value.items():
         if isinstance(item, str):
@@ -103,7 +224,7 @@ def _param_map(value: Any, notes: list[str], where: str) -> dict[str, str]:
             # GUESS: DingTalk rejects objects/arrays in a Map<String, String>
             # (the docs require stringified JSON); the exact code is unconfirmed.
             notes.append(f"{where}.{key}: {type(item).__name__} is not a string")
-            raise errors.card_param("param.invalid")
+            raise errors.wrong_types("param.invalid", [(f"{where}.{key}", STRING, item)])
     return out
 
 
@@ -112,11 +233,11 @@ def _private_data(value: Any, notes: list[str], where: str) -> dict[str, dict[st
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise errors.card_param("param.invalid")
+        raise errors.wrong_types("param.invalid", [(where, OBJECT, value)])
     out: dict[str, dict[str, str]] = {}
     for user, data in value.items():
         if not isinstance(data, dict):
-            raise errors.card_param("param.invalid")
+            raise errors.wrong_types("param.invalid", [(f"{where}.{user}", OBJECT, data)])
         out[str(user)] = _param_map(data.get("cardParamMap"), notes, f"{where}.{user}.cardParamMap")
     return out
 
@@ -231,6 +352,8 @@ def _check_card_data_size(ctx: OpenApiContext, raw_card: Any) -> None:
 def interactive_cards_send(ctx: OpenApiContext) -> dict[str, Any]:
     """``POST /v1.0/im/v1.0/robot/interactiveCards/send`` (StandardCard)."""
     body, app = ctx.body, ctx.app
+    _check_types(body, STANDARD_SEND_FIELDS, **_STANDARD)
+    _check_types(body.get("sendOptions"), STANDARD_SEND_OPTIONS, where="sendOptions", **_STANDARD)
     template = body.get("cardTemplateId")
     biz_id = body.get("cardBizId")
     robot_code = body.get("robotCode")
@@ -320,6 +443,8 @@ def interactive_cards_send(ctx: OpenApiContext) -> dict[str, Any]:
 def interactive_cards_update(ctx: OpenApiContext) -> dict[str, Any]:
     """``PUT /v1.0/im/robots/interactiveCards`` (StandardCard update)."""
     body = ctx.body
+    _check_types(body, STANDARD_UPDATE_FIELDS, **_STANDARD)
+    _check_types(body.get("updateOptions"), UPDATE_OPTIONS, where="updateOptions", **_STANDARD)
     biz_id = body.get("cardBizId")
     if not _nonempty_str(biz_id):
         raise errors.standard_param_error()
@@ -373,6 +498,12 @@ class _Space:
 def _plan_delivery(ctx: OpenApiContext) -> list[_Space]:
     """Validate the deliver half of a request (openSpaceId + deliver models)."""
     body, app = ctx.body, ctx.app
+    _check_types(body, DELIVER_FIELDS, "param.invalid")
+    for name, fields in (
+        ("imGroupOpenDeliverModel", GROUP_DELIVER_MODEL),
+        ("imRobotOpenDeliverModel", ROBOT_DELIVER_MODEL),
+    ):
+        _check_types(body.get(name), fields, "param.invalid", where=name)
     open_space_id = body.get("openSpaceId")
     if not _nonempty_str(open_space_id):
         raise errors.card_param("param.openSpaceIdEmpty")
@@ -464,6 +595,7 @@ def _new_instance(ctx: OpenApiContext) -> CardRecord:
     body, app = ctx.body, ctx.app
     if not body:
         raise errors.card_param("param.empty")
+    _check_types(body, INSTANCE_FIELDS, "param.invalid")
     out_track_id = body.get("outTrackId")
     if not _nonempty_str(out_track_id):
         raise errors.card_param("param.outTrackIdEmpty")
@@ -507,6 +639,7 @@ def card_instances_create(ctx: OpenApiContext) -> dict[str, Any]:
 
 def card_instances_deliver(ctx: OpenApiContext) -> dict[str, Any]:
     """``POST /v1.0/card/instances/deliver``."""
+    _check_types(ctx.body, DELIVER_FIELDS, "param.invalid")
     out_track_id = ctx.body.get("outTrackId")
     if not _nonempty_str(out_track_id):
         raise errors.card_param("param.outTrackIdEmpty")
@@ -535,6 +668,10 @@ def card_instances_create_and_deliver(ctx: OpenApiContext) -> dict[str, Any]:
 def card_instances_update(ctx: OpenApiContext) -> dict[str, Any]:
     """``PUT /v1.0/card/instances`` (honours ``cardUpdateOptions``)."""
     body = ctx.body
+    _check_types(body, INSTANCE_UPDATE_FIELDS, "param.invalid")
+    _check_types(
+        body.get("cardUpdateOptions"), UPDATE_OPTIONS, "param.invalid", where="cardUpdateOptions"
+    )
     out_track_id = body.get("outTrackId")
     if not _nonempty_str(out_track_id):
         raise errors.card_param("param.outTrackIdEmpty")
@@ -543,12 +680,8 @@ def card_instances_update(ctx: OpenApiContext) -> dict[str, Any]:
         # GUESS: update of an unknown card answers like create/deliver do.
         raise errors.card_param("param.cardNotExist")
     options = body.get("cardUpdateOptions") or {}
-    if not isinstance(options, dict):
-        raise errors.card_param("param.invalid")
     card_data = body.get("cardData")
     if card_data is not None:
-        if not isinstance(card_data, dict):
-            raise errors.card_param("param.invalid")
         values = _param_map(card_data.get("cardParamMap"), ctx.notes, "cardData.cardParamMap")
         if options.get("updateCardDataByKey"):
             card.content.update(values)
@@ -564,6 +697,7 @@ def card_instances_update(ctx: OpenApiContext) -> dict[str, Any]:
 def card_streaming(ctx: OpenApiContext) -> dict[str, Any]:
     """``PUT /v1.0/card/streaming`` (AI card typewriter updates)."""
     body = ctx.body
+    _check_types(body, STREAMING_FIELDS, "param.invalid")
     key = body.get("key")
     content = body.get("content")
     guid = body.get("guid")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import signal
@@ -20,6 +22,8 @@ import imrobots
 import imrobots_feishu.plugin
 import imrobots_wecom.plugin
 from imrobots.cli import cli
+from imrobots.demo import Demo
+from imrobots.demo_agent import DemoAgent
 from imrobots.plugins import PluginManager
 
 CONFIG = """
@@ -238,6 +242,25 @@ def test_demo_in_the_terminal_prints_answers_whole() -> None:
     assert answer and max(len(line) for line in answer) <= 80
 
 
+async def test_the_console_demo_names_the_platform_in_each_stop_summary(
+    with_plugins: PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The console's demo runs the support robot once per platform: each stop summary says
+    which platform it is about (they were four identical ``robot support stopped:`` lines)."""
+    if importlib.util.find_spec("dingtalk_stream") is not None:
+        with_plugins.register(importlib.import_module("imrobots_dingtalk.plugin"), name="dingtalk")
+    demo = Demo(manager=with_plugins, agent=DemoAgent(delay=0))
+    await demo.start()
+    names = [robot.platform for robot in demo.robots]
+    assert "memory" in names and len(names) >= 2, demo.skipped
+    with caplog.at_level(logging.INFO, logger="imrobots.runtime"):
+        await demo.stop()
+    lines = [r.getMessage() for r in caplog.records if " stopped: " in r.getMessage()]
+    assert sorted(line.split(" stopped: ")[0] for line in lines) == sorted(
+        f"robot support on {name}" for name in names
+    )
+
+
 @pytest.mark.parametrize(
     ("loop", "log_format"), [("uvloop", "text"), ("asyncio", "text"), ("uvloop", "json")]
 )
@@ -277,7 +300,7 @@ def test_demo_in_the_terminal_stops_cleanly_on_ctrl_c(loop: str, log_format: str
     assert "Aborted!" not in output + errors
     assert "interrupted]" in rest and "done in" not in rest
     assert "stopping..." not in output and "stopped" not in output
-    summary = "robot support stopped: 1 received, 0 answered, 0 failed, 0 unanswered, "
+    summary = "robot support on memory stopped: 1 received, 0 answered, 0 failed, 0 unanswered, "
     if log_format == "json":
         messages = [json.loads(line)["message"] for line in errors.splitlines()]
         assert "stopping..." in messages and messages[-1] == "stopped", errors
@@ -364,7 +387,7 @@ def test_demo_in_the_terminal_prints_a_text_reply_and_goes_on() -> None:
     assert result.exit_code == 0, result.output
     assert result.output.count("  [text]\n    Please send your question as text.") == 2
     assert result.output.count("Alice pressed [Very helpful]") == 1
-    assert "robot support stopped: 3 received, 3 answered, 0 failed" in result.output
+    assert "robot support on memory stopped: 3 received, 3 answered, 0 failed" in result.output
     assert "done in" in result.output
 
 
@@ -384,7 +407,7 @@ def test_demo_in_the_terminal_stops_the_robot_when_the_conversation_fails(
     assert "Traceback" not in result.output and result.exception is not None
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert errors == ["error: the demo failed: RuntimeError: the button came off"]
-    assert "robot support stopped: 1 received, 1 answered" in result.output
+    assert "robot support on memory stopped: 1 received, 1 answered" in result.output
 
 
 def test_demo_in_the_terminal_prints_every_recorded_card_state(

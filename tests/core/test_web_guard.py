@@ -5,6 +5,7 @@ official SDKs call keep answering."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -210,6 +211,36 @@ async def test_dingtalk_control_api_refuses_cross_site_requests(
         assert r.status == 200
     async with http.ws_connect(f"{base}/events") as ws:  # no Origin: a script
         assert (await ws.receive_json())["kind"] == "hello"
+
+
+async def test_a_refusal_is_compact_json_as_the_control_apis_other_errors(
+    dingtalk: DingTalkEmulator, demo: Demo, http: aiohttp.ClientSession
+) -> None:
+    """Before: the guard's 403 was ``{"error": "..."}`` with spaces, the 400 beside it
+    ``{"error":"..."}``."""
+    base = f"{dingtalk.base_url}/_emulator"
+    token = {TOKEN_HEADER: dingtalk.control_token}
+    async with http.post(f"{base}/apps", json={"client_id": "x"}, headers=token) as r:
+        assert r.status == 400
+        bad = await r.text()
+    assert bad == '{"error":' + json.dumps(json.loads(bad)["error"], ensure_ascii=False) + "}"
+    assert demo.console is not None
+    for url, headers in (
+        (f"{base}/apps", {}),  # no token
+        (f"{base}/apps", {**token, "Origin": EVIL}),
+        (f"{demo.console.url.rstrip('/')}/api/memory/faults", {"Origin": EVIL}),
+    ):
+        async with http.post(url, json={}, headers=headers) as r:
+            assert r.status == 403
+            assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+            text = await r.text()
+        reason = json.loads(text)["error"]
+        assert text == '{"error":' + json.dumps(reason, ensure_ascii=False) + "}"
+    # a Host header naming a non-ASCII host: written as is, in UTF-8
+    async with http.get(f"{base}/apps", headers={"Host": "évil.example"}) as r:
+        assert r.status == 403
+        text = await r.text()
+    assert "'évil.example'" in text and text.startswith('{"error":"the Host ')
 
 
 async def test_dingtalk_platform_routes_stay_open_to_clients(

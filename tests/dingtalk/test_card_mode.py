@@ -7,13 +7,20 @@ one's own; ``imrobots check`` says which mode a robot uses and why."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from imrobots import FeedbackRating, Secret
+from imrobots.app import build_runtimes
+from imrobots.config import check_config
+from imrobots.plugins import PluginManager
 from imrobots_dingtalk.cards import ai_card_params
 from imrobots_dingtalk.emulator import DingTalkEmulator
 from imrobots_dingtalk.platform import BUILTIN_AI_TEMPLATE, DingTalkSettings
@@ -106,6 +113,51 @@ def _check(tmp_path: Path, settings: str) -> subprocess.CompletedProcess[str]:
         env=env,
         timeout=60,
     )
+
+
+def _notes(caplog: pytest.LogCaptureFixture, app: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "imrobots_dingtalk" and r.getMessage().startswith(f"dingtalk app {app}: ")
+    ]
+
+
+def test_run_says_the_card_mode_once(
+    manager: PluginManager, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What ``imrobots run`` does before connecting: check the file, then build the robots.
+    Both convert the settings; the card mode line was logged twice."""
+    import imrobots_dingtalk.plugin
+
+    manager.register(imrobots_dingtalk.plugin, name="dingtalk")
+    app = f"dingonce{uuid.uuid4().hex[:8]}"  # this process has not seen it
+    path = tmp_path / "robots.toml"
+    path.write_text(
+        f'[robots.bot]\nplatform = "dingtalk"\n[robots.bot.settings]\nclient_id = "{app}"\n'
+        'client_secret = "very-secret"\n[robots.bot.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    with caplog.at_level(logging.INFO, logger="imrobots_dingtalk"):
+        result = check_config(path, manager=manager)
+        assert result.errors == () and result.config is not None
+        [runtime] = build_runtimes(result.config, manager=manager)
+        assert runtime.platform.name == "dingtalk"
+        # a program that makes the app's settings once more says nothing new either
+        DingTalkSettings(client_id=app, client_secret=Secret("s"))
+    [note] = _notes(caplog, app)
+    assert "built-in AI card template" in note
+
+    # another app, or another card mode of the same app, is news: said once each
+    other = f"{app}x"
+    with caplog.at_level(logging.INFO, logger="imrobots_dingtalk"):
+        caplog.clear()
+        for _ in range(2):
+            DingTalkSettings(client_id=other, client_secret=Secret("s"))
+            DingTalkSettings(client_id=app, client_secret=Secret("s"), card_mode="standard")
+    assert len(_notes(caplog, other)) == 1
+    [standard] = _notes(caplog, app)
+    assert 'card_mode = "standard"' in standard
 
 
 def test_check_says_which_card_mode_and_why(tmp_path: Path) -> None:

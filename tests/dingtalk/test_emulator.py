@@ -670,6 +670,129 @@ async def test_create_then_deliver_and_standard_card_errors(
     assert status == 400 and body["code"] == "param.isNotJson"
 
 
+async def test_card_fields_of_the_wrong_type_get_400_naming_them(
+    http: aiohttp.ClientSession, emu: DingTalkEmulator
+) -> None:
+    """Before: ``key: ["k"]`` got ``param.stream.keyEmpty`` (the key is not empty), and
+    ``isFinalize: "no"`` finalized the card (a non-empty string counted as true)."""
+    token = await get_token(http, emu)
+    assert (await create_ai_card(http, emu, token, "typed"))[0] == 200
+    card = emu.cards["typed"]
+    put = "/v1.0/card/streaming"
+    good = {"outTrackId": "typed", "guid": "g", "key": "msgContent", "content": "Hi"}
+
+    status, body = await api(
+        http,
+        emu,
+        "PUT",
+        put,
+        token,
+        {"outTrackId": 123, "key": ["k"], "content": {"a": 1}, "guid": True},
+    )
+    assert status == 400 and body["code"] == "param.invalid" and body["requestid"]
+    assert body["message"] == (
+        "outTrackId must be a string, not number; guid must be a string, not boolean; "
+        "key must be a string, not array; content must be a string, not object"
+    )
+    status, body = await api(
+        http, emu, "PUT", put, token, {**good, "isFull": "yes", "isFinalize": "no"}
+    )
+    assert (status, body["code"]) == (400, "param.invalid")
+    assert body["message"] == (
+        "isFull must be a boolean, not string; isFinalize must be a boolean, not string"
+    )
+    status, body = await api(http, emu, "PUT", put, token, {**good, "isError": 1})
+    assert (status, body["message"]) == (400, "isError must be a boolean, not number")
+    # none of the refused calls touched the card; null stays "not given"
+    assert not card.finalized and not card.error and "msgContent" not in card.content
+    assert card.stream_guids == set()
+    status, _ = await api(http, emu, "PUT", put, token, {**good, "isFull": True, "isError": None})
+    assert status == 200 and card.content["msgContent"] == "Hi" and not card.finalized
+
+    # the other card routes: create, deliver, update, and the StandardCard pair
+    cases: list[tuple[str, str, dict[str, Any], str, str]] = [
+        (
+            "POST",
+            "/v1.0/card/instances",
+            {"cardTemplateId": "t.schema", "outTrackId": "c9", "cardData": "{}", "userIdType": "1"},
+            "param.invalid",
+            "cardData must be an object, not string; userIdType must be an integer, not string",
+        ),
+        (
+            "POST",
+            "/v1.0/card/instances",
+            {"cardTemplateId": "t.schema", "outTrackId": "c9", "cardData": {"cardParamMap": []}},
+            "param.invalid",
+            "cardData.cardParamMap must be an object, not array",
+        ),
+        (
+            "POST",
+            "/v1.0/card/instances/deliver",
+            {"outTrackId": "typed", "openSpaceId": ["dtv1.card//IM_ROBOT.u5"]},
+            "param.invalid",
+            "openSpaceId must be a string, not array",
+        ),
+        (
+            "POST",
+            "/v1.0/card/instances/deliver",
+            {
+                "outTrackId": "typed",
+                "openSpaceId": "dtv1.card//IM_GROUP.cidGroup==",
+                "imGroupOpenDeliverModel": {"robotCode": APP, "atUserIds": ["u1"]},
+            },
+            "param.invalid",
+            "imGroupOpenDeliverModel.atUserIds must be an object, not array",
+        ),
+        (
+            "PUT",
+            "/v1.0/card/instances",
+            {"outTrackId": "typed", "cardUpdateOptions": {"updateCardDataByKey": "false"}},
+            "param.invalid",
+            "cardUpdateOptions.updateCardDataByKey must be a boolean, not string",
+        ),
+        (
+            "POST",
+            "/v1.0/im/v1.0/robot/interactiveCards/send",
+            {
+                "cardTemplateId": "StandardCard",
+                "cardBizId": 7,
+                "robotCode": APP,
+                "cardData": {"header": {}},
+                "openConversationId": "cidX",
+            },
+            "param.error",
+            "参数无效: cardBizId must be a string, not number; "
+            "cardData must be a string, not object",
+        ),
+        (
+            "POST",
+            "/v1.0/im/v1.0/robot/interactiveCards/send",
+            {
+                "cardTemplateId": "StandardCard",
+                "cardBizId": "b7",
+                "robotCode": APP,
+                "cardData": "{}",
+                "openConversationId": "cidX",
+                "sendOptions": {"atAll": "false"},
+            },
+            "param.error",
+            "参数无效: sendOptions.atAll must be a boolean, not string",
+        ),
+        (
+            "PUT",
+            "/v1.0/im/robots/interactiveCards",
+            {"cardBizId": "b7", "cardData": "{}", "updateOptions": {"updateCardDataByKey": 1}},
+            "param.error",
+            "参数无效: updateOptions.updateCardDataByKey must be a boolean, not number",
+        ),
+    ]
+    for method, path, request, code, message in cases:
+        status, body = await api(http, emu, method, path, token, request)
+        assert (status, body["code"], body["message"]) == (400, code, message), path
+    assert set(emu.cards) == {"typed"} and card.spaces == ["dtv1.card//IM_GROUP.cidGroup=="]
+    assert card.content["msgContent"] == "Hi"
+
+
 async def test_failure_injection_share(http: aiohttp.ClientSession) -> None:
     async with DingTalkEmulator(seed=8, ping_interval=None, qps_limit=10_000) as emulator:
         emulator.add_app(APP, SECRET)
@@ -888,9 +1011,10 @@ async def test_request_ids_are_version_4_uuids_drawn_from_the_seed() -> None:
     for _ in range(2000):
         expected = str(uuid.UUID(int=theirs.getrandbits(128), version=4))
         assert frames.new_uuid(ours) == expected
-    assert frames.new_request_id(random.Random(7)) == str(
-        uuid.UUID(int=random.Random(7).getrandbits(128), version=4)
-    ).upper()
+    assert (
+        frames.new_request_id(random.Random(7))
+        == str(uuid.UUID(int=random.Random(7).getrandbits(128), version=4)).upper()
+    )
 
     content: dict[str, Any] = {"a": [{"b": "c"}, 1, 2.5, None], "d": {"e": [True]}}
     copied = _copy_json(content)
@@ -901,13 +1025,15 @@ async def test_request_ids_are_version_4_uuids_drawn_from_the_seed() -> None:
 
 
 async def test_openapi_answers_are_compact_utf8_json(emu: DingTalkEmulator) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
             f"{emu.base_url}/v1.0/oauth2/accessToken",
             json={"appKey": "nobody", "appSecret": "wrong"},
-        ) as response:
-            assert response.headers["Content-Type"] == "application/json; charset=utf-8"
-            assert response.headers["x-acs-request-id"]
-            text = await response.text()
+        ) as response,
+    ):
+        assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert response.headers["x-acs-request-id"]
+        text = await response.text()
     assert json.loads(text)["code"]
     assert ", " not in text and '": ' not in text

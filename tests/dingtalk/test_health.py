@@ -206,7 +206,7 @@ async def test_health_metrics_json_logs_and_no_secret_in_any_line(
     messages = [r["message"] for r in records]
     assert "stopped" in messages
     assert "running on the uvloop event loop; press Ctrl-C to stop" in messages
-    [summary] = [m for m in messages if m.startswith("robot support stopped:")]
+    [summary] = [m for m in messages if m.startswith("robot support on dingtalk stopped:")]
     assert f"{rate_limited} rate-limited responses" in summary and "1 reconnects" in summary
     assert "3 answered" in summary and "retries" in summary and "failed calls" in summary
 

@@ -70,7 +70,8 @@ async def test_a_20_second_soak_meets_the_goals_and_its_metrics_match(tmp_path: 
     assert scan.kinds["sessionWebhook token"] == result.sent, scan.kinds
     config = (tmp_path / "robots.toml").read_text(encoding="utf-8")
     assert find_secrets({"robots.toml": config}, {"client secret": [SECRET]}).found
-    assert "imrobots.runtime: robot support stopped" in (tmp_path / "replica-1.log").read_text()
+    replica_log = (tmp_path / "replica-1.log").read_text()
+    assert "imrobots.runtime: robot support on dingtalk stopped: " in replica_log
 
 
 def test_the_secret_scan_finds_a_secret_as_is_and_url_encoded() -> None:
