@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -516,11 +517,13 @@ async def _demo_conversation(
     width = max(60, shutil.get_terminal_size((100, 24)).columns)
 
     def out(line: str = "") -> None:
-        """One line on standard output; once it is closed, nothing more, and the demo stops."""
+        """One line on standard output; once it is closed, nothing more, and the demo stops.
+        Control characters (a question's or an answer's escape sequences, which would
+        recolour the terminal or retitle its window) are printed as U+FFFD."""
         if broken:
             return
         try:
-            click.echo(line)
+            click.echo(line.translate(_CONTROLS))
         except BrokenPipeError as exc:
             broken.append(exc)
             stop.set()
@@ -587,10 +590,14 @@ async def _demo_conversation(
         for question in questions:
             if stop.is_set():  # stopped before the loop ran: ask nothing
                 return
-            out(f"\nAlice: @support {question}")
+            first, *further = question.split("\n")
+            out(f"\nAlice: @support {first}".rstrip())
+            for line in further:
+                out(f"    {line}".rstrip())
             known = len(platform.cards)
             await platform.say(question)
-            await runtime.wait_idle(timeout=120)
+            # no time limit: --delay may be long, and Ctrl-C is the user's to press
+            await runtime.wait_idle()
             # a text reply (a message without text, say) has no card to press: printed only
             card_id = feedback_button(list(platform.cards.values())[known:])
             if card_id is None:
@@ -630,6 +637,12 @@ async def _demo_conversation(
     if broken:
         raise broken[0]
     return answered
+
+
+_CONTROLS = {
+    code: "\ufffd" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if code not in (9, 10)
+}
+"""C0 and C1 control characters but the tab and the newline, for ``str.translate``."""
 
 
 def _stdout_closed() -> None:
@@ -730,7 +743,11 @@ async def _demo_console(
     help="Ask this in the terminal instead of starting the console (repeatable).",
 )
 @click.option(
-    "--delay", default=0.03, show_default=True, help="Seconds between streamed words (terminal)."
+    "--delay",
+    default=0.03,
+    show_default=True,
+    callback=lambda _ctx, _param, value: _seconds_or_more(value),
+    help="Seconds between streamed words (terminal): 0 or more.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")
 @click.option("--port", default=8300, show_default=True, help="Console port (0: any free port).")
@@ -785,6 +802,14 @@ def demo(
         _fail(ImrobotsError(f"cannot start the console on {host}:{port}: {exc}; try --port 0"))
     except (ValueError, ImrobotsError) as exc:
         _fail(exc)
+
+
+def _seconds_or_more(value: float) -> float:
+    """A click option's seconds: finite and 0 or more, else a usage error (click names
+    the option)."""
+    if not math.isfinite(value) or value < 0:
+        raise click.BadParameter(f"give a finite number of seconds, 0 or more, not {value}")
+    return value
 
 
 def _demo_in_the_terminal(questions: list[str], delay: float) -> None:
@@ -1212,5 +1237,23 @@ def feedback_export(config_path: Path, fmt: str, robot: str | None, output: Path
     click.echo(f"exported {count} feedback record{'s' if count != 1 else ''}", err=True)
 
 
+def _open_missing_standard_streams() -> None:
+    """Open /dev/null on each of file descriptors 0-2 the process was started without
+    (``imrobots run <&-``, ``>&-``): a socket would otherwise get one of them, and uvloop
+    aborts the process (a C assertion) when it closes it. The interpreter, which set
+    ``sys.stdin``/``stdout``/``stderr`` to ``None`` for them, gets a stream on each."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))  # noqa: SIM115
+
+
 def main() -> None:
+    _open_missing_standard_streams()
     cli(prog_name="imrobots")

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -478,13 +479,39 @@ def test_demo_refuses_delay_without_questions() -> None:
 
 @pytest.mark.parametrize("delay", ["nan", "inf", "-1"])
 def test_demo_refuses_a_non_finite_or_negative_delay(delay: str) -> None:
-    """--delay nan acted as 0 and --delay inf never streamed: refused as -1 is."""
+    """--delay nan acted as 0 and --delay inf never streamed: refused as -1 is, naming the
+    option, before anything is printed on standard output."""
     result = CliRunner().invoke(cli, ["demo", "--delay", delay, "-q", "Hello?"])
     assert result.exit_code == 2, result.output
-    assert "error: the demo agent's delay must be a finite number of seconds, 0 or more" in (
+    assert "Invalid value for '--delay': give a finite number of seconds, 0 or more" in (
         result.output
     )
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "imrobots demo:" not in result.output
+
+
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"])
+def test_a_command_started_without_a_standard_stream_runs(closed: str) -> None:
+    """`imrobots ... >&-`: a socket took the free file descriptor 1 (or 0, or 2) and uvloop
+    aborted the process when it closed it (a C assertion, exit 134). /dev/null is opened
+    on a missing one at start."""
+    command = f"{shlex.quote(sys.executable)} -m imrobots demo -q refund --delay 0 {closed}"
+    env = {**os.environ, "IMROBOTS_LOOP": "uvloop"}
+    done = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Assertion" not in done.stderr
+
+
+def test_demo_in_the_terminal_prints_no_control_character() -> None:
+    """A question's or an answer's escape sequences would recolour the terminal or retitle
+    its window: printed as U+FFFD; a question's further lines are indented."""
+    question = "refund\x1b[31m red\x1b]0;pwned\x07\nand a second line"
+    result = CliRunner().invoke(cli, ["demo", "--delay", "0", "-q", question])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "Alice: @support refund\ufffd[31m red\ufffd]0;pwned\ufffd\n" in result.output
+    assert "\n    and a second line\n" in result.output
 
 
 def test_check_refuses_a_non_finite_delay_in_a_config(tmp_path: Path) -> None:
