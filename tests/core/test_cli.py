@@ -132,6 +132,27 @@ def _wait_for_line(
     raise AssertionError(f"{text!r} not printed; got: {''.join(seen)}")
 
 
+def _interrupted(arguments: list[str], after: str, *, loop: str) -> tuple[int, str, str]:
+    """Run ``imrobots ARGUMENTS`` on ``loop``, send SIGINT once a line of its standard
+    output holds ``after``: its exit status, standard output and standard error."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "100", "IMROBOTS_LOOP": loop}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imrobots", *arguments],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        seen = _wait_for_line(process, after, time.monotonic() + 30, stdout=True)
+        process.send_signal(signal.SIGINT)
+        rest, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, "".join(seen) + rest, errors
+
+
 @pytest.mark.parametrize(
     ("sig", "loop"),
     [(signal.SIGINT, "uvloop"), (signal.SIGTERM, "uvloop"), (signal.SIGTERM, "asyncio")],
@@ -270,34 +291,12 @@ def test_demo_in_the_terminal_stops_cleanly_on_ctrl_c(loop: str, log_format: str
     the answer ends interrupted, the runtime's summary counts it, exit status 0, and no
     click "Aborted!"; stopping... and stopped are the command's own lines, on standard
     error as `run` writes them (JSON records under --log-format json)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "100", "IMROBOTS_LOOP": loop}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "imrobots",
-            "--log-format",
-            log_format,
-            "demo",
-            "--delay",
-            "0.5",
-            "-q",
-            "How do I get a refund?",
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
+    arguments = ["--log-format", log_format, "demo", "--delay", "0.5"]
+    status, output, errors = _interrupted(
+        [*arguments, "-q", "How do I get a refund?"], "streaming]", loop=loop
     )
-    try:
-        seen = _wait_for_line(process, "streaming]", time.monotonic() + 30, stdout=True)
-        process.send_signal(signal.SIGINT)
-        rest, errors = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    output = "".join(seen) + rest
-    assert process.returncode == 0, output + errors
+    rest = output.split("streaming]", 1)[1]
+    assert status == 0, output + errors
     assert "Aborted!" not in output + errors
     assert "interrupted]" in rest and "done in" not in rest
     assert "stopping..." not in output and "stopped" not in output
@@ -316,23 +315,11 @@ def test_demo_in_the_terminal_stops_cleanly_on_ctrl_c_right_after_the_banner(loo
     """SIGINT as soon as the banner is out, before the conversation's loop runs (or as it
     starts): a clean stop all the same (was "coroutine ... was never awaited" and click's
     "Aborted!", exit 1)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "IMROBOTS_LOOP": loop}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imrobots", "demo", "--delay", "0.5", "-q", "refund"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
+    status, output, errors = _interrupted(
+        ["demo", "--delay", "0.5", "-q", "refund"], "imrobots demo:", loop=loop
     )
-    try:
-        seen = _wait_for_line(process, "imrobots demo:", time.monotonic() + 30, stdout=True)
-        process.send_signal(signal.SIGINT)
-        rest, errors = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    output = "".join(seen) + rest + errors
-    assert process.returncode == 0, output
+    output += errors
+    assert status == 0, output
     for bad in ("Aborted!", "RuntimeWarning", "never awaited", "Traceback", "done in"):
         assert bad not in output, output
     assert "stopping...\n" in errors and errors.rstrip().endswith("\nstopped"), errors
