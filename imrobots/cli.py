@@ -590,7 +590,7 @@ async def _demo_conversation(
         for question in questions:
             if stop.is_set():  # stopped before the loop ran: ask nothing
                 return
-            first, *further = question.split("\n")
+            first, *further = question.splitlines() or [""]
             out(f"\nAlice: @support {first}".rstrip())
             for line in further:
                 out(f"    {line}".rstrip())
