@@ -153,6 +153,8 @@ class AibotConnection:
         self.options = options or ConnectionOptions()
         self.generation = 0
         """Counts subscriptions; a req_id from an older generation is stale."""
+        self._refused = False
+        """Subscriptions were refused since the last good one (logged once, as is the end)."""
         self.taken_over = False
         self.reconnects = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -216,7 +218,6 @@ class AibotConnection:
 
     async def _run(self) -> None:
         attempt = 0
-        refused = False  # subscriptions refused since the last good one (logged once)
         while not self._stopped():
             self.status.connecting()
             generation = self.generation
@@ -235,8 +236,8 @@ class AibotConnection:
                     )
                     return
                 # it subscribed before: WeCom's passing fault, retried with backoff
-                if not refused:
-                    refused = True
+                if not self._refused:
+                    self._refused = True
                     log.error(
                         "WeCom bot %s: subscription refused although it subscribed before "
                         "(%s); retrying with backoff until WeCom accepts it again",
@@ -259,9 +260,6 @@ class AibotConnection:
                 )
                 if self.generation != generation:
                     attempt = 0  # subscribed: however it ended, the backoff starts over
-                    if refused:
-                        refused = False
-                        log.warning("WeCom bot %s: subscription accepted again", self.bot_id)
             if self._stopped():
                 break
             self.status.disconnected("the WeCom connection was lost")
@@ -306,6 +304,9 @@ class AibotConnection:
             if self._first is not None and not self._first.done():
                 self._first.set_result(None)
             log.info("WeCom bot %s: subscribed (%s)", self.bot_id, self.url)
+            if self._refused:  # said as it happens, not when this connection ends
+                self._refused = False
+                log.warning("WeCom bot %s: subscription accepted again", self.bot_id)
             pinger = asyncio.create_task(self._ping_loop(ws))
             try:
                 while True:
