@@ -537,6 +537,14 @@ async def _demo_conversation(
             for part in wrapped or [""]:
                 out(f"    {part}" if part else "")
 
+    def out_indented(head: str, lines: Sequence[str]) -> None:
+        """``head`` and the first of ``lines`` on one line, the others indented as card
+        text is."""
+        first, *further = lines
+        out(f"{head}{first}".rstrip())
+        for line in further:
+            out(f"    {line}".rstrip())
+
     def show_state(card_id: str, state: Card | str) -> None:
         """One recorded state of a card: a streamed update as the text it adds, any other
         state whole."""
@@ -545,11 +553,8 @@ async def _demo_conversation(
         before = texts.get(card_id, "")
         texts[card_id] = text
         if status == "streaming" and before and text.startswith(before):
-            # only what the update adds, its further lines indented as the card text is
-            first, *rest = text[len(before) :].split("\n")
-            out(f"  [{card_id} streaming] ...{first}".rstrip())
-            for line in rest:
-                out(f"    {line}".rstrip())
+            # only what the update adds
+            out_indented(f"  [{card_id} streaming] ...", text[len(before) :].split("\n"))
         else:
             out(f"  [{card_id} {status}]")
             echo_text(text)
@@ -590,10 +595,7 @@ async def _demo_conversation(
         for question in questions:
             if stop.is_set():  # stopped before the loop ran: ask nothing
                 return
-            first, *further = question.splitlines() or [""]
-            out(f"\nAlice: @support {first}".rstrip())
-            for line in further:
-                out(f"    {line}".rstrip())
+            out_indented("\nAlice: @support ", question.splitlines() or [""])
             known = len(platform.cards)
             await platform.say(question)
             # no time limit: --delay may be long, and Ctrl-C is the user's to press
@@ -650,9 +652,15 @@ def _stdout_closed() -> None:
     the interpreter's last flush of what is still buffered does not fail again (as
     Python's documentation of SIGPIPE advises; click does the like)."""
     with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _devnull_onto(sys.stdout.fileno())
+
+
+def _devnull_onto(fd: int) -> None:
+    """Make file descriptor ``fd`` /dev/null (open or not before)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    if null != fd:
+        os.dup2(null, fd)
+        os.close(null)
 
 
 _TOKEN_HELP = (
@@ -844,7 +852,7 @@ def _demo_in_the_terminal(questions: list[str], delay: float) -> None:
     except BrokenPipeError:
         _stdout_closed()
         raise SystemExit(1) from None
-    except ImrobotsError as exc:  # IMROBOTS_LOOP, a bad --delay
+    except ImrobotsError as exc:  # IMROBOTS_LOOP, say
         _fail(exc)
     except Exception as exc:
         log.debug("the terminal demo failed", exc_info=True)
@@ -1246,10 +1254,7 @@ def _open_missing_standard_streams() -> None:
         try:
             os.fstat(fd)
         except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
+            _devnull_onto(fd)
             if getattr(sys, name) is None:
                 setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))  # noqa: SIM115
 
