@@ -65,7 +65,7 @@ import attrs
 from .cards import Actions, Card, CardStatus, Divider, Markdown, Note
 from .memory import MemoryCard, MemoryPlatform, MemorySettings
 from .platform import Platform
-from .webguard import TOKEN_HEADER, control_guard, new_token
+from .webguard import TOKEN_HEADER, control_guard, json_response, new_token
 
 __all__ = [
     "FAULT_KINDS",
@@ -74,6 +74,7 @@ __all__ = [
     "MemoryEmulator",
     "card_view_blocks",
     "control_guard",
+    "json_response",
     "new_token",
 ]
 

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
-from imrobots.emulation import control_guard
+from imrobots.emulation import control_guard, json_response
 from imrobots.platform import LoneSurrogate, dump_json, load_json, parse_json_strict
 
 from . import errors, frames
@@ -40,21 +40,6 @@ if TYPE_CHECKING:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 logger = logging.getLogger(__name__)
-
-
-def _json(
-    payload: Any, *, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    """``payload`` as a JSON response, compact as DingTalk's. Written by ``dump_json``
-    (orjson): ``json.dumps`` was about 6 % of the emulator's request handling with 1,000
-    answers streaming (``bench/engine.py``)."""
-    return web.Response(
-        body=dump_json(payload),
-        status=status,
-        headers=headers,
-        content_type="application/json",
-        charset="utf-8",
-    )
 
 
 # GUESS: 20000 bytes is the custom (group webhook) robot limit (460101, PROTOCOLS 2.6),
@@ -205,7 +190,7 @@ class _Surface:
             response=payload,
             notes=notes,
         )
-        return _json(payload, status=status, headers={"x-acs-request-id": request_id})
+        return json_response(payload, status=status, headers={"x-acs-request-id": request_id})
 
     async def _latency(self) -> None:
         if self.emu.latency > 0:
@@ -500,7 +485,7 @@ class _Surface:
             response=result,
             notes=notes,
         )
-        response = _json(dict(result))
+        response = json_response(dict(result))
         await self._withhold(request, rule)
         return response
 
@@ -564,7 +549,7 @@ class _Surface:
             response=result,
             notes=[f"response withheld ({rule.describe()})"] if rule is not None else None,
         )
-        response = _json(dict(result))
+        response = json_response(dict(result))
         await self._withhold(request, rule)
         return response
 
@@ -773,8 +758,8 @@ class _Control:
             try:
                 result = await fn(request)
             except (_BadRequest, ValueError) as exc:
-                return _json({"error": str(exc)}, status=400)
-            return _json(to_json(result))
+                return json_response({"error": str(exc)}, status=400)
+            return json_response(to_json(result))
 
         return handle
 
