@@ -538,7 +538,7 @@ class RobotRuntime:
         # neither leaves an entry nor touches its original's.)
         self._arrivals.setdefault(message.id, arrived)
         lane.queue.append(message)
-        lane.last_arrival = time.monotonic()
+        lane.last_arrival = arrived
         if opts.interrupt and lane.current is not None and not lane.current.done():
             lane.current.cancel()
         if not busy:
