@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import logging
 import random
@@ -28,15 +27,13 @@ from imrobots.platform import (
 
 from . import errors, frames
 from .errors import ApiError
-from .openapi import apply_callback_response
-from .render import refresh_view
+from .openapi import apply_callback_response, record_card_change
 from .state import (
     AccessToken,
     AckKind,
     AckRecord,
     ApiCall,
     CardRecord,
-    CardUpdate,
     ConnectionRecord,
     ConversationType,
     EmulatedApp,
@@ -898,10 +895,7 @@ class DingTalkEmulator:
             callback.notes.append(f"response rejected: {exc.code}")
             return
         if changed:
-            refresh_view(card)
-            card.updated_at = time.monotonic()
-            card.updates.append(CardUpdate(route="callback", content=copy.deepcopy(card.content)))
-            self.state.emit("card", card, route="callback")
+            record_card_change(self.state, card, "callback")
 
     # --- pushes -------------------------------------------------------------------
 

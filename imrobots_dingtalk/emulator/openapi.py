@@ -251,11 +251,17 @@ def _merge_private(card: CardRecord, private: dict[str, dict[str, Any]], by_key:
 
 
 def _snapshot(ctx: OpenApiContext, card: CardRecord, route: str | None = None) -> None:
-    """Record a card change and notify listeners."""
+    """Record a card change made by an OpenAPI call and notify listeners."""
+    record_card_change(ctx.state, card, route or ctx.route)
+
+
+def record_card_change(state: EmulatorState, card: CardRecord, route: str) -> None:
+    """Record a change of ``card`` (its view refreshed, a copy of its content kept as a
+    version) made by ``route``, and notify listeners."""
     card.updated_at = time.monotonic()
     refresh_view(card)
-    card.updates.append(CardUpdate(route=route or ctx.route, content=_copy_json(card.content)))
-    ctx.state.emit("card", card, route=route or ctx.route)
+    card.updates.append(CardUpdate(route=route, content=_copy_json(card.content)))
+    state.emit("card", card, route=route)
 
 
 def _copy_json(value: Any) -> Any:
