@@ -502,9 +502,9 @@ class _Space:
 
 
 def _plan_delivery(ctx: OpenApiContext) -> list[_Space]:
-    """Validate the deliver half of a request (openSpaceId + deliver models)."""
+    """Validate the deliver half of a request (openSpaceId + deliver models; the caller
+    has checked the types of :data:`DELIVER_FIELDS`)."""
     body, app = ctx.body, ctx.app
-    _check_types(body, DELIVER_FIELDS, "param.invalid")
     for name, fields in (
         ("imGroupOpenDeliverModel", GROUP_DELIVER_MODEL),
         ("imRobotOpenDeliverModel", ROBOT_DELIVER_MODEL),
@@ -661,6 +661,7 @@ def card_instances_deliver(ctx: OpenApiContext) -> dict[str, Any]:
 def card_instances_create_and_deliver(ctx: OpenApiContext) -> dict[str, Any]:
     """``POST /v1.0/card/instances/createAndDeliver``."""
     card = _new_instance(ctx)
+    _check_types(ctx.body, DELIVER_FIELDS, "param.invalid")
     plan = _plan_delivery(ctx)
     ctx.state.cards[card.card_id] = card
     results = _apply_delivery(ctx, card, plan)

@@ -744,6 +744,18 @@ async def test_card_fields_of_the_wrong_type_get_400_naming_them(
             "imGroupOpenDeliverModel.atUserIds must be an object, not array",
         ),
         (
+            "POST",
+            "/v1.0/card/instances/createAndDeliver",
+            {
+                "cardTemplateId": "t.schema",
+                "outTrackId": "c10",
+                "cardData": {"cardParamMap": {}},
+                "openSpaceId": ["dtv1.card//IM_ROBOT.u5"],
+            },
+            "param.invalid",
+            "openSpaceId must be a string, not array",
+        ),
+        (
             "PUT",
             "/v1.0/card/instances",
             {"outTrackId": "typed", "cardUpdateOptions": {"updateCardDataByKey": "false"}},
