@@ -497,7 +497,8 @@ class RobotRuntime:
         if reason is not None:
             self._reject(message, reason)
             return
-        lane = self._lanes.get(message.conversation_key)
+        key = message.conversation_key
+        lane = self._lanes.get(key)
         if lane is not None and lane.holds(message):
             # A redelivery of a message waiting or being answered in its lane: drop it here,
             # before it can interrupt, supersede or be refused as "busy" in its original's
@@ -509,7 +510,7 @@ class RobotRuntime:
             self._reject(message, "overloaded")
             return
         if opts.strategy == "concurrent" or (
-            self._shared_turns and opts.strategy == "queue" and not opts.interrupt
+            self.store.shared and opts.strategy == "queue" and not opts.interrupt
         ):
             # (On a shared store, "queue" is kept by the store's turn queue of the
             # conversation, for the messages of every replica: each message waits there, its
@@ -519,7 +520,7 @@ class RobotRuntime:
             self._spawn(self._process(message)).add_done_callback(self._message_done)
             return
         if lane is None:
-            lane = self._lanes[message.conversation_key] = _Lane()
+            lane = self._lanes[key] = _Lane()
         busy = lane.worker is not None and not lane.worker.done()
         if opts.strategy == "drop" and busy:
             self._reject(message, "busy answering an earlier message")
@@ -542,7 +543,7 @@ class RobotRuntime:
         if opts.interrupt and lane.current is not None and not lane.current.done():
             lane.current.cancel()
         if not busy:
-            lane.worker = self._spawn(self._run_lane(message.conversation_key, lane))
+            lane.worker = self._spawn(self._run_lane(key, lane))
 
     async def _run_lane(self, key: str, lane: _Lane) -> None:
         try:
