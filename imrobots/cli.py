@@ -916,10 +916,20 @@ async def _emulate(
     if client_secret is not None:
         options["client_secret"] = client_secret
     emulator = make_emulator(platform, manager, **options)
-    await emulator.start()
+    try:
+        await emulator.start()
+    except OSError as exc:
+        raise ImrobotsError(
+            f"cannot start the {platform} emulator on 127.0.0.1:{port}: {exc}; try --port 0"
+        ) from None
     console = Console({platform: emulator}, {}, port=console_port)
     try:
-        await console.start()
+        try:
+            await console.start()
+        except OSError as exc:
+            raise ImrobotsError(
+                f"cannot start the console on 127.0.0.1:{console_port}: {exc}; try --console-port 0"
+            ) from None
         config = emulator_config(platform, emulator.robot_settings())
         api = console.url.rstrip("/")
         click.echo(f"{platform} emulator listening at {emulator.base_url}")
