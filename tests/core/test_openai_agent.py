@@ -333,6 +333,14 @@ def test_from_settings_empty_strings_fall_back_to_env(monkeypatch: pytest.Monkey
     assert agent.base_url is None
 
 
+def test_from_settings_a_missing_model_or_key_names_the_agent_table() -> None:
+    where = "robots.support.agent"
+    with pytest.raises(ConfigError, match=rf"^{where}: the OpenAI agent needs an API key: "):
+        OpenAIAgent.from_settings({"model": "gpt-4o-mini"}, path=where)
+    with pytest.raises(ConfigError, match=rf"^{where}: the OpenAI agent needs a model: "):
+        OpenAIAgent.from_settings({"api_key": "k"}, path=where)
+
+
 def test_from_settings_unknown_key_is_named() -> None:
     with pytest.raises(ConfigError, match=r"^agent: unknown key: modle \(did you mean model\?\)$"):
         OpenAIAgent.from_settings({"modle": "gpt-4o-mini", "api_key": "k"})
