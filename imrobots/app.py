@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
+from .agents import as_agent
 from .config import Config, RobotConfig, structure
 from .errors import ConfigError, ImrobotsError
 from .platform import Platform, resolve_object
@@ -15,6 +17,8 @@ from .plugins import PluginManager, get_plugin_manager
 from .robot import Robot
 from .runtime import RobotRuntime
 from .store import MemoryStore, Store
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PreparedRobot", "build_agent", "build_runtimes", "build_store", "prepare_robot"]
 
@@ -39,20 +43,46 @@ def build_agent(settings: Mapping[str, Any], *, where: str) -> object | None:
         raise ConfigError(
             f'{where}.use: unknown agent {use!r}; use "demo", "openai" or "package.module:callable"'
         )
-    try:
-        target = resolve_object(use)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{where}.use: cannot import {use!r}: {exc}") from None
+    target = _import(use, f"{where}.use")
     if inspect.isclass(target):
         from_settings = getattr(target, "from_settings", None)
-        agent: object = from_settings(options) if callable(from_settings) else target(**options)
-        return agent
-    if options:
+        try:
+            agent: object = from_settings(options) if callable(from_settings) else target(**options)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # settings the class does not take
+            raise ConfigError(f"{where}: {use!r} refused its settings: {exc}") from None
+    else:
+        if options:
+            raise ConfigError(
+                f"{where}: {use!r} is a function and takes no settings: {', '.join(options)}"
+            )
+        agent = target
+    try:
+        as_agent(agent)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}.use: {use!r} is not an agent: {exc}") from None
+    return agent
+
+
+def _import(ref: str, where: str) -> Any:
+    """``resolve_object(ref)``, its failures (a missing module or name, a syntax error or
+    an exception raised by the module's code) a :class:`ConfigError` naming ``where``."""
+    try:
+        return resolve_object(ref)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot import {ref!r}: {exc}") from None
+    except SyntaxError as exc:
         raise ConfigError(
-            f"{where}: {use!r} is a function and takes no settings: {', '.join(options)}"
-        )
-    function: object = target
-    return function
+            f"{where}: cannot import {ref!r}: syntax error in {exc.filename}, "
+            f"line {exc.lineno}: {exc.msg}"
+        ) from None
+    except Exception as exc:
+        log.debug("importing %r failed", ref, exc_info=True)
+        raise ConfigError(
+            f"{where}: cannot import {ref!r}: its module raised {type(exc).__name__}: {exc} "
+            "(--log-level debug shows the traceback)"
+        ) from None
 
 
 def _robot_class(ref: str, manager: PluginManager, where: str) -> type[Robot]:
@@ -60,10 +90,7 @@ def _robot_class(ref: str, manager: PluginManager, where: str) -> type[Robot]:
     if ref in registered:
         cls = registered[ref]
     elif ":" in ref:
-        try:
-            cls = resolve_object(ref)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"{where}.robot: cannot import {ref!r}: {exc}") from None
+        cls = _import(ref, f"{where}.robot")
     else:
         known = ", ".join(sorted(registered)) or "none"
         raise ConfigError(

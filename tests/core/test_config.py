@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,6 +172,78 @@ def test_unknown_agent_and_bad_import(tmp_path: Path, manager: PluginManager) ->
     )
     with pytest.raises(ConfigError, match="cannot import 'no_such_mod:agent'"):
         prepare_robot(config.robots["support"], source="robots.toml", manager=manager)
+
+
+_BROKEN_MODULES = {
+    "nc_syntax": "from imrobots import Robot\nclass R(Robot)\n    pass\n",
+    "nc_raises": "raise RuntimeError('not configured yet')\n",
+    "nc_agents": (
+        "class Agent:\n"
+        "    def __init__(self, model: str) -> None:\n"
+        "        self.model = model\n"
+        "    def __call__(self, request: object) -> str:\n"
+        "        return self.model\n"
+        "VALUE = 3\n"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("robot", "agent", "expected"),
+    [
+        (
+            "nc_syntax:R",
+            'use = "demo"',
+            r"robots\.x\.robot: cannot import 'nc_syntax:R': syntax error in .*nc_syntax\.py, "
+            r"line 2: expected ':'",
+        ),
+        (
+            "nc_raises:R",
+            'use = "demo"',
+            r"robots\.x\.robot: cannot import 'nc_raises:R': its module raised RuntimeError: "
+            r"not configured yet",
+        ),
+        (
+            "support",
+            'use = "nc_raises:agent"',
+            r"robots\.x\.agent\.use: cannot import 'nc_raises:agent': its module raised",
+        ),
+        ("support", 'use = ":"', r"robots\.x\.agent\.use: cannot import ':': expected"),
+        (
+            "support",
+            'use = "nc_agents:Agent"\nmodle = "m"',
+            r"robots\.x\.agent: 'nc_agents:Agent' refused its settings: .*'modle'",
+        ),
+        (
+            "support",
+            'use = "nc_agents:Agent"',
+            r"robots\.x\.agent: 'nc_agents:Agent' refused its settings: .*'model'",
+        ),
+        (
+            "support",
+            'use = "nc_agents:VALUE"',
+            r"robots\.x\.agent\.use: 'nc_agents:VALUE' is not an agent: ",
+        ),
+    ],
+)
+def test_a_robot_or_agent_module_with_an_error_is_one_line_of_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, robot: str, agent: str, expected: str
+) -> None:
+    for name, code in _BROKEN_MODULES.items():
+        (tmp_path / f"{name}.py").write_text(code, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in _BROKEN_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    path = write(
+        tmp_path,
+        f'[robots.x]\nrobot = "{robot}"\nplatform = "memory"\n\n[robots.x.agent]\n{agent}\n',
+    )
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    assert re.search(expected, errors[0]), errors[0]
 
 
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
