@@ -1140,8 +1140,19 @@ def new_robot(name: str, directory: Path | None) -> None:
     """Write a robot application package NAME: a Robot subclass, an agent, the entry point
     that registers the robot as NAME, a robots.toml and tests written with imrobots.testing.
     """
+    from .plugins import get_plugin_manager
     from .scaffold import ScaffoldError, scaffold
 
+    registered = get_plugin_manager().robots()
+    if name in registered:
+        cls = registered[name]
+        _fail(
+            ScaffoldError(
+                f"a robot named {name!r} is already registered ({cls.__module__}."
+                f"{cls.__qualname__}): installing a second would make imrobots refuse both "
+                "('registered twice'); choose another name"
+            )
+        )
     try:
         made = scaffold("robot", name, directory)
     except ScaffoldError as exc:

@@ -17,7 +17,9 @@ Templates live in ``templates/KIND/`` as ``*.tmpl`` files whose paths and text h
 
 from __future__ import annotations
 
+import keyword
 import re
+import sys
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -68,8 +70,25 @@ def names_for(kind: Kind, name: str) -> tuple[str, str]:
                 f"robot name {name!r}: use lowercase letters, digits, '-' and '_', "
                 "starting with a letter (e.g. helpdesk or sales-assistant)"
             )
+        package = name.replace("-", "_")
+        clash = (
+            "is a Python keyword"
+            if keyword.iskeyword(package)
+            else "is a module of Python's standard library, which it would shadow"
+            if package in sys.stdlib_module_names
+            else "is the scaffold's own tests directory"
+            if package == "tests"
+            else "is reserved for imrobots and its platform plugins"
+            if package == "imrobots" or package.startswith("imrobots_")
+            else None
+        )
+        if clash is not None:
+            raise ScaffoldError(
+                f"robot name {name!r}: its Python package, {package}, {clash}; "
+                f"choose another name (e.g. my-{name})"
+            )
         camel = _camel(name)
-        return name.replace("-", "_"), camel if camel.endswith("Robot") else f"{camel}Robot"
+        return package, camel if camel.endswith("Robot") else f"{camel}Robot"
     if not _PLATFORM_NAME.match(name):
         raise ScaffoldError(
             f"platform name {name!r}: use lowercase letters, digits and '_', starting with "
