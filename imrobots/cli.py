@@ -140,6 +140,12 @@ def _fail(exc: BaseException) -> None:
     raise SystemExit(2)
 
 
+def _cannot_write(path: Path, exc: OSError) -> ImrobotsError:
+    """The error of an output file that cannot be written (a missing directory, no
+    permission): one line naming the file."""
+    return ImrobotsError(f"cannot write {path}: {exc.strerror or exc}")
+
+
 def _report(errors: Sequence[str], warnings: Sequence[str], source: object) -> None:
     """Print warnings, then errors (exit 2 if there are any), each on its own line."""
     for line in warnings:
@@ -242,7 +248,10 @@ def config_schema_command(output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            _fail(_cannot_write(output, exc))
         click.echo(f"wrote {output}", err=True)
 
 
@@ -935,7 +944,10 @@ async def _emulate(
         click.echo(f"{platform} emulator listening at {emulator.base_url}")
         click.echo(f"console: {console.url}  (chat as a user; see the robot's cards and calls)")
         if output is not None:
-            await asyncio.to_thread(output.write_text, config, encoding="utf-8")
+            try:
+                await asyncio.to_thread(output.write_text, config, encoding="utf-8")
+            except OSError as exc:
+                raise _cannot_write(output, exc) from None
             click.echo(f"\n1. The config of a robot on this emulator is in {output}:\n")
         else:
             click.echo("\n1. Save this config as robots.toml (a robot on this emulator):\n")
@@ -1261,8 +1273,11 @@ def feedback_export(config_path: Path, fmt: str, robot: str | None, output: Path
     if output is None:
         count = write_feedback(items, fmt, sys.stdout)  # type: ignore[arg-type]
     else:
-        with output.open("w", encoding="utf-8", newline="") as handle:
-            count = write_feedback(items, fmt, handle)  # type: ignore[arg-type]
+        try:
+            with output.open("w", encoding="utf-8", newline="") as handle:
+                count = write_feedback(items, fmt, handle)  # type: ignore[arg-type]
+        except OSError as exc:
+            _fail(_cannot_write(output, exc))
     click.echo(f"exported {count} feedback record{'s' if count != 1 else ''}", err=True)
 
 

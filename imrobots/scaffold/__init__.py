@@ -115,7 +115,8 @@ def scaffold(kind: Kind, name: str, directory: Path | None = None) -> Scaffold:
     """Write the ``kind`` scaffold called ``name`` into ``directory`` (default: ``./NAME``
     for a robot, ``./imrobots-NAME`` for a platform), which must not exist or be empty.
 
-    :raises ScaffoldError: a bad name, or a directory that is not empty.
+    :raises ScaffoldError: a bad name, a directory that is not empty, or a file that
+        cannot be written.
     """
     package, class_name = names_for(kind, name)
     if directory is None:
@@ -132,8 +133,11 @@ def scaffold(kind: Kind, name: str, directory: Path | None = None) -> Scaffold:
     written: list[Path] = []
     for parts, text in _walk(_templates(kind)):
         path = directory.joinpath(*(fill(part) for part in parts))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(fill(text), encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(fill(text), encoding="utf-8")
+        except OSError as exc:
+            raise ScaffoldError(f"cannot write {path}: {exc.strerror or exc}") from None
         written.append(path)
     return Scaffold(
         kind=kind,

@@ -239,3 +239,17 @@ def test_a_busy_port_is_one_error_line_naming_the_option(platform: str, option: 
     what = f"the {platform} emulator" if option == "--port" else "the console"
     assert f"error: cannot start {what} on 127.0.0.1:{port}: " in result.stderr
     assert f"try {option} 0" in result.stderr
+
+
+def test_an_output_file_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
+    _available("dingtalk")
+    target = tmp_path / "missing" / "robots.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "imrobots", "emulate", "dingtalk", "-o", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: cannot write {target}: No such file or directory" in result.stderr
