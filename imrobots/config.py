@@ -512,14 +512,25 @@ def _from_seed_json(data: dict[str, Any], problems: _Collector) -> dict[str, Any
     }
 
 
+def _line_of(path: Path, offset: int) -> int:
+    """The 1-based line of byte ``offset`` of the file at ``path``."""
+    return path.read_bytes()[:offset].count(b"\n") + 1
+
+
 def _read(path: Path) -> dict[str, Any]:
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors write, is skipped
     except FileNotFoundError:
         raise ConfigError(f"{source}: config file not found") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = _line_of(path, exc.start)
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at line {line}): "
+            "save the config as UTF-8"
+        ) from None
     if path.suffix == ".json":
         try:
             data = json.loads(text)

@@ -246,6 +246,23 @@ def test_a_robot_or_agent_module_with_an_error_is_one_line_of_check(
     assert re.search(expected, errors[0]), errors[0]
 
 
+def test_a_config_that_is_not_utf8_is_one_line_and_a_bom_is_skipped(tmp_path: Path) -> None:
+    latin = tmp_path / "robots.toml"
+    latin.write_bytes(b'[robots.x]\nplatform = "memory"\n# caf\xe9\n')
+    with pytest.raises(ConfigError, match=r"robots\.toml: not UTF-8 text \(byte 0xe9 at line 3\)"):
+        load_config(latin)
+    result = CliRunner().invoke(cli, ["check", str(latin)])
+    assert result.exit_code == 2, result.exception
+    assert "not UTF-8 text" in result.output and "Traceback" not in result.output
+    body = '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n'
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    assert list(load_config(bom).robots) == ["x"]
+    seed = tmp_path / "config.json"
+    seed.write_bytes(b'\xef\xbb\xbf{"agent": "demo", "clientId": "a", "clientSecret": "b"}')
+    assert list(load_config(seed).robots) == ["support"]
+
+
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml")
