@@ -146,6 +146,11 @@ def _cannot_write(path: Path, exc: OSError) -> ImrobotsError:
     return ImrobotsError(f"cannot write {path}: {exc.strerror or exc}")
 
 
+_PORT = click.IntRange(0, 65535)
+"""A TCP port option's type: 0 (any free port) to 65535 (a larger one wrapped around
+to another port, 70000 to 4464, when given to the socket as it was)."""
+
+
 def _report(errors: Sequence[str], warnings: Sequence[str], source: object) -> None:
     """Print warnings, then errors (exit 2 if there are any), each on its own line."""
     for line in warnings:
@@ -440,11 +445,12 @@ async def _stop_all(runtimes: Sequence[Any], grace: float) -> bool:
     default=DEFAULT_GRACE,
     show_default=True,
     type=click.FloatRange(min=0.1),
+    callback=lambda _ctx, _param, value: _seconds_or_more(value),
     help="Seconds to stop in after SIGTERM or Ctrl-C; running answers end interrupted.",
 )
 @click.option(
     "--health-port",
-    type=click.IntRange(0, 65535),
+    type=_PORT,
     default=None,
     help="Serve /healthz and /metrics on this port (0: any free port).",
 )
@@ -767,7 +773,13 @@ async def _demo_console(
     help="Seconds between streamed words (terminal): 0 or more.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")
-@click.option("--port", default=8300, show_default=True, help="Console port (0: any free port).")
+@click.option(
+    "--port",
+    default=8300,
+    show_default=True,
+    type=_PORT,
+    help="Console port (0: any free port).",
+)
 @click.option("--platform", "platforms", multiple=True, help="Only these platforms (repeatable).")
 @_token_option
 def demo(
@@ -988,9 +1000,15 @@ async def _emulate(
 
 @cli.command()
 @click.argument("platform")
-@click.option("--port", default=0, show_default=True, help="Emulator port (0: any free port).")
 @click.option(
-    "--console-port", default=0, show_default=True, help="Console port (0: any free port)."
+    "--port", default=0, show_default=True, type=_PORT, help="Emulator port (0: any free port)."
+)
+@click.option(
+    "--console-port",
+    default=0,
+    show_default=True,
+    type=_PORT,
+    help="Console port (0: any free port).",
 )
 @click.option(
     "--client-secret",
@@ -1089,7 +1107,13 @@ async def _config_console(
     help="The robots' config file (TOML, or the seed's config.json).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")
-@click.option("--port", default=8300, show_default=True, help="Console port (0: any free port).")
+@click.option(
+    "--port",
+    default=8300,
+    show_default=True,
+    type=_PORT,
+    help="Console port (0: any free port).",
+)
 @_token_option
 def console_command(
     names: tuple[str, ...],
