@@ -174,7 +174,7 @@ class OpenAIAgent:
                     "server that needs no key)"
                 )
             api_key = _LOCAL_API_KEY
-        if timeout <= 0:
+        if not timeout > 0:  # nan too, which compares false
             raise ConfigError(f"the OpenAI agent's timeout must be positive, got {timeout!r}")
         if max_history < 0:
             raise ConfigError(

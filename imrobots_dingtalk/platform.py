@@ -149,7 +149,7 @@ CardMode = Literal["standard", "ai"]
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value <= 0:
+    if value is not None and not value > 0:  # nan too, which compares false
         raise ValueError(f"expected {attribute.name} > 0, got {value}")
 
 

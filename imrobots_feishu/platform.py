@@ -305,7 +305,7 @@ class FeishuSettings:
             problems.append(("domain", domain))
         for name in _POSITIVE:
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:  # nan too, which compares false
                 problems.append((name, f"must be positive, got {value!r}"))
         if self.mode == "callback" and not self.verification_token:
             problems.append(

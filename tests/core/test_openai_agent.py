@@ -223,6 +223,8 @@ def test_missing_key_without_base_url_is_a_config_error() -> None:
 def test_bad_numbers_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="timeout"):
         OpenAIAgent(model="m", api_key="k", timeout=0)
+    with pytest.raises(ConfigError, match="timeout must be positive, got nan"):
+        OpenAIAgent(model="m", api_key="k", timeout=float("nan"))
     with pytest.raises(ConfigError, match="max_history"):
         OpenAIAgent(model="m", api_key="k", max_history=-1)
 

@@ -500,6 +500,7 @@ def _write(tmp_path: Path, settings: str) -> Path:
             "oapi_endpoint",
         ),
         ("update_interval = 0\n", "update_interval > 0"),
+        ("update_interval = nan\n", "update_interval > 0, got nan"),
         ('webhook_hosts = "127.0.0.1"\n', "webhook_hosts: expected a list, got str"),
         ('webhook_hosts = ["http://x/"]\n', 'entries like "host" or "host:port"'),
         ("max_text = 0\n", "max_text > 0"),
