@@ -398,8 +398,11 @@ def _reconnectable(error: BaseException) -> bool:
     """Whether ``error`` is a lost or refused connection (the server stopped, is restarting
     or closed the connection), worth trying again on a new connection; not a time-out, a
     refused password or a server error."""
-    if isinstance(error, AuthenticationError | AuthorizationError):
-        return False
+    cause: BaseException | None = error
+    while cause is not None:  # redis-py 8 raises a refused password as a ConnectionError
+        if isinstance(cause, AuthenticationError | AuthorizationError):  # from this one
+            return False
+        cause = cause.__cause__
     if isinstance(error, RedisConnectionError):
         return True
     return isinstance(error, ConnectionRefusedError | ConnectionResetError)
