@@ -20,7 +20,14 @@ from .store import MemoryStore, Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PreparedRobot", "build_agent", "build_runtimes", "build_store", "prepare_robot"]
+__all__ = [
+    "PreparedRobot",
+    "build_agent",
+    "build_runtimes",
+    "build_store",
+    "prepare_robot",
+    "store_problem",
+]
 
 
 def build_agent(settings: Mapping[str, Any], *, where: str) -> object | None:
@@ -171,6 +178,26 @@ def build_store(config: Config) -> Store:
         except ConfigError as exc:
             raise ConfigError(f"{source}: store.url: {exc}") from None
     return MemoryStore()
+
+
+def store_problem(config: Config) -> str | None:
+    """What :func:`build_store` would refuse in the config's ``[store]`` table, found
+    without connecting or creating anything (the redis package missing, a URL that is no
+    Redis URL), as one line naming the file and the field; ``None`` if nothing."""
+    if config.store.backend != "redis":
+        return None
+    source = str(config.path) if config.path else "config"
+    try:
+        from .redis_store import url_problem
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] != "redis":
+            raise
+        return (
+            f'{source}: store.backend: "redis" needs the redis package, which is not'
+            ' installed: pip install "imrobots[redis]"'
+        )
+    problem = url_problem(config.store.url)
+    return None if problem is None else f"{source}: store.url: {problem}"
 
 
 def build_runtimes(

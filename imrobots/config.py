@@ -719,7 +719,7 @@ def check_config(
     converted and their missing variables are no error: the emulator's settings
     replace the credentials and endpoints that usually use them (listed in ``unset``).
     """
-    from .app import PreparedRobot, build_agent
+    from .app import PreparedRobot, build_agent, store_problem
     from .app import _robot_class as robot_class_for
     from .platform import resolve_object
     from .plugins import get_plugin_manager
@@ -809,6 +809,9 @@ def check_config(
         problem = _proxy_problem(os.environ if env is None else env)
         if problem:
             problems.add("", problem)
+        # the store (console keeps state in memory whatever the file says)
+        if config is not None and (problem := store_problem(config)) is not None:
+            problems.lines.append(problem)
     return CheckResult(
         config=config if not problems.lines else None,
         robots=tuple(prepared),

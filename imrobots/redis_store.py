@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -370,6 +371,16 @@ if head == ARGV[1] and ARGV[4] == '1' then
 end
 return head
 """
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a Redis URL, checked without connecting (redis-py's
+    words, with the URL's password redacted), or ``None``."""
+    try:
+        parse_url(url)
+    except ValueError as error:
+        return f"bad Redis URL {redact_url(url)!r}: {error}"
+    return None
 
 
 def redact_url(url: str) -> str:

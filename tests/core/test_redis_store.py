@@ -529,3 +529,28 @@ async def test_room_in_all_is_one_script_that_answers_as_room_in_of_each_window(
     finally:
         await store.close()
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://user:pw-secret@x:1/0", "must specify one of the following schemes"),
+        ("redis://:pw-secret@host:notaport/0", "Port could not be cast to integer"),
+    ],
+)
+def test_check_refuses_a_url_that_is_no_redis_url(tmp_path: Path, url: str, reason: str) -> None:
+    """check said the file was valid; only run refused it."""
+    from click.testing import CliRunner
+
+    from imrobots.cli import cli
+
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        f'[store]\nbackend = "redis"\nurl = "{url}"\n\n'
+        '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {config}: store.url: bad Redis URL " in result.output
+    assert reason in result.output and "pw-secret" not in result.output
