@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -183,10 +184,19 @@ def build_store(config: Config) -> Store:
 def store_problem(config: Config) -> str | None:
     """What :func:`build_store` would refuse in the config's ``[store]`` table, found
     without connecting or creating anything (the redis package missing, a URL that is no
-    Redis URL), as one line naming the file and the field; ``None`` if nothing."""
+    Redis URL, a SQLite file whose directory does not exist), as one line naming the file
+    and the field; ``None`` if nothing."""
+    source = str(config.path) if config.path else "config"
+    if config.store.backend == "sqlite":
+        folder = os.path.dirname(os.path.abspath(config.store.path))
+        if not os.path.isdir(folder):
+            return (
+                f"{source}: store.path: the directory {folder} does not exist (a relative "
+                "path is taken from the directory imrobots starts in)"
+            )
+        return None
     if config.store.backend != "redis":
         return None
-    source = str(config.path) if config.path else "config"
     try:
         from .redis_store import url_problem
     except ImportError as exc:

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 import imrobots.store
 from imrobots import sqlite_store
+from imrobots.cli import cli
 from imrobots.errors import ImrobotsError
 from imrobots.models import Feedback, FeedbackRating, Sender
 from imrobots.sqlite_store import SCHEMA_VERSION, SQLiteStore
@@ -701,6 +703,23 @@ async def test_sqlite_open_error_is_raised_by_operations(tmp_path: Path) -> None
     await store.close()
 
 
+def test_check_refuses_a_sqlite_path_whose_directory_does_not_exist(tmp_path: Path) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        f'[store]\nbackend = "sqlite"\npath = "{tmp_path}/missing-dir/x.sqlite3"\n\n'
+        '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 2, result.output
+    assert (
+        f"error: {config}: store.path: the directory {tmp_path}/missing-dir does not exist"
+        in result.output
+    )
+    config.write_text(config.read_text("utf-8").replace("missing-dir/", ""), "utf-8")
+    assert CliRunner().invoke(cli, ["check", str(config)]).exit_code == 0
+
+
 def test_an_unopenable_sqlite_store_is_one_error_line_of_run_and_export(tmp_path: Path) -> None:
     config = tmp_path / "robots.toml"
     config.write_text(
@@ -718,7 +737,8 @@ def test_an_unopenable_sqlite_store_is_one_error_line_of_run_and_export(tmp_path
         )
         assert "Traceback" not in result.stderr, result.stderr
         assert result.returncode == 2, result.stderr
-        assert "error: SQLite store " in result.stderr
+        # run refuses it at its check (store.path), export when it opens the store
+        assert result.stderr.startswith("error: "), result.stderr
         assert "missing-dir does not exist" in result.stderr
 
 
