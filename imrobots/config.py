@@ -569,6 +569,13 @@ def _tables_of(name: str, table: dict[str, Any]) -> _RobotTables | None:
 
 def _load_robot(name: str, table: object, problems: _Collector) -> RobotConfig | None:
     where = f"robots.{name}"
+    if not name.strip():
+        # the name is how logs, metrics, health, the store's keys and `run NAME` tell
+        # robots apart: a blank one says nothing (`robot : connected to ...`)
+        problems.add(
+            f'robots."{name}"', "a robot needs a name: [robots.NAME], e.g. [robots.support]"
+        )
+        return None
     if not isinstance(table, dict):
         problems.add(where, "expected a table")
         return None

@@ -263,6 +263,18 @@ def test_a_config_that_is_not_utf8_is_one_line_and_a_bom_is_skipped(tmp_path: Pa
     assert list(load_config(seed).robots) == ["support"]
 
 
+@pytest.mark.parametrize("name", ["", " "])
+def test_a_robot_without_a_name_is_refused(tmp_path: Path, name: str) -> None:
+    """``[robots.""]`` ran as a robot whose logs said ``robot : connected to ...``."""
+    path = write(
+        tmp_path,
+        f'[robots."{name}"]\nplatform = "memory"\n\n[robots."{name}".agent]\nuse = "demo"\n',
+    )
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f'error: {path}: robots."{name}": a robot needs a name: [robots.NAME]' in result.output
+
+
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml")
