@@ -218,10 +218,11 @@ def build_runtimes(
     store: Store | None = None,
     hooks: Any = None,
 ) -> list[RobotRuntime]:
-    """Create (not start) a runtime for each named robot, or all of them."""
+    """Create (not start) a runtime for each named robot (once, however often it is
+    named), or all of them."""
     manager = manager or get_plugin_manager()
     source = str(config.path) if config.path else "config"
-    selected = names or list(config.robots)
+    selected = list(dict.fromkeys(names)) if names else list(config.robots)
     unknown = [n for n in selected if n not in config.robots]
     if unknown:
         raise ConfigError(

@@ -275,6 +275,26 @@ def test_a_robot_without_a_name_is_refused(tmp_path: Path, name: str) -> None:
     assert f'error: {path}: robots."{name}": a robot needs a name: [robots.NAME]' in result.output
 
 
+def test_a_robot_named_twice_runs_once(tmp_path: Path) -> None:
+    """``imrobots run x x`` started two runtimes of one robot (two connections of one app;
+    on WeCom the second subscription takes the first one's place for good)."""
+    config = load_config(write(tmp_path, GOOD), env=ENV)
+    runtimes = build_runtimes(config, ["support", "support"])
+    assert [runtime.name for runtime in runtimes] == ["support"]
+
+
+async def test_console_runs_a_robot_named_twice_once(tmp_path: Path) -> None:
+    from imrobots.demo import ConfigConsole
+
+    path = write(tmp_path, '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n')
+    console = ConfigConsole(path, names=["x", "x"], env={})
+    await console.start()
+    try:
+        assert [robot.runtime.name for robot in console.robots] == ["x"]
+    finally:
+        await console.stop()
+
+
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml")
