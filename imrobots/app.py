@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
+from .agents import as_agent
 from .config import Config, RobotConfig, structure
 from .errors import ConfigError, ImrobotsError
 from .platform import Platform, resolve_object
@@ -16,7 +19,16 @@ from .robot import Robot
 from .runtime import RobotRuntime
 from .store import MemoryStore, Store
 
-__all__ = ["PreparedRobot", "build_agent", "build_runtimes", "build_store", "prepare_robot"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PreparedRobot",
+    "build_agent",
+    "build_runtimes",
+    "build_store",
+    "prepare_robot",
+    "store_problem",
+]
 
 
 def build_agent(settings: Mapping[str, Any], *, where: str) -> object | None:
@@ -39,20 +51,46 @@ def build_agent(settings: Mapping[str, Any], *, where: str) -> object | None:
         raise ConfigError(
             f'{where}.use: unknown agent {use!r}; use "demo", "openai" or "package.module:callable"'
         )
-    try:
-        target = resolve_object(use)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{where}.use: cannot import {use!r}: {exc}") from None
+    target = _import(use, f"{where}.use")
     if inspect.isclass(target):
         from_settings = getattr(target, "from_settings", None)
-        agent: object = from_settings(options) if callable(from_settings) else target(**options)
-        return agent
-    if options:
+        try:
+            agent: object = from_settings(options) if callable(from_settings) else target(**options)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # settings the class does not take
+            raise ConfigError(f"{where}: {use!r} refused its settings: {exc}") from None
+    else:
+        if options:
+            raise ConfigError(
+                f"{where}: {use!r} is a function and takes no settings: {', '.join(options)}"
+            )
+        agent = target
+    try:
+        as_agent(agent)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}.use: {use!r} is not an agent: {exc}") from None
+    return agent
+
+
+def _import(ref: str, where: str) -> Any:
+    """``resolve_object(ref)``, its failures (a missing module or name, a syntax error or
+    an exception raised by the module's code) a :class:`ConfigError` naming ``where``."""
+    try:
+        return resolve_object(ref)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot import {ref!r}: {exc}") from None
+    except SyntaxError as exc:
         raise ConfigError(
-            f"{where}: {use!r} is a function and takes no settings: {', '.join(options)}"
-        )
-    function: object = target
-    return function
+            f"{where}: cannot import {ref!r}: syntax error in {exc.filename}, "
+            f"line {exc.lineno}: {exc.msg}"
+        ) from None
+    except Exception as exc:
+        log.debug("importing %r failed", ref, exc_info=True)
+        raise ConfigError(
+            f"{where}: cannot import {ref!r}: its module raised {type(exc).__name__}: {exc} "
+            "(--log-level debug shows the traceback)"
+        ) from None
 
 
 def _robot_class(ref: str, manager: PluginManager, where: str) -> type[Robot]:
@@ -60,10 +98,7 @@ def _robot_class(ref: str, manager: PluginManager, where: str) -> type[Robot]:
     if ref in registered:
         cls = registered[ref]
     elif ":" in ref:
-        try:
-            cls = resolve_object(ref)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"{where}.robot: cannot import {ref!r}: {exc}") from None
+        cls = _import(ref, f"{where}.robot")
     else:
         known = ", ".join(sorted(registered)) or "none"
         raise ConfigError(
@@ -146,6 +181,35 @@ def build_store(config: Config) -> Store:
     return MemoryStore()
 
 
+def store_problem(config: Config) -> str | None:
+    """What :func:`build_store` would refuse in the config's ``[store]`` table, found
+    without connecting or creating anything (the redis package missing, a URL that is no
+    Redis URL, a SQLite file whose directory does not exist), as one line naming the file
+    and the field; ``None`` if nothing."""
+    source = str(config.path) if config.path else "config"
+    if config.store.backend == "sqlite":
+        folder = os.path.dirname(os.path.abspath(config.store.path))
+        if not os.path.isdir(folder):
+            return (
+                f"{source}: store.path: the directory {folder} does not exist (a relative "
+                "path is taken from the directory imrobots starts in)"
+            )
+        return None
+    if config.store.backend != "redis":
+        return None
+    try:
+        from .redis_store import url_problem
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] != "redis":
+            raise
+        return (
+            f'{source}: store.backend: "redis" needs the redis package, which is not'
+            ' installed: pip install "imrobots[redis]"'
+        )
+    problem = url_problem(config.store.url)
+    return None if problem is None else f"{source}: store.url: {problem}"
+
+
 def build_runtimes(
     config: Config,
     names: list[str] | None = None,
@@ -154,10 +218,11 @@ def build_runtimes(
     store: Store | None = None,
     hooks: Any = None,
 ) -> list[RobotRuntime]:
-    """Create (not start) a runtime for each named robot, or all of them."""
+    """Create (not start) a runtime for each named robot (once, however often it is
+    named), or all of them."""
     manager = manager or get_plugin_manager()
     source = str(config.path) if config.path else "config"
-    selected = names or list(config.robots)
+    selected = list(dict.fromkeys(names)) if names else list(config.robots)
     unknown = [n for n in selected if n not in config.robots]
     if unknown:
         raise ConfigError(

@@ -140,6 +140,17 @@ def _fail(exc: BaseException) -> None:
     raise SystemExit(2)
 
 
+def _cannot_write(path: Path, exc: OSError) -> ImrobotsError:
+    """The error of an output file that cannot be written (a missing directory, no
+    permission): one line naming the file."""
+    return ImrobotsError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+_PORT = click.IntRange(0, 65535)
+"""A TCP port option's type: 0 (any free port) to 65535 (a larger one wrapped around
+to another port, 70000 to 4464, when given to the socket as it was)."""
+
+
 def _report(errors: Sequence[str], warnings: Sequence[str], source: object) -> None:
     """Print warnings, then errors (exit 2 if there are any), each on its own line."""
     for line in warnings:
@@ -242,7 +253,10 @@ def config_schema_command(output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            _fail(_cannot_write(output, exc))
         click.echo(f"wrote {output}", err=True)
 
 
@@ -431,11 +445,12 @@ async def _stop_all(runtimes: Sequence[Any], grace: float) -> bool:
     default=DEFAULT_GRACE,
     show_default=True,
     type=click.FloatRange(min=0.1),
+    callback=lambda _ctx, _param, value: _seconds_or_more(value),
     help="Seconds to stop in after SIGTERM or Ctrl-C; running answers end interrupted.",
 )
 @click.option(
     "--health-port",
-    type=click.IntRange(0, 65535),
+    type=_PORT,
     default=None,
     help="Serve /healthz and /metrics on this port (0: any free port).",
 )
@@ -758,7 +773,13 @@ async def _demo_console(
     help="Seconds between streamed words (terminal): 0 or more.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")
-@click.option("--port", default=8300, show_default=True, help="Console port (0: any free port).")
+@click.option(
+    "--port",
+    default=8300,
+    show_default=True,
+    type=_PORT,
+    help="Console port (0: any free port).",
+)
 @click.option("--platform", "platforms", multiple=True, help="Only these platforms (repeatable).")
 @_token_option
 def demo(
@@ -916,16 +937,29 @@ async def _emulate(
     if client_secret is not None:
         options["client_secret"] = client_secret
     emulator = make_emulator(platform, manager, **options)
-    await emulator.start()
+    try:
+        await emulator.start()
+    except OSError as exc:
+        raise ImrobotsError(
+            f"cannot start the {platform} emulator on 127.0.0.1:{port}: {exc}; try --port 0"
+        ) from None
     console = Console({platform: emulator}, {}, port=console_port)
     try:
-        await console.start()
+        try:
+            await console.start()
+        except OSError as exc:
+            raise ImrobotsError(
+                f"cannot start the console on 127.0.0.1:{console_port}: {exc}; try --console-port 0"
+            ) from None
         config = emulator_config(platform, emulator.robot_settings())
         api = console.url.rstrip("/")
         click.echo(f"{platform} emulator listening at {emulator.base_url}")
         click.echo(f"console: {console.url}  (chat as a user; see the robot's cards and calls)")
         if output is not None:
-            await asyncio.to_thread(output.write_text, config, encoding="utf-8")
+            try:
+                await asyncio.to_thread(output.write_text, config, encoding="utf-8")
+            except OSError as exc:
+                raise _cannot_write(output, exc) from None
             click.echo(f"\n1. The config of a robot on this emulator is in {output}:\n")
         else:
             click.echo("\n1. Save this config as robots.toml (a robot on this emulator):\n")
@@ -966,9 +1000,15 @@ async def _emulate(
 
 @cli.command()
 @click.argument("platform")
-@click.option("--port", default=0, show_default=True, help="Emulator port (0: any free port).")
 @click.option(
-    "--console-port", default=0, show_default=True, help="Console port (0: any free port)."
+    "--port", default=0, show_default=True, type=_PORT, help="Emulator port (0: any free port)."
+)
+@click.option(
+    "--console-port",
+    default=0,
+    show_default=True,
+    type=_PORT,
+    help="Console port (0: any free port).",
 )
 @click.option(
     "--client-secret",
@@ -1067,7 +1107,13 @@ async def _config_console(
     help="The robots' config file (TOML, or the seed's config.json).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")
-@click.option("--port", default=8300, show_default=True, help="Console port (0: any free port).")
+@click.option(
+    "--port",
+    default=8300,
+    show_default=True,
+    type=_PORT,
+    help="Console port (0: any free port).",
+)
 @_token_option
 def console_command(
     names: tuple[str, ...],
@@ -1130,8 +1176,19 @@ def new_robot(name: str, directory: Path | None) -> None:
     """Write a robot application package NAME: a Robot subclass, an agent, the entry point
     that registers the robot as NAME, a robots.toml and tests written with imrobots.testing.
     """
+    from .plugins import get_plugin_manager
     from .scaffold import ScaffoldError, scaffold
 
+    registered = get_plugin_manager().robots()
+    if name in registered:
+        cls = registered[name]
+        _fail(
+            ScaffoldError(
+                f"a robot named {name!r} is already registered ({cls.__module__}."
+                f"{cls.__qualname__}): installing a second would make imrobots refuse both "
+                "('registered twice'); choose another name"
+            )
+        )
     try:
         made = scaffold("robot", name, directory)
     except ScaffoldError as exc:
@@ -1240,8 +1297,11 @@ def feedback_export(config_path: Path, fmt: str, robot: str | None, output: Path
     if output is None:
         count = write_feedback(items, fmt, sys.stdout)  # type: ignore[arg-type]
     else:
-        with output.open("w", encoding="utf-8", newline="") as handle:
-            count = write_feedback(items, fmt, handle)  # type: ignore[arg-type]
+        try:
+            with output.open("w", encoding="utf-8", newline="") as handle:
+                count = write_feedback(items, fmt, handle)  # type: ignore[arg-type]
+        except OSError as exc:
+            _fail(_cannot_write(output, exc))
     click.echo(f"exported {count} feedback record{'s' if count != 1 else ''}", err=True)
 
 

@@ -512,14 +512,25 @@ def _from_seed_json(data: dict[str, Any], problems: _Collector) -> dict[str, Any
     }
 
 
+def _line_of(path: Path, offset: int) -> int:
+    """The 1-based line of byte ``offset`` of the file at ``path``."""
+    return path.read_bytes()[:offset].count(b"\n") + 1
+
+
 def _read(path: Path) -> dict[str, Any]:
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors write, is skipped
     except FileNotFoundError:
         raise ConfigError(f"{source}: config file not found") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = _line_of(path, exc.start)
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at line {line}): "
+            "save the config as UTF-8"
+        ) from None
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -558,6 +569,13 @@ def _tables_of(name: str, table: dict[str, Any]) -> _RobotTables | None:
 
 def _load_robot(name: str, table: object, problems: _Collector) -> RobotConfig | None:
     where = f"robots.{name}"
+    if not name.strip():
+        # the name is how logs, metrics, health, the store's keys and `run NAME` tell
+        # robots apart: a blank one says nothing (`robot : connected to ...`)
+        problems.add(
+            f'robots."{name}"', "a robot needs a name: [robots.NAME], e.g. [robots.support]"
+        )
+        return None
     if not isinstance(table, dict):
         problems.add(where, "expected a table")
         return None
@@ -708,7 +726,7 @@ def check_config(
     converted and their missing variables are no error: the emulator's settings
     replace the credentials and endpoints that usually use them (listed in ``unset``).
     """
-    from .app import PreparedRobot, build_agent
+    from .app import PreparedRobot, build_agent, store_problem
     from .app import _robot_class as robot_class_for
     from .platform import resolve_object
     from .plugins import get_plugin_manager
@@ -798,6 +816,9 @@ def check_config(
         problem = _proxy_problem(os.environ if env is None else env)
         if problem:
             problems.add("", problem)
+        # the store (console keeps state in memory whatever the file says)
+        if config is not None and (problem := store_problem(config)) is not None:
+            problems.lines.append(problem)
     return CheckResult(
         config=config if not problems.lines else None,
         robots=tuple(prepared),

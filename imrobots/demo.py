@@ -257,7 +257,7 @@ class ConfigConsole:
             raise ConfigProblems(result.errors)
         self.warnings = list(result.warnings)
         prepared = {item.config.name: item for item in result.robots}
-        names = self.names or list(prepared)
+        names = list(dict.fromkeys(self.names)) if self.names else list(prepared)  # once each
         unknown = [n for n in names if n not in prepared]
         if unknown:
             raise ConfigProblems(

@@ -279,11 +279,16 @@ class DemoAgent:
         A ``use`` key (which picked this agent) is ignored.
 
         :raises ConfigError: an unknown key or a value of the wrong type, named by its
-            path under ``path``.
+            path under ``path``; a bad value or an FAQ that cannot be read, after ``path``.
         """
         table = {k: v for k, v in settings.items() if k != "use"}
         options = structure(table, DemoAgentSettings, path=path)
-        return cls(delay=options.delay, chunk_words=options.chunk_words, faq_path=options.faq_path)
+        try:
+            return cls(
+                delay=options.delay, chunk_words=options.chunk_words, faq_path=options.faq_path
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     @property
     def faq(self) -> Faq:

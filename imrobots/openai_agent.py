@@ -174,7 +174,7 @@ class OpenAIAgent:
                     "server that needs no key)"
                 )
             api_key = _LOCAL_API_KEY
-        if timeout <= 0:
+        if not timeout > 0:  # nan too, which compares false
             raise ConfigError(f"the OpenAI agent's timeout must be positive, got {timeout!r}")
         if max_history < 0:
             raise ConfigError(
@@ -206,11 +206,14 @@ class OpenAIAgent:
         ``{{OPENAI_API_KEY}}`` placeholder falls back to the environment.
 
         :raises ConfigError: an unknown key or a value of the wrong type, named by its
-            path under ``path``.
+            path under ``path``; a missing model or key, or a bad value, after ``path``.
         """
         table = {k: v for k, v in settings.items() if k != "use" and v != ""}
         options = structure(table, OpenAIAgentSettings, path=path)
-        return cls(**attrs.asdict(options, recurse=False))
+        try:
+            return cls(**attrs.asdict(options, recurse=False))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     @property
     def model(self) -> str:

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -372,6 +373,16 @@ return head
 """
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a Redis URL, checked without connecting (redis-py's
+    words, with the URL's password redacted), or ``None``."""
+    try:
+        parse_url(url)
+    except ValueError as error:
+        return f"bad Redis URL {redact_url(url)!r}: {error}"
+    return None
+
+
 def redact_url(url: str) -> str:
     """``url`` without its password (in the user part or a ``password=`` query parameter)."""
     try:
@@ -398,8 +409,11 @@ def _reconnectable(error: BaseException) -> bool:
     """Whether ``error`` is a lost or refused connection (the server stopped, is restarting
     or closed the connection), worth trying again on a new connection; not a time-out, a
     refused password or a server error."""
-    if isinstance(error, AuthenticationError | AuthorizationError):
-        return False
+    cause: BaseException | None = error
+    while cause is not None:  # redis-py 8 raises a refused password as a ConnectionError
+        if isinstance(cause, AuthenticationError | AuthorizationError):  # from this one
+            return False
+        cause = cause.__cause__
     if isinstance(error, RedisConnectionError):
         return True
     return isinstance(error, ConnectionRefusedError | ConnectionResetError)

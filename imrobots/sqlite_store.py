@@ -33,6 +33,7 @@ from .store import (
     Fence,
     LockLost,
     Store,
+    StoreUnavailable,
     Turn,
     _Window,
     window_earliest,
@@ -227,7 +228,7 @@ class SQLiteStore(Store):
         try:
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, isolation_level=None)
         except BaseException as error:
-            self._open_error = error
+            self._open_error = self._cannot_open(error)
             return
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT * 1000)}")
@@ -236,9 +237,23 @@ class SQLiteStore(Store):
             self._transaction(conn, self._create_schema, purge=False)
         except BaseException as error:
             conn.close()
-            self._open_error = error
+            self._open_error = self._cannot_open(error)
             return
         self._conn = conn
+
+    def _cannot_open(self, error: BaseException) -> BaseException:
+        """The error every operation raises when the file could not be opened: a
+        :class:`StoreUnavailable` naming the file (and a missing directory) for SQLite's
+        and the OS's errors, whose own messages name neither."""
+        if not isinstance(error, sqlite3.Error | OSError):
+            return error
+        folder = os.path.dirname(os.path.abspath(self.path))
+        hint = (
+            f"the directory {folder} does not exist"
+            if not os.path.isdir(folder)
+            else "is the file a SQLite database, and its directory writable?"
+        )
+        return StoreUnavailable(f"SQLite store {self.path}: cannot open the file: {error} ({hint})")
 
     @staticmethod
     def _use_wal(conn: sqlite3.Connection) -> None:

@@ -72,6 +72,7 @@ from imrobots.platform import (
     dump_json,
     endpoint_problem,
     refuse_redirects,
+    settings_problems,
 )
 
 from .api import DUPLICATE_CODES, FATAL_CODES, RATE_LIMITED_CODES, RETRYABLE_CODES, DingTalkApi
@@ -148,7 +149,7 @@ CardMode = Literal["standard", "ai"]
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value <= 0:
+    if value is not None and not value > 0:  # nan too, which compares false
         raise ValueError(f"expected {attribute.name} > 0, got {value}")
 
 
@@ -214,66 +215,87 @@ class DingTalkSettings:
     """``ai`` (the default): an AI card instance streamed natively, the card APIs every app
     may use. ``standard``: the seed's StandardCard, posted then edited: a legacy API that
     DingTalk closed to apps created after 2024-12-31."""
-    ai_template_id: str = attrs.field(default=BUILTIN_AI_TEMPLATE, validator=_ai_template)
+    ai_template_id: str = attrs.field(default=BUILTIN_AI_TEMPLATE, metadata={"check": _ai_template})
     """The AI card template (``xxx.schema``). Default: DingTalk's built-in AI card template
     (:data:`BUILTIN_AI_TEMPLATE`); a template of one's own binds the plugin's variables
     (``title``, the ``ai_content_key`` markdown, ``flowStatus``, ``buttons``)."""
     ai_content_key: str = "msgContent"
     """The template's markdown variable that streaming updates write."""
-    openapi_endpoint: str = attrs.field(default="https://api.dingtalk.com", validator=_url)
+    openapi_endpoint: str = attrs.field(
+        default="https://api.dingtalk.com", metadata={"check": _url}
+    )
     """Base URL of the OpenAPI (tokens, cards, robot messages, file downloads)."""
-    oapi_endpoint: str = attrs.field(default="https://oapi.dingtalk.com", validator=_url)
+    oapi_endpoint: str = attrs.field(default="https://oapi.dingtalk.com", metadata={"check": _url})
     """Base URL of the old-style API (``media/upload`` for images and files sent)."""
-    gateway_endpoint: str | None = attrs.field(default=None, validator=_url)
+    gateway_endpoint: str | None = attrs.field(default=None, metadata={"check": _url})
     """Base URL of ``/v1.0/gateway/connections/open``; default: ``openapi_endpoint``."""
-    webhook_hosts: tuple[str, ...] = attrs.field(default=(), validator=_hosts)
+    webhook_hosts: tuple[str, ...] = attrs.field(default=(), metadata={"check": _hosts})
     """Extra sessionWebhook hosts (``host`` or ``host:port``) to accept besides
     ``*.dingtalk.com``, e.g. ``"127.0.0.1:8790"`` for the emulator."""
-    download_hosts: tuple[str, ...] = attrs.field(default=(), validator=_hosts)
+    download_hosts: tuple[str, ...] = attrs.field(default=(), metadata={"check": _hosts})
     """Extra hosts (``host`` or ``host:port``) attachments may be downloaded from besides
     ``*.dingtalk.com`` and ``*.aliyuncs.com`` (https), e.g. the emulator's."""
     at_sender: bool = True
     """In groups, @-mention the sender in answer cards and replies."""
-    robot_names: tuple[str, ...] = attrs.field(default=(), validator=_list)
+    robot_names: tuple[str, ...] = attrs.field(default=(), metadata={"check": _list})
     """Display names of the robot: its ``@name`` mentions are removed from message text,
     glued (``@HelpBot/server``), followed by punctuation or a full-width space, or
     repeated (:func:`~imrobots_dingtalk.convert.strip_mentions`)."""
-    app_rate: float = attrs.field(default=20.0, validator=_positive)
+    app_rate: float = attrs.field(default=20.0, metadata={"check": _positive})
     """Calls per second the app may make to each API (DingTalk standard edition: 20)."""
-    update_interval: float = attrs.field(default=1.0, validator=_positive)
+    update_interval: float = attrs.field(default=1.0, metadata={"check": _positive})
     """Minimum seconds between two updates of one card."""
-    max_updates: int | None = attrs.field(default=None, validator=_positive)
+    max_updates: int | None = attrs.field(default=None, metadata={"check": _positive})
     """Cap on updates per card (the final one included); ``None``: no cap."""
-    max_text: int | None = attrs.field(default=CARD_TEXT_BYTES, validator=_positive)
+    max_text: int | None = attrs.field(default=CARD_TEXT_BYTES, metadata={"check": _positive})
     """UTF-8 bytes of answer text per card before the answer continues in a new card."""
-    max_message_text: int = attrs.field(default=WEBHOOK_TEXT_BYTES, validator=_positive)
+    max_message_text: int = attrs.field(default=WEBHOOK_TEXT_BYTES, metadata={"check": _positive})
     """UTF-8 bytes of text per message before it continues in the next one (DingTalk
     refuses a sessionWebhook message over 20,000 with 460101)."""
-    max_download_bytes: int = attrs.field(default=100 * 1024 * 1024, validator=_positive)
+    max_download_bytes: int = attrs.field(default=100 * 1024 * 1024, metadata={"check": _positive})
     """Largest attachment :meth:`DingTalkPlatform.download` accepts."""
-    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    request_timeout: float = attrs.field(default=10.0, metadata={"check": _positive})
     """Seconds one HTTP call may wait for its answer (connecting has as long again); also
     the bound of each step of a stream (re)connect: ticket, upgrade, first frame or pong."""
-    connect_timeout: float = attrs.field(default=30.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=30.0, metadata={"check": _positive})
     """Seconds ``start`` waits for the first stream connection."""
-    ping_interval: float = attrs.field(default=20.0, validator=_positive)
+    ping_interval: float = attrs.field(default=20.0, metadata={"check": _positive})
     """Seconds between WebSocket pings the client sends (they keep middleboxes from
     dropping an idle socket; their pongs do not prove the connection alive)."""
     idle_timeout: float = attrs.field(
-        default=SYSTEM_PING_INTERVAL + LIVENESS_MARGIN, validator=_positive
+        default=SYSTEM_PING_INTERVAL + LIVENESS_MARGIN, metadata={"check": _positive}
     )
     """Seconds without a frame from DingTalk (a SYSTEM ping or a push) after which the
     connection is replaced (a new one opened, then the old one closed). Default 40: DingTalk
     sends a SYSTEM ping every 20-30 s (PROTOCOLS 1.5), plus a 10 s margin."""
-    reconnect_initial: float = attrs.field(default=0.5, validator=_positive)
+    reconnect_initial: float = attrs.field(default=0.5, metadata={"check": _positive})
     """First reconnect delay; doubles per failed attempt (with jitter). A connection that
     completed its handshake resets it: a drop is followed by a reconnect within this."""
-    reconnect_max: float = attrs.field(default=30.0, validator=_positive)
+    reconnect_max: float = attrs.field(default=30.0, metadata={"check": _positive})
     """Longest reconnect delay."""
     local_ip: str | None = None
     """``localIp`` sent when opening a connection (diagnostic only); default: not sent."""
 
     def __attrs_post_init__(self) -> None:
+        """Check the settings; every problem is reported, each on its field."""
+        problems: list[tuple[str, str]] = [
+            (name, f"is empty: {what}, from the developer console's credentials page")
+            for name, what, value in (
+                ("client_id", "the app's Client ID (AppKey)", self.client_id.strip()),
+                ("client_secret", "the app's Client Secret (AppSecret)", self.client_secret),
+            )
+            if not value
+        ]
+        for field in attrs.fields(type(self)):
+            check = field.metadata.get("check")
+            if check is None:
+                continue
+            try:
+                check(self, field, getattr(self, field.name))
+            except ValueError as exc:
+                problems.append((field.name, str(exc)))
+        if problems:
+            raise settings_problems(type(self), problems, title="DingTalk")
         level, note = card_mode_note(self)
         # once per app and note per process: `imrobots run` converts the settings twice
         # (checking the file, then building the robots), and a program may make several

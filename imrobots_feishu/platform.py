@@ -292,13 +292,20 @@ class FeishuSettings:
 
     def __attrs_post_init__(self) -> None:
         """Check the settings as a whole; every problem is reported, each on its field."""
-        problems: list[tuple[str, str]] = []
+        problems: list[tuple[str, str]] = [
+            (name, f"is empty: {what}, from the developer console's credentials page")
+            for name, what, value in (
+                ("app_id", "the app's App ID (cli_...)", self.app_id.strip()),
+                ("app_secret", "the app's App Secret", self.app_secret),
+            )
+            if not value
+        ]
         domain = _domain_problem(self.domain)
         if domain is not None:
             problems.append(("domain", domain))
         for name in _POSITIVE:
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:  # nan too, which compares false
                 problems.append((name, f"must be positive, got {value!r}"))
         if self.mode == "callback" and not self.verification_token:
             problems.append(

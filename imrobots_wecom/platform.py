@@ -320,7 +320,7 @@ class WeComSettings:
         ]
         for name in _POSITIVE:
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:  # nan too, which compares false
                 problems.append((name, f"must be positive, got {value!r}"))
         if self.encoding_aes_key is not None and len(self.encoding_aes_key.get()) != 43:
             problems.append(("encoding_aes_key", "must be 43 characters (WeCom's EncodingAESKey)"))

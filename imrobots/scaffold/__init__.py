@@ -17,7 +17,9 @@ Templates live in ``templates/KIND/`` as ``*.tmpl`` files whose paths and text h
 
 from __future__ import annotations
 
+import keyword
 import re
+import sys
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -68,8 +70,25 @@ def names_for(kind: Kind, name: str) -> tuple[str, str]:
                 f"robot name {name!r}: use lowercase letters, digits, '-' and '_', "
                 "starting with a letter (e.g. helpdesk or sales-assistant)"
             )
+        package = name.replace("-", "_")
+        clash = (
+            "is a Python keyword"
+            if keyword.iskeyword(package)
+            else "is a module of Python's standard library, which it would shadow"
+            if package in sys.stdlib_module_names
+            else "is the scaffold's own tests directory"
+            if package == "tests"
+            else "is reserved for imrobots and its platform plugins"
+            if package == "imrobots" or package.startswith("imrobots_")
+            else None
+        )
+        if clash is not None:
+            raise ScaffoldError(
+                f"robot name {name!r}: its Python package, {package}, {clash}; "
+                f"choose another name (e.g. my-{name})"
+            )
         camel = _camel(name)
-        return name.replace("-", "_"), camel if camel.endswith("Robot") else f"{camel}Robot"
+        return package, camel if camel.endswith("Robot") else f"{camel}Robot"
     if not _PLATFORM_NAME.match(name):
         raise ScaffoldError(
             f"platform name {name!r}: use lowercase letters, digits and '_', starting with "
@@ -96,7 +115,8 @@ def scaffold(kind: Kind, name: str, directory: Path | None = None) -> Scaffold:
     """Write the ``kind`` scaffold called ``name`` into ``directory`` (default: ``./NAME``
     for a robot, ``./imrobots-NAME`` for a platform), which must not exist or be empty.
 
-    :raises ScaffoldError: a bad name, or a directory that is not empty.
+    :raises ScaffoldError: a bad name, a directory that is not empty, or a file that
+        cannot be written.
     """
     package, class_name = names_for(kind, name)
     if directory is None:
@@ -113,8 +133,11 @@ def scaffold(kind: Kind, name: str, directory: Path | None = None) -> Scaffold:
     written: list[Path] = []
     for parts, text in _walk(_templates(kind)):
         path = directory.joinpath(*(fill(part) for part in parts))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(fill(text), encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(fill(text), encoding="utf-8")
+        except OSError as exc:
+            raise ScaffoldError(f"cannot write {path}: {exc.strerror or exc}") from None
         written.append(path)
     return Scaffold(
         kind=kind,

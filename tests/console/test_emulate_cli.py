@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -217,3 +218,38 @@ def test_demo_uses_the_demo_agent_offline_and_openai_when_configured() -> None:
     )
     assert isinstance(agent, OpenAIAgent) and agent.model == "local-model"
     assert "local-model" in description and "127.0.0.1:9" in description
+
+
+@pytest.mark.parametrize("platform", ["dingtalk", "feishu", "wecom"])
+@pytest.mark.parametrize("option", ["--port", "--console-port"])
+def test_a_busy_port_is_one_error_line_naming_the_option(platform: str, option: str) -> None:
+    _available(platform)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "imrobots", "emulate", platform, option, str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    what = f"the {platform} emulator" if option == "--port" else "the console"
+    assert f"error: cannot start {what} on 127.0.0.1:{port}: " in result.stderr
+    assert f"try {option} 0" in result.stderr
+
+
+def test_an_output_file_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
+    _available("dingtalk")
+    target = tmp_path / "missing" / "robots.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "imrobots", "emulate", "dingtalk", "-o", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: cannot write {target}: No such file or directory" in result.stderr

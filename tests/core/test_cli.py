@@ -609,3 +609,63 @@ def test_a_usage_error_under_log_format_json_is_a_json_line() -> None:
     assert lines, process.stderr
     records = [_json.loads(line) for line in lines]  # every line is JSON
     assert records[-1]["level"] == "error" and "--health-port" in records[-1]["message"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["config", "schema", "-o", "{missing}/robots.schema.json"],
+        ["feedback", "export", "--config", "{config}", "-o", "{missing}/feedback.csv"],
+        ["new", "robot", "helpdesk", "-d", "{blocked}/helpdesk"],
+        ["new", "platform", "chatx", "-d", "{blocked}/chatx"],
+    ],
+)
+def test_an_output_that_cannot_be_written_is_one_error_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        f'[store]\nbackend = "sqlite"\npath = "{tmp_path}/state.sqlite3"\n\n'
+        '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory", encoding="utf-8")
+    places = {"missing": str(tmp_path / "missing"), "config": str(config), "blocked": str(blocked)}
+    args = [part.format(**places) for part in command]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert re.search(rf"error: cannot write {re.escape(str(tmp_path))}/\S+: ", result.output)
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["console", "--config", "{config}", "--port", "70000"], "--port"),
+        (["demo", "--port", "-1"], "--port"),
+        (["emulate", "dingtalk", "--port", "70000"], "--port"),
+        (["emulate", "dingtalk", "--console-port", "65536"], "--console-port"),
+        (["run", "--config", "{config}", "--grace", "nan"], "--grace"),
+        (["run", "--config", "{config}", "--grace", "inf"], "--grace"),
+    ],
+)
+def test_a_port_out_of_range_or_a_non_finite_grace_is_a_usage_error(
+    tmp_path: Path, args: list[str], option: str
+) -> None:
+    """A port above 65535 was wrapped around by the socket (console --port 70000 listened
+    on 4464) or a traceback; --grace nan started the robots and crashed when stopping."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n', encoding="utf-8"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "imrobots", *(a.format(config=config) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"Invalid value for '{option}'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,6 +172,127 @@ def test_unknown_agent_and_bad_import(tmp_path: Path, manager: PluginManager) ->
     )
     with pytest.raises(ConfigError, match="cannot import 'no_such_mod:agent'"):
         prepare_robot(config.robots["support"], source="robots.toml", manager=manager)
+
+
+_BROKEN_MODULES = {
+    "nc_syntax": "from imrobots import Robot\nclass R(Robot)\n    pass\n",
+    "nc_raises": "raise RuntimeError('not configured yet')\n",
+    "nc_agents": (
+        "class Agent:\n"
+        "    def __init__(self, model: str) -> None:\n"
+        "        self.model = model\n"
+        "    def __call__(self, request: object) -> str:\n"
+        "        return self.model\n"
+        "VALUE = 3\n"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("robot", "agent", "expected"),
+    [
+        (
+            "nc_syntax:R",
+            'use = "demo"',
+            r"robots\.x\.robot: cannot import 'nc_syntax:R': syntax error in .*nc_syntax\.py, "
+            r"line 2: expected ':'",
+        ),
+        (
+            "nc_raises:R",
+            'use = "demo"',
+            r"robots\.x\.robot: cannot import 'nc_raises:R': its module raised RuntimeError: "
+            r"not configured yet",
+        ),
+        (
+            "support",
+            'use = "nc_raises:agent"',
+            r"robots\.x\.agent\.use: cannot import 'nc_raises:agent': its module raised",
+        ),
+        ("support", 'use = ":"', r"robots\.x\.agent\.use: cannot import ':': expected"),
+        (
+            "support",
+            'use = "nc_agents:Agent"\nmodle = "m"',
+            r"robots\.x\.agent: 'nc_agents:Agent' refused its settings: .*'modle'",
+        ),
+        (
+            "support",
+            'use = "nc_agents:Agent"',
+            r"robots\.x\.agent: 'nc_agents:Agent' refused its settings: .*'model'",
+        ),
+        (
+            "support",
+            'use = "nc_agents:VALUE"',
+            r"robots\.x\.agent\.use: 'nc_agents:VALUE' is not an agent: ",
+        ),
+    ],
+)
+def test_a_robot_or_agent_module_with_an_error_is_one_line_of_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, robot: str, agent: str, expected: str
+) -> None:
+    for name, code in _BROKEN_MODULES.items():
+        (tmp_path / f"{name}.py").write_text(code, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in _BROKEN_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    path = write(
+        tmp_path,
+        f'[robots.x]\nrobot = "{robot}"\nplatform = "memory"\n\n[robots.x.agent]\n{agent}\n',
+    )
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    assert re.search(expected, errors[0]), errors[0]
+
+
+def test_a_config_that_is_not_utf8_is_one_line_and_a_bom_is_skipped(tmp_path: Path) -> None:
+    latin = tmp_path / "robots.toml"
+    latin.write_bytes(b'[robots.x]\nplatform = "memory"\n# caf\xe9\n')
+    with pytest.raises(ConfigError, match=r"robots\.toml: not UTF-8 text \(byte 0xe9 at line 3\)"):
+        load_config(latin)
+    result = CliRunner().invoke(cli, ["check", str(latin)])
+    assert result.exit_code == 2, result.exception
+    assert "not UTF-8 text" in result.output and "Traceback" not in result.output
+    body = '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n'
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    assert list(load_config(bom).robots) == ["x"]
+    seed = tmp_path / "config.json"
+    seed.write_bytes(b'\xef\xbb\xbf{"agent": "demo", "clientId": "a", "clientSecret": "b"}')
+    assert list(load_config(seed).robots) == ["support"]
+
+
+@pytest.mark.parametrize("name", ["", " "])
+def test_a_robot_without_a_name_is_refused(tmp_path: Path, name: str) -> None:
+    """``[robots.""]`` ran as a robot whose logs said ``robot : connected to ...``."""
+    path = write(
+        tmp_path,
+        f'[robots."{name}"]\nplatform = "memory"\n\n[robots."{name}".agent]\nuse = "demo"\n',
+    )
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f'error: {path}: robots."{name}": a robot needs a name: [robots.NAME]' in result.output
+
+
+def test_a_robot_named_twice_runs_once(tmp_path: Path) -> None:
+    """``imrobots run x x`` started two runtimes of one robot (two connections of one app;
+    on WeCom the second subscription takes the first one's place for good)."""
+    config = load_config(write(tmp_path, GOOD), env=ENV)
+    runtimes = build_runtimes(config, ["support", "support"])
+    assert [runtime.name for runtime in runtimes] == ["support"]
+
+
+async def test_console_runs_a_robot_named_twice_once(tmp_path: Path) -> None:
+    from imrobots.demo import ConfigConsole
+
+    path = write(tmp_path, '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n')
+    console = ConfigConsole(path, names=["x", "x"], env={})
+    await console.start()
+    try:
+        assert [robot.runtime.name for robot in console.robots] == ["x"]
+    finally:
+        await console.stop()
 
 
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:

@@ -206,6 +206,17 @@ def test_from_settings_wrong_type_is_named(key: str, value: object) -> None:
         DemoAgent.from_settings({key: value}, path="robots.x.agent")
 
 
+def test_from_settings_a_bad_value_or_unreadable_faq_names_the_agent_table(
+    tmp_path: Path,
+) -> None:
+    where = "robots.x.agent"
+    missing = str(tmp_path / "missing.md")
+    with pytest.raises(ConfigError, match=rf"^{where}: the demo agent cannot read its FAQ "):
+        DemoAgent.from_settings({"faq_path": missing}, path=where)
+    with pytest.raises(ConfigError, match=rf"^{where}: the demo agent's delay must be "):
+        DemoAgent.from_settings({"delay": -1}, path=where)
+
+
 @pytest.mark.parametrize("delay", [-1, float("nan"), float("inf"), float("-inf")])
 def test_a_negative_or_non_finite_delay_is_a_config_error(delay: float) -> None:
     """nan would act as 0 and inf would never stream: refused as a negative delay is."""

@@ -223,6 +223,8 @@ def test_missing_key_without_base_url_is_a_config_error() -> None:
 def test_bad_numbers_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="timeout"):
         OpenAIAgent(model="m", api_key="k", timeout=0)
+    with pytest.raises(ConfigError, match="timeout must be positive, got nan"):
+        OpenAIAgent(model="m", api_key="k", timeout=float("nan"))
     with pytest.raises(ConfigError, match="max_history"):
         OpenAIAgent(model="m", api_key="k", max_history=-1)
 
@@ -331,6 +333,14 @@ def test_from_settings_empty_strings_fall_back_to_env(monkeypatch: pytest.Monkey
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
     agent = OpenAIAgent.from_settings({"model": "m", "api_key": "", "base_url": ""})
     assert agent.base_url is None
+
+
+def test_from_settings_a_missing_model_or_key_names_the_agent_table() -> None:
+    where = "robots.support.agent"
+    with pytest.raises(ConfigError, match=rf"^{where}: the OpenAI agent needs an API key: "):
+        OpenAIAgent.from_settings({"model": "gpt-4o-mini"}, path=where)
+    with pytest.raises(ConfigError, match=rf"^{where}: the OpenAI agent needs a model: "):
+        OpenAIAgent.from_settings({"api_key": "k"}, path=where)
 
 
 def test_from_settings_unknown_key_is_named() -> None:

@@ -4,13 +4,17 @@ secrets, key layout. The Store contract itself runs against Redis in test_store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +36,7 @@ from imrobots.store import (
 
 pytest.importorskip("redis.asyncio", reason='the redis package is not installed: "imrobots[redis]"')
 
+import redis
 import redis.asyncio as aioredis
 
 from imrobots.redis_store import RedisStore, redact_url
@@ -275,6 +280,54 @@ async def test_a_frozen_redis_times_out_with_a_clear_error(
         await store.close()
 
 
+@contextlib.contextmanager
+def _redis_on_a_unix_socket() -> Iterator[tuple[str, redis.Redis]]:
+    """A password-protected redis-server listening on a unix socket only: its path and an
+    admin client."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed")
+    with tempfile.TemporaryDirectory(prefix="imr") as directory:  # a short socket path
+        path = os.path.join(directory, "redis.sock")
+        args = [executable, "--port", "0", "--unixsocket", path, "--requirepass", PASSWORD]
+        args += ["--save", "", "--appendonly", "no", "--dir", directory]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        admin = redis.Redis(unix_socket_path=path, password=PASSWORD)
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # polling the new server's socket, not waiting for time to pass
+                try:
+                    admin.ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "redis-server did not start"
+                    time.sleep(0.01)
+            yield path, admin
+        finally:
+            admin.close()
+            process.terminate()
+            process.wait(timeout=30)
+
+
+async def test_a_wrong_password_on_a_unix_socket_fails_at_once_without_reconnecting() -> None:
+    """On a unix socket, redis-py 8 raises a refused password as a ConnectionError (caused
+    by an AuthenticationError): it was taken for a lost connection and tried again for
+    ``reconnect_for``, so ``imrobots run`` said nothing for 10 s."""
+    with _redis_on_a_unix_socket() as (path, admin):
+        before = int(admin.info("stats")["total_connections_received"])
+        wrong = RedisStore(
+            f"unix://:not-the-password@{path}?db=0", prefix="app:", reconnect_for=3.0
+        )
+        try:
+            with pytest.raises(StoreUnavailable, match="password") as info:
+                await wrong.ping()
+            assert "not-the-password" not in str(info.value)
+        finally:
+            await wrong.close()
+        after = int(admin.info("stats")["total_connections_received"])
+        assert after - before == 1  # the one refused connection, not one per 50 ms-1 s
+
+
 async def test_wrong_password_and_unreachable_server_are_clear_errors(
     make_redis_server: Callable[..., RedisServer],
 ) -> None:
@@ -476,3 +529,28 @@ async def test_room_in_all_is_one_script_that_answers_as_room_in_of_each_window(
     finally:
         await store.close()
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://user:pw-secret@x:1/0", "must specify one of the following schemes"),
+        ("redis://:pw-secret@host:notaport/0", "Port could not be cast to integer"),
+    ],
+)
+def test_check_refuses_a_url_that_is_no_redis_url(tmp_path: Path, url: str, reason: str) -> None:
+    """check said the file was valid; only run refused it."""
+    from click.testing import CliRunner
+
+    from imrobots.cli import cli
+
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        f'[store]\nbackend = "redis"\nurl = "{url}"\n\n'
+        '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {config}: store.url: bad Redis URL " in result.output
+    assert reason in result.output and "pw-secret" not in result.output

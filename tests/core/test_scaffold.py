@@ -128,6 +128,36 @@ def test_names_and_directories_are_checked(tmp_path: Path, manager: PluginManage
     assert result.exit_code == 2 and "already registered" in result.output
 
 
+@pytest.mark.parametrize(
+    ("name", "clash"),
+    [
+        ("class", "is a Python keyword"),
+        ("asyncio", "is a module of Python's standard library"),
+        ("json", "is a module of Python's standard library"),
+        ("imrobots", "is reserved for imrobots"),
+        ("imrobots-extra", "is reserved for imrobots"),
+        ("tests", "is the scaffold's own tests directory"),
+    ],
+)
+def test_a_robot_name_whose_package_cannot_work_is_refused(
+    tmp_path: Path, name: str, clash: str
+) -> None:
+    with pytest.raises(ScaffoldError, match=f"its Python package, .*, {clash}.*e\\.g\\. my-{name}"):
+        names_for("robot", name)
+    assert names_for("robot", f"my-{name}")[0] == f"my_{name.replace('-', '_')}"
+    result = CliRunner().invoke(cli, ["new", "robot", name, "-d", str(tmp_path / name)])
+    assert result.exit_code == 2 and clash in result.output
+    assert not (tmp_path / name).exists()
+
+
+def test_a_robot_name_already_registered_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["new", "robot", "support", "-d", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    assert "a robot named 'support' is already registered" in result.output
+    assert "imrobots.examples.SupportRobot" in result.output
+    assert not (tmp_path / "s").exists()
+
+
 TUTORIAL = Path(__file__).resolve().parents[2] / "docs" / "tutorial.md"
 TUTORIAL_ENV = {
     "DINGTALK_CLIENT_ID": "dingtutorial",

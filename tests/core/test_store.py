@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -16,13 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 import imrobots.store
 from imrobots import sqlite_store
+from imrobots.cli import cli
 from imrobots.errors import ImrobotsError
 from imrobots.models import Feedback, FeedbackRating, Sender
 from imrobots.sqlite_store import SCHEMA_VERSION, SQLiteStore
-from imrobots.store import ClaimResult, Fence, LockLost, MemoryStore, Store, Turn
+from imrobots.store import (
+    ClaimResult,
+    Fence,
+    LockLost,
+    MemoryStore,
+    Store,
+    StoreUnavailable,
+    Turn,
+)
 
 StoreFactory = Callable[..., Store]
 
@@ -676,10 +687,59 @@ async def test_sqlite_version_2_file_gains_fencing_tokens(tmp_path: Path) -> Non
 
 
 async def test_sqlite_open_error_is_raised_by_operations(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "missing-dir" / "state.sqlite3")
-    with pytest.raises(sqlite3.OperationalError):
+    path = tmp_path / "missing-dir" / "state.sqlite3"
+    store = SQLiteStore(path)
+    with pytest.raises(StoreUnavailable) as info:
         await store.claim("k", in_flight_ttl=1)
+    message = str(info.value)
+    assert message.startswith(f"SQLite store {path}: cannot open the file: ")
+    assert f"the directory {tmp_path / 'missing-dir'} does not exist" in message
     await store.close()
+    not_a_database = tmp_path / "notes.txt"
+    not_a_database.write_text("hello, this is not SQLite\n" * 100, encoding="utf-8")
+    store = SQLiteStore(not_a_database)
+    with pytest.raises(StoreUnavailable, match=r"notes\.txt: cannot open the file: .*database"):
+        await store.list_feedback()
+    await store.close()
+
+
+def test_check_refuses_a_sqlite_path_whose_directory_does_not_exist(tmp_path: Path) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        f'[store]\nbackend = "sqlite"\npath = "{tmp_path}/missing-dir/x.sqlite3"\n\n'
+        '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 2, result.output
+    assert (
+        f"error: {config}: store.path: the directory {tmp_path}/missing-dir does not exist"
+        in result.output
+    )
+    config.write_text(config.read_text("utf-8").replace("missing-dir/", ""), "utf-8")
+    assert CliRunner().invoke(cli, ["check", str(config)]).exit_code == 0
+
+
+def test_an_unopenable_sqlite_store_is_one_error_line_of_run_and_export(tmp_path: Path) -> None:
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        f'[store]\nbackend = "sqlite"\npath = "{tmp_path}/missing-dir/x.sqlite3"\n\n'
+        '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    for command in (["run", "--no-status"], ["feedback", "export"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "imrobots", *command, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 2, result.stderr
+        # run refuses it at its check (store.path), export when it opens the store
+        assert result.stderr.startswith("error: "), result.stderr
+        assert "missing-dir does not exist" in result.stderr
 
 
 async def test_sqlite_close_stops_the_thread_and_refuses_work(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import attrs
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from click.testing import CliRunner
 
 from imrobots import (
     CardGone,
@@ -33,6 +34,7 @@ from imrobots import (
     thinking_card,
 )
 from imrobots.app import prepare_robot
+from imrobots.cli import cli
 from imrobots.config import load_config
 from imrobots.platform import Op, OutcomeUnknown, RateLimit, Refused, Scope, SizeUnit
 from imrobots_dingtalk.api import DingTalkApi, classify
@@ -498,6 +500,7 @@ def _write(tmp_path: Path, settings: str) -> Path:
             "oapi_endpoint",
         ),
         ("update_interval = 0\n", "update_interval > 0"),
+        ("update_interval = nan\n", "update_interval > 0, got nan"),
         ('webhook_hosts = "127.0.0.1"\n', "webhook_hosts: expected a list, got str"),
         ('webhook_hosts = ["http://x/"]\n', 'entries like "host" or "host:port"'),
         ("max_text = 0\n", "max_text > 0"),
@@ -512,6 +515,34 @@ def test_bad_settings_give_one_line(tmp_path: Path, extra: str, message: str) ->
     text = str(info.value)
     assert "\n" not in text and message in text and "robots.bot.settings" in text
     assert "very-secret" not in text
+
+
+def test_every_bad_setting_is_a_line_of_check_naming_its_field(tmp_path: Path) -> None:
+    """Each problem on its own line, all in one run (the first one hid the others), and
+    empty credentials (a variable exported empty) are errors before DingTalk refuses them."""
+    path = tmp_path / "robots.toml"
+    path.write_text(
+        '[robots.bot]\nplatform = "dingtalk"\n[robots.bot.settings]\n'
+        'client_id = "{{CID}}"\nclient_secret = "{{CSECRET}}"\n'
+        'openapi_endpoint = "htp:/admin:very-secret@127.0.0.1:1"\n'
+        "update_interval = -3\n"
+        'webhook_hosts = ["http://x/"]\n'
+        '[robots.bot.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["check", str(path)], env={"CID": "", "CSECRET": ""})
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    where = f"error: {path}: robots.bot.settings."
+    assert [line.removeprefix(where).split(":", 1)[0] for line in lines] == [
+        "client_id",
+        "client_secret",
+        "openapi_endpoint",
+        "webhook_hosts",
+        "update_interval",
+    ], lines
+    assert "is empty: the app's Client Secret (AppSecret)" in lines[1]
+    assert "very-secret" not in result.output
 
 
 def test_example_robots_toml() -> None:

@@ -170,3 +170,31 @@ def test_check_names_each_callback_problem(feishu: PluginManager, tmp_path: Path
         f"{prefix}typo.settings.mode: expected one of 'long_connection', 'callback'",
     ], lines
     assert "s3cr3t-value" not in "\n".join(lines)
+
+
+def test_empty_credentials_are_errors_naming_their_fields(
+    feishu: PluginManager, tmp_path: Path
+) -> None:
+    """``app_secret = "{{FEISHU_APP_SECRET}}"`` with the variable exported empty passed
+    check, and the robot failed only when Feishu refused it."""
+    config = tmp_path / "robots.toml"
+    config.write_text(GOOD.replace('app_id = "cli_a1"', 'app_id = " "'), encoding="utf-8")
+    code, lines = _check(config, {**ENV, "FEISHU_APP_SECRET": ""})
+    assert code == 2, lines
+    assert f"error: {config}: robots.cb.settings.app_id: is empty: the app's App ID" in lines[0]
+    assert f"error: {config}: robots.cb.settings.app_secret: is empty: " in lines[1]
+
+
+def test_a_nan_setting_is_refused_as_not_positive(feishu: PluginManager, tmp_path: Path) -> None:
+    """nan compares false with everything, so ``value <= 0`` let it through."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.x]\nplatform = "feishu"\n[robots.x.settings]\napp_id = "cli_a"\n'
+        'app_secret = "s"\nupdate_interval = nan\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    code, lines = _check(config, {})
+    assert code == 2, lines
+    assert f"error: {config}: robots.x.settings.update_interval: must be positive, got nan" in (
+        lines
+    )

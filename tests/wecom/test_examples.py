@@ -237,3 +237,16 @@ def test_keys_of_the_other_mode_are_warned_about_not_refused(
     ]
     assert "ok: robot 'app'" in "\n".join(lines) and "ok: robot 'bot'" in "\n".join(lines)
     assert "bot-secret-xyz" not in "\n".join(lines)
+
+
+def test_a_nan_setting_is_refused_as_not_positive(wecom: PluginManager, tmp_path: Path) -> None:
+    """nan compares false with everything, so ``value <= 0`` let it through."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.x]\nplatform = "wecom"\n[robots.x.settings]\nbot_id = "b"\nsecret = "s"\n'
+        'ping_interval = nan\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    code, lines = _check(config, {})
+    assert code == 2, lines
+    assert f"error: {config}: robots.x.settings.ping_interval: must be positive, got nan" in lines
