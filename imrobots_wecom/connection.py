@@ -402,7 +402,11 @@ class AibotConnection:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.close(), 1.0)
                 return
-            if now >= next_ping:
+            # A sleep may end a hair before its time (uvloop's clock counts whole
+            # milliseconds): a ping due within half a tick goes now. Put off by a whole
+            # tick instead, with the default 30 s interval and 10 s margin the next tick
+            # is the one that finds WeCom silent for 40 s and drops a healthy connection.
+            if now >= next_ping - tick / 2:
                 next_ping = now + interval
                 with contextlib.suppress(Exception):
                     await self._send({"cmd": "ping", "headers": {"req_id": new_req_id("ping")}})

@@ -136,3 +136,58 @@ async def test_a_refused_subscription_after_it_worked_is_retried_with_one_error_
     assert len(errors) == 1 and "subscribed before" in errors[0], errors
     assert "subscription accepted again" in caplog.text
     assert good not in caplog.text
+
+
+async def test_a_watchdog_tick_that_ends_early_does_not_put_off_the_ping(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default shape (ping every 3 ticks, dead after 4 silent ticks) at a tenth of a
+    second a tick: the tick due with the ping ends 5 ms early (uvloop's clock counts whole
+    milliseconds) and the next one 10 ms late (a busy loop). The ping must still go at the
+    early tick: put off to the next one, it would come after the watchdog found WeCom
+    silent for the whole bound, and a healthy connection was dropped (seen in the demo)."""
+    import asyncio
+
+    from imrobots_wecom import connection as module
+
+    interval, margin = 0.3, 0.1  # as 30 s and LIVENESS_MARGIN 10 s
+    monkeypatch.setattr(module, "LIVENESS_MARGIN", margin)
+    real_sleep = asyncio.sleep
+    ticks = 0
+    six_ticks = asyncio.Event()
+
+    async def sleep(delay: float, result: object = None) -> object:
+        nonlocal ticks
+        if abs(delay - margin) < 1e-9:  # a watchdog tick
+            ticks += 1
+            delay += {3: -0.005, 4: 0.010}.get(ticks, 0.0)
+            if ticks >= 6:
+                six_ticks.set()
+        return await real_sleep(delay, result)
+
+    class Asyncio:  # the connection module's asyncio, whose sleep is the one above
+        def __getattr__(self, name: str) -> object:
+            return sleep if name == "sleep" else getattr(asyncio, name)
+
+    monkeypatch.setattr(module, "asyncio", Asyncio())
+    caplog.set_level(logging.INFO)
+    adapter = WeComConsoleAdapter()
+    await adapter.start()
+    settings = WeComSettings(
+        bot_id=adapter.bot_id,
+        secret=Secret(adapter._secret),
+        ws_url=adapter.emulator.ws_url,
+        ping_interval=interval,
+    )
+    platform = WeComPlatform(settings)
+    bot = adapter.emulator.bots[adapter.bot_id]
+    try:
+        await platform.start(_sink)
+        connection = platform.connection
+        assert connection is not None and connection.idle_timeout == interval + margin
+        await asyncio.wait_for(six_ticks.wait(), 10)  # past the bound of 4 ticks
+        assert bot.subscriptions == 1 and connection.connected
+    finally:
+        await platform.close()
+        await adapter.stop()
+    assert "the connection is dead" not in caplog.text
