@@ -685,6 +685,15 @@ _TOKEN_HELP = (
 )
 
 
+def _console_address_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--host`` and ``--port`` of a command that serves the console."""
+    port_help = "Console port (0: any free port)."
+    fn = click.option("--port", default=8300, show_default=True, type=_PORT, help=port_help)(fn)
+    return click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")(
+        fn
+    )
+
+
 def _token_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option(
         "--public-host",
@@ -772,14 +781,7 @@ async def _demo_console(
     callback=lambda _ctx, _param, value: _seconds_or_more(value),
     help="Seconds between streamed words (terminal): 0 or more.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")
-@click.option(
-    "--port",
-    default=8300,
-    show_default=True,
-    type=_PORT,
-    help="Console port (0: any free port).",
-)
+@_console_address_options
 @click.option("--platform", "platforms", multiple=True, help="Only these platforms (repeatable).")
 @_token_option
 def demo(
@@ -1106,14 +1108,7 @@ async def _config_console(
     type=click.Path(dir_okay=False, path_type=Path),
     help="The robots' config file (TOML, or the seed's config.json).",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Console address.")
-@click.option(
-    "--port",
-    default=8300,
-    show_default=True,
-    type=_PORT,
-    help="Console port (0: any free port).",
-)
+@_console_address_options
 @_token_option
 def console_command(
     names: tuple[str, ...],
