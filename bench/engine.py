@@ -1,6 +1,6 @@
 """The engine's goals table, measured on the DingTalk emulator beside the seed's handler.
 
-    python bench/engine.py            # every row, each figure the median of 3 runs (~12 min)
+    python bench/engine.py            # every row, each figure the median of 3 runs (~15 min)
     python bench/engine.py --quick    # one run per figure, smaller loads (~3 min)
     python bench/engine.py --rows 1,4 # only some rows
 
