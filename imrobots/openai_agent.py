@@ -17,6 +17,7 @@ The API key is never shown: not in ``repr()``, not in logs, not in error message
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import urllib.parse
@@ -90,14 +91,26 @@ def _display_url(url: str | None) -> str | None:
         return None
     try:
         parts = urllib.parse.urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if parts.port is not None:  # (a port out of range raises ValueError)
+            host = f"{host}:{parts.port}"
     except ValueError:
         return "<invalid url>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
     return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as an API root, or ``None``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host, e.g. http://localhost:11434/v1"
+    return None
 
 
 @attrs.frozen(kw_only=True)
@@ -141,12 +154,14 @@ class OpenAIAgent:
         """Create the agent; no network traffic happens until the first :meth:`stream`.
 
         :param model: the model name; default ``$OPENAI_MODEL``.
-        :param base_url: the API root, e.g. ``http://localhost:11434/v1``; default
+        :param base_url: the API root, an ``http://`` or ``https://`` URL, e.g.
+            ``http://localhost:11434/v1``; default
             ``$OPENAI_BASE_URL``, else the OpenAI API.
         :param api_key: default ``$OPENAI_API_KEY``; may be omitted when ``base_url`` is set.
             A :class:`~imrobots.secret.Secret` is accepted too.
         :param system_prompt: sent first, as the ``system`` message.
-        :param temperature: sampling temperature; the server's default when ``None``.
+        :param temperature: sampling temperature, 0 or more (OpenAI takes 0-2; other
+            servers have their own ceilings); the server's default when ``None``.
         :param timeout: seconds for each API call.
         :param max_history: at most this many earlier turns are sent (the newest ones).
         :param max_retries: how often the client retries a failed call (429, 5xx, network).
@@ -163,6 +178,12 @@ class OpenAIAgent:
                 "or the OPENAI_MODEL environment variable"
             )
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        if base_url is not None and (problem := _url_problem(base_url)) is not None:
+            raise ConfigError(f"the OpenAI agent's base_url {_display_url(base_url)!r} {problem}")
+        if temperature is not None and not 0 <= temperature < math.inf:  # nan compares false
+            raise ConfigError(
+                f"the OpenAI agent's temperature must be 0 or more, got {temperature!r}"
+            )
         if isinstance(api_key, Secret):
             api_key = api_key.get()
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or None

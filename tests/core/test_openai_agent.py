@@ -227,6 +227,24 @@ def test_bad_numbers_are_config_errors() -> None:
         OpenAIAgent(model="m", api_key="k", timeout=float("nan"))
     with pytest.raises(ConfigError, match="max_history"):
         OpenAIAgent(model="m", api_key="k", max_history=-1)
+    for temperature in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="temperature must be 0 or more, got "):
+            OpenAIAgent(model="m", api_key="k", temperature=temperature)
+    assert OpenAIAgent(model="m", api_key="k", temperature=0)  # greedy decoding is fine
+
+
+def test_a_base_url_that_is_no_http_url_is_a_config_error_without_its_password() -> None:
+    for url, said in (
+        ("ftp://models.example/v1", "must be an http:// or https:// URL with a host"),
+        ("localhost:11434/v1", "must be an http:// or https:// URL with a host"),
+        ("http:///v1", "must be an http:// or https:// URL with a host"),
+        ("http://user:hunter2@localhost:99999/v1", "is not a URL ("),
+    ):
+        with pytest.raises(ConfigError, match=r"^the OpenAI agent's base_url ") as caught:
+            OpenAIAgent(model="m", base_url=url)
+        assert said in str(caught.value) and "hunter2" not in str(caught.value), url
+    agent = OpenAIAgent(model="m", base_url="https://user:hunter2@models.example/v1")
+    assert "hunter2" not in repr(agent)
 
 
 def test_repr_shows_model_and_base_url_but_never_the_key() -> None:
