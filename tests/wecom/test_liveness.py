@@ -19,12 +19,19 @@ import pytest
 from imrobots.platform import Secret
 from imrobots_wecom.connection import LIVENESS_MARGIN, AibotConnection
 from imrobots_wecom.console import WeComConsoleAdapter
-from imrobots_wecom.platform import WeComPlatform, WeComSettings
+from imrobots_wecom.platform import WeComPlatform
 from tests.engine.conftest import eventually
 
 
 async def _sink(event: object) -> None:
     return None
+
+
+def _platform(adapter: WeComConsoleAdapter, **overrides: float) -> WeComPlatform:
+    """The platform of the emulator's bot, with ``overrides`` of its settings."""
+    platform = adapter.create_platform(**overrides)
+    assert isinstance(platform, WeComPlatform)
+    return platform
 
 
 async def test_the_default_liveness_bound_is_the_ping_interval_plus_a_margin() -> None:
@@ -40,14 +47,7 @@ async def test_a_black_holed_socket_is_replaced_within_the_ping_interval_plus_ma
     adapter = WeComConsoleAdapter()
     await adapter.start()
     interval = 0.2
-    settings = WeComSettings(
-        bot_id=adapter.bot_id,
-        secret=Secret(adapter._secret),
-        ws_url=adapter.emulator.ws_url,
-        ping_interval=interval,
-        reconnect_initial=0.01,
-    )
-    platform = WeComPlatform(settings)
+    platform = _platform(adapter, ping_interval=interval, reconnect_initial=0.01)
     bot = adapter.emulator.bots[adapter.bot_id]
     try:
         await platform.start(_sink)
@@ -70,14 +70,7 @@ async def test_a_black_holed_socket_is_replaced_within_the_ping_interval_plus_ma
 async def test_each_reconnect_after_a_drop_comes_within_a_second() -> None:
     adapter = WeComConsoleAdapter()
     await adapter.start()
-    settings = WeComSettings(
-        bot_id=adapter.bot_id,
-        secret=Secret(adapter._secret),
-        ws_url=adapter.emulator.ws_url,
-        reconnect_initial=1.0,
-        reconnect_max=30.0,
-    )
-    platform = WeComPlatform(settings)
+    platform = _platform(adapter, reconnect_initial=1.0, reconnect_max=30.0)
     bot = adapter.emulator.bots[adapter.bot_id]
     try:
         await platform.start(_sink)
@@ -102,14 +95,7 @@ async def test_a_refused_subscription_after_it_worked_is_retried_with_one_error_
     caplog.set_level(logging.INFO)
     adapter = WeComConsoleAdapter()
     await adapter.start()
-    settings = WeComSettings(
-        bot_id=adapter.bot_id,
-        secret=Secret(adapter._secret),
-        ws_url=adapter.emulator.ws_url,
-        reconnect_initial=0.02,
-        reconnect_max=0.1,
-    )
-    platform = WeComPlatform(settings)
+    platform = _platform(adapter, reconnect_initial=0.02, reconnect_max=0.1)
     bot = adapter.emulator.bots[adapter.bot_id]
     good = bot.secret
     try:
@@ -173,13 +159,7 @@ async def test_a_watchdog_tick_that_ends_early_does_not_put_off_the_ping(
     caplog.set_level(logging.INFO)
     adapter = WeComConsoleAdapter()
     await adapter.start()
-    settings = WeComSettings(
-        bot_id=adapter.bot_id,
-        secret=Secret(adapter._secret),
-        ws_url=adapter.emulator.ws_url,
-        ping_interval=interval,
-    )
-    platform = WeComPlatform(settings)
+    platform = _platform(adapter, ping_interval=interval)
     bot = adapter.emulator.bots[adapter.bot_id]
     try:
         await platform.start(_sink)
