@@ -703,13 +703,19 @@ async def test_sqlite_open_error_is_raised_by_operations(tmp_path: Path) -> None
     await store.close()
 
 
-def test_check_refuses_a_sqlite_path_whose_directory_does_not_exist(tmp_path: Path) -> None:
+def _config_with_a_missing_directory(tmp_path: Path) -> Path:
+    """A config file whose SQLite store lies in a directory that does not exist."""
     config = tmp_path / "robots.toml"
     config.write_text(
         f'[store]\nbackend = "sqlite"\npath = "{tmp_path}/missing-dir/x.sqlite3"\n\n'
         '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n',
         encoding="utf-8",
     )
+    return config
+
+
+def test_check_refuses_a_sqlite_path_whose_directory_does_not_exist(tmp_path: Path) -> None:
+    config = _config_with_a_missing_directory(tmp_path)
     result = CliRunner().invoke(cli, ["check", str(config)])
     assert result.exit_code == 2, result.output
     assert (
@@ -721,12 +727,7 @@ def test_check_refuses_a_sqlite_path_whose_directory_does_not_exist(tmp_path: Pa
 
 
 def test_an_unopenable_sqlite_store_is_one_error_line_of_run_and_export(tmp_path: Path) -> None:
-    config = tmp_path / "robots.toml"
-    config.write_text(
-        f'[store]\nbackend = "sqlite"\npath = "{tmp_path}/missing-dir/x.sqlite3"\n\n'
-        '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n',
-        encoding="utf-8",
-    )
+    config = _config_with_a_missing_directory(tmp_path)
     for command in (["run", "--no-status"], ["feedback", "export"]):
         result = subprocess.run(
             [sys.executable, "-m", "imrobots", *command, "--config", str(config)],
