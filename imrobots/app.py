@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -188,13 +187,15 @@ def store_problem(config: Config) -> str | None:
     and the field; ``None`` if nothing."""
     source = str(config.path) if config.path else "config"
     if config.store.backend == "sqlite":
-        folder = os.path.dirname(os.path.abspath(config.store.path))
-        if not os.path.isdir(folder):
-            return (
-                f"{source}: store.path: the directory {folder} does not exist (a relative "
-                "path is taken from the directory imrobots starts in)"
-            )
-        return None
+        from .sqlite_store import path_problem
+
+        problem = path_problem(config.store.path)
+        if problem is None:
+            return None
+        return (
+            f"{source}: store.path: {problem} (a relative path is taken from the directory "
+            "imrobots starts in)"
+        )
     if config.store.backend != "redis":
         return None
     try:

@@ -140,6 +140,13 @@ _FEEDBACK_COLUMNS: Final = (
 )
 
 
+def path_problem(path: str | os.PathLike[str]) -> str | None:
+    """What keeps a SQLite store at ``path`` from opening that can be seen without
+    opening it (its directory does not exist), or ``None``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return None if os.path.isdir(folder) else f"the directory {folder} does not exist"
+
+
 def _utc(moment: datetime) -> datetime:
     """``moment`` in UTC; a naive datetime is taken to be UTC already."""
     if moment.tzinfo is None:
@@ -247,11 +254,8 @@ class SQLiteStore(Store):
         and the OS's errors, whose own messages name neither."""
         if not isinstance(error, sqlite3.Error | OSError):
             return error
-        folder = os.path.dirname(os.path.abspath(self.path))
         hint = (
-            f"the directory {folder} does not exist"
-            if not os.path.isdir(folder)
-            else "is the file a SQLite database, and its directory writable?"
+            path_problem(self.path) or "is the file a SQLite database, and its directory writable?"
         )
         return StoreUnavailable(f"SQLite store {self.path}: cannot open the file: {error} ({hint})")
 
