@@ -16,17 +16,20 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from . import __version__
+from .environment import environment_problems
 from .errors import ImrobotsError
 from .loop import fallback_warning, loop_name, new_event_loop
 from .loop import run as run_on_loop
 from .secret import RedactingFilter, redact_text
 
 log = logging.getLogger("imrobots.cli")
+
+T = TypeVar("T")
 
 
 _output = {"format": "text"}
@@ -96,7 +99,10 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> Non
 
 class _Cli(click.Group):
     """The ``imrobots`` group: under ``--log-format json``, a usage error of a command (a
-    bad option value, a missing argument) is a JSON log line too, not click's plain text."""
+    bad option value, a missing argument) is a JSON log line too, not click's plain text.
+    An :class:`ImrobotsError` no command caught (an on/off ``IMROBOTS_*`` variable with
+    a value none of them takes, read wherever it is first needed) is an ``error:`` line
+    and exit status 2, as the commands' own errors are, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -106,6 +112,8 @@ class _Cli(click.Group):
                 raise
             log.error("error: %s", exc.format_message())
             raise SystemExit(exc.exit_code) from None
+        except ImrobotsError as exc:
+            _fail(exc)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -211,10 +219,14 @@ def check(file: Path) -> None:
 
     result = check_config(file)
     errors, warnings = list(result.errors), list(result.warnings)
-    try:  # the environment `run` reads besides the file's placeholders
-        note = fallback_warning()  # IMROBOTS_LOOP: an unknown value, or uvloop missing
+    # the environment `run` reads besides the file's placeholders: the on/off flags and
+    # IMROBOTS_LOOP (an unknown value, or uvloop asked for and missing)
+    problems = environment_problems()
+    errors += problems
+    try:
+        note = fallback_warning()
     except ImrobotsError as exc:
-        errors.append(str(exc))
+        errors += [] if str(exc) in problems else [str(exc)]
     else:
         warnings += [note] if note else []
     _report(errors, warnings, file)
@@ -274,6 +286,22 @@ DEFAULT_GRACE = 10.0
 """Seconds ``imrobots run`` takes to stop after SIGTERM or Ctrl-C (``--grace``)."""
 
 
+def _check_environment(main: Coroutine[Any, Any, Any]) -> None:
+    """Before a command runs robots: every ``IMROBOTS_*`` variable holding a value no
+    command takes (:func:`imrobots.environment.environment_problems`) is an error, one
+    line each, before anything starts (``main`` is closed, never run)."""
+    problems = environment_problems()
+    if problems:
+        main.close()
+        raise ImrobotsError("\n".join(problems))
+
+
+def _on_loop(main: Coroutine[Any, Any, T]) -> T:
+    """:func:`imrobots.loop.run` after :func:`_check_environment`."""
+    _check_environment(main)
+    return run_on_loop(main)
+
+
 def _run_to_exit(main: Coroutine[Any, Any, None], grace: float = DEFAULT_GRACE) -> None:
     """Run ``main`` like :func:`asyncio.run`, but never wait for threads user code left
     blocked (``asyncio.to_thread`` in a handler, say): ``asyncio.run`` waits for the
@@ -281,6 +309,7 @@ def _run_to_exit(main: Coroutine[Any, Any, None], grace: float = DEFAULT_GRACE) 
     given a moment (at most a second, and 15 % of ``grace`` for tasks, as much for
     threads), then the process exits (status 0) without it."""
     moment = min(1.0, 0.15 * grace)
+    _check_environment(main)
     try:
         loop = new_event_loop()  # uvloop where installed (imrobots.loop)
     except ImrobotsError:
@@ -828,7 +857,7 @@ def demo(
     _check_binding(host, token)
     click.echo("imrobots demo: starting emulators, robots and the console (no account needed)")
     try:
-        run_on_loop(_demo_console(host, port, list(platforms) or None, token, public_hosts))
+        _on_loop(_demo_console(host, port, list(platforms) or None, token, public_hosts))
     except OSError as exc:
         _fail(ImrobotsError(f"cannot start the console on {host}:{port}: {exc}; try --port 0"))
     except (ValueError, ImrobotsError) as exc:
@@ -863,7 +892,7 @@ def _demo_in_the_terminal(questions: list[str], delay: float) -> None:
         )
         started = time.monotonic()
         main = _demo_conversation(questions, delay, signalled=signalled)
-        answered = run_on_loop(main)
+        answered = _on_loop(main)
         if answered:
             click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
     except KeyboardInterrupt:
@@ -1041,7 +1070,7 @@ def emulate(
             )
         )
     try:
-        run_on_loop(
+        _on_loop(
             _emulate(
                 platform,
                 port=port,
@@ -1127,7 +1156,7 @@ def console_command(
     _check_binding(host, token)
     click.echo(f"imrobots console: the robots of {config_path}, each on a local emulator")
     try:
-        run_on_loop(
+        _on_loop(
             _config_console(
                 config_path, list(names), host, port, token=token, public_hosts=public_hosts
             )
@@ -1286,7 +1315,7 @@ def feedback_export(config_path: Path, fmt: str, robot: str | None, output: Path
             await store.close()
 
     try:
-        items = run_on_loop(read())
+        items = _on_loop(read())
     except ImrobotsError as exc:  # IMROBOTS_LOOP, or a store that cannot be reached
         _fail(exc)
     if output is None:

@@ -21,6 +21,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
+from .environment import DISABLE_PLUGIN_AUTOLOAD, STRICT_PLUGINS, env_flag
 from .errors import PlatformUnavailable, PluginError
 from .platform import Platform, PlatformSpec, resolve_object
 
@@ -80,11 +81,7 @@ class PluginManager:
     def __init__(self, *, load_entry_points: bool = True, strict: bool | None = None) -> None:
         self.pm = pluggy.PluginManager("imrobots")
         self.pm.add_hookspecs(hookspecs)
-        self.strict = (
-            os.environ.get("IMROBOTS_STRICT_PLUGINS", "") not in ("", "0")
-            if strict is None
-            else strict
-        )
+        self.strict = env_flag(STRICT_PLUGINS, default=False) if strict is None else strict
         self.plugins: list[PluginInfo] = []
         self._load_entry_points = load_entry_points
         self._loaded = False
@@ -275,7 +272,7 @@ def get_plugin_manager() -> PluginManager:
     global _manager
     if _manager is None:
         _manager = PluginManager(
-            load_entry_points=os.environ.get("IMROBOTS_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+            load_entry_points=not env_flag(DISABLE_PLUGIN_AUTOLOAD, default=False)
         )
     return _manager
 

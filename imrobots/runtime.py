@@ -37,6 +37,7 @@ from .agents import AnswerSource, accumulate, agent_executor, use_executor
 from .agents import _executor as _executor_var
 from .cards import error_card, interrupted_card
 from .clock import Clock, SystemClock
+from .environment import GC_TUNING, env_flag
 from .errors import PlatformError, classified
 from .feedback import FeedbackSigner, InvalidFeedback
 from .health import Histogram, observing_calls
@@ -1223,11 +1224,15 @@ def tune_gc() -> bool:
     loop for 100-250 ms. So: everything alive once the robot is up (modules,
     classes, the platform's tables) is moved out of the collector's way
     (:func:`gc.freeze`), and collections run less often (:data:`GC_THRESHOLDS`).
-    Cycles are still collected. ``IMROBOTS_GC_TUNING=0`` leaves the collector alone.
-    Returns whether it changed anything. ``bench/engine.py`` measures the effect.
+    Cycles are still collected. ``IMROBOTS_GC_TUNING=0`` (or ``false``, ``no``,
+    ``off``) leaves the collector alone. Returns whether it changed anything.
+    ``bench/engine.py`` measures the effect.
+
+    :raises ConfigError: ``IMROBOTS_GC_TUNING`` is not an on/off value
+        (:func:`imrobots.environment.env_flag`).
     """
     global _gc_tuned
-    if _gc_tuned or os.environ.get("IMROBOTS_GC_TUNING", "1") == "0":
+    if _gc_tuned or not env_flag(GC_TUNING, default=True):
         return False
     _gc_tuned = True
     gc.collect()
