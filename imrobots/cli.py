@@ -226,7 +226,8 @@ def check(file: Path) -> None:
     try:
         note = fallback_warning()
     except ImrobotsError as exc:
-        errors += [] if str(exc) in problems else [str(exc)]
+        if str(exc) not in problems:  # (an unknown IMROBOTS_LOOP is one of them)
+            errors.append(str(exc))
     else:
         warnings += [note] if note else []
     _report(errors, warnings, file)
