@@ -242,6 +242,37 @@ def test_run_with_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("lark", "feishu"),
+        ("Feishu", "feishu"),
+        ("larksuite", "feishu"),
+        ("dingding", "dingtalk"),
+        ("ding-talk", "dingtalk"),
+        ("wechat-work", "wecom"),
+        ("weixin", "wecom"),
+        ("wxwork", "wecom"),
+        ("WeWork", "wecom"),
+    ],
+)
+def test_check_suggests_the_platform_a_near_miss_means(
+    with_plugins: PluginManager, tmp_path: Path, written: str, meant: str
+) -> None:
+    """Each plugin declares the other names its platform goes by (Lark, Feishu's
+    international brand; WeChat Work, WeCom's former name...): a config naming one, or
+    a near miss of a name, gets a hint, not only the list of names."""
+    with_plugins.register(importlib.import_module("imrobots_dingtalk.plugin"), name="dingtalk")
+    config = tmp_path / "robots.toml"
+    config.write_text(CONFIG.replace('"memory"', f'"{written}"'), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 2, result.output
+    assert (
+        f"robots.helper.platform: unknown platform {written!r} (did you mean {meant}?); "
+        "choose one of: dingtalk, feishu, later, memory, wecom"
+    ) in result.output
+
+
 def test_demo_runs_a_conversation() -> None:
     result = CliRunner().invoke(cli, ["demo", "--delay", "0", "-q", "How do I get a refund?"])
     assert result.exit_code == 0, result.output
