@@ -273,6 +273,92 @@ def test_check_suggests_the_platform_a_near_miss_means(
     ) in result.output
 
 
+_SHARED_APP = """
+[robots.{a}]
+platform = "{platform}"
+[robots.{a}.agent]
+use = "demo"
+[robots.{a}.settings]
+{settings_a}
+[robots.{b}]
+platform = "{platform}"
+[robots.{b}.agent]
+use = "demo"
+[robots.{b}.settings]
+{settings_b}
+"""
+
+
+@pytest.mark.parametrize(
+    ("platform", "field", "settings_a", "settings_b", "other_app"),
+    [
+        (
+            "dingtalk",
+            "client_id",
+            'client_id = "ding-app"\nclient_secret = "s3cret-one"',
+            'client_id = "ding-app"\nclient_secret = "s3cret-two"',
+            'client_id = "ding-other"\nclient_secret = "s3cret-two"',
+        ),
+        (
+            "feishu",
+            "app_id",
+            'app_id = "cli_app"\napp_secret = "s3cret-one"',
+            'app_id = "cli_app"\napp_secret = "s3cret-two"',
+            'app_id = "cli_app"\napp_secret = "s3cret-two"\ndomain = "https://open.larksuite.com"',
+        ),
+        (
+            "wecom",
+            "bot_id",
+            'bot_id = "bot-1"\nsecret = "s3cret-one"',
+            'bot_id = "bot-1"\nsecret = "s3cret-two"',
+            'bot_id = "bot-2"\nsecret = "s3cret-two"',
+        ),
+        (
+            "wecom",
+            "agent_id",
+            'mode = "app"\ncorp_id = "corp"\ncorp_secret = "s3cret-one"\nagent_id = 1000002\n'
+            'token = "s3cret-tok"\nencoding_aes_key = "' + "a" * 43 + '"',
+            'mode = "app"\ncorp_id = "corp"\ncorp_secret = "s3cret-two"\nagent_id = 1000002\n'
+            'token = "s3cret-tok"\nencoding_aes_key = "' + "a" * 43 + '"',
+            'mode = "app"\ncorp_id = "corp"\ncorp_secret = "s3cret-two"\nagent_id = 1000003\n'
+            'token = "s3cret-tok"\nencoding_aes_key = "' + "a" * 43 + '"',
+        ),
+    ],
+    ids=["dingtalk", "feishu", "wecom-robot", "wecom-app"],
+)
+def test_check_warns_of_two_robots_sharing_one_app(
+    with_plugins: PluginManager,
+    tmp_path: Path,
+    platform: str,
+    field: str,
+    settings_a: str,
+    settings_b: str,
+    other_app: str,
+) -> None:
+    """Two robots on one app split its messages between their connections (DingTalk and
+    Feishu hand each push to one of them; a WeCom bot's newer connection closes the
+    older): `check` warns, in one line naming both robots and the shared field but no
+    value, and still passes. Another app, or the same ID on another domain, is no warning."""
+    with_plugins.register(importlib.import_module("imrobots_dingtalk.plugin"), name="dingtalk")
+    config = tmp_path / "robots.toml"
+    text = _SHARED_APP.format(
+        a="support", b="helper", platform=platform, settings_a=settings_a, settings_b=settings_b
+    )
+    config.write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warning.startswith(
+        f"warning: {config}: robots.helper.settings.{field}: the same as robots.support's: "
+        f"robots support and helper would be one {platform} app"
+    ), warning
+    for value in ("s3cret", "ding-app", "cli_app", "bot-1", "1000002", "corp"):
+        assert value not in warning
+    config.write_text(text.replace(settings_b, other_app), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
 def test_demo_runs_a_conversation() -> None:
     result = CliRunner().invoke(cli, ["demo", "--delay", "0", "-q", "How do I get a refund?"])
     assert result.exit_code == 0, result.output
