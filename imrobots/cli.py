@@ -94,9 +94,17 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> Non
     logging.getLogger("imrobots").critical("uncaught error", exc_info=(kind, exc, tb))
 
 
+INTERRUPTED = 130
+"""Exit status of a command Ctrl-C (SIGINT) stopped before it could stop cleanly: 128 + 2,
+as shells report a process SIGINT ended."""
+
+
 class _Cli(click.Group):
     """The ``imrobots`` group: under ``--log-format json``, a usage error of a command (a
-    bad option value, a missing argument) is a JSON log line too, not click's plain text."""
+    bad option value, a missing argument) is a JSON log line too, not click's plain text.
+    Ctrl-C before a command's event loop handles it (while robot modules, agents and
+    plugins are imported, say) exits with status 130 and one ``interrupted`` line, not a
+    traceback or click's ``Aborted!``."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -106,6 +114,9 @@ class _Cli(click.Group):
                 raise
             log.error("error: %s", exc.format_message())
             raise SystemExit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _say("interrupted", level=logging.WARNING)
+            raise SystemExit(INTERRUPTED) from None
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -827,7 +838,14 @@ def demo(
         return
     _check_binding(host, token)
     click.echo("imrobots demo: starting emulators, robots and the console (no account needed)")
+    from .demo import import_emulators
+    from .plugins import get_plugin_manager
+
+    # Plugins and emulators (a platform SDK: seconds for some) are imported here, before
+    # the event loop: Ctrl-C meanwhile ends the command at once (status 130), where inside
+    # the loop it would wait for the imports, then start everything to stop it.
     try:
+        import_emulators(get_plugin_manager(), list(platforms) or None)
         run_on_loop(_demo_console(host, port, list(platforms) or None, token, public_hosts))
     except OSError as exc:
         _fail(ImrobotsError(f"cannot start the console on {host}:{port}: {exc}; try --port 0"))

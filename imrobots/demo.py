@@ -4,6 +4,7 @@ the same for the robots of a config file, each on an emulator of its platform.""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -98,6 +99,16 @@ def _takes(factory: Callable[..., Any], name: str) -> bool:
         return name in inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
+
+
+def import_emulators(manager: PluginManager, names: Sequence[str] | None = None) -> None:
+    """Import the plugins and the emulator factories of platforms ``names`` (default: all)
+    ahead of :meth:`Demo.start`, which would import them inside the event loop. One that
+    fails to import is left for :meth:`Demo.start` to report (as a platform skipped)."""
+    for name, factory in manager.emulators().items():
+        if names is None or name in names:
+            with contextlib.suppress(Exception):
+                resolve_object(factory)
 
 
 def platform_for(

@@ -153,6 +153,128 @@ def _interrupted(arguments: list[str], after: str, *, loop: str) -> tuple[int, s
     return process.returncode, "".join(seen) + rest, errors
 
 
+_BLOCKING_MODULE = """
+import os, sys
+
+sys.stderr.write("{ready}\\n")
+sys.stderr.flush()
+with open(os.environ["IMROBOTS_TEST_GATE"]) as gate:  # a FIFO no one writes: blocks
+    gate.read()
+"""
+
+_SLOW_ROBOT = """
+from imrobots import Robot
+
+
+class Bot(Robot):
+    async def on_message(self, message, reply):
+        await reply.text("hi")
+"""
+
+_SLOW_PLUGIN = """
+import imrobots
+
+
+@imrobots.hookimpl
+def register_platforms(register):
+    register(imrobots.PlatformSpec(name="slowdemo", factory="imrobots.memory:MemoryPlatform"))
+
+
+@imrobots.hookimpl
+def register_emulators(register):
+    register("slowdemo", "slowdemo_emulator:SlowEmulator")
+"""
+
+
+def _interrupted_while_importing(
+    tmp_path: Path, arguments: list[str], ready: str, extra_env: dict[str, str]
+) -> tuple[int, str, str]:
+    """Run ``imrobots ARGUMENTS`` in ``tmp_path``, where a module blocks at import (on a
+    FIFO) after printing ``ready``; send SIGINT then: exit status, standard output, and
+    standard error after ``ready``."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "IMROBOTS_TEST_GATE": str(gate),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        **extra_env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imrobots", *arguments],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        _wait_for_line(process, ready, time.monotonic() + 60)
+        process.send_signal(signal.SIGINT)
+        output, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, output, errors
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_run_interrupted_while_importing_a_robot_exits_130_quietly(
+    tmp_path: Path, log_format: str
+) -> None:
+    """Ctrl-C while `run` imports the robots' modules (a slow import: a model, a big
+    SDK): no traceback nor click's "Aborted!" (status 1), but status 130 and one line."""
+    (tmp_path / "slow_robot.py").write_text(
+        _BLOCKING_MODULE.format(ready="slow_robot importing") + _SLOW_ROBOT, encoding="utf-8"
+    )
+    (tmp_path / "robots.toml").write_text(
+        '[robots.a]\nplatform = "memory"\nrobot = "slow_robot:Bot"\n', encoding="utf-8"
+    )
+    status, output, errors = _interrupted_while_importing(
+        tmp_path,
+        ["--log-format", log_format, "run", "--config", "robots.toml"],
+        "slow_robot importing",
+        {"IMROBOTS_LOAD_PLUGINS": ""},
+    )
+    assert status == 130, output + errors
+    assert output == ""
+    lines = errors.splitlines()
+    if log_format == "json":
+        assert [json.loads(line)["message"] for line in lines] == ["interrupted"], errors
+    else:
+        assert lines == ["interrupted"], errors
+
+
+def test_demo_interrupted_while_importing_an_emulator_exits_130_quietly(tmp_path: Path) -> None:
+    """Ctrl-C while `demo` imports a platform's emulator (Feishu's imports lark-oapi: a
+    few seconds): the demo ends at once with status 130 and one line. (The import ran
+    inside the event loop, whose handler only noted the Ctrl-C: the demo went on to
+    start everything once the import was done.)"""
+    (tmp_path / "slowdemo_plugin.py").write_text(_SLOW_PLUGIN, encoding="utf-8")
+    (tmp_path / "slowdemo_emulator.py").write_text(
+        _BLOCKING_MODULE.format(ready="slowdemo emulator importing"), encoding="utf-8"
+    )
+    info = tmp_path / "slowdemo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: slowdemo\nVersion: 0.1\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        "[imrobots]\nslowdemo = slowdemo_plugin\n", encoding="utf-8"
+    )
+    status, output, errors = _interrupted_while_importing(
+        tmp_path,
+        ["demo", "--port", "0", "--platform", "slowdemo"],
+        "slowdemo emulator importing",
+        {"IMROBOTS_LOAD_PLUGINS": "slowdemo"},
+    )
+    assert status == 130, output + errors
+    assert errors.splitlines() == ["interrupted"], errors
+    assert "Traceback" not in output and "console:" not in output, output
+
+
 @pytest.mark.parametrize(
     ("sig", "loop"),
     [(signal.SIGINT, "uvloop"), (signal.SIGTERM, "uvloop"), (signal.SIGTERM, "asyncio")],
