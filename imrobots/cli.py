@@ -769,12 +769,12 @@ async def _demo_console(
             click.echo(f"  {name}: skipped ({reason})")
         click.echo(f"  agent: {agent_description}")
         click.echo(f"console: {_console_url(url, host)}")
-        click.echo("Open the console, pick a chat and @-mention the robot. Press Ctrl-C to stop.")
+        _say("Open the console, pick a chat and @-mention the robot. Press Ctrl-C to stop.")
         await stop.wait()
-        click.echo("stopping...")
+        _say("stopping...")
     finally:
         await demo.stop()
-    click.echo("stopped")
+    _say("stopped")
 
 
 @cli.command()
@@ -837,7 +837,7 @@ def demo(
         _demo_in_the_terminal(list(questions), delay)
         return
     _check_binding(host, token)
-    click.echo("imrobots demo: starting emulators, robots and the console (no account needed)")
+    _say("imrobots demo: starting emulators, robots and the console (no account needed)")
     from .demo import import_emulators
     from .plugins import get_plugin_manager
 
@@ -1015,7 +1015,7 @@ async def _emulate(
     finally:
         await console.stop()
         await emulator.stop()
-    click.echo("stopped")
+    _say("stopped")
 
 
 @cli.command()
@@ -1098,7 +1098,7 @@ async def _config_console(
     try:
         url = await console.start()
         for line in console.warnings:
-            click.echo(f"warning: {line}", err=True)
+            _say(f"warning: {line}", level=logging.WARNING)
         for robot in console.robots:
             runtime = robot.runtime
             click.echo(
@@ -1108,12 +1108,12 @@ async def _config_console(
         for note in console.notes:
             click.echo(f"  note: {note}")
         click.echo(f"console: {_console_url(url, host)}")
-        click.echo("Open the console, pick a robot and talk to it. Press Ctrl-C to stop.")
+        _say("Open the console, pick a robot and talk to it. Press Ctrl-C to stop.")
         await stop.wait()
-        click.echo("stopping...")
+        _say("stopping...")
     finally:
         await console.stop()
-    click.echo("stopped")
+    _say("stopped")
 
 
 @cli.command("console")
@@ -1143,7 +1143,7 @@ def console_command(
     credentials and endpoints replace the config's, so no account is needed.
     """
     _check_binding(host, token)
-    click.echo(f"imrobots console: the robots of {config_path}, each on a local emulator")
+    _say(f"imrobots console: the robots of {config_path}, each on a local emulator")
     try:
         run_on_loop(
             _config_console(

@@ -275,6 +275,44 @@ def test_demo_interrupted_while_importing_an_emulator_exits_130_quietly(tmp_path
     assert "Traceback" not in output and "console:" not in output, output
 
 
+@pytest.mark.parametrize("command", ["demo", "console"])
+def test_demo_and_console_write_status_on_standard_error(tmp_path: Path, command: str) -> None:
+    """What a script reads (the robots and emulators, the console's URL) is standard
+    output; the command's status lines (its banner, "Press Ctrl-C", "stopping...",
+    "stopped") are standard error, as `run` writes them (were standard output)."""
+    (tmp_path / "robots.toml").write_text(CONFIG, encoding="utf-8")
+    arguments = (
+        ["demo", "--platform", "memory"] if command == "demo" else ["console", "-c", "robots.toml"]
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imrobots", *arguments, "--port", "0"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "IMROBOTS_LOAD_PLUGINS": ""},
+    )
+    try:
+        seen = _wait_for_line(
+            process, "console: http://127.0.0.1:", time.monotonic() + 60, stdout=True
+        )
+        process.send_signal(signal.SIGINT)
+        rest, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, errors
+    output = ("".join(seen) + rest).splitlines()
+    assert output[-1].startswith("console: http://127.0.0.1:"), output
+    assert all(line.startswith("  ") for line in output[:-1]), output
+    assert output[0].startswith("  robot helper" if command == "console" else "  memory: ")
+    lines = errors.splitlines()
+    assert lines[0].startswith(f"imrobots {command}: "), errors
+    assert any(line.endswith("Press Ctrl-C to stop.") for line in lines), errors
+    assert "stopping..." in lines and lines[-1] == "stopped", errors
+
+
 @pytest.mark.parametrize(
     ("sig", "loop"),
     [(signal.SIGINT, "uvloop"), (signal.SIGTERM, "uvloop"), (signal.SIGTERM, "asyncio")],
