@@ -433,6 +433,17 @@ def test_check_suggests_the_platform_a_near_miss_means(
     ) in result.output
 
 
+def test_emulate_and_demo_suggest_the_platform_a_near_miss_means(
+    with_plugins: PluginManager,
+) -> None:
+    result = CliRunner().invoke(cli, ["emulate", "lark"])
+    assert result.exit_code == 2
+    assert "no emulator for platform 'lark' (did you mean feishu?); emulators:" in result.output
+    result = CliRunner().invoke(cli, ["demo", "--platform", "wechat-work"])
+    assert result.exit_code == 2
+    assert "no emulator for wechat-work (did you mean wecom?); emulators:" in result.output
+
+
 _SHARED_APP = """
 [robots.{a}]
 platform = "{platform}"
