@@ -97,12 +97,20 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> Non
     logging.getLogger("imrobots").critical("uncaught error", exc_info=(kind, exc, tb))
 
 
+INTERRUPTED = 130
+"""Exit status of a command Ctrl-C (SIGINT) stopped before it could stop cleanly: 128 + 2,
+as shells report a process SIGINT ended."""
+
+
 class _Cli(click.Group):
     """The ``imrobots`` group: under ``--log-format json``, a usage error of a command (a
     bad option value, a missing argument) is a JSON log line too, not click's plain text.
     An :class:`ImrobotsError` no command caught (an on/off ``IMROBOTS_*`` variable with
     a value none of them takes, read wherever it is first needed) is an ``error:`` line
-    and exit status 2, as the commands' own errors are, not a traceback."""
+    and exit status 2, as the commands' own errors are, not a traceback. Ctrl-C before a
+    command's event loop handles it (while robot modules, agents and plugins are
+    imported, say) exits with status 130 and one ``interrupted`` line, not a traceback
+    or click's ``Aborted!``."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -114,6 +122,9 @@ class _Cli(click.Group):
             raise SystemExit(exc.exit_code) from None
         except ImrobotsError as exc:
             _fail(exc)
+        except KeyboardInterrupt:
+            _say("interrupted", level=logging.WARNING)
+            raise SystemExit(INTERRUPTED) from None
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -788,12 +799,12 @@ async def _demo_console(
             click.echo(f"  {name}: skipped ({reason})")
         click.echo(f"  agent: {agent_description}")
         click.echo(f"console: {_console_url(url, host)}")
-        click.echo("Open the console, pick a chat and @-mention the robot. Press Ctrl-C to stop.")
+        _say("Open the console, pick a chat and @-mention the robot. Press Ctrl-C to stop.")
         await stop.wait()
-        click.echo("stopping...")
+        _say("stopping...")
     finally:
         await demo.stop()
-    click.echo("stopped")
+    _say("stopped")
 
 
 @cli.command()
@@ -856,8 +867,15 @@ def demo(
         _demo_in_the_terminal(list(questions), delay)
         return
     _check_binding(host, token)
-    click.echo("imrobots demo: starting emulators, robots and the console (no account needed)")
+    _say("imrobots demo: starting emulators, robots and the console (no account needed)")
+    from .demo import import_emulators
+    from .plugins import get_plugin_manager
+
+    # Plugins and emulators (a platform SDK: seconds for some) are imported here, before
+    # the event loop: Ctrl-C meanwhile ends the command at once (status 130), where inside
+    # the loop it would wait for the imports, then start everything to stop it.
     try:
+        import_emulators(get_plugin_manager(), list(platforms) or None)
         _on_loop(_demo_console(host, port, list(platforms) or None, token, public_hosts))
     except OSError as exc:
         _fail(ImrobotsError(f"cannot start the console on {host}:{port}: {exc}; try --port 0"))
@@ -1027,7 +1045,7 @@ async def _emulate(
     finally:
         await console.stop()
         await emulator.stop()
-    click.echo("stopped")
+    _say("stopped")
 
 
 @cli.command()
@@ -1110,7 +1128,7 @@ async def _config_console(
     try:
         url = await console.start()
         for line in console.warnings:
-            click.echo(f"warning: {line}", err=True)
+            _say(f"warning: {line}", level=logging.WARNING)
         for robot in console.robots:
             runtime = robot.runtime
             click.echo(
@@ -1120,12 +1138,12 @@ async def _config_console(
         for note in console.notes:
             click.echo(f"  note: {note}")
         click.echo(f"console: {_console_url(url, host)}")
-        click.echo("Open the console, pick a robot and talk to it. Press Ctrl-C to stop.")
+        _say("Open the console, pick a robot and talk to it. Press Ctrl-C to stop.")
         await stop.wait()
-        click.echo("stopping...")
+        _say("stopping...")
     finally:
         await console.stop()
-    click.echo("stopped")
+    _say("stopped")
 
 
 @cli.command("console")
@@ -1155,7 +1173,7 @@ def console_command(
     credentials and endpoints replace the config's, so no account is needed.
     """
     _check_binding(host, token)
-    click.echo(f"imrobots console: the robots of {config_path}, each on a local emulator")
+    _say(f"imrobots console: the robots of {config_path}, each on a local emulator")
     try:
         _on_loop(
             _config_console(

@@ -386,6 +386,22 @@ def settings_warnings(settings: object) -> list[tuple[str, str]]:
     return [(str(field), str(message)) for field, message in method()]
 
 
+def settings_identity(settings: object) -> tuple[str, str] | None:
+    """Which app a platform's converted settings connect as: ``(field, identity)`` from
+    the settings object's ``app_identity()`` method, if it has one and it returns a pair
+    (``field`` is the settings key ``imrobots check`` names; ``identity`` a string equal
+    for two robots exactly when they are one app of that platform, never a secret), else
+    ``None``."""
+    method = getattr(settings, "app_identity", None)
+    if settings is None or not callable(method):
+        return None
+    found = method()
+    if found is None:
+        return None
+    field, identity = found
+    return str(field), str(identity)
+
+
 def structure(data: Any, cls: type[T], *, path: str, source: str | None = None) -> T:
     """Convert ``data`` to ``cls`` with the strict converter.
 
@@ -753,6 +769,7 @@ def check_config(
         return CheckResult(config=None, errors=(str(exc),))
     prepared: list[PreparedRobot] = []
     warnings: list[str] = []
+    apps: dict[tuple[str, str], str] = {}  # (platform, app identity): the first robot's name
     for robot in loaded:
         where = f"robots.{robot.name}"
         before = len(problems.lines)
@@ -776,6 +793,16 @@ def check_config(
                         f"{source}: {where}.settings.{field}: {message}"
                         for field, message in settings_warnings(settings)
                     )
+                    if (identity := settings_identity(settings)) is not None:
+                        field, app = identity
+                        first = apps.setdefault((spec.name, app), robot.name)
+                        if first != robot.name:
+                            warnings.append(
+                                f"{source}: {where}.settings.{field}: the same as robots."
+                                f"{first}'s: robots {first} and {robot.name} would be one "
+                                f"{spec.name} app, and each would miss the messages the "
+                                "platform hands to the other; give each robot its own app"
+                            )
         robot_class: type[Any] | None = None
         agent: object | None = None
         try:

@@ -4,6 +4,7 @@ the same for the robots of a config file, each on an emulator of its platform.""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -70,7 +71,9 @@ def make_emulator(name: str, manager: PluginManager, **options: Any) -> Emulator
     factories = manager.emulators()
     if name not in factories:
         known = ", ".join(sorted(["memory", *factories]))
-        raise ValueError(f"no emulator for platform {name!r}; emulators: {known}")
+        raise ValueError(
+            f"no emulator for platform {name!r}{_hint(manager, name)}; emulators: {known}"
+        )
     manager.platform_spec(name)  # raises with the install command when the SDK is missing
     factory: Callable[..., Any] = resolve_object(factories[name])
     if "client_secret" in options and not _takes(factory, "client_secret"):
@@ -98,6 +101,23 @@ def _takes(factory: Callable[..., Any], name: str) -> bool:
         return name in inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _hint(manager: PluginManager, name: str) -> str:
+    """`` (did you mean NAME?)`` for a platform ``name`` that is not one, when a registered
+    platform's name or alias is close (:meth:`PluginManager.closest_platform`)."""
+    meant = manager.closest_platform(name)
+    return f" (did you mean {meant}?)" if meant and meant != name else ""
+
+
+def import_emulators(manager: PluginManager, names: Sequence[str] | None = None) -> None:
+    """Import the plugins and the emulator factories of platforms ``names`` (default: all)
+    ahead of :meth:`Demo.start`, which would import them inside the event loop. One that
+    fails to import is left for :meth:`Demo.start` to report (as a platform skipped)."""
+    for name, factory in manager.emulators().items():
+        if names is None or name in names:
+            with contextlib.suppress(Exception):
+                resolve_object(factory)
 
 
 def platform_for(
@@ -168,8 +188,9 @@ class Demo:
         if self.wanted is not None:
             unknown = [n for n in self.wanted if n not in names]
             if unknown:
+                hints = "".join(_hint(self.manager, n) for n in unknown[:1])
                 raise ValueError(
-                    f"no emulator for {', '.join(unknown)}; emulators: {', '.join(names)}"
+                    f"no emulator for {', '.join(unknown)}{hints}; emulators: {', '.join(names)}"
                 )
             names = [n for n in names if n in self.wanted]
         return names

@@ -706,6 +706,12 @@ class PlatformSpec:
     """This platform is the one a single-robot ``config.json`` without ``"platform"`` (the
     seed tutorial's file: ``clientId``, ``clientSecret``, ``agent``) runs on. At most one
     registered platform may claim it."""
+    aliases: tuple[str, ...] = ()
+    """Other names users write for the platform (a brand of it, a colloquial or former name,
+    e.g. the international brand of a platform sold under two). They are never accepted in
+    place of ``name``: a config naming one gets ``unknown platform 'ALIAS' (did you mean
+    NAME?)``. Matched ignoring case and anything but letters and digits; an alias that is
+    another registered platform's name, or that two platforms declare, suggests nothing."""
     status: Literal["available", "planned"] = "available"
     """``"planned"``: registered so that it is listed, but not usable in this version.
 

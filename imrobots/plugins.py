@@ -9,6 +9,7 @@ logged with its name, version and error while the others load.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import importlib.util
 import logging
@@ -234,7 +235,9 @@ class PluginManager:
         status = platforms.get(name)
         if status is None:
             known = ", ".join(platforms) or "none"
-            raise PluginError(f"unknown platform {name!r}; choose one of: {known}")
+            hint = self.closest_platform(name)
+            hint = f" (did you mean {hint}?)" if hint else ""
+            raise PluginError(f"unknown platform {name!r}{hint}; choose one of: {known}")
         if status.planned and not planned:
             raise PluginError(
                 f"platform {name!r} is planned, not available in this version"
@@ -247,12 +250,37 @@ class PluginManager:
             )
         return status.spec
 
+    def closest_platform(self, name: str) -> str | None:
+        """The registered platform ``name`` most likely means, or ``None``: one whose name
+        or one of whose :attr:`PlatformSpec.aliases` is ``name`` ignoring case and anything
+        but letters and digits, else the closest of them (:func:`difflib.get_close_matches`,
+        cutoff 0.6)."""
+        names: dict[str, str] = {}
+        claimed: dict[str, set[str]] = {}
+        for platform, status in self.platforms().items():
+            names[_folded(platform)] = platform
+            for alias in status.spec.aliases:
+                claimed.setdefault(_folded(alias), set()).add(platform)
+        for alias, owners in claimed.items():
+            if alias and alias not in names and len(owners) == 1:
+                names[alias] = next(iter(owners))
+        word = _folded(name)
+        if word in names:
+            return names[word]
+        close = difflib.get_close_matches(word, list(names), n=1, cutoff=0.6)
+        return names[close[0]] if close else None
+
     def create_platform(self, name: str, settings: object, *, planned: bool = False) -> Platform:
         """Build a connection to platform ``name``; refuses what :meth:`platform_spec` refuses
         (a planned platform too, unless ``planned``)."""
         spec = self.platform_spec(name, planned=planned)
         factory: Callable[..., Platform] = resolve_object(spec.factory)
         return factory(settings)
+
+
+def _folded(name: str) -> str:
+    """``name`` lower-cased, with only its letters and digits (``Wechat-Work``: ``wechatwork``)."""
+    return "".join(c for c in name.casefold() if c.isalnum())
 
 
 def _importable(module: str) -> bool:

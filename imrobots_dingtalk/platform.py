@@ -316,6 +316,12 @@ class DingTalkSettings:
     def robot(self) -> str:
         return self.robot_code or self.client_id
 
+    def app_identity(self) -> tuple[str, str]:
+        """``("client_id", identity)``: two robots with the same Client ID on one gateway
+        are one app, whose pushes DingTalk hands each to one randomly chosen stream
+        connection (PROTOCOLS 1.8), so ``imrobots check`` warns of them."""
+        return "client_id", f"{self.gateway} {self.client_id}"
+
 
 def card_mode_note(settings: DingTalkSettings) -> tuple[int, str]:
     """The log level and one line saying which card mode ``settings`` use and why (logged

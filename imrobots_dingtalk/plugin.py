@@ -21,6 +21,8 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
             # that keep their own dingtalk-stream client, imports dingtalk_stream; the
             # "dingtalk" extra installs it.
             requires=(),
+            # what users also call it: its Chinese name and its romanisation
+            aliases=("dingding", "钉钉"),
             install='pip install "imrobots[dingtalk]"',
         )
     )

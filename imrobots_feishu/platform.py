@@ -324,6 +324,13 @@ class FeishuSettings:
         if problems:
             raise _problems(problems)
 
+    def app_identity(self) -> tuple[str, str]:
+        """``("app_id", identity)``: two robots with the same App ID on one domain are one
+        app, whose events Feishu hands each to one random long connection (cluster mode,
+        PROTOCOLS 3.4) or POSTs to the one request URL of its event subscription, so
+        ``imrobots check`` warns of them."""
+        return "app_id", f"{self.domain.rstrip('/')} {self.app_id}"
+
     def config_warnings(self) -> list[tuple[str, str]]:
         """Advice ``imrobots check`` prints: ``(field, message)`` pairs: callback mode
         without an Encrypt Key, and callback settings in long-connection mode (where

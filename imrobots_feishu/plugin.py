@@ -24,6 +24,8 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
             settings="imrobots_feishu.platform:FeishuSettings",
             description="Feishu/Lark long connection, CardKit streaming or PATCHed cards",
             requires=("lark_oapi", "httpx"),
+            # Lark is Feishu's international brand (same platform, larksuite.com)
+            aliases=("lark", "larksuite", "飞书"),
             install='pip install "imrobots[feishu]"',
         )
     )

@@ -299,6 +299,19 @@ class WeComSettings:
     (an error, an interrupted answer, a replaced card) goes as markdown, and a pressed
     card is answered by greying its buttons out with a short text."""
 
+    def app_identity(self) -> tuple[str, str] | None:
+        """Which robot or app these settings connect as, for ``imrobots check``'s warning
+        of two robots sharing one: ``("bot_id", ...)`` in robot mode (a newer long
+        connection of a bot closes the older one, PROTOCOLS 4c), ``("agent_id", ...)``
+        with the CorpID in app mode (WeCom posts an app's callbacks to the one URL of its
+        Receive Messages page; an admin-console fact, not in PROTOCOLS); ``None``
+        while the mode's credentials are missing."""
+        if self.mode == "robot":
+            return ("bot_id", f"{self.ws_url} {self.bot_id}") if self.bot_id else None
+        if self.corp_id and self.agent_id is not None:
+            return "agent_id", f"{self.api_endpoint} {self.corp_id} {self.agent_id}"
+        return None
+
     def config_warnings(self) -> list[tuple[str, str]]:
         """Settings that do nothing in this ``mode`` (keys of the other mode), as
         ``(field, message)``: ``imrobots check`` prints them as warnings."""

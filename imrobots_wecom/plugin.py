@@ -22,6 +22,16 @@ def register_platforms(register: Callable[[imrobots.PlatformSpec], None]) -> Non
             settings="imrobots_wecom.platform:WeComSettings",
             description="WeCom intelligent robot (long connection) or self-built app (wechatpy)",
             requires=("cryptography", "wechatpy"),
+            # WeCom's former English name (WeChat Work), its Chinese name and their short forms
+            aliases=(
+                "wework",
+                "wxwork",
+                "wechatwork",
+                "workwechat",
+                "weixin",
+                "qiyeweixin",
+                "企业微信",
+            ),
             install='pip install "imrobots[wecom]"',
         )
     )

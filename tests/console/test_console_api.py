@@ -185,7 +185,7 @@ def test_demo_command_serves_a_conversation_and_stops_on_sigint() -> None:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, err
-    assert "stopped" in out
+    assert err.rstrip().endswith("stopped") and "stopped" not in out  # status: standard error
 
 
 async def test_outcomes_ratings_transcripts_and_clearing_over_http(demo: Demo) -> None:
@@ -339,7 +339,7 @@ def test_console_command_serves_your_own_robots_and_stops_on_sigint() -> None:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, err
-    assert "stopped" in out
+    assert err.rstrip().endswith("stopped") and "stopped" not in out  # status: standard error
 
 
 def test_console_command_reports_every_error_of_the_config(tmp_path: Path) -> None:

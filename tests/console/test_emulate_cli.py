@@ -46,10 +46,12 @@ def _start_emulate(*args: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def _stop(process: subprocess.Popen[str]) -> str:
+    """SIGINT: the command stops (status 0); what it wrote on standard error."""
     process.send_signal(signal.SIGINT)
-    out, _ = process.communicate(timeout=30)
+    out, err = process.communicate(timeout=30)
     assert process.returncode == 0
-    return out
+    assert "stopped" not in out  # a status line: standard error, not the printed config's stream
+    return err
 
 
 async def _ask_through_the_console(

@@ -153,6 +153,166 @@ def _interrupted(arguments: list[str], after: str, *, loop: str) -> tuple[int, s
     return process.returncode, "".join(seen) + rest, errors
 
 
+_BLOCKING_MODULE = """
+import os, sys
+
+sys.stderr.write("{ready}\\n")
+sys.stderr.flush()
+with open(os.environ["IMROBOTS_TEST_GATE"]) as gate:  # a FIFO no one writes: blocks
+    gate.read()
+"""
+
+_SLOW_ROBOT = """
+from imrobots import Robot
+
+
+class Bot(Robot):
+    async def on_message(self, message, reply):
+        await reply.text("hi")
+"""
+
+_SLOW_PLUGIN = """
+import imrobots
+
+
+@imrobots.hookimpl
+def register_platforms(register):
+    register(imrobots.PlatformSpec(name="slowdemo", factory="imrobots.memory:MemoryPlatform"))
+
+
+@imrobots.hookimpl
+def register_emulators(register):
+    register("slowdemo", "slowdemo_emulator:SlowEmulator")
+"""
+
+
+def _interrupted_while_importing(
+    tmp_path: Path, arguments: list[str], ready: str, extra_env: dict[str, str]
+) -> tuple[int, str, str]:
+    """Run ``imrobots ARGUMENTS`` in ``tmp_path``, where a module blocks at import (on a
+    FIFO) after printing ``ready``; send SIGINT then: exit status, standard output, and
+    standard error after ``ready``."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "IMROBOTS_TEST_GATE": str(gate),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        **extra_env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imrobots", *arguments],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        _wait_for_line(process, ready, time.monotonic() + 60)
+        process.send_signal(signal.SIGINT)
+        output, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, output, errors
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_run_interrupted_while_importing_a_robot_exits_130_quietly(
+    tmp_path: Path, log_format: str
+) -> None:
+    """Ctrl-C while `run` imports the robots' modules (a slow import: a model, a big
+    SDK): no traceback nor click's "Aborted!" (status 1), but status 130 and one line."""
+    (tmp_path / "slow_robot.py").write_text(
+        _BLOCKING_MODULE.format(ready="slow_robot importing") + _SLOW_ROBOT, encoding="utf-8"
+    )
+    (tmp_path / "robots.toml").write_text(
+        '[robots.a]\nplatform = "memory"\nrobot = "slow_robot:Bot"\n', encoding="utf-8"
+    )
+    status, output, errors = _interrupted_while_importing(
+        tmp_path,
+        ["--log-format", log_format, "run", "--config", "robots.toml"],
+        "slow_robot importing",
+        {"IMROBOTS_LOAD_PLUGINS": ""},
+    )
+    assert status == 130, output + errors
+    assert output == ""
+    lines = errors.splitlines()
+    if log_format == "json":
+        assert [json.loads(line)["message"] for line in lines] == ["interrupted"], errors
+    else:
+        assert lines == ["interrupted"], errors
+
+
+def test_demo_interrupted_while_importing_an_emulator_exits_130_quietly(tmp_path: Path) -> None:
+    """Ctrl-C while `demo` imports a platform's emulator (Feishu's imports lark-oapi: a
+    few seconds): the demo ends at once with status 130 and one line. (The import ran
+    inside the event loop, whose handler only noted the Ctrl-C: the demo went on to
+    start everything once the import was done.)"""
+    (tmp_path / "slowdemo_plugin.py").write_text(_SLOW_PLUGIN, encoding="utf-8")
+    (tmp_path / "slowdemo_emulator.py").write_text(
+        _BLOCKING_MODULE.format(ready="slowdemo emulator importing"), encoding="utf-8"
+    )
+    info = tmp_path / "slowdemo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: slowdemo\nVersion: 0.1\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        "[imrobots]\nslowdemo = slowdemo_plugin\n", encoding="utf-8"
+    )
+    status, output, errors = _interrupted_while_importing(
+        tmp_path,
+        ["demo", "--port", "0", "--platform", "slowdemo"],
+        "slowdemo emulator importing",
+        {"IMROBOTS_LOAD_PLUGINS": "slowdemo"},
+    )
+    assert status == 130, output + errors
+    assert errors.splitlines() == ["interrupted"], errors
+    assert "Traceback" not in output and "console:" not in output, output
+
+
+@pytest.mark.parametrize("command", ["demo", "console"])
+def test_demo_and_console_write_status_on_standard_error(tmp_path: Path, command: str) -> None:
+    """What a script reads (the robots and emulators, the console's URL) is standard
+    output; the command's status lines (its banner, "Press Ctrl-C", "stopping...",
+    "stopped") are standard error, as `run` writes them (were standard output)."""
+    (tmp_path / "robots.toml").write_text(CONFIG, encoding="utf-8")
+    arguments = (
+        ["demo", "--platform", "memory"] if command == "demo" else ["console", "-c", "robots.toml"]
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imrobots", *arguments, "--port", "0"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "IMROBOTS_LOAD_PLUGINS": ""},
+    )
+    try:
+        seen = _wait_for_line(
+            process, "console: http://127.0.0.1:", time.monotonic() + 60, stdout=True
+        )
+        process.send_signal(signal.SIGINT)
+        rest, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, errors
+    output = ("".join(seen) + rest).splitlines()
+    assert output[-1].startswith("console: http://127.0.0.1:"), output
+    assert all(line.startswith("  ") for line in output[:-1]), output
+    assert output[0].startswith("  robot helper" if command == "console" else "  memory: ")
+    lines = errors.splitlines()
+    assert lines[0].startswith(f"imrobots {command}: "), errors
+    assert any(line.endswith("Press Ctrl-C to stop.") for line in lines), errors
+    assert "stopping..." in lines and lines[-1] == "stopped", errors
+
+
 @pytest.mark.parametrize(
     ("sig", "loop"),
     [(signal.SIGINT, "uvloop"), (signal.SIGTERM, "uvloop"), (signal.SIGTERM, "asyncio")],
@@ -240,6 +400,134 @@ def test_run_with_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
         result.output.strip().startswith("error: ")
         and "unknown platform 'nowhere'" in result.output
     )
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("lark", "feishu"),
+        ("Feishu", "feishu"),
+        ("larksuite", "feishu"),
+        ("dingding", "dingtalk"),
+        ("ding-talk", "dingtalk"),
+        ("wechat-work", "wecom"),
+        ("weixin", "wecom"),
+        ("wxwork", "wecom"),
+        ("WeWork", "wecom"),
+    ],
+)
+def test_check_suggests_the_platform_a_near_miss_means(
+    with_plugins: PluginManager, tmp_path: Path, written: str, meant: str
+) -> None:
+    """Each plugin declares the other names its platform goes by (Lark, Feishu's
+    international brand; WeChat Work, WeCom's former name...): a config naming one, or
+    a near miss of a name, gets a hint, not only the list of names."""
+    with_plugins.register(importlib.import_module("imrobots_dingtalk.plugin"), name="dingtalk")
+    config = tmp_path / "robots.toml"
+    config.write_text(CONFIG.replace('"memory"', f'"{written}"'), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 2, result.output
+    assert (
+        f"robots.helper.platform: unknown platform {written!r} (did you mean {meant}?); "
+        "choose one of: dingtalk, feishu, later, memory, wecom"
+    ) in result.output
+
+
+def test_emulate_and_demo_suggest_the_platform_a_near_miss_means(
+    with_plugins: PluginManager,
+) -> None:
+    result = CliRunner().invoke(cli, ["emulate", "lark"])
+    assert result.exit_code == 2
+    assert "no emulator for platform 'lark' (did you mean feishu?); emulators:" in result.output
+    result = CliRunner().invoke(cli, ["demo", "--platform", "wechat-work"])
+    assert result.exit_code == 2
+    assert "no emulator for wechat-work (did you mean wecom?); emulators:" in result.output
+
+
+_SHARED_APP = """
+[robots.{a}]
+platform = "{platform}"
+[robots.{a}.agent]
+use = "demo"
+[robots.{a}.settings]
+{settings_a}
+[robots.{b}]
+platform = "{platform}"
+[robots.{b}.agent]
+use = "demo"
+[robots.{b}.settings]
+{settings_b}
+"""
+
+
+@pytest.mark.parametrize(
+    ("platform", "field", "settings_a", "settings_b", "other_app"),
+    [
+        (
+            "dingtalk",
+            "client_id",
+            'client_id = "ding-app"\nclient_secret = "s3cret-one"',
+            'client_id = "ding-app"\nclient_secret = "s3cret-two"',
+            'client_id = "ding-other"\nclient_secret = "s3cret-two"',
+        ),
+        (
+            "feishu",
+            "app_id",
+            'app_id = "cli_app"\napp_secret = "s3cret-one"',
+            'app_id = "cli_app"\napp_secret = "s3cret-two"',
+            'app_id = "cli_app"\napp_secret = "s3cret-two"\ndomain = "https://open.larksuite.com"',
+        ),
+        (
+            "wecom",
+            "bot_id",
+            'bot_id = "bot-1"\nsecret = "s3cret-one"',
+            'bot_id = "bot-1"\nsecret = "s3cret-two"',
+            'bot_id = "bot-2"\nsecret = "s3cret-two"',
+        ),
+        (
+            "wecom",
+            "agent_id",
+            'mode = "app"\ncorp_id = "corp"\ncorp_secret = "s3cret-one"\nagent_id = 1000002\n'
+            'token = "s3cret-tok"\nencoding_aes_key = "' + "a" * 43 + '"',
+            'mode = "app"\ncorp_id = "corp"\ncorp_secret = "s3cret-two"\nagent_id = 1000002\n'
+            'token = "s3cret-tok"\nencoding_aes_key = "' + "a" * 43 + '"',
+            'mode = "app"\ncorp_id = "corp"\ncorp_secret = "s3cret-two"\nagent_id = 1000003\n'
+            'token = "s3cret-tok"\nencoding_aes_key = "' + "a" * 43 + '"',
+        ),
+    ],
+    ids=["dingtalk", "feishu", "wecom-robot", "wecom-app"],
+)
+def test_check_warns_of_two_robots_sharing_one_app(
+    with_plugins: PluginManager,
+    tmp_path: Path,
+    platform: str,
+    field: str,
+    settings_a: str,
+    settings_b: str,
+    other_app: str,
+) -> None:
+    """Two robots on one app split its messages between their connections (DingTalk and
+    Feishu hand each push to one of them; a WeCom bot's newer connection closes the
+    older): `check` warns, in one line naming both robots and the shared field but no
+    value, and still passes. Another app, or the same ID on another domain, is no warning."""
+    with_plugins.register(importlib.import_module("imrobots_dingtalk.plugin"), name="dingtalk")
+    config = tmp_path / "robots.toml"
+    text = _SHARED_APP.format(
+        a="support", b="helper", platform=platform, settings_a=settings_a, settings_b=settings_b
+    )
+    config.write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warning.startswith(
+        f"warning: {config}: robots.helper.settings.{field}: the same as robots.support's: "
+        f"robots support and helper would be one {platform} app"
+    ), warning
+    for value in ("s3cret", "ding-app", "cli_app", "bot-1", "1000002", "corp"):
+        assert value not in warning
+    config.write_text(text.replace(settings_b, other_app), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
 
 
 def test_demo_runs_a_conversation() -> None:

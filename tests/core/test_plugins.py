@@ -194,6 +194,61 @@ def test_unknown_platform_names_the_choices(manager: PluginManager) -> None:
         manager.platform_spec("nope")
 
 
+class _Aliased:
+    """Two platforms, one declaring aliases, the other one alias that is the first's name."""
+
+    @imrobots.hookimpl
+    def register_platforms(self, register):  # type: ignore[no-untyped-def]
+        register(
+            imrobots.PlatformSpec(
+                name="chatapp",
+                factory="imrobots.memory:MemoryPlatform",
+                aliases=("Chat-Brand", "chatty"),
+            )
+        )
+        register(
+            imrobots.PlatformSpec(
+                name="otherapp", factory="imrobots.memory:MemoryPlatform", aliases=("chatapp",)
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("chatbrand", "chatapp"),  # an alias, ignoring case and punctuation
+        ("CHAT_BRAND", "chatapp"),
+        ("chattie", "chatapp"),  # close to an alias
+        ("ChatApp", "chatapp"),  # the name itself, in other case
+        ("otherap", "otherapp"),  # close to a name
+        ("memroy", "memory"),
+    ],
+)
+def test_unknown_platform_suggests_the_name_or_alias_meant(
+    manager: PluginManager, written: str, meant: str
+) -> None:
+    manager.register(_Aliased(), name="aliased")
+    assert manager.closest_platform(written) == meant
+    with pytest.raises(PluginError) as raised:
+        manager.platform_spec(written)
+    assert str(raised.value) == (
+        f"unknown platform {written!r} (did you mean {meant}?); "
+        "choose one of: chatapp, memory, otherapp"
+    )
+
+
+def test_an_alias_is_only_a_hint(manager: PluginManager) -> None:
+    """An alias is never taken for the platform, and one naming another platform (here
+    otherapp's alias "chatapp") loses to that platform's name."""
+    manager.register(_Aliased(), name="aliased")
+    assert manager.closest_platform("telegram") is None
+    with pytest.raises(PluginError, match=r"^unknown platform 'telegram'; choose one of"):
+        manager.platform_spec("telegram")
+    with pytest.raises(PluginError, match=r"\(did you mean chatapp\?\)"):
+        manager.platform_spec("chatty")
+    assert manager.platform_spec("chatapp").name == "chatapp"
+
+
 class _Typo:
     @imrobots.hookimpl
     def register_platfroms(self, register):  # type: ignore[no-untyped-def]
