@@ -105,6 +105,28 @@ class ConsoleError(web.HTTPBadRequest):
         super().__init__(text=json.dumps({"error": message}), content_type="application/json")
 
 
+def _text_field(body: Mapping[str, Any], name: str, default: str) -> str:
+    """``body[name]``, a non-blank string, or ``default`` when absent or null; anything
+    else raises :class:`ConsoleError` naming the field."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str) or not value.strip():
+        raise ConsoleError(f"{name} must be a non-empty string")
+    return value
+
+
+def _flag_field(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    """``body[name]``, ``true`` or ``false``, or ``default`` when absent or null (a string
+    such as ``"no"`` is refused: ``bool("no")`` is true)."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConsoleError(f"{name} must be true or false")
+    return value
+
+
 class ConsoleStore(MemoryStore):
     """A :class:`MemoryStore` that tells the console about every rating it is given,
     recorded or refused (a user rating the same answer twice)."""
@@ -481,13 +503,15 @@ class Console:
         text = body.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ConsoleError("text must be a non-empty string")
-        conversation_id = str(body.get("conversation_id", "direct"))
+        conversation_id = _text_field(body, "conversation_id", "direct")
+        user_id = _text_field(body, "user_id", "alice")
+        names = {u["id"]: u["name"] for u in DEFAULT_USERS}
+        user_name = _text_field(body, "user_name", names.get(user_id, user_id))
+        mention = _flag_field(body, "mention", True)
         known = page.conversation(conversation_id)
         if known is not None:
             conversation_id = known["id"]
-        group = bool(body.get("group", known["group"] if known else False))
-        user_id = str(body.get("user_id", "alice"))
-        names = {u["id"]: u["name"] for u in DEFAULT_USERS}
+        group = _flag_field(body, "group", bool(known["group"]) if known else False)
         before = len(page.emulator.messages)
         try:
             message_id = await page.emulator.say(
@@ -495,8 +519,8 @@ class Console:
                 conversation_id=conversation_id,
                 group=group,
                 user_id=user_id,
-                user_name=str(body.get("user_name", names.get(user_id, user_id))),
-                mention=bool(body.get("mention", True)),
+                user_name=user_name,
+                mention=mention,
             )
         except (ValueError, NotImplementedError) as exc:
             raise ConsoleError(str(exc)) from None
@@ -523,10 +547,9 @@ class Console:
         card_id, button_id = body.get("card_id"), body.get("button_id")
         if not isinstance(card_id, str) or not isinstance(button_id, str):
             raise ConsoleError("card_id and button_id are required")
+        user_id = _text_field(body, "user_id", "alice")
         try:
-            await page.emulator.press(
-                card_id=card_id, button_id=button_id, user_id=str(body.get("user_id", "alice"))
-            )
+            await page.emulator.press(card_id=card_id, button_id=button_id, user_id=user_id)
         except (KeyError, ValueError) as exc:
             raise ConsoleError(str(exc).strip("'\"")) from None
         return web.json_response({"ok": True})

@@ -103,6 +103,49 @@ async def test_console_rejects_bad_requests(demo: Demo) -> None:
         assert response.status == 404
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("group", "no", "group must be true or false"),
+        ("mention", "yes", "mention must be true or false"),
+        ("mention", 0, "mention must be true or false"),
+        ("user_id", "", "user_id must be a non-empty string"),
+        ("user_id", 7, "user_id must be a non-empty string"),
+        ("user_name", {"a": 1}, "user_name must be a non-empty string"),
+        ("conversation_id", 5, "conversation_id must be a non-empty string"),
+        ("conversation_id", " ", "conversation_id must be a non-empty string"),
+    ],
+)
+async def test_a_message_field_of_the_wrong_type_is_a_400_and_sends_nothing(
+    demo: Demo, field: str, value: Any, error: str
+) -> None:
+    """Each field of ``POST /api/PAGE/messages`` is checked, not coerced: ``"group":
+    "no"`` sent a group message (``bool("no")``), an empty ``user_id`` a message the
+    platform plugin dropped as malformed, while the console answered 200."""
+    assert demo.console is not None
+    base = demo.console.url.rstrip("/")
+    emulator = demo.console.pages["memory"].emulator
+    async with aiohttp.ClientSession(headers=demo.console.guard.headers()) as session:
+        response = await session.post(
+            base + "/api/memory/messages", json={"text": "hello", field: value}
+        )
+        assert response.status == 400
+        assert await response.json() == {"error": error}
+        assert emulator.messages == []
+        response = await session.post(
+            base + "/api/memory/press", json={"card_id": "c", "button_id": "b", "user_id": 7}
+        )
+        assert response.status == 400
+        assert await response.json() == {"error": "user_id must be a non-empty string"}
+        # null stands for the default; the page's own body still goes through
+        response = await session.post(
+            base + "/api/memory/messages",
+            json={"text": "hello", field: None, "group": False, "mention": True},
+        )
+        assert response.status == 200, await response.text()
+        assert [m["text"] for m in emulator.messages if not m.get("from_robot")] == ["hello"]
+
+
 async def test_injected_errors_show_in_the_call_panel_data(demo: Demo) -> None:
     assert demo.console is not None
     base = demo.console.url.rstrip("/")
