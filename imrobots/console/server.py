@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -561,8 +562,13 @@ class Console:
         value = body.get("value")
         if kind not in FAULTS:
             raise ConsoleError(f"kind must be one of {', '.join(FAULTS)}")
-        if value is not None and not isinstance(value, int | float):
-            raise ConsoleError("value must be a number")
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConsoleError("value must be a number")
+            if not math.isfinite(value) or value < 0:
+                raise ConsoleError(f"value must be 0 or more and finite, got {value!r}")
+            if kind in ("errors", "rate_limit") and value > 1:
+                raise ConsoleError(f"value of {kind} is a share of calls, 0..1, got {value!r}")
         try:
             await page.emulator.fault(str(kind), None if value is None else float(value))
         except (NotImplementedError, ValueError, TimeoutError) as exc:
