@@ -117,6 +117,14 @@ def _text_field(body: Mapping[str, Any], name: str, default: str) -> str:
     return value
 
 
+def _reason(exc: Exception) -> str:
+    """What an emulator's refusal says: a ``KeyError``'s key without the quotes ``str``
+    adds, any other exception's message as it is (``card c1 has no button 'b'``)."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc) or type(exc).__name__
+
+
 def _flag_field(body: Mapping[str, Any], name: str, default: bool) -> bool:
     """``body[name]``, ``true`` or ``false``, or ``default`` when absent or null (a string
     such as ``"no"`` is refused: ``bool("no")`` is true)."""
@@ -552,7 +560,7 @@ class Console:
         try:
             await page.emulator.press(card_id=card_id, button_id=button_id, user_id=user_id)
         except (KeyError, ValueError) as exc:
-            raise ConsoleError(str(exc).strip("'\"")) from None
+            raise ConsoleError(_reason(exc)) from None
         return web.json_response({"ok": True})
 
     async def _fault(self, request: web.Request) -> web.Response:
@@ -585,7 +593,7 @@ class Console:
         try:
             await page.emulator.redeliver(platform_id)
         except (NotImplementedError, ValueError, KeyError) as exc:
-            raise ConsoleError(str(exc).strip("'\"")) from None
+            raise ConsoleError(_reason(exc)) from None
         return web.json_response({"ok": True, "message_id": platform_id})
 
     async def _clear(self, request: web.Request) -> web.Response:

@@ -78,6 +78,11 @@ async def test_console_conversation_over_http_and_websocket(demo: Demo) -> None:
         assert state["calls"] and all(c["status"] == 200 for c in state["calls"])
         button = card["blocks"][-1]["buttons"][0]
         response = await session.post(
+            base + "/api/memory/press", json={"card_id": card["id"], "button_id": "zz"}
+        )
+        assert response.status == 400
+        assert await response.json() == {"error": f"card {card['id']} has no button 'zz'"}
+        response = await session.post(
             base + "/api/memory/press", json={"card_id": card["id"], "button_id": button["id"]}
         )
         assert response.status == 200
