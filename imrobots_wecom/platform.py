@@ -209,6 +209,11 @@ _MODE_KEYS: dict[str, tuple[str, ...]] = {
     ),
 }
 """The settings only one mode reads (``config_warnings`` names the other mode's)."""
+_AES_KEY = re.compile(r"[A-Za-z0-9+/]{43}")
+"""An EncodingAESKey: 43 base64 characters (PROTOCOLS 4a: AESKey = base64(key + "=");
+WeCom generates letters and digits; wechatpy decodes ``+`` and ``/`` too). Anything else
+made wechatpy's ``b64decode`` raise ``binascii.Error`` when ``imrobots run`` started."""
+
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "robot": ("bot_id", "secret"),
     "app": ("corp_id", "corp_secret", "agent_id", "token", "encoding_aes_key"),
@@ -322,8 +327,20 @@ class WeComSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:  # nan too, which compares false
                 problems.append((name, f"must be positive, got {value!r}"))
-        if self.encoding_aes_key is not None and len(self.encoding_aes_key.get()) != 43:
-            problems.append(("encoding_aes_key", "must be 43 characters (WeCom's EncodingAESKey)"))
+        if self.encoding_aes_key is not None:
+            key = self.encoding_aes_key.get()
+            if len(key) != 43:
+                problems.append(
+                    ("encoding_aes_key", "must be 43 characters (WeCom's EncodingAESKey)")
+                )
+            elif not _AES_KEY.fullmatch(key):
+                problems.append(
+                    (
+                        "encoding_aes_key",
+                        "must be letters and digits (WeCom's EncodingAESKey: the base64 of "
+                        "a 32-byte key without its '='); it has another character",
+                    )
+                )
         if self.keep_alive >= self.stream_lifetime:
             problems.append(
                 ("keep_alive", f"must be less than stream_lifetime ({self.stream_lifetime:g} s)")

@@ -160,6 +160,32 @@ def test_a_wrong_type_does_not_hide_the_other_errors(wecom: PluginManager, tmp_p
     assert lines[-1] == f"{config}: 4 errors"
 
 
+@pytest.mark.parametrize("key", ["abcdefghijklmnopqrstuvwxyz0123456789ABCDEF!", "a" * 42 + "="])
+def test_an_aes_key_that_is_not_base64_is_a_settings_error(
+    wecom: PluginManager, tmp_path: Path, key: str
+) -> None:
+    """A 43-character EncodingAESKey with a character base64 does not have passed
+    ``check``, and ``run`` then stopped on wechatpy's ``binascii.Error: Incorrect
+    padding`` traceback. Now it is one line naming the field, without the key."""
+    config = tmp_path / "robots.toml"
+    config.write_text((EXAMPLE / "app.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    code, lines = _check(config, ENV | {"WECOM_CALLBACK_AES_KEY": key})
+    assert code == 2
+    assert lines == [
+        f"error: {config}: robots.support.settings.encoding_aes_key: must be letters and "
+        "digits (WeCom's EncodingAESKey: the base64 of a 32-byte key without its '='); "
+        "it has another character",
+    ]
+    result = CliRunner().invoke(
+        cli,
+        ["run", "--config", str(config)],
+        env={k: None for k in ENV} | ENV | {"WECOM_CALLBACK_AES_KEY": key},  # type: ignore[arg-type]
+    )
+    assert result.exit_code == 2, result.output
+    assert "encoding_aes_key: must be letters and digits" in result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.parametrize(("name", "mode"), [("robot.toml", "robot"), ("app.toml", "app")])
 async def test_each_example_answers_on_the_emulator(
     wecom: PluginManager, name: str, mode: str
