@@ -1093,8 +1093,18 @@ class WeComPlatform(Platform):
         sock = socket.socket(
             socket.AF_INET6 if ":" in s.callback_host else socket.AF_INET, socket.SOCK_STREAM
         )
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((s.callback_host, s.callback_port))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((s.callback_host, s.callback_port))
+        except OSError as exc:  # the port in use, a host that is no address of this machine
+            sock.close()
+            await self._runner.cleanup()
+            self._runner = None
+            raise FatalPlatformError(
+                f"cannot listen for WeCom callbacks on {s.callback_host}:{s.callback_port}: "
+                f"{exc.strerror or exc}",
+                code="callback_port",
+            ) from None
         sock.setblocking(False)
         port = int(sock.getsockname()[1])
         await web.SockSite(self._runner, sock).start()
