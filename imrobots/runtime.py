@@ -407,16 +407,28 @@ class RobotRuntime:
 
     # ----------------------------------------------------------------- hooks
     async def fire(self, hook: str, **kwargs: Any) -> None:
-        """Call an event hook; implementations may be sync or async. Failures are logged."""
+        """Call an event hook; implementations may be sync or async. Each plugin's
+        implementation is called (and awaited) on its own, in pluggy's order, so that one
+        that raises is logged, naming its plugin, and the others still run (called
+        together, pluggy stopped at the first exception, and the coroutines of async
+        implementations after a failing one were never awaited)."""
         caller = getattr(self.hooks, hook, None)
         if caller is None:
             return
-        try:
-            results = caller(**kwargs)
-            for result in results:
-                await _maybe_await(result)
-        except Exception:
-            log.exception("a %s hook failed", hook)
+        get_impls = getattr(caller, "get_hookimpls", None)
+        impls = get_impls() if get_impls is not None else None
+        if impls is None or any(i.hookwrapper or i.wrapper for i in impls):
+            try:
+                for result in caller(**kwargs):
+                    await _maybe_await(result)
+            except Exception:
+                log.exception("a %s hook failed", hook)
+            return
+        for impl in reversed(impls):  # pluggy calls the last registered first
+            try:
+                await _maybe_await(impl.function(*(kwargs[name] for name in impl.argnames)))
+            except Exception:
+                log.exception("the %s hook of plugin %r failed", hook, impl.plugin_name)
 
     # ----------------------------------------------------------------- inbound
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
