@@ -141,6 +141,7 @@ BOUNDS: dict[type, dict[str, Bound]] = {
         "answer_ttl": Bound(">", 0),
         "refusal_hold": Bound(">=", 0),
         "turn_grace": Bound(">=", 0),
+        "liveness_ttl": Bound(">", 0),
     },
 }
 """Numeric bounds of the core's config classes, checked by :func:`load_config` and

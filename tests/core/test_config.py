@@ -555,6 +555,18 @@ def test_range_checks_refuse_what_cannot_work(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_liveness_ttl_that_is_not_positive_is_refused(tmp_path: Path, value: str) -> None:
+    """``liveness_ttl = 0`` passed: the lease, renewed every third of it, was renewed in a
+    loop that never slept, each time for 0 s, so every live replica looked dead."""
+    text = GOOD.replace('strategy = "queue"', f'strategy = "queue"\nliveness_ttl = {value}')
+    with pytest.raises(ConfigProblems) as info:
+        load_config(write(tmp_path, text), env=ENV)
+    assert [p.split(": ", 1)[1] for p in info.value.problems] == [
+        f"robots.support.options.liveness_ttl: must be > 0, got {value}"
+    ]
+
+
 def test_a_robot_with_its_own_handler_may_go_without_an_agent(
     tmp_path: Path, manager: PluginManager
 ) -> None:
