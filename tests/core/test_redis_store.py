@@ -379,6 +379,9 @@ def test_a_bad_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="bad Redis URL") as info:
         RedisStore(f"http://:{PASSWORD}@127.0.0.1/0")
     assert PASSWORD not in str(info.value)
+    with pytest.raises(ConfigError, match="names the database by its number") as info:
+        RedisStore(f"redis://:{PASSWORD}@127.0.0.1:1/abc")
+    assert PASSWORD not in str(info.value)
 
 
 async def test_config_selects_the_redis_store(tmp_path: Path) -> None:
@@ -536,6 +539,9 @@ async def test_room_in_all_is_one_script_that_answers_as_room_in_of_each_window(
     [
         ("http://user:pw-secret@x:1/0", "must specify one of the following schemes"),
         ("redis://:pw-secret@host:notaport/0", "Port could not be cast to integer"),
+        # redis-py took these for database 0: a typo landed in another deployment's data
+        ("redis://:pw-secret@host:6379/abc", "names the database by its number"),
+        ("rediss://:pw-secret@host:6379/1O", "(redis://host:6379/0), not '/1O'"),
     ],
 )
 def test_check_refuses_a_url_that_is_no_redis_url(tmp_path: Path, url: str, reason: str) -> None:
