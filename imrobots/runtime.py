@@ -290,6 +290,10 @@ class RobotRuntime:
             self.options.replica or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         )
         """Who answers here: open answers are recorded under it, and its lease says it lives."""
+        self._process_mark = uuid.uuid4().hex
+        """This process's own mark under its replica name (see :meth:`_keep_alive`)."""
+        self._marked = False
+        self._shared_name_reported = False
         self._watcher: asyncio.Task[None] | None = None
         self._recovered = False
         """Whether the pass of :meth:`recover_open_answers` at start is done."""
@@ -1091,9 +1095,26 @@ class RobotRuntime:
         return self._key("alive", owner)
 
     async def _keep_alive(self) -> None:
-        """Take (or renew) this runtime's lease in the store."""
+        """Take (or renew) this runtime's lease in the store, and check that no other live
+        process uses its replica name.
+
+        The lease is held under the replica name, which two processes of one name share
+        (and must, so that a restart finds what its previous process left): it cannot tell
+        them apart. So each renewal also reads the process mark stored under the name
+        and writes its own: a mark of another process found after this one wrote its own
+        means a second live process uses the name (a process restarted under the name
+        writes its mark at start without looking, so it is never taken for one)."""
         ttl = self.options.liveness_ttl
-        if await self.store.acquire_lock(self._alive_key(self.owner), self.owner, ttl=ttl) is None:
+        shared = (
+            await self.store.acquire_lock(self._alive_key(self.owner), self.owner, ttl=ttl) is None
+        )
+        mark = self._key("alive-process", self.owner)
+        if self._marked and not shared:
+            shared = await self.store.get_value(mark) not in (None, self._process_mark)
+        await self.store.put_value(mark, self._process_mark, ttl=ttl)
+        self._marked = True
+        if shared and not self._shared_name_reported:
+            self._shared_name_reported = True
             log.error(
                 "another live process of robot %s uses the replica name %r: give each its own",
                 self.name,
