@@ -601,6 +601,12 @@ def _load_robot(name: str, table: object, problems: _Collector) -> RobotConfig |
         inner = f"{where}.options.stream"
         found = [(w.replace(inner, f"{where}.stream", 1), m) for w, m in found]
     problems.extend(found)
+    secret = robot.feedback_secret if robot is not None else None
+    if secret is not None and not secret.get().strip():  # a {{VAR}} set to nothing, say
+        problems.add(
+            f"{where}.feedback_secret",
+            "is blank: give a secret, or leave the key out for a key kept in the store",
+        )
     if robot is None or not tables_ok:
         return None
     return attrs.evolve(robot, settings=settings, agent=agent)
