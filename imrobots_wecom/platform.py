@@ -353,6 +353,14 @@ class WeComSettings:
             problems.append(("api_endpoint", api_problem))
         if not 0 <= self.callback_port <= 65535:
             problems.append(("callback_port", f"must be 0..65535, got {self.callback_port}"))
+        if not self.callback_host.strip():  # the socket would listen on every interface
+            problems.append(
+                (
+                    "callback_host",
+                    "is blank (which listens on every interface); give an address: "
+                    "127.0.0.1, or 0.0.0.0 for every interface",
+                )
+            )
         if self.card_url is not None and not self.card_url.startswith(("https://", "http://")):
             problems.append(
                 ("card_url", f"must start with https:// or http://, got {self.card_url!r}")

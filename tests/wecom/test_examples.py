@@ -186,6 +186,22 @@ def test_an_aes_key_that_is_not_base64_is_a_settings_error(
     assert "Traceback" not in result.output
 
 
+def test_a_blank_callback_host_is_an_error(wecom: PluginManager, tmp_path: Path) -> None:
+    """A blank ``callback_host`` (a ``{{VAR}}`` set to nothing) passed check, and the
+    endpoint listened on every interface, logging ``callbacks at http://:PORT/...``."""
+    config = tmp_path / "robots.toml"
+    text = (EXAMPLE / "app.toml").read_text(encoding="utf-8")
+    config.write_text(
+        text.replace('callback_host = "0.0.0.0"', 'callback_host = " "'), encoding="utf-8"
+    )
+    code, lines = _check(config, ENV)
+    assert code == 2, lines
+    assert lines == [
+        f"error: {config}: robots.support.settings.callback_host: is blank (which listens on "
+        "every interface); give an address: 127.0.0.1, or 0.0.0.0 for every interface"
+    ]
+
+
 @pytest.mark.parametrize(("name", "mode"), [("robot.toml", "robot"), ("app.toml", "app")])
 async def test_each_example_answers_on_the_emulator(
     wecom: PluginManager, name: str, mode: str
