@@ -639,3 +639,27 @@ def test_a_wrong_type_does_not_hide_what_the_settings_own_checks_find() -> None:
     _, problems = structure_problems({"mode": "b", "count": "x"}, _Checked, path="s")
     assert ("s.needed_in_b", "required in mode 'b'") not in problems  # not set by the table
     assert problems == [("s.count", "expected int, got str")]
+
+
+def test_memory_settings_out_of_range_are_errors_naming_each_field(tmp_path: Path) -> None:
+    """The memory platform's settings were not checked at all: ``app_rate = 0`` passed
+    check and ``run`` stopped on the limiter's ``ValueError`` traceback; a share of 1.5,
+    an infinite latency and an operation name that does not exist passed too."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.m]\nplatform = "memory"\n[robots.m.agent]\nuse = "demo"\n'
+        "[robots.m.settings]\napp_rate = 0\nfailure_rate = 1.5\nlatency = inf\n"
+        'timeout_after_act_ops = ["send_cards"]\n',
+        encoding="utf-8",
+    )
+    for command in (["check", str(config)], ["run", "--no-status", "--config", str(config)]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        prefix = f"error: {config}: robots.m.settings."
+        assert [line for line in result.output.splitlines() if line.startswith("error")] == [
+            f"{prefix}app_rate: must be positive, got 0.0",
+            f"{prefix}failure_rate: must be a share 0..1, got 1.5",
+            f"{prefix}latency: must be 0 or more seconds, got inf",
+            f"{prefix}timeout_after_act_ops: unknown operation 'send_cards'; choose from "
+            "send_card, update_card, stream_update, renew, send_text, send_image, send_file",
+        ]
