@@ -203,7 +203,22 @@ def make_converter() -> cattrs.Converter:
 
         return hook
 
-    factory: Any = sequence_factory
+    # A config class (a table in the file) given a string or a number: one line, "expected
+    # a table, got str", not cattrs' "'str' object has no attribute 'keys'" (a traceback
+    # for [store]) or "expected RuntimeOptions".
+    def table_factory(type_: Any, conv: cattrs.Converter) -> Any:
+        base = conv.gen_structure_attrs_fromdict(type_)
+
+        def hook(value: Any, cls: Any) -> Any:
+            if not isinstance(value, collections.abc.Mapping):
+                raise TypeError(f"expected a table, got {type(value).__name__}")
+            return base(value, cls)
+
+        return hook
+
+    factory: Any = table_factory
+    converter.register_structure_hook_factory(attrs.has, factory)
+    factory = sequence_factory
     converter.register_structure_hook_factory(
         lambda t: cols.is_sequence(t) and bool(typing.get_args(t)), factory
     )

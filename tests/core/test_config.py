@@ -663,3 +663,42 @@ def test_memory_settings_out_of_range_are_errors_naming_each_field(tmp_path: Pat
             f"{prefix}timeout_after_act_ops: unknown operation 'send_cards'; choose from "
             "send_card, update_card, stream_update, renew, send_text, send_image, send_file",
         ]
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "got"),
+    [
+        ('store = "redis"\n', "store", "str"),
+        ("[robots.support]\noptions = 5\n", "robots.support.options", "int"),
+        ("[robots.support]\nstream = 5\n", "robots.support.stream", "int"),
+        ("[robots.support]\npolicy = []\n", "robots.support.policy", "list"),
+        (
+            "[robots.support.policy.group_overrides]\ncid = 5\n",
+            "robots.support.policy.group_overrides.cid",
+            "int",
+        ),
+    ],
+)
+def test_a_value_where_a_table_belongs_is_one_line(
+    tmp_path: Path, text: str, where: str, got: str
+) -> None:
+    """``store = "redis"`` (for ``[store] backend = "redis"``) made check, run and
+    feedback export print cattrs' AttributeError traceback; ``options = 5`` said
+    "expected RuntimeOptions" and ``policy = []`` "'list' object has no attribute 'keys'"."""
+    config = tmp_path / "robots.toml"
+    head, _, rest = text.partition("\n")
+    if head.startswith("[robots.support]"):
+        body = f'[robots.support]\nplatform = "memory"\n{rest}'
+    elif head.startswith("[robots.support."):
+        body = f'[robots.support]\nplatform = "memory"\n{text}'
+    else:
+        body = f'{text}[robots.support]\nplatform = "memory"\n'
+    config.write_text(body + '[robots.support.agent]\nuse = "demo"\n', encoding="utf-8")
+    commands = [["check", str(config)]]
+    if where == "store":
+        commands.append(["feedback", "export", "--config", str(config)])
+    for command in commands:
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert f"error: {config}: {where}: expected a table, got {got}" in result.output
