@@ -172,6 +172,7 @@ def card_id_for(key: str) -> str:
 
 
 _POSITIVE = (
+    "agent_id",
     "callback_max_age",
     "stream_lifetime",
     "keep_alive",
@@ -321,7 +322,7 @@ class WeComSettings:
         problems = [
             (name, f"required in mode {self.mode!r}")
             for name in _REQUIRED.get(self.mode, ())
-            if not getattr(self, name)
+            if (value := getattr(self, name)) is None or (not isinstance(value, int) and not value)
         ]
         for name in _POSITIVE:
             value = getattr(self, name)

@@ -202,6 +202,23 @@ def test_a_blank_callback_host_is_an_error(wecom: PluginManager, tmp_path: Path)
     ]
 
 
+@pytest.mark.parametrize("agent_id", ["0", "-3"])
+def test_an_agent_id_not_above_zero_is_an_error_saying_so(
+    wecom: PluginManager, tmp_path: Path, agent_id: str
+) -> None:
+    """``agent_id = -3`` passed check (WeCom's AgentIds are positive: 1000002...), and
+    ``agent_id = 0`` was reported as "required", which it was: it was set."""
+    config = tmp_path / "robots.toml"
+    text = (EXAMPLE / "app.toml").read_text(encoding="utf-8")
+    assert "agent_id = 1000002" in text
+    config.write_text(text.replace("agent_id = 1000002", f"agent_id = {agent_id}"), "utf-8")
+    code, lines = _check(config, ENV)
+    assert code == 2, lines
+    assert lines == [
+        f"error: {config}: robots.support.settings.agent_id: must be positive, got {agent_id}"
+    ]
+
+
 @pytest.mark.parametrize(("name", "mode"), [("robot.toml", "robot"), ("app.toml", "app")])
 async def test_each_example_answers_on_the_emulator(
     wecom: PluginManager, name: str, mode: str
