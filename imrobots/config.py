@@ -547,19 +547,49 @@ def _read(path: Path) -> dict[str, Any]:
             f"{source}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at line {line}): "
             "save the config as UTF-8"
         ) from None
+    too_deep = ConfigError(
+        f"{source}: values nested more than {_MAX_DEPTH} levels deep; no config needs that"
+    )
+    data: dict[str, Any]
     if path.suffix == ".json":
         try:
-            data = json.loads(text)
+            parsed = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{source}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-        if not isinstance(data, dict):
+        except RecursionError:
+            raise too_deep from None
+        if not isinstance(parsed, dict):
             raise ConfigError(f"{source}: expected a JSON object")
+        data = parsed
         data.pop("$schema", None)  # an editor's schema reference
-        return data
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+        except RecursionError:
+            raise too_deep from None
+    if _deeper_than(data, _MAX_DEPTH):  # the checks after this walk it recursively
+        raise too_deep
+    return data
+
+
+_MAX_DEPTH = 64
+"""Levels of tables and arrays a config file may nest (a real one has four or five)."""
+
+
+def _deeper_than(data: object, limit: int) -> bool:
+    """Whether ``data`` nests dicts and lists more than ``limit`` levels deep (walked
+    without recursion: the parsers take deeper files than Python's recursion limit)."""
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limit:
+                return True
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 @attrs.frozen

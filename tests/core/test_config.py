@@ -702,3 +702,26 @@ def test_a_value_where_a_table_belongs_is_one_line(
         assert result.exit_code == 2, result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
         assert f"error: {config}: {where}: expected a table, got {got}" in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("config.json", '{"agent": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("robots.toml", "robots = " + "[" * 100_000 + "]" * 100_000 + "\n"),
+        ("robots.toml", "[robots.x]\nplatform = 'memory'\nz = " + "[" * 70 + "]" * 70 + "\n"),
+    ],
+)
+def test_a_config_nested_absurdly_deep_is_one_error_line(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    """The JSON and TOML parsers hit Python's recursion limit on such a file, and check,
+    run and feedback export printed a RecursionError traceback."""
+    config = tmp_path / name
+    config.write_text(text, encoding="utf-8")
+    for command in (["check", str(config)], ["feedback", "export", "--config", str(config)]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert result.output == (
+            f"error: {config}: values nested more than 64 levels deep; no config needs that\n"
+        )
