@@ -487,6 +487,13 @@ def _write(tmp_path: Path, settings: str) -> Path:
     ("extra", "message"),
     [
         ('ai_template_id = " "\n', "ai_template_id to be an AI card template id"),
+        # a blank key, or another key on the built-in template: the text never showed
+        ('ai_template_id = "mine.schema"\nai_content_key = ""\n', "ai_content_key to name"),
+        (
+            'ai_content_key = "content"\n',
+            "ai_content_key: DingTalk's built-in AI card template shows the markdown of "
+            "msgContent, not 'content'",
+        ),
         ('card_mode = "fancy"\n', "card_mode"),
         ('openapi_endpoint = "api.dingtalk.com"\n', "openapi_endpoint must start with https://"),
         (
