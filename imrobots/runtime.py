@@ -387,7 +387,9 @@ class RobotRuntime:
             await self.robot.shutdown()
         if self.robot.agent is not None:
             await self.robot.agent.aclose()
-        await self.store.release_lock(self._alive_key(self.owner), self.owner)
+        if self._marked:  # never leased (stopped while starting): nothing to release, and
+            # the store may be what kept it from starting (a Redis retried for 10 s)
+            await self.store.release_lock(self._alive_key(self.owner), self.owner)
         log.info("robot %s on %s stopped: %s", self.name, self.platform.name, self.summary())
 
     def summary(self) -> str:
