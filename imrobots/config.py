@@ -636,6 +636,11 @@ def _load_robot(name: str, table: object, problems: _Collector) -> RobotConfig |
     top_stream = "stream" in table
     if isinstance(options, dict):
         options = dict(options)
+        if top_stream and "stream" in options:  # one would silently replace the other
+            problems.add(
+                f"{where}.options.stream",
+                f"given twice, also as [{where}.stream]; keep [{where}.stream] only",
+            )
         if top_stream:
             options["stream"] = table["stream"]
     rest = {k: v for k, v in table.items() if k not in ("settings", "agent", "options", "stream")}

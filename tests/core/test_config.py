@@ -725,3 +725,21 @@ def test_a_config_nested_absurdly_deep_is_one_error_line(
         assert result.output == (
             f"error: {config}: values nested more than 64 levels deep; no config needs that\n"
         )
+
+
+def test_a_stream_policy_given_twice_is_an_error(tmp_path: Path) -> None:
+    """[robots.NAME.options.stream] and [robots.NAME.stream] both set: the second silently
+    replaced the first."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.support]\nplatform = "memory"\n[robots.support.agent]\nuse = "demo"\n'
+        "[robots.support.options.stream]\nmin_interval = 1.0\n"
+        "[robots.support.stream]\nmin_interval = 2.0\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        f"error: {config}: robots.support.options.stream: given twice, also as "
+        "[robots.support.stream]; keep [robots.support.stream] only"
+    ]
