@@ -855,6 +855,14 @@ def check_config(
                     f"{source}: {where}.agent: none; {robot_class.__name__} must answer "
                     "without self.ask()"
                 )
+        options = (
+            config.robots[robot.name].options if config and robot.name in config.robots else None
+        )
+        if options is not None and options.interrupt and options.strategy != "queue":
+            warnings.append(
+                f'{source}: {where}.options.interrupt: only strategy "queue" interrupts; '
+                f"ignored with strategy {options.strategy!r}"
+            )
         if (
             len(problems.lines) == before
             and robot_class is not None

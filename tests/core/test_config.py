@@ -743,3 +743,25 @@ def test_a_stream_policy_given_twice_is_an_error(tmp_path: Path) -> None:
         f"error: {config}: robots.support.options.stream: given twice, also as "
         "[robots.support.stream]; keep [robots.support.stream] only"
     ]
+
+
+@pytest.mark.parametrize("strategy", ["drop", "concurrent", "debounce"])
+def test_interrupt_with_another_strategy_than_queue_is_a_warning(
+    tmp_path: Path, strategy: str
+) -> None:
+    """``interrupt = true`` does something only with ``strategy = "queue"``; with another
+    it was taken without a word."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.support]\nplatform = "memory"\n[robots.support.agent]\nuse = "demo"\n'
+        f'[robots.support.options]\nstrategy = "{strategy}"\ninterrupt = true\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 0, result.output
+    assert (
+        f'warning: {config}: robots.support.options.interrupt: only strategy "queue" '
+        f"interrupts; ignored with strategy '{strategy}'"
+    ) in result.output.splitlines()
+    config.write_text(config.read_text("utf-8").replace(strategy, "queue"), "utf-8")
+    assert "warning" not in CliRunner().invoke(cli, ["check", str(config)]).output
