@@ -210,6 +210,19 @@ _MODE_KEYS: dict[str, tuple[str, ...]] = {
     ),
 }
 """The settings only one mode reads (``config_warnings`` names the other mode's)."""
+
+
+def _blank(value: object) -> bool:
+    """Whether a required setting is missing: unset, or a string or secret of white space
+    only (a ``{{VAR}}`` exported as a space); an ``int`` (``agent_id``) is checked by its
+    range instead."""
+    if value is None:
+        return True
+    if isinstance(value, Secret):
+        value = value.get()
+    return isinstance(value, str) and not value.strip()
+
+
 _AES_KEY = re.compile(r"[A-Za-z0-9+/]{43}")
 """An EncodingAESKey: 43 base64 characters (PROTOCOLS 4a: AESKey = base64(key + "=");
 WeCom generates letters and digits; wechatpy decodes ``+`` and ``/`` too). Anything else
@@ -322,7 +335,7 @@ class WeComSettings:
         problems = [
             (name, f"required in mode {self.mode!r}")
             for name in _REQUIRED.get(self.mode, ())
-            if (value := getattr(self, name)) is None or (not isinstance(value, int) and not value)
+            if _blank(getattr(self, name))
         ]
         for name in _POSITIVE:
             value = getattr(self, name)

@@ -219,6 +219,21 @@ def test_an_agent_id_not_above_zero_is_an_error_saying_so(
     ]
 
 
+def test_credentials_of_white_space_are_missing(wecom: PluginManager) -> None:
+    """``WECOM_BOT_ID`` and ``WECOM_BOT_SECRET`` exported as a space passed check, and run
+    failed only when WeCom refused the subscription (Feishu's App ID and DingTalk's Client
+    ID were already checked so)."""
+    code, lines = _check(
+        EXAMPLE / "robot.toml", ENV | {"WECOM_BOT_ID": " ", "WECOM_BOT_SECRET": "\t"}
+    )
+    assert code == 2, lines
+    prefix = f"error: {EXAMPLE / 'robot.toml'}: robots.support.settings."
+    assert lines[:2] == [
+        f"{prefix}bot_id: required in mode 'robot'",
+        f"{prefix}secret: required in mode 'robot'",
+    ]
+
+
 @pytest.mark.parametrize(("name", "mode"), [("robot.toml", "robot"), ("app.toml", "app")])
 async def test_each_example_answers_on_the_emulator(
     wecom: PluginManager, name: str, mode: str
