@@ -301,7 +301,11 @@ class DingTalkSettings:
             (name, f"is empty: {what}, from the developer console's credentials page")
             for name, what, value in (
                 ("client_id", "the app's Client ID (AppKey)", self.client_id.strip()),
-                ("client_secret", "the app's Client Secret (AppSecret)", self.client_secret),
+                (
+                    "client_secret",
+                    "the app's Client Secret (AppSecret)",
+                    self.client_secret.get().strip(),
+                ),
             )
             if not value
         ]

@@ -296,7 +296,7 @@ class FeishuSettings:
             (name, f"is empty: {what}, from the developer console's credentials page")
             for name, what, value in (
                 ("app_id", "the app's App ID (cli_...)", self.app_id.strip()),
-                ("app_secret", "the app's App Secret", self.app_secret),
+                ("app_secret", "the app's App Secret", self.app_secret.get().strip()),
             )
             if not value
         ]

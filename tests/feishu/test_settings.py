@@ -179,10 +179,13 @@ def test_empty_credentials_are_errors_naming_their_fields(
     check, and the robot failed only when Feishu refused it."""
     config = tmp_path / "robots.toml"
     config.write_text(GOOD.replace('app_id = "cli_a1"', 'app_id = " "'), encoding="utf-8")
-    code, lines = _check(config, {**ENV, "FEISHU_APP_SECRET": ""})
-    assert code == 2, lines
-    assert f"error: {config}: robots.cb.settings.app_id: is empty: the app's App ID" in lines[0]
-    assert f"error: {config}: robots.cb.settings.app_secret: is empty: " in lines[1]
+    for secret in ("", " "):  # a secret of white space passed too
+        code, lines = _check(config, {**ENV, "FEISHU_APP_SECRET": secret})
+        assert code == 2, lines
+        assert (
+            f"error: {config}: robots.cb.settings.app_id: is empty: the app's App ID" in (lines[0])
+        )
+        assert f"error: {config}: robots.cb.settings.app_secret: is empty: " in lines[1]
 
 
 def test_a_nan_setting_is_refused_as_not_positive(feishu: PluginManager, tmp_path: Path) -> None:
