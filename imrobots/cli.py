@@ -1326,17 +1326,31 @@ def feedback_export(config_path: Path, fmt: str, robot: str | None, output: Path
             err=True,
         )
 
-    async def read() -> list[Any]:
+    async def read() -> tuple[list[Any], list[str]]:
         store = build_store(config)
         try:
-            return await store.list_feedback(robot=robot)
+            items = await store.list_feedback(robot=robot)
+            if robot is None or items:
+                return items, []
+            # nothing for this robot: a misspelt name must not pass for "no feedback"
+            return items, sorted({f.robot for f in await store.list_feedback()})
         finally:
             await store.close()
 
     try:
-        items = _on_loop(read())
+        items, robots = _on_loop(read())
     except ImrobotsError as exc:  # IMROBOTS_LOOP, or a store that cannot be reached
         _fail(exc)
+    if robot is not None and not items:
+        click.echo(
+            f"warning: the store holds no feedback of robot {robot!r}; "
+            + (
+                f"it holds feedback of: {', '.join(robots)}"
+                if robots
+                else "it holds no feedback at all"
+            ),
+            err=True,
+        )
     if output is None:
         count = write_feedback(items, fmt, sys.stdout)  # type: ignore[arg-type]
     else:

@@ -141,6 +141,7 @@ BOUNDS: dict[type, dict[str, Bound]] = {
         "answer_ttl": Bound(">", 0),
         "refusal_hold": Bound(">=", 0),
         "turn_grace": Bound(">=", 0),
+        "liveness_ttl": Bound(">", 0),
     },
 }
 """Numeric bounds of the core's config classes, checked by :func:`load_config` and
@@ -202,7 +203,22 @@ def make_converter() -> cattrs.Converter:
 
         return hook
 
-    factory: Any = sequence_factory
+    # A config class (a table in the file) given a string or a number: one line, "expected
+    # a table, got str", not cattrs' "'str' object has no attribute 'keys'" (a traceback
+    # for [store]) or "expected RuntimeOptions".
+    def table_factory(type_: Any, conv: cattrs.Converter) -> Any:
+        base = conv.gen_structure_attrs_fromdict(type_)
+
+        def hook(value: Any, cls: Any) -> Any:
+            if not isinstance(value, collections.abc.Mapping):
+                raise TypeError(f"expected a table, got {type(value).__name__}")
+            return base(value, cls)
+
+        return hook
+
+    factory: Any = table_factory
+    converter.register_structure_hook_factory(attrs.has, factory)
+    factory = sequence_factory
     converter.register_structure_hook_factory(
         lambda t: cols.is_sequence(t) and bool(typing.get_args(t)), factory
     )
@@ -547,19 +563,49 @@ def _read(path: Path) -> dict[str, Any]:
             f"{source}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at line {line}): "
             "save the config as UTF-8"
         ) from None
+    too_deep = ConfigError(
+        f"{source}: values nested more than {_MAX_DEPTH} levels deep; no config needs that"
+    )
+    data: dict[str, Any]
     if path.suffix == ".json":
         try:
-            data = json.loads(text)
+            parsed = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{source}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-        if not isinstance(data, dict):
+        except RecursionError:
+            raise too_deep from None
+        if not isinstance(parsed, dict):
             raise ConfigError(f"{source}: expected a JSON object")
+        data = parsed
         data.pop("$schema", None)  # an editor's schema reference
-        return data
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+        except RecursionError:
+            raise too_deep from None
+    if _deeper_than(data, _MAX_DEPTH):  # the checks after this walk it recursively
+        raise too_deep
+    return data
+
+
+_MAX_DEPTH = 64
+"""Levels of tables and arrays a config file may nest (a real one has four or five)."""
+
+
+def _deeper_than(data: object, limit: int) -> bool:
+    """Whether ``data`` nests dicts and lists more than ``limit`` levels deep (walked
+    without recursion: the parsers take deeper files than Python's recursion limit)."""
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limit:
+                return True
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 @attrs.frozen
@@ -606,6 +652,11 @@ def _load_robot(name: str, table: object, problems: _Collector) -> RobotConfig |
     top_stream = "stream" in table
     if isinstance(options, dict):
         options = dict(options)
+        if top_stream and "stream" in options:  # one would silently replace the other
+            problems.add(
+                f"{where}.options.stream",
+                f"given twice, also as [{where}.stream]; keep [{where}.stream] only",
+            )
         if top_stream:
             options["stream"] = table["stream"]
     rest = {k: v for k, v in table.items() if k not in ("settings", "agent", "options", "stream")}
@@ -616,6 +667,12 @@ def _load_robot(name: str, table: object, problems: _Collector) -> RobotConfig |
         inner = f"{where}.options.stream"
         found = [(w.replace(inner, f"{where}.stream", 1), m) for w, m in found]
     problems.extend(found)
+    secret = robot.feedback_secret if robot is not None else None
+    if secret is not None and not secret.get().strip():  # a {{VAR}} set to nothing, say
+        problems.add(
+            f"{where}.feedback_secret",
+            "is blank: give a secret, or leave the key out for a key kept in the store",
+        )
     if robot is None or not tables_ok:
         return None
     return attrs.evolve(robot, settings=settings, agent=agent)
@@ -825,6 +882,14 @@ def check_config(
                     f"{source}: {where}.agent: none; {robot_class.__name__} must answer "
                     "without self.ask()"
                 )
+        options = (
+            config.robots[robot.name].options if config and robot.name in config.robots else None
+        )
+        if options is not None and options.interrupt and options.strategy != "queue":
+            warnings.append(
+                f'{source}: {where}.options.interrupt: only strategy "queue" interrupts; '
+                f"ignored with strategy {options.strategy!r}"
+            )
         if (
             len(problems.lines) == before
             and robot_class is not None

@@ -116,9 +116,16 @@ class FeedbackSigner:
         """Use ``secret``; ``None`` makes a random one (values then only verify in this process).
 
         A robot's runtime uses :meth:`for_robot` instead, whose key survives restarts.
+
+        :raises ValueError: ``secret`` is empty: anyone could sign buttons with it.
         """
         if secret is None:
             return cls(secrets.token_bytes(32))
+        if not secret:
+            raise ValueError(
+                "the feedback secret is empty, so anyone could sign feedback buttons: give "
+                "a secret, or None for a random key"
+            )
         return cls(secret.encode() if isinstance(secret, str) else secret)
 
     @classmethod

@@ -57,6 +57,7 @@ from .platform import (
     StreamingMode,
     Upload,
     measure,
+    settings_problems,
 )
 
 __all__ = ["MemoryCall", "MemoryCard", "MemoryPlatform", "MemorySettings", "MemoryStream"]
@@ -100,6 +101,58 @@ class MemorySettings:
     """Share of calls that fail."""
     failure_kind: Literal["5xx", "rate_limited", "mixed"] = "mixed"
     seed: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        """Check the values; every problem is reported, each on its field. (None were
+        checked: ``app_rate = 0`` passed ``imrobots check`` and ``run`` stopped on the
+        limiter's ``ValueError`` traceback; a share of 2 or a negative latency passed.)
+
+        :raises SettingsProblems: a rate, interval, size or lifetime not above 0, a share
+            outside 0..1, a negative or infinite latency, an unknown operation name.
+        """
+        problems: list[tuple[str, str]] = []
+        for name in _MEMORY_POSITIVE:
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # nan too, which compares false
+                problems.append((name, f"must be positive, got {value!r}"))
+        for name in ("timeout_after_act", "failure_rate"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                problems.append((name, f"must be a share 0..1, got {value!r}"))
+        if not 0 <= self.latency < float("inf"):
+            problems.append(("latency", f"must be 0 or more seconds, got {self.latency!r}"))
+        unknown = [op for op in self.timeout_after_act_ops if op not in _MEMORY_OPS]
+        if unknown:
+            problems.append(
+                (
+                    "timeout_after_act_ops",
+                    f"unknown operation {unknown[0]!r}; choose from {', '.join(_MEMORY_OPS)}",
+                )
+            )
+        if problems:
+            raise settings_problems(MemorySettings, problems, title="memory platform")
+
+
+_MEMORY_POSITIVE = (
+    "quota",
+    "app_rate",
+    "update_interval",
+    "max_updates",
+    "max_text",
+    "max_message_text",
+    "stream_lifetime",
+    "keep_alive",
+)
+_MEMORY_OPS = (
+    "send_card",
+    "update_card",
+    "stream_update",
+    "renew",
+    "send_text",
+    "send_image",
+    "send_file",
+)
+"""The operations :class:`MemoryPlatform` counts as calls (``timeout_after_act_ops``)."""
 
 
 @attrs.define

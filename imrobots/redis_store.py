@@ -380,6 +380,15 @@ def url_problem(url: str) -> str | None:
         parse_url(url)
     except ValueError as error:
         return f"bad Redis URL {redact_url(url)!r}: {error}"
+    parts = urllib.parse.urlsplit(url)
+    database = urllib.parse.unquote(parts.path).replace("/", "")
+    if parts.scheme in ("redis", "rediss") and database and not database.isdecimal():
+        # redis-py ignores a path that is no number and uses database 0, another
+        # deployment's perhaps
+        return (
+            f"bad Redis URL {redact_url(url)!r}: the path names the database by its number "
+            f"(redis://host:6379/0), not {parts.path!r}"
+        )
     return None
 
 
@@ -472,6 +481,9 @@ class RedisStore(Store):
         self._max_keys = max_keys
         self._reconnect_for = reconnect_for
         self._closed = False
+        problem = url_problem(url)
+        if problem is not None:
+            raise ConfigError(problem)
         try:
             self._redis: aioredis.Redis = aioredis.Redis.from_url(
                 url,

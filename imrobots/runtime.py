@@ -291,6 +291,10 @@ class RobotRuntime:
             self.options.replica or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         )
         """Who answers here: open answers are recorded under it, and its lease says it lives."""
+        self._process_mark = uuid.uuid4().hex
+        """This process's own mark under its replica name (see :meth:`_keep_alive`)."""
+        self._marked = False
+        self._shared_name_reported = False
         self._watcher: asyncio.Task[None] | None = None
         self._recovered = False
         """Whether the pass of :meth:`recover_open_answers` at start is done."""
@@ -384,7 +388,9 @@ class RobotRuntime:
             await self.robot.shutdown()
         if self.robot.agent is not None:
             await self.robot.agent.aclose()
-        await self.store.release_lock(self._alive_key(self.owner), self.owner)
+        if self._marked:  # never leased (stopped while starting): nothing to release, and
+            # the store may be what kept it from starting (a Redis retried for 10 s)
+            await self.store.release_lock(self._alive_key(self.owner), self.owner)
         log.info("robot %s on %s stopped: %s", self.name, self.platform.name, self.summary())
 
     def summary(self) -> str:
@@ -408,16 +414,28 @@ class RobotRuntime:
 
     # ----------------------------------------------------------------- hooks
     async def fire(self, hook: str, **kwargs: Any) -> None:
-        """Call an event hook; implementations may be sync or async. Failures are logged."""
+        """Call an event hook; implementations may be sync or async. Each plugin's
+        implementation is called (and awaited) on its own, in pluggy's order, so that one
+        that raises is logged, naming its plugin, and the others still run (called
+        together, pluggy stopped at the first exception, and the coroutines of async
+        implementations after a failing one were never awaited)."""
         caller = getattr(self.hooks, hook, None)
         if caller is None:
             return
-        try:
-            results = caller(**kwargs)
-            for result in results:
-                await _maybe_await(result)
-        except Exception:
-            log.exception("a %s hook failed", hook)
+        get_impls = getattr(caller, "get_hookimpls", None)
+        impls = get_impls() if get_impls is not None else None
+        if impls is None or any(i.hookwrapper or i.wrapper for i in impls):
+            try:
+                for result in caller(**kwargs):
+                    await _maybe_await(result)
+            except Exception:
+                log.exception("a %s hook failed", hook)
+            return
+        for impl in reversed(impls):  # pluggy calls the last registered first
+            try:
+                await _maybe_await(impl.function(*(kwargs[name] for name in impl.argnames)))
+            except Exception:
+                log.exception("the %s hook of plugin %r failed", hook, impl.plugin_name)
 
     # ----------------------------------------------------------------- inbound
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -1080,9 +1098,26 @@ class RobotRuntime:
         return self._key("alive", owner)
 
     async def _keep_alive(self) -> None:
-        """Take (or renew) this runtime's lease in the store."""
+        """Take (or renew) this runtime's lease in the store, and check that no other live
+        process uses its replica name.
+
+        The lease is held under the replica name, which two processes of one name share
+        (and must, so that a restart finds what its previous process left): it cannot tell
+        them apart. So each renewal also reads the process mark stored under the name
+        and writes its own: a mark of another process found after this one wrote its own
+        means a second live process uses the name (a process restarted under the name
+        writes its mark at start without looking, so it is never taken for one)."""
         ttl = self.options.liveness_ttl
-        if await self.store.acquire_lock(self._alive_key(self.owner), self.owner, ttl=ttl) is None:
+        shared = (
+            await self.store.acquire_lock(self._alive_key(self.owner), self.owner, ttl=ttl) is None
+        )
+        mark = self._key("alive-process", self.owner)
+        if self._marked and not shared:
+            shared = await self.store.get_value(mark) not in (None, self._process_mark)
+        await self.store.put_value(mark, self._process_mark, ttl=ttl)
+        self._marked = True
+        if shared and not self._shared_name_reported:
+            self._shared_name_reported = True
             log.error(
                 "another live process of robot %s uses the replica name %r: give each its own",
                 self.name,

@@ -141,9 +141,20 @@ _FEEDBACK_COLUMNS: Final = (
 
 
 def path_problem(path: str | os.PathLike[str]) -> str | None:
-    """What keeps a SQLite store at ``path`` from opening that can be seen without
-    opening it (its directory does not exist), or ``None``."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """What keeps a SQLite store at ``path`` from opening, or from keeping its state, that
+    can be seen without opening it, or ``None``: the path is empty (``sqlite3`` would open
+    a temporary database, deleted when the store closes: a ``{{VAR}}`` set to nothing lost
+    every restart's state without a word), it is a directory, or its directory does not
+    exist."""
+    if not os.fspath(path).strip():
+        return (
+            "is empty: SQLite would keep the store in a temporary file, deleted when it "
+            "closes; give the file's path"
+        )
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        return f"{full} is a directory; give the path of a file"
+    folder = os.path.dirname(full)
     return None if os.path.isdir(folder) else f"the directory {folder} does not exist"
 
 
@@ -232,6 +243,9 @@ class SQLiteStore(Store):
 
     # --- worker thread --------------------------------------------------------------------
     def _open(self) -> None:
+        if not self.path.strip():  # sqlite3 would open a temporary database without a word
+            self._open_error = StoreUnavailable(f"SQLite store path {path_problem(self.path)}")
+            return
         try:
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, isolation_level=None)
         except BaseException as error:

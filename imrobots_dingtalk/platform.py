@@ -201,6 +201,24 @@ def _ai_template(instance: DingTalkSettings, attribute: attrs.Attribute[Any], va
         )
 
 
+def _ai_content_key(
+    instance: DingTalkSettings, attribute: attrs.Attribute[Any], value: str
+) -> None:
+    if instance.card_mode != "ai":
+        return
+    if not value.strip():
+        raise ValueError(
+            "expected ai_content_key to name the template's markdown variable, or left out "
+            "for msgContent"
+        )
+    if instance.ai_template_id == BUILTIN_AI_TEMPLATE and value != "msgContent":
+        raise ValueError(
+            f"DingTalk's built-in AI card template shows the markdown of msgContent, not "
+            f"{value!r}: leave ai_content_key out, or set ai_template_id to a template of "
+            "your own that binds it"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class DingTalkSettings:
     """``[robots.NAME.settings]`` of a DingTalk robot. Only the credentials are required."""
@@ -219,8 +237,9 @@ class DingTalkSettings:
     """The AI card template (``xxx.schema``). Default: DingTalk's built-in AI card template
     (:data:`BUILTIN_AI_TEMPLATE`); a template of one's own binds the plugin's variables
     (``title``, the ``ai_content_key`` markdown, ``flowStatus``, ``buttons``)."""
-    ai_content_key: str = "msgContent"
-    """The template's markdown variable that streaming updates write."""
+    ai_content_key: str = attrs.field(default="msgContent", metadata={"check": _ai_content_key})
+    """The template's markdown variable that streaming updates write (``msgContent``, the
+    built-in template's, unless ``ai_template_id`` names a template of one's own)."""
     openapi_endpoint: str = attrs.field(
         default="https://api.dingtalk.com", metadata={"check": _url}
     )
@@ -282,7 +301,11 @@ class DingTalkSettings:
             (name, f"is empty: {what}, from the developer console's credentials page")
             for name, what, value in (
                 ("client_id", "the app's Client ID (AppKey)", self.client_id.strip()),
-                ("client_secret", "the app's Client Secret (AppSecret)", self.client_secret),
+                (
+                    "client_secret",
+                    "the app's Client Secret (AppSecret)",
+                    self.client_secret.get().strip(),
+                ),
             )
             if not value
         ]

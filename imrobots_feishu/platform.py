@@ -296,7 +296,7 @@ class FeishuSettings:
             (name, f"is empty: {what}, from the developer console's credentials page")
             for name, what, value in (
                 ("app_id", "the app's App ID (cli_...)", self.app_id.strip()),
-                ("app_secret", "the app's App Secret", self.app_secret),
+                ("app_secret", "the app's App Secret", self.app_secret.get().strip()),
             )
             if not value
         ]
@@ -319,6 +319,14 @@ class FeishuSettings:
             problems.append(("encrypt_key", "is empty; set the Encrypt Key or leave it out"))
         if not 0 <= self.callback_port <= 65535:
             problems.append(("callback_port", f"must be 0..65535, got {self.callback_port}"))
+        if not self.callback_host.strip():  # the socket would listen on every interface
+            problems.append(
+                (
+                    "callback_host",
+                    "is blank (which listens on every interface); give an address: "
+                    "127.0.0.1, or 0.0.0.0 for every interface",
+                )
+            )
         if not self.callback_path.startswith("/"):
             problems.append(("callback_path", f"must start with /, got {self.callback_path!r}"))
         if problems:

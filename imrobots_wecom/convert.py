@@ -89,15 +89,31 @@ def _attachment(kind: str, part: Any, *, name: str | None = None) -> Attachment 
 
 
 def strip_mention(text: str, names: tuple[str, ...]) -> str:
-    """``text`` without the leading ``@robot`` of a group message."""
+    """``text`` without the leading ``@robot`` of a group message: the longest of
+    ``names`` that the text starts with as a whole word (``@Support`` is not the start of
+    ``@Supporter``, nor ``@Help`` of ``@HelpDesk``; a name ending in another script, such
+    as Chinese, may be glued to the question), else, without names (blank ones ignored),
+    any leading ``@word``."""
     stripped = text.lstrip()
-    for name in names:
+    real = sorted({name for name in names if name.strip()}, key=len, reverse=True)
+    for name in real:
         tag = f"@{name}"
-        if stripped.startswith(tag):
+        if stripped.startswith(tag) and not _goes_on(name, stripped[len(tag) :]):
             return stripped[len(tag) :].strip()
-    if names:
+    if real:
         return stripped.strip()
     return _LEADING_AT.sub("", stripped, count=1).strip()
+
+
+def _goes_on(name: str, rest: str) -> bool:
+    """Whether ``rest`` continues the ASCII word ``name`` ends in (``er`` after
+    ``@Support`` in ``@Supporter``)."""
+    last, first = name[-1], rest[:1]
+    return bool(first) and _word_char(last) and _word_char(first)
+
+
+def _word_char(char: str) -> bool:
+    return char.isascii() and (char.isalnum() or char == "_")
 
 
 def _content(body: Mapping[str, Any]) -> tuple[MessageKind, str, list[Attachment]]:

@@ -172,6 +172,7 @@ def card_id_for(key: str) -> str:
 
 
 _POSITIVE = (
+    "agent_id",
     "callback_max_age",
     "stream_lifetime",
     "keep_alive",
@@ -209,6 +210,24 @@ _MODE_KEYS: dict[str, tuple[str, ...]] = {
     ),
 }
 """The settings only one mode reads (``config_warnings`` names the other mode's)."""
+
+
+def _blank(value: object) -> bool:
+    """Whether a required setting is missing: unset, or a string or secret of white space
+    only (a ``{{VAR}}`` exported as a space); an ``int`` (``agent_id``) is checked by its
+    range instead."""
+    if value is None:
+        return True
+    if isinstance(value, Secret):
+        value = value.get()
+    return isinstance(value, str) and not value.strip()
+
+
+_AES_KEY = re.compile(r"[A-Za-z0-9+/]{43}")
+"""An EncodingAESKey: 43 base64 characters (PROTOCOLS 4a: AESKey = base64(key + "=");
+WeCom generates letters and digits; wechatpy decodes ``+`` and ``/`` too). Anything else
+made wechatpy's ``b64decode`` raise ``binascii.Error`` when ``imrobots run`` started."""
+
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "robot": ("bot_id", "secret"),
     "app": ("corp_id", "corp_secret", "agent_id", "token", "encoding_aes_key"),
@@ -329,14 +348,26 @@ class WeComSettings:
         problems = [
             (name, f"required in mode {self.mode!r}")
             for name in _REQUIRED.get(self.mode, ())
-            if not getattr(self, name)
+            if _blank(getattr(self, name))
         ]
         for name in _POSITIVE:
             value = getattr(self, name)
             if value is not None and not value > 0:  # nan too, which compares false
                 problems.append((name, f"must be positive, got {value!r}"))
-        if self.encoding_aes_key is not None and len(self.encoding_aes_key.get()) != 43:
-            problems.append(("encoding_aes_key", "must be 43 characters (WeCom's EncodingAESKey)"))
+        if self.encoding_aes_key is not None:
+            key = self.encoding_aes_key.get()
+            if len(key) != 43:
+                problems.append(
+                    ("encoding_aes_key", "must be 43 characters (WeCom's EncodingAESKey)")
+                )
+            elif not _AES_KEY.fullmatch(key):
+                problems.append(
+                    (
+                        "encoding_aes_key",
+                        "must be letters and digits (WeCom's EncodingAESKey: the base64 of "
+                        "a 32-byte key without its '='); it has another character",
+                    )
+                )
         if self.keep_alive >= self.stream_lifetime:
             problems.append(
                 ("keep_alive", f"must be less than stream_lifetime ({self.stream_lifetime:g} s)")
@@ -349,6 +380,14 @@ class WeComSettings:
             problems.append(("api_endpoint", api_problem))
         if not 0 <= self.callback_port <= 65535:
             problems.append(("callback_port", f"must be 0..65535, got {self.callback_port}"))
+        if not self.callback_host.strip():  # the socket would listen on every interface
+            problems.append(
+                (
+                    "callback_host",
+                    "is blank (which listens on every interface); give an address: "
+                    "127.0.0.1, or 0.0.0.0 for every interface",
+                )
+            )
         if self.card_url is not None and not self.card_url.startswith(("https://", "http://")):
             problems.append(
                 ("card_url", f"must start with https:// or http://, got {self.card_url!r}")
@@ -1089,8 +1128,18 @@ class WeComPlatform(Platform):
         sock = socket.socket(
             socket.AF_INET6 if ":" in s.callback_host else socket.AF_INET, socket.SOCK_STREAM
         )
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((s.callback_host, s.callback_port))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((s.callback_host, s.callback_port))
+        except OSError as exc:  # the port in use, a host that is no address of this machine
+            sock.close()
+            await self._runner.cleanup()
+            self._runner = None
+            raise FatalPlatformError(
+                f"cannot listen for WeCom callbacks on {s.callback_host}:{s.callback_port}: "
+                f"{exc.strerror or exc}",
+                code="callback_port",
+            ) from None
         sock.setblocking(False)
         port = int(sock.getsockname()[1])
         await web.SockSite(self._runner, sock).start()

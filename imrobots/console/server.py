@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -103,6 +104,36 @@ def check_binding(host: str, token: str | None) -> None:
 class ConsoleError(web.HTTPBadRequest):
     def __init__(self, message: str) -> None:
         super().__init__(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _text_field(body: Mapping[str, Any], name: str, default: str) -> str:
+    """``body[name]``, a non-blank string, or ``default`` when absent or null; anything
+    else raises :class:`ConsoleError` naming the field."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str) or not value.strip():
+        raise ConsoleError(f"{name} must be a non-empty string")
+    return value
+
+
+def _reason(exc: Exception) -> str:
+    """What an emulator's refusal says: a ``KeyError``'s key without the quotes ``str``
+    adds, any other exception's message as it is (``card c1 has no button 'b'``)."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc) or type(exc).__name__
+
+
+def _flag_field(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    """``body[name]``, ``true`` or ``false``, or ``default`` when absent or null (a string
+    such as ``"no"`` is refused: ``bool("no")`` is true)."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConsoleError(f"{name} must be true or false")
+    return value
 
 
 class ConsoleStore(MemoryStore):
@@ -481,13 +512,15 @@ class Console:
         text = body.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ConsoleError("text must be a non-empty string")
-        conversation_id = str(body.get("conversation_id", "direct"))
+        conversation_id = _text_field(body, "conversation_id", "direct")
+        user_id = _text_field(body, "user_id", "alice")
+        names = {u["id"]: u["name"] for u in DEFAULT_USERS}
+        user_name = _text_field(body, "user_name", names.get(user_id, user_id))
+        mention = _flag_field(body, "mention", True)
         known = page.conversation(conversation_id)
         if known is not None:
             conversation_id = known["id"]
-        group = bool(body.get("group", known["group"] if known else False))
-        user_id = str(body.get("user_id", "alice"))
-        names = {u["id"]: u["name"] for u in DEFAULT_USERS}
+        group = _flag_field(body, "group", bool(known["group"]) if known else False)
         before = len(page.emulator.messages)
         try:
             message_id = await page.emulator.say(
@@ -495,8 +528,8 @@ class Console:
                 conversation_id=conversation_id,
                 group=group,
                 user_id=user_id,
-                user_name=str(body.get("user_name", names.get(user_id, user_id))),
-                mention=bool(body.get("mention", True)),
+                user_name=user_name,
+                mention=mention,
             )
         except (ValueError, NotImplementedError) as exc:
             raise ConsoleError(str(exc)) from None
@@ -523,12 +556,11 @@ class Console:
         card_id, button_id = body.get("card_id"), body.get("button_id")
         if not isinstance(card_id, str) or not isinstance(button_id, str):
             raise ConsoleError("card_id and button_id are required")
+        user_id = _text_field(body, "user_id", "alice")
         try:
-            await page.emulator.press(
-                card_id=card_id, button_id=button_id, user_id=str(body.get("user_id", "alice"))
-            )
+            await page.emulator.press(card_id=card_id, button_id=button_id, user_id=user_id)
         except (KeyError, ValueError) as exc:
-            raise ConsoleError(str(exc).strip("'\"")) from None
+            raise ConsoleError(_reason(exc)) from None
         return web.json_response({"ok": True})
 
     async def _fault(self, request: web.Request) -> web.Response:
@@ -538,8 +570,13 @@ class Console:
         value = body.get("value")
         if kind not in FAULTS:
             raise ConsoleError(f"kind must be one of {', '.join(FAULTS)}")
-        if value is not None and not isinstance(value, int | float):
-            raise ConsoleError("value must be a number")
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConsoleError("value must be a number")
+            if not math.isfinite(value) or value < 0:
+                raise ConsoleError(f"value must be 0 or more and finite, got {value!r}")
+            if kind in ("errors", "rate_limit") and value > 1:
+                raise ConsoleError(f"value of {kind} is a share of calls, 0..1, got {value!r}")
         try:
             await page.emulator.fault(str(kind), None if value is None else float(value))
         except (NotImplementedError, ValueError, TimeoutError) as exc:
@@ -556,7 +593,7 @@ class Console:
         try:
             await page.emulator.redeliver(platform_id)
         except (NotImplementedError, ValueError, KeyError) as exc:
-            raise ConsoleError(str(exc).strip("'\"")) from None
+            raise ConsoleError(_reason(exc)) from None
         return web.json_response({"ok": True, "message_id": platform_id})
 
     async def _clear(self, request: web.Request) -> web.Response:

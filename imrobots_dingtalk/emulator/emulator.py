@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import socket
 import time
@@ -472,8 +473,8 @@ class DingTalkEmulator:
 
     def set_latency(self, seconds: float) -> None:
         """Delay every ``/v1.0/...`` answer by ``seconds``."""
-        if seconds < 0:
-            raise ValueError("latency must be >= 0")
+        if not 0 <= seconds < math.inf:  # nan and inf too: every call would hang for good
+            raise ValueError(f"latency must be >= 0 and finite, got {seconds!r}")
         self.latency = float(seconds)
         self._fault("latency", seconds=self.latency)
 
@@ -529,8 +530,8 @@ class DingTalkEmulator:
         (right) credentials with ``400 invalidClientIdOrSecret``, as DingTalk did for a
         few seconds in production while the credentials were fine. Combine with
         :meth:`expire_tokens` so that the robot has to fetch a token meanwhile."""
-        if seconds < 0:
-            raise ValueError("seconds must be >= 0")
+        if not 0 <= seconds < math.inf:
+            raise ValueError(f"seconds must be >= 0 and finite, got {seconds!r}")
         self._refuse_until = time.monotonic() + seconds
         self._fault("refuse_credentials", seconds=seconds)
 

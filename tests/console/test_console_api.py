@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 from imrobots.cli import cli
 from imrobots.demo import Demo
 from imrobots.demo_agent import DemoAgent
+from imrobots.memory import MemoryPlatform
 from imrobots.plugins import PluginManager
 from imrobots.webguard import TOKEN_HEADER
 
@@ -76,6 +78,11 @@ async def test_console_conversation_over_http_and_websocket(demo: Demo) -> None:
         assert state["calls"] and all(c["status"] == 200 for c in state["calls"])
         button = card["blocks"][-1]["buttons"][0]
         response = await session.post(
+            base + "/api/memory/press", json={"card_id": card["id"], "button_id": "zz"}
+        )
+        assert response.status == 400
+        assert await response.json() == {"error": f"card {card['id']} has no button 'zz'"}
+        response = await session.post(
             base + "/api/memory/press", json={"card_id": card["id"], "button_id": button["id"]}
         )
         assert response.status == 200
@@ -101,6 +108,86 @@ async def test_console_rejects_bad_requests(demo: Demo) -> None:
         assert response.status == 400
         response = await session.get(base + "/static/../secrets.py")
         assert response.status == 404
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("group", "no", "group must be true or false"),
+        ("mention", "yes", "mention must be true or false"),
+        ("mention", 0, "mention must be true or false"),
+        ("user_id", "", "user_id must be a non-empty string"),
+        ("user_id", 7, "user_id must be a non-empty string"),
+        ("user_name", {"a": 1}, "user_name must be a non-empty string"),
+        ("conversation_id", 5, "conversation_id must be a non-empty string"),
+        ("conversation_id", " ", "conversation_id must be a non-empty string"),
+    ],
+)
+async def test_a_message_field_of_the_wrong_type_is_a_400_and_sends_nothing(
+    demo: Demo, field: str, value: Any, error: str
+) -> None:
+    """Each field of ``POST /api/PAGE/messages`` is checked, not coerced: ``"group":
+    "no"`` sent a group message (``bool("no")``), an empty ``user_id`` a message the
+    platform plugin dropped as malformed, while the console answered 200."""
+    assert demo.console is not None
+    base = demo.console.url.rstrip("/")
+    emulator = demo.console.pages["memory"].emulator
+    async with aiohttp.ClientSession(headers=demo.console.guard.headers()) as session:
+        response = await session.post(
+            base + "/api/memory/messages", json={"text": "hello", field: value}
+        )
+        assert response.status == 400
+        assert await response.json() == {"error": error}
+        assert emulator.messages == []
+        response = await session.post(
+            base + "/api/memory/press", json={"card_id": "c", "button_id": "b", "user_id": 7}
+        )
+        assert response.status == 400
+        assert await response.json() == {"error": "user_id must be a non-empty string"}
+        # null stands for the default; the page's own body still goes through
+        response = await session.post(
+            base + "/api/memory/messages",
+            json={"text": "hello", field: None, "group": False, "mention": True},
+        )
+        assert response.status == 200, await response.text()
+        assert [m["text"] for m in emulator.messages if not m.get("from_robot")] == ["hello"]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"kind": "errors", "value": 5}, "value of errors is a share of calls, 0..1, got 5"),
+        ({"kind": "rate_limit", "value": 1.5}, "value of rate_limit is a share of calls, 0..1"),
+        ({"kind": "errors", "value": -1}, "value must be 0 or more and finite, got -1"),
+        ({"kind": "latency", "value": -3}, "value must be 0 or more and finite, got -3"),
+        ({"kind": "latency", "value": float("inf")}, "value must be 0 or more and finite"),
+        ({"kind": "errors", "value": float("nan")}, "value must be 0 or more and finite"),
+        ({"kind": "errors", "value": True}, "value must be a number"),
+    ],
+)
+async def test_a_fault_value_out_of_range_is_a_400_and_changes_nothing(
+    demo: Demo, body: dict[str, Any], error: str
+) -> None:
+    """A share above 1 or below 0, a negative or infinite latency, NaN (which Python's
+    JSON reader takes) and ``true`` were all set as faults, answered 200."""
+    assert demo.console is not None
+    base = demo.console.url.rstrip("/")
+    platform = demo.console.pages["memory"].emulator.create_platform()
+    assert isinstance(platform, MemoryPlatform)
+    before = platform.settings
+    async with aiohttp.ClientSession(headers=demo.console.guard.headers()) as session:
+        response = await session.post(
+            base + "/api/memory/faults",
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status == 400
+        assert (await response.json())["error"].startswith(error)
+        assert platform.settings == before
+        response = await session.post(
+            base + "/api/memory/faults", json={"kind": body["kind"], "value": 0.5}
+        )
+        assert response.status == 200
 
 
 async def test_injected_errors_show_in_the_call_panel_data(demo: Demo) -> None:

@@ -957,3 +957,52 @@ def test_a_port_out_of_range_or_a_non_finite_grace_is_a_usage_error(
     assert result.returncode == 2, result.stderr
     assert f"Invalid value for '{option}'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_feedback_export_of_a_robot_without_feedback_says_which_robots_have_some(
+    tmp_path: Path,
+) -> None:
+    """``--robot suport`` (misspelt) exported 0 records and said nothing more, as if the
+    robot had no feedback; now a warning names the robots the store holds feedback of."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from imrobots.models import Feedback, FeedbackRating, Sender
+    from imrobots.sqlite_store import SQLiteStore
+
+    path = tmp_path / "state.sqlite3"
+
+    async def store_one() -> None:
+        store = SQLiteStore(path)
+        try:
+            await store.add_feedback(
+                Feedback(
+                    robot="support",
+                    platform="memory",
+                    message_id="m1",
+                    rating=FeedbackRating.HELPFUL,
+                    sender=Sender(id="u1"),
+                    question="q",
+                    answer="a",
+                    time=datetime(2026, 1, 1, tzinfo=UTC),
+                )
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(store_one())
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        f'[store]\nbackend = "sqlite"\npath = "{path}"\n[robots.support]\nplatform = "memory"\n',
+        encoding="utf-8",
+    )
+    export = ["feedback", "export", "--config", str(config), "--format", "json", "--robot"]
+    result = CliRunner().invoke(cli, [*export, "suport"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: the store holds no feedback of robot 'suport'; it holds feedback of: support"
+        in result.output
+    )
+    result = CliRunner().invoke(cli, [*export, "support"])
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert "exported 1 feedback record" in result.output

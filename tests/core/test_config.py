@@ -555,6 +555,18 @@ def test_range_checks_refuse_what_cannot_work(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_liveness_ttl_that_is_not_positive_is_refused(tmp_path: Path, value: str) -> None:
+    """``liveness_ttl = 0`` passed: the lease, renewed every third of it, was renewed in a
+    loop that never slept, each time for 0 s, so every live replica looked dead."""
+    text = GOOD.replace('strategy = "queue"', f'strategy = "queue"\nliveness_ttl = {value}')
+    with pytest.raises(ConfigProblems) as info:
+        load_config(write(tmp_path, text), env=ENV)
+    assert [p.split(": ", 1)[1] for p in info.value.problems] == [
+        f"robots.support.options.liveness_ttl: must be > 0, got {value}"
+    ]
+
+
 def test_a_robot_with_its_own_handler_may_go_without_an_agent(
     tmp_path: Path, manager: PluginManager
 ) -> None:
@@ -627,3 +639,129 @@ def test_a_wrong_type_does_not_hide_what_the_settings_own_checks_find() -> None:
     _, problems = structure_problems({"mode": "b", "count": "x"}, _Checked, path="s")
     assert ("s.needed_in_b", "required in mode 'b'") not in problems  # not set by the table
     assert problems == [("s.count", "expected int, got str")]
+
+
+def test_memory_settings_out_of_range_are_errors_naming_each_field(tmp_path: Path) -> None:
+    """The memory platform's settings were not checked at all: ``app_rate = 0`` passed
+    check and ``run`` stopped on the limiter's ``ValueError`` traceback; a share of 1.5,
+    an infinite latency and an operation name that does not exist passed too."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.m]\nplatform = "memory"\n[robots.m.agent]\nuse = "demo"\n'
+        "[robots.m.settings]\napp_rate = 0\nfailure_rate = 1.5\nlatency = inf\n"
+        'timeout_after_act_ops = ["send_cards"]\n',
+        encoding="utf-8",
+    )
+    for command in (["check", str(config)], ["run", "--no-status", "--config", str(config)]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        prefix = f"error: {config}: robots.m.settings."
+        assert [line for line in result.output.splitlines() if line.startswith("error")] == [
+            f"{prefix}app_rate: must be positive, got 0.0",
+            f"{prefix}failure_rate: must be a share 0..1, got 1.5",
+            f"{prefix}latency: must be 0 or more seconds, got inf",
+            f"{prefix}timeout_after_act_ops: unknown operation 'send_cards'; choose from "
+            "send_card, update_card, stream_update, renew, send_text, send_image, send_file",
+        ]
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "got"),
+    [
+        ('store = "redis"\n', "store", "str"),
+        ("[robots.support]\noptions = 5\n", "robots.support.options", "int"),
+        ("[robots.support]\nstream = 5\n", "robots.support.stream", "int"),
+        ("[robots.support]\npolicy = []\n", "robots.support.policy", "list"),
+        (
+            "[robots.support.policy.group_overrides]\ncid = 5\n",
+            "robots.support.policy.group_overrides.cid",
+            "int",
+        ),
+    ],
+)
+def test_a_value_where_a_table_belongs_is_one_line(
+    tmp_path: Path, text: str, where: str, got: str
+) -> None:
+    """``store = "redis"`` (for ``[store] backend = "redis"``) made check, run and
+    feedback export print cattrs' AttributeError traceback; ``options = 5`` said
+    "expected RuntimeOptions" and ``policy = []`` "'list' object has no attribute 'keys'"."""
+    config = tmp_path / "robots.toml"
+    head, _, rest = text.partition("\n")
+    if head.startswith("[robots.support]"):
+        body = f'[robots.support]\nplatform = "memory"\n{rest}'
+    elif head.startswith("[robots.support."):
+        body = f'[robots.support]\nplatform = "memory"\n{text}'
+    else:
+        body = f'{text}[robots.support]\nplatform = "memory"\n'
+    config.write_text(body + '[robots.support.agent]\nuse = "demo"\n', encoding="utf-8")
+    commands = [["check", str(config)]]
+    if where == "store":
+        commands.append(["feedback", "export", "--config", str(config)])
+    for command in commands:
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert f"error: {config}: {where}: expected a table, got {got}" in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("config.json", '{"agent": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("robots.toml", "robots = " + "[" * 100_000 + "]" * 100_000 + "\n"),
+        ("robots.toml", "[robots.x]\nplatform = 'memory'\nz = " + "[" * 70 + "]" * 70 + "\n"),
+    ],
+)
+def test_a_config_nested_absurdly_deep_is_one_error_line(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    """The JSON and TOML parsers hit Python's recursion limit on such a file, and check,
+    run and feedback export printed a RecursionError traceback."""
+    config = tmp_path / name
+    config.write_text(text, encoding="utf-8")
+    for command in (["check", str(config)], ["feedback", "export", "--config", str(config)]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert result.output == (
+            f"error: {config}: values nested more than 64 levels deep; no config needs that\n"
+        )
+
+
+def test_a_stream_policy_given_twice_is_an_error(tmp_path: Path) -> None:
+    """[robots.NAME.options.stream] and [robots.NAME.stream] both set: the second silently
+    replaced the first."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.support]\nplatform = "memory"\n[robots.support.agent]\nuse = "demo"\n'
+        "[robots.support.options.stream]\nmin_interval = 1.0\n"
+        "[robots.support.stream]\nmin_interval = 2.0\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        f"error: {config}: robots.support.options.stream: given twice, also as "
+        "[robots.support.stream]; keep [robots.support.stream] only"
+    ]
+
+
+@pytest.mark.parametrize("strategy", ["drop", "concurrent", "debounce"])
+def test_interrupt_with_another_strategy_than_queue_is_a_warning(
+    tmp_path: Path, strategy: str
+) -> None:
+    """``interrupt = true`` does something only with ``strategy = "queue"``; with another
+    it was taken without a word."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.support]\nplatform = "memory"\n[robots.support.agent]\nuse = "demo"\n'
+        f'[robots.support.options]\nstrategy = "{strategy}"\ninterrupt = true\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["check", str(config)])
+    assert result.exit_code == 0, result.output
+    assert (
+        f'warning: {config}: robots.support.options.interrupt: only strategy "queue" '
+        f"interrupts; ignored with strategy '{strategy}'"
+    ) in result.output.splitlines()
+    config.write_text(config.read_text("utf-8").replace(strategy, "queue"), "utf-8")
+    assert "warning" not in CliRunner().invoke(cli, ["check", str(config)]).output

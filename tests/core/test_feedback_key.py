@@ -112,3 +112,40 @@ def test_signed_values_are_unchanged_and_verify(message_id: str) -> None:
         assert value == f"v1.{payload}." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
         token = signer.verify(value)
         assert (token.robot, token.message_id, token.rating) == ("support", message_id, rating)
+
+
+@pytest.mark.parametrize("secret", ["", b""])
+async def test_an_empty_secret_is_refused(secret: str | bytes) -> None:
+    """An empty secret signed buttons with an empty HMAC key, which anyone can compute:
+    ``RobotRuntime(feedback_secret=os.environ.get("SECRET", ""))`` made feedback
+    forgeable."""
+    with pytest.raises(ValueError, match="the feedback secret is empty"):
+        FeedbackSigner.from_secret(secret)
+    with pytest.raises(ValueError, match="the feedback secret is empty"):
+        await FeedbackSigner.for_robot(MemoryStore(), "support", secret)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_a_blank_feedback_secret_in_a_config_is_an_error(tmp_path: Path, value: str) -> None:
+    """``feedback_secret = "{{IMROBOTS_FEEDBACK_SECRET}}"`` with the variable set to nothing
+    passed check and was silently replaced by a key in the store (with the memory store,
+    buttons then broke at every restart); blank, it signed with a key of spaces."""
+    from click.testing import CliRunner
+
+    from imrobots.cli import cli
+
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.support]\nplatform = "memory"\n'
+        'feedback_secret = "{{IMROBOTS_FEEDBACK_SECRET}}"\n'
+        '[robots.support.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(
+        cli, ["check", str(config)], env={"IMROBOTS_FEEDBACK_SECRET": value}
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        f"error: {config}: robots.support.feedback_secret: is blank: give a secret, or "
+        "leave the key out for a key kept in the store"
+    ]

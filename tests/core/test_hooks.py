@@ -191,3 +191,51 @@ async def test_a_failing_hook_is_logged_and_does_not_stop_the_answer(
         assert "hook exploded" in caplog.text
     finally:
         await runtime.stop()
+
+
+async def test_a_failing_hook_does_not_silence_other_plugins_hooks(
+    manager: PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One plugin's event hook that raises, sync or async, is logged naming that plugin;
+    the other plugins' implementations of the same hook still run. (pluggy stops at the
+    first exception: a broken metrics plugin silenced an audit plugin's
+    ``message_received``, and an async ``reply_finished`` after a failing one was never
+    awaited.)"""
+    ran: list[str] = []
+
+    class Audit:
+        @imrobots.hookimpl
+        def message_received(self, robot: str, message: imrobots.Message) -> None:
+            ran.append(f"audit saw {message.text}")
+
+        @imrobots.hookimpl
+        async def reply_finished(self, result: imrobots.AnswerResult) -> None:
+            ran.append(f"audit finished {result.text}")
+
+    class Broken:
+        @imrobots.hookimpl
+        def message_received(self, robot: str) -> None:
+            raise RuntimeError("metrics down")
+
+        @imrobots.hookimpl
+        async def reply_finished(self, robot: str) -> None:
+            raise RuntimeError("audit db down")
+
+    manager.register(Audit(), name="audit")
+    manager.register(Broken(), name="broken")  # registered last: pluggy calls it first
+    platform = MemoryPlatform()
+    runtime = RobotRuntime(
+        name="r",
+        robot=imrobots.Robot(agent=lambda r: "fine"),
+        platform=platform,
+        hooks=manager.hook,
+    )
+    await runtime.start()
+    try:
+        await platform.say("hello")
+        await runtime.wait_idle(timeout=5)
+    finally:
+        await runtime.stop()
+    assert ran == ["audit saw hello", "audit finished fine"]
+    assert "the message_received hook of plugin 'broken' failed" in caplog.text
+    assert "the reply_finished hook of plugin 'broken' failed" in caplog.text

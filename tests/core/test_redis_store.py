@@ -379,6 +379,9 @@ def test_a_bad_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="bad Redis URL") as info:
         RedisStore(f"http://:{PASSWORD}@127.0.0.1/0")
     assert PASSWORD not in str(info.value)
+    with pytest.raises(ConfigError, match="names the database by its number") as info:
+        RedisStore(f"redis://:{PASSWORD}@127.0.0.1:1/abc")
+    assert PASSWORD not in str(info.value)
 
 
 async def test_config_selects_the_redis_store(tmp_path: Path) -> None:
@@ -536,6 +539,9 @@ async def test_room_in_all_is_one_script_that_answers_as_room_in_of_each_window(
     [
         ("http://user:pw-secret@x:1/0", "must specify one of the following schemes"),
         ("redis://:pw-secret@host:notaport/0", "Port could not be cast to integer"),
+        # redis-py took these for database 0: a typo landed in another deployment's data
+        ("redis://:pw-secret@host:6379/abc", "names the database by its number"),
+        ("rediss://:pw-secret@host:6379/1O", "(redis://host:6379/0), not '/1O'"),
     ],
 )
 def test_check_refuses_a_url_that_is_no_redis_url(tmp_path: Path, url: str, reason: str) -> None:
@@ -554,3 +560,35 @@ def test_check_refuses_a_url_that_is_no_redis_url(tmp_path: Path, url: str, reas
     assert result.exit_code == 2, result.output
     assert f"error: {config}: store.url: bad Redis URL " in result.output
     assert reason in result.output and "pw-secret" not in result.output
+
+
+async def test_a_runtime_stopped_while_starting_does_not_wait_for_an_unreachable_redis() -> None:
+    """SIGTERM while Redis could not be reached at start: the start was cancelled, but
+    ``stop()`` then released a lease the runtime never took, retrying the unreachable
+    Redis for ``reconnect_for`` seconds, so ``imrobots run`` used its whole grace period
+    and warned "1 robot(s) did not finish stopping"."""
+    import socket
+
+    import imrobots
+    from imrobots.memory import MemoryPlatform
+    from imrobots.runtime import RobotRuntime
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: every connection is refused
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", reconnect_for=30.0)
+    runtime = RobotRuntime(
+        name="r",
+        robot=imrobots.Robot(agent=lambda r: "x"),
+        platform=MemoryPlatform(),
+        store=store,
+    )
+    starting = asyncio.ensure_future(runtime.start())
+    await asyncio.sleep(0)  # the start is under way, retrying the store
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    async with asyncio.timeout(5):  # it made no store call: far less than reconnect_for
+        await runtime.stop()
+    await store.close()

@@ -935,3 +935,32 @@ async def test_sqlite_writes_purge_expired_rows(
         await eventually(purged)
     finally:
         await store.close()
+
+
+def test_an_empty_or_directory_sqlite_path_is_refused(tmp_path: Path) -> None:
+    """``path = "{{STORE_PATH}}"`` with the variable set to nothing passed check, and run
+    kept its state in SQLite's temporary database, deleted at exit: dedupe, feedback and
+    history lost at every restart without a word. A directory passed check too."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[store]\nbackend = "sqlite"\npath = "{{STORE_PATH}}"\n\n'
+        '[robots.x]\nplatform = "memory"\n\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    empty = (
+        "store.path: is empty: SQLite would keep the store in a temporary file, deleted "
+        "when it closes; give the file's path"
+    )
+    directory = f"store.path: {tmp_path} is a directory; give the path of a file"
+    for value, error in (("", empty), (" ", empty), (str(tmp_path), directory)):
+        for command in (["check", str(config)], ["run", "--no-status", "--config", str(config)]):
+            result = CliRunner().invoke(cli, command, env={"STORE_PATH": value})
+            assert result.exit_code == 2, result.output
+            assert f"error: {config}: {error}" in result.output
+
+
+async def test_an_sqlite_store_with_an_empty_path_refuses_operations() -> None:
+    store = SQLiteStore("")
+    with pytest.raises(StoreUnavailable, match="SQLite store path is empty: "):
+        await store.claim("k", in_flight_ttl=1)
+    await store.close()

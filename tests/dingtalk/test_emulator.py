@@ -845,6 +845,30 @@ async def test_failure_injection_share(http: aiohttp.ClientSession) -> None:
         assert emulator.calls[-1].latency >= 0.05
 
 
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ('{"action": "latency", "seconds": 1e999}', "latency must be >= 0 and finite, got inf"),
+        ('{"action": "latency", "seconds": NaN}', "latency must be >= 0 and finite, got nan"),
+        (
+            '{"action": "refuse_credentials", "seconds": Infinity}',
+            "seconds must be >= 0 and finite, got inf",
+        ),
+    ],
+)
+async def test_control_api_refuses_a_latency_or_refusal_without_end(
+    http: aiohttp.ClientSession, emu: DingTalkEmulator, body: str, error: str
+) -> None:
+    """An infinite latency (``1e999``, which JSON readers take as inf) was set, answered
+    200 ``{"latency": null}``, and every OpenAPI call then hung for good; NaN passed the
+    ``< 0`` check too."""
+    http.headers["X-Imrobots-Token"] = emu.control_token
+    async with http.post(f"{emu.base_url}/_emulator/faults", data=body) as response:
+        assert response.status == 400
+        assert (await response.json())["error"] == error
+    assert emu.latency == 0.0 and not emu.refusing_credentials
+
+
 async def test_press_button_applies_callback_response(
     http: aiohttp.ClientSession, emu: DingTalkEmulator
 ) -> None:

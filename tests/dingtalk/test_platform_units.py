@@ -483,10 +483,31 @@ def _write(tmp_path: Path, settings: str) -> Path:
     return path
 
 
+def test_a_client_secret_of_white_space_is_empty(tmp_path: Path) -> None:
+    """``client_secret = "{{DINGTALK_CLIENT_SECRET}}"`` exported as a space passed check
+    (the Client ID was already stripped); run failed only when DingTalk refused it."""
+    path = tmp_path / "robots.toml"
+    path.write_text(
+        '[robots.bot]\nplatform = "dingtalk"\n[robots.bot.agent]\nuse = "demo"\n'
+        '[robots.bot.settings]\nclient_id = "dingabc"\nclient_secret = "  "\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {path}: robots.bot.settings.client_secret: is empty: " in result.output
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         ('ai_template_id = " "\n', "ai_template_id to be an AI card template id"),
+        # a blank key, or another key on the built-in template: the text never showed
+        ('ai_template_id = "mine.schema"\nai_content_key = ""\n', "ai_content_key to name"),
+        (
+            'ai_content_key = "content"\n',
+            "ai_content_key: DingTalk's built-in AI card template shows the markdown of "
+            "msgContent, not 'content'",
+        ),
         ('card_mode = "fancy"\n', "card_mode"),
         ('openapi_endpoint = "api.dingtalk.com"\n', "openapi_endpoint must start with https://"),
         (

@@ -453,6 +453,67 @@ async def test_a_restarted_replica_closes_its_own_answers_at_once(tmp_path) -> N
     await store.close()
 
 
+async def test_two_live_processes_with_one_replica_name_are_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The lease is held under the replica name, so a second live process of the same
+    name renewed it as its own and the documented error never came (while the second,
+    at its start, took the first one's running answers for a previous process's). Each
+    renewal now finds the other process's mark and says so, in both processes."""
+    store = MemoryStore()
+    options = RuntimeOptions(replica="worker-1")
+    runtimes = [
+        RobotRuntime(
+            name="bot",
+            robot=AgentRobot(agent=reply("x")),
+            platform=MemoryPlatform(MemorySettings(**FAST)),
+            store=store,
+            options=options,
+        )
+        for _ in range(2)
+    ]
+    for runtime in runtimes:
+        await runtime.start()
+    try:
+        error = "another live process of robot bot uses the replica name 'worker-1'"
+        assert error not in caplog.text
+        for runtime in runtimes:  # each one's next renewal (every third of liveness_ttl)
+            await runtime._keep_alive()
+        assert caplog.text.count(error) == 2
+    finally:
+        for runtime in runtimes:
+            await runtime.stop()
+
+
+async def test_a_restarted_replica_is_not_taken_for_a_second_live_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    options = RuntimeOptions(replica="worker-1")
+    first, second = (
+        RobotRuntime(
+            name="bot",
+            robot=AgentRobot(agent=reply("x")),
+            platform=MemoryPlatform(MemorySettings(**FAST)),
+            store=store,
+            options=options,
+        )
+        for _ in range(2)
+    )
+    await first.start()
+    await first._keep_alive()
+    assert first._watcher is not None
+    first._watcher.cancel()  # the "crash": it renews no more; its lease and mark remain
+    await second.start()
+    try:
+        await second._keep_alive()
+        await second._keep_alive()
+        assert "uses the replica name" not in caplog.text
+    finally:
+        await second.stop()
+        await first.stop()
+
+
 async def test_feedback_buttons_survive_a_restart(tmp_path) -> None:
     from imrobots.sqlite_store import SQLiteStore
 

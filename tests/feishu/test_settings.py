@@ -179,10 +179,13 @@ def test_empty_credentials_are_errors_naming_their_fields(
     check, and the robot failed only when Feishu refused it."""
     config = tmp_path / "robots.toml"
     config.write_text(GOOD.replace('app_id = "cli_a1"', 'app_id = " "'), encoding="utf-8")
-    code, lines = _check(config, {**ENV, "FEISHU_APP_SECRET": ""})
-    assert code == 2, lines
-    assert f"error: {config}: robots.cb.settings.app_id: is empty: the app's App ID" in lines[0]
-    assert f"error: {config}: robots.cb.settings.app_secret: is empty: " in lines[1]
+    for secret in ("", " "):  # a secret of white space passed too
+        code, lines = _check(config, {**ENV, "FEISHU_APP_SECRET": secret})
+        assert code == 2, lines
+        assert (
+            f"error: {config}: robots.cb.settings.app_id: is empty: the app's App ID" in (lines[0])
+        )
+        assert f"error: {config}: robots.cb.settings.app_secret: is empty: " in lines[1]
 
 
 def test_a_nan_setting_is_refused_as_not_positive(feishu: PluginManager, tmp_path: Path) -> None:
@@ -198,3 +201,17 @@ def test_a_nan_setting_is_refused_as_not_positive(feishu: PluginManager, tmp_pat
     assert f"error: {config}: robots.x.settings.update_interval: must be positive, got nan" in (
         lines
     )
+
+
+def test_a_blank_callback_host_is_an_error(feishu: PluginManager, tmp_path: Path) -> None:
+    """``callback_host = "{{HOST}}"`` with the variable set to nothing passed check, and the
+    endpoint listened on every interface (``bind(("", port))``), logging ``callbacks at
+    http://:PORT/...``, where the default is 127.0.0.1 alone."""
+    config = tmp_path / "robots.toml"
+    config.write_text(GOOD.replace('callback_host = "0.0.0.0"', 'callback_host = ""'), "utf-8")
+    code, lines = _check(config, ENV)
+    assert code == 2, lines
+    assert lines == [
+        f"error: {config}: robots.cb.settings.callback_host: is blank (which listens on "
+        "every interface); give an address: 127.0.0.1, or 0.0.0.0 for every interface"
+    ]

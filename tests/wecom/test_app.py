@@ -7,6 +7,7 @@ import base64
 import hashlib
 import logging
 import os
+import socket
 import struct
 import time
 import xml.etree.ElementTree as ET
@@ -16,6 +17,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from imrobots.errors import FatalPlatformError
 from imrobots.platform import Message
 from imrobots_wecom.console import WeComConsoleAdapter
 from imrobots_wecom.crypto import CallbackCrypto, ForgedCallback
@@ -413,3 +415,36 @@ async def _until(predicate: Any, timeout: float = 5.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("where", ["port in use", "not this machine's address"])
+async def test_a_callback_address_that_cannot_be_bound_stops_the_start_in_one_line(
+    where: str,
+) -> None:
+    """A callback port already in use, or a ``callback_host`` that is not this machine's, stopped
+    ``imrobots run`` with an ``OSError`` traceback; it is now one
+    :class:`FatalPlatformError` naming the address, as Feishu's callback endpoint says it,
+    and nothing is left listening."""
+    adapter = WeComConsoleAdapter(mode="app")
+    await adapter.start()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: bind fails, nothing is sent
+    host = "127.0.0.1" if where == "port in use" else "192.0.2.1"
+    try:
+        platform = adapter.create_platform(callback_host=host, callback_port=port)
+        assert isinstance(platform, WeComPlatform)
+        try:
+            with pytest.raises(FatalPlatformError) as raised:
+                await platform.start(lambda event: asyncio.sleep(0))
+            assert str(raised.value).startswith(
+                f"cannot listen for WeCom callbacks on {host}:{port}: "
+            )
+            assert platform.callback_url is None
+        finally:
+            await platform.close()
+    finally:
+        taken.close()
+        await adapter.stop()

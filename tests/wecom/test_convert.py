@@ -58,3 +58,21 @@ def test_mixed_voice_file_and_quote() -> None:
     assert file.kind is MessageKind.FILE and file.attachments[0].url == "https://x.qq.com/f"
     unknown = to_message(_body("location", {}), req_id="r", generation=1)
     assert unknown.kind is MessageKind.UNSUPPORTED
+
+
+def test_robot_names_strip_only_a_whole_name_the_longest_first() -> None:
+    """``robot_names = ["Support"]`` turned "@Supporter hi" into "er hi", names where one
+    starts another (["Help", "HelpDesk"]) left "Desk ..." of "@HelpDesk", and a blank
+    name stripped only the "@"."""
+
+    def text(content: str, names: tuple[str, ...]) -> str:
+        body = _body("text", {"content": content}, chattype="group", chatid="g1")
+        return to_message(body, req_id="r", generation=1, robot_names=names).text
+
+    assert text("@Supporter hi", ("Support",)) == "@Supporter hi"
+    assert text("@Support hi", ("Support",)) == "hi"
+    assert text("@Support, hi", ("Support",)) == ", hi"
+    assert text("@HelpDesk how?", ("Help", "HelpDesk")) == "how?"
+    assert text("@Help how?", ("Help", "HelpDesk")) == "how?"
+    assert text("@助手你好", ("助手",)) == "你好"  # a Chinese name may be glued to the text
+    assert text("@Support hi", ("",)) == "hi"  # blank names ignored: any leading @word

@@ -160,6 +160,80 @@ def test_a_wrong_type_does_not_hide_the_other_errors(wecom: PluginManager, tmp_p
     assert lines[-1] == f"{config}: 4 errors"
 
 
+@pytest.mark.parametrize("key", ["abcdefghijklmnopqrstuvwxyz0123456789ABCDEF!", "a" * 42 + "="])
+def test_an_aes_key_that_is_not_base64_is_a_settings_error(
+    wecom: PluginManager, tmp_path: Path, key: str
+) -> None:
+    """A 43-character EncodingAESKey with a character base64 does not have passed
+    ``check``, and ``run`` then stopped on wechatpy's ``binascii.Error: Incorrect
+    padding`` traceback. Now it is one line naming the field, without the key."""
+    config = tmp_path / "robots.toml"
+    config.write_text((EXAMPLE / "app.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    code, lines = _check(config, ENV | {"WECOM_CALLBACK_AES_KEY": key})
+    assert code == 2
+    assert lines == [
+        f"error: {config}: robots.support.settings.encoding_aes_key: must be letters and "
+        "digits (WeCom's EncodingAESKey: the base64 of a 32-byte key without its '='); "
+        "it has another character",
+    ]
+    result = CliRunner().invoke(
+        cli,
+        ["run", "--config", str(config)],
+        env={k: None for k in ENV} | ENV | {"WECOM_CALLBACK_AES_KEY": key},  # type: ignore[arg-type]
+    )
+    assert result.exit_code == 2, result.output
+    assert "encoding_aes_key: must be letters and digits" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_blank_callback_host_is_an_error(wecom: PluginManager, tmp_path: Path) -> None:
+    """A blank ``callback_host`` (a ``{{VAR}}`` set to nothing) passed check, and the
+    endpoint listened on every interface, logging ``callbacks at http://:PORT/...``."""
+    config = tmp_path / "robots.toml"
+    text = (EXAMPLE / "app.toml").read_text(encoding="utf-8")
+    config.write_text(
+        text.replace('callback_host = "0.0.0.0"', 'callback_host = " "'), encoding="utf-8"
+    )
+    code, lines = _check(config, ENV)
+    assert code == 2, lines
+    assert lines == [
+        f"error: {config}: robots.support.settings.callback_host: is blank (which listens on "
+        "every interface); give an address: 127.0.0.1, or 0.0.0.0 for every interface"
+    ]
+
+
+@pytest.mark.parametrize("agent_id", ["0", "-3"])
+def test_an_agent_id_not_above_zero_is_an_error_saying_so(
+    wecom: PluginManager, tmp_path: Path, agent_id: str
+) -> None:
+    """``agent_id = -3`` passed check (WeCom's AgentIds are positive: 1000002...), and
+    ``agent_id = 0`` was reported as "required", which it was: it was set."""
+    config = tmp_path / "robots.toml"
+    text = (EXAMPLE / "app.toml").read_text(encoding="utf-8")
+    assert "agent_id = 1000002" in text
+    config.write_text(text.replace("agent_id = 1000002", f"agent_id = {agent_id}"), "utf-8")
+    code, lines = _check(config, ENV)
+    assert code == 2, lines
+    assert lines == [
+        f"error: {config}: robots.support.settings.agent_id: must be positive, got {agent_id}"
+    ]
+
+
+def test_credentials_of_white_space_are_missing(wecom: PluginManager) -> None:
+    """``WECOM_BOT_ID`` and ``WECOM_BOT_SECRET`` exported as a space passed check, and run
+    failed only when WeCom refused the subscription (Feishu's App ID and DingTalk's Client
+    ID were already checked so)."""
+    code, lines = _check(
+        EXAMPLE / "robot.toml", ENV | {"WECOM_BOT_ID": " ", "WECOM_BOT_SECRET": "\t"}
+    )
+    assert code == 2, lines
+    prefix = f"error: {EXAMPLE / 'robot.toml'}: robots.support.settings."
+    assert lines[:2] == [
+        f"{prefix}bot_id: required in mode 'robot'",
+        f"{prefix}secret: required in mode 'robot'",
+    ]
+
+
 @pytest.mark.parametrize(("name", "mode"), [("robot.toml", "robot"), ("app.toml", "app")])
 async def test_each_example_answers_on_the_emulator(
     wecom: PluginManager, name: str, mode: str
