@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -94,6 +95,13 @@ def _host_name(value: str) -> str:
     return value.rstrip(".")
 
 
+_HOST_HEADER = re.compile(r"(?:\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(?::[0-9]{1,5})?")
+"""What a ``Host`` header may be (RFC 9110 7.2: ``uri-host [ ":" port ]``), lowercased:
+a name or IPv4 address, or an IPv6 address in brackets, and an optional port. Not a
+user-info part (``127.0.0.1:80@evil.example``), a path or a space, which no browser
+sends and which would otherwise be read for the host they are not."""
+
+
 def _host_names(hosts: Iterable[str]) -> frozenset[str]:
     return frozenset(_host_name(h) for h in hosts)
 
@@ -150,8 +158,9 @@ class WebGuard:
         return {TOKEN_HEADER: self.token}
 
     def host_allowed(self, host: str | None) -> bool:
-        """Whether a ``Host`` header value may reach the guarded paths."""
-        if not host:
+        """Whether a ``Host`` header value may reach the guarded paths (a malformed
+        one never does)."""
+        if not host or _HOST_HEADER.fullmatch(host.strip().lower()) is None:
             return False
         name = _host_name(host)
         return name == "localhost" or _is_ip(name) or name in self.public_hosts

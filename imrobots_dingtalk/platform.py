@@ -33,6 +33,7 @@ import collections
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -151,6 +152,8 @@ CardMode = Literal["standard", "ai"]
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not value > 0:  # nan too, which compares false
         raise ValueError(f"expected {attribute.name} > 0, got {value}")
+    if value == math.inf:  # a time-out that never ends, a rate without a limit
+        raise ValueError(f"expected {attribute.name} to be finite, got {value}")
 
 
 def _url(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:

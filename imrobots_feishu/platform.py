@@ -46,6 +46,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -307,6 +308,8 @@ class FeishuSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:  # nan too, which compares false
                 problems.append((name, f"must be positive, got {value!r}"))
+            elif value == math.inf:  # a time-out that never ends, a rate without a limit
+                problems.append((name, f"must be finite, got {value!r}"))
         if self.mode == "callback" and not self.verification_token:
             problems.append(
                 (

@@ -58,6 +58,7 @@ import collections
 import contextlib
 import hashlib
 import logging
+import math
 import re
 import socket
 import time
@@ -354,6 +355,8 @@ class WeComSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:  # nan too, which compares false
                 problems.append((name, f"must be positive, got {value!r}"))
+            elif value == math.inf:  # a time-out that never ends, a rate without a limit
+                problems.append((name, f"must be finite, got {value!r}"))
         if self.encoding_aes_key is not None:
             key = self.encoding_aes_key.get()
             if len(key) != 43:

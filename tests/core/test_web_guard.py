@@ -174,6 +174,16 @@ def test_loopback_names() -> None:
     guard = WebGuard(token="tok-QWERTY", public_hosts=frozenset({"Robots.Example.com"}))
     assert guard.host_allowed("robots.example.com:8300") and guard.host_allowed("[::1]:80")
     assert not guard.host_allowed("evil.example") and not guard.host_allowed(None)
+    # a malformed Host is not read for the host it seems to start with
+    for malformed in (
+        "127.0.0.1:8300@evil.example",
+        "localhost:80/evil.example",
+        "127.0.0.1 evil.example",
+        "[::1]:80@evil.example",
+        "127.0.0.1:port",
+        "",
+    ):
+        assert not guard.host_allowed(malformed), malformed
     assert guard.origin_allowed("http://127.0.0.1:8300", "127.0.0.1:8300")
     assert guard.origin_allowed("https://robots.example.com", "10.0.0.5:8300")
     assert not guard.origin_allowed("http://127.0.0.1:9999", "127.0.0.1:8300")

@@ -522,6 +522,7 @@ def test_a_client_secret_of_white_space_is_empty(tmp_path: Path) -> None:
         ),
         ("update_interval = 0\n", "update_interval > 0"),
         ("update_interval = nan\n", "update_interval > 0, got nan"),
+        ("request_timeout = inf\n", "request_timeout to be finite, got inf"),
         ('webhook_hosts = "127.0.0.1"\n', "webhook_hosts: expected a list, got str"),
         ('webhook_hosts = ["http://x/"]\n', 'entries like "host" or "host:port"'),
         ("max_text = 0\n", "max_text > 0"),

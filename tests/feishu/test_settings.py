@@ -215,3 +215,16 @@ def test_a_blank_callback_host_is_an_error(feishu: PluginManager, tmp_path: Path
         f"error: {config}: robots.cb.settings.callback_host: is blank (which listens on "
         "every interface); give an address: 127.0.0.1, or 0.0.0.0 for every interface"
     ]
+
+
+def test_an_infinite_setting_is_refused(feishu: PluginManager, tmp_path: Path) -> None:
+    """inf > 0: a request that may never time out passed as positive."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.x]\nplatform = "feishu"\n[robots.x.settings]\napp_id = "cli_a"\n'
+        'app_secret = "s"\nrequest_timeout = inf\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    code, lines = _check(config, {})
+    assert code == 2, lines
+    assert f"error: {config}: robots.x.settings.request_timeout: must be finite, got inf" in (lines)

@@ -324,3 +324,16 @@ def test_a_nan_setting_is_refused_as_not_positive(wecom: PluginManager, tmp_path
     code, lines = _check(config, {})
     assert code == 2, lines
     assert f"error: {config}: robots.x.settings.ping_interval: must be positive, got nan" in lines
+
+
+def test_an_infinite_setting_is_refused(wecom: PluginManager, tmp_path: Path) -> None:
+    """inf > 0: a request that may never time out passed as positive."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.x]\nplatform = "wecom"\n[robots.x.settings]\nbot_id = "b"\nsecret = "s"\n'
+        'request_timeout = inf\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    code, lines = _check(config, {})
+    assert code == 2, lines
+    assert f"error: {config}: robots.x.settings.request_timeout: must be finite, got inf" in lines
