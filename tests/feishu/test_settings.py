@@ -188,19 +188,27 @@ def test_empty_credentials_are_errors_naming_their_fields(
         assert f"error: {config}: robots.cb.settings.app_secret: is empty: " in lines[1]
 
 
-def test_a_nan_setting_is_refused_as_not_positive(feishu: PluginManager, tmp_path: Path) -> None:
-    """nan compares false with everything, so ``value <= 0`` let it through."""
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        # nan compares false with everything, so ``value <= 0`` let it through
+        ("update_interval = nan", "update_interval: must be positive, got nan"),
+        # inf > 0: a request that may never time out passed as positive
+        ("request_timeout = inf", "request_timeout: must be finite, got inf"),
+    ],
+)
+def test_a_nan_or_infinite_setting_is_refused(
+    feishu: PluginManager, tmp_path: Path, setting: str, message: str
+) -> None:
     config = tmp_path / "robots.toml"
     config.write_text(
         '[robots.x]\nplatform = "feishu"\n[robots.x.settings]\napp_id = "cli_a"\n'
-        'app_secret = "s"\nupdate_interval = nan\n[robots.x.agent]\nuse = "demo"\n',
+        f'app_secret = "s"\n{setting}\n[robots.x.agent]\nuse = "demo"\n',
         encoding="utf-8",
     )
     code, lines = _check(config, {})
     assert code == 2, lines
-    assert f"error: {config}: robots.x.settings.update_interval: must be positive, got nan" in (
-        lines
-    )
+    assert f"error: {config}: robots.x.settings.{message}" in lines
 
 
 def test_a_blank_callback_host_is_an_error(feishu: PluginManager, tmp_path: Path) -> None:
@@ -215,16 +223,3 @@ def test_a_blank_callback_host_is_an_error(feishu: PluginManager, tmp_path: Path
         f"error: {config}: robots.cb.settings.callback_host: is blank (which listens on "
         "every interface); give an address: 127.0.0.1, or 0.0.0.0 for every interface"
     ]
-
-
-def test_an_infinite_setting_is_refused(feishu: PluginManager, tmp_path: Path) -> None:
-    """inf > 0: a request that may never time out passed as positive."""
-    config = tmp_path / "robots.toml"
-    config.write_text(
-        '[robots.x]\nplatform = "feishu"\n[robots.x.settings]\napp_id = "cli_a"\n'
-        'app_secret = "s"\nrequest_timeout = inf\n[robots.x.agent]\nuse = "demo"\n',
-        encoding="utf-8",
-    )
-    code, lines = _check(config, {})
-    assert code == 2, lines
-    assert f"error: {config}: robots.x.settings.request_timeout: must be finite, got inf" in (lines)

@@ -313,27 +313,24 @@ def test_keys_of_the_other_mode_are_warned_about_not_refused(
     assert "bot-secret-xyz" not in "\n".join(lines)
 
 
-def test_a_nan_setting_is_refused_as_not_positive(wecom: PluginManager, tmp_path: Path) -> None:
-    """nan compares false with everything, so ``value <= 0`` let it through."""
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        # nan compares false with everything, so ``value <= 0`` let it through
+        ("ping_interval = nan", "ping_interval: must be positive, got nan"),
+        # inf > 0: a request that may never time out passed as positive
+        ("request_timeout = inf", "request_timeout: must be finite, got inf"),
+    ],
+)
+def test_a_nan_or_infinite_setting_is_refused(
+    wecom: PluginManager, tmp_path: Path, setting: str, message: str
+) -> None:
     config = tmp_path / "robots.toml"
     config.write_text(
         '[robots.x]\nplatform = "wecom"\n[robots.x.settings]\nbot_id = "b"\nsecret = "s"\n'
-        'ping_interval = nan\n[robots.x.agent]\nuse = "demo"\n',
+        f'{setting}\n[robots.x.agent]\nuse = "demo"\n',
         encoding="utf-8",
     )
     code, lines = _check(config, {})
     assert code == 2, lines
-    assert f"error: {config}: robots.x.settings.ping_interval: must be positive, got nan" in lines
-
-
-def test_an_infinite_setting_is_refused(wecom: PluginManager, tmp_path: Path) -> None:
-    """inf > 0: a request that may never time out passed as positive."""
-    config = tmp_path / "robots.toml"
-    config.write_text(
-        '[robots.x]\nplatform = "wecom"\n[robots.x.settings]\nbot_id = "b"\nsecret = "s"\n'
-        'request_timeout = inf\n[robots.x.agent]\nuse = "demo"\n',
-        encoding="utf-8",
-    )
-    code, lines = _check(config, {})
-    assert code == 2, lines
-    assert f"error: {config}: robots.x.settings.request_timeout: must be finite, got inf" in lines
+    assert f"error: {config}: robots.x.settings.{message}" in lines
