@@ -76,6 +76,12 @@ _STATIC_TYPES = {
 }
 
 
+CLIENT_BACKLOG = 1000
+"""Events a websocket client of ``/api/events`` may fall behind by. Each client has its
+own queue and writer, so one that stops reading (a suspended laptop, a stalled tab: its
+socket silent but open) holds up no other; past this many unsent events it is dropped
+(its connection aborted, a warning logged) rather than kept growing its queue."""
+
 MIN_TOKEN_LENGTH = 16
 """Characters a token must have when the console listens beyond loopback (a guessable
 one would guard nothing; ``python -c "import secrets; print(secrets.token_urlsafe())"``
@@ -255,9 +261,12 @@ class Console:
             for name, emulator in self.emulators.items()
         }
         self._runner: web.AppRunner | None = None
-        self._sockets: set[web.WebSocketResponse] = set()
+        self._clients: dict[
+            web.WebSocketResponse, tuple[asyncio.Queue[View], asyncio.BaseTransport | None]
+        ] = {}
+        """Each websocket client of ``/api/events``: the events it has yet to be sent, and
+        its connection."""
         self._pumps: list[asyncio.Task[None]] = []
-        self._sends: set[asyncio.Task[None]] = set()
         self._taps: list[tuple[RobotRuntime, _HookTap]] = []
         self._stores: list[tuple[ConsoleStore, Callable[[Feedback, bool], None]]] = []
         self.url = ""
@@ -306,13 +315,13 @@ class Console:
             with contextlib.suppress(ValueError):
                 store.listeners.remove(listener)
         self._stores.clear()
-        for task in [*self._pumps, *self._sends]:
+        for task in self._pumps:
             task.cancel()
-        for task in [*self._pumps, *self._sends]:
+        for task in self._pumps:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._pumps.clear()
-        for ws in list(self._sockets):
+        for ws in list(self._clients):
             await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -339,25 +348,35 @@ class Console:
             self._stores.append((runtime.store, on_rating))
 
     def _broadcast(self, payload: View) -> None:
-        for ws in list(self._sockets):
-            task = asyncio.ensure_future(self._send(ws, payload))
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
+        """Queue ``payload`` for every websocket client, in order; a client
+        :data:`CLIENT_BACKLOG` events behind is dropped."""
+        for ws, (queue, transport) in list(self._clients.items()):
+            try:
+                queue.put_nowait(payload)
+            except asyncio.QueueFull:
+                log.warning(
+                    "console: a websocket client stopped reading (%d events behind); dropped it",
+                    queue.qsize(),
+                )
+                del self._clients[ws]
+                # (abort: a close frame would wait on the same full socket; uvloop's
+                # transports have abort() without subclassing asyncio.Transport)
+                abort = getattr(transport, "abort", None)
+                if abort is not None:
+                    abort()
 
-    async def _send(self, ws: web.WebSocketResponse, payload: View) -> None:
-        try:
-            await ws.send_json(payload)
-        except (ConnectionError, RuntimeError):
-            self._sockets.discard(ws)
+    async def _write(self, ws: web.WebSocketResponse, queue: asyncio.Queue[View]) -> None:
+        """Send one client its events, one after another (the writer of :meth:`_events`)."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while True:
+                await ws.send_json(await queue.get())
 
     async def _pump(self, page: _Page) -> None:
         queue = page.emulator.subscribe()
         try:
             while True:
                 event = await queue.get()
-                payload = {"platform": page.name, **event}
-                for ws in list(self._sockets):
-                    await self._send(ws, payload)
+                self._broadcast({"platform": page.name, **event})
         finally:
             page.emulator.unsubscribe(queue)
 
@@ -665,11 +684,16 @@ class Console:
     async def _events(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=20)
         await ws.prepare(request)
-        self._sockets.add(ws)
+        queue: asyncio.Queue[View] = asyncio.Queue(CLIENT_BACKLOG)
+        self._clients[ws] = (queue, request.transport)
+        writer = asyncio.create_task(self._write(ws, queue))
         try:
             async for message in ws:
                 if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
         finally:
-            self._sockets.discard(ws)
+            self._clients.pop(ws, None)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
         return ws

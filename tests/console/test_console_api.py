@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from imrobots.cli import cli
+from imrobots.console import server as console_server
 from imrobots.demo import Demo
 from imrobots.demo_agent import DemoAgent
 from imrobots.memory import MemoryPlatform
@@ -440,3 +443,82 @@ def test_console_command_reports_every_error_of_the_config(tmp_path: Path) -> No
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 3, result.output  # a's range and missing agent, b's platform
+
+
+async def test_a_websocket_client_that_stops_reading_holds_up_no_other(
+    demo: Demo, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client of /api/events whose socket goes silent without closing (a suspended
+    laptop): its events wait in its own queue, the other clients get theirs at once, and
+    past CLIENT_BACKLOG unsent events it is dropped. (Before, every event was written to
+    the clients one after another: once the silent one's buffers were full, every other
+    console tab stopped updating for good.)"""
+    assert demo.console is not None
+    console = demo.console
+    monkeypatch.setattr(console_server, "CLIENT_BACKLOG", 50)
+    loop = asyncio.get_running_loop()
+    silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    silent.setblocking(False)
+    try:
+        await loop.sock_connect(silent, (console.host, console.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(
+            silent,
+            (
+                f"GET /api/events HTTP/1.1\r\nHost: {console.host}:{console.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode(),
+        )
+        head = b""
+        async with asyncio.timeout(10):
+            while b"\r\n\r\n" not in head:  # the answer's head, and not a byte more, ever
+                head += await loop.sock_recv(silent, 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        base = console.url.rstrip("/")
+        async with (
+            aiohttp.ClientSession(headers=console.guard.headers()) as session,
+            session.ws_connect(base + "/api/events") as ws,
+        ):
+            await _until(lambda: len(console._clients) == 2)
+
+            async def read_until_the_probe_is_answered() -> None:
+                while True:
+                    event = await ws.receive_json()
+                    card = event.get("card") or {}
+                    if card.get("conversation_id") == "probe" and card["status"] == "final":
+                        return
+
+            reader = asyncio.create_task(read_until_the_probe_is_answered())
+            # 10 MB of messages: more than the silent socket's buffers hold (4 MB of send
+            # buffer at most here, net.ipv4.tcp_wmem), so its writer blocks
+            big = "x" * 128 * 1024
+            for i in range(80):
+                response = await session.post(
+                    base + "/api/memory/messages",
+                    json={"text": f"{big} {i}", "conversation_id": f"c{i}", "mention": False},
+                )
+                assert response.status == 200
+            response = await session.post(
+                base + "/api/memory/messages",
+                json={"text": "How do I get a refund?", "conversation_id": "probe"},
+            )
+            assert response.status == 200
+            async with asyncio.timeout(20):
+                await reader  # the reading client got every event, the probe's answer last
+            [dropped] = [r for r in caplog.records if "stopped reading" in r.getMessage()]
+            assert dropped.getMessage() == (
+                "console: a websocket client stopped reading (50 events behind); dropped it"
+            )
+        await _until(lambda: not console._clients)  # the silent one gone, the reader left
+    finally:
+        silent.close()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
