@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from imrobots import RobotRuntime
+from imrobots import RobotRuntime, Secret
 from imrobots_dingtalk.connection import LIVENESS_MARGIN, SYSTEM_PING_INTERVAL, StreamConnection
 from imrobots_dingtalk.emulator import DingTalkEmulator
 from imrobots_dingtalk.emulator.emulator import ConnectionFault
@@ -50,7 +50,7 @@ def _connection(runtime: RobotRuntime) -> StreamConnection:
 
 
 def test_the_default_liveness_bound_comes_from_dingtalks_ping_interval() -> None:
-    settings = DingTalkSettings(client_id="x", client_secret=SECRET)  # type: ignore[arg-type]
+    settings = DingTalkSettings(client_id="x", client_secret=Secret(SECRET))
     assert SYSTEM_PING_INTERVAL == 30.0  # PROTOCOLS 1.5: "keepalive every 20-30 s"
     assert settings.idle_timeout == SYSTEM_PING_INTERVAL + LIVENESS_MARGIN <= 40.0
     assert settings.reconnect_initial <= 1.0
