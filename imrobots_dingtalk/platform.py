@@ -340,6 +340,25 @@ class DingTalkSettings:
             _noted.add((self.client_id, note))
             log.log(level, "dingtalk app %s: %s", self.client_id, note)
 
+    def config_warnings(self) -> list[tuple[str, str]]:
+        """Advice ``imrobots check`` prints, as ``(field, message)`` pairs: an
+        ``idle_timeout`` below :data:`~imrobots_dingtalk.connection.SYSTEM_PING_INTERVAL`
+        (30 s), the longest gap between two of DingTalk's SYSTEM pings ("every 20-30 s",
+        PROTOCOLS 1.5, a community observation), replaces a healthy connection that merely
+        waits for its next ping, again and again."""
+        if self.idle_timeout < SYSTEM_PING_INTERVAL:
+            return [
+                (
+                    "idle_timeout",
+                    f"{self.idle_timeout:g} s is below {SYSTEM_PING_INTERVAL:g} s, the interval "
+                    "of DingTalk's SYSTEM pings (every 20-30 s, PROTOCOLS 1.5: a community "
+                    "observation, DingTalk publishes no figure): a healthy connection would "
+                    "be replaced again and again; leave it out for "
+                    f"{SYSTEM_PING_INTERVAL + LIVENESS_MARGIN:g} s",
+                )
+            ]
+        return []
+
     @property
     def builtin_template(self) -> bool:
         """Whether AI cards use DingTalk's built-in template (and its variables)."""
