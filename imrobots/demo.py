@@ -31,6 +31,7 @@ __all__ = [
     "emulator_takes",
     "make_emulator",
     "platform_for",
+    "replaced_settings_notes",
 ]
 
 log = logging.getLogger("imrobots.demo")
@@ -136,6 +137,19 @@ def platform_for(
     platform = emulator.create_platform()
     if platform is not None:
         return platform
+    return _settings_platform(name, emulator, manager, settings, path=path, source=source)
+
+
+def _settings_platform(
+    name: str,
+    emulator: EmulatorAdapter,
+    manager: PluginManager,
+    settings: Mapping[str, Any] | None,
+    *,
+    path: str | None,
+    source: str,
+) -> Platform:
+    """The platform of :func:`platform_for` built from ``settings`` under the emulator's."""
     spec = manager.platform_spec(name)
     structured: object = None
     if spec.settings is not None:
@@ -146,6 +160,43 @@ def platform_for(
             source=source,
         )
     return manager.create_platform(name, structured)
+
+
+def replaced_settings_notes(
+    where: str,
+    settings: Mapping[str, Any],
+    emulator_settings: Mapping[str, Any],
+    unset: Sequence[str] = (),
+    *,
+    own_platform: bool = False,
+) -> list[str]:
+    """What ``imrobots console --config`` did with a robot's own ``settings`` (its
+    ``[robots.NAME.settings]``, at ``where``), one line per setting, by name only (a
+    value is never shown): each one the emulator's ``emulator_settings`` replace (its
+    credentials and endpoints), whether or not its environment variable is set; with
+    ``own_platform`` (the emulator built the robot's platform from its own settings), each
+    other one too, as not used; and each of ``unset`` (paths of settings whose variable is
+    not set) that is neither, as used as written."""
+    notes: list[str] = []
+    missing: dict[str, list[str]] = {}
+    for path in unset:
+        key = path.removeprefix(where + ".").split(".", 1)[0].split("[", 1)[0]
+        missing.setdefault(key, []).append(path)
+    for key, value in settings.items():
+        unset_note = " (its environment variable is not set)" if key in missing else ""
+        if key in emulator_settings and emulator_settings[key] != value:
+            notes.append(f"{where}.{key}: replaced by the emulator's{unset_note}")
+        elif own_platform and key not in emulator_settings:
+            notes.append(
+                f"{where}.{key}: not used: the emulator builds this robot's platform from "
+                f"its own settings{unset_note}"
+            )
+        else:
+            notes += [
+                f"{path}: its environment variable is not set; used as written"
+                for path in missing.get(key, ())
+            ]
+    return notes
 
 
 @attrs.define
@@ -265,7 +316,9 @@ class ConfigConsole:
         self.env = env
         self.robots: list[DemoRobot] = []
         self.notes: list[str] = []
-        """Settings whose environment variables are not set (the emulator's are used)."""
+        """What was done with the robots' own settings, one line per setting
+        (:func:`replaced_settings_notes`): those the emulators replaced, whether or not
+        their environment variables are set, and those not used or used as written."""
         self.warnings: list[str] = []
         self.console: Console | None = None
 
@@ -287,14 +340,11 @@ class ConfigConsole:
                     f"the file defines: {', '.join(prepared)}"
                 ]
             )
-        self.notes = [
-            f"{where}: its environment variable is not set; the emulator's value is used"
-            for where in result.unset
-        ]
+        self.notes = []
         titles: dict[str, str] = {}
         try:
             for name in names:
-                await self._start_robot(prepared[name], titles)
+                await self._start_robot(prepared[name], titles, result.unset)
         except BaseException:
             await self.stop()
             raise
@@ -310,7 +360,9 @@ class ConfigConsole:
         await self.console.start()
         return self.console.url
 
-    async def _start_robot(self, item: Any, titles: dict[str, str]) -> None:
+    async def _start_robot(
+        self, item: Any, titles: dict[str, str], unset: Sequence[str] = ()
+    ) -> None:
         config = item.config
         platform_name = config.platform
         where = f"robots.{config.name}.settings"
@@ -327,17 +379,29 @@ class ConfigConsole:
             )
         await emulator.start()
         try:
-            runtime = RobotRuntime(
-                name=config.name,
-                robot=item.robot_class(agent=item.agent),
-                platform=platform_for(
+            platform = emulator.create_platform()
+            own_platform = platform is not None
+            if platform is None:
+                platform = _settings_platform(
                     platform_name,
                     emulator,
                     self.manager,
                     config.settings,
                     path=where,
                     source=str(self.path),
-                ),
+                )
+            memory = platform_name == "memory"  # its emulator is made from the settings
+            self.notes += replaced_settings_notes(
+                where,
+                config.settings,
+                {} if memory else emulator.robot_settings(),
+                [path for path in unset if path.startswith(where + ".")],
+                own_platform=own_platform and not memory,
+            )
+            runtime = RobotRuntime(
+                name=config.name,
+                robot=item.robot_class(agent=item.agent),
+                platform=platform,
                 store=ConsoleStore(),
                 options=config.options,
                 policy=config.policy,

@@ -47,7 +47,9 @@ def register_platforms(register: Callable[[PlatformSpec], None]) -> None:
 def register_robots(register: Callable[..., None]) -> None:
     """Register robot classes by name: ``register(name, RobotClass)``.
 
-    A config file then says ``robot = "NAME"`` instead of ``"module:Class"``.
+    A config file then says ``robot = "NAME"`` instead of ``"module:Class"``. A value
+    that is not a subclass of :class:`imrobots.Robot` is logged and left out, or raises
+    :class:`~imrobots.errors.PluginError` with ``IMROBOTS_STRICT_PLUGINS=1``.
 
     Example::
 

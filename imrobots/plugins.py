@@ -76,6 +76,14 @@ class PlatformStatus:
         return self.spec.status == "planned"
 
 
+def _robot_class(value: object) -> bool:
+    """Whether ``value`` is a class ``register_robots`` may register: a subclass of
+    :class:`imrobots.Robot`."""
+    from .robot import Robot  # robot.py imports much of the core; loading plugins needs none
+
+    return isinstance(value, type) and issubclass(value, Robot)
+
+
 class PluginManager:
     """Wraps a :class:`pluggy.PluginManager` with imrobots' registries."""
 
@@ -172,6 +180,17 @@ class PluginManager:
                 key, value = (name.name, name) if isinstance(name, PlatformSpec) else (name, obj)
                 if not isinstance(key, str) or not key:
                     raise PluginError(f"plugin {_source!r} registered something without a name")
+                if hook_name == "register_robots" and not _robot_class(value):
+                    problem = (
+                        f"plugin {_source!r} registered robot {key!r} as {value!r}, which is "
+                        "not a subclass of imrobots.Robot"
+                    )
+                    if self.strict:
+                        raise PluginError(problem)
+                    log.warning(
+                        "%s; left out (IMROBOTS_STRICT_PLUGINS=1 makes it an error)", problem
+                    )
+                    return
                 if key in found:
                     raise PluginError(
                         f"{hook_name.removeprefix('register_')[:-1]} {key!r} is registered twice: "

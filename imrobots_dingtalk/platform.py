@@ -156,6 +156,17 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | 
         raise ValueError(f"expected {attribute.name} to be finite, got {value}")
 
 
+def _reconnect_max(
+    instance: DingTalkSettings, attribute: attrs.Attribute[Any], value: float
+) -> None:
+    _positive(instance, attribute, value)
+    initial = instance.reconnect_initial
+    if 0 < initial < math.inf and value < initial:  # a bad reconnect_initial says so itself
+        raise ValueError(
+            f"expected {attribute.name} >= reconnect_initial ({initial:g} s), got {value:g}"
+        )
+
+
 def _url(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is None:
         return
@@ -293,8 +304,8 @@ class DingTalkSettings:
     reconnect_initial: float = attrs.field(default=0.5, metadata={"check": _positive})
     """First reconnect delay; doubles per failed attempt (with jitter). A connection that
     completed its handshake resets it: a drop is followed by a reconnect within this."""
-    reconnect_max: float = attrs.field(default=30.0, metadata={"check": _positive})
-    """Longest reconnect delay."""
+    reconnect_max: float = attrs.field(default=30.0, metadata={"check": _reconnect_max})
+    """Longest reconnect delay; at least ``reconnect_initial``."""
     local_ip: str | None = None
     """``localIp`` sent when opening a connection (diagnostic only); default: not sent."""
 
@@ -328,6 +339,25 @@ class DingTalkSettings:
         if (self.client_id, note) not in _noted:
             _noted.add((self.client_id, note))
             log.log(level, "dingtalk app %s: %s", self.client_id, note)
+
+    def config_warnings(self) -> list[tuple[str, str]]:
+        """Advice ``imrobots check`` prints, as ``(field, message)`` pairs: an
+        ``idle_timeout`` below :data:`~imrobots_dingtalk.connection.SYSTEM_PING_INTERVAL`
+        (30 s), the longest gap between two of DingTalk's SYSTEM pings ("every 20-30 s",
+        PROTOCOLS 1.5, a community observation), replaces a healthy connection that merely
+        waits for its next ping, again and again."""
+        if self.idle_timeout < SYSTEM_PING_INTERVAL:
+            return [
+                (
+                    "idle_timeout",
+                    f"{self.idle_timeout:g} s is below {SYSTEM_PING_INTERVAL:g} s, the interval "
+                    "of DingTalk's SYSTEM pings (every 20-30 s, PROTOCOLS 1.5: a community "
+                    "observation, DingTalk publishes no figure): a healthy connection would "
+                    "be replaced again and again; leave it out for "
+                    f"{SYSTEM_PING_INTERVAL + LIVENESS_MARGIN:g} s",
+                )
+            ]
+        return []
 
     @property
     def builtin_template(self) -> bool:

@@ -357,6 +357,16 @@ class WeComSettings:
                 problems.append((name, f"must be positive, got {value!r}"))
             elif value == math.inf:  # a time-out that never ends, a rate without a limit
                 problems.append((name, f"must be finite, got {value!r}"))
+        if not {"reconnect_initial", "reconnect_max"} & {name for name, _ in problems} and (
+            self.reconnect_max < self.reconnect_initial
+        ):
+            problems.append(
+                (
+                    "reconnect_max",
+                    f"must be at least reconnect_initial ({self.reconnect_initial:g} s), "
+                    f"got {self.reconnect_max:g}",
+                )
+            )
         if self.encoding_aes_key is not None:
             key = self.encoding_aes_key.get()
             if len(key) != 43:

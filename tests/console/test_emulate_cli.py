@@ -255,3 +255,87 @@ def test_an_output_file_that_cannot_be_written_is_one_error_line(tmp_path: Path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert f"error: cannot write {target}: No such file or directory" in result.stderr
+
+
+_OWN_CREDENTIALS = """
+[robots.support]
+platform = "dingtalk"
+[robots.support.settings]
+client_id = "{{DT_CLIENT_ID}}"
+client_secret = "{{DT_CLIENT_SECRET}}"
+robot_names = ["{{DT_ROBOT_NAME}}"]
+[robots.support.agent]
+use = "demo"
+"""
+
+
+@pytest.mark.parametrize("exported", [True, False])
+def test_console_says_which_credentials_it_replaced_whether_or_not_they_are_set(
+    tmp_path: Path, exported: bool
+) -> None:
+    """`imrobots console --config` replaces the robot's Client Secret with the emulator's
+    either way; it said so only when the variable was unset (then, for every setting
+    whose variable was unset, that "the emulator's value is used", though a robot name is
+    kept as written). It names each setting replaced, never a value."""
+    _available("dingtalk")
+    (tmp_path / "robots.toml").write_text(_OWN_CREDENTIALS, encoding="utf-8")
+    real = {
+        "DT_CLIENT_ID": "dingrealclient",
+        "DT_CLIENT_SECRET": "real-client-secret-value",
+        "DT_ROBOT_NAME": "Helper",
+    }
+    env = {k: v for k, v in os.environ.items() if k not in real}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imrobots", "console", "-c", "robots.toml", "--port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, **(real if exported else {}), "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line or line.startswith("console: "):
+                break
+            lines.append(line.rstrip("\n"))
+        errors = _stop(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    notes = [line.removeprefix("  note: ") for line in lines if line.startswith("  note: ")]
+    where = "robots.support.settings"
+    if exported:  # the Client ID goes to the emulator's app; the secret is replaced
+        assert notes == [f"{where}.client_secret: replaced by the emulator's"], lines
+    else:
+        unset = " (its environment variable is not set)"
+        assert notes == [
+            f"{where}.client_id: replaced by the emulator's{unset}",
+            f"{where}.client_secret: replaced by the emulator's{unset}",
+            f"{where}.robot_names[0]: its environment variable is not set; used as written",
+        ], lines
+    assert real["DT_CLIENT_SECRET"] not in "\n".join(lines) + errors
+
+
+def test_settings_an_emulator_builds_over_are_named_as_not_used() -> None:
+    """An emulator that builds the robot's platform from its own settings (WeCom's, say)
+    leaves the file's other settings unused: each is named, never silently dropped."""
+    from imrobots.demo import replaced_settings_notes
+
+    where = "robots.bot.settings"
+    notes = replaced_settings_notes(
+        where,
+        {"bot_id": "aib1", "secret": "{{S}}", "update_interval": 0.7},
+        {"bot_id": "aib1", "secret": "emulator-secret", "ws_url": "ws://127.0.0.1:1"},
+        [f"{where}.secret"],
+        own_platform=True,
+    )
+    assert notes == [
+        f"{where}.secret: replaced by the emulator's (its environment variable is not set)",
+        f"{where}.update_interval: not used: the emulator builds this robot's platform from "
+        "its own settings",
+    ]

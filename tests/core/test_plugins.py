@@ -168,6 +168,45 @@ def test_duplicate_names_are_an_error_naming_both_sources(manager: PluginManager
     assert "'memory'" in message and "imrobots.builtin" in message and "duplicate-plugin" in message
 
 
+class _NotARobot:
+    """Not a subclass of imrobots.Robot: a robot run from it failed only when its config
+    was prepared, far from the plugin that registered it."""
+
+
+class _GoodRobot(imrobots.Robot):
+    pass
+
+
+class _RegistersANonRobot:
+    @imrobots.hookimpl
+    def register_robots(self, register):  # type: ignore[no-untyped-def]
+        register("helper", _NotARobot)
+        register("good", _GoodRobot)
+
+
+def test_a_registered_robot_that_is_not_a_robot_class_is_left_out_with_a_warning(
+    manager: PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a plugin that fails to load: logged and left out, the other robots kept."""
+    manager.register(_RegistersANonRobot(), name="odd-plugin")
+    with caplog.at_level("WARNING", logger="imrobots.plugins"):
+        robots = manager.robots()
+    assert robots == {"support": robots["support"], "good": _GoodRobot}
+    [warning] = [r.getMessage() for r in caplog.records if "helper" in r.getMessage()]
+    assert "plugin 'odd-plugin' registered robot 'helper'" in warning
+    assert "not a subclass of imrobots.Robot" in warning and "left out" in warning
+
+
+def test_strict_mode_refuses_a_registered_robot_that_is_not_a_robot_class() -> None:
+    strict = PluginManager(load_entry_points=False, strict=True)
+    strict.register(_RegistersANonRobot(), name="odd-plugin")
+    with pytest.raises(PluginError) as info:
+        strict.robots()
+    message = str(info.value)
+    assert "plugin 'odd-plugin' registered robot 'helper'" in message
+    assert "not a subclass of imrobots.Robot" in message
+
+
 class _NeedsSdk:
     @imrobots.hookimpl
     def register_platforms(self, register):  # type: ignore[no-untyped-def]

@@ -539,6 +539,43 @@ def test_bad_settings_give_one_line(tmp_path: Path, extra: str, message: str) ->
     assert "very-secret" not in text
 
 
+def test_a_reconnect_max_below_reconnect_initial_is_an_error_of_check(tmp_path: Path) -> None:
+    """``reconnect_max = 2`` with ``reconnect_initial = 5`` passed check: the backoff's cap
+    was below its first delay."""
+    path = _write(
+        tmp_path, 'reconnect_initial = 5\nreconnect_max = 2\n[robots.bot.agent]\nuse = "demo"\n'
+    )
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert lines == [
+        f"error: {path}: robots.bot.settings.reconnect_max: expected reconnect_max >= "
+        "reconnect_initial (5 s), got 2"
+    ], result.output
+
+
+def test_an_idle_timeout_below_the_system_ping_interval_is_a_warning_of_check(
+    tmp_path: Path,
+) -> None:
+    """``idle_timeout = 10`` passed check silently: DingTalk pings every 20-30 s, so the
+    robot would replace a healthy connection again and again. It is a warning naming the
+    field, the interval and its source; 30 s and the default are not."""
+    agent = '[robots.bot.agent]\nuse = "demo"\n'
+    path = _write(tmp_path, "idle_timeout = 10\n" + agent)
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, result.output
+    assert warnings[0].startswith(
+        f"warning: {path}: robots.bot.settings.idle_timeout: 10 s is below 30 s, the "
+        "interval of DingTalk's SYSTEM pings (every 20-30 s, PROTOCOLS 1.5"
+    ), warnings
+    assert "replaced again and again" in warnings[0]
+    for fine in ("idle_timeout = 30\n", ""):
+        result = CliRunner().invoke(cli, ["check", str(_write(tmp_path, fine + agent))])
+        assert result.exit_code == 0 and "warning: " not in result.output, result.output
+
+
 def test_every_bad_setting_is_a_line_of_check_naming_its_field(tmp_path: Path) -> None:
     """Each problem on its own line, all in one run (the first one hid the others), and
     empty credentials (a variable exported empty) are errors before DingTalk refuses them."""

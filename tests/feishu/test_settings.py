@@ -223,3 +223,23 @@ def test_a_blank_callback_host_is_an_error(feishu: PluginManager, tmp_path: Path
         f"error: {config}: robots.cb.settings.callback_host: is blank (which listens on "
         "every interface); give an address: 127.0.0.1, or 0.0.0.0 for every interface"
     ]
+
+
+def test_a_reconnect_max_below_reconnect_initial_is_an_error(
+    feishu: PluginManager, tmp_path: Path
+) -> None:
+    """``reconnect_max = 2`` with ``reconnect_initial = 5`` passed check: the backoff's cap
+    was below its first delay."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.x]\nplatform = "feishu"\n[robots.x.settings]\napp_id = "cli_a"\n'
+        'app_secret = "s"\nreconnect_initial = 5\nreconnect_max = 2\n'
+        '[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    code, lines = _check(config, {})
+    assert code == 2, lines
+    assert [line for line in lines if line.startswith("error: ")] == [
+        f"error: {config}: robots.x.settings.reconnect_max: must be at least "
+        "reconnect_initial (5 s), got 2"
+    ], lines

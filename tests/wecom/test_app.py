@@ -164,6 +164,44 @@ async def test_malformed_callback_bodies_are_rejected_with_a_reason(
         assert app.token not in caplog.text and app.encoding_aes_key not in caplog.text
 
 
+async def test_a_callback_with_a_doctype_is_rejected_for_its_doctype(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A body with a DOCTYPE (entities that expand, or none) was refused, but logged as
+    "does not decrypt with the EncodingAESKey": the reason is the DOCTYPE, each is still
+    answered 403 and counted, and the signed message inside reaches no robot."""
+    async with _Rig() as rig:
+        assert rig.platform is not None and rig.platform.callback_url is not None
+        app = rig.adapter.app
+        xml, _ = rig.adapter.emulator.app_message_xml(app, user_id="mallory", content="evil")
+        query, body = rig.adapter.emulator.encrypt_callback(app, xml)
+        laughs = (
+            '<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY a "ha"><!ENTITY b "&a;&a;&a;&a;">'
+            '<!ENTITY c "&b;&b;&b;&b;">]>'
+        )
+        bodies = [
+            laughs + body.replace("</xml>", "<Note>&c;</Note></xml>"),
+            "<!DOCTYPE xml>" + body,
+        ]
+        with caplog.at_level(logging.WARNING, logger="imrobots.wecom"):
+            async with aiohttp.ClientSession() as session:
+                for data in bodies:
+                    async with session.post(
+                        rig.platform.callback_url, params=query, data=data.encode()
+                    ) as response:
+                        assert response.status == 403
+        assert rig.received == []
+        assert rig.platform.forged == 2 and rig.platform.connection_status.rejections == 2
+        rejections = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+        assert len(rejections) == 2, rejections
+        for line in rejections:
+            assert line.endswith(
+                "the body is XML with a DOCTYPE (refused: entity expansion; WeCom's callbacks "
+                "have none)"
+            ), line
+        assert "does not decrypt" not in caplog.text
+
+
 async def test_retried_callbacks_reach_the_robot_once_per_msgid() -> None:
     """WeCom retries a callback not answered in 5 s; the robot sees each MsgId's content
     every time, and the core drops the repeats by MsgId (the id is the same)."""

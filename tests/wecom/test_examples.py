@@ -334,3 +334,22 @@ def test_a_nan_or_infinite_setting_is_refused(
     code, lines = _check(config, {})
     assert code == 2, lines
     assert f"error: {config}: robots.x.settings.{message}" in lines
+
+
+def test_a_reconnect_max_below_reconnect_initial_is_an_error(
+    wecom: PluginManager, tmp_path: Path
+) -> None:
+    """``reconnect_max = 2`` with ``reconnect_initial = 5`` passed check: the backoff's cap
+    was below its first delay."""
+    config = tmp_path / "robots.toml"
+    config.write_text(
+        '[robots.x]\nplatform = "wecom"\n[robots.x.settings]\nbot_id = "b"\nsecret = "s"\n'
+        'reconnect_initial = 5\nreconnect_max = 2\n[robots.x.agent]\nuse = "demo"\n',
+        encoding="utf-8",
+    )
+    code, lines = _check(config, {})
+    assert code == 2, lines
+    assert [line for line in lines if line.startswith("error: ")] == [
+        f"error: {config}: robots.x.settings.reconnect_max: must be at least "
+        "reconnect_initial (5 s), got 2"
+    ], lines
