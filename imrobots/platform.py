@@ -26,7 +26,8 @@ from __future__ import annotations
 import abc
 import enum
 import importlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import attrs
@@ -163,6 +164,7 @@ __all__ = [
     "may_hold_lone_surrogate",
     "measure",
     "new_id",
+    "number_problems",
     "parse_json",
     "parse_json_strict",
     "redirect_message",
@@ -669,6 +671,40 @@ def settings_problems(
         errors.append(error)
     summary = "; ".join(f"{name}: {message}" for name, message in problems)
     return SettingsProblems(f"invalid {title} settings: {summary}", errors, cls)
+
+
+def number_problems(
+    settings: object,
+    positive: Iterable[str] = (),
+    *,
+    ordered: Iterable[tuple[str, str]] = (),
+    unit: str = "s",
+) -> list[tuple[str, str]]:
+    """The problems of a plugin's numeric settings, as ``(field, message)`` pairs for
+    its own settings check (one line each, named on the field).
+
+    Each of ``positive`` that is set (not ``None``) must be above 0 (``must be positive,
+    got 0``; NaN too, which compares false with everything) and finite (``must be finite,
+    got inf``: a time-out that never ends, a rate without a limit). Each ``(low, high)``
+    of ``ordered`` must have ``high >= low`` (``must be at least low (5 s), got 2``, in
+    ``unit``), checked only when neither already has a problem."""
+    problems: list[tuple[str, str]] = []
+    for name in positive:
+        value = getattr(settings, name)
+        if value is not None and not value > 0:
+            problems.append((name, f"must be positive, got {value!r}"))
+        elif value == math.inf:
+            problems.append((name, f"must be finite, got {value!r}"))
+    named = {name for name, _ in problems}
+    for low, high in ordered:
+        low_value, high_value = getattr(settings, low), getattr(settings, high)
+        if named & {low, high} or low_value is None or high_value is None:
+            continue
+        if high_value < low_value:
+            problems.append(
+                (high, f"must be at least {low} ({low_value:g} {unit}), got {high_value:g}")
+            )
+    return problems
 
 
 def structure_settings(data: Mapping[str, Any], cls: type[T], *, path: str) -> T:

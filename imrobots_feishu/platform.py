@@ -46,7 +46,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import math
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -107,6 +106,7 @@ from imrobots.platform import (
     client_session,
     endpoint_problem,
     load_json,
+    number_problems,
     refuse_redirects,
     settings_problems,
     streaming_card,
@@ -304,22 +304,9 @@ class FeishuSettings:
         domain = _domain_problem(self.domain)
         if domain is not None:
             problems.append(("domain", domain))
-        for name in _POSITIVE:
-            value = getattr(self, name)
-            if value is not None and not value > 0:  # nan too, which compares false
-                problems.append((name, f"must be positive, got {value!r}"))
-            elif value == math.inf:  # a time-out that never ends, a rate without a limit
-                problems.append((name, f"must be finite, got {value!r}"))
-        if not {"reconnect_initial", "reconnect_max"} & {name for name, _ in problems} and (
-            self.reconnect_max < self.reconnect_initial
-        ):
-            problems.append(
-                (
-                    "reconnect_max",
-                    f"must be at least reconnect_initial ({self.reconnect_initial:g} s), "
-                    f"got {self.reconnect_max:g}",
-                )
-            )
+        problems += number_problems(
+            self, _POSITIVE, ordered=[("reconnect_initial", "reconnect_max")]
+        )
         if self.mode == "callback" and not self.verification_token:
             problems.append(
                 (

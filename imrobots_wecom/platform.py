@@ -58,7 +58,6 @@ import collections
 import contextlib
 import hashlib
 import logging
-import math
 import re
 import socket
 import time
@@ -100,6 +99,7 @@ from imrobots.platform import (
     Upload,
     client_session,
     endpoint_problem,
+    number_problems,
     refuse_redirects,
     settings_problems,
 )
@@ -351,22 +351,9 @@ class WeComSettings:
             for name in _REQUIRED.get(self.mode, ())
             if _blank(getattr(self, name))
         ]
-        for name in _POSITIVE:
-            value = getattr(self, name)
-            if value is not None and not value > 0:  # nan too, which compares false
-                problems.append((name, f"must be positive, got {value!r}"))
-            elif value == math.inf:  # a time-out that never ends, a rate without a limit
-                problems.append((name, f"must be finite, got {value!r}"))
-        if not {"reconnect_initial", "reconnect_max"} & {name for name, _ in problems} and (
-            self.reconnect_max < self.reconnect_initial
-        ):
-            problems.append(
-                (
-                    "reconnect_max",
-                    f"must be at least reconnect_initial ({self.reconnect_initial:g} s), "
-                    f"got {self.reconnect_max:g}",
-                )
-            )
+        problems += number_problems(
+            self, _POSITIVE, ordered=[("reconnect_initial", "reconnect_max")]
+        )
         if self.encoding_aes_key is not None:
             key = self.encoding_aes_key.get()
             if len(key) != 43:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -765,3 +766,37 @@ def test_interrupt_with_another_strategy_than_queue_is_a_warning(
     ) in result.output.splitlines()
     config.write_text(config.read_text("utf-8").replace(strategy, "queue"), "utf-8")
     assert "warning" not in CliRunner().invoke(cli, ["check", str(config)]).output
+
+
+def test_number_problems_names_each_field_once() -> None:
+    """The plugins' own numeric checks (imrobots.config.number_problems)."""
+    import attrs
+
+    from imrobots.platform import number_problems
+
+    @attrs.frozen
+    class Settings:
+        rate: float | None = 1.0
+        timeout: float = 10.0
+        first: float = 0.5
+        most: float = 30.0
+
+    names = ("rate", "timeout", "first", "most")
+    assert number_problems(Settings(), names, ordered=[("first", "most")]) == []
+    assert number_problems(Settings(rate=None), names) == []  # unset: the default applies
+    assert number_problems(
+        Settings(rate=0.0, timeout=math.inf, first=5.0, most=2.0),
+        names,
+        ordered=[("first", "most")],
+    ) == [
+        ("rate", "must be positive, got 0.0"),
+        ("timeout", "must be finite, got inf"),
+        ("most", "must be at least first (5 s), got 2"),
+    ]
+    [(field, message)] = number_problems(Settings(rate=math.nan), names)
+    assert (field, message) == ("rate", "must be positive, got nan")
+    # an order is not checked when either side already has a problem of its own
+    assert number_problems(Settings(first=-1.0, most=-2.0), names, ordered=[("first", "most")]) == [
+        ("first", "must be positive, got -1.0"),
+        ("most", "must be positive, got -2.0"),
+    ]
