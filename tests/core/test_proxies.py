@@ -101,6 +101,15 @@ def test_an_unusable_proxy_is_a_clear_error_without_its_password() -> None:
     assert "hunter2" not in str(route) and "hunter2" not in repr(route)
 
 
+@pytest.mark.parametrize("value", ["http://user:hunter2@prox y:3128", "user:hunter2@pro%xy:3128"])
+def test_a_proxy_host_yarl_refuses_late_is_a_config_error(value: str) -> None:
+    """Before: yarl accepted the URL and refused its host only when the route was built,
+    so a typo in HTTPS_PROXY stopped the robot with a bare ValueError traceback."""
+    with pytest.raises(ConfigError, match="HTTPS_PROXY is not a proxy URL") as bad:
+        ProxySettings.from_env({"HTTPS_PROXY": value})
+    assert "hunter2" not in str(bad.value)
+
+
 async def test_socks_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "aiohttp_socks", None)  # as if not installed
     with pytest.raises(ConfigError, match=r'pip install "imrobots\[proxy\]"') as missing:
