@@ -106,6 +106,13 @@ def _route(variable: str, value: str) -> ProxyRoute:
         bare = URL.build(scheme=scheme, host=url.host, port=port)
     except ValueError:
         raise ConfigError(f"{variable} is not a proxy URL: its host is not valid") from None
+    if scheme.startswith("socks5") and any(
+        len((part or "").encode()) > 255 for part in (url.user, url.password)
+    ):  # RFC 1929: a one-byte length each (aiohttp-socks failed each connection with
+        # "byte must be in range(0, 256)")
+        raise ConfigError(
+            f"{variable}={shown}: a SOCKS5 user name or password is at most 255 bytes"
+        )
     return ProxyRoute(
         url=bare,
         variable=variable,

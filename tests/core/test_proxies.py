@@ -110,6 +110,17 @@ def test_a_proxy_host_yarl_refuses_late_is_a_config_error(value: str) -> None:
     assert "hunter2" not in str(bad.value)
 
 
+def test_socks5_credentials_longer_than_rfc_1929_allows_are_a_config_error() -> None:
+    """Before: accepted, then every connection failed with aiohttp-socks' "byte must be
+    in range(0, 256)", retried for ever."""
+    secret = "hunter2" + "x" * 250
+    with pytest.raises(ConfigError, match="at most 255 bytes") as bad:
+        ProxySettings.from_env({"ALL_PROXY": f"socks5h://robot:{secret}@127.0.0.1:1080"})
+    assert "ALL_PROXY" in str(bad.value) and "hunter2" not in str(bad.value)
+    fits = ProxySettings.from_env({"ALL_PROXY": f"socks5://robot:{'x' * 255}@127.0.0.1:1"})
+    assert fits.all is not None and fits.all.password == "x" * 255
+
+
 async def test_socks_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "aiohttp_socks", None)  # as if not installed
     with pytest.raises(ConfigError, match=r'pip install "imrobots\[proxy\]"') as missing:
