@@ -430,6 +430,42 @@ async def test_each_platform_goes_direct_when_no_proxy_covers_loopback(
     assert proxy.seen == [] and socks.seen == []
 
 
+@pytest.mark.parametrize("name", list(PLATFORMS))
+@pytest.mark.parametrize("no_proxy", ["127.0.0.0/8", "127.0.0.1:8080", "*.nowhere,127.0.0.1"])
+async def test_each_platform_honours_no_proxy_as_documented(
+    name: str, no_proxy: str, environment: Callable[[dict[str, str]], None]
+) -> None:
+    """A CIDR network, an entry with a port: the forms docs/deploying.md lists. Before:
+    Feishu's API calls (httpx, reading the variables itself) went through the proxy."""
+    async with HttpProxy() as proxy:
+        environment({"HTTP_PROXY": f"http://127.0.0.1:{proxy.port}", "NO_PROXY": no_proxy})
+        await _answer_one(name)
+    assert proxy.seen == []
+
+
+async def test_feishu_api_calls_send_the_proxy_credentials(
+    environment: Callable[[dict[str, str]], None],
+) -> None:
+    async with HttpProxy(credentials="robot:p@ss:w/rd") as proxy:
+        environment({"HTTP_PROXY": f"robot:p%40ss%3Aw%2Frd@127.0.0.1:{proxy.port}"})
+        _, authority = await _answer_one("feishu")
+    _check_through("feishu", proxy, authority)
+
+
+def test_feishu_refuses_a_socks4_proxy_at_start() -> None:
+    pytest.importorskip("lark_oapi")
+    from imrobots.secret import Secret
+    from imrobots_feishu.api import FeishuApi
+
+    env = {"HTTPS_PROXY": "socks4a://robot:hunter2@127.0.0.1:1080"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        with pytest.raises(ConfigError, match="not SOCKS4") as refused:
+            FeishuApi(app_id="cli_x", app_secret=Secret("s"), domain="https://open.feishu.cn")
+    assert "HTTPS_PROXY" in str(refused.value) and "hunter2" not in str(refused.value)
+
+
 @needs_socks
 async def test_a_dead_proxy_is_a_connection_error_naming_it() -> None:
     async with Socks5Proxy() as gone:
