@@ -104,7 +104,7 @@ class Chat:
         self._changed.set()
 
     def _take(self, event: View) -> None:
-        view = event.get("card") or event.get("message")
+        view = event.get("card") or event.get("message") or event.get("upload")
         if view is not None and view.get("conversation_id") != self.conversation_id:
             return
         self.events.append(event)
@@ -152,7 +152,7 @@ class Chat:
 
     def describe(self) -> str:
         cards = self.cards()
-        if not cards and not self._messages():
+        if not cards and not self._messages() and not self.uploads():
             return "nothing"
         parts = [
             f"card {cid}: "
@@ -161,7 +161,13 @@ class Chat:
             for cid, views in cards.items()
         ]
         parts += [f"message {m['text'][:60]!r}" for m in self._messages()]
+        parts += [f"{u['kind']} {u['name']!r} ({u['size']} bytes)" for u in self.uploads()]
         return "; ".join(parts)
+
+    def uploads(self) -> list[View]:
+        """The images and files the robot sent since the last :meth:`say`, as upload
+        views (``{"conversation_id", "kind", "name", "size"}``, size in bytes)."""
+        return [e["upload"] for e in self.events[self._mark :] if e.get("type") == "upload"]
 
     def _messages(self) -> list[View]:
         return [
@@ -295,7 +301,7 @@ class Chat:
                 f"it did not (saw: {self.describe()})"
             ) from None
         self._drain()
-        if self.cards() or self._messages():
+        if self.cards() or self._messages() or self.uploads():
             raise ChatExpectationError(
                 f"expected no answer ({self.outcomes[said]}); saw: {self.describe()}"
             )
