@@ -87,3 +87,14 @@ async def test_an_image_or_file_is_an_answer(platform: str, what: str) -> None:
         name = "chart.png" if what == "image" else "report.txt"
         assert f"{what} '{name}'" in str(failed.value)
         assert [(u["kind"], u["name"]) for u in chat.uploads()] == [(what, name)]
+
+
+async def test_feishu_shows_a_sent_image_or_file_as_such() -> None:
+    """Before: the Feishu emulator showed the robot's image and file messages as empty
+    text, so the console and the kit saw a blank message ``''``."""
+    pytest.importorskip("lark_oapi")
+    async with robot_chat(_Sender(), platform="feishu", timeout=5) as chat:
+        await chat.say("send the file")
+        await chat.expect_text(contains="[file: report.txt]")
+        await chat.say("send the image")
+        await chat.expect_text(contains="[image]")
