@@ -98,3 +98,17 @@ async def test_feishu_shows_a_sent_image_or_file_as_such() -> None:
         await chat.expect_text(contains="[file: report.txt]")
         await chat.say("send the image")
         await chat.expect_text(contains="[image]")
+
+
+async def test_expect_no_answer_on_a_message_wecom_never_pushes() -> None:
+    """WeCom's intelligent robot gets a group message only when @-mentioned. Before:
+    expect_no_answer() waited for the robot to take in a message it never gets, and
+    failed after the chat's timeout with "it did not (saw: nothing)"."""
+    pytest.importorskip("wechatpy")
+    robot = SupportRobot(agent=lambda request: "an answer")
+    async with robot_chat(robot, platform="wecom", timeout=3) as chat:
+        await chat.say("just chatting", mention=False)
+        assert await chat.expect_no_answer() == "not delivered"
+        await chat.say("and now to the robot")
+        with pytest.raises(ChatExpectationError, match="expected no answer"):
+            await chat.expect_no_answer()
