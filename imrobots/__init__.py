@@ -36,6 +36,7 @@ from .errors import (
     RateLimited,
     Refused,
     RetryableError,
+    UserCodeExit,
 )
 from .models import (
     Attachment,
@@ -140,6 +141,7 @@ __all__ = [
     "Target",
     "Turn",
     "Upload",
+    "UserCodeExit",
     "__version__",
     "as_agent",
     "card_view_blocks",

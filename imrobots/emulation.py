@@ -109,6 +109,9 @@ class EmulatorAdapter(abc.ABC):
         """Every chat message (from users and the robot's plain replies), oldest first."""
         self.uploaded: list[View] = []
         """Upload views recorded with :meth:`record_upload`, oldest first."""
+        self.undelivered: set[str] = set()
+        """Ids :meth:`say` returned for messages the platform does not push to the robot
+        at all (WeCom's intelligent robot: a group message without the @-mention)."""
 
     def _missing(self, method: str, what: str) -> NotImplementedError:
         return NotImplementedError(

@@ -20,6 +20,7 @@ __all__ = [
     "RateLimited",
     "Refused",
     "RetryableError",
+    "UserCodeExit",
     "classified",
 ]
 
@@ -30,6 +31,16 @@ class ImrobotsError(Exception):
 
 class ConfigError(ImrobotsError):
     """A configuration file or setting is wrong. The message is one line naming the problem."""
+
+
+class UserCodeExit(ImrobotsError):
+    """An agent or handler raised :class:`SystemExit` (``sys.exit()``, an ``argparse``
+    error): it ends that answer in an error card, as any other exception does, instead of
+    stopping the process with every robot in it and leaving its cards "thinking"."""
+
+    def __init__(self, exit: SystemExit) -> None:
+        super().__init__(f"user code raised SystemExit({exit.code!r})")
+        self.code = exit.code
 
 
 class PluginError(ImrobotsError):

@@ -90,10 +90,10 @@ def _route(variable: str, value: str) -> ProxyRoute:
         raw = "http://" + raw
     try:
         url = URL(raw)
+        shown = url.with_password("***") if url.password is not None else url
     except ValueError:
         raise ConfigError(f"{variable} is not a proxy URL") from None
     scheme = url.scheme.lower()
-    shown = url.with_password("***") if url.password is not None else url
     if scheme not in _SOCKS and scheme != "http":
         raise ConfigError(
             f"{variable}={shown}: the proxy scheme {scheme!r} is not supported; "
@@ -102,8 +102,19 @@ def _route(variable: str, value: str) -> ProxyRoute:
     if not url.host:
         raise ConfigError(f"{variable}={shown}: the proxy URL has no host")
     port = url.explicit_port or (1080 if scheme in _SOCKS else 80)
+    try:  # yarl checks the host's characters only here ("prox y" passed URL())
+        bare = URL.build(scheme=scheme, host=url.host, port=port)
+    except ValueError:
+        raise ConfigError(f"{variable} is not a proxy URL: its host is not valid") from None
+    if scheme.startswith("socks5") and any(
+        len((part or "").encode()) > 255 for part in (url.user, url.password)
+    ):  # RFC 1929: a one-byte length each (aiohttp-socks failed each connection with
+        # "byte must be in range(0, 256)")
+        raise ConfigError(
+            f"{variable}={shown}: a SOCKS5 user name or password is at most 255 bytes"
+        )
     return ProxyRoute(
-        url=URL.build(scheme=scheme, host=url.host, port=port),
+        url=bare,
         variable=variable,
         username=url.user,
         password=url.password,

@@ -38,7 +38,7 @@ from .agents import _executor as _executor_var
 from .cards import error_card, interrupted_card
 from .clock import Clock, SystemClock
 from .environment import GC_TUNING, env_flag
-from .errors import PlatformError, classified
+from .errors import PlatformError, UserCodeExit, classified
 from .feedback import FeedbackSigner, InvalidFeedback
 from .health import Histogram, observing_calls
 from .models import (
@@ -752,10 +752,13 @@ class RobotRuntime:
             tally_token = _tally_var.set(tally)
             deadline = self._deadlines.enter()
             try:
-                if message.has_text:
-                    await self.robot.on_message(message, reply)
-                else:
-                    await self.robot.on_empty_message(message, reply)
+                try:
+                    if message.has_text:
+                        await self.robot.on_message(message, reply)
+                    else:
+                        await self.robot.on_empty_message(message, reply)
+                except SystemExit as exc:  # it would stop the event loop, every robot's
+                    raise UserCodeExit(exc) from exc
             except BaseException as exc:
                 # (TimeoutError from the CancelledError when the limit cut it)
                 deadline.exit(exc if isinstance(exc, asyncio.CancelledError) else None)

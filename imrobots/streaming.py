@@ -52,6 +52,7 @@ from .errors import (
     RateLimited,
     Refused,
     RetryableError,
+    UserCodeExit,
     classified,
 )
 from .models import FeedbackRating, Target
@@ -427,6 +428,8 @@ class AnswerStream:
             on_text = self._on_text
             async for text in source:
                 on_text(text)
+        except SystemExit as exc:  # out of this task it would stop the event loop
+            raise UserCodeExit(exc) from exc
         finally:
             close = getattr(source, "aclose", None)
             if close is not None:

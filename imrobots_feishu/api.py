@@ -57,9 +57,11 @@ from lark_oapi.core.model import (  # type: ignore[import-untyped]
     RequestOption,
 )
 from lark_oapi.core.utils import Files, build_user_agent  # type: ignore[import-untyped]
+from yarl import URL
 
 from imrobots.platform import (
     CardGone,
+    ConfigError,
     FatalPlatformError,
     OutcomeUnknown,
     PlatformError,
@@ -68,6 +70,7 @@ from imrobots.platform import (
     RetryableError,
     Secret,
 )
+from imrobots.proxies import ProxySettings
 
 __all__ = [
     "CARD_GONE_CODES",
@@ -123,6 +126,25 @@ def classify(
     return FatalPlatformError(text, code=code_s)
 
 
+def _httpx_proxy(domain: str) -> httpx.Proxy | None:
+    """The proxy for calls to ``domain`` from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``
+    and ``NO_PROXY``, read as :mod:`imrobots.proxies` reads them for every other
+    connection (httpx's own reading ignores CIDR networks, ports and ``*.`` in
+    ``NO_PROXY``, and has no SOCKS4).
+
+    :raises ConfigError: an unusable proxy variable, or a SOCKS4 proxy (httpx has none)."""
+    route = ProxySettings.from_env().for_url(URL(domain))
+    if route is None:
+        return None
+    if route.kind.startswith("socks4"):
+        raise ConfigError(
+            f"{route}: Feishu's API calls go through httpx, which supports http://, "
+            "socks5:// and socks5h:// proxies, not SOCKS4"
+        )
+    auth = (route.username, route.password or "") if route.username is not None else None
+    return httpx.Proxy(str(route.url), auth=auth)
+
+
 def _float(value: str | None) -> float | None:
     try:
         return float(value) if value is not None else None
@@ -150,6 +172,7 @@ class FeishuApi:
             .build()
         )
         self.timeout = timeout
+        self._proxy = _httpx_proxy(self.domain)
         self._http: httpx.AsyncClient | None = None
         self._user_agent = build_user_agent()
         self._token: str | None = None
@@ -168,6 +191,8 @@ class FeishuApi:
         if self._http is None:
             self._http = httpx.AsyncClient(
                 timeout=self.timeout,
+                proxy=self._proxy,
+                trust_env=False,  # the proxy variables as imrobots reads them, not httpx
                 limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
             )
         return self._http

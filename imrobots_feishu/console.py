@@ -180,7 +180,11 @@ class FeishuConsoleAdapter(imrobots.EmulatorAdapter):
             self.emit({"type": "card", "card": view})
         elif kind == "message" and record.get("from_app"):
             receivers = list(record.get("receivers") or [])
-            text = message_text(record.get("msg_type", ""), record.get("content") or {})
+            content = dict(record.get("content") or {})
+            resource = self.emulator.resources.get(str(content.get("file_key")))
+            if resource is not None and resource.name:  # Feishu's content has only the key
+                content.setdefault("file_name", resource.name)
+            text = message_text(record.get("msg_type", ""), content)
             self.record_message(
                 record.get("chat_id") or "",
                 "robot",

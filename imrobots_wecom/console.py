@@ -318,7 +318,9 @@ class WeComConsoleAdapter(imrobots.EmulatorAdapter):
         self.record_message(conversation_id, user_id, user_name, shown, from_robot=False)
         if group and not mention:
             # WeCom pushes a group message to the robot only when it is @-mentioned.
-            return f"unpushed-{secrets.token_hex(6)}"
+            unpushed = f"unpushed-{secrets.token_hex(6)}"
+            self.undelivered.add(unpushed)
+            return unpushed
         chat_type: Literal["single", "group"] = "group" if group else "single"
         wire_text = f"@Robot {text}" if group else text
         parts: list[tuple[str, dict[str, Any]]] = []

@@ -104,7 +104,7 @@ class Chat:
         self._changed.set()
 
     def _take(self, event: View) -> None:
-        view = event.get("card") or event.get("message")
+        view = event.get("card") or event.get("message") or event.get("upload")
         if view is not None and view.get("conversation_id") != self.conversation_id:
             return
         self.events.append(event)
@@ -152,7 +152,7 @@ class Chat:
 
     def describe(self) -> str:
         cards = self.cards()
-        if not cards and not self._messages():
+        if not cards and not self._messages() and not self.uploads():
             return "nothing"
         parts = [
             f"card {cid}: "
@@ -161,7 +161,13 @@ class Chat:
             for cid, views in cards.items()
         ]
         parts += [f"message {m['text'][:60]!r}" for m in self._messages()]
+        parts += [f"{u['kind']} {u['name']!r} ({u['size']} bytes)" for u in self.uploads()]
         return "; ".join(parts)
+
+    def uploads(self) -> list[View]:
+        """The images and files the robot sent since the last :meth:`say`, as upload
+        views (``{"conversation_id", "kind", "name", "size"}``, size in bytes)."""
+        return [e["upload"] for e in self.events[self._mark :] if e.get("type") == "upload"]
 
     def _messages(self) -> list[View]:
         return [
@@ -282,10 +288,14 @@ class Chat:
 
         Waits until the message reached the robot (taken in or rejected), then until the
         robot is idle, so that an answer on its way counts. Returns what the robot made of
-        the message: ``"received"`` or ``"rejected: REASON"``."""
+        the message: ``"received"`` or ``"rejected: REASON"``, or ``"not delivered"`` for
+        a message the platform never pushes to the robot (WeCom's intelligent robot gets
+        a group message only when it is @-mentioned)."""
         said = self._last_said
         if said is None:
             raise ChatExpectationError("expect_no_answer() needs a say() first")
+        if said in self.emulator.undelivered:
+            self.outcomes.setdefault(said, "not delivered")
         try:
             await self._until_outcome(said)
             await self.runtime.wait_idle(timeout=self.timeout)
@@ -295,7 +305,7 @@ class Chat:
                 f"it did not (saw: {self.describe()})"
             ) from None
         self._drain()
-        if self.cards() or self._messages():
+        if self.cards() or self._messages() or self.uploads():
             raise ChatExpectationError(
                 f"expected no answer ({self.outcomes[said]}); saw: {self.describe()}"
             )

@@ -1199,7 +1199,12 @@ class FeishuEmulator:
 
 
 def message_text(msg_type: str, content: Mapping[str, Any]) -> str:
-    """The text a text or post message shows (mentions as ``@id``)."""
+    """The text a text or post message shows (mentions as ``@id``); an image or file
+    message shows as ``[image]`` or ``[file: NAME]``."""
+    if msg_type == "image":
+        return "[image]"
+    if msg_type == "file":
+        return f"[file: {content.get('file_name') or content.get('file_key') or ''}]"
     if msg_type == "text":
         return re.sub(r'<at user_id="([^"]*)"></at>', r"@\1", str(content.get("text") or ""))
     body: Any = content

@@ -101,6 +101,26 @@ def test_an_unusable_proxy_is_a_clear_error_without_its_password() -> None:
     assert "hunter2" not in str(route) and "hunter2" not in repr(route)
 
 
+@pytest.mark.parametrize("value", ["http://user:hunter2@prox y:3128", "user:hunter2@pro%xy:3128"])
+def test_a_proxy_host_yarl_refuses_late_is_a_config_error(value: str) -> None:
+    """Before: yarl accepted the URL and refused its host only when the route was built,
+    so a typo in HTTPS_PROXY stopped the robot with a bare ValueError traceback."""
+    with pytest.raises(ConfigError, match="HTTPS_PROXY is not a proxy URL") as bad:
+        ProxySettings.from_env({"HTTPS_PROXY": value})
+    assert "hunter2" not in str(bad.value)
+
+
+def test_socks5_credentials_longer_than_rfc_1929_allows_are_a_config_error() -> None:
+    """Before: accepted, then every connection failed with aiohttp-socks' "byte must be
+    in range(0, 256)", retried for ever."""
+    secret = "hunter2" + "x" * 250
+    with pytest.raises(ConfigError, match="at most 255 bytes") as bad:
+        ProxySettings.from_env({"ALL_PROXY": f"socks5h://robot:{secret}@127.0.0.1:1080"})
+    assert "ALL_PROXY" in str(bad.value) and "hunter2" not in str(bad.value)
+    fits = ProxySettings.from_env({"ALL_PROXY": f"socks5://robot:{'x' * 255}@127.0.0.1:1"})
+    assert fits.all is not None and fits.all.password == "x" * 255
+
+
 async def test_socks_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "aiohttp_socks", None)  # as if not installed
     with pytest.raises(ConfigError, match=r'pip install "imrobots\[proxy\]"') as missing:
@@ -408,6 +428,42 @@ async def test_each_platform_goes_direct_when_no_proxy_covers_loopback(
         )
         await _answer_one(name)
     assert proxy.seen == [] and socks.seen == []
+
+
+@pytest.mark.parametrize("name", list(PLATFORMS))
+@pytest.mark.parametrize("no_proxy", ["127.0.0.0/8", "127.0.0.1:8080", "*.nowhere,127.0.0.1"])
+async def test_each_platform_honours_no_proxy_as_documented(
+    name: str, no_proxy: str, environment: Callable[[dict[str, str]], None]
+) -> None:
+    """A CIDR network, an entry with a port: the forms docs/deploying.md lists. Before:
+    Feishu's API calls (httpx, reading the variables itself) went through the proxy."""
+    async with HttpProxy() as proxy:
+        environment({"HTTP_PROXY": f"http://127.0.0.1:{proxy.port}", "NO_PROXY": no_proxy})
+        await _answer_one(name)
+    assert proxy.seen == []
+
+
+async def test_feishu_api_calls_send_the_proxy_credentials(
+    environment: Callable[[dict[str, str]], None],
+) -> None:
+    async with HttpProxy(credentials="robot:p@ss:w/rd") as proxy:
+        environment({"HTTP_PROXY": f"robot:p%40ss%3Aw%2Frd@127.0.0.1:{proxy.port}"})
+        _, authority = await _answer_one("feishu")
+    _check_through("feishu", proxy, authority)
+
+
+def test_feishu_refuses_a_socks4_proxy_at_start() -> None:
+    pytest.importorskip("lark_oapi")
+    from imrobots.secret import Secret
+    from imrobots_feishu.api import FeishuApi
+
+    env = {"HTTPS_PROXY": "socks4a://robot:hunter2@127.0.0.1:1080"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        with pytest.raises(ConfigError, match="not SOCKS4") as refused:
+            FeishuApi(app_id="cli_x", app_secret=Secret("s"), domain="https://open.feishu.cn")
+    assert "HTTPS_PROXY" in str(refused.value) and "hunter2" not in str(refused.value)
 
 
 @needs_socks
