@@ -19,6 +19,9 @@ answer), :class:`CardGone`, :class:`Refused` (degrade), :class:`FatalPlatformErr
 
 Make outbound calls (and open the long connection) with a session from
 :func:`client_session`: it honours ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY``.
+An SDK with an HTTP client of its own is given the proxy :class:`ProxySettings` picks for
+its URL (``ProxySettings.from_env().for_url(url)``: a :class:`ProxyRoute` or ``None``), so
+that it reads those variables exactly as every other connection does.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ from .payloads import dumps as dump_json
 from .payloads import loads as load_json
 from .payloads import parse as parse_json
 from .payloads import parse_strict as parse_json_strict
-from .proxies import client_session
+from .proxies import ProxyRoute, ProxySettings, client_session
 from .redirects import RedirectRefused, redirect_message, refuse_redirects
 from .secret import Secret
 
@@ -136,6 +139,8 @@ __all__ = [
     "PlatformSpec",
     "PlatformUnavailable",
     "PluginError",
+    "ProxyRoute",
+    "ProxySettings",
     "Quote",
     "RateLimit",
     "RateLimited",

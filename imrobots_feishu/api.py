@@ -65,12 +65,12 @@ from imrobots.platform import (
     FatalPlatformError,
     OutcomeUnknown,
     PlatformError,
+    ProxySettings,
     RateLimited,
     Refused,
     RetryableError,
     Secret,
 )
-from imrobots.proxies import ProxySettings
 
 __all__ = [
     "CARD_GONE_CODES",
