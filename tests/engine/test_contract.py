@@ -453,16 +453,12 @@ async def test_a_restarted_replica_closes_its_own_answers_at_once(tmp_path) -> N
     await store.close()
 
 
-async def test_two_live_processes_with_one_replica_name_are_reported(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The lease is held under the replica name, so a second live process of the same
-    name renewed it as its own and the documented error never came (while the second,
-    at its start, took the first one's running answers for a previous process's). Each
-    renewal now finds the other process's mark and says so, in both processes."""
+def _two_processes_named(replica: str) -> list[RobotRuntime]:
+    """Two runtimes of robot ``bot`` with one replica name on one store, as two
+    processes of one name would be."""
     store = MemoryStore()
-    options = RuntimeOptions(replica="worker-1")
-    runtimes = [
+    options = RuntimeOptions(replica=replica)
+    return [
         RobotRuntime(
             name="bot",
             robot=AgentRobot(agent=reply("x")),
@@ -472,6 +468,16 @@ async def test_two_live_processes_with_one_replica_name_are_reported(
         )
         for _ in range(2)
     ]
+
+
+async def test_two_live_processes_with_one_replica_name_are_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The lease is held under the replica name, so a second live process of the same
+    name renewed it as its own and the documented error never came (while the second,
+    at its start, took the first one's running answers for a previous process's). Each
+    renewal now finds the other process's mark and says so, in both processes."""
+    runtimes = _two_processes_named("worker-1")
     for runtime in runtimes:
         await runtime.start()
     try:
@@ -488,18 +494,7 @@ async def test_two_live_processes_with_one_replica_name_are_reported(
 async def test_a_restarted_replica_is_not_taken_for_a_second_live_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store = MemoryStore()
-    options = RuntimeOptions(replica="worker-1")
-    first, second = (
-        RobotRuntime(
-            name="bot",
-            robot=AgentRobot(agent=reply("x")),
-            platform=MemoryPlatform(MemorySettings(**FAST)),
-            store=store,
-            options=options,
-        )
-        for _ in range(2)
-    )
+    first, second = _two_processes_named("worker-1")
     await first.start()
     await first._keep_alive()
     assert first._watcher is not None
